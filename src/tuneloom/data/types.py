@@ -1,0 +1,63 @@
+"""Plain records that flow out of the parsers: an example, a rejected row, and the report on a file."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# How many rejected rows a report keeps verbatim; the count covers all of them.
+MAX_REPORTED_INVALID = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """One training example.
+
+    `prompt` is everything the model is shown, ending with the response header
+    (e.g. "### Instruction: … ### Human: … ### Assistant:"); `completion` is what it must learn to
+    write (stripped; a single space joins the two when tokenized). `line` is the 1-based line of
+    the source file where the record starts.
+    """
+
+    prompt: str
+    completion: str
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidRow:
+    """A row that cannot become an example, with a reason a person understands."""
+
+    line: int
+    reason: str
+    excerpt: str = ""  # the start of the raw row (≤ 120 chars, control characters escaped)
+
+
+@dataclass
+class DataReport:
+    """What a file held: counts, the first rejected rows, and (once tokenized) token-length stats."""
+
+    source: str
+    format: str
+    total_rows: int = 0
+    valid_rows: int = 0
+    invalid_rows: int = 0
+    invalid: list[InvalidRow] = field(default_factory=list)
+    token_stats: dict[str, float] | None = None
+
+    def add_invalid(self, row: InvalidRow) -> None:
+        self.invalid_rows += 1
+        if len(self.invalid) < MAX_REPORTED_INVALID:
+            self.invalid.append(row)
+
+    @property
+    def invalid_percent(self) -> float:
+        return 100.0 * self.invalid_rows / self.total_rows if self.total_rows else 0.0
+
+    def within_tolerance(self, tolerance_percent: float) -> bool:
+        return self.valid_rows > 0 and self.invalid_percent <= tolerance_percent
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["invalid_percent"] = round(self.invalid_percent, 3)
+        return data

@@ -1,0 +1,63 @@
+"""The one exception family tuneloom raises on purpose.
+
+Every failure a user can cause (a bad file, a bad setting, a missing model) surfaces as a
+`TuneloomError` carrying a stable machine-readable `code` and a message a person understands.
+The CLI prints the message, the server turns it into a 4xx: neither ever shows a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TuneloomError(Exception):
+    """Base class: `code` is stable across releases, `message` is for people."""
+
+    code = "TUNELOOM_ERROR"
+
+    def __init__(self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.details: dict[str, Any] = details or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, **({"details": self.details} if self.details else {})}
+
+
+class DataFileError(TuneloomError):
+    """The file as a whole cannot be used (binary, unreadable encoding, wrong CSV columns, no rows)."""
+
+    code = "INVALID_DATA_FILE"
+
+
+class ToleranceExceededError(TuneloomError):
+    """More rows were invalid than `invalid_data_tolerance_percent` allows; `details` holds the report."""
+
+    code = "INVALID_DATA_TOLERANCE_EXCEEDED"
+
+
+class SettingsError(TuneloomError):
+    """A settings dictionary is invalid; `details["key"]` names the offending key (dotted path)."""
+
+    code = "INVALID_PARAMS"
+
+    def __init__(self, message: str, *, key: str | None = None, details: dict[str, Any] | None = None):
+        merged = dict(details or {})
+        if key is not None:
+            merged["key"] = key
+        super().__init__(message, details=merged)
+        self.key = key
+
+
+class ModelUnavailableError(TuneloomError):
+    """Base weights or tokenizer cannot be obtained (no local copy, Hub unreachable, no GPU for GPTQ)."""
+
+    code = "MODEL_UNAVAILABLE"
+
+
+class ModelVersionError(TuneloomError):
+    """A model-version directory is missing, incomplete or damaged."""
+
+    code = "INVALID_MODEL_VERSION"
