@@ -1,0 +1,197 @@
+"""CSV rows: tuneloom's template (`input.data.text.raw`), the hosted SDK's export (`input`), or
+`prompt`/`completion` columns.
+
+The `csv` module does the quoting (multi-line cells included); it is fed one physical line at a time
+so `reader.line_num` counts physical lines and every row can name the line where it starts.
+Lines the line reader already rejected (bad UTF-8, over-long) are fed as blank lines and reported
+against the record that spans them.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from tuneloom.data.lines import Batch, excerpt
+from tuneloom.data.sections import LineParser, line_parser
+from tuneloom.data.sniff import KNOWN_CSV_COLUMNS, fail
+from tuneloom.data.types import Example, InvalidRow
+
+TEXT_COLUMNS = ("input.data.text.raw", "input")
+ID_COLUMNS = ("input.id", "inputid")
+EXPECTED = (
+    "'input.data.text.raw' (tuneloom's template), 'input' (the SDK's export) or 'prompt' and 'completion'"
+)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Which cells a record's example comes from."""
+
+    width: int
+    text: int | None  # index of the sectioned-text column, or None for prompt/completion
+    prompt: int
+    completion: int
+    ident: int | None
+    text_name: str
+
+
+def iter_csv_rows(
+    batches: Iterable[Batch], path: Path, response_headers: tuple[str, ...]
+) -> Iterator[Example | InvalidRow]:
+    """Rows of a CSV file; `DataFileError` if the header names none of the known column sets."""
+    bad: dict[int, InvalidRow] = {}
+    lines = _feed(batches, bad)
+    skipped = 0
+    for first in lines:
+        if first.strip():
+            break
+        skipped += 1
+    else:
+        return
+    delimiter = _delimiter(first)
+    reader = csv.reader(itertools.chain([first], lines), delimiter=delimiter)
+    try:
+        header = next(reader)
+    except csv.Error as error:
+        raise fail(path, f"has an unreadable CSV header: {error}") from None
+    layout = _layout(path, header, delimiter)
+    yield from _records(reader, layout, bad, skipped, line_parser(response_headers))
+
+
+def _feed(batches: Iterable[Batch], bad: dict[int, InvalidRow]) -> Iterator[str]:
+    for first, items in batches:
+        for number, item in enumerate(items, first):
+            if isinstance(item, str):
+                yield item + "\n"
+            else:
+                bad[number] = item
+                yield "\n"
+
+
+def _delimiter(header_line: str) -> str:
+    """Comma, or the semicolon/tab some spreadsheet locales write, whichever splits out a known name."""
+    for delimiter in (",", ";", "\t"):
+        cells = next(csv.reader([header_line], delimiter=delimiter), [])
+        if any(_column(cell) in KNOWN_CSV_COLUMNS for cell in cells):
+            return delimiter
+    return ","
+
+
+def _column(cell: str) -> str:
+    return cell.strip().strip("\ufeff").strip().lower()
+
+
+def _layout(path: Path, header: list[str], delimiter: str) -> _Layout:
+    names = [_column(cell) for cell in header]
+    ident = next((names.index(name) for name in ID_COLUMNS if name in names), None)
+    for name in TEXT_COLUMNS:
+        if name in names and not (name == "input" and {"prompt", "completion"} <= set(names)):
+            index = names.index(name)
+            return _Layout(len(names), index, index, index, ident, header[index].strip())
+    if {"prompt", "completion"} <= set(names):
+        return _Layout(len(names), None, names.index("prompt"), names.index("completion"), ident, "")
+    found = ", ".join(repr(excerpt(cell.strip(), 40)) for cell in header[:10]) or "none"
+    shown = {",": "", ";": " (semicolon-separated)", "\t": " (tab-separated)"}[delimiter]
+    raise fail(path, f"has CSV columns {found}{shown}; expected {EXPECTED}")
+
+
+class _Reader(Protocol):
+    line_num: int
+
+    def __next__(self) -> list[str]: ...
+
+
+def _records(
+    reader: _Reader, layout: _Layout, bad: dict[int, InvalidRow], offset: int, parse: LineParser
+) -> Iterator[Example | InvalidRow]:
+    """Walk the records, tracking the physical line each starts on (header = line offset+1)."""
+    prev = reader.line_num
+    while True:
+        start = offset + prev + 1
+        failure: InvalidRow | None = None
+        record: list[str] = []
+        try:
+            record = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as error:
+            failure = InvalidRow(start, _csv_reason(error))
+        prev = reader.line_num
+        yield from _flush(bad, start)
+        spanned = sorted(n for n in bad if n <= offset + prev)
+        if spanned:
+            first = bad.pop(spanned[0])
+            for number in spanned[1:]:
+                del bad[number]
+            yield InvalidRow(start, first.reason + _at(first.line, start), first.excerpt)
+        elif failure is not None:
+            yield failure
+        elif any(cell.strip() for cell in record):
+            yield _row(record, start, layout, parse)
+    yield from _flush(bad, 1 << 62)
+
+
+def _flush(bad: dict[int, InvalidRow], before: int) -> Iterator[InvalidRow]:
+    """Rejected lines that fell before the current record (a safety net; normally none)."""
+    for number in sorted(n for n in bad if n < before):
+        yield bad.pop(number)
+
+
+def _at(bad_line: int, start: int) -> str:
+    return "" if bad_line == start else f" (on line {bad_line}, inside this record)"
+
+
+def _csv_reason(error: csv.Error) -> str:
+    if "field larger" in str(error):
+        return f"a cell is longer than {csv.field_size_limit():,} characters (an unclosed quote?)"
+    return f"unreadable CSV record: {error}"
+
+
+def _row(record: list[str], line: int, layout: _Layout, parse: LineParser) -> Example | InvalidRow:
+    """One record → an example via the sectioned-line parser, or prompt/completion cells directly."""
+    suffix = ""
+    if layout.ident is not None and layout.ident < len(record) and record[layout.ident].strip():
+        suffix = f" (input id {excerpt(record[layout.ident].strip(), 60)!r})"
+    width_problem = _width(record, layout)
+    if width_problem:
+        return InvalidRow(line, width_problem + suffix, excerpt(",".join(record)))
+    if layout.text is not None:
+        text = record[layout.text]
+        if not text.strip():
+            return InvalidRow(line, f"empty '{layout.text_name}' cell" + suffix, excerpt(",".join(record)))
+        result = parse(text, line)
+        if isinstance(result, InvalidRow) and suffix:
+            return InvalidRow(result.line, result.reason + suffix, result.excerpt)
+        return result
+    return _pair(record, line, layout, suffix)
+
+
+def _width(record: list[str], layout: _Layout) -> str:
+    needed = max(layout.prompt, layout.completion) + 1
+    if len(record) < needed:
+        return f"row has {len(record)} cells, the header has {layout.width}"
+    if len(record) > layout.width and any(cell.strip() for cell in record[layout.width :]):
+        return (
+            f"row has {len(record)} cells but the header has {layout.width}; is a comma in the text unquoted?"
+        )
+    return ""
+
+
+def _pair(record: list[str], line: int, layout: _Layout, suffix: str) -> Example | InvalidRow:
+    prompt = record[layout.prompt].replace("\r\n", "\n").strip()
+    completion = record[layout.completion].replace("\r\n", "\n").strip()
+    reason = ""
+    if "\x00" in prompt or "\x00" in completion:
+        reason = "contains a NUL character"
+    elif not completion:
+        reason = "empty completion"
+    elif not prompt:
+        reason = "empty prompt"
+    if reason:
+        return InvalidRow(line, reason + suffix, excerpt(",".join(record)))
+    return Example(prompt, completion, line)

@@ -1,0 +1,164 @@
+"""JSON Lines rows: prompt/completion pairs, Alpaca records, chat transcripts, or sectioned "text".
+
+Every row shape ends as the same canonical prompt a sectioned line would give (`… ### Response:`),
+so a model trained from JSONL is prompted exactly like one trained from a .txt file.
+Nesting depth is checked with a bounded scan before `json.loads`, which would otherwise raise
+RecursionError on a `[[[[…` row.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from tuneloom.data.lines import Batch, excerpt
+from tuneloom.data.sections import line_parser, render_sections
+from tuneloom.data.types import Example, InvalidRow
+
+MAX_JSON_DEPTH = 64
+_DEPTH_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]')
+_ROLES = {"system": "System", "user": "Human", "human": "Human", "assistant": "Assistant"}
+_SHAPES = "'prompt' and 'completion', 'instruction' and 'output', 'messages', or 'text'"
+
+
+class _RowError(Exception):
+    """Raised inside a row's checks; becomes an InvalidRow with this message as the reason."""
+
+
+def iter_jsonl_rows(
+    batches: Iterable[Batch], response_headers: tuple[str, ...]
+) -> Iterator[Example | InvalidRow]:
+    """One row per non-blank line."""
+    for first, items in batches:
+        for number, item in enumerate(items, first):
+            if not isinstance(item, str):
+                yield item  # an InvalidRow from the line reader
+            elif item and not item.isspace():
+                yield parse_json_line(item, number, response_headers)
+
+
+def parse_json_line(text: str, line: int, response_headers: tuple[str, ...]) -> Example | InvalidRow:
+    """Parse and check one JSON line; every failure is a row with a reason, never an exception."""
+    try:
+        record = _load(text)
+        return _to_example(record, line, response_headers)
+    except _RowError as error:
+        return InvalidRow(line, str(error), excerpt(text))
+
+
+def _load(text: str) -> dict[str, Any]:
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _too_deep(text):
+        raise _RowError(f"JSON is nested more than {MAX_JSON_DEPTH} levels deep")
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise _RowError(f"malformed JSON at column {error.colno}: {error.msg}") from None
+    except (ValueError, RecursionError) as error:
+        raise _RowError(f"malformed JSON: {error}") from None
+    if not isinstance(record, dict):
+        raise _RowError(f"expected a JSON object, got {json_type(record)}")
+    return record
+
+
+def _too_deep(text: str) -> bool:
+    """Bounded scan: stop as soon as the depth passes the limit, skipping brackets inside strings."""
+    depth = 0
+    for match in _DEPTH_TOKENS.finditer(text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return True
+        elif token in "]}":
+            depth -= 1
+    return False
+
+
+def json_type(value: object) -> str:
+    """The JSON name of a parsed value's type, for messages like "got number"."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object" if isinstance(value, dict) else type(value).__name__
+
+
+def _string(record: dict[str, Any], key: str, *, required: bool = True, where: str = "") -> str:
+    if key not in record or (not required and record[key] is None):
+        if required:
+            raise _RowError(f"missing key '{key}'{where}")
+        return ""
+    value = record[key]
+    if not isinstance(value, str):
+        raise _RowError(f"'{key}'{where} must be a string, got {json_type(value)}")
+    if "\x00" in value:
+        raise _RowError(f"'{key}'{where} contains a NUL character")
+    return value.strip()
+
+
+def _to_example(record: dict[str, Any], line: int, headers: tuple[str, ...]) -> Example | InvalidRow:
+    if "messages" in record:
+        prompt, completion = _chat(record)
+    elif "prompt" in record or "completion" in record:
+        prompt, completion = _string(record, "prompt"), _string(record, "completion")
+    elif "instruction" in record or "output" in record:
+        prompt, completion = _alpaca(record)
+    elif "text" in record:
+        result = line_parser(headers)(_string(record, "text"), line)
+        if isinstance(result, InvalidRow):
+            raise _RowError(f"in 'text': {result.reason}")
+        return result
+    else:
+        found = ", ".join(f"'{key}'" for key in list(record)[:8]) or "none"
+        raise _RowError(f"unknown row shape: expected keys {_SHAPES}; found {found}")
+    if not completion:
+        raise _RowError("empty completion")
+    if not prompt:
+        raise _RowError("empty prompt")
+    return Example(prompt, completion, line)
+
+
+def _alpaca(record: dict[str, Any]) -> tuple[str, str]:
+    """`### Instruction: … ### Input: … ### Response:` with Input left out when empty."""
+    instruction = _string(record, "instruction")
+    context = _string(record, "input", required=False)
+    output = _string(record, "output")
+    if not instruction and not context:
+        return "", output
+    sections = [("Instruction", instruction)] + ([("Input", context)] if context else [])
+    return render_sections("", [*sections, ("Response", "")]), output
+
+
+def _chat(record: dict[str, Any]) -> tuple[str, str]:
+    """Earlier turns become sections of the prompt; the final assistant message is the completion."""
+    messages = record["messages"]
+    if not isinstance(messages, list):
+        raise _RowError(f"'messages' must be an array, got {json_type(messages)}")
+    if not messages:
+        raise _RowError("'messages' is empty")
+    turns = [_turn(message, index) for index, message in enumerate(messages, 1)]
+    role, completion = turns[-1]
+    if role != "Assistant":
+        raise _RowError(f"the last message must be from the assistant, not {role.lower()!r}")
+    if not any(content for _, content in turns[:-1]):
+        return "", completion
+    return render_sections("", [*turns[:-1], ("Assistant", "")]), completion
+
+
+def _turn(message: object, index: int) -> tuple[str, str]:
+    where = f" of message {index}"
+    if not isinstance(message, dict):
+        raise _RowError(f"message {index} must be an object, got {json_type(message)}")
+    role = _string(message, "role", where=where)
+    header = _ROLES.get(role.lower())
+    if header is None:
+        raise _RowError(f"message {index} has role {role!r}; expected system, user or assistant")
+    return header, _string(message, "content", where=where)

@@ -1,0 +1,129 @@
+"""Whole-file entry points: stream rows, collect a report, and apply the invalid-row tolerance.
+
+`parse_file(…, keep_examples=False)` validates a file of any size in bounded memory: it keeps only
+counters and the first `MAX_REPORTED_INVALID` rejected rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuneloom.data.csv_rows import iter_csv_rows
+from tuneloom.data.jsonl_rows import iter_jsonl_rows
+from tuneloom.data.lines import iter_batches
+from tuneloom.data.sections import RESPONSE_HEADERS, check_response_headers, iter_section_rows
+from tuneloom.data.sniff import FORMATS, choose_format, fail, open_chunks, sniff
+from tuneloom.data.types import DataReport, Example, InvalidRow
+from tuneloom.errors import DataFileError, SettingsError, ToleranceExceededError
+
+Row = Example | InvalidRow
+
+
+@dataclass
+class ParsedFile:
+    """The examples of a file (empty when `keep_examples=False`) and the report on all its rows."""
+
+    examples: list[Example]
+    report: DataReport
+
+
+def open_rows(
+    path: Path | str, format: str = "auto", response_headers: Sequence[str] = RESPONSE_HEADERS
+) -> tuple[str, Iterator[Row]]:
+    """Check the arguments and the file's first 64 KB now; return (format, lazy row iterator)."""
+    if format not in FORMATS:
+        raise SettingsError(f"format must be one of {', '.join(FORMATS)}; got {format!r}", key="format")
+    headers = check_response_headers(response_headers)
+    path = Path(path)
+    sniffed = sniff(path)
+    fmt = choose_format(sniffed, format)
+    batches = iter_batches(open_chunks(sniffed))
+    if fmt == "csv":
+        return fmt, iter_csv_rows(batches, path, headers)
+    if fmt == "jsonl":
+        return fmt, iter_jsonl_rows(batches, headers)
+    return fmt, iter_section_rows(batches, headers)
+
+
+def iter_rows(
+    path: Path | str, *, format: str = "auto", response_headers: Sequence[str] = RESPONSE_HEADERS
+) -> Iterator[Row]:
+    """Stream a file's rows in order; whole-file problems raise `DataFileError` (some only once reached)."""
+    fmt, rows = open_rows(path, format, response_headers)
+    return _require_rows(rows, Path(path), fmt)
+
+
+def _require_rows(rows: Iterator[Row], path: Path, fmt: str) -> Iterator[Row]:
+    seen = False
+    for row in rows:
+        seen = True
+        yield row
+    if not seen:
+        raise _no_rows(path, fmt)
+
+
+def _no_rows(path: Path, fmt: str) -> DataFileError:
+    if fmt == "csv":
+        return fail(path, "has no rows: nothing below the CSV header")
+    return fail(path, "has no rows: it is empty or holds only blank lines")
+
+
+def parse_file(
+    path: Path | str,
+    *,
+    format: str = "auto",
+    response_headers: Sequence[str] = RESPONSE_HEADERS,
+    keep_examples: bool = True,
+) -> ParsedFile:
+    """Parse and validate a whole file; the report counts every row, valid or not."""
+    fmt, rows = open_rows(path, format, response_headers)
+    report = DataReport(source=str(path), format=fmt)
+    examples: list[Example] = []
+    keep = examples.append if keep_examples else None
+    valid = 0
+    for row in rows:  # the hot loop: no per-row calls beyond the list append
+        if isinstance(row, Example):
+            valid += 1
+            if keep is not None:
+                keep(row)
+        else:
+            report.add_invalid(row)
+    report.valid_rows = valid
+    report.total_rows = valid + report.invalid_rows
+    if report.total_rows == 0:
+        raise _no_rows(Path(path), fmt)
+    return ParsedFile(examples, report)
+
+
+def check_tolerance(report: DataReport, tolerance_percent: float) -> None:
+    """Stop when no row is usable, or when more rows are invalid than the user allowed."""
+    tolerance = _tolerance(tolerance_percent)
+    first = f"; first: line {report.invalid[0].line}: {report.invalid[0].reason}" if report.invalid else ""
+    if report.valid_rows == 0:
+        raise DataFileError(
+            f"'{report.source}' has no valid rows: all {report.total_rows} are invalid{first}",
+            details=report.to_dict(),
+        )
+    if report.invalid_percent > tolerance:
+        raise ToleranceExceededError(
+            f"'{report.source}': {report.invalid_rows} of {report.total_rows} rows "
+            f"({report.invalid_percent:.1f}%) are invalid, above the {tolerance:g}% tolerance{first}",
+            details=report.to_dict(),
+        )
+
+
+def _tolerance(value: object) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or math.isnan(value)
+        or not 0 <= value <= 100
+    ):
+        raise SettingsError(
+            f"invalid_data_tolerance_percent must be a number from 0 to 100, got {value!r}",
+            key="invalid_data_tolerance_percent",
+        )
+    return float(value)

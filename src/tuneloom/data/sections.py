@@ -1,0 +1,161 @@
+"""The "###"-sectioned line: `<preamble> ### Header: content ### Header: content …`.
+
+One line is one example. The completion is the content of the LAST response-role section
+(`### Assistant:`, `### Response:`, …); the prompt is everything before it, rendered canonically and
+ending with that response header, so training and inference always see the same prompt text.
+
+What counts as a header: `###` (or more `#`), optional spaces/tabs, a name of letters, digits,
+spaces, `_` or `-` (at most 40 characters, starting with a letter/digit/`_`), optional spaces, then a
+colon. A `###` not followed by such a `Name:` is not a header: it stays literal text of the section
+(or preamble) it appears in, e.g. `### Human: use ### to separate ### Assistant: ok` has the human
+content "use ### to separate".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import lru_cache
+
+from tuneloom.data.lines import Batch, excerpt
+from tuneloom.data.types import Example, InvalidRow
+from tuneloom.errors import SettingsError
+
+RESPONSE_HEADERS: tuple[str, ...] = ("assistant", "response", "output", "answer")
+
+HEADER_NAME = r"\w(?:[\w -]{0,38}[\w-])?"
+_HEADER_RE = re.compile(r"#{3,}[ \t]*(" + HEADER_NAME + r")[ \t]*:")
+_NAME_RE = re.compile(HEADER_NAME)
+
+LineParser = Callable[[str, int], Example | InvalidRow]
+
+
+def split_sections(text: str) -> tuple[str, list[tuple[str, str]]]:
+    """Split a sectioned text into (preamble, [(header, content)]), all stripped.
+
+    Headers keep the user's spelling and casing; the generation code uses this to rebuild prompts.
+    """
+    parts = _HEADER_RE.split(text)
+    sections = [(parts[i], parts[i + 1].strip()) for i in range(1, len(parts), 2)]
+    return parts[0].strip(), sections
+
+
+def render_sections(preamble: str, sections: Sequence[tuple[str, str]]) -> str:
+    """The canonical text: preamble, then `### Header: content` pieces, joined by single spaces.
+
+    An empty content renders as a bare `### Header:` — which is how every prompt ends.
+    """
+    pieces = [preamble.strip()] if preamble.strip() else []
+    for header, content in sections:
+        body = content.strip()
+        pieces.append(f"### {header.strip()}: {body}" if body else f"### {header.strip()}:")
+    return " ".join(pieces)
+
+
+def normalize_header(name: str) -> str:
+    """Compare header names case-insensitively and with runs of whitespace as one space."""
+    return " ".join(name.split()).casefold()
+
+
+def check_response_headers(response_headers: Sequence[str]) -> tuple[str, ...]:
+    """Validate configured response headers early, with the setting's name in the error."""
+    headers = (response_headers,) if isinstance(response_headers, str) else tuple(response_headers)
+    if not headers:
+        raise SettingsError("response_headers must name at least one header", key="response_headers")
+    for header in headers:
+        if not isinstance(header, str) or not _NAME_RE.fullmatch(header.strip()):
+            raise SettingsError(
+                f"response header {header!r} is not a plain word (letters, digits, spaces, _ or -; ≤ 40)",
+                key="response_headers",
+            )
+    return tuple(h.strip() for h in headers)
+
+
+def missing_response_reason(response_headers: Sequence[str]) -> str:
+    """E.g. "no '### Assistant:' (or Response/Output/Answer) section"."""
+    names = [" ".join(word.capitalize() for word in h.split()) for h in response_headers]
+    alternatives = f" (or {'/'.join(names[1:])})" if len(names) > 1 else ""
+    return f"no '### {names[0]}:'{alternatives} section"
+
+
+def parse_sectioned_line(
+    text: str, line: int, response_headers: Sequence[str] = RESPONSE_HEADERS
+) -> Example | InvalidRow:
+    """Turn one sectioned line (or CSV cell, or JSON "text") into an example or a rejected row."""
+    return line_parser(tuple(response_headers))(text, line)
+
+
+@lru_cache(maxsize=32)
+def line_parser(response_headers: tuple[str, ...]) -> LineParser:
+    """Build the per-line parser with the header set bound once: this is the hot path.
+
+    Everything a row needs is done inline here (no helper calls on the valid path) because a
+    million-row file spends most of its time in this function.
+    """
+    headers = check_response_headers(response_headers)
+    keys = frozenset(normalize_header(h) for h in headers)
+    missing = missing_response_reason(headers)
+    split = _HEADER_RE.split
+
+    def parse(text: str, line: int) -> Example | InvalidRow:
+        if "\x00" in text:
+            return InvalidRow(
+                line, f"contains a NUL byte at character {text.index(chr(0)) + 1}", excerpt(text)
+            )
+        parts = split(text)
+        last = k = len(parts) - 2
+        while k > 0:
+            name = parts[k]
+            if name.casefold() in keys or normalize_header(name) in keys:
+                break
+            k -= 2
+        else:
+            return _no_response(text, line, missing, len(parts))
+        if k != last:
+            return _after_response(text, line, parts[k], parts[k + 2])
+        completion = parts[-1].strip()
+        if not completion:
+            return InvalidRow(line, f"empty completion: nothing after '### {parts[k]}:'", excerpt(text))
+        preamble = parts[0].strip()
+        pieces = [preamble] if preamble else []
+        filled = bool(preamble)
+        for i in range(1, k, 2):
+            content = parts[i + 1].strip()
+            if content:
+                pieces.append(f"### {parts[i]}: {content}")
+                filled = True
+            else:
+                pieces.append(f"### {parts[i]}:")
+        if not filled:
+            return InvalidRow(line, f"empty prompt: nothing before '### {parts[k]}:'", excerpt(text))
+        pieces.append(f"### {parts[k]}:")
+        return Example(" ".join(pieces), completion, line)
+
+    return parse
+
+
+def _no_response(text: str, line: int, missing: str, n_parts: int) -> InvalidRow:
+    hint = "; the line has no '### Header:' sections at all" if n_parts == 1 else ""
+    return InvalidRow(line, missing + hint, excerpt(text))
+
+
+def _after_response(text: str, line: int, response: str, following: str) -> InvalidRow:
+    reason = (
+        f"'### {following}:' comes after the last response section '### {response}:'; "
+        "the response must be the last section"
+    )
+    return InvalidRow(line, reason, excerpt(text))
+
+
+def iter_section_rows(
+    batches: Iterable[Batch], response_headers: tuple[str, ...]
+) -> Iterator[Example | InvalidRow]:
+    """One row per non-blank line; blank lines count nowhere (neither examples nor invalid rows)."""
+    parse = line_parser(response_headers)
+    for first, items in batches:
+        for number, item in enumerate(items, first):
+            if isinstance(item, str):
+                if item and not item.isspace():
+                    yield parse(item, number)
+            else:
+                yield item  # an InvalidRow from the line reader
