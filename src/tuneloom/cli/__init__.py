@@ -1,0 +1,49 @@
+"""The `tuneloom` command: argument parsing and dispatch. Each command lives in a sibling module.
+
+Exit codes: 0 success, 1 the input or model is not usable (a TuneloomError, printed as one clear
+message), 2 usage errors (argparse). No command shows a traceback for anything a user can cause.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from tuneloom import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tuneloom.cli import data_cmds, demo_cmd, model_cmds, train_cmd
+
+    parser = argparse.ArgumentParser(
+        prog="tuneloom", description="Fine-tune text-generation models on '###'-sectioned instruction data."
+    )
+    parser.add_argument("--version", action="version", version=f"tuneloom {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (data_cmds, train_cmd, model_cmds, demo_cmd):
+        module.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from tuneloom.cli.render import console_err, report_error
+    from tuneloom.errors import TuneloomError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except TuneloomError as err:
+        report_error(err)
+        return 1
+    except KeyboardInterrupt:
+        console_err.print("[yellow]Interrupted.[/]")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""`tuneloom validate`, `tuneloom csv-template`, `tuneloom templates`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from tuneloom.cli.render import console, print_json, print_report
+
+USABLE, NOT_USABLE = 0, 1
+
+
+def register(commands: Any) -> None:
+    validate = commands.add_parser("validate", help="check a data file: counts, invalid rows, token lengths")
+    validate.add_argument("file", type=Path)
+    validate.add_argument("--format", default="auto", choices=["auto", "sections", "csv", "jsonl"])
+    validate.add_argument("--template", default=None, help="tokenize with this template's tokenizer (default: smollm2)")
+    validate.add_argument("--no-tokenize", action="store_true", help="parse only (fastest; no token statistics)")
+    validate.add_argument("--invalid-data-tolerance-percent", type=float, default=5.0, dest="tolerance")
+    validate.add_argument("--preview", type=int, default=0, metavar="N", help="show N examples as tokenized")
+    validate.add_argument("--json", action="store_true")
+    validate.set_defaults(run=run_validate)
+
+    template = commands.add_parser("csv-template", help="write the CSV template with example rows")
+    template.add_argument("path", type=Path, nargs="?", default=Path("tuneloom-template.csv"))
+    template.set_defaults(run=run_csv_template)
+
+    templates = commands.add_parser("templates", help="list templates, or show one's default settings")
+    templates.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    templates.add_argument("template_id", nargs="?")
+    templates.add_argument("--json", action="store_true")
+    templates.set_defaults(run=run_templates)
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    from tuneloom.data.validation import validate_file
+    from tuneloom.templates import DEFAULT_TEMPLATE, get_template, resolve_settings
+
+    template = get_template(args.template or DEFAULT_TEMPLATE)
+    settings = resolve_settings(template, {"invalid_data_tolerance_percent": args.tolerance})
+    tokenizer = None
+    if not args.no_tokenize:
+        from tuneloom.templates.loading import load_tokenizer
+
+        tokenizer = load_tokenizer(settings.model_config, settings.tokenizer_config)
+    result = validate_file(
+        args.file,
+        tokenizer=tokenizer,
+        data_format=args.format,
+        max_length=int(settings.tokenizer_config.get("model_max_length", 512)),
+        preview=args.preview,
+    )
+    usable = result.report.within_tolerance(args.tolerance)
+    if args.json:
+        previews = [[{"text": p.text, "trained": p.trained} for p in pv] for pv in result.previews]
+        print_json({"usable": usable, "tolerance_percent": args.tolerance, "report": result.report.to_dict(),
+                    "preview": previews})
+    else:
+        print_report(result.report, args.tolerance)
+        for i, pieces in enumerate(result.previews, 1):
+            text = Text(f"example {i}: ", style="bold")
+            for piece in pieces:
+                text.append(piece.text, style="bold green" if piece.trained else "dim")
+            console.print(text)
+        if result.previews:
+            console.print("[dim]dim: prompt (masked from the loss)[/]  [bold green]green: completion (trained)[/]")
+    return USABLE if usable else NOT_USABLE
+
+
+def run_csv_template(args: argparse.Namespace) -> int:
+    from tuneloom.data import write_csv_template
+
+    write_csv_template(args.path)
+    console.print(f"Wrote the CSV template to {escape(str(args.path))}")
+    return 0
+
+
+def run_templates(args: argparse.Namespace) -> int:
+    from tuneloom.templates import TEMPLATES, get_template, resolve_settings
+
+    if args.action == "show":
+        if not args.template_id:
+            raise SystemExit("usage: tuneloom templates show TEMPLATE_ID")
+        template = get_template(args.template_id)
+        print_json({**template.summary(), "defaults": resolve_settings(template).to_dict()})
+        return 0
+    if args.json:
+        print_json([t.summary() for t in TEMPLATES])
+        return 0
+    table = Table(title="Templates (tuneloom templates show ID for the defaults)", title_justify="left")
+    for column in ("id", "size", "base model", "needs", "description"):
+        table.add_column(column, overflow="fold")
+    for t in TEMPLATES:
+        needs = "GPU" if t.requires_gpu else ("offline ✓" if t.offline else "Hub or local copy")
+        table.add_row(t.id, t.parameters, t.base_model, needs, t.description)
+    console.print(table)
+    return 0

@@ -1,0 +1,131 @@
+"""`tuneloom generate`, `tuneloom evaluate`, `tuneloom export`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from tuneloom.cli.render import console, metrics_table, print_json
+from tuneloom.errors import DataFileError
+
+
+def register(commands: Any) -> None:
+    gen = commands.add_parser("generate", help="generate with a model version (or a template id, untrained)")
+    gen.add_argument("model", help="model-version directory or template id")
+    gen.add_argument("text", nargs="?", help="the input text (or use --file, or pipe it on stdin)")
+    gen.add_argument("--file", type=Path, help="one input per line (up to 128)")
+    gen.add_argument("--max-tokens", type=int)
+    gen.add_argument("--temperature", type=float)
+    gen.add_argument("--top-p", type=float)
+    gen.add_argument("--top-k", type=int)
+    gen.add_argument("--num-beams", type=int)
+    gen.add_argument("--do-sample", action="store_true", default=None)
+    gen.add_argument("--return-full-text", action="store_true", default=None)
+    gen.add_argument("--system-prompt")
+    gen.add_argument("--prompt-template", help="must contain {prompt}; may contain {system_prompt}")
+    gen.add_argument("--stop", action="append", help="stop string (repeatable); '###' always stops")
+    gen.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    gen.add_argument("--json", action="store_true")
+    gen.set_defaults(run=run_generate)
+
+    ev = commands.add_parser("evaluate", help="score a model version (or a template id) on held-out examples")
+    ev.add_argument("model", help="model-version directory or template id")
+    ev.add_argument("data", type=Path)
+    ev.add_argument("--format", default="auto", choices=["auto", "sections", "csv", "jsonl"])
+    ev.add_argument("--max-tokens", type=int, help="default: enough for the longest expected completion")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(run=run_evaluate)
+
+    ex = commands.add_parser("export", help="write a standard Hugging Face folder (adapter, or --merged)")
+    ex.add_argument("model", type=Path)
+    ex.add_argument("out", type=Path)
+    ex.add_argument("--merged", action="store_true", help="merge LoRA into the base weights")
+    ex.set_defaults(run=run_export)
+
+
+def _inference_params(args: argparse.Namespace) -> Any:
+    from tuneloom.generate.params import InferenceParams
+
+    keys = ("max_tokens", "temperature", "top_p", "top_k", "num_beams", "do_sample", "return_full_text",
+            "system_prompt", "prompt_template", "stop")
+    return InferenceParams.from_dict({k: getattr(args, k, None) for k in keys})
+
+
+def _inputs(args: argparse.Namespace) -> list[str]:
+    if args.file is not None:
+        try:
+            lines = args.file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise DataFileError(f"{args.file}: cannot read inputs: {err}") from None
+        return [line for line in lines if line.strip()]
+    if args.text is not None:
+        return [args.text]
+    if not sys.stdin.isatty():
+        return [sys.stdin.read().strip()]
+    raise SystemExit("tuneloom generate: give a TEXT, --file F, or pipe the input on stdin")
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from tuneloom.generate.generator import generate, stream
+    from tuneloom.generate.loading import load_for_inference
+
+    params = _inference_params(args)
+    texts = _inputs(args)
+    loaded = load_for_inference(args.model)
+    if args.stream:
+        for text in texts:
+            for piece in stream(loaded, text, params):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+        return 0
+    generations = generate(loaded, texts, params)
+    if args.json:
+        print_json([{"input": t, "prompt": g.prompt, "text": g.text, "tokens": g.tokens,
+                     "finish_reason": g.finish_reason} for t, g in zip(texts, generations, strict=True)])
+    else:
+        for g in generations:
+            sys.stdout.write(g.text + "\n")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from tuneloom.data import parse_file
+    from tuneloom.evaluate.runner import evaluate_examples
+    from tuneloom.generate.loading import load_for_inference
+    from tuneloom.generate.params import InferenceParams
+
+    parsed = parse_file(args.data, format=args.format)
+    loaded = load_for_inference(args.model)
+    params = InferenceParams(max_tokens=args.max_tokens) if args.max_tokens else None
+    result = evaluate_examples(loaded, parsed.examples, params=params)
+    if args.json:
+        print_json({**result.to_dict(), "data_report": parsed.report.to_dict()})
+        return 0
+    console.print(metrics_table(f"{escape(loaded.name)} on {escape(str(args.data))}", {"value": result.metrics}))
+    print_evaluation_rows(result.rows)
+    return 0
+
+
+def print_evaluation_rows(rows: list[dict[str, Any]], limit: int = 8) -> None:
+    table = Table(title=f"Examples ({min(limit, len(rows))} of {len(rows)})", title_justify="left")
+    for column in ("line", "expected", "generated", "match"):
+        table.add_column(column, overflow="fold")
+    for row in rows[:limit]:
+        table.add_row(str(row["line"]), escape(row["expected"]), escape(row["generated"]),
+                      "[green]✓[/]" if row["match"] else "[red]✗[/]")
+    console.print(table)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from tuneloom.export import export_version
+
+    out = export_version(args.model, args.out, merged=args.merged)
+    kind = "merged model" if args.merged else "adapter"
+    console.print(f"Exported the {kind} to {escape(str(out))} (loads with plain transformers)")
+    return 0

@@ -1,0 +1,110 @@
+"""`tuneloom train`: one fine-tuning run with a live progress bar; Ctrl-C checkpoints and stops."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+
+from tuneloom.cli.render import console, console_err, print_json, progress_bar
+from tuneloom.templates.catalogue import DEFAULT_TEMPLATE, SETTING_NAMES
+
+
+def register(commands: Any) -> None:
+    train = commands.add_parser("train", help="fine-tune a template on a data file into a model-version directory")
+    train.add_argument("data", type=Path)
+    train.add_argument("--template", default=DEFAULT_TEMPLATE)
+    for name in SETTING_NAMES:
+        train.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="JSON|@FILE",
+                           help=f"{name} overrides as a JSON object, or @path to a JSON file")
+    train.add_argument("--invalid-data-tolerance-percent", type=float, dest="tolerance")
+    train.add_argument("--validation", type=Path, help="held-out file (default: 10%% of the data)")
+    train.add_argument("--format", default="auto", choices=["auto", "sections", "csv", "jsonl"])
+    train.add_argument("--output", type=Path, default=Path("runs/model"))
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint of --output")
+    train.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    train.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    train.set_defaults(run=run_train)
+
+
+def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    from tuneloom.templates import parse_settings_json
+
+    overrides: dict[str, Any] = {}
+    for name in SETTING_NAMES:
+        raw = getattr(args, name)
+        if raw is None:
+            continue
+        if raw.startswith("@"):
+            raw = _read_settings_file(Path(raw[1:]), name)
+        overrides[name] = parse_settings_json(raw, name)
+    if args.tolerance is not None:
+        overrides["invalid_data_tolerance_percent"] = args.tolerance
+    return overrides
+
+
+def _read_settings_file(path: Path, name: str) -> str:
+    from tuneloom.errors import SettingsError
+
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise SettingsError(f"{name}: cannot read {path}: {err}", key=name) from None
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from tuneloom.train.recipe import TrainJob, run_training
+
+    job = TrainJob(
+        data=args.data, output=args.output, template=args.template, settings=settings_from_args(args),
+        validation=args.validation, data_format=args.format, resume=args.resume, overwrite=args.overwrite,
+    )
+    stop = threading.Event()
+    outcome = _with_progress(lambda sink: run_training(job, on_event=sink, stop=stop), stop)
+    report = outcome.report
+    if report.invalid_rows:
+        console.print(f"[yellow]{report.invalid_rows} invalid rows dropped[/] (within the tolerance); "
+                      f"run `tuneloom validate {escape(str(args.data))}` to see them.")
+    if args.json:
+        print_json({"output": str(outcome.version.path), "metrics": outcome.metrics})
+    else:
+        m = outcome.metrics
+        console.print(f"[bold green]Model version written to {escape(str(outcome.version.path))}[/]")
+        console.print(f"train loss {m['train_loss']:.4f}"
+                      + (f", eval loss {m['eval_loss']:.4f}, perplexity {m['perplexity']:.2f}" if "eval_loss" in m else "")
+                      + f", {m['train_tokens_per_second']} tokens/s")
+    return 0
+
+
+def _with_progress(work: Any, stop: threading.Event) -> Any:
+    """Run `work(sink)` under a progress bar; the first Ctrl-C asks the run to checkpoint and stop."""
+    from tuneloom.train.events import TrainEvent
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        console_err.print("[yellow]Stopping after this step and saving a checkpoint (Ctrl-C again to abort)…[/]")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    with progress_bar() as bar:
+        task = bar.add_task("training", total=None, status="")
+
+        def sink(event: TrainEvent) -> None:
+            if event.kind == "stage":
+                bar.console.print(f"[dim]•[/] {escape(event.message)}")
+            elif event.kind == "step":
+                bar.update(task, total=event.total_steps, completed=event.step)
+            elif event.loss is not None:
+                bar.update(task, status=f"loss {event.loss:.4f}")
+            elif event.eval_loss is not None:
+                bar.console.print(f"[dim]•[/] step {event.step}: eval loss {event.eval_loss:.4f}")
+
+        try:
+            return work(sink)
+        finally:
+            signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,143 @@
+"""Generation that stops where it should: at EOS, at a stop string, or where a new `###` section starts.
+
+The hosted product's own example fine-tune ran on forever ("### Human: … ### Assistant: …"). Here
+three things prevent that: training teaches EOS, `###` is always a stop string, and the returned
+text is cut at the first stop string (the stop string itself is never returned).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tuneloom.data.tokenized import completion_text
+from tuneloom.errors import SettingsError
+from tuneloom.generate.loading import InferenceModel
+from tuneloom.generate.params import MAX_INPUTS, InferenceParams
+from tuneloom.templates.prompting import SECTION_STOP
+
+BATCH_SIZE = 16
+
+
+@dataclass(frozen=True)
+class Generation:
+    prompt: str  # the prompt text as the model saw it
+    text: str  # the generated completion (or prompt + completion with return_full_text)
+    tokens: int  # new tokens generated
+    finish_reason: str  # "stop" (EOS or stop string) or "length"
+
+
+def generate(loaded: InferenceModel, texts: Sequence[str], params: InferenceParams) -> list[Generation]:
+    """Generate for up to 128 inputs, in length-sorted batches (less left padding per batch)."""
+    if not texts:
+        return []
+    if len(texts) > MAX_INPUTS:
+        raise SettingsError(f"at most {MAX_INPUTS} inputs per call, got {len(texts)}", key="inputs")
+    prompts = [render_prompt(loaded, t, params) for t in texts]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: dict[int, Generation] = {}
+    for start in range(0, len(order), BATCH_SIZE):
+        chunk = order[start : start + BATCH_SIZE]
+        for i, generation in zip(chunk, _generate_batch(loaded, [prompts[i] for i in chunk], params), strict=True):
+            results[i] = generation
+    return [results[i] for i in range(len(prompts))]
+
+
+def stream(loaded: InferenceModel, text: str, params: InferenceParams) -> Iterator[str]:
+    """Yield the completion piece by piece, holding back text that might be the start of a stop string."""
+    from transformers import TextIteratorStreamer
+
+    prompt = render_prompt(loaded, text, params)
+    stops = stop_strings(params)
+    streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    inputs = _encode(loaded, [prompt])
+    worker = threading.Thread(
+        target=loaded.model.generate, kwargs={**inputs, **_generate_kwargs(loaded, params), "streamer": streamer}
+    )
+    worker.start()
+    if params.return_full_text:
+        yield prompt + " "
+    hold = max(len(s) for s in stops) - 1
+    emitted, text = 0, ""
+    try:
+        for piece in streamer:
+            text += piece
+            visible, stopped = cut_at_stop(text.lstrip(), stops)
+            limit = len(visible.rstrip()) if stopped else len(visible) - hold
+            if limit > emitted:
+                yield visible[emitted:limit]
+                emitted = limit
+            if stopped:
+                return
+        rest = cut_at_stop(text.lstrip(), stops)[0].rstrip()
+        if len(rest) > emitted:
+            yield rest[emitted:]
+    finally:
+        for _ in streamer:  # drain, so the generating thread can finish
+            pass
+        worker.join()
+
+
+def render_prompt(loaded: InferenceModel, text: str, params: InferenceParams) -> str:
+    return loaded.prompt_format.render(text, system_prompt=params.system_prompt, prompt_template=params.prompt_template)
+
+
+def stop_strings(params: InferenceParams) -> list[str]:
+    return [SECTION_STOP, *params.stop]
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """The text before the earliest stop string, and whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def _encode(loaded: InferenceModel, prompts: list[str]) -> dict[str, torch.Tensor]:
+    tokenizer = loaded.tokenizer
+    tokenizer.padding_side = "left"  # decoder-only: new tokens must follow the prompt directly
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=True)
+    device = next(loaded.model.parameters()).device
+    return {k: v.to(device) for k, v in encoded.items()}
+
+
+def _generate_kwargs(loaded: InferenceModel, params: InferenceParams) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": params.max_tokens,
+        "num_beams": params.num_beams,
+        "do_sample": params.sampling,
+        "stop_strings": stop_strings(params),
+        "tokenizer": loaded.tokenizer,
+        "pad_token_id": loaded.tokenizer.pad_token_id,
+        "eos_token_id": loaded.tokenizer.eos_token_id,
+    }
+    if params.sampling:
+        kwargs.update(temperature=max(params.temperature, 1e-5), top_p=params.top_p, top_k=params.top_k or None)
+    else:  # greedy: unset sampling knobs so transformers does not warn about them
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    return kwargs
+
+
+@torch.inference_mode()
+def _generate_batch(loaded: InferenceModel, prompts: list[str], params: InferenceParams) -> list[Generation]:
+    inputs = _encode(loaded, prompts)
+    output = loaded.model.generate(**inputs, **_generate_kwargs(loaded, params))
+    new_tokens = output[:, inputs["input_ids"].shape[1] :]
+    eos, pad = loaded.tokenizer.eos_token_id, loaded.tokenizer.pad_token_id
+    results = []
+    for prompt, row in zip(prompts, new_tokens, strict=True):
+        ids = row.tolist()
+        while ids and ids[-1] == pad and pad != eos:
+            ids.pop()
+        ended_on_eos = eos in ids
+        if ended_on_eos:
+            ids = ids[: ids.index(eos)]
+        text, stopped = cut_at_stop(loaded.tokenizer.decode(ids, skip_special_tokens=True), stop_strings(params))
+        text = text.strip()
+        finish = "stop" if ended_on_eos or stopped else "length"
+        full = f"{prompt}{completion_text(text)}" if params.return_full_text else text
+        results.append(Generation(prompt, full, len(ids), finish))
+    return results

@@ -1,0 +1,68 @@
+"""Load a model version (or a bare template, for before/after comparisons) ready for inference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneloom.model_version import open_version
+from tuneloom.templates import get_template, resolve_settings
+from tuneloom.templates.loading import load_model, load_tokenizer, pick_device
+from tuneloom.templates.prompting import PROMPT_SLOT, PromptFormat
+
+# How a bare text is framed for a template that was never trained here.
+UNTRAINED_FORMAT = PromptFormat(template=f"### Human: {PROMPT_SLOT} ### Assistant:", response_header="Assistant")
+
+
+@dataclass
+class InferenceModel:
+    name: str
+    model: Any
+    tokenizer: Any
+    prompt_format: PromptFormat
+
+
+def load_for_inference(target: str | Path) -> InferenceModel:
+    """`target` is a model-version directory or a template id (the untrained base model)."""
+    path = Path(target)
+    if path.is_dir():
+        return _load_version(path)
+    template = get_template(str(target))
+    settings = resolve_settings(template)
+    tokenizer = load_tokenizer(settings.model_config, settings.tokenizer_config)
+    model = load_model(settings.model_config, settings.quantization_config)
+    return InferenceModel(template.id, _ready(model, tokenizer), tokenizer, UNTRAINED_FORMAT)
+
+
+def _load_version(path: Path) -> InferenceModel:
+    version = open_version(path)
+    settings = version.settings
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if version.is_adapter:
+        from peft import PeftModel
+
+        base = load_model(settings["model_config"], settings["quantization_config"])
+        model = PeftModel.from_pretrained(base, version.weights_dir)
+        if not settings["quantization_config"]:
+            model = model.merge_and_unload()  # one matmul per layer again: inference at base-model speed
+    else:
+        model = load_model(settings["model_config"], settings["quantization_config"], source=str(version.weights_dir))
+    return InferenceModel(str(path), _ready(model, tokenizer), tokenizer, PromptFormat.from_dict(version.prompt_format))
+
+
+def _ready(model: Any, tokenizer: Any) -> Any:
+    model.eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    device = pick_device()
+    if getattr(model, "device", device) != device and not getattr(model, "is_quantized", False):
+        model.to(device)
+    return model
+
+
+__all__ = ["UNTRAINED_FORMAT", "InferenceModel", "load_for_inference", "load_tokenizer"]

@@ -1,0 +1,103 @@
+"""Inference parameters, with the same names the hosted product's users pass, validated up front."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from tuneloom.errors import SettingsError
+from tuneloom.templates.prompting import check_prompt_template
+
+MAX_TOKENS_LIMIT = 4096  # a prediction can never ask for more than this
+MAX_INPUTS = 128
+MAX_STOP_STRINGS = 16
+
+
+@dataclass(frozen=True)
+class InferenceParams:
+    max_tokens: int = 128
+    temperature: float = 0.0  # 0 means greedy decoding
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables top-k filtering
+    num_beams: int = 1
+    do_sample: bool | None = None  # None: sample exactly when temperature > 0
+    return_full_text: bool = False
+    system_prompt: str | None = None
+    prompt_template: str | None = None
+    stop: tuple[str, ...] = ()
+
+    @property
+    def sampling(self) -> bool:
+        return self.do_sample if self.do_sample is not None else self.temperature > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "stop": list(self.stop)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> InferenceParams:
+        """Validate a JSON-ish dict: unknown keys, types and ranges are refused naming the key."""
+        data = dict(data or {})
+        names = {f.name for f in fields(cls)}
+        if "max_new_tokens" in data and "max_tokens" not in data:
+            data["max_tokens"] = data.pop("max_new_tokens")
+        for key in data:
+            if key not in names:
+                near = difflib.get_close_matches(key, sorted(names), n=1)
+                hint = f" Did you mean '{near[0]}'?" if near else ""
+                raise SettingsError(f"inference parameter '{key}' is unknown.{hint}", key=key)
+        values = {k: _coerce(k, v) for k, v in data.items() if v is not None}
+        params = cls(**values)
+        _check_ranges(params)
+        return params
+
+
+_INTS = {"max_tokens", "top_k", "num_beams"}
+_FLOATS = {"temperature", "top_p"}
+_BOOLS = {"do_sample", "return_full_text"}
+_STRINGS = {"system_prompt", "prompt_template"}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    if key in _INTS:
+        if isinstance(value, bool) or not isinstance(value, int | float) or float(value) != int(value):
+            raise SettingsError(f"inference parameter '{key}' must be an integer, got {value!r}", key=key)
+        return int(value)
+    if key in _FLOATS:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise SettingsError(f"inference parameter '{key}' must be a number, got {value!r}", key=key)
+        return float(value)
+    if key in _BOOLS:
+        if not isinstance(value, bool):
+            raise SettingsError(f"inference parameter '{key}' must be true or false, got {value!r}", key=key)
+        return value
+    if key in _STRINGS:
+        if not isinstance(value, str):
+            raise SettingsError(f"inference parameter '{key}' must be a string", key=key)
+        return value
+    # stop: a string or a list of strings
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list | tuple) or not all(isinstance(s, str) and s for s in stops):
+        raise SettingsError("inference parameter 'stop' must be a non-empty string or a list of them", key="stop")
+    return tuple(stops)
+
+
+_RANGES: dict[str, tuple[float, float]] = {
+    "max_tokens": (1, MAX_TOKENS_LIMIT),
+    "temperature": (0.0, 5.0),
+    "top_p": (1e-6, 1.0),
+    "top_k": (0, 10_000),
+    "num_beams": (1, 16),
+}
+
+
+def _check_ranges(params: InferenceParams) -> None:
+    for key, (low, high) in _RANGES.items():
+        value = getattr(params, key)
+        if not low <= value <= high:
+            raise SettingsError(f"inference parameter '{key}' must be between {low:g} and {high:g}, got {value:g}", key=key)
+    if len(params.stop) > MAX_STOP_STRINGS:
+        raise SettingsError(f"at most {MAX_STOP_STRINGS} stop strings are allowed", key="stop")
+    if params.prompt_template is not None:
+        check_prompt_template(params.prompt_template)

@@ -1,0 +1,133 @@
+"""The model-version directory: everything a trained model is, self-contained and verifiable.
+
+```
+<version>/
+  tuneloom.json      manifest: template, base model, every effective setting, prompt format, checksums
+  adapter/           LoRA adapter (peft format)            — or model/ for a full fine-tune
+  tokenizer/
+  metrics.json       loss per step, eval loss, perplexity, throughput
+  data_report.json   what the training file held and what was dropped
+```
+A version is assembled in a staging folder and renamed into place in one step, and the manifest is
+written last, so a crashed run never leaves a directory that looks complete. Loading verifies every
+file's SHA-256 and names the damaged one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneloom import __version__
+from tuneloom.errors import ModelVersionError
+
+MANIFEST = "tuneloom.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def template(self) -> str:
+        return str(self.manifest["template"])
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.manifest["settings"])
+
+    @property
+    def prompt_format(self) -> dict[str, Any]:
+        return dict(self.manifest["prompt_format"])
+
+    @property
+    def weights_dir(self) -> Path:
+        return self.path / str(self.manifest["weights"])
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.manifest["weights"] == "adapter"
+
+    def read_json(self, name: str) -> Any:
+        return json.loads((self.path / name).read_text())
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write-then-rename so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def finalize(staging: Path, target: Path, manifest: dict[str, Any], *, overwrite: bool = False) -> ModelVersion:
+    """Checksum the staged files, write the manifest last, and move the folder into place atomically."""
+    files = {
+        str(p.relative_to(staging)): sha256_file(p)
+        for p in sorted(staging.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+    full = {
+        "format_version": FORMAT_VERSION,
+        "tuneloom_version": __version__,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **manifest,
+        "files": files,
+    }
+    write_json(staging / MANIFEST, full)
+    _fsync_tree(staging)
+    if target.exists():
+        if not overwrite:
+            raise ModelVersionError(f"{target} already exists; choose another --output or remove it first.")
+        trash = target.with_name(f".{target.name}.old-{os.getpid()}")
+        target.rename(trash)
+        staging.rename(target)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging.rename(target)
+    return ModelVersion(target, full)
+
+
+def open_version(path: Path, *, verify: bool = True) -> ModelVersion:
+    """Read a model version; with `verify`, every file must match its recorded checksum."""
+    manifest_path = path / MANIFEST
+    if not path.is_dir():
+        raise ModelVersionError(f"{path} is not a model-version directory (it does not exist).")
+    if not manifest_path.is_file():
+        partial = " It looks like an unfinished training run." if path.name.endswith(".partial") else ""
+        raise ModelVersionError(f"{path} has no {MANIFEST}: not a complete model version.{partial}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as err:
+        raise ModelVersionError(f"{manifest_path} is damaged: {err}") from None
+    if verify:
+        for name, expected in manifest.get("files", {}).items():
+            file = path / name
+            if not file.is_file():
+                raise ModelVersionError(f"{path}: file {name} is missing.")
+            if sha256_file(file) != expected:
+                raise ModelVersionError(f"{path}: file {name} is damaged (checksum mismatch).")
+    return ModelVersion(path, manifest)
+
+
+def _fsync_tree(root: Path) -> None:
+    for p in root.rglob("*"):
+        if p.is_file():
+            with p.open("rb") as handle:
+                os.fsync(handle.fileno())

@@ -1,0 +1,86 @@
+"""Turn validated settings into a tokenizer and a model, the one place `from_pretrained` is called."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tuneloom.templates.sources import resolve_model_dir, resolve_tokenizer_dir
+
+# tuneloom's own tokenizer_config keys, consumed by the data layer, never passed to transformers.
+TOKENIZER_ONLY_FOR_DATA = ("response_headers",)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """`auto` means bf16 on a GPU that has it and float32 on the CPU (bf16 matmuls are slow there)."""
+    if name in _DTYPES:
+        return _DTYPES[str(name)]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_tokenizer(model_config: dict[str, Any], tokenizer_config: dict[str, Any]) -> Any:
+    from transformers import AutoTokenizer
+
+    kwargs = {k: v for k, v in tokenizer_config.items() if k not in TOKENIZER_ONLY_FOR_DATA}
+    tokenizer = AutoTokenizer.from_pretrained(
+        resolve_tokenizer_dir(model_config["pretrained_model_name_or_path"]), **kwargs
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    model_config: dict[str, Any],
+    quantization_config: dict[str, Any] | None = None,
+    *,
+    device: torch.device | None = None,
+    source: str | None = None,
+) -> Any:
+    """Load the base causal LM; `source` overrides where the weights are read from (e.g. a full fine-tune)."""
+    from transformers import AutoModelForCausalLM
+
+    device = device or pick_device()
+    kwargs = dict(model_config)
+    name = kwargs.pop("pretrained_model_name_or_path")
+    dtype = resolve_dtype(kwargs.pop("torch_dtype", None), device)
+    if quantization_config:
+        kwargs["quantization_config"] = build_quantization_config(quantization_config)
+        kwargs.setdefault("device_map", "auto")
+    model = AutoModelForCausalLM.from_pretrained(source or resolve_model_dir(name), dtype=dtype, **kwargs)
+    if not quantization_config:
+        model.to(device)
+    return model
+
+
+def build_quantization_config(settings: dict[str, Any]) -> Any:
+    from transformers import BitsAndBytesConfig, GPTQConfig
+
+    if "bits" in settings:
+        return GPTQConfig(**settings)
+    return BitsAndBytesConfig(**settings)
+
+
+def apply_peft(model: Any, peft_config: dict[str, Any]) -> Any:
+    """Wrap the model with LoRA adapters; an empty peft_config means full fine-tuning."""
+    if not peft_config:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    config = {k: v for k, v in peft_config.items() if k != "peft_type"}
+    if getattr(model, "is_quantized", False):
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model)
+    return get_peft_model(model, LoraConfig(**config))

@@ -1,0 +1,88 @@
+"""What a training run tells its caller while it runs, as plain data (the CLI draws bars, the server stores rows)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+
+@dataclass(frozen=True)
+class TrainEvent:
+    kind: str  # "stage" | "step" | "log" | "eval"
+    message: str = ""
+    step: int = 0
+    total_steps: int = 0
+    epoch: float | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+    learning_rate: float | None = None
+    elapsed_s: float = 0.0
+    eta_s: float | None = None
+
+
+EventSink = Callable[[TrainEvent], None]
+
+
+def ignore_events(_: TrainEvent) -> None:
+    """The default sink: a library call prints nothing."""
+
+
+class ProgressReporter(TrainerCallback):
+    """Forward the Trainer's steps and logs as TrainEvents, with an ETA from this run's own pace."""
+
+    def __init__(self, sink: EventSink):
+        self.sink = sink
+        self.started = time.monotonic()
+        self.first_step: int | None = None
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
+        self.started = time.monotonic()
+        self.first_step = state.global_step
+
+    def _timing(self, state: TrainerState) -> tuple[float, float | None]:
+        elapsed = time.monotonic() - self.started
+        done = state.global_step - (self.first_step or 0)
+        if done <= 0:
+            return elapsed, None
+        return elapsed, elapsed / done * max(state.max_steps - state.global_step, 0)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
+        elapsed, eta = self._timing(state)
+        self.sink(
+            TrainEvent("step", step=state.global_step, total_steps=state.max_steps, epoch=state.epoch,
+                       elapsed_s=elapsed, eta_s=eta)
+        )
+
+    def on_log(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+        logs: dict[str, float] | None = None, **_: Any,
+    ) -> None:
+        logs = logs or {}
+        elapsed, eta = self._timing(state)
+        kind = "eval" if "eval_loss" in logs else "log"
+        if "loss" not in logs and kind == "log":
+            return
+        self.sink(
+            TrainEvent(
+                kind, step=state.global_step, total_steps=state.max_steps, epoch=state.epoch,
+                loss=logs.get("loss"), eval_loss=logs.get("eval_loss"), learning_rate=logs.get("learning_rate"),
+                elapsed_s=elapsed, eta_s=eta,
+            )
+        )
+
+
+class StopOnRequest(TrainerCallback):
+    """Ctrl-C in the CLI or cancel in the server sets the event; the run checkpoints and stops cleanly."""
+
+    def __init__(self, stop: threading.Event):
+        self.stop = stop
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
+        if self.stop.is_set():
+            control.should_save = True
+            control.should_training_stop = True

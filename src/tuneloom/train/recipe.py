@@ -1,0 +1,224 @@
+"""The fine-tuning run, top to bottom: settings → data → model → Trainer → model-version directory.
+
+Read it like a recipe: every step is one call, and every call is a small function below or in a
+sibling module. Hugging Face `Trainer` does the optimisation (so every `TrainingArguments` setting
+works as documented); tuneloom supplies the data, the packed batches, the loss and the bookkeeping.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainingArguments, set_seed
+
+from tuneloom.data.types import DataReport
+from tuneloom.errors import TuneloomError
+from tuneloom.model_version import ModelVersion, finalize, write_json
+from tuneloom.templates import (
+    TOKENIZER_EXTENSIONS,
+    TRAINER_EXTENSIONS,
+    TrainingSettings,
+    get_template,
+    require_supported_hardware,
+    resolve_settings,
+)
+from tuneloom.templates.loading import apply_peft, load_model, load_tokenizer, pick_device
+from tuneloom.templates.prompting import derive_prompt_format
+from tuneloom.train.dataset import ExampleDataset, read_and_tokenize, split_held_out
+from tuneloom.train.events import EventSink, ProgressReporter, StopOnRequest, TrainEvent, ignore_events
+from tuneloom.train.packing import PackedCollator, packed_causal_lm_loss
+
+ROW_TOKENS = 4096  # packed row length; bounds the (block-diagonal) attention cost per row
+
+
+class TrainingInterrupted(TuneloomError):
+    code = "TRAINING_INTERRUPTED"
+
+
+@dataclass
+class TrainJob:
+    data: Path
+    output: Path
+    template: str = "smollm2-135m-instruct-lora"
+    settings: Mapping[str, Any] = field(default_factory=dict)  # overrides of the five + tolerance
+    validation: Path | None = None
+    data_format: str = "auto"
+    resume: bool = False
+    overwrite: bool = False
+
+
+@dataclass
+class TrainOutcome:
+    version: ModelVersion
+    metrics: dict[str, Any]
+    report: DataReport
+
+
+def run_training(job: TrainJob, *, on_event: EventSink = ignore_events, stop: threading.Event | None = None) -> TrainOutcome:
+    template = get_template(job.template)
+    settings = resolve_settings(template, job.settings)
+    require_supported_hardware(settings, cuda_available=torch.cuda.is_available())
+    options = _extensions(settings)
+    set_seed(int(settings.trainer_config.get("seed", 42)))
+
+    on_event(TrainEvent("stage", "Loading tokenizer"))
+    tokenizer = load_tokenizer(settings.model_config, settings.tokenizer_config)
+    on_event(TrainEvent("stage", f"Reading {job.data}"))
+    read = _reader(tokenizer, settings, options, job.data_format)
+    examples, tokenized, report = read(job.data)
+    if job.validation is not None:
+        held_examples, held_out, _ = read(job.validation)
+        train_rows = tokenized
+    else:
+        train_rows, held_out, held_examples = split_held_out(
+            examples, tokenized, float(options["eval_fraction"]), int(settings.trainer_config.get("seed", 42))
+        )
+    prompt_format = derive_prompt_format(examples)
+    on_event(TrainEvent("stage", f"{len(train_rows)} training / {len(held_out)} held-out examples; "
+                                 f"{report.invalid_rows} invalid rows dropped"))
+
+    on_event(TrainEvent("stage", f"Loading {settings.model_config['pretrained_model_name_or_path']}"))
+    model = apply_peft(load_model(settings.model_config, settings.quantization_config), settings.peft_config)
+
+    workdir = job.output.with_name(job.output.name + ".partial")
+    train_set, eval_set = ExampleDataset(train_rows), ExampleDataset(held_out)
+    trainer = Trainer(
+        model=model,
+        args=_training_arguments(settings, options, workdir, len(train_set), has_eval=len(eval_set) > 0),
+        train_dataset=train_set,
+        eval_dataset=eval_set if len(eval_set) else None,
+        data_collator=PackedCollator(tokenizer.pad_token_id, ROW_TOKENS, packing=bool(options["packing"])),
+        compute_loss_func=packed_causal_lm_loss,
+        callbacks=[ProgressReporter(on_event), StopOnRequest(stop or threading.Event())],
+    )
+    on_event(TrainEvent("stage", "Training"))
+    result = trainer.train(resume_from_checkpoint=_latest_checkpoint(workdir) if job.resume else None)
+    if stop is not None and stop.is_set():
+        raise TrainingInterrupted(
+            f"Training stopped at step {trainer.state.global_step}; checkpoint kept in {workdir}. "
+            "Run the same command with --resume to continue.",
+            details={"checkpoint_dir": str(workdir)},
+        )
+
+    eval_loss = trainer.evaluate()["eval_loss"] if len(eval_set) else None
+    metrics = _metrics(trainer, result.metrics, eval_loss, train_set.token_count)
+    on_event(TrainEvent("stage", "Saving model version"))
+    staging = workdir / "version"
+    shutil.rmtree(staging, ignore_errors=True)
+    weights = "adapter" if settings.peft_config else "model"
+    trainer.model.save_pretrained(staging / weights)
+    tokenizer.save_pretrained(staging / "tokenizer")
+    write_json(staging / "metrics.json", metrics)
+    write_json(staging / "data_report.json", report.to_dict())
+    write_json(staging / "held_out.json", [{"prompt": e.prompt, "completion": e.completion, "line": e.line}
+                                            for e in held_examples])
+    version = finalize(
+        staging,
+        job.output,
+        {
+            "template": template.id,
+            "base_model": settings.model_config["pretrained_model_name_or_path"],
+            "weights": weights,
+            "settings": settings.to_dict(),
+            "prompt_format": prompt_format.to_dict(),
+            "data": {"file": str(job.data), "format": report.format, "train_examples": len(train_set),
+                     "held_out_examples": len(eval_set)},
+            "summary": {k: metrics[k] for k in ("train_loss", "eval_loss", "perplexity") if k in metrics},
+        },
+        overwrite=job.overwrite,
+    )
+    shutil.rmtree(workdir, ignore_errors=True)
+    return TrainOutcome(version, metrics, report)
+
+
+def _extensions(settings: TrainingSettings) -> dict[str, Any]:
+    """tuneloom's own training options, which ride inside trainer_config / tokenizer_config."""
+    merged = {**TRAINER_EXTENSIONS, **TOKENIZER_EXTENSIONS}
+    for source in (settings.trainer_config, settings.tokenizer_config):
+        merged.update({k: v for k, v in source.items() if k in merged})
+    return merged
+
+
+def _reader(tokenizer: Any, settings: TrainingSettings, options: dict[str, Any], data_format: str) -> Any:
+    def read(path: Path) -> Any:
+        return read_and_tokenize(
+            path,
+            tokenizer,
+            data_format=data_format,
+            response_headers=options["response_headers"],
+            max_length=int(settings.tokenizer_config.get("model_max_length", 512)),
+            train_on_prompt=bool(options["train_on_prompt"]),
+            tolerance_percent=settings.invalid_data_tolerance_percent,
+        )
+
+    return read
+
+
+def _training_arguments(
+    settings: TrainingSettings, options: dict[str, Any], workdir: Path, n_train: int, *, has_eval: bool
+) -> TrainingArguments:
+    """The user's trainer_config, plus what the platform owns: where files go, logging, evaluation cadence."""
+    user = {k: v for k, v in settings.trainer_config.items() if k not in options}
+    steps = _estimated_steps(user, n_train)
+    cadence = max(1, steps // 10)
+    defaults: dict[str, Any] = {
+        "logging_steps": 1,
+        "save_strategy": "steps",
+        "save_steps": max(1, steps // 4),
+        "save_total_limit": 2,
+        "eval_strategy": "steps" if has_eval else "no",
+        "eval_steps": cadence,
+        "report_to": "none",
+    }
+    forced = {
+        "output_dir": str(workdir / "checkpoints"),
+        "logging_dir": str(workdir / "logs"),
+        "disable_tqdm": True,
+        "remove_unused_columns": False,
+        "prediction_loss_only": True,
+        "dataloader_pin_memory": pick_device().type == "cuda",
+    }
+    return TrainingArguments(**{**defaults, **user, **forced})
+
+
+def _estimated_steps(trainer_config: dict[str, Any], n_train: int) -> int:
+    if int(trainer_config.get("max_steps", -1)) > 0:
+        return int(trainer_config["max_steps"])
+    per_step = int(trainer_config.get("per_device_train_batch_size", 8)) * int(
+        trainer_config.get("gradient_accumulation_steps", 1)
+    )
+    return max(1, math.ceil(n_train / per_step) * math.ceil(float(trainer_config.get("num_train_epochs", 1))))
+
+
+def _latest_checkpoint(workdir: Path) -> str | None:
+    checkpoints = sorted(
+        (workdir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1])
+    )
+    return str(checkpoints[-1]) if checkpoints else None
+
+
+def _metrics(trainer: Trainer, train_metrics: dict[str, Any], eval_loss: float | None, tokens: int) -> dict[str, Any]:
+    history = trainer.state.log_history
+    runtime = float(train_metrics.get("train_runtime", 0.0)) or float("nan")
+    epochs = float(trainer.state.epoch or 0.0)
+    metrics: dict[str, Any] = {
+        "train_loss": train_metrics.get("train_loss"),
+        "train_runtime_s": round(runtime, 2),
+        "train_tokens_per_second": round(tokens * epochs / runtime, 1) if runtime == runtime else None,
+        "steps": trainer.state.global_step,
+        "epochs": epochs,
+        "loss_curve": [{"step": h["step"], "loss": h["loss"], "learning_rate": h.get("learning_rate")}
+                       for h in history if "loss" in h],
+        "eval_curve": [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in history if "eval_loss" in h],
+    }
+    if eval_loss is not None:
+        metrics["eval_loss"] = eval_loss
+        metrics["perplexity"] = math.exp(min(eval_loss, 50.0))
+    return metrics
