@@ -1,0 +1,120 @@
+"""Every user mistake ends in one clear message and the documented exit code — never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import sentiment_lines
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tuneloom.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_validate_usable_file_exits_0(sentiment_file: Path) -> None:
+    result = run_cli("validate", str(sentiment_file), "--template", "tiny-random", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["usable"] is True
+    assert data["report"]["valid_rows"] == 48 and data["report"]["invalid_rows"] == 1
+    assert data["report"]["invalid"][0]["line"] == 6
+    assert data["report"]["token_stats"]["count"] == 48
+
+
+def test_validate_preview_tells_prompt_from_completion(sentiment_file: Path) -> None:
+    result = run_cli("validate", str(sentiment_file), "--template", "tiny-random", "--preview", "1", "--json")
+    (pieces,) = json.loads(result.stdout)["preview"]
+    masked = "".join(p["text"] for p in pieces if not p["trained"])
+    trained = "".join(p["text"] for p in pieces if p["trained"])
+    assert masked.endswith("### Assistant:")
+    assert trained == " positive<|endoftext|>"  # the completion, then EOS: both learned
+
+
+def test_validate_over_tolerance_exits_1(tmp_path: Path) -> None:
+    path = tmp_path / "bad.txt"
+    path.write_text("\n".join([*sentiment_lines(1), *["no sections at all"] * 5]) + "\n")
+    result = run_cli("validate", str(path), "--no-tokenize")
+    assert result.returncode == 1
+    assert "not usable" in result.stdout and "line" in result.stdout
+
+
+def test_validate_usage_error_exits_2() -> None:
+    assert run_cli("validate").returncode == 2
+    assert run_cli("validate", "x.txt", "--format", "xml").returncode == 2
+
+
+def test_validate_binary_file_is_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    path.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 10)
+    result = run_cli("validate", str(path), "--no-tokenize")
+    assert result.returncode == 1
+    assert "zip" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_train_over_tolerance_stops_with_the_report(tmp_path: Path) -> None:
+    path = tmp_path / "bad.txt"
+    path.write_text("\n".join([*sentiment_lines(1), *["### Human: no answer"] * 4]) + "\n")
+    result = run_cli("train", str(path), "--template", "tiny-random", "--output", str(tmp_path / "v"),
+                     "--invalid-data-tolerance-percent", "5")
+    assert result.returncode == 1
+    assert "INVALID_DATA_TOLERANCE_EXCEEDED" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "v").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("--trainer-config", '{"learning_rat": 0.1}', "learning_rate"),
+        ("--trainer-config", '{"push_to_hub": true}', "push_to_hub"),
+        ("--model-config", '{"trust_remote_code": true}', "trust_remote_code"),
+        ("--trainer-config", '{"num_train_epochs": 1', "not valid JSON"),
+        ("--invalid-data-tolerance-percent", "140", "invalid_data_tolerance_percent"),
+    ],
+)
+def test_train_refuses_bad_settings_before_loading(
+    sentiment_file: Path, tmp_path: Path, flag: str, value: str, expected: str
+) -> None:
+    result = run_cli("train", str(sentiment_file), "--template", "tiny-random", "--output", str(tmp_path / "v"),
+                     flag, value)
+    assert result.returncode == 1
+    assert expected in result.stderr and "Traceback" not in result.stderr
+
+
+def test_quantized_template_on_cpu_says_so_plainly(sentiment_file: Path, tmp_path: Path) -> None:
+    result = run_cli("train", str(sentiment_file), "--template", "HF_Llama_2_7b_chat_GPTQ_lora",
+                     "--output", str(tmp_path / "v"))
+    assert result.returncode == 1
+    assert "GPU" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_base_weights_is_one_line(sentiment_file: Path, tmp_path: Path) -> None:
+    result = run_cli("train", str(sentiment_file), "--template", "gpt-neo-125m-lora", "--output", str(tmp_path / "v"))
+    assert result.returncode == 1
+    assert "EleutherAI/gpt-neo-125m" in result.stderr and "local directory" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_gpt_neo_template_tokenizes_offline(sentiment_file: Path) -> None:
+    result = run_cli("validate", str(sentiment_file), "--template", "gpt-neo-125m-lora", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["report"]["token_stats"]["count"] == 48
+
+
+def test_templates_list_and_show() -> None:
+    listed = json.loads(run_cli("templates", "--json").stdout)
+    assert {"smollm2-135m-instruct-lora", "tiny-random", "advanced"} <= {t["id"] for t in listed}
+    shown = json.loads(run_cli("templates", "show", "HF_GPTNeo_125m_lora").stdout)
+    assert shown["id"] == "gpt-neo-125m-lora"
+    assert shown["defaults"]["peft_config"]["r"] == 16
+
+
+def test_csv_template_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "template.csv"
+    assert run_cli("csv-template", str(path)).returncode == 0
+    assert run_cli("validate", str(path), "--no-tokenize").returncode == 0

@@ -1,0 +1,38 @@
+"""Stopping a run (Ctrl-C in the CLI, cancel in the server) leaves a checkpoint that resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from tuneloom.train.events import TrainEvent
+from tuneloom.train.recipe import TrainingInterrupted, TrainJob, run_training
+
+SETTINGS = {"trainer_config": {"num_train_epochs": 2, "per_device_train_batch_size": 4, "save_steps": 1000}}
+
+
+def test_stop_checkpoints_and_resume_finishes(sentiment_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "version"
+    job = TrainJob(data=sentiment_file, output=out, template="tiny-random", settings=SETTINGS)
+    stop = threading.Event()
+
+    def stop_at_step_3(event: TrainEvent) -> None:
+        if event.kind == "step" and event.step == 3:
+            stop.set()
+
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        run_training(job, on_event=stop_at_step_3, stop=stop)
+    assert not out.exists()  # nothing that looks like a finished version
+    checkpoints = list((tmp_path / "version.partial" / "checkpoints").glob("checkpoint-*"))
+    assert [c.name for c in checkpoints] == ["checkpoint-3"]
+
+    steps: list[int] = []
+    job.resume = True
+    outcome = run_training(job, on_event=lambda e: steps.append(e.step) if e.kind == "step" else None)
+    assert steps[0] == 4  # continued where it stopped, not from scratch
+    total = outcome.metrics["steps"]
+    assert steps[-1] == total
+    assert json.loads((out / "tuneloom.json").read_text())["template"] == "tiny-random"
