@@ -1,0 +1,246 @@
+"""Training settings: a template's defaults merged with a user's overrides, then validated.
+
+Users send five dictionaries (`model_config`, `quantization_config`, `peft_config`,
+`tokenizer_config`, `trainer_config`) and `invalid_data_tolerance_percent`, usually as JSON from the
+CLI or the REST API. `resolve_settings` turns them into a `TrainingSettings` whose dictionaries are
+normalised and JSON-safe (a model version's manifest stores them, and versions are compared by
+them), or raises `SettingsError` naming the offending key as a dotted path.
+
+Merge semantics, per setting:
+- a user key replaces the template's value for that key (nested objects are replaced, not merged);
+- a user value of `null` removes the key (the library default applies);
+- a setting given as `null` starts from nothing instead of the template's defaults;
+- `{}` for `peft_config` means full fine-tuning and for `quantization_config` no quantization
+  (there "empty" is a choice; for the other three `{}` simply overrides nothing);
+- switching quantization method (`bits` → `load_in_4bit`) drops the template's keys of the other one.
+
+Validation is fast after the first call (which imports transformers/peft and introspects their
+classes once), so the server can run it at request time. Rules live in `settings_rules` (tables,
+including tuneloom's own extension keys) and `settings_fields` (the engine).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tuneloom.errors import SettingsError
+from tuneloom.templates.catalogue import DEFAULT_TEMPLATE, SETTING_NAMES, TEMPLATES, Template, get_template
+from tuneloom.templates.settings_fields import (
+    apply_aliases,
+    check_setting,
+    coerce,
+    kind_of,
+    plain,
+    quant_methods,
+    suggest,
+)
+from tuneloom.templates.settings_rules import CLEARED_BY_EMPTY, FLOAT, GPU_ONLY_ATTENTION, RANGES
+
+TOLERANCE = "invalid_data_tolerance_percent"
+DEFAULT_TOLERANCE = 5.0
+TOP_LEVEL_KEYS = (*SETTING_NAMES, TOLERANCE)
+_NOT_GIVEN: Any = object()
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Validated, normalised settings of one training run (JSON-safe; see `to_dict`)."""
+
+    model_config: dict[str, Any]
+    quantization_config: dict[str, Any]
+    peft_config: dict[str, Any]
+    tokenizer_config: dict[str, Any]
+    trainer_config: dict[str, Any]
+    invalid_data_tolerance_percent: float = DEFAULT_TOLERANCE
+
+    def to_dict(self) -> dict[str, Any]:
+        """All six keys, deep-copied, ready for `json.dumps`."""
+        out: dict[str, Any] = {name: copy.deepcopy(getattr(self, name)) for name in SETTING_NAMES}
+        out[TOLERANCE] = self.invalid_data_tolerance_percent
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainingSettings:
+        """Rebuild stored settings as they were, without re-validating them.
+
+        A manifest written by an older tuneloom must still load even if today's rules are stricter;
+        only the shape (six keys, five objects, a number) is checked.
+        """
+        data = _top_level(d, what="stored settings")
+        missing = [name for name in SETTING_NAMES if name not in data]
+        if missing:
+            raise SettingsError(f"stored settings lack {', '.join(missing)}", key=missing[0])
+        for name in SETTING_NAMES:
+            if not isinstance(data[name], dict):
+                raise SettingsError(f"{name} must be an object, not {kind_of(data[name])}", key=name)
+        dicts = {name: data[name] for name in SETTING_NAMES}
+        return cls(**dicts, invalid_data_tolerance_percent=_tolerance(data.get(TOLERANCE)))
+
+
+def resolve_settings(
+    template: Template | str,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    allow_remote_loggers: bool = False,
+) -> TrainingSettings:
+    """Merge `overrides` over the template's defaults and validate the result.
+
+    `allow_remote_loggers` is the server operator's switch for `report_to` values that send logs to
+    outside services (wandb, mlflow, …); users cannot turn it on from a settings dict.
+    """
+    tpl = get_template(template) if isinstance(template, str) else template
+    user = _top_level(overrides or {}, what="settings")
+    defaults = tpl.default_settings()
+    resolved = {
+        name: check_setting(
+            name,
+            merge_setting(name, defaults.get(name) or {}, user.get(name, _NOT_GIVEN)),
+            allow_remote_loggers=allow_remote_loggers,
+        )
+        for name in SETTING_NAMES
+    }
+    return TrainingSettings(**resolved, invalid_data_tolerance_percent=_tolerance(user.get(TOLERANCE)))
+
+
+def merge_setting(name: str, default: Mapping[str, Any], given: Any) -> dict[str, Any]:
+    """One setting's user dict over its default dict, key by key (see the module docstring)."""
+    if given is _NOT_GIVEN:
+        return apply_aliases(name, default)
+    if given is None:
+        return {}
+    if not isinstance(given, dict):
+        raise SettingsError(f"{name} must be an object ({{...}}), not {kind_of(given)}", key=name)
+    if not given and name in CLEARED_BY_EMPTY:
+        return {}
+    user = apply_aliases(name, given)
+    merged = apply_aliases(name, default)
+    if name == "quantization_config" and quant_methods(user) and quant_methods(user) != quant_methods(merged):
+        merged = {}
+    for key, value in user.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _top_level(value: Any, *, what: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise SettingsError(f"{what} must be an object with keys {', '.join(TOP_LEVEL_KEYS)}")
+    data: dict[str, Any] = plain("", value)
+    for key in data:
+        if key not in TOP_LEVEL_KEYS:
+            raise SettingsError(
+                f"Unknown setting '{key}'.{suggest(key, TOP_LEVEL_KEYS)} "
+                f"Settings are: {', '.join(TOP_LEVEL_KEYS)}.",
+                key=key,
+            )
+    return data
+
+
+def _tolerance(value: Any) -> float:
+    if value is None:
+        return DEFAULT_TOLERANCE
+    number = float(coerce(TOLERANCE, value, FLOAT))
+    if not RANGES[TOLERANCE].contains(number):
+        raise SettingsError(
+            f"{TOLERANCE} must be {RANGES[TOLERANCE].describe()} (got {value})", key=TOLERANCE
+        )
+    return number
+
+
+def parse_settings_json(text: str, setting: str) -> dict[str, Any]:
+    """Parse one setting given as JSON text (a CLI flag, a form field); errors say where."""
+    if not isinstance(text, str | bytes):
+        raise SettingsError(f"{setting} must be JSON text, not {type(text).__name__}", key=setting)
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        hint = (
+            " (JSON wants double quotes, no trailing commas, true/false and null)"
+            if exc.msg.startswith("Expecting")
+            else ""
+        )
+        raise SettingsError(
+            f"{setting} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}{hint}",
+            key=setting,
+        ) from None
+    except (ValueError, RecursionError) as exc:
+        raise SettingsError(f"{setting} is not valid JSON: {exc}", key=setting) from None
+    if not isinstance(value, dict):
+        raise SettingsError(f"{setting} must be a JSON object ({{...}}), not {kind_of(value)}", key=setting)
+    return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+# ---- hardware ------------------------------------------------------------------------------------------
+
+
+def require_supported_hardware(settings: TrainingSettings, *, cuda_available: bool) -> None:
+    """Refuse, in plain words, settings this machine cannot run (checked where the training runs)."""
+    if cuda_available:
+        return
+    for rule in GPU_ONLY_RULES:
+        problem = rule(settings)
+        if problem:
+            message, key = problem
+            raise SettingsError(message, key=key)
+
+
+def _quantization_on_cpu(settings: TrainingSettings) -> tuple[str, str] | None:
+    quant = settings.quantization_config
+    if not quant:
+        return None
+    what = _quantization_name(quant)
+    return (
+        f"{_subject(settings)} uses {what}, which needs an NVIDIA GPU; this machine has none. Pick a "
+        f"non-quantized template (e.g. {DEFAULT_TEMPLATE}) or set quantization_config to {{}}.",
+        "quantization_config",
+    )
+
+
+def _quantization_name(quant: Mapping[str, Any]) -> str:
+    if "gptq" in quant_methods(quant):
+        return f"{quant.get('bits', 4)}-bit GPTQ quantization"
+    return f"{8 if quant.get('load_in_8bit') else 4}-bit bitsandbytes quantization"
+
+
+def _subject(settings: TrainingSettings) -> str:
+    """Name the template when the base model is a template's, since that is what the user picked."""
+    model = settings.model_config.get("pretrained_model_name_or_path")
+    matches = sorted((t for t in TEMPLATES if t.base_model == model), key=lambda t: not t.requires_gpu)
+    return f"Template {matches[0].id}" if matches else f"Model {model}"
+
+
+def _gpu_attention_on_cpu(settings: TrainingSettings) -> tuple[str, str] | None:
+    attention = settings.model_config.get("attn_implementation")
+    if attention not in GPU_ONLY_ATTENTION:
+        return None
+    return (
+        f"model_config.attn_implementation '{attention}' needs an NVIDIA GPU; this machine has none. "
+        "Use 'sdpa' or 'eager'.",
+        "model_config.attn_implementation",
+    )
+
+
+def _tf32_on_cpu(settings: TrainingSettings) -> tuple[str, str] | None:
+    if not settings.trainer_config.get("tf32"):
+        return None
+    return (
+        "trainer_config.tf32 needs an NVIDIA GPU (Ampere or newer); this machine has none. Remove it.",
+        "trainer_config.tf32",
+    )
+
+
+GPU_ONLY_RULES: tuple[Callable[[TrainingSettings], tuple[str, str] | None], ...] = (
+    _quantization_on_cpu,
+    _gpu_attention_on_cpu,
+    _tf32_on_cpu,
+)
