@@ -33,12 +33,11 @@ from tuneloom.templates.settings_fields import (
     apply_aliases,
     check_setting,
     coerce,
-    kind_of,
     plain,
     quant_methods,
     suggest,
 )
-from tuneloom.templates.settings_rules import CLEARED_BY_EMPTY, FLOAT, GPU_ONLY_ATTENTION, RANGES
+from tuneloom.templates.settings_rules import CLEARED_BY_EMPTY, FLOAT, GPU_ONLY_ATTENTION, RANGES, kind_of
 
 TOLERANCE = "invalid_data_tolerance_percent"
 DEFAULT_TOLERANCE = 5.0
@@ -239,8 +238,22 @@ def _tf32_on_cpu(settings: TrainingSettings) -> tuple[str, str] | None:
     )
 
 
+def _bf16_on_cpu(settings: TrainingSettings) -> tuple[str, str] | None:
+    """TrainingArguments refuses bf16 without a GPU unless use_cpu is set; say so before loading a model."""
+    trainer = settings.trainer_config
+    flag = next((k for k in ("bf16", "bf16_full_eval") if trainer.get(k)), None)
+    if flag is None or trainer.get("use_cpu"):
+        return None
+    return (
+        f"trainer_config.{flag} needs a GPU with bfloat16 support; this machine has none. "
+        "Remove it, or also set use_cpu to true to train in bfloat16 on the CPU.",
+        f"trainer_config.{flag}",
+    )
+
+
 GPU_ONLY_RULES: tuple[Callable[[TrainingSettings], tuple[str, str] | None], ...] = (
     _quantization_on_cpu,
     _gpu_attention_on_cpu,
     _tf32_on_cpu,
+    _bf16_on_cpu,
 )
