@@ -27,16 +27,16 @@ class _RowError(Exception):
     """Raised inside a row's checks; becomes an InvalidRow with this message as the reason."""
 
 
-def iter_jsonl_rows(
+def jsonl_row_batches(
     batches: Iterable[Batch], response_headers: tuple[str, ...]
-) -> Iterator[Example | InvalidRow]:
-    """One row per non-blank line."""
+) -> Iterator[list[Example | InvalidRow]]:
+    """One row per non-blank line, one list per batch of lines."""
     for first, items in batches:
-        for number, item in enumerate(items, first):
-            if not isinstance(item, str):
-                yield item  # an InvalidRow from the line reader
-            elif item and not item.isspace():
-                yield parse_json_line(item, number, response_headers)
+        yield [
+            parse_json_line(item, number, response_headers) if isinstance(item, str) else item
+            for number, item in enumerate(items, first)
+            if not isinstance(item, str) or (item and not item.isspace())
+        ]
 
 
 def parse_json_line(text: str, line: int, response_headers: tuple[str, ...]) -> Example | InvalidRow:

@@ -6,20 +6,22 @@ counters and the first `MAX_REPORTED_INVALID` rejected rows.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tuneloom.data.csv_rows import iter_csv_rows
-from tuneloom.data.jsonl_rows import iter_jsonl_rows
+from tuneloom.data.jsonl_rows import jsonl_row_batches
 from tuneloom.data.lines import iter_batches
-from tuneloom.data.sections import RESPONSE_HEADERS, check_response_headers, iter_section_rows
+from tuneloom.data.sections import RESPONSE_HEADERS, check_response_headers, section_row_batches
 from tuneloom.data.sniff import FORMATS, choose_format, fail, open_chunks, sniff
 from tuneloom.data.types import DataReport, Example, InvalidRow
 from tuneloom.errors import DataFileError, SettingsError, ToleranceExceededError
 
 Row = Example | InvalidRow
+ROW_BATCH = 4096  # CSV rows come one by one from the csv module; they are handed on in lists
 
 
 @dataclass
@@ -32,8 +34,8 @@ class ParsedFile:
 
 def open_rows(
     path: Path | str, format: str = "auto", response_headers: Sequence[str] = RESPONSE_HEADERS
-) -> tuple[str, Iterator[Row]]:
-    """Check the arguments and the file's first 64 KB now; return (format, lazy row iterator)."""
+) -> tuple[str, Iterator[list[Row]]]:
+    """Check the arguments and the file's first 64 KB now; return (format, lazy batches of rows)."""
     if format not in FORMATS:
         raise SettingsError(f"format must be one of {', '.join(FORMATS)}; got {format!r}", key="format")
     headers = check_response_headers(response_headers)
@@ -42,25 +44,26 @@ def open_rows(
     fmt = choose_format(sniffed, format)
     batches = iter_batches(open_chunks(sniffed))
     if fmt == "csv":
-        return fmt, iter_csv_rows(batches, path, headers)
+        rows = iter_csv_rows(batches, path, headers)
+        return fmt, iter(lambda: list(itertools.islice(rows, ROW_BATCH)), [])
     if fmt == "jsonl":
-        return fmt, iter_jsonl_rows(batches, headers)
-    return fmt, iter_section_rows(batches, headers)
+        return fmt, jsonl_row_batches(batches, headers)
+    return fmt, section_row_batches(batches, headers)
 
 
 def iter_rows(
     path: Path | str, *, format: str = "auto", response_headers: Sequence[str] = RESPONSE_HEADERS
 ) -> Iterator[Row]:
     """Stream a file's rows in order; whole-file problems raise `DataFileError` (some only once reached)."""
-    fmt, rows = open_rows(path, format, response_headers)
-    return _require_rows(rows, Path(path), fmt)
+    fmt, batches = open_rows(path, format, response_headers)
+    return itertools.chain.from_iterable(_require_rows(batches, Path(path), fmt))
 
 
-def _require_rows(rows: Iterator[Row], path: Path, fmt: str) -> Iterator[Row]:
+def _require_rows(batches: Iterator[list[Row]], path: Path, fmt: str) -> Iterator[list[Row]]:
     seen = False
-    for row in rows:
-        seen = True
-        yield row
+    for rows in batches:
+        seen = seen or bool(rows)
+        yield rows
     if not seen:
         raise _no_rows(path, fmt)
 
@@ -79,20 +82,19 @@ def parse_file(
     keep_examples: bool = True,
 ) -> ParsedFile:
     """Parse and validate a whole file; the report counts every row, valid or not."""
-    fmt, rows = open_rows(path, format, response_headers)
+    fmt, batches = open_rows(path, format, response_headers)
     report = DataReport(source=str(path), format=fmt)
     examples: list[Example] = []
-    keep = examples.append if keep_examples else None
-    valid = 0
-    for row in rows:  # the hot loop: no per-row calls beyond the list append
-        if isinstance(row, Example):
-            valid += 1
-            if keep is not None:
-                keep(row)
-        else:
-            report.add_invalid(row)
-    report.valid_rows = valid
-    report.total_rows = valid + report.invalid_rows
+    for rows in batches:
+        valid = [row for row in rows if row.__class__ is Example]
+        report.valid_rows += len(valid)
+        if keep_examples:
+            examples.extend(valid)
+        if len(valid) != len(rows):
+            for row in rows:
+                if isinstance(row, InvalidRow):
+                    report.add_invalid(row)
+    report.total_rows = report.valid_rows + report.invalid_rows
     if report.total_rows == 0:
         raise _no_rows(Path(path), fmt)
     return ParsedFile(examples, report)
