@@ -92,7 +92,7 @@ def resolve_settings(
     outside services (wandb, mlflow, …); users cannot turn it on from a settings dict.
     """
     tpl = get_template(template) if isinstance(template, str) else template
-    user = _top_level(overrides or {}, what="settings")
+    user = _top_level({} if overrides is None else overrides, what="settings")
     defaults = tpl.default_settings()
     resolved = {
         name: check_setting(
