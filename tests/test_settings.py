@@ -215,6 +215,19 @@ def test_unknown_keys_anywhere(overrides: dict[str, Any], hint: str) -> None:
     assert hint in refused(overrides).message
 
 
+def test_save_safetensors_true_is_accepted_and_dropped() -> None:
+    """transformers 5 removed the field (it always saves safetensors); copied configs still carry it."""
+    assert "save_safetensors" not in resolve({"trainer_config": {"save_safetensors": True}}).trainer_config
+    error = refused({"trainer_config": {"save_safetensors": False}})
+    assert error.key == "trainer_config.save_safetensors" and "always saves safetensors" in error.message
+
+
+@pytest.mark.parametrize(("key", "hint"), [("warmup_ratio", "warmup_steps"), ("no_cuda", "use_cpu")])
+def test_keys_removed_in_transformers_5_say_what_replaced_them(key: str, hint: str) -> None:
+    error = refused({"trainer_config": {key: 0.1 if key == "warmup_ratio" else True}})
+    assert error.key == f"trainer_config.{key}" and hint in error.message
+
+
 def test_trust_remote_code_and_friends_are_not_in_the_allow_lists() -> None:
     for table in (MODEL_FIELDS, TOKENIZER_FIELDS):
         assert not set(table) & set(REFUSED_KEYS)

@@ -33,6 +33,8 @@ from tuneloom.templates.settings_rules import (
     REMOTE_LOGGER_PREFIXES,
     REMOTE_LOGGING,
     REQUIRED,
+    RETIRED,
+    RETIRED_NOOPS,
     Field,
     kind_of,
 )
@@ -199,6 +201,14 @@ def apply_aliases(setting: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def drop_retired(path: str, value: Any) -> None:
+    """Accept a removed key only with the value transformers 5 always uses; otherwise say what replaced it."""
+    noop = RETIRED_NOOPS.get(path, ...)
+    if kind_of(value) == kind_of(noop) and value == noop:
+        return
+    raise SettingsError(f"{path} no longer exists in transformers 5: {RETIRED[path]}", key=path)
+
+
 def unknown_key(setting: str, scope: str, key: str, known: Mapping[str, Field]) -> SettingsError:
     path = f"{setting}.{key}"
     hint = suggest(key, known)
@@ -219,6 +229,9 @@ def check_setting(setting: str, cfg: Mapping[str, Any], *, allow_remote_loggers:
         reason = refusal(setting, key, allow_remote_loggers)
         if reason:
             raise SettingsError(f"{setting}.{key} is refused: {reason}.", key=f"{setting}.{key}")
+        if key not in known and f"{setting}.{key}" in RETIRED:
+            drop_retired(f"{setting}.{key}", value)
+            continue
         if key not in known:
             raise unknown_key(setting, scope, key, known)
         out[key] = check_value(setting, key, value, known[key], allow_remote_loggers)

@@ -176,6 +176,20 @@ ALIASES: dict[str, dict[str, str]] = {
     "trainer_config": {"evaluation_strategy": "eval_strategy"},
 }
 
+# TrainingArguments fields transformers 5 removed, which older configs (the hosted product's) still
+# carry: say what to use instead. A value in RETIRED_NOOPS is what transformers 5 always does, so
+# that key is accepted and dropped rather than failing a copied config.
+RETIRED: dict[str, str] = {
+    "trainer_config.save_safetensors": "transformers 5 always saves safetensors; remove it",
+    "trainer_config.warmup_ratio": "use warmup_steps with a value below 1 (a share of all steps)",
+    "trainer_config.no_cuda": "use use_cpu instead",
+    "trainer_config.overwrite_output_dir": "remove it; tuneloom manages output directories",
+    "trainer_config.group_by_length": "remove it; tuneloom packs examples (the packing setting)",
+    "trainer_config.use_mps_device": "remove it; the device is picked automatically",
+    "trainer_config.fp16_backend": "remove it; fp16 alone selects mixed precision",
+}
+RETIRED_NOOPS: dict[str, Any] = {"trainer_config.save_safetensors": True}
+
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flex_attention")
 GPU_ONLY_ATTENTION = ("flash_attention_2",)
 
