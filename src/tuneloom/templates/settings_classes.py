@@ -184,8 +184,8 @@ def _dry_run_training_arguments() -> type:
 
 
 # Left out of the dry run: they flip global torch flags (TF32) or import logging integrations, and
-# their own rules (settings_rules, settings_values) already checked them. use_cpu=True skips the bf16-needs-GPU check,
-# which is `require_supported_hardware`'s job on the machine that trains.
+# their own rules (settings_rules, settings_values) already checked them. use_cpu=True skips the
+# bf16-needs-a-GPU check, which is `require_supported_hardware`'s job on the machine that trains.
 _NOT_IN_DRY_RUN = frozenset({"tf32", "torch_compile", "torch_compile_backend", "torch_compile_mode"})
 _NOT_IN_DRY_RUN |= {"report_to", "use_cpu", *TRAINER_EXTENSIONS}
 
