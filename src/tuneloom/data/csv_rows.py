@@ -3,8 +3,8 @@
 
 The `csv` module does the quoting (multi-line cells included); it is fed one physical line at a time
 so `reader.line_num` counts physical lines and every row can name the line where it starts.
-Lines the line reader already rejected (bad UTF-8, over-long) are fed as blank lines and reported
-against the record that spans them.
+Lines with bad UTF-8 are fed with U+FFFD in place of the bad bytes (so quoting stays intact),
+over-long lines as blank lines; either way the record that spans them is reported invalid.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from tuneloom.data.lines import Batch, excerpt
+from tuneloom.data.lines import Batch, excerpt, iter_batches
 from tuneloom.data.sections import LineParser, line_parser
 from tuneloom.data.sniff import KNOWN_CSV_COLUMNS, fail
 from tuneloom.data.types import Example, InvalidRow
@@ -41,11 +41,11 @@ class _Layout:
 
 
 def iter_csv_rows(
-    batches: Iterable[Batch], path: Path, response_headers: tuple[str, ...]
+    chunks: Iterable[bytes], path: Path, response_headers: tuple[str, ...]
 ) -> Iterator[Example | InvalidRow]:
     """Rows of a CSV file; `DataFileError` if the header names none of the known column sets."""
     bad: dict[int, InvalidRow] = {}
-    lines = _feed(batches, bad)
+    lines = _feed(iter_batches(chunks, bad), bad)
     skipped = 0
     for first in lines:
         if first.strip():

@@ -29,6 +29,7 @@ def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
 
     A terminal must never receive a raw escape sequence or a right-to-left override from a data file.
     """
+    text = text.rstrip("\r\n")  # the line ending is not part of the row
     head = text[: limit + 1]
     if not head.isprintable():
         head = "".join(ch if ch.isprintable() or ch == " " else _escape_char(ch) for ch in head)
@@ -57,17 +58,19 @@ def bad_utf8_row(line: int, raw: bytes, error: UnicodeDecodeError) -> InvalidRow
     return InvalidRow(line, reason, excerpt(raw[: EXCERPT_CHARS * 4].decode("utf-8", "backslashreplace")))
 
 
-def decode_lines(body: bytes, first_line: int) -> list[str | InvalidRow]:
+def decode_lines(
+    body: bytes, first_line: int, bad: dict[int, InvalidRow] | None = None
+) -> list[str | InvalidRow]:
     """Decode a run of complete lines; fall back to line-by-line only when something is wrong."""
     if len(body) <= MAX_LINE_BYTES:
         try:
             return cast("list[str | InvalidRow]", body.decode("utf-8").split("\n"))
         except UnicodeDecodeError:
             pass
-    return _decode_each(body, first_line)
+    return _decode_each(body, first_line, bad)
 
 
-def _decode_each(body: bytes, first_line: int) -> list[str | InvalidRow]:
+def _decode_each(body: bytes, first_line: int, bad: dict[int, InvalidRow] | None) -> list[str | InvalidRow]:
     items: list[str | InvalidRow] = []
     for number, raw in enumerate(body.split(b"\n"), first_line):
         if len(raw) > MAX_LINE_BYTES:
@@ -76,14 +79,21 @@ def _decode_each(body: bytes, first_line: int) -> list[str | InvalidRow]:
         try:
             items.append(raw.decode("utf-8"))
         except UnicodeDecodeError as error:
-            items.append(bad_utf8_row(number, raw, error))
+            row = bad_utf8_row(number, raw, error)
+            if bad is None:
+                items.append(row)
+            else:
+                bad[number] = row
+                items.append(raw.decode("utf-8", "replace"))
     return items
 
 
-def iter_batches(chunks: Iterable[bytes]) -> Iterator[Batch]:
+def iter_batches(chunks: Iterable[bytes], bad: dict[int, InvalidRow] | None = None) -> Iterator[Batch]:
     """Yield (first line number, lines) batches from UTF-8 chunks of any size.
 
     Memory stays bounded by one chunk plus one capped line, whatever the file holds.
+    Undecodable lines become `InvalidRow`s in place, or, when `bad` is given (CSV, where a quoted
+    cell may span lines and the quoting must survive), text with U+FFFD plus an entry in `bad`.
     """
     line_no = 1
     tail = b""
@@ -99,7 +109,7 @@ def iter_batches(chunks: Iterable[bytes]) -> Iterator[Batch]:
         data = tail + chunk if tail else chunk
         cut = data.rfind(b"\n")
         if cut >= 0:
-            items = decode_lines(data[:cut], line_no)
+            items = decode_lines(data[:cut], line_no, bad)
             yield line_no, items
             line_no += len(items)
             data = data[cut + 1 :]
@@ -109,4 +119,4 @@ def iter_batches(chunks: Iterable[bytes]) -> Iterator[Batch]:
             tail = b""
             skipping = True
     if tail and not skipping:
-        yield line_no, decode_lines(tail, line_no)
+        yield line_no, decode_lines(tail, line_no, bad)

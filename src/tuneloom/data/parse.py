@@ -42,10 +42,10 @@ def open_rows(
     path = Path(path)
     sniffed = sniff(path)
     fmt = choose_format(sniffed, format)
-    batches = iter_batches(open_chunks(sniffed))
     if fmt == "csv":
-        rows = iter_csv_rows(batches, path, headers)
+        rows = iter_csv_rows(open_chunks(sniffed), path, headers)
         return fmt, iter(lambda: list(itertools.islice(rows, ROW_BATCH)), [])
+    batches = iter_batches(open_chunks(sniffed))
     if fmt == "jsonl":
         return fmt, jsonl_row_batches(batches, headers)
     return fmt, section_row_batches(batches, headers)

@@ -105,7 +105,7 @@ def line_parser(response_headers: tuple[str, ...]) -> LineParser:
         pieces = text.split("###")
         head, colon, completion = pieces[-1].partition(":")
         response = head.strip(" \t")
-        if not colon or response.casefold() not in keys or "\x00" in text:
+        if not colon or len(pieces) == 1 or response.casefold() not in keys or "\x00" in text:
             return general(text, line)
         completion = completion.strip()
         if completion and head[0] == " " and len(head) == len(response) + 1 and _is_canonical(pieces):

@@ -100,13 +100,12 @@ def _encoding(raw: bytes) -> tuple[str, int]:
             return name, len(bom)
     head = raw[:4096]
     pairs = len(head) // 2
-    if pairs >= 2:
-        even_nuls = head[0 : 2 * pairs : 2].count(0)
-        odd_nuls = head[1 : 2 * pairs : 2].count(0)
-        if odd_nuls >= 0.3 * pairs and even_nuls <= 0.05 * pairs:
-            return "utf-16-le", 0
-        if even_nuls >= 0.3 * pairs and odd_nuls <= 0.05 * pairs:
-            return "utf-16-be", 0
+    even_nuls = head[0 : 2 * pairs : 2].count(0)
+    odd_nuls = head[1 : 2 * pairs : 2].count(0)
+    if odd_nuls >= max(4, 0.3 * pairs) and even_nuls <= 0.05 * pairs:
+        return "utf-16-le", 0
+    if even_nuls >= max(4, 0.3 * pairs) and odd_nuls <= 0.05 * pairs:
+        return "utf-16-be", 0
     return "utf-8", 0
 
 
@@ -128,7 +127,7 @@ def _utf8_sample(path: Path, raw: bytes, truncated: bool) -> str:
 
 
 def _check_mostly_utf8(path: Path, raw: bytes) -> None:
-    """A few bad lines are row errors; a quarter or more means the whole file is not UTF-8."""
+    """A few bad lines are row errors; every line, or 3+ lines and a quarter, means the file is not UTF-8."""
     lines = [line for line in raw.split(b"\n") if line.strip()]
     bad = []
     for number, line in enumerate(lines, 1):
@@ -136,7 +135,7 @@ def _check_mostly_utf8(path: Path, raw: bytes) -> None:
             line.decode("utf-8")
         except UnicodeDecodeError as error:
             bad.append((number, error.start + 1))
-    if bad and len(bad) * 4 >= len(lines):
+    if bad and (len(bad) == len(lines) or (len(bad) >= 3 and len(bad) * 4 >= len(lines))):
         first_line, first_byte = bad[0]
         raise fail(
             path,
