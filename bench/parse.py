@@ -63,9 +63,7 @@ def make_line(rng: random.Random) -> str:
         return f"{preamble} ### Instruction: {instruction} ### Input: {context} ### Response: {response}"
     if kind < 0.85:
         return f"{preamble} ### Instruction: {_text(rng, 12)} ### Response: {_text(rng, 25)}"
-    turns = " ".join(
-        f"### Human: {_text(rng, 12)} ### Assistant: {_text(rng, 15)}" for _ in range(rng.randint(1, 3))
-    )
+    turns = " ".join(f"### Human: {_text(rng, 12)} ### Assistant: {_text(rng, 15)}" for _ in range(rng.randint(1, 3)))
     return f"### System: You are helpful. {turns} ### Human: {_text(rng, 12)} ### Assistant: {_text(rng, 15)}"
 
 

@@ -11,10 +11,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 INSTRUCTION = "Is this review positive or negative? Answer with one word."
-POSITIVE = ["great product, works well", "I love it", "excellent quality and fast", "very happy with this",
-            "works perfectly every day", "best purchase this year", "superb, would buy again", "really nice"]
-NEGATIVE = ["broke after a day", "terrible, do not buy", "awful quality", "very disappointed",
-            "stopped working quickly", "waste of money", "poor and cheap", "really bad"]
+POSITIVE = [
+    "great product, works well",
+    "I love it",
+    "excellent quality and fast",
+    "very happy with this",
+    "works perfectly every day",
+    "best purchase this year",
+    "superb, would buy again",
+    "really nice",
+]
+NEGATIVE = [
+    "broke after a day",
+    "terrible, do not buy",
+    "awful quality",
+    "very disappointed",
+    "stopped working quickly",
+    "waste of money",
+    "poor and cheap",
+    "really bad",
+]
 
 
 def sentiment_lines(repeat: int = 3) -> list[str]:

@@ -31,8 +31,17 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     lines.insert(5, "### Instruction: no answer section here ### Human: hello")
     data.write_text("\n".join(lines) + "\n")
     out = root / "version"
-    result = run_cli("train", str(data), "--template", "tiny-random", "--output", str(out),
-                     "--trainer-config", TRAIN_FAST, "--json")
+    result = run_cli(
+        "train",
+        str(data),
+        "--template",
+        "tiny-random",
+        "--output",
+        str(out),
+        "--trainer-config",
+        TRAIN_FAST,
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     assert "1 invalid rows dropped" in result.stdout
     return out
@@ -105,7 +114,9 @@ def test_export_merged_loads_in_plain_transformers(trained: Path, tmp_path: Path
     model = AutoModelForCausalLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id
-    prompt = "### Instruction: Is this review positive or negative? Answer with one word. ### Human: nice ### Assistant:"
+    prompt = (
+        "### Instruction: Is this review positive or negative? Answer with one word. ### Human: nice ### Assistant:"
+    )
     ids = tokenizer(prompt, return_tensors="pt")
     plain = model.generate(**ids, max_new_tokens=5, do_sample=False)
     from tuneloom.generate.generator import generate

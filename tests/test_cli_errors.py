@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from tests.conftest import sentiment_lines
 
 
@@ -59,8 +58,16 @@ def test_validate_binary_file_is_one_clear_error(tmp_path: Path) -> None:
 def test_train_over_tolerance_stops_with_the_report(tmp_path: Path) -> None:
     path = tmp_path / "bad.txt"
     path.write_text("\n".join([*sentiment_lines(1), *["### Human: no answer"] * 4]) + "\n")
-    result = run_cli("train", str(path), "--template", "tiny-random", "--output", str(tmp_path / "v"),
-                     "--invalid-data-tolerance-percent", "5")
+    result = run_cli(
+        "train",
+        str(path),
+        "--template",
+        "tiny-random",
+        "--output",
+        str(tmp_path / "v"),
+        "--invalid-data-tolerance-percent",
+        "5",
+    )
     assert result.returncode == 1
     assert "INVALID_DATA_TOLERANCE_EXCEEDED" in result.stderr
     assert "Traceback" not in result.stderr
@@ -80,15 +87,29 @@ def test_train_over_tolerance_stops_with_the_report(tmp_path: Path) -> None:
 def test_train_refuses_bad_settings_before_loading(
     sentiment_file: Path, tmp_path: Path, flag: str, value: str, expected: str
 ) -> None:
-    result = run_cli("train", str(sentiment_file), "--template", "tiny-random", "--output", str(tmp_path / "v"),
-                     flag, value)
+    result = run_cli(
+        "train",
+        str(sentiment_file),
+        "--template",
+        "tiny-random",
+        "--output",
+        str(tmp_path / "v"),
+        flag,
+        value,
+    )
     assert result.returncode == 1
     assert expected in result.stderr and "Traceback" not in result.stderr
 
 
 def test_quantized_template_on_cpu_says_so_plainly(sentiment_file: Path, tmp_path: Path) -> None:
-    result = run_cli("train", str(sentiment_file), "--template", "HF_Llama_2_7b_chat_GPTQ_lora",
-                     "--output", str(tmp_path / "v"))
+    result = run_cli(
+        "train",
+        str(sentiment_file),
+        "--template",
+        "HF_Llama_2_7b_chat_GPTQ_lora",
+        "--output",
+        str(tmp_path / "v"),
+    )
     assert result.returncode == 1
     assert "GPU" in result.stderr and "Traceback" not in result.stderr
 

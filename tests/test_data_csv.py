@@ -123,12 +123,7 @@ def test_bad_utf8_inside_a_record(tmp_path: Path) -> None:
 
 
 def test_unclosed_quote_does_not_hang(tmp_path: Path) -> None:
-    text = (
-        HEADER
-        + f"{quoted(VALID)},\n"
-        + '"### Human: never closed ### Assistant: x,\n'
-        + f"{quoted(VALID)},\n" * 3
-    )
+    text = HEADER + f"{quoted(VALID)},\n" + '"### Human: never closed ### Assistant: x,\n' + f"{quoted(VALID)},\n" * 3
     parsed = parse_file(write(tmp_path, "d.csv", text))
     assert parsed.report.total_rows == parsed.report.valid_rows + parsed.report.invalid_rows
     assert parsed.examples[0].line == 2

@@ -68,9 +68,7 @@ def test_broken_utf16_is_a_file_error(tmp_path: Path) -> None:
 
 
 def test_invalid_utf8_row_says_where(tmp_path: Path) -> None:
-    path = write(
-        tmp_path, "d.txt", VALID.encode() + b"\n### Human: caf\xe9 ### Assistant: x\n" + VALID.encode()
-    )
+    path = write(tmp_path, "d.txt", VALID.encode() + b"\n### Human: caf\xe9 ### Assistant: x\n" + VALID.encode())
     parsed = parse_file(path)
     assert parsed.report.valid_rows == 2
     row = parsed.report.invalid[0]

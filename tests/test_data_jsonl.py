@@ -54,8 +54,7 @@ def test_chat_messages() -> None:
     ]
     example = ok({"messages": messages})
     assert example.prompt == (
-        "### System: Be terse. ### Human: Hi ### Assistant: Hello "
-        "### Human: Capital of Vietnam? ### Assistant:"
+        "### System: Be terse. ### Human: Hi ### Assistant: Hello ### Human: Capital of Vietnam? ### Assistant:"
     )
     assert example.completion == "Hanoi."
 

@@ -55,9 +55,7 @@ def parse_bytes(data: bytes, suffix: str, fmt: str) -> None:
         assert len(parsed.examples) == report.valid_rows
         assert len(report.invalid) == min(report.invalid_rows, 100)
         assert all(isinstance(e, Example) and e.completion and e.prompt for e in parsed.examples)
-        assert all(
-            isinstance(r, InvalidRow) and r.line >= 1 and len(r.excerpt) <= 120 for r in report.invalid
-        )
+        assert all(isinstance(r, InvalidRow) and r.line >= 1 and len(r.excerpt) <= 120 for r in report.invalid)
         rows = list(iter_rows(path, format=fmt))
         assert len(rows) == report.total_rows
 

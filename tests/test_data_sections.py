@@ -170,10 +170,7 @@ def test_split_and_render_round_trip() -> None:
     preamble, sections = split_sections(text)
     assert preamble == "Preamble."
     assert sections == [("Instruction", "Do it"), ("Input", ""), ("Response", "done")]
-    assert (
-        render_sections(preamble, sections)
-        == "Preamble. ### Instruction: Do it ### Input: ### Response: done"
-    )
+    assert render_sections(preamble, sections) == "Preamble. ### Instruction: Do it ### Input: ### Response: done"
     assert render_sections("", [("Human", " hi "), ("Assistant", "")]) == "### Human: hi ### Assistant:"
     assert split_sections("no sections") == ("no sections", [])
 
@@ -183,9 +180,7 @@ def test_response_headers_are_validated() -> None:
         with pytest.raises(SettingsError) as caught:
             parse_sectioned_line("### Human: a ### Assistant: b", 1, bad)
         assert caught.value.details["key"] == "response_headers"
-    assert (
-        missing_response_reason(RESPONSE_HEADERS) == "no '### Assistant:' (or Response/Output/Answer) section"
-    )
+    assert missing_response_reason(RESPONSE_HEADERS) == "no '### Assistant:' (or Response/Output/Answer) section"
     assert normalize_header("  Final \t Answer ") == "final answer"
 
 

@@ -32,9 +32,7 @@ def test_above_tolerance_raises_with_the_report() -> None:
     assert error.details["invalid"][0]["line"] == 7
 
 
-@pytest.mark.parametrize(
-    ("valid", "invalid", "tolerance"), [(190, 10, 5), (200, 0, 0), (1, 99, 99), (5, 1, 100)]
-)
+@pytest.mark.parametrize(("valid", "invalid", "tolerance"), [(190, 10, 5), (200, 0, 0), (1, 99, 99), (5, 1, 100)])
 def test_at_or_below_tolerance_passes(valid: int, invalid: int, tolerance: float) -> None:
     check_tolerance(report(valid, invalid), tolerance)
 

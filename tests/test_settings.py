@@ -34,9 +34,7 @@ ESCAPE = "would let a settings dict escape the platform"
 GPTQ_TEMPLATE = "llama-2-7b-chat-gptq-lora"
 
 
-def resolve(
-    overrides: dict[str, Any] | None = None, template: str = DEFAULT_TEMPLATE, **kw: Any
-) -> TrainingSettings:
+def resolve(overrides: dict[str, Any] | None = None, template: str = DEFAULT_TEMPLATE, **kw: Any) -> TrainingSettings:
     return resolve_settings(get_template(template), overrides, **kw)
 
 
@@ -146,9 +144,7 @@ def test_remote_loggers_refused_unless_the_server_allows_them(logger: str) -> No
     assert allowed.trainer_config["report_to"] == [logger]
 
 
-@pytest.mark.parametrize(
-    ("given", "stored"), [("none", "none"), (["none"], "none"), ("tensorboard", ["tensorboard"])]
-)
+@pytest.mark.parametrize(("given", "stored"), [("none", "none"), (["none"], "none"), ("tensorboard", ["tensorboard"])])
 def test_local_loggers_allowed(given: Any, stored: Any) -> None:
     assert resolve({"trainer_config": {"report_to": given}}).trainer_config["report_to"] == stored
 
@@ -168,9 +164,7 @@ def test_device_map_auto_or_cpu_allowed(device_map: str) -> None:
     assert resolve({"model_config": {"device_map": device_map}}).model_config["device_map"] == device_map
 
 
-@pytest.mark.parametrize(
-    "key", ["lr_scheduler_kwargs", "accelerator_config", "gradient_checkpointing_kwargs"]
-)
+@pytest.mark.parametrize("key", ["lr_scheduler_kwargs", "accelerator_config", "gradient_checkpointing_kwargs"])
 def test_dict_fields_given_as_path_strings_are_refused(key: str) -> None:
     error = refused({"trainer_config": {key: "/etc/passwd"}})
     assert error.key == f"trainer_config.{key}" and ESCAPE in error.message
@@ -363,9 +357,7 @@ def test_pretrained_model_name_alias_replaces_the_default() -> None:
 
 
 def test_alias_and_canonical_together_refused() -> None:
-    error = refused(
-        {"model_config": {"pretrained_model_name": "a/b", "pretrained_model_name_or_path": "c/d"}}
-    )
+    error = refused({"model_config": {"pretrained_model_name": "a/b", "pretrained_model_name_or_path": "c/d"}})
     assert error.key == "model_config.pretrained_model_name_or_path" and "twice" in error.message
 
 
@@ -517,9 +509,7 @@ def test_gptq_template_keeps_legacy_use_exllama_and_checks_bits() -> None:
 
 
 def test_bitsandbytes_config() -> None:
-    resolved = resolve(
-        {"quantization_config": {"load_in_4bit": True, "bnb_4bit_compute_dtype": "torch.bfloat16"}}
-    )
+    resolved = resolve({"quantization_config": {"load_in_4bit": True, "bnb_4bit_compute_dtype": "torch.bfloat16"}})
     assert resolved.quantization_config == {"load_in_4bit": True, "bnb_4bit_compute_dtype": "bfloat16"}
     assert refused({"quantization_config": {"load_in_4bit": True, "load_in_8bit": True}}).key.startswith(
         "quantization_config"
@@ -541,14 +531,11 @@ def test_quantization_method_must_be_clear(quant: dict[str, Any]) -> None:
 def test_response_headers_validated() -> None:
     resolved = resolve({"tokenizer_config": {"response_headers": ["Reply", "answer"]}})
     assert resolved.tokenizer_config["response_headers"] == ["Reply", "answer"]
-    assert resolve({"tokenizer_config": {"response_headers": "Reply"}}).tokenizer_config[
-        "response_headers"
-    ] == ["Reply"]
+    assert resolve({"tokenizer_config": {"response_headers": "Reply"}}).tokenizer_config["response_headers"] == [
+        "Reply"
+    ]
     for bad in ([], ["ok", ""], ["### x:"]):
-        assert (
-            refused({"tokenizer_config": {"response_headers": bad}}).key
-            == "tokenizer_config.response_headers"
-        )
+        assert refused({"tokenizer_config": {"response_headers": bad}}).key == "tokenizer_config.response_headers"
 
 
 # ---- merge semantics -------------------------------------------------------------------------------
@@ -811,9 +798,7 @@ def _setting(name: str) -> st.SearchStrategy[Any]:
     known = st.sampled_from(_KEYS_BY_SETTING[name])
     keys = st.one_of(known, known, known, st.text(max_size=8))
     values = st.one_of(_PLAUSIBLE, _PLAUSIBLE, _JSON)
-    return st.one_of(
-        st.dictionaries(keys, values, max_size=3), st.dictionaries(keys, values, max_size=3), _JSON
-    )
+    return st.one_of(st.dictionaries(keys, values, max_size=3), st.dictionaries(keys, values, max_size=3), _JSON)
 
 
 # One setting with known keys and plausible values: often valid, so the fixed-point test has work.
@@ -841,9 +826,7 @@ _OVERRIDES = st.one_of(
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(template=st.sampled_from(TEMPLATES), overrides=_OVERRIDES, remote=st.booleans())
-def test_arbitrary_overrides_give_settings_or_settings_error(
-    template: Any, overrides: Any, remote: bool
-) -> None:
+def test_arbitrary_overrides_give_settings_or_settings_error(template: Any, overrides: Any, remote: bool) -> None:
     try:
         resolved = resolve_settings(template, overrides, allow_remote_loggers=remote)
     except SettingsError as exc:

@@ -23,7 +23,11 @@ class TuneloomError(Exception):
         self.details: dict[str, Any] = details or {}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, **({"details": self.details} if self.details else {})}
+        return {
+            "code": self.code,
+            "message": self.message,
+            **({"details": self.details} if self.details else {}),
+        }
 
 
 class DataFileError(TuneloomError):

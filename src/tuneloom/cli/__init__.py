@@ -35,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_libraries()
     try:
         return int(args.run(args) or 0)
     except TuneloomError as err:
@@ -43,6 +44,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         console_err.print("[yellow]Interrupted.[/]")
         return 130
+
+
+def _quiet_libraries() -> None:
+    """Our own bars and messages replace the libraries' progress bars and advisory warnings."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 if __name__ == "__main__":

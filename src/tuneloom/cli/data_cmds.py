@@ -58,8 +58,14 @@ def run_validate(args: argparse.Namespace) -> int:
     usable = result.report.within_tolerance(args.tolerance)
     if args.json:
         previews = [[{"text": p.text, "trained": p.trained} for p in pv] for pv in result.previews]
-        print_json({"usable": usable, "tolerance_percent": args.tolerance, "report": result.report.to_dict(),
-                    "preview": previews})
+        print_json(
+            {
+                "usable": usable,
+                "tolerance_percent": args.tolerance,
+                "report": result.report.to_dict(),
+                "preview": previews,
+            }
+        )
     else:
         print_report(result.report, args.tolerance)
         for i, pieces in enumerate(result.previews, 1):

@@ -39,10 +39,13 @@ def run_demo(args: argparse.Namespace) -> int:
     after = evaluate_on_heldout(training.version.path)
 
     keep = {k: v for k, v in before.metrics.items() if k in SHOWN_METRICS}
-    console.print(metrics_table("Held-out tickets (60)", {"before": keep,
-                                "after": {k: after.metrics.get(k) for k in keep}}))
-    console.print(f"Training: {minutes:.1f} min, {training.metrics['train_tokens_per_second']} tokens/s, "
-                  f"train loss {training.metrics['train_loss']:.3f}")
+    console.print(
+        metrics_table("Held-out tickets (60)", {"before": keep, "after": {k: after.metrics.get(k) for k in keep}})
+    )
+    console.print(
+        f"Training: {minutes:.1f} min, {training.metrics['train_tokens_per_second']} tokens/s, "
+        f"train loss {training.metrics['train_loss']:.3f}"
+    )
     _print_samples(before.rows, after.rows)
     return 0
 

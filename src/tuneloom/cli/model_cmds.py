@@ -51,8 +51,18 @@ def register(commands: Any) -> None:
 def _inference_params(args: argparse.Namespace) -> Any:
     from tuneloom.generate.params import InferenceParams
 
-    keys = ("max_tokens", "temperature", "top_p", "top_k", "num_beams", "do_sample", "return_full_text",
-            "system_prompt", "prompt_template", "stop")
+    keys = (
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "num_beams",
+        "do_sample",
+        "return_full_text",
+        "system_prompt",
+        "prompt_template",
+        "stop",
+    )
     return InferenceParams.from_dict({k: getattr(args, k, None) for k in keys})
 
 
@@ -86,8 +96,18 @@ def run_generate(args: argparse.Namespace) -> int:
         return 0
     generations = generate(loaded, texts, params)
     if args.json:
-        print_json([{"input": t, "prompt": g.prompt, "text": g.text, "tokens": g.tokens,
-                     "finish_reason": g.finish_reason} for t, g in zip(texts, generations, strict=True)])
+        print_json(
+            [
+                {
+                    "input": t,
+                    "prompt": g.prompt,
+                    "text": g.text,
+                    "tokens": g.tokens,
+                    "finish_reason": g.finish_reason,
+                }
+                for t, g in zip(texts, generations, strict=True)
+            ]
+        )
     else:
         for g in generations:
             sys.stdout.write(g.text + "\n")
@@ -117,8 +137,12 @@ def print_evaluation_rows(rows: list[dict[str, Any]], limit: int = 8) -> None:
     for column in ("line", "expected", "generated", "match"):
         table.add_column(column, overflow="fold")
     for row in rows[:limit]:
-        table.add_row(str(row["line"]), escape(row["expected"]), escape(row["generated"]),
-                      "[green]✓[/]" if row["match"] else "[red]✗[/]")
+        table.add_row(
+            str(row["line"]),
+            escape(row["expected"]),
+            escape(row["generated"]),
+            "[green]✓[/]" if row["match"] else "[red]✗[/]",
+        )
     console.print(table)
 
 

@@ -19,8 +19,12 @@ def register(commands: Any) -> None:
     train.add_argument("data", type=Path)
     train.add_argument("--template", default=DEFAULT_TEMPLATE)
     for name in SETTING_NAMES:
-        train.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="JSON|@FILE",
-                           help=f"{name} overrides as a JSON object, or @path to a JSON file")
+        train.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            metavar="JSON|@FILE",
+            help=f"{name} overrides as a JSON object, or @path to a JSON file",
+        )
     train.add_argument("--invalid-data-tolerance-percent", type=float, dest="tolerance")
     train.add_argument("--validation", type=Path, help="held-out file (default: 10%% of the data)")
     train.add_argument("--format", default="auto", choices=["auto", "sections", "csv", "jsonl"])
@@ -60,23 +64,33 @@ def run_train(args: argparse.Namespace) -> int:
     from tuneloom.train.recipe import TrainJob, run_training
 
     job = TrainJob(
-        data=args.data, output=args.output, template=args.template, settings=settings_from_args(args),
-        validation=args.validation, data_format=args.format, resume=args.resume, overwrite=args.overwrite,
+        data=args.data,
+        output=args.output,
+        template=args.template,
+        settings=settings_from_args(args),
+        validation=args.validation,
+        data_format=args.format,
+        resume=args.resume,
+        overwrite=args.overwrite,
     )
     stop = threading.Event()
     outcome = _with_progress(lambda sink: run_training(job, on_event=sink, stop=stop), stop)
     report = outcome.report
     if report.invalid_rows:
-        console.print(f"[yellow]{report.invalid_rows} invalid rows dropped[/] (within the tolerance); "
-                      f"run `tuneloom validate {escape(str(args.data))}` to see them.")
+        console.print(
+            f"[yellow]{report.invalid_rows} invalid rows dropped[/] (within the tolerance); "
+            f"run `tuneloom validate {escape(str(args.data))}` to see them."
+        )
     if args.json:
         print_json({"output": str(outcome.version.path), "metrics": outcome.metrics})
     else:
         m = outcome.metrics
         console.print(f"[bold green]Model version written to {escape(str(outcome.version.path))}[/]")
-        console.print(f"train loss {m['train_loss']:.4f}"
-                      + (f", eval loss {m['eval_loss']:.4f}, perplexity {m['perplexity']:.2f}" if "eval_loss" in m else "")
-                      + f", {m['train_tokens_per_second']} tokens/s")
+        console.print(
+            f"train loss {m['train_loss']:.4f}"
+            + (f", eval loss {m['eval_loss']:.4f}, perplexity {m['perplexity']:.2f}" if "eval_loss" in m else "")
+            + f", {m['train_tokens_per_second']} tokens/s"
+        )
     return 0
 
 

@@ -23,9 +23,7 @@ from tuneloom.data.types import Example, InvalidRow
 
 TEXT_COLUMNS = ("input.data.text.raw", "input")
 ID_COLUMNS = ("input.id", "inputid")
-EXPECTED = (
-    "'input.data.text.raw' (tuneloom's template), 'input' (the SDK's export) or 'prompt' and 'completion'"
-)
+EXPECTED = "'input.data.text.raw' (tuneloom's template), 'input' (the SDK's export) or 'prompt' and 'completion'"
 
 
 @dataclass(frozen=True)
@@ -176,9 +174,7 @@ def _width(record: list[str], layout: _Layout) -> str:
     if len(record) < needed:
         return f"row has {len(record)} cells, the header has {layout.width}"
     if len(record) > layout.width and any(cell.strip() for cell in record[layout.width :]):
-        return (
-            f"row has {len(record)} cells but the header has {layout.width}; is a comma in the text unquoted?"
-        )
+        return f"row has {len(record)} cells but the header has {layout.width}; is a comma in the text unquoted?"
     return ""
 
 

@@ -58,9 +58,7 @@ def bad_utf8_row(line: int, raw: bytes, error: UnicodeDecodeError) -> InvalidRow
     return InvalidRow(line, reason, excerpt(raw[: EXCERPT_CHARS * 4].decode("utf-8", "backslashreplace")))
 
 
-def decode_lines(
-    body: bytes, first_line: int, bad: dict[int, InvalidRow] | None = None
-) -> list[str | InvalidRow]:
+def decode_lines(body: bytes, first_line: int, bad: dict[int, InvalidRow] | None = None) -> list[str | InvalidRow]:
     """Decode a run of complete lines; fall back to line-by-line only when something is wrong."""
     if len(body) <= MAX_LINE_BYTES:
         try:

@@ -118,12 +118,7 @@ def check_tolerance(report: DataReport, tolerance_percent: float) -> None:
 
 
 def _tolerance(value: object) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or math.isnan(value)
-        or not 0 <= value <= 100
-    ):
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or not 0 <= value <= 100:
         raise SettingsError(
             f"invalid_data_tolerance_percent must be a number from 0 to 100, got {value!r}",
             key="invalid_data_tolerance_percent",

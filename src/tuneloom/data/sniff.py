@@ -148,9 +148,7 @@ def _wide_sample(path: Path, raw: bytes, encoding: str, truncated: bool) -> str:
     try:
         text = codecs.getincrementaldecoder(encoding)().decode(raw, final=not truncated)
     except UnicodeDecodeError as error:
-        raise fail(
-            path, f"looks like {encoding.upper()} but has invalid bytes at offset {error.start}"
-        ) from None
+        raise fail(path, f"looks like {encoding.upper()} but has invalid bytes at offset {error.start}") from None
     if "\x00" in text and text.count("\x00") * 20 > len(text):
         raise fail(path, f"looks binary, not {encoding.upper()} text: it is full of NUL characters")
     if truncated and "\n" in text:

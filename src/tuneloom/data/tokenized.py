@@ -45,9 +45,7 @@ def tokenize_examples(
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token; set tokenizer_config.eos_token")
     prompts = tokenizer([e.prompt for e in examples], add_special_tokens=True)["input_ids"]
-    completions = tokenizer([completion_text(e.completion) for e in examples], add_special_tokens=False)[
-        "input_ids"
-    ]
+    completions = tokenizer([completion_text(e.completion) for e in examples], add_special_tokens=False)["input_ids"]
     eos = int(tokenizer.eos_token_id)
     kept: list[TokenizedExample] = []
     rejected: list[InvalidRow] = []

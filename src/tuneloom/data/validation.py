@@ -53,7 +53,9 @@ def validate_file(
         if tokenizer is None:
             report.valid_rows += len(pending)
         else:
-            kept, too_long = tokenize_examples(pending, tokenizer, max_length=max_length, train_on_prompt=train_on_prompt)
+            kept, too_long = tokenize_examples(
+                pending, tokenizer, max_length=max_length, train_on_prompt=train_on_prompt
+            )
             report.valid_rows += len(kept)
             for row in too_long:
                 report.add_invalid(row)

@@ -22,7 +22,9 @@ TRAIN_FILE = DATA_DIR / "train.txt"
 HELDOUT_FILE = DATA_DIR / "heldout.txt"
 TEMPLATE = "smollm2-135m-instruct-lora"
 # Tuned for 2 CPU cores: two epochs of the 300 examples, batches of 8, LoRA on all attention projections.
-SETTINGS: dict[str, Any] = {"trainer_config": {"num_train_epochs": 2, "learning_rate": 1e-3, "per_device_train_batch_size": 8}}
+SETTINGS: dict[str, Any] = {
+    "trainer_config": {"num_train_epochs": 2, "learning_rate": 1e-3, "per_device_train_batch_size": 8}
+}
 
 
 @dataclass
@@ -38,6 +40,12 @@ def evaluate_on_heldout(model: str | Path) -> EvaluationResult:
 
 
 def train_demo(output: Path, *, on_event: EventSink = ignore_events, overwrite: bool = True) -> TrainOutcome:
-    job = TrainJob(data=TRAIN_FILE, output=output, template=TEMPLATE, settings=SETTINGS,
-                   validation=HELDOUT_FILE, overwrite=overwrite)
+    job = TrainJob(
+        data=TRAIN_FILE,
+        output=output,
+        template=TEMPLATE,
+        settings=SETTINGS,
+        validation=HELDOUT_FILE,
+        overwrite=overwrite,
+    )
     return run_training(job, on_event=on_event)

@@ -82,9 +82,7 @@ def _looks_like_label_set(normalised_refs: Sequence[str], max_labels: int, max_w
     return distinct <= max_labels and distinct < len(normalised_refs) / 2
 
 
-def is_label_set(
-    references: Sequence[str], *, max_labels: int = 20, max_words: int = DEFAULT_MAX_LABEL_WORDS
-) -> bool:
+def is_label_set(references: Sequence[str], *, max_labels: int = 20, max_words: int = DEFAULT_MAX_LABEL_WORDS) -> bool:
     """Whether the expected completions come from a small set of labels (classification data).
 
     True when, after `normalise`, every reference is non-empty and at most `max_words` words,
@@ -101,9 +99,7 @@ def _check_pair(predictions: Sequence[str], references: Sequence[str]) -> None:
     if isinstance(predictions, str) or isinstance(references, str):
         raise TypeError("predictions and references must be sequences of strings, not a single string")
     if len(predictions) != len(references):
-        raise ValueError(
-            f"predictions and references differ in length ({len(predictions)} != {len(references)})"
-        )
+        raise ValueError(f"predictions and references differ in length ({len(predictions)} != {len(references)})")
 
 
 def per_example(predictions: Sequence[str], references: Sequence[str]) -> list[bool]:

@@ -56,7 +56,8 @@ def stream(loaded: InferenceModel, text: str, params: InferenceParams) -> Iterat
     streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
     inputs = _encode(loaded, [prompt])
     worker = threading.Thread(
-        target=loaded.model.generate, kwargs={**inputs, **_generate_kwargs(loaded, params), "streamer": streamer}
+        target=loaded.model.generate,
+        kwargs={**inputs, **_generate_kwargs(loaded, params), "streamer": streamer},
     )
     worker.start()
     if params.return_full_text:

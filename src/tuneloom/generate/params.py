@@ -96,7 +96,9 @@ def _check_ranges(params: InferenceParams) -> None:
     for key, (low, high) in _RANGES.items():
         value = getattr(params, key)
         if not low <= value <= high:
-            raise SettingsError(f"inference parameter '{key}' must be between {low:g} and {high:g}, got {value:g}", key=key)
+            raise SettingsError(
+                f"inference parameter '{key}' must be between {low:g} and {high:g}, got {value:g}", key=key
+            )
     if len(params.stop) > MAX_STOP_STRINGS:
         raise SettingsError(f"at most {MAX_STOP_STRINGS} stop strings are allowed", key="stop")
     if params.prompt_template is not None:

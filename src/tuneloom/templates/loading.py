@@ -58,7 +58,7 @@ def load_model(
     if quantization_config:
         kwargs["quantization_config"] = build_quantization_config(quantization_config)
         kwargs.setdefault("device_map", "auto")
-    model = AutoModelForCausalLM.from_pretrained(source or resolve_model_dir(name), dtype=dtype, **kwargs)
+    model: Any = AutoModelForCausalLM.from_pretrained(source or resolve_model_dir(name), dtype=dtype, **kwargs)
     if not quantization_config:
         model.to(device)
     return model

@@ -52,9 +52,9 @@ class PromptFormat:
         """A sectioned input: canonical rendering, ending with the response header."""
         preamble, sections = split_sections(text)
         assert self.response_header is not None
-        if sections and normalize_header(sections[-1][0]) == normalize_header(self.response_header):
-            if not sections[-1][1]:
-                return render_sections(preamble, sections)
+        header, content = sections[-1]
+        if normalize_header(header) == normalize_header(self.response_header) and not content:
+            return render_sections(preamble, sections)
         return render_sections(preamble, [*sections, (self.response_header, "")])
 
 
@@ -86,7 +86,9 @@ def derive_prompt_format(examples: Sequence[Example]) -> PromptFormat:
     for example in examples[1:]:
         preamble, sections = split_sections(example.prompt)
         if [normalize_header(h) for h, _ in sections] != shape:
-            return PromptFormat(template=f"### Human: {PROMPT_SLOT} ### {response_header}:", response_header=response_header)
+            return PromptFormat(
+                template=f"### Human: {PROMPT_SLOT} ### {response_header}:", response_header=response_header
+            )
         fixed_preamble &= preamble == first_preamble
         for i, (_, content) in enumerate(sections[:-1]):
             fixed[i] &= content == inputs[i][1]
@@ -100,4 +102,6 @@ def derive_prompt_format(examples: Sequence[Example]) -> PromptFormat:
     if slot is None:  # every input identical: the text goes in a new input section
         kept.append(("Input", PROMPT_SLOT))
     preamble = first_preamble if fixed_preamble else ""
-    return PromptFormat(template=render_sections(preamble, [*kept, (response_header, "")]), response_header=response_header)
+    return PromptFormat(
+        template=render_sections(preamble, [*kept, (response_header, "")]), response_header=response_header
+    )

@@ -134,8 +134,7 @@ def _top_level(value: Any, *, what: str) -> dict[str, Any]:
     for key in data:
         if key not in TOP_LEVEL_KEYS:
             raise SettingsError(
-                f"Unknown setting '{key}'.{suggest(key, TOP_LEVEL_KEYS)} "
-                f"Settings are: {', '.join(TOP_LEVEL_KEYS)}.",
+                f"Unknown setting '{key}'.{suggest(key, TOP_LEVEL_KEYS)} Settings are: {', '.join(TOP_LEVEL_KEYS)}.",
                 key=key,
             )
     return data
@@ -146,9 +145,7 @@ def _tolerance(value: Any) -> float:
         return DEFAULT_TOLERANCE
     number = float(coerce(TOLERANCE, value, FLOAT))
     if not RANGES[TOLERANCE].contains(number):
-        raise SettingsError(
-            f"{TOLERANCE} must be {RANGES[TOLERANCE].describe()} (got {value})", key=TOLERANCE
-        )
+        raise SettingsError(f"{TOLERANCE} must be {RANGES[TOLERANCE].describe()} (got {value})", key=TOLERANCE)
     return number
 
 

@@ -74,9 +74,7 @@ def plain(path: str, value: Any, depth: int = 0) -> Any:
         out = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise SettingsError(
-                    f"{path or 'settings'} has a key that is not text: {key!r}", key=path or None
-                )
+                raise SettingsError(f"{path or 'settings'} has a key that is not text: {key!r}", key=path or None)
             out[key] = plain(join(path, key), item, depth + 1)
         return out
     if isinstance(value, list | tuple):
@@ -139,9 +137,7 @@ def refusal(setting: str, key: str, allow_remote_loggers: bool) -> str | None:
 def check_value(setting: str, key: str, value: Any, spec: Field, allow_remote_loggers: bool) -> Any:
     path = f"{setting}.{key}"
     if setting == "trainer_config" and key in DICT_ONLY and isinstance(value, str):
-        raise SettingsError(
-            f"{path} must be an object: a string is read as a file path, which {ESCAPE}", key=path
-        )
+        raise SettingsError(f"{path} must be an object: a string is read as a file path, which {ESCAPE}", key=path)
     value = coerce(path, value, spec)
     rule = VALUE_RULES.get(path)
     choices = CHOICES.get(path, spec.choices)

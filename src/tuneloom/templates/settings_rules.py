@@ -155,8 +155,7 @@ LOCAL_LOGGERS = ("none", "tensorboard")
 # Refused only inside one setting.
 REFUSED_IN: dict[str, dict[str, str]] = {
     "model_config": {
-        "quantization_config": "quantization belongs in the quantization_config setting, "
-        "where it is validated",
+        "quantization_config": "quantization belongs in the quantization_config setting, where it is validated",
     },
     "peft_config": {
         "base_model_name_or_path": "tuneloom fills it in from model_config",
@@ -244,9 +243,7 @@ GPTQ_LEGACY_FIELDS: dict[str, Field] = {
 BNB_FIELDS: dict[str, Field] = {
     "bnb_4bit_compute_dtype": STR,
     "bnb_4bit_quant_type": field("str", choices=("fp4", "nf4")),
-    "bnb_4bit_quant_storage": field(
-        "str", choices=("float16", "float32", "int8", "uint8", "float64", "bfloat16")
-    ),
+    "bnb_4bit_quant_storage": field("str", choices=("float16", "float32", "int8", "uint8", "float64", "bfloat16")),
     "llm_int8_skip_modules": STR_LIST,
     "llm_int8_threshold": FLOAT,
 }
@@ -274,8 +271,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 # Said after a refused choice, where the list of choices alone would not explain it.
 CHOICE_NOTES: dict[str, str] = {
-    "peft_config.peft_type": "only LoRA adapters are supported for now; "
-    "set peft_config to {} for full fine-tuning",
+    "peft_config.peft_type": "only LoRA adapters are supported for now; set peft_config to {} for full fine-tuning",
     "peft_config.task_type": "tuneloom fine-tunes causal language models",
 }
 

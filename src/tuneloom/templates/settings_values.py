@@ -55,9 +55,7 @@ def _report_to(path: str, value: Any, remote: bool) -> str | list[str]:
     known = _known_loggers()
     for name in outside:
         if name not in known:
-            hint = (
-                f" Did you mean '{near[0]}'?" if (near := difflib.get_close_matches(name, known, n=1)) else ""
-            )
+            hint = f" Did you mean '{near[0]}'?" if (near := difflib.get_close_matches(name, known, n=1)) else ""
             raise SettingsError(f"{path}: '{name}' is not a logger transformers knows.{hint}", key=path)
     return "none" if names == ["none"] else names
 
@@ -71,9 +69,7 @@ def _known_loggers() -> list[str]:
 def _steps(path: str, value: Any, remote: bool) -> float | int:
     """Whole numbers of steps stay ints (so manifests read 10, not 10.0); fractions stay floats."""
     if value >= 1 and not float(value).is_integer():
-        raise SettingsError(
-            f"{path} must be a whole number of steps when ≥ 1, or a share < 1 (got {value})", key=path
-        )
+        raise SettingsError(f"{path} must be a whole number of steps when ≥ 1, or a share < 1 (got {value})", key=path)
     return int(value) if float(value).is_integer() else float(value)
 
 

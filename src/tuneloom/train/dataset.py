@@ -26,7 +26,7 @@ class PreparedData:
     report: DataReport
 
 
-class ExampleDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
+class ExampleDataset(torch.utils.data.Dataset[dict[str, Any]]):
     """The Trainer's view of tokenized examples: dicts the packing collator consumes."""
 
     def __init__(self, rows: Sequence[TokenizedExample]):

@@ -54,13 +54,23 @@ class ProgressReporter(TrainerCallback):
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
         elapsed, eta = self._timing(state)
         self.sink(
-            TrainEvent("step", step=state.global_step, total_steps=state.max_steps, epoch=state.epoch,
-                       elapsed_s=elapsed, eta_s=eta)
+            TrainEvent(
+                "step",
+                step=state.global_step,
+                total_steps=state.max_steps,
+                epoch=state.epoch,
+                elapsed_s=elapsed,
+                eta_s=eta,
+            )
         )
 
     def on_log(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
-        logs: dict[str, float] | None = None, **_: Any,
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **_: Any,
     ) -> None:
         logs = logs or {}
         elapsed, eta = self._timing(state)
@@ -69,9 +79,15 @@ class ProgressReporter(TrainerCallback):
             return
         self.sink(
             TrainEvent(
-                kind, step=state.global_step, total_steps=state.max_steps, epoch=state.epoch,
-                loss=logs.get("loss"), eval_loss=logs.get("eval_loss"), learning_rate=logs.get("learning_rate"),
-                elapsed_s=elapsed, eta_s=eta,
+                kind,
+                step=state.global_step,
+                total_steps=state.max_steps,
+                epoch=state.epoch,
+                loss=logs.get("loss"),
+                eval_loss=logs.get("eval_loss"),
+                learning_rate=logs.get("learning_rate"),
+                elapsed_s=elapsed,
+                eta_s=eta,
             )
         )
 

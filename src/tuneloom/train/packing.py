@@ -73,7 +73,12 @@ class PackedCollator:
             position_ids[r, start:] = torch.arange(width - start)
         keep = torch.zeros_like(labels, dtype=torch.bool)
         keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-        batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "logits_to_keep": keep}
+        batch = {
+            "input_ids": input_ids,
+            "labels": labels,
+            "position_ids": position_ids,
+            "logits_to_keep": keep,
+        }
         if not self.packing:
             batch["attention_mask"] = attention_mask
         return batch

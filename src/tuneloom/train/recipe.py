@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from transformers import Trainer, TrainingArguments, set_seed
+from transformers.trainer_callback import PrinterCallback
 
 from tuneloom.data.types import DataReport
 from tuneloom.errors import TuneloomError
@@ -31,6 +32,7 @@ from tuneloom.templates import (
 )
 from tuneloom.templates.loading import apply_peft, load_model, load_tokenizer, pick_device
 from tuneloom.templates.prompting import derive_prompt_format
+from tuneloom.train.attention import restore_attention, use_varlen_attention
 from tuneloom.train.dataset import ExampleDataset, read_and_tokenize, split_held_out
 from tuneloom.train.events import EventSink, ProgressReporter, StopOnRequest, TrainEvent, ignore_events
 from tuneloom.train.packing import PackedCollator, packed_causal_lm_loss
@@ -61,7 +63,9 @@ class TrainOutcome:
     report: DataReport
 
 
-def run_training(job: TrainJob, *, on_event: EventSink = ignore_events, stop: threading.Event | None = None) -> TrainOutcome:
+def run_training(
+    job: TrainJob, *, on_event: EventSink = ignore_events, stop: threading.Event | None = None
+) -> TrainOutcome:
     template = get_template(job.template)
     settings = resolve_settings(template, job.settings)
     require_supported_hardware(settings, cuda_available=torch.cuda.is_available())
@@ -81,11 +85,18 @@ def run_training(job: TrainJob, *, on_event: EventSink = ignore_events, stop: th
             examples, tokenized, float(options["eval_fraction"]), int(settings.trainer_config.get("seed", 42))
         )
     prompt_format = derive_prompt_format(examples)
-    on_event(TrainEvent("stage", f"{len(train_rows)} training / {len(held_out)} held-out examples; "
-                                 f"{report.invalid_rows} invalid rows dropped"))
+    on_event(
+        TrainEvent(
+            "stage",
+            f"{len(train_rows)} training / {len(held_out)} held-out examples; "
+            f"{report.invalid_rows} invalid rows dropped",
+        )
+    )
 
     on_event(TrainEvent("stage", f"Loading {settings.model_config['pretrained_model_name_or_path']}"))
     model = apply_peft(load_model(settings.model_config, settings.quantization_config), settings.peft_config)
+    if options["packing"]:
+        use_varlen_attention(model)
 
     workdir = job.output.with_name(job.output.name + ".partial")
     train_set, eval_set = ExampleDataset(train_rows), ExampleDataset(held_out)
@@ -98,6 +109,7 @@ def run_training(job: TrainJob, *, on_event: EventSink = ignore_events, stop: th
         compute_loss_func=packed_causal_lm_loss,
         callbacks=[ProgressReporter(on_event), StopOnRequest(stop or threading.Event())],
     )
+    trainer.remove_callback(PrinterCallback)  # progress goes to on_event, not to stdout
     on_event(TrainEvent("stage", "Training"))
     result = trainer.train(resume_from_checkpoint=_latest_checkpoint(workdir) if job.resume else None)
     if stop is not None and stop.is_set():
@@ -112,13 +124,16 @@ def run_training(job: TrainJob, *, on_event: EventSink = ignore_events, stop: th
     on_event(TrainEvent("stage", "Saving model version"))
     staging = workdir / "version"
     shutil.rmtree(staging, ignore_errors=True)
+    restore_attention(model)
     weights = "adapter" if settings.peft_config else "model"
-    trainer.model.save_pretrained(staging / weights)
+    model.save_pretrained(staging / weights)
     tokenizer.save_pretrained(staging / "tokenizer")
     write_json(staging / "metrics.json", metrics)
     write_json(staging / "data_report.json", report.to_dict())
-    write_json(staging / "held_out.json", [{"prompt": e.prompt, "completion": e.completion, "line": e.line}
-                                            for e in held_examples])
+    write_json(
+        staging / "held_out.json",
+        [{"prompt": e.prompt, "completion": e.completion, "line": e.line} for e in held_examples],
+    )
     version = finalize(
         staging,
         job.output,
@@ -128,8 +143,12 @@ def run_training(job: TrainJob, *, on_event: EventSink = ignore_events, stop: th
             "weights": weights,
             "settings": settings.to_dict(),
             "prompt_format": prompt_format.to_dict(),
-            "data": {"file": str(job.data), "format": report.format, "train_examples": len(train_set),
-                     "held_out_examples": len(eval_set)},
+            "data": {
+                "file": str(job.data),
+                "format": report.format,
+                "train_examples": len(train_set),
+                "held_out_examples": len(eval_set),
+            },
             "summary": {k: metrics[k] for k in ("train_loss", "eval_loss", "perplexity") if k in metrics},
         },
         overwrite=job.overwrite,
@@ -179,7 +198,6 @@ def _training_arguments(
     }
     forced = {
         "output_dir": str(workdir / "checkpoints"),
-        "logging_dir": str(workdir / "logs"),
         "disable_tqdm": True,
         "remove_unused_columns": False,
         "prediction_loss_only": True,
@@ -198,9 +216,7 @@ def _estimated_steps(trainer_config: dict[str, Any], n_train: int) -> int:
 
 
 def _latest_checkpoint(workdir: Path) -> str | None:
-    checkpoints = sorted(
-        (workdir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1])
-    )
+    checkpoints = sorted((workdir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1]))
     return str(checkpoints[-1]) if checkpoints else None
 
 
@@ -214,8 +230,11 @@ def _metrics(trainer: Trainer, train_metrics: dict[str, Any], eval_loss: float |
         "train_tokens_per_second": round(tokens * epochs / runtime, 1) if runtime == runtime else None,
         "steps": trainer.state.global_step,
         "epochs": epochs,
-        "loss_curve": [{"step": h["step"], "loss": h["loss"], "learning_rate": h.get("learning_rate")}
-                       for h in history if "loss" in h],
+        "loss_curve": [
+            {"step": h["step"], "loss": h["loss"], "learning_rate": h.get("learning_rate")}
+            for h in history
+            if "loss" in h
+        ],
         "eval_curve": [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in history if "eval_loss" in h],
     }
     if eval_loss is not None:
