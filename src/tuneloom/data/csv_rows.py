@@ -112,32 +112,40 @@ def _records(
     while True:
         start = offset + prev + 1
         failure: InvalidRow | None = None
-        record: list[str] = []
         try:
             record = next(reader)
         except StopIteration:
             break
         except csv.Error as error:
-            failure = InvalidRow(start, _csv_reason(error))
+            record, failure = [], InvalidRow(start, _csv_reason(error))
         prev = reader.line_num
-        yield from _flush(bad, start)
-        spanned = sorted(n for n in bad if n <= offset + prev)
-        if spanned:
-            first = bad.pop(spanned[0])
-            for number in spanned[1:]:
-                del bad[number]
-            yield InvalidRow(start, first.reason + _at(first.line, start), first.excerpt)
-        elif failure is not None:
+        if bad:  # lines the reader could not decode, inside this record or (rarely) before it
+            earlier, spanning = _take_bad(bad, start, offset + prev)
+            yield from earlier
+            failure = spanning or failure
+        if failure is not None:
             yield failure
-        elif any(cell.strip() for cell in record):
+        elif not _blank(record):
             yield _row(record, start, layout, parse)
-    yield from _flush(bad, 1 << 62)
+    yield from _take_bad(bad, 1 << 62, 1 << 62)[0]
 
 
-def _flush(bad: dict[int, InvalidRow], before: int) -> Iterator[InvalidRow]:
-    """Rejected lines that fell before the current record (a safety net; normally none)."""
-    for number in sorted(n for n in bad if n < before):
-        yield bad.pop(number)
+def _blank(record: list[str]) -> bool:
+    """A blank line, or a row of empty cells as spreadsheets leave at the end."""
+    if record and record[0] and not record[0].isspace():
+        return False
+    return not any(cell.strip() for cell in record)
+
+
+def _take_bad(bad: dict[int, InvalidRow], start: int, end: int) -> tuple[list[InvalidRow], InvalidRow | None]:
+    """Pop bad lines up to `end`: those before `start` as they are, those in the record as one row."""
+    numbers = sorted(n for n in bad if n <= end)
+    earlier = [bad.pop(n) for n in numbers if n < start]
+    inside = [bad.pop(n) for n in numbers if n >= start]
+    if not inside:
+        return earlier, None
+    first = inside[0]
+    return earlier, InvalidRow(start, first.reason + _at(first.line, start), first.excerpt)
 
 
 def _at(bad_line: int, start: int) -> str:

@@ -17,7 +17,7 @@ from typing import cast
 from tuneloom.data.types import InvalidRow
 
 MAX_LINE_BYTES = 1_000_000  # a hard cap per line: a longer "line" is a broken file, not an example
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 1 << 19  # below MAX_LINE_BYTES, so a batch of ordinary lines needs no length check
 EXCERPT_CHARS = 120
 
 # One batch: the number of its first line, then one item per line (text, or the row it became).
@@ -60,12 +60,12 @@ def bad_utf8_row(line: int, raw: bytes, error: UnicodeDecodeError) -> InvalidRow
 
 def decode_lines(body: bytes, first_line: int, bad: dict[int, InvalidRow] | None = None) -> list[str | InvalidRow]:
     """Decode a run of complete lines; fall back to line-by-line only when something is wrong."""
-    if len(body) <= MAX_LINE_BYTES:
-        try:
-            return cast("list[str | InvalidRow]", body.decode("utf-8").split("\n"))
-        except UnicodeDecodeError:
-            pass
-    return _decode_each(body, first_line, bad)
+    if len(body) > MAX_LINE_BYTES and max(map(len, body.split(b"\n"))) > MAX_LINE_BYTES:
+        return _decode_each(body, first_line, bad)
+    try:
+        return cast("list[str | InvalidRow]", body.decode("utf-8").split("\n"))
+    except UnicodeDecodeError:
+        return _decode_each(body, first_line, bad)
 
 
 def _decode_each(body: bytes, first_line: int, bad: dict[int, InvalidRow] | None) -> list[str | InvalidRow]:
