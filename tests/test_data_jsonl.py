@@ -98,6 +98,8 @@ def test_sectioned_text() -> None:
         ({"text": 3}, "'text' must be a string, got number"),
         ({"question": "a", "answer": "b"}, "unknown row shape: expected keys 'prompt' and 'completion'"),
         ("{}", "unknown row shape"),
+        ('{"prompt": "a", "completion": "b"} x', "malformed JSON at column 36: Extra data"),
+        (r'{"prompt": "a\ud800", "completion": "b"}', "contains an unpaired surrogate (\\ud800)"),
         ('{"prompt": "a", "completion": 1' + "0" * 5000 + "}", "malformed JSON: Exceeds the limit"),
     ],
 )

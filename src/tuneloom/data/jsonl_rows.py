@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from json.scanner import make_scanner
 from typing import Any
 
 from tuneloom.data.lines import Batch, excerpt
@@ -18,6 +19,8 @@ from tuneloom.data.sections import line_parser, render_sections
 from tuneloom.data.types import Example, InvalidRow
 
 MAX_JSON_DEPTH = 64
+# The C scanner json.loads ends up calling (typeshed types make_scanner oddly, hence the ignore).
+_SCAN: Callable[[str, int], tuple[Any, int]] = make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 _DEPTH_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]')
 _ROLES = {"system": "System", "user": "Human", "human": "Human", "assistant": "Assistant"}
 _SHAPES = "'prompt' and 'completion', 'instruction' and 'output', 'messages', or 'text'"
@@ -42,17 +45,28 @@ def jsonl_row_batches(
 def parse_json_line(text: str, line: int, response_headers: tuple[str, ...]) -> Example | InvalidRow:
     """Parse and check one JSON line; every failure is a row with a reason, never an exception."""
     try:
-        record = _load(text)
-        return _to_example(record, line, response_headers)
+        example = _to_example(_load(text), line, response_headers)
+        if "\\u" in text:
+            _check_encodable(example)
+        return example
     except _RowError as error:
         return InvalidRow(line, str(error), excerpt(text))
+
+
+def _check_encodable(example: Example) -> None:
+    """A `\\ud800`-style escape decodes to a lone surrogate, which no tokenizer can encode."""
+    try:
+        example.prompt.encode("utf-8")
+        example.completion.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise _RowError(f"contains an unpaired surrogate (\\u{ord(error.object[error.start]):04x})") from None
 
 
 def _load(text: str) -> dict[str, Any]:
     if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _too_deep(text):
         raise _RowError(f"JSON is nested more than {MAX_JSON_DEPTH} levels deep")
     try:
-        record = json.loads(text)
+        record = _decode(text)
     except json.JSONDecodeError as error:
         raise _RowError(f"malformed JSON at column {error.colno}: {error.msg}") from None
     except (ValueError, RecursionError) as error:
@@ -60,6 +74,21 @@ def _load(text: str) -> dict[str, Any]:
     if not isinstance(record, dict):
         raise _RowError(f"expected a JSON object, got {json_type(record)}")
     return record
+
+
+def _decode(text: str) -> Any:
+    """`json.loads` minus its Python-level wrappers (a tenth of the per-row cost), same errors."""
+    start = 0
+    while start < len(text) and text[start] in " \t\r":
+        start += 1
+    try:
+        value, end = _SCAN(text, start)
+    except StopIteration as stop:
+        raise json.JSONDecodeError("Expecting value", text, stop.value) from None
+    rest = text[end:]
+    if rest and not rest.isspace():
+        raise json.JSONDecodeError("Extra data", text, end + len(rest) - len(rest.lstrip()))
+    return value
 
 
 def _too_deep(text: str) -> bool:
@@ -104,7 +133,7 @@ def _string(record: dict[str, Any], key: str, *, required: bool = True, where: s
     return value.strip()
 
 
-def _to_example(record: dict[str, Any], line: int, headers: tuple[str, ...]) -> Example | InvalidRow:
+def _to_example(record: dict[str, Any], line: int, headers: tuple[str, ...]) -> Example:
     if "messages" in record:
         prompt, completion = _chat(record)
     elif "prompt" in record or "completion" in record:
