@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from test_data_support import MISSING, SEED_SENTIMENT, VALID, file_error, no_hang, write  # noqa: F401
-from tuneloom.data import parse_file, write_csv_template
+from tuneloom.data import iter_rows, parse_file, write_csv_template
 from tuneloom.data.csv_template import TEMPLATE_COLUMNS
 from tuneloom.errors import DataFileError
 
@@ -90,6 +90,13 @@ def test_wrong_columns(tmp_path: Path) -> None:
     message = file_error(write(tmp_path, "d.csv", "text,label\nhello,world\n")).message
     assert "'text', 'label'" in message
     assert "input.data.text.raw" in message and "'prompt' and 'completion'" in message
+
+
+def test_wrong_columns_fail_before_streaming(tmp_path: Path) -> None:
+    path = write(tmp_path, "d.csv", "\n\ntext;label\nhello;world\n")
+    with pytest.raises(DataFileError) as caught:
+        iter_rows(path)  # no next(): the error comes at the call
+    assert "(semicolon-separated)" not in caught.value.message and "'text;label'" in caught.value.message
 
 
 def test_only_prompt_is_wrong_columns(tmp_path: Path) -> None:

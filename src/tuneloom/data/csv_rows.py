@@ -61,6 +61,15 @@ def iter_csv_rows(
     yield from _records(reader, layout, bad, skipped, line_parser(response_headers))
 
 
+def check_header(path: Path, sample: str) -> None:
+    """Fail on wrong columns from the 64 KB sample, before any row is streamed."""
+    first = next((line for line in sample.split("\n") if line.strip()), None)
+    if first is None or first.count('"') % 2:
+        return  # no header in the sample, or a quoted header cell spanning lines: the reader decides
+    delimiter = _delimiter(first)
+    _layout(path, next(csv.reader([first], delimiter=delimiter), []), delimiter)
+
+
 def _feed(batches: Iterable[Batch], bad: dict[int, InvalidRow]) -> Iterator[str]:
     for first, items in batches:
         for number, item in enumerate(items, first):

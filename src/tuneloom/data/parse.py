@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuneloom.data.csv_rows import iter_csv_rows
+from tuneloom.data.csv_rows import check_header, iter_csv_rows
 from tuneloom.data.jsonl_rows import jsonl_row_batches
 from tuneloom.data.lines import iter_batches
 from tuneloom.data.sections import RESPONSE_HEADERS, check_response_headers, section_row_batches
@@ -43,6 +43,7 @@ def open_rows(
     sniffed = sniff(path)
     fmt = choose_format(sniffed, format)
     if fmt == "csv":
+        check_header(path, sniffed.sample)
         rows = iter_csv_rows(open_chunks(sniffed), path, headers)
         return fmt, iter(lambda: list(itertools.islice(rows, ROW_BATCH)), [])
     batches = iter_batches(open_chunks(sniffed))
