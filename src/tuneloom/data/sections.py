@@ -9,6 +9,14 @@ spaces, `_` or `-` (at most 40 characters, starting with a letter/digit/`_`), op
 colon. A `###` not followed by such a `Name:` is not a header: it stays literal text of the section
 (or preamble) it appears in, e.g. `### Human: use ### to separate ### Assistant: ok` has the human
 content "use ### to separate".
+
+Decisions, each with its row reason when it rejects a line:
+- Earlier response sections stay in the prompt (multi-turn lines train on the last answer).
+- A section after the last response section (`… ### Assistant: b ### Human: c`) rejects the line:
+  the answer must come last, and guessing which part to learn would teach the wrong thing.
+- Empty completion, or a prompt with no text besides headers, rejects the line.
+- Canonical rendering keeps the user's header spelling/casing and the content's inner whitespace;
+  it strips contents and writes `### Name: content` joined by single spaces.
 """
 
 from __future__ import annotations
@@ -89,47 +97,50 @@ def parse_sectioned_line(
 def line_parser(response_headers: tuple[str, ...]) -> LineParser:
     """Build the per-line parser with the header set bound once: this is the hot path.
 
-    The fast path handles the shape nearly every line has (`###` + a one-word header + `:`, the
-    response last) with plain string methods, which run several times faster than a regex scan of
-    the line; anything unusual (or invalid) goes to the general regex parser, which decides.
-    Both give the same result for any line the fast path accepts.
+    Three tiers, each falling back to the next: (1) a line whose prompt is already canonical (the
+    common case) yields it as one slice of the line; (2) one-word headers with irregular spacing are
+    re-rendered from `str.split` pieces; (3) anything else, and every invalid line (for its precise
+    reason), goes to the regex grammar. Plain string methods run several times faster than a regex
+    scan of the line; all tiers give the same result for every line (property-tested).
     """
     headers = check_response_headers(response_headers)
     keys = frozenset(normalize_header(h) for h in headers)
     missing = missing_response_reason(headers)
 
-    def general(text: str, line: int) -> Example | InvalidRow:
-        return _parse_general(text, line, keys, missing)
-
     def parse(text: str, line: int) -> Example | InvalidRow:
         pieces = text.split("###")
         head, colon, completion = pieces[-1].partition(":")
         response = head.strip(" \t")
-        if not colon or len(pieces) == 1 or response.casefold() not in keys or "\x00" in text:
-            return general(text, line)
         completion = completion.strip()
-        if completion and head[0] == " " and len(head) == len(response) + 1 and _is_canonical(pieces):
+        if not colon or not completion or len(pieces) == 1 or response.casefold() not in keys or "\x00" in text:
+            return _parse_general(text, line, keys, missing)
+        if head[0] == " " and len(head) == len(response) + 1 and _is_canonical(pieces):
             return Example(text[: len(text) - len(pieces[-1]) + len(head) + 1], completion, line)
-        preamble = pieces[0].strip()
-        out = [preamble] if preamble else []
-        filled = bool(preamble)
-        for piece in pieces[1:-1]:
-            name, colon, content = piece.partition(":")
-            name = name.strip(" \t")
-            if not colon or not name.isalpha() or len(name) > 40:
-                return general(text, line)  # a header with spaces/digits, or a literal "###"
-            content = content.strip()
-            if content:
-                out.append(f"### {name}: {content}")
-                filled = True
-            else:
-                out.append(f"### {name}:")
-        if not filled or not completion:
-            return general(text, line)
-        out.append(f"### {response}:")
-        return Example(" ".join(out), completion, line)
+        return _rerender(pieces, response, completion, line) or _parse_general(text, line, keys, missing)
 
     return parse
+
+
+def _rerender(pieces: list[str], response: str, completion: str, line: int) -> Example | None:
+    """Rebuild the prompt from `str.split` pieces when every header is one plain word; else None."""
+    preamble = pieces[0].strip()
+    out = [preamble] if preamble else []
+    filled = bool(preamble)
+    for piece in pieces[1:-1]:
+        name, colon, content = piece.partition(":")
+        name = name.strip(" \t")
+        if not colon or not name.isalpha() or len(name) > 40:
+            return None  # a header with spaces/digits, a literal "###", or "####"
+        content = content.strip()
+        if content:
+            out.append(f"### {name}: {content}")
+            filled = True
+        else:
+            out.append(f"### {name}:")
+    if not filled:
+        return None
+    out.append(f"### {response}:")
+    return Example(" ".join(out), completion, line)
 
 
 def _is_canonical(pieces: list[str]) -> bool:
