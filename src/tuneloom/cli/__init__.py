@@ -44,6 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         console_err.print("[yellow]Interrupted.[/]")
         return 130
+    except Exception as err:  # a bug, not a user error: one line, the traceback on request
+        if os.environ.get("TUNELOOM_DEBUG"):
+            raise
+        console_err.print(f"[bold red]internal error[/]: {type(err).__name__}: {err}")
+        console_err.print("[dim]This is a bug in tuneloom. Set TUNELOOM_DEBUG=1 to see the traceback.[/]")
+        return 3
 
 
 def _quiet_libraries() -> None:

@@ -48,17 +48,37 @@ def generate(loaded: InferenceModel, texts: Sequence[str], params: InferencePara
 
 
 def stream(loaded: InferenceModel, text: str, params: InferenceParams) -> Iterator[str]:
-    """Yield the completion piece by piece, holding back text that might be the start of a stop string."""
-    from transformers import TextIteratorStreamer
+    """Yield the completion piece by piece, holding back text that might be the start of a stop string.
+
+    Generation runs in a thread feeding a streamer. When the consumer stops early (a stop string,
+    a closed connection) the thread is told to stop at its next token rather than run to max_tokens.
+    """
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
     prompt = render_prompt(loaded, text, params)
     stops = stop_strings(params)
     streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    inputs = _encode(loaded, [prompt])
-    worker = threading.Thread(
-        target=loaded.model.generate,
-        kwargs={**inputs, **_generate_kwargs(loaded, params), "streamer": streamer},
-    )
+    cancel = threading.Event()
+    failure: list[BaseException] = []
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **_: Any) -> torch.Tensor:
+            return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    def run() -> None:
+        try:
+            with torch.inference_mode():
+                loaded.model.generate(
+                    **_encode(loaded, [prompt]),
+                    **_generate_kwargs(loaded, params),
+                    streamer=streamer,
+                    stopping_criteria=StoppingCriteriaList([Cancelled()]),
+                )
+        except BaseException as err:  # surfaced in the consumer's thread below
+            failure.append(err)
+            streamer.end()
+
+    worker = threading.Thread(target=run, daemon=True)
     worker.start()
     if params.return_full_text:
         yield prompt + " "
@@ -74,12 +94,13 @@ def stream(loaded: InferenceModel, text: str, params: InferenceParams) -> Iterat
                 emitted = limit
             if stopped:
                 return
+        if failure:
+            raise failure[0]
         rest = cut_at_stop(text.lstrip(), stops)[0].rstrip()
         if len(rest) > emitted:
             yield rest[emitted:]
     finally:
-        for _ in streamer:  # drain, so the generating thread can finish
-            pass
+        cancel.set()
         worker.join()
 
 

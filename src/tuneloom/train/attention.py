@@ -27,20 +27,23 @@ from transformers.masking_utils import sdpa_mask
 
 VARLEN_ATTENTION = "tuneloom_varlen_sdpa"
 
-_segments_cache: weakref.WeakKeyDictionary[torch.Tensor, list[list[tuple[int, int]]]] = weakref.WeakKeyDictionary()
+Spans = list[list[tuple[int, int]]]
+_last: tuple[weakref.ref[torch.Tensor] | None, Spans] = (None, [])
 
 
-def segments(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
-    """[(start, end)] per row; computed once per forward, shared by every layer."""
-    cached = _segments_cache.get(position_ids)
-    if cached is None:
-        cached = []
-        length = position_ids.shape[-1]
-        for row in position_ids.reshape(-1, length).tolist():
-            starts = [i for i, p in enumerate(row) if p == 0] or [0]
-            cached.append(list(zip(starts, [*starts[1:], length], strict=True)))
-        _segments_cache[position_ids] = cached
-    return cached
+def segments(position_ids: torch.Tensor) -> Spans:
+    """[(start, end)] per row; computed once per forward (every layer gets the same tensor)."""
+    global _last
+    ref, spans = _last
+    if ref is not None and ref() is position_ids:
+        return spans
+    spans = []
+    length = position_ids.shape[-1]
+    for row in position_ids.reshape(-1, length).tolist():
+        starts = [i for i, p in enumerate(row) if p == 0] or [0]
+        spans.append(list(zip(starts, [*starts[1:], length], strict=True)))
+    _last = (weakref.ref(position_ids), spans)
+    return spans
 
 
 def varlen_sdpa_attention(
