@@ -1,0 +1,82 @@
+"""Prompt formats derived from data, applied at inference; inference parameters validated up front."""
+
+from __future__ import annotations
+
+import pytest
+
+from tuneloom.data.types import Example
+from tuneloom.errors import SettingsError
+from tuneloom.generate.generator import cut_at_stop
+from tuneloom.generate.params import MAX_TOKENS_LIMIT, InferenceParams
+from tuneloom.templates.prompting import PromptFormat, derive_prompt_format
+
+INSTR = "### Instruction: Classify {a/b}."
+
+
+def _examples(*humans: str) -> list[Example]:
+    return [Example(f"{INSTR} ### Human: {h} ### Assistant:", "a", i) for i, h in enumerate(humans, 1)]
+
+
+def test_fixed_instruction_becomes_part_of_the_format() -> None:
+    fmt = derive_prompt_format(_examples("one", "two", "three"))
+    assert fmt.template == f"{INSTR} ### Human: {{prompt}} ### Assistant:"
+    assert fmt.render("new input") == f"{INSTR} ### Human: new input ### Assistant:"
+
+
+def test_braces_in_user_text_are_not_format_fields() -> None:
+    fmt = derive_prompt_format(_examples("x", "y"))
+    assert fmt.render("{prompt} and {0}") == f"{INSTR} ### Human: {{prompt}} and {{0}} ### Assistant:"
+
+
+def test_sectioned_input_is_used_as_written_and_completed() -> None:
+    fmt = derive_prompt_format(_examples("x", "y"))
+    assert fmt.render("### Instruction: Other ### Human: z") == "### Instruction: Other ### Human: z ### Assistant:"
+    assert fmt.render("### Human: z ### Assistant:") == "### Human: z ### Assistant:"
+
+
+def test_varying_instruction_and_input_keeps_last_varying_as_slot() -> None:
+    examples = [
+        Example("### Instruction: Translate to French. ### Input: hi ### Response:", "salut", 1),
+        Example("### Instruction: Summarize. ### Input: long text ### Response:", "short", 2),
+    ]
+    assert derive_prompt_format(examples).template == "### Input: {prompt} ### Response:"
+
+
+def test_plain_prompt_completion_data_has_no_sections() -> None:
+    fmt = derive_prompt_format([Example("Q: 2+2?", "4", 1), Example("Q: 3+3?", "6", 2)])
+    assert fmt == PromptFormat(template="{prompt}", response_header=None)
+    assert fmt.render("Q: 1+1?") == "Q: 1+1?"
+
+
+def test_system_prompt_and_prompt_template() -> None:
+    fmt = derive_prompt_format(_examples("x", "y"))
+    assert fmt.render("t", system_prompt="Be brief.").startswith("Be brief. ### Instruction:")
+    custom = fmt.render("t", system_prompt="S", prompt_template="<{system_prompt}> Q: {prompt} A:")
+    assert custom == "<S> Q: t A:"
+    with pytest.raises(SettingsError, match=r"\{prompt\}"):
+        fmt.render("t", prompt_template="no slot")
+
+
+def test_format_round_trips_through_a_manifest() -> None:
+    fmt = derive_prompt_format(_examples("x", "y"))
+    assert PromptFormat.from_dict(fmt.to_dict()) == fmt
+
+
+def test_inference_params_cast_and_refuse() -> None:
+    params = InferenceParams.from_dict({"max_tokens": 20.0, "temperature": 0, "top_k": 5, "stop": "\n"})
+    assert params.max_tokens == 20 and params.stop == ("\n",) and not params.sampling
+    assert InferenceParams.from_dict({"temperature": 0.7}).sampling
+    with pytest.raises(SettingsError, match="max_tokens"):
+        InferenceParams.from_dict({"max_tokens": MAX_TOKENS_LIMIT + 1})
+    with pytest.raises(SettingsError, match="Did you mean 'temperature'"):
+        InferenceParams.from_dict({"temprature": 0.5})
+    with pytest.raises(SettingsError, match="integer"):
+        InferenceParams.from_dict({"top_k": 2.5})
+    with pytest.raises(SettingsError, match="prompt_template"):
+        InferenceParams.from_dict({"prompt_template": "missing slot"})
+
+
+def test_cut_at_the_earliest_stop() -> None:
+    assert cut_at_stop("positive ### Human: more", ["###"]) == ("positive ", True)
+    assert cut_at_stop("a\nb###", ["###", "\n"]) == ("a", True)
+    assert cut_at_stop("no stop here", ["###"]) == ("no stop here", False)
