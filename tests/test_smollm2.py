@@ -24,8 +24,14 @@ def test_smollm2_learns_the_demo_task(tmp_path: Path) -> None:
     held_out = parse_file(HELDOUT_FILE).examples[:10]
 
     before = evaluate_examples(load_for_inference("smollm2-135m-instruct-lora"), held_out)
-    settings = {"trainer_config": {"max_steps": 6, "per_device_train_batch_size": 8, "learning_rate": 2e-3,
-                                   "eval_fraction": 0.0}}
+    settings = {
+        "trainer_config": {
+            "max_steps": 6,
+            "per_device_train_batch_size": 8,
+            "learning_rate": 2e-3,
+            "eval_fraction": 0.0,
+        }
+    }
     outcome = run_training(TrainJob(data=train, output=tmp_path / "v", settings=settings))
     version = open_version(outcome.version.path)
     assert version.manifest["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
