@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,8 @@ def sentiment_file(tmp_path: Path) -> Path:
     path = tmp_path / "sentiment.txt"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real `tuneloom` command in its own process: exit codes and stderr as a user sees them."""
+    return subprocess.run([sys.executable, "-m", "tuneloom.cli", *args], capture_output=True, text=True, timeout=600)

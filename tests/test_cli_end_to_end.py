@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from tests.conftest import run_cli, sentiment_lines
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tuneloom.cli import main
@@ -17,14 +16,8 @@ from tuneloom.model_version import MANIFEST, open_version
 TRAIN_FAST = '{"num_train_epochs": 3, "per_device_train_batch_size": 8, "learning_rate": 0.05}'
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tuneloom.cli", *args], capture_output=True, text=True, timeout=600)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.conftest import sentiment_lines
-
     root = tmp_path_factory.mktemp("e2e")
     data = root / "train.txt"
     lines = sentiment_lines()

@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from tests.conftest import sentiment_lines
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tuneloom.cli", *args], capture_output=True, text=True, timeout=300)
+from tests.conftest import run_cli, sentiment_lines
 
 
 def test_validate_usable_file_exits_0(sentiment_file: Path) -> None:

@@ -98,6 +98,30 @@ def _settings(
 _LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 _GPTQ = {"bits": 4, "use_exllama": False}
 
+
+def _gptq_template(
+    id: str, alias: str, model: str, description: str, parameters: str, *, batch: int = 4, **extra: Any
+) -> Template:
+    """The hosted product's GPTQ-LoRA recipe: 4-bit weights, fp16 compute, LoRA r16 (GPU only)."""
+    targets = extra.pop("targets", ["q_proj", "v_proj"])
+    return Template(
+        id=id,
+        description=description,
+        parameters=parameters,
+        aliases=(alias,),
+        requires_gpu=True,
+        defaults=_settings(
+            model,
+            max_length=extra.pop("max_length", 1024),
+            dtype="float16",
+            quantization=dict(_GPTQ),
+            peft=_lora(16, 16, targets, dropout=extra.pop("dropout", 0.1)),
+            trainer=_trainer(1, 2e-4, batch),
+        ),
+        **extra,
+    )
+
+
 TEMPLATES: tuple[Template, ...] = (
     Template(
         id="smollm2-135m-instruct-lora",
@@ -151,50 +175,27 @@ TEMPLATES: tuple[Template, ...] = (
             trainer=_trainer(2, 2e-4, 4),
         ),
     ),
-    Template(
-        id="llama-2-7b-chat-gptq-lora",
-        description="Llama-2 7B chat, 4-bit GPTQ weights, LoRA adapters in 16-bit (GPU only).",
-        parameters="7B",
-        aliases=("HF_Llama_2_7b_chat_GPTQ_lora",),
-        requires_gpu=True,
-        defaults=_settings(
-            "TheBloke/Llama-2-7B-Chat-GPTQ",
-            max_length=1024,
-            dtype="float16",
-            quantization=dict(_GPTQ),
-            peft=_lora(16, 16, ["q_proj", "v_proj"], dropout=0.1),
-            trainer=_trainer(1, 2e-4, 4),
-        ),
+    _gptq_template(
+        "llama-2-7b-chat-gptq-lora",
+        "HF_Llama_2_7b_chat_GPTQ_lora",
+        "TheBloke/Llama-2-7B-Chat-GPTQ",
+        "Llama-2 7B chat, 4-bit GPTQ weights, LoRA adapters in 16-bit (GPU only).",
+        "7B",
     ),
-    Template(
-        id="llama-2-13b-chat-gptq-lora",
-        description="Llama-2 13B chat, 4-bit GPTQ weights, LoRA adapters in 16-bit (GPU only).",
-        parameters="13B",
-        aliases=("HF_Llama_2_13b_chat_GPTQ_lora",),
-        requires_gpu=True,
-        defaults=_settings(
-            "TheBloke/Llama-2-13B-chat-GPTQ",
-            max_length=1024,
-            dtype="float16",
-            quantization=dict(_GPTQ),
-            peft=_lora(16, 16, ["q_proj", "v_proj"], dropout=0.1),
-            trainer=_trainer(1, 2e-4, 2),
-        ),
+    _gptq_template(
+        "llama-2-13b-chat-gptq-lora",
+        "HF_Llama_2_13b_chat_GPTQ_lora",
+        "TheBloke/Llama-2-13B-chat-GPTQ",
+        "Llama-2 13B chat, 4-bit GPTQ weights, LoRA adapters in 16-bit (GPU only).",
+        "13B",
+        batch=2,
     ),
-    Template(
-        id="mistral-7b-instruct-gptq-lora",
-        description="Mistral 7B Instruct v0.2, 4-bit GPTQ weights, LoRA adapters (GPU only).",
-        parameters="7B",
-        aliases=("HF_Mistral_7b_instruct_GPTQ_lora",),
-        requires_gpu=True,
-        defaults=_settings(
-            "TheBloke/Mistral-7B-Instruct-v0.2-GPTQ",
-            max_length=1024,
-            dtype="float16",
-            quantization=dict(_GPTQ),
-            peft=_lora(16, 16, ["q_proj", "v_proj"], dropout=0.1),
-            trainer=_trainer(1, 2e-4, 4),
-        ),
+    _gptq_template(
+        "mistral-7b-instruct-gptq-lora",
+        "HF_Mistral_7b_instruct_GPTQ_lora",
+        "TheBloke/Mistral-7B-Instruct-v0.2-GPTQ",
+        "Mistral 7B Instruct v0.2, 4-bit GPTQ weights, LoRA adapters (GPU only).",
+        "7B",
     ),
     Template(
         id="mistral-7b-lora",
@@ -209,20 +210,15 @@ TEMPLATES: tuple[Template, ...] = (
             trainer=_trainer(1, 1e-4, 4),
         ),
     ),
-    Template(
-        id="llama-3.1-8b-instruct-gptq-lora",
-        description="Llama-3.1 8B Instruct, 4-bit GPTQ weights, LoRA adapters (GPU only; recommended on GPU).",
-        parameters="8B",
-        aliases=("HF_Llama_3_1_8b_instruct_GPTQ_lora",),
-        requires_gpu=True,
-        defaults=_settings(
-            "hugging-quants/Meta-Llama-3.1-8B-Instruct-GPTQ-INT4",
-            max_length=2048,
-            dtype="float16",
-            quantization=dict(_GPTQ),
-            peft=_lora(16, 16, _LLAMA_TARGETS, dropout=0.05),
-            trainer=_trainer(1, 2e-4, 4),
-        ),
+    _gptq_template(
+        "llama-3.1-8b-instruct-gptq-lora",
+        "HF_Llama_3_1_8b_instruct_GPTQ_lora",
+        "hugging-quants/Meta-Llama-3.1-8B-Instruct-GPTQ-INT4",
+        "Llama-3.1 8B Instruct, 4-bit GPTQ weights, LoRA adapters (GPU only; recommended on GPU).",
+        "8B",
+        max_length=2048,
+        dropout=0.05,
+        targets=_LLAMA_TARGETS,
         tags=("recommended-gpu",),
     ),
     Template(
