@@ -36,7 +36,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "--json",
     )
     assert result.returncode == 0, result.stderr
-    assert "1 invalid rows dropped" in result.stdout
+    assert "1 invalid rows dropped" in result.stderr
     return out
 
 

@@ -77,7 +77,7 @@ def run_train(args: argparse.Namespace) -> int:
     outcome = _with_progress(lambda sink: run_training(job, on_event=sink, stop=stop), stop)
     report = outcome.report
     if report.invalid_rows:
-        console.print(
+        console_err.print(
             f"[yellow]{report.invalid_rows} invalid rows dropped[/] (within the tolerance); "
             f"run `tuneloom validate {escape(str(args.data))}` to see them."
         )
