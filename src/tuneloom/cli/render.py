@@ -21,8 +21,8 @@ from rich.table import Table
 from tuneloom.data.types import DataReport
 from tuneloom.errors import TuneloomError
 
-console = Console(highlight=False)
-console_err = Console(stderr=True, highlight=False)
+console = Console(highlight=False, soft_wrap=True)
+console_err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def report_error(err: TuneloomError) -> None:
