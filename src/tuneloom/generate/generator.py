@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import StoppingCriteria
 
 from tuneloom.data.tokenized import completion_text
 from tuneloom.errors import SettingsError
@@ -53,17 +54,13 @@ def stream(loaded: InferenceModel, text: str, params: InferenceParams) -> Iterat
     Generation runs in a thread feeding a streamer. When the consumer stops early (a stop string,
     a closed connection) the thread is told to stop at its next token rather than run to max_tokens.
     """
-    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+    from transformers import StoppingCriteriaList, TextIteratorStreamer
 
     prompt = render_prompt(loaded, text, params)
     stops = stop_strings(params)
     streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
     cancel = threading.Event()
     failure: list[BaseException] = []
-
-    class Cancelled(StoppingCriteria):
-        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **_: Any) -> torch.Tensor:
-            return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
 
     def run() -> None:
         try:
@@ -72,7 +69,7 @@ def stream(loaded: InferenceModel, text: str, params: InferenceParams) -> Iterat
                     **_encode(loaded, [prompt]),
                     **_generate_kwargs(loaded, params),
                     streamer=streamer,
-                    stopping_criteria=StoppingCriteriaList([Cancelled()]),
+                    stopping_criteria=StoppingCriteriaList([StopWhenSet(cancel)]),
                 )
         except BaseException as err:  # surfaced in the consumer's thread below
             failure.append(err)
@@ -102,6 +99,16 @@ def stream(loaded: InferenceModel, text: str, params: InferenceParams) -> Iterat
     finally:
         cancel.set()
         worker.join()
+
+
+class StopWhenSet(StoppingCriteria):
+    """Ends every sequence at the next token once the event is set (a consumer went away)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **_: Any) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 def render_prompt(loaded: InferenceModel, text: str, params: InferenceParams) -> str:
