@@ -133,3 +133,13 @@ def test_csv_template_round_trips(tmp_path: Path) -> None:
     path = tmp_path / "template.csv"
     assert run_cli("csv-template", str(path)).returncode == 0
     assert run_cli("validate", str(path), "--no-tokenize").returncode == 0
+
+
+def test_existing_output_is_refused_before_training(sentiment_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "v"
+    out.mkdir()
+    (out / "keep.txt").write_text("a user's file")
+    result = run_cli("train", str(sentiment_file), "--template", "tiny-random", "--output", str(out))
+    assert result.returncode == 1
+    assert "already exists" in result.stderr and "--overwrite" in result.stderr
+    assert (out / "keep.txt").read_text() == "a user's file"

@@ -19,8 +19,8 @@ import torch
 from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer_callback import PrinterCallback
 
-from tuneloom.data.types import DataReport
-from tuneloom.errors import TuneloomError
+from tuneloom.data.types import DataReport, Example
+from tuneloom.errors import ModelVersionError, TuneloomError
 from tuneloom.model_version import ModelVersion, finalize, write_json
 from tuneloom.templates import (
     TOKENIZER_EXTENSIONS,
@@ -66,6 +66,7 @@ class TrainOutcome:
 def run_training(
     job: TrainJob, *, on_event: EventSink = ignore_events, stop: threading.Event | None = None
 ) -> TrainOutcome:
+    _check_output(job)
     template = get_template(job.template)
     settings = resolve_settings(template, job.settings)
     require_supported_hardware(settings, cuda_available=torch.cuda.is_available())
@@ -122,39 +123,48 @@ def run_training(
     eval_loss = trainer.evaluate()["eval_loss"] if len(eval_set) else None
     metrics = _metrics(trainer, result.metrics, eval_loss, train_set.token_count)
     on_event(TrainEvent("stage", "Saving model version"))
-    staging = workdir / "version"
-    shutil.rmtree(staging, ignore_errors=True)
     restore_attention(model)
+    staging = workdir / "version"
     weights = "adapter" if settings.peft_config else "model"
-    model.save_pretrained(staging / weights)
+    _stage_artifacts(staging / weights, model, tokenizer, metrics, report, held_examples)
+    manifest = {
+        "template": template.id,
+        "base_model": settings.model_config["pretrained_model_name_or_path"],
+        "weights": weights,
+        "settings": settings.to_dict(),
+        "prompt_format": prompt_format.to_dict(),
+        "data": {
+            "file": str(job.data),
+            "format": report.format,
+            "train_examples": len(train_set),
+            "held_out_examples": len(eval_set),
+        },
+        "summary": {k: metrics[k] for k in ("train_loss", "eval_loss", "perplexity") if k in metrics},
+    }
+    version = finalize(staging, job.output, manifest, overwrite=job.overwrite)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return TrainOutcome(version, metrics, report)
+
+
+def _check_output(job: TrainJob) -> None:
+    """Refuse an existing output before hours of training, not after."""
+    if job.output.exists() and not job.overwrite:
+        raise ModelVersionError(f"{job.output} already exists; choose another --output or pass --overwrite.")
+
+
+def _stage_artifacts(
+    weights_dir: Path, model: Any, tokenizer: Any, metrics: dict[str, Any], report: DataReport, held: list[Example]
+) -> None:
+    """Everything but the manifest, into the staging folder that holds `weights_dir`."""
+    staging = weights_dir.parent
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(weights_dir)
     tokenizer.save_pretrained(staging / "tokenizer")
     write_json(staging / "metrics.json", metrics)
     write_json(staging / "data_report.json", report.to_dict())
     write_json(
-        staging / "held_out.json",
-        [{"prompt": e.prompt, "completion": e.completion, "line": e.line} for e in held_examples],
+        staging / "held_out.json", [{"prompt": e.prompt, "completion": e.completion, "line": e.line} for e in held]
     )
-    version = finalize(
-        staging,
-        job.output,
-        {
-            "template": template.id,
-            "base_model": settings.model_config["pretrained_model_name_or_path"],
-            "weights": weights,
-            "settings": settings.to_dict(),
-            "prompt_format": prompt_format.to_dict(),
-            "data": {
-                "file": str(job.data),
-                "format": report.format,
-                "train_examples": len(train_set),
-                "held_out_examples": len(eval_set),
-            },
-            "summary": {k: metrics[k] for k in ("train_loss", "eval_loss", "perplexity") if k in metrics},
-        },
-        overwrite=job.overwrite,
-    )
-    shutil.rmtree(workdir, ignore_errors=True)
-    return TrainOutcome(version, metrics, report)
 
 
 def _extensions(settings: TrainingSettings) -> dict[str, Any]:
