@@ -1,0 +1,72 @@
+"""Apps: the top of the tree. Deleting one removes its keys, datasets, models and runs in the database.
+
+Files are not removed by the cascade: `delete_app` returns the artifact paths that belonged to the
+app so the caller can delete them after the transaction commits (a rolled-back delete must not
+have lost files).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from tuneloom.store.artifacts import CHECKPOINTS
+from tuneloom.store.db import Database
+from tuneloom.store.ids import ConflictError, NotFoundError, check_id, new_id
+from tuneloom.store.models import App, Dataset, DatasetVersion, Model, ModelVersion
+
+
+def create_app(db: Database, name: str, app_id: str | None = None) -> App:
+    """Create an app; `app_id` is a user slug, or random when not given."""
+    app = App(id=check_id(app_id or new_id(), "app id"), name=name or app_id or "")
+    try:
+        with db.write() as session:
+            session.add(app)
+    except IntegrityError:
+        raise ConflictError(f"app '{app.id}' already exists", details={"key": "app_id"}) from None
+    return app
+
+
+def get_app(db: Database, app_id: str) -> App:
+    with db.read() as session:
+        app = session.get(App, check_id(app_id, "app id"))
+    if app is None:
+        raise NotFoundError(f"app '{app_id}' not found")
+    return app
+
+
+def list_apps(db: Database, app_ids: list[str] | None = None) -> list[App]:
+    """All apps, or only those in `app_ids` (what an app-scoped key may see)."""
+    query = select(App).order_by(App.created_at, App.id)
+    if app_ids is not None:
+        query = query.where(App.id.in_(app_ids))
+    with db.read() as session:
+        return list(session.scalars(query))
+
+
+def delete_app(db: Database, app_id: str) -> list[str]:
+    """Delete the app and everything under it; returns the artifact paths the caller should remove."""
+    check_id(app_id, "app id")
+    with db.write() as session:
+        app = session.get(App, app_id)
+        if app is None:
+            raise NotFoundError(f"app '{app_id}' not found")
+        paths = _artifact_paths(session, app_id)
+        session.delete(app)
+    return paths
+
+
+def _artifact_paths(session: Session, app_id: str) -> list[str]:
+    dataset_files = session.scalars(
+        select(DatasetVersion.artifact_path)
+        .join(Dataset, Dataset.pk == DatasetVersion.dataset_pk)
+        .where(Dataset.app_id == app_id, DatasetVersion.artifact_path.is_not(None))
+    )
+    runs = session.execute(
+        select(ModelVersion.id, ModelVersion.artifact_path)
+        .join(Model, Model.pk == ModelVersion.model_pk)
+        .where(Model.app_id == app_id)
+    )
+    model_paths = [p for run_id, artifact in runs for p in (artifact, f"{CHECKPOINTS}/{run_id}")]
+    return [p for p in [*dataset_files, *model_paths] if p]

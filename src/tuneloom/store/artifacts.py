@@ -1,0 +1,111 @@
+"""Where the platform's files live under the data dir, named from ids and never from user input.
+
+```
+<data_dir>/
+  tuneloom.db                      the embedded SQLite database (db.default_url)
+  secrets/key-pepper               server-side pepper for API-key hashes (keys.load_pepper)
+  uploads/<upload_id>.part         an upload being streamed to disk, before parsing
+  dataset-versions/<id>.jsonl      a dataset version's examples, one {"prompt", "completion"} per line
+  model-versions/<id>/             a finished model-version directory (tuneloom.model_version)
+  checkpoints/<id>/                a training run's checkpoints, kept until it finishes
+  tmp/                             staging: files are written here and renamed into place
+```
+The database stores paths relative to the data dir, so the whole folder can move (or be mounted at
+another path on a worker machine). Every path goes through `resolve`, which refuses anything that
+would land outside the data dir — a `../` id, an absolute path, a symlink pointing elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+from tuneloom.errors import TuneloomError
+from tuneloom.store.ids import check_id, new_id
+
+UPLOADS = "uploads"
+DATASET_VERSIONS = "dataset-versions"
+MODEL_VERSIONS = "model-versions"
+CHECKPOINTS = "checkpoints"
+TMP = "tmp"
+
+
+class UnsafePathError(TuneloomError):
+    """A path would leave the data dir; never the result of a legitimate request."""
+
+    code = "UNSAFE_PATH"
+
+
+class Artifacts:
+    """Path arithmetic and atomic writes for one data dir."""
+
+    def __init__(self, data_dir: Path | str):
+        self.root = Path(data_dir).resolve()
+
+    def resolve(self, relative: str | Path) -> Path:
+        """The absolute path of `relative` under the data dir; raises if it would escape it."""
+        rel = Path(relative)
+        if rel.is_absolute():
+            raise UnsafePathError(f"artifact path {str(relative)!r} must be relative to the data dir")
+        path = (self.root / rel).resolve()
+        if path == self.root or not path.is_relative_to(self.root):
+            raise UnsafePathError(f"artifact path {str(relative)!r} leaves the data dir")
+        return path
+
+    def relative(self, path: Path) -> str:
+        """What the database stores: `path` relative to the data dir, with forward slashes."""
+        resolved = Path(path).resolve()
+        if not resolved.is_relative_to(self.root) or resolved == self.root:
+            raise UnsafePathError(f"{path} is not inside the data dir {self.root}")
+        return resolved.relative_to(self.root).as_posix()
+
+    def upload_file(self, upload_id: str) -> Path:
+        return self.resolve(f"{UPLOADS}/{check_id(upload_id, 'upload id')}.part")
+
+    def dataset_version_file(self, version_id: str) -> Path:
+        return self.resolve(f"{DATASET_VERSIONS}/{check_id(version_id, 'dataset version id')}.jsonl")
+
+    def model_version_dir(self, version_id: str) -> Path:
+        return self.resolve(f"{MODEL_VERSIONS}/{check_id(version_id, 'model version id')}")
+
+    def checkpoint_dir(self, version_id: str) -> Path:
+        return self.resolve(f"{CHECKPOINTS}/{check_id(version_id, 'model version id')}")
+
+    def staging_path(self, suffix: str = "") -> Path:
+        """A fresh path in the data dir's tmp folder (same file system, so renames are atomic)."""
+        tmp = self.resolve(TMP)
+        tmp.mkdir(parents=True, exist_ok=True)
+        return tmp / f"{new_id()}{suffix}"
+
+    def write_atomic(self, target: Path, chunks: Iterable[bytes]) -> int:
+        """Write `chunks` to a temporary file, fsync, and rename it onto `target`; returns bytes written.
+
+        A reader (or a crash) sees either no file or the complete one, never a prefix.
+        """
+        target = self.resolve(self.relative(target))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.staging_path(".tmp")
+        size = 0
+        try:
+            with tmp.open("wb") as handle:
+                for chunk in chunks:
+                    handle.write(chunk)
+                    size += len(chunk)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return size
+
+    def remove(self, relative: str | None) -> None:
+        """Delete a file or folder named by a stored relative path (missing is fine)."""
+        if not relative:
+            return
+        path = self.resolve(relative)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)

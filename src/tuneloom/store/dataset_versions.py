@@ -1,0 +1,179 @@
+"""Dataset versions: immutable, content-hashed snapshots of a dataset's inputs, written as JSONL files.
+
+`create_version` records a PENDING version; `build_version` (run by the server right away or in
+the background for big datasets) copies the inputs, in `seq` order and from one consistent read,
+into `dataset-versions/<id>.jsonl`, and marks it READY with its hash and stats — or FAILURE with
+a message. The file is written to a temporary name and renamed, then made read-only; a READY
+row refuses any change (an ORM guard in `models`), so a training run always sees exactly what was versioned.
+
+The content hash is SHA-256 over the ordered (prompt, completion) pairs, each encoded as a compact
+JSON array plus a newline: unambiguous (no separator can be forged inside a field) and independent
+of ids, times and file layout, so two versions with the same examples have the same hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from tuneloom.data.types import Example
+from tuneloom.store.artifacts import Artifacts
+from tuneloom.store.datasets import find_dataset, iter_examples
+from tuneloom.store.db import Database
+from tuneloom.store.ids import ConflictError, NotFoundError, check_id, new_id
+from tuneloom.store.models import DatasetVersion, utcnow
+from tuneloom.store.models import DatasetVersionState as State
+
+TokenLength = Callable[[str, str], int]
+
+
+def content_hash(pairs: Iterable[tuple[str, str]]) -> str:
+    digest = hashlib.sha256()
+    for prompt, completion in pairs:
+        digest.update(_pair_bytes(prompt, completion))
+    return digest.hexdigest()
+
+
+def create_version(db: Database, app_id: str, dataset_id: str) -> DatasetVersion:
+    with db.write() as session:
+        dataset = find_dataset(session, app_id, dataset_id)
+        version = DatasetVersion(id=new_id(), dataset_pk=dataset.pk, state=State.PENDING.value)
+        session.add(version)
+    return version
+
+
+def get_version(db: Database, app_id: str, dataset_id: str, version_id: str) -> DatasetVersion:
+    with db.read() as session:
+        dataset = find_dataset(session, app_id, dataset_id)
+        return _find(session, version_id, dataset.pk)
+
+
+def get_version_by_id(db: Database, version_id: str) -> DatasetVersion:
+    """For workers, which know only the id a training job names."""
+    with db.read() as session:
+        return _find(session, version_id)
+
+
+def list_versions(db: Database, app_id: str, dataset_id: str) -> list[DatasetVersion]:
+    with db.read() as session:
+        dataset = find_dataset(session, app_id, dataset_id)
+        query = select(DatasetVersion).where(DatasetVersion.dataset_pk == dataset.pk)
+        return list(session.scalars(query.order_by(DatasetVersion.created_at, DatasetVersion.id)))
+
+
+def build_version(
+    db: Database, artifacts: Artifacts, version_id: str, *, token_length: TokenLength | None = None
+) -> DatasetVersion:
+    """Snapshot the inputs into the version's file and mark it READY (or FAILURE, with why).
+
+    Only a PENDING version is built; a second caller finds it IN_PROGRESS and gets ConflictError.
+    """
+    with db.write() as session:
+        claimed = session.execute(
+            update(DatasetVersion)
+            .where(DatasetVersion.id == check_id(version_id, "dataset version id"))
+            .where(DatasetVersion.state == State.PENDING.value)
+            .values(state=State.IN_PROGRESS.value)
+        ).rowcount  # type: ignore[attr-defined]
+    if not claimed:
+        raise ConflictError(f"dataset version '{version_id}' is not PENDING (already built or being built)")
+    target = artifacts.dataset_version_file(version_id)
+    stats = _Stats(token_length)
+    try:
+        with db.read(snapshot=True) as session:
+            dataset_pk = _find(session, version_id).dataset_pk
+            artifacts.write_atomic(target, stats.lines(iter_examples(session, dataset_pk)))
+    except (OSError, UnicodeError, ValueError) as err:
+        return _finish(db, version_id, State.FAILURE, message=f"could not write the snapshot: {err}")
+    if stats.count == 0:
+        target.unlink(missing_ok=True)
+        return _finish(db, version_id, State.FAILURE, message="the dataset has no inputs to version")
+    os.chmod(target, 0o444)
+    return _finish(
+        db,
+        version_id,
+        State.READY,
+        content_hash=stats.digest.hexdigest(),
+        example_count=stats.count,
+        stats=stats.to_dict(),
+        artifact_path=artifacts.relative(target),
+    )
+
+
+def read_snapshot(artifacts: Artifacts, version: DatasetVersion) -> Iterator[Example]:
+    """The version's examples as the training engine takes them (`line` is the snapshot's line)."""
+    if version.state != State.READY.value or not version.artifact_path:
+        raise ConflictError(f"dataset version '{version.id}' is {version.state}, not READY")
+    with artifacts.resolve(version.artifact_path).open(encoding="utf-8") as handle:
+        for number, text in enumerate(handle, 1):
+            row = json.loads(text)
+            yield Example(prompt=row["prompt"], completion=row["completion"], line=number)
+
+
+def _finish(db: Database, version_id: str, state: State, **values: Any) -> DatasetVersion:
+    with db.write() as session:
+        version = _find(session, version_id)
+        for key, value in values.items():
+            setattr(version, key, value)
+        version.state = state.value
+        version.finished_at = utcnow()
+    return version
+
+
+def _find(session: Session, version_id: str, dataset_pk: int | None = None) -> DatasetVersion:
+    version = session.get(DatasetVersion, check_id(version_id, "dataset version id"))
+    if version is None or (dataset_pk is not None and version.dataset_pk != dataset_pk):
+        raise NotFoundError(f"dataset version '{version_id}' not found")
+    return version
+
+
+def _pair_bytes(prompt: str, completion: str) -> bytes:
+    return json.dumps([prompt, completion], ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+class _Stats:
+    """Count, hash and length aggregates gathered while the snapshot streams to disk (one pass, O(1) memory)."""
+
+    def __init__(self, token_length: TokenLength | None):
+        self.digest = hashlib.sha256()
+        self.count = 0
+        self.token_length = token_length
+        self.lengths: dict[str, _Range] = {"prompt_chars": _Range(), "completion_chars": _Range(), "tokens": _Range()}
+
+    def lines(self, pairs: Iterable[tuple[str, str]]) -> Iterator[bytes]:
+        for prompt, completion in pairs:
+            self.digest.update(_pair_bytes(prompt, completion))
+            self.count += 1
+            self.lengths["prompt_chars"].add(len(prompt))
+            self.lengths["completion_chars"].add(len(completion))
+            if self.token_length is not None:
+                self.lengths["tokens"].add(self.token_length(prompt, completion))
+            row = {"prompt": prompt, "completion": completion}
+            yield json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"examples": self.count}
+        out.update({name: r.to_dict() for name, r in self.lengths.items() if r.count})
+        return out
+
+
+class _Range:
+    def __init__(self) -> None:
+        self.count = self.total = 0
+        self.low: int | None = None
+        self.high: int | None = None
+
+    def add(self, value: int) -> None:
+        self.count += 1
+        self.total += value
+        self.low = value if self.low is None else min(self.low, value)
+        self.high = value if self.high is None else max(self.high, value)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"min": self.low, "mean": round(self.total / self.count, 2), "max": self.high}

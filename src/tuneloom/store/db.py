@@ -1,0 +1,130 @@
+"""Connecting to the database: SQLite in the data dir by default, PostgreSQL when a URL says so.
+
+Every store function takes a `Database` and runs in its own short transaction: `read()` for
+queries, `write()` for anything that changes rows. On SQLite `write()` starts with
+`BEGIN IMMEDIATE`, taking the single writer lock up front, so a read-then-update (claiming a job,
+handing out input numbers) can never interleave with another writer or fail half-way with
+SQLITE_BUSY; `busy_timeout` makes the others wait instead of erroring. WAL lets readers go on
+while someone writes. On PostgreSQL transactions are READ COMMITTED and the functions that need
+more lock the rows they change (`FOR UPDATE`, `SKIP LOCKED` for the queue).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+DB_FILE = "tuneloom.db"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+_BEGIN_MODE = "tuneloom_sqlite_begin"
+
+
+def default_url(data_dir: Path) -> str:
+    """The embedded database: one SQLite file inside the data dir."""
+    return f"sqlite:///{(Path(data_dir).resolve() / DB_FILE).as_posix()}"
+
+
+def normalize_url(url: str) -> str:
+    """Accept `postgresql://` and `postgres://` as users write them; the driver is always psycopg 3."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+class Database:
+    """An engine plus session factory; `read()` / `write()` give a session inside one transaction."""
+
+    def __init__(self, url: str, *, echo: bool = False):
+        self.url = normalize_url(url)
+        self.engine = _make_engine(self.url, echo=echo)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._immediate = self.engine.execution_options(**{_BEGIN_MODE: "IMMEDIATE"})
+        self._snapshot = (
+            self.engine if self.is_sqlite else self.engine.execution_options(isolation_level="REPEATABLE READ")
+        )
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    @contextmanager
+    def read(self, *, snapshot: bool = False) -> Iterator[Session]:
+        """A session for queries; objects stay usable (detached) after it closes.
+
+        With `snapshot`, every query in it sees the database as of its first one (REPEATABLE READ on
+        PostgreSQL; any SQLite read transaction in WAL mode already does), for multi-query reads
+        such as copying a dataset's inputs into a version.
+        """
+        with self._sessions(bind=self._snapshot if snapshot else self.engine) as session, session.begin():
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A session whose transaction commits on success and rolls back on any exception."""
+        with self._sessions(bind=self._immediate) as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def open_database(url: str | None = None, *, data_dir: Path | None = None, migrate: bool = True) -> Database:
+    """Open (and by default migrate to head) the database at `url`, or the SQLite file in `data_dir`."""
+    if url is None:
+        if data_dir is None:
+            raise ValueError("open_database needs a database URL or a data dir")
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        url = default_url(Path(data_dir))
+    db = Database(url)
+    if migrate:
+        from tuneloom.store.migrations import upgrade_database
+
+        upgrade_database(db)
+    return db
+
+
+def _make_engine(url: str, *, echo: bool) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, echo=echo, pool_pre_ping=True, future=True)
+    if parsed.database in (None, "", ":memory:"):
+        raise ValueError("an in-memory SQLite database cannot be shared between connections; use a file")
+    Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url,
+        echo=echo,
+        connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+    )
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    """Foreign keys on (cascades), WAL, and driver-level autocommit so `_sqlite_on_begin` owns BEGIN."""
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    """pysqlite's own BEGIN is deferred and late; emit ours, IMMEDIATE for `Database.write()`."""
+    mode = conn.get_execution_options().get(_BEGIN_MODE, "DEFERRED")
+    conn.exec_driver_sql(f"BEGIN {mode}")

@@ -1,0 +1,1 @@
+"""Schema revisions, oldest first; see ../__init__.py."""

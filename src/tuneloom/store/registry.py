@@ -1,0 +1,125 @@
+"""Models and their versions (training runs) as the API reads them; the queue's transitions live in `jobs`.
+
+Lookups always go through the app (`app_id`, `model_id`, `version_id`), so a version id from
+another app is "not found" rather than visible; `get_model_version_by_id` is for workers only.
+Deletes return the artifact paths to remove once the transaction has committed.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from tuneloom.errors import SettingsError
+from tuneloom.store.artifacts import CHECKPOINTS
+from tuneloom.store.db import Database
+from tuneloom.store.ids import ConflictError, NotFoundError, check_id, new_id
+from tuneloom.store.models import App, Model, ModelVersion, TrainingStatus
+
+MODEL_TYPES = ("text-to-text",)
+
+
+def create_model(db: Database, app_id: str, model_id: str | None = None, model_type_id: str = "text-to-text") -> Model:
+    if model_type_id not in MODEL_TYPES:
+        raise SettingsError(
+            f"model_type_id must be one of {', '.join(MODEL_TYPES)}; got {model_type_id!r}", key="model_type_id"
+        )
+    model = Model(
+        app_id=check_id(app_id, "app id"), id=check_id(model_id or new_id(), "model id"), model_type_id=model_type_id
+    )
+    try:
+        with db.write() as session:
+            if session.get(App, app_id) is None:
+                raise NotFoundError(f"app '{app_id}' not found")
+            session.add(model)
+    except IntegrityError:
+        raise ConflictError(f"model '{model.id}' already exists", details={"key": "model_id"}) from None
+    return model
+
+
+def get_model(db: Database, app_id: str, model_id: str) -> Model:
+    with db.read() as session:
+        return find_model(session, app_id, model_id)
+
+
+def list_models(db: Database, app_id: str) -> list[Model]:
+    query = select(Model).where(Model.app_id == check_id(app_id, "app id")).order_by(Model.created_at, Model.id)
+    with db.read() as session:
+        return list(session.scalars(query))
+
+
+def delete_model(db: Database, app_id: str, model_id: str) -> list[str]:
+    """Delete a model and all its versions; a worker training one of them loses its lease (see jobs)."""
+    with db.write() as session:
+        model = find_model(session, app_id, model_id)
+        runs = session.execute(
+            select(ModelVersion.id, ModelVersion.artifact_path).where(ModelVersion.model_pk == model.pk)
+        ).all()
+        session.delete(model)
+    return [p for run_id, artifact in runs for p in (artifact, f"{CHECKPOINTS}/{run_id}") if p]
+
+
+def get_model_version(db: Database, app_id: str, model_id: str, version_id: str) -> ModelVersion:
+    with db.read() as session:
+        return find_model_version(session, app_id, model_id, version_id)
+
+
+def get_model_version_by_id(db: Database, version_id: str) -> ModelVersion:
+    with db.read() as session:
+        version = session.get(ModelVersion, check_id(version_id, "model version id"))
+    if version is None:
+        raise NotFoundError(f"model version '{version_id}' not found")
+    return version
+
+
+def list_model_versions(db: Database, app_id: str, model_id: str) -> list[ModelVersion]:
+    """Newest first, as a user looking at a model's runs expects."""
+    with db.read() as session:
+        model = find_model(session, app_id, model_id)
+        query = select(ModelVersion).where(ModelVersion.model_pk == model.pk)
+        return list(session.scalars(query.order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc())))
+
+
+def latest_trained(db: Database, app_id: str, model_id: str) -> ModelVersion | None:
+    """The newest MODEL_TRAINED version (what `<app_id>/<model_id>` means to the OpenAI routes)."""
+    with db.read() as session:
+        model = find_model(session, app_id, model_id)
+        return session.scalar(
+            select(ModelVersion)
+            .where(ModelVersion.model_pk == model.pk, ModelVersion.status == TrainingStatus.MODEL_TRAINED.name)
+            .order_by(ModelVersion.finished_at.desc(), ModelVersion.id.desc())
+            .limit(1)
+        )
+
+
+def delete_model_version(db: Database, app_id: str, model_id: str, version_id: str) -> list[str]:
+    """Delete a finished or queued run; a training one must be cancelled first (its worker holds files)."""
+    with db.write() as session:
+        version = find_model_version(session, app_id, model_id, version_id, lock=True)
+        if version.status == TrainingStatus.MODEL_TRAINING.name:
+            raise ConflictError(f"model version '{version_id}' is training; cancel it before deleting it")
+        paths = [p for p in (version.artifact_path, f"{CHECKPOINTS}/{version.id}") if p]
+        session.delete(version)
+    return paths
+
+
+def find_model(session: Session, app_id: str, model_id: str) -> Model:
+    query = select(Model).where(Model.app_id == check_id(app_id, "app id"), Model.id == check_id(model_id, "model id"))
+    model = session.scalar(query)
+    if model is None:
+        raise NotFoundError(f"model '{model_id}' not found in app '{app_id}'")
+    return model
+
+
+def find_model_version(
+    session: Session, app_id: str, model_id: str, version_id: str, *, lock: bool = False
+) -> ModelVersion:
+    model = find_model(session, app_id, model_id)
+    query = select(ModelVersion).where(
+        ModelVersion.id == check_id(version_id, "model version id"), ModelVersion.model_pk == model.pk
+    )
+    version = session.scalar(query.with_for_update() if lock else query)
+    if version is None:
+        raise NotFoundError(f"model version '{version_id}' not found in model '{model_id}'")
+    return version

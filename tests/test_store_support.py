@@ -1,0 +1,69 @@
+"""Fixtures shared by the tests/test_store_*.py files (no tests here).
+
+`make_db_fixture()` gives each test a freshly migrated database on every backend: a SQLite file
+under tmp_path always, and PostgreSQL too when TUNELOOM_TEST_POSTGRES_URL names a server (its
+`public` schema is wiped before each test, so point it at a throwaway database).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from tuneloom.data.types import DataReport, Example
+from tuneloom.store.artifacts import Artifacts
+from tuneloom.store.db import Database, open_database
+
+POSTGRES_URL = os.environ.get("TUNELOOM_TEST_POSTGRES_URL")
+BACKENDS = [
+    "sqlite",
+    pytest.param("postgresql", marks=pytest.mark.skipif(not POSTGRES_URL, reason="TUNELOOM_TEST_POSTGRES_URL unset")),
+]
+
+
+def fresh_database(backend: str, data_dir: Path, *, migrate: bool = True) -> Database:
+    if backend == "sqlite":
+        return open_database(data_dir=data_dir, migrate=migrate)
+    assert POSTGRES_URL
+    wipe = Database(POSTGRES_URL)
+    with wipe.engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    wipe.dispose()
+    return open_database(POSTGRES_URL, migrate=migrate)
+
+
+def make_db_fixture() -> Callable[..., Iterator[Database]]:
+    @pytest.fixture(params=BACKENDS)
+    def db(request: Any, tmp_path: Path) -> Iterator[Database]:
+        database = fresh_database(request.param, tmp_path / "data")
+        yield database
+        database.dispose()
+
+    return db
+
+
+def make_artifacts_fixture() -> Callable[..., Artifacts]:
+    @pytest.fixture
+    def artifacts(tmp_path: Path) -> Artifacts:
+        (tmp_path / "data").mkdir(exist_ok=True)
+        return Artifacts(tmp_path / "data")
+
+    return artifacts
+
+
+def examples(n: int, tag: str = "") -> list[Example]:
+    return [
+        Example(prompt=f"### Human: q{i}{tag} ### Assistant:", completion=f"a{i}{tag}", line=i + 1) for i in range(n)
+    ]
+
+
+def report_for(items: list[Example], invalid: int = 0, source: str = "data.txt") -> DataReport:
+    return DataReport(
+        source=source, format="txt", total_rows=len(items) + invalid, valid_rows=len(items), invalid_rows=invalid
+    )
