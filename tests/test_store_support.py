@@ -20,6 +20,15 @@ from tuneloom.store.artifacts import Artifacts
 from tuneloom.store.db import Database, open_database
 
 POSTGRES_URL = os.environ.get("TUNELOOM_TEST_POSTGRES_URL")
+# The shape TrainingSettings.to_dict() gives (the store checks the shape, the server validates values).
+SETTINGS: dict[str, Any] = {
+    "model_config": {},
+    "quantization_config": {},
+    "peft_config": {"r": 4},
+    "tokenizer_config": {},
+    "trainer_config": {"num_train_epochs": 1},
+    "invalid_data_tolerance_percent": 5.0,
+}
 BACKENDS = [
     "sqlite",
     pytest.param("postgresql", marks=pytest.mark.skipif(not POSTGRES_URL, reason="TUNELOOM_TEST_POSTGRES_URL unset")),
