@@ -1,0 +1,198 @@
+"""The training queue: atomic claims under concurrency, leases, attempts, cancel, positions, telemetry."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from tests.test_store_support import SETTINGS, examples, make_db_fixture, report_for
+
+from tuneloom.errors import SettingsError
+from tuneloom.store import apps, dataset_versions, datasets, jobs, registry, telemetry
+from tuneloom.store.artifacts import Artifacts
+from tuneloom.store.db import Database
+from tuneloom.store.ids import ConflictError, NotFoundError
+from tuneloom.store.models import ModelVersion, TrainingStatus, utcnow
+
+db = make_db_fixture()
+S = TrainingStatus
+
+
+@pytest.fixture
+def dsv(db: Database, tmp_path: Path) -> str:
+    """App "a" with model "m" and a READY dataset version (its id)."""
+    apps.create_app(db, "a", "a")
+    datasets.create_dataset(db, "a", "ds")
+    items = examples(3)
+    datasets.add_upload(db, "a", "ds", report_for(items), items)
+    version = dataset_versions.create_version(db, "a", "ds")
+    dataset_versions.build_version(db, Artifacts(tmp_path / "data"), version.id)
+    registry.create_model(db, "a", "m")
+    return version.id
+
+
+def _enqueue(db: Database, dsv: str, **kwargs: object) -> ModelVersion:
+    return jobs.enqueue(db, "a", "m", dataset_version_id=dsv, template="tiny-random", settings=SETTINGS, **kwargs)  # type: ignore[arg-type]
+
+
+def test_enqueue_stores_a_queued_run(db: Database, dsv: str) -> None:
+    job = _enqueue(db, dsv)
+    assert (job.status, job.status_code, job.attempts) == ("MODEL_QUEUED_FOR_TRAINING", 21103, 0)
+    stored = registry.get_model_version(db, "a", "m", job.id)
+    assert stored.settings == SETTINGS and stored.status_enum is S.MODEL_QUEUED_FOR_TRAINING
+    assert jobs.queue_position(db, job.id) == 1
+
+
+def test_enqueue_refuses_what_would_fail_later(db: Database, dsv: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        jobs.enqueue(db, "a", "m", dataset_version_id=dsv, template="t", settings={"model_config": {}})
+    assert err.value.key == "quantization_config"
+    pending = dataset_versions.create_version(db, "a", "ds")
+    with pytest.raises(ConflictError, match="PENDING"):
+        _enqueue(db, pending.id)
+    apps.create_app(db, "b", "b")
+    registry.create_model(db, "b", "m")
+    with pytest.raises(NotFoundError):
+        jobs.enqueue(db, "b", "m", dataset_version_id=dsv, template="t", settings=SETTINGS)
+    queued = _enqueue(db, dsv)
+    with pytest.raises(SettingsError, match="not MODEL_TRAINED"):
+        _enqueue(db, dsv, resume_from=queued.id)
+
+
+def _claim_all(db: Database, worker: str, out: list[str], errors: list[BaseException]) -> None:
+    try:
+        while (job := jobs.claim_next(db, worker, 60)) is not None:
+            out.append(job.id)
+    except BaseException as err:  # pragma: no cover - reported by the test
+        errors.append(err)
+
+
+def test_concurrent_claimers_never_share_a_job(db: Database, dsv: str) -> None:
+    """Each worker thread has its own engine (own connections), as separate processes would."""
+    ids = {_enqueue(db, dsv).id for _ in range(40)}
+    workers = [Database(db.url) for _ in range(6)]
+    claimed: list[list[str]] = [[] for _ in workers]
+    errors: list[BaseException] = []
+    threads = [
+        threading.Thread(target=_claim_all, args=(w, f"w{i}", claimed[i], errors)) for i, w in enumerate(workers)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for w in workers:
+        w.dispose()
+    everything = [job_id for one in claimed for job_id in one]
+    assert errors == []
+    assert sorted(everything) == sorted(ids)  # all claimed, none twice
+    for job_id in ids:
+        job = registry.get_model_version_by_id(db, job_id)
+        assert job.attempts == 1 and job.status == "MODEL_TRAINING"
+        assert job_id in claimed[int(str(job.worker_id)[1:])]
+
+
+def test_queue_positions_follow_creation_order(db: Database, dsv: str) -> None:
+    first, second, third = (_enqueue(db, dsv) for _ in range(3))
+    positions = [jobs.queue_position(db, j.id) for j in (first, second, third)]
+    assert sorted(positions) == [1, 2, 3]  # type: ignore[type-var]
+    order = [j.id for _, j in sorted(zip(positions, (first, second, third), strict=True))]  # type: ignore[type-var]
+    claimed = jobs.claim_next(db, "w", 60)
+    assert claimed is not None and claimed.id == order[0]
+    assert jobs.queue_position(db, claimed.id) is None
+    assert [jobs.queue_position(db, job_id) for job_id in order[1:]] == [1, 2]
+
+
+def test_heartbeat_extends_the_lease_and_reports_progress(db: Database, dsv: str) -> None:
+    job = _enqueue(db, dsv)
+    t0 = utcnow()
+    assert jobs.claim_next(db, "w1", 10, now=t0) is not None
+    assert (
+        jobs.heartbeat(db, job.id, "w1", 10, step=3, total_steps=9, eta_s=12.5, now=t0 + timedelta(seconds=8)) is False
+    )
+    assert jobs.requeue_expired(db, now=t0 + timedelta(seconds=15)) == []
+    running = registry.get_model_version_by_id(db, job.id)
+    assert (running.step, running.total_steps, running.eta_s, running.worker_id) == (3, 9, 12.5, "w1")
+    with pytest.raises(jobs.LeaseLostError):
+        jobs.heartbeat(db, job.id, "someone-else", 10)
+
+
+def test_expired_leases_requeue_then_fail_after_max_attempts(db: Database, dsv: str) -> None:
+    job = _enqueue(db, dsv, max_attempts=2)
+    t0 = utcnow()
+    jobs.claim_next(db, "w1", 10, now=t0)
+    assert jobs.requeue_expired(db, now=t0 + timedelta(seconds=5)) == []
+    [requeued] = jobs.requeue_expired(db, now=t0 + timedelta(seconds=11))
+    assert (requeued.status, requeued.attempts, requeued.worker_id) == ("MODEL_QUEUED_FOR_TRAINING", 1, None)
+    assert "w1 stopped responding" in str(requeued.message) and jobs.queue_position(db, job.id) == 1
+    with pytest.raises(jobs.LeaseLostError):  # the lost worker comes back: it must stop
+        jobs.heartbeat(db, job.id, "w1", 10)
+    t1 = t0 + timedelta(seconds=20)
+    again = jobs.claim_next(db, "w2", 10, now=t1)
+    assert again is not None and (again.id, again.attempts, again.started_at) == (job.id, 2, t0)
+    [failed] = jobs.requeue_expired(db, now=t1 + timedelta(seconds=11))
+    assert (failed.status, failed.status_code) == ("MODEL_TRAINING_FAILED", 21106)
+    assert "giving up" in str(failed.message) and failed.finished_at is not None
+    assert jobs.claim_next(db, "w3", 10) is None
+
+
+def test_cancel_round_trip(db: Database, dsv: str) -> None:
+    queued, running = _enqueue(db, dsv), _enqueue(db, dsv)
+    first = jobs.claim_next(db, "w", 60)
+    assert first is not None
+    running, queued = (queued, running) if first.id == queued.id else (running, queued)
+    cancelled = jobs.request_cancel(db, queued.id)
+    assert (cancelled.status, cancelled.status_code) == ("MODEL_TRAINING_CANCELLED", 21120)
+    assert jobs.queue_position(db, queued.id) is None
+    assert jobs.request_cancel(db, running.id).cancel_requested is True
+    assert jobs.heartbeat(db, running.id, "w", 60, step=1) is True
+    done = jobs.finish(db, running.id, S.MODEL_TRAINING_CANCELLED, "cancelled by the user", worker_id="w")
+    assert done.status == "MODEL_TRAINING_CANCELLED" and done.finished_at is not None
+    assert jobs.request_cancel(db, running.id).status == "MODEL_TRAINING_CANCELLED"  # finished: no-op
+
+
+def test_cancel_of_a_dead_workers_job_ends_it_on_requeue(db: Database, dsv: str) -> None:
+    job = _enqueue(db, dsv)
+    t0 = utcnow()
+    jobs.claim_next(db, "w", 10, now=t0)
+    jobs.request_cancel(db, job.id)
+    [ended] = jobs.requeue_expired(db, now=t0 + timedelta(seconds=11))
+    assert ended.status == "MODEL_TRAINING_CANCELLED"
+
+
+def test_finish_records_the_outcome_for_the_lease_holder_only(db: Database, dsv: str) -> None:
+    job = _enqueue(db, dsv)
+    jobs.claim_next(db, "w", 60)
+    with pytest.raises(ValueError):
+        jobs.finish(db, job.id, S.MODEL_TRAINING, worker_id="w")
+    with pytest.raises(ValueError):
+        jobs.finish(db, job.id, S.MODEL_TRAINED, worker_id="w")
+    with pytest.raises(jobs.LeaseLostError):
+        jobs.finish(db, job.id, S.MODEL_TRAINING_FAILED, "boom", worker_id="other")
+    with pytest.raises(ConflictError):
+        registry.delete_model_version(db, "a", "m", job.id)
+    path = f"model-versions/{job.id}"
+    done = jobs.finish(db, job.id, S.MODEL_TRAINED, None, path, worker_id="w")
+    assert (done.status_code, done.artifact_path, done.lease_expires_at) == (21100, path, None)
+    assert registry.latest_trained(db, "a", "m").id == job.id  # type: ignore[union-attr]
+    with pytest.raises(jobs.LeaseLostError):
+        jobs.finish(db, job.id, S.MODEL_TRAINING_FAILED, worker_id="w")
+    again = _enqueue(db, dsv, resume_from=job.id)
+    assert again.resume_from == job.id
+    assert registry.delete_model_version(db, "a", "m", job.id) == [path, f"checkpoints/{job.id}"]
+    assert registry.get_model_version_by_id(db, again.id).resume_from is None
+
+
+def test_metrics_and_logs_round_trip(db: Database, dsv: str) -> None:
+    job = _enqueue(db, dsv)
+    assert telemetry.add_metrics(db, job.id, [{"step": s, "loss": 3.0 - s, "learning_rate": 1e-4} for s in (1, 2)]) == 2
+    telemetry.add_metrics(db, job.id, [{"step": 2, "eval_loss": 1.5}])
+    points = telemetry.list_metrics(db, job.id, after_step=1)
+    assert [(p.step, p.loss, p.eval_loss) for p in points] == [(2, 1.0, None), (2, None, 1.5)]
+    assert telemetry.append_logs(db, job.id, [("info", "start"), ("bogus", "x" * 5000)]) == 2
+    assert telemetry.append_logs(db, job.id, [("error", "end")]) == 3
+    logs = telemetry.list_logs(db, job.id, after_seq=1)
+    assert [(line.seq, line.level, len(line.message)) for line in logs] == [(2, "info", 4000), (3, "error", 3)]
+    with pytest.raises(NotFoundError):
+        telemetry.append_logs(db, "nojob", [("info", "x")])
