@@ -137,6 +137,17 @@ def test_expired_leases_requeue_then_fail_after_max_attempts(db: Database, dsv: 
     assert jobs.claim_next(db, "w3", 10) is None
 
 
+def test_release_gives_the_job_back_without_spending_an_attempt(db: Database, dsv: str) -> None:
+    job = _enqueue(db, dsv, max_attempts=1)
+    jobs.claim_next(db, "w1", 60)
+    with pytest.raises(jobs.LeaseLostError):
+        jobs.release(db, job.id, "w2")
+    back = jobs.release(db, job.id, "w1")
+    assert (back.status, back.attempts, back.worker_id) == ("MODEL_QUEUED_FOR_TRAINING", 0, None)
+    again = jobs.claim_next(db, "w2", 60)
+    assert again is not None and (again.id, again.attempts) == (job.id, 1)
+
+
 def test_cancel_round_trip(db: Database, dsv: str) -> None:
     queued, running = _enqueue(db, dsv), _enqueue(db, dsv)
     first = jobs.claim_next(db, "w", 60)

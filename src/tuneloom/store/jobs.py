@@ -5,7 +5,8 @@ Life of a job: `enqueue` → QUEUED → `claim_next` (one worker, `attempts` + 1
 A worker that dies stops heartbeating; `requeue_expired` (run periodically by any process) puts its
 job back in the queue, or fails it once `attempts` reached `max_attempts` — so a job that kills its
 worker every time cannot loop forever. A requeued job keeps its place (queue order is creation
-order) and its progress; the next worker resumes from `artifacts.checkpoint_dir(job.id)`.
+order) and its progress; the next worker resumes from `artifacts.checkpoint_dir(job.id)`. A worker
+shutting down cleanly calls `release` instead, which requeues without spending an attempt.
 
 No job is ever claimed twice: on PostgreSQL `claim_next` locks the row with
 `FOR UPDATE SKIP LOCKED` (concurrent claimers skip it and take the next one); on SQLite the
@@ -150,6 +151,26 @@ def finish(
         job = session.get(ModelVersion, job_id)
         assert job is not None
         return job
+
+
+def release(db: Database, job_id: str, worker_id: str, message: str | None = None) -> ModelVersion:
+    """Give a claimed job back to the queue without spending an attempt (a worker shutting down cleanly).
+
+    The job keeps its place and progress; the next claimer resumes it from its checkpoints.
+    """
+    with db.write() as session:
+        job = session.get(ModelVersion, check_id(job_id, "model version id"), with_for_update=True)
+        if job is None or job.status != RUNNING or job.worker_id != worker_id:
+            raise LeaseLostError(f"worker {worker_id} no longer holds model version '{job_id}'")
+        if job.cancel_requested:
+            _end(job, TrainingStatus.MODEL_TRAINING_CANCELLED, "cancelled", utcnow())
+        else:
+            _set_status(job, TrainingStatus.MODEL_QUEUED_FOR_TRAINING)
+            job.attempts = max(0, job.attempts - 1)
+            job.message = message or f"released by worker {worker_id}; waiting for another"
+        job.worker_id = None
+        job.lease_expires_at = None
+    return job
 
 
 def requeue_expired(db: Database, *, now: datetime | None = None) -> list[ModelVersion]:
