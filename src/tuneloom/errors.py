@@ -65,3 +65,21 @@ class ModelVersionError(TuneloomError):
     """A model-version directory is missing, incomplete or damaged."""
 
     code = "INVALID_MODEL_VERSION"
+
+
+class InvalidIdError(TuneloomError):
+    """An id or slug is not of the safe shape ids must have (the server answers 422)."""
+
+    code = "INVALID_ID"
+
+
+class NotFoundError(TuneloomError):
+    """The object does not exist, or is not visible from the app it was asked through (404)."""
+
+    code = "NOT_FOUND"
+
+
+class ConflictError(TuneloomError):
+    """The request clashes with the current state: a taken id, a change to an immutable object (409)."""
+
+    code = "CONFLICT"

@@ -10,29 +10,13 @@ from __future__ import annotations
 import re
 import secrets
 
-from tuneloom.errors import TuneloomError
+from tuneloom.errors import ConflictError, InvalidIdError, NotFoundError
+
+__all__ = ["ID_PATTERN", "ConflictError", "InvalidIdError", "NotFoundError", "check_id", "new_id"]
 
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 RANDOM_ID_LENGTH = 16  # 36**16 ≈ 2**82: collisions are not a practical concern
-
-
-class InvalidIdError(TuneloomError):
-    """An id or slug does not match `ID_PATTERN` (the server answers 422)."""
-
-    code = "INVALID_ID"
-
-
-class NotFoundError(TuneloomError):
-    """The object does not exist, or is not visible from the app it was asked through (404)."""
-
-    code = "NOT_FOUND"
-
-
-class ConflictError(TuneloomError):
-    """The request clashes with the current state: a taken id, a change to an immutable object (409)."""
-
-    code = "CONFLICT"
 
 
 def new_id(length: int = RANDOM_ID_LENGTH) -> str:
