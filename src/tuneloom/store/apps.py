@@ -28,6 +28,17 @@ def create_app(db: Database, name: str, app_id: str | None = None) -> App:
     return app
 
 
+def add_under_app(db: Database, child: Dataset | Model, what: str) -> None:
+    """Insert a dataset or model: 404 when its app is missing, 409 when its id is taken in that app."""
+    try:
+        with db.write() as session:
+            if session.get(App, child.app_id) is None:
+                raise NotFoundError(f"app '{child.app_id}' not found")
+            session.add(child)
+    except IntegrityError:
+        raise ConflictError(f"{what} '{child.id}' already exists", details={"key": f"{what}_id"}) from None
+
+
 def get_app(db: Database, app_id: str) -> App:
     with db.read() as session:
         app = session.get(App, check_id(app_id, "app id"))

@@ -14,13 +14,13 @@ from itertools import islice
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tuneloom.data.types import DataReport, Example
+from tuneloom.store.apps import add_under_app
 from tuneloom.store.db import Database
-from tuneloom.store.ids import ConflictError, NotFoundError, check_id, new_id
-from tuneloom.store.models import App, Dataset, DatasetVersion, Input, Upload, utcnow
+from tuneloom.store.ids import NotFoundError, check_id, new_id
+from tuneloom.store.models import Dataset, DatasetVersion, Input, Upload, utcnow
 
 INSERT_CHUNK = 1000
 MAX_PAGE = 1000
@@ -37,13 +37,7 @@ class InputPage:
 def create_dataset(db: Database, app_id: str, dataset_id: str | None = None, name: str | None = None) -> Dataset:
     dataset = Dataset(app_id=check_id(app_id, "app id"), id=check_id(dataset_id or new_id(), "dataset id"))
     dataset.name = name or dataset.id
-    try:
-        with db.write() as session:
-            if session.get(App, app_id) is None:
-                raise NotFoundError(f"app '{app_id}' not found")
-            session.add(dataset)
-    except IntegrityError:
-        raise ConflictError(f"dataset '{dataset.id}' already exists", details={"key": "dataset_id"}) from None
+    add_under_app(db, dataset, "dataset")
     return dataset
 
 

@@ -8,14 +8,14 @@ Deletes return the artifact paths to remove once the transaction has committed.
 from __future__ import annotations
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tuneloom.errors import SettingsError
+from tuneloom.store.apps import add_under_app
 from tuneloom.store.artifacts import CHECKPOINTS
 from tuneloom.store.db import Database
 from tuneloom.store.ids import ConflictError, NotFoundError, check_id, new_id
-from tuneloom.store.models import App, Model, ModelVersion, TrainingStatus
+from tuneloom.store.models import Model, ModelVersion, TrainingStatus
 
 MODEL_TYPES = ("text-to-text",)
 
@@ -28,13 +28,7 @@ def create_model(db: Database, app_id: str, model_id: str | None = None, model_t
     model = Model(
         app_id=check_id(app_id, "app id"), id=check_id(model_id or new_id(), "model id"), model_type_id=model_type_id
     )
-    try:
-        with db.write() as session:
-            if session.get(App, app_id) is None:
-                raise NotFoundError(f"app '{app_id}' not found")
-            session.add(model)
-    except IntegrityError:
-        raise ConflictError(f"model '{model.id}' already exists", details={"key": "model_id"}) from None
+    add_under_app(db, model, "model")
     return model
 
 
