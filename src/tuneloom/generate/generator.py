@@ -21,7 +21,7 @@ from tuneloom.generate.loading import InferenceModel
 from tuneloom.generate.params import MAX_INPUTS, InferenceParams
 from tuneloom.templates.prompting import SECTION_STOP
 
-BATCH_SIZE = 16
+BATCH_SIZE = 32
 
 
 @dataclass(frozen=True)
