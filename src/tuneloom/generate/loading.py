@@ -63,6 +63,3 @@ def _ready(model: Any, tokenizer: Any) -> Any:
     if getattr(model, "device", device) != device and not getattr(model, "is_quantized", False):
         model.to(device)
     return model
-
-
-__all__ = ["UNTRAINED_FORMAT", "InferenceModel", "load_for_inference", "load_tokenizer"]

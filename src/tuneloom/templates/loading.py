@@ -6,10 +6,8 @@ from typing import Any
 
 import torch
 
+from tuneloom.templates.settings_rules import TOKENIZER_EXTENSIONS
 from tuneloom.templates.sources import resolve_model_dir, resolve_tokenizer_dir
-
-# tuneloom's own tokenizer_config keys, consumed by the data layer, never passed to transformers.
-TOKENIZER_ONLY_FOR_DATA = ("response_headers",)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -32,7 +30,7 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
 def load_tokenizer(model_config: dict[str, Any], tokenizer_config: dict[str, Any]) -> Any:
     from transformers import AutoTokenizer
 
-    kwargs = {k: v for k, v in tokenizer_config.items() if k not in TOKENIZER_ONLY_FOR_DATA}
+    kwargs = {k: v for k, v in tokenizer_config.items() if k not in TOKENIZER_EXTENSIONS}  # tuneloom's own keys
     tokenizer = AutoTokenizer.from_pretrained(
         resolve_tokenizer_dir(model_config["pretrained_model_name_or_path"]), **kwargs
     )
