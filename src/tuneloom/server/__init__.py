@@ -1,0 +1,1 @@
+"""The platform server: a FastAPI app over `tuneloom.store` and the core engine."""
