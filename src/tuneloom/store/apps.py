@@ -12,8 +12,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tuneloom.store.artifacts import CHECKPOINTS
-from tuneloom.store.db import Database
-from tuneloom.store.ids import ConflictError, NotFoundError, check_id, new_id
+from tuneloom.store.db import Database, fetch
+from tuneloom.store.ids import ConflictError, check_id, new_id
 from tuneloom.store.models import App, Dataset, DatasetVersion, Model, ModelVersion
 
 
@@ -32,8 +32,7 @@ def add_under_app(db: Database, child: Dataset | Model, what: str) -> None:
     """Insert a dataset or model: 404 when its app is missing, 409 when its id is taken in that app."""
     try:
         with db.write() as session:
-            if session.get(App, child.app_id) is None:
-                raise NotFoundError(f"app '{child.app_id}' not found")
+            fetch(session, App, child.app_id, "app")
             session.add(child)
     except IntegrityError:
         raise ConflictError(f"{what} '{child.id}' already exists", details={"key": f"{what}_id"}) from None
@@ -41,10 +40,7 @@ def add_under_app(db: Database, child: Dataset | Model, what: str) -> None:
 
 def get_app(db: Database, app_id: str) -> App:
     with db.read() as session:
-        app = session.get(App, check_id(app_id, "app id"))
-    if app is None:
-        raise NotFoundError(f"app '{app_id}' not found")
-    return app
+        return fetch(session, App, app_id, "app")
 
 
 def list_apps(db: Database, app_ids: list[str] | None = None) -> list[App]:
@@ -58,11 +54,8 @@ def list_apps(db: Database, app_ids: list[str] | None = None) -> list[App]:
 
 def delete_app(db: Database, app_id: str) -> list[str]:
     """Delete the app and everything under it; returns the artifact paths the caller should remove."""
-    check_id(app_id, "app id")
     with db.write() as session:
-        app = session.get(App, app_id)
-        if app is None:
-            raise NotFoundError(f"app '{app_id}' not found")
+        app = fetch(session, App, app_id, "app")
         paths = _artifact_paths(session, app_id)
         session.delete(app)
     return paths

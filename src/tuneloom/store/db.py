@@ -14,15 +14,28 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from tuneloom.errors import NotFoundError
+from tuneloom.store.ids import check_id
+
 DB_FILE = "tuneloom.db"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _BEGIN_MODE = "tuneloom_sqlite_begin"
+
+Row = TypeVar("Row")
+
+
+def fetch(session: Session, model: type[Row], object_id: str, what: str, *, lock: bool = False) -> Row:
+    """The row with this id, or NotFoundError naming it (`what` is e.g. "app", "model version")."""
+    row = session.get(model, check_id(object_id, f"{what} id"), with_for_update=lock)
+    if row is None:
+        raise NotFoundError(f"{what} '{object_id}' not found")
+    return row
 
 
 def default_url(data_dir: Path) -> str:

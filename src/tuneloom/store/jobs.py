@@ -26,7 +26,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from tuneloom.errors import SettingsError, TuneloomError
-from tuneloom.store.db import Database
+from tuneloom.store.db import Database, fetch
 from tuneloom.store.ids import ConflictError, NotFoundError, check_id, new_id
 from tuneloom.store.models import QUEUED, RUNNING, Dataset, DatasetVersion, ModelVersion, TrainingStatus, utcnow
 from tuneloom.store.registry import find_model
@@ -224,11 +224,7 @@ def request_cancel(db: Database, job_id: str, *, now: datetime | None = None) ->
     A finished job is left as it is (cancelling it is a no-op, not an error).
     """
     with db.write() as session:
-        job = session.scalar(
-            select(ModelVersion).where(ModelVersion.id == check_id(job_id, "model version id")).with_for_update()
-        )
-        if job is None:
-            raise NotFoundError(f"model version '{job_id}' not found")
+        job = fetch(session, ModelVersion, job_id, "model version", lock=True)
         if job.status == QUEUED:
             _end(job, TrainingStatus.MODEL_TRAINING_CANCELLED, "cancelled before training started", now or utcnow())
         elif job.status == RUNNING:
@@ -273,10 +269,7 @@ def _check_resume_from(session: Session, model_pk: int, version_id: str) -> None
 
 
 def _get(session: Session, job_id: str) -> ModelVersion:
-    job = session.get(ModelVersion, check_id(job_id, "model version id"))
-    if job is None:
-        raise NotFoundError(f"model version '{job_id}' not found")
-    return job
+    return fetch(session, ModelVersion, job_id, "model version")
 
 
 def _set_status(job: ModelVersion, status: TrainingStatus) -> None:

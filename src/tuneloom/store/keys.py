@@ -19,8 +19,8 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from tuneloom.store.db import Database
-from tuneloom.store.ids import InvalidIdError, NotFoundError, check_id, new_id
+from tuneloom.store.db import Database, fetch
+from tuneloom.store.ids import InvalidIdError, check_id, new_id
 from tuneloom.store.models import ApiKey, App, utcnow
 
 KEY_PREFIX = "tl"
@@ -62,8 +62,8 @@ def create_key(db: Database, app_id: str | None, pepper: bytes) -> tuple[str, Ap
         hash=hash_key(plaintext, pepper),
     )
     with db.write() as session:
-        if app_id is not None and session.get(App, app_id) is None:
-            raise NotFoundError(f"app '{app_id}' not found")
+        if app_id is not None:
+            fetch(session, App, app_id, "app")
         session.add(record)
     return plaintext, record
 
@@ -85,9 +85,7 @@ def authenticate(db: Database, plaintext: str, pepper: bytes) -> ApiKey | None:
 def revoke_key(db: Database, key_id: str, *, at: datetime | None = None) -> ApiKey:
     """Revoke a key from now on (idempotent: the first revocation time is kept)."""
     with db.write() as session:
-        record = session.get(ApiKey, check_id(key_id, "key id"))
-        if record is None:
-            raise NotFoundError(f"key '{key_id}' not found")
+        record = fetch(session, ApiKey, key_id, "key")
         if record.revoked_at is None:
             record.revoked_at = at or utcnow()
     return record

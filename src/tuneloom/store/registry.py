@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from tuneloom.errors import SettingsError
 from tuneloom.store.apps import add_under_app
 from tuneloom.store.artifacts import CHECKPOINTS
-from tuneloom.store.db import Database
+from tuneloom.store.db import Database, fetch
 from tuneloom.store.ids import ConflictError, NotFoundError, check_id, new_id
 from tuneloom.store.models import Model, ModelVersion, TrainingStatus
 
@@ -61,10 +61,7 @@ def get_model_version(db: Database, app_id: str, model_id: str, version_id: str)
 
 def get_model_version_by_id(db: Database, version_id: str) -> ModelVersion:
     with db.read() as session:
-        version = session.get(ModelVersion, check_id(version_id, "model version id"))
-    if version is None:
-        raise NotFoundError(f"model version '{version_id}' not found")
-    return version
+        return fetch(session, ModelVersion, version_id, "model version")
 
 
 def list_model_versions(db: Database, app_id: str, model_id: str) -> list[ModelVersion]:

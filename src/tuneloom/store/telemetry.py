@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from tuneloom.store.db import Database
-from tuneloom.store.ids import NotFoundError, check_id
+from tuneloom.store.db import Database, fetch
+from tuneloom.store.ids import check_id
 from tuneloom.store.models import LogLine, MetricPoint, ModelVersion, utcnow
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -85,11 +85,7 @@ def list_logs(db: Database, job_id: str, *, after_seq: int = 0, limit: int = 200
 
 
 def _lock_job(session: Session, job_id: str) -> None:
-    found = session.scalar(
-        select(ModelVersion.id).where(ModelVersion.id == check_id(job_id, "model version id")).with_for_update()
-    )
-    if found is None:
-        raise NotFoundError(f"model version '{job_id}' not found")
+    fetch(session, ModelVersion, job_id, "model version", lock=True)
 
 
 def _float(value: Any) -> float | None:
