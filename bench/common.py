@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# --model choices of the model benchmarks → tuneloom template ids.
+MODEL_TEMPLATES = {"smollm2": "smollm2-135m-instruct-lora", "tiny-random": "tiny-random"}
 DEFAULT_LIBRARIES = ("tuneloom", "torch", "transformers", "peft", "tokenizers", "numpy", "rich")
 
 

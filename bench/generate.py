@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from bench.common import RESULTS_DIR, print_table, write_result
+from bench.common import MODEL_TEMPLATES, RESULTS_DIR, print_table, write_result
 
-TEMPLATES = {"smollm2": "smollm2-135m-instruct-lora", "tiny-random": "tiny-random"}
+TEMPLATES = MODEL_TEMPLATES
 
 
 def prompts(n: int) -> list[str]:

@@ -22,9 +22,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS_DIR, print_table, write_result
+from bench.common import MODEL_TEMPLATES, RESULTS_DIR, print_table, write_result
 
-TEMPLATES = {"smollm2": "smollm2-135m-instruct-lora", "tiny-random": "tiny-random"}
+TEMPLATES = MODEL_TEMPLATES
 WORDS = [
     "the",
     "customer",

@@ -24,7 +24,7 @@ def register(commands: Any) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from tuneloom.cli.train_cmd import _with_progress
+    from tuneloom.cli.train_cmd import with_progress
     from tuneloom.demo import HELDOUT_FILE, TEMPLATE, TRAIN_FILE, evaluate_on_heldout, train_demo
 
     console.rule("[bold]tuneloom demo: routing support tickets with SmolLM2-135M-Instruct + LoRA")
@@ -34,7 +34,7 @@ def run_demo(args: argparse.Namespace) -> int:
     before = evaluate_on_heldout(TEMPLATE)
     console.print("[bold]2/3[/] Fine-tuning (LoRA)…")
     started = time.monotonic()
-    training = _with_progress(lambda sink: train_demo(args.output, on_event=sink), threading.Event())
+    training = with_progress(lambda sink: train_demo(args.output, on_event=sink), threading.Event())
     minutes = (time.monotonic() - started) / 60
     console.print(f"[bold]3/3[/] Evaluating the fine-tuned model ({escape(str(training.version.path))})…")
     after = evaluate_on_heldout(training.version.path)

@@ -74,7 +74,7 @@ def run_train(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     stop = threading.Event()
-    outcome = _with_progress(lambda sink: run_training(job, on_event=sink, stop=stop), stop)
+    outcome = with_progress(lambda sink: run_training(job, on_event=sink, stop=stop), stop)
     report = outcome.report
     if report.invalid_rows:
         console_err.print(
@@ -94,7 +94,7 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_progress(work: Any, stop: threading.Event) -> Any:
+def with_progress(work: Any, stop: threading.Event) -> Any:
     """Run `work(sink)` under a progress bar; the first Ctrl-C asks the run to checkpoint and stop."""
     from tuneloom.train.events import TrainEvent
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloom.data import RESPONSE_HEADERS, detect_format, iter_rows
-from tuneloom.data.tokenized import TokenizedExample, token_stats, tokenize_examples
+from tuneloom.data.tokenized import IGNORE_INDEX, TokenizedExample, token_stats, tokenize_examples
 from tuneloom.data.types import DataReport, Example, InvalidRow
 from tuneloom.errors import DataFileError
 
@@ -84,7 +84,7 @@ def _pieces(example: TokenizedExample, tokenizer: Any) -> list[TokenPiece]:
     """Consecutive tokens with the same mask merged into one piece of text."""
     pieces: list[TokenPiece] = []
     for token, label in zip(example.input_ids, example.labels, strict=True):
-        trained = label != -100
+        trained = label != IGNORE_INDEX
         text = tokenizer.decode([token])
         if pieces and pieces[-1].trained == trained:
             pieces[-1].text += text

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from tuneloom.data.tokenized import tokenize_examples
+from tuneloom.data.tokenized import IGNORE_INDEX, tokenize_examples
 from tuneloom.data.types import Example
 from tuneloom.evaluate.metrics import per_example, score
 from tuneloom.generate.generator import generate
@@ -81,7 +81,7 @@ def loss_metrics(loaded: InferenceModel, examples: Sequence[Example], batch_size
     for start in range(0, len(rows), batch_size):
         batch = collate([{"input_ids": r.input_ids, "labels": r.labels} for r in rows[start : start + batch_size]])
         labels = batch.pop("labels")
-        n = int((labels[:, 1:] != -100).sum())
+        n = int((labels[:, 1:] != IGNORE_INDEX).sum())
         outputs = loaded.model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
         total += float(packed_causal_lm_loss(outputs, labels.to(device), n)) * n
         count += n

@@ -71,7 +71,8 @@ def run_training(
     settings = resolve_settings(template, job.settings)
     require_supported_hardware(settings, cuda_available=torch.cuda.is_available())
     options = _extensions(settings)
-    set_seed(int(settings.trainer_config.get("seed", 42)))
+    seed = int(settings.trainer_config.get("seed", 42))
+    set_seed(seed)
 
     on_event(TrainEvent("stage", "Loading tokenizer"))
     tokenizer = load_tokenizer(settings.model_config, settings.tokenizer_config)
@@ -82,9 +83,7 @@ def run_training(
         held_examples, held_out, _ = read(job.validation)
         train_rows = tokenized
     else:
-        train_rows, held_out, held_examples = split_held_out(
-            examples, tokenized, float(options["eval_fraction"]), int(settings.trainer_config.get("seed", 42))
-        )
+        train_rows, held_out, held_examples = split_held_out(examples, tokenized, float(options["eval_fraction"]), seed)
     prompt_format = derive_prompt_format(examples)
     on_event(
         TrainEvent(
