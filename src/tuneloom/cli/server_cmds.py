@@ -15,6 +15,7 @@ def register(commands: Any) -> None:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--database-url", default=None, help="default: SQLite in the data dir")
+    serve.add_argument("--max-upload-mb", type=int, default=200, help="largest accepted upload")
     serve.set_defaults(run=run_serve)
 
     keys = commands.add_parser("keys", help="manage API keys")
@@ -31,7 +32,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from tuneloom.server.app import create_app
     from tuneloom.server.context import ServerContext
 
-    ctx = ServerContext.open(args.data_dir, args.database_url)
+    ctx = ServerContext.open(args.data_dir, args.database_url, max_upload_bytes=args.max_upload_mb * 1024 * 1024)
     console_err.print(f"tuneloom serving on http://{args.host}:{args.port} (data in {args.data_dir})")
     uvicorn.run(create_app(ctx), host=args.host, port=args.port, log_level="warning")
     return 0

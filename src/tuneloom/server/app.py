@@ -6,15 +6,23 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from tuneloom import __version__
-from tuneloom.errors import ConflictError, InvalidIdError, NotFoundError, SettingsError, TuneloomError
+from tuneloom.errors import (
+    ConflictError,
+    DataFileError,
+    InvalidIdError,
+    NotFoundError,
+    SettingsError,
+    TuneloomError,
+)
 from tuneloom.server.context import ServerContext
-from tuneloom.server.routes import apps
+from tuneloom.server.routes import apps, datasets
 
 STATUS_BY_ERROR: tuple[tuple[type[TuneloomError], int], ...] = (
     (NotFoundError, 404),
     (ConflictError, 409),
     (InvalidIdError, 422),
     (SettingsError, 422),
+    (DataFileError, 422),
 )
 
 
@@ -22,6 +30,7 @@ def create_app(ctx: ServerContext) -> FastAPI:
     app = FastAPI(title="tuneloom", version=__version__)
     app.state.context = ctx
     app.include_router(apps.router)
+    app.include_router(datasets.router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

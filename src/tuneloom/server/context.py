@@ -9,15 +9,21 @@ from tuneloom.store.artifacts import Artifacts
 from tuneloom.store.db import Database, open_database
 from tuneloom.store.keys import load_pepper
 
+DEFAULT_MAX_UPLOAD_BYTES = 200 * 1024 * 1024
+
 
 @dataclass
 class ServerContext:
     db: Database
     pepper: bytes
     artifacts: Artifacts
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
 
     @classmethod
-    def open(cls, data_dir: Path, database_url: str | None = None) -> ServerContext:
+    def open(
+        cls, data_dir: Path, database_url: str | None = None, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    ) -> ServerContext:
         """Open (and migrate) the database; the pepper and artifacts live in the data dir."""
         data_dir.mkdir(parents=True, exist_ok=True)
-        return cls(open_database(database_url, data_dir=data_dir), load_pepper(data_dir), Artifacts(data_dir))
+        db = open_database(database_url, data_dir=data_dir)
+        return cls(db, load_pepper(data_dir), Artifacts(data_dir), max_upload_bytes)

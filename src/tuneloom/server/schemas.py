@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,3 +27,73 @@ class AppOut(BaseModel):
 class ErrorOut(BaseModel):
     code: str
     message: str
+
+
+class DatasetCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = None
+    name: str | None = Field(default=None, max_length=200)
+
+
+class DatasetOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    app_id: str
+    name: str
+    created_at: datetime
+
+
+class InvalidRowOut(BaseModel):
+    line: int
+    reason: str
+    excerpt: str = ""
+
+
+class UploadReport(BaseModel):
+    """The validation report of one upload: what was stored and what was refused, line by line."""
+
+    upload_id: str
+    source_file: str
+    format: str
+    total_rows: int
+    valid_rows: int
+    invalid_rows: int
+    invalid_percent: float
+    invalid: list[InvalidRowOut]
+
+
+class InputOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    seq: int
+    line: int
+    prompt: str
+    completion: str
+    source_file: str
+
+
+class InputPageOut(BaseModel):
+    items: list[InputOut]
+    next_after: int | None
+    total: int
+
+
+class InputsDelete(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seqs: list[int] | None = Field(default=None, description="input numbers; omit to delete every input")
+
+
+class DatasetVersionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    state: str
+    message: str | None
+    content_hash: str | None
+    example_count: int | None
+    stats: dict[str, Any] | None
+    created_at: datetime
+    finished_at: datetime | None

@@ -1,0 +1,139 @@
+"""Datasets of an app: uploads (validated by the core parsers), inputs, and immutable versions.
+
+An upload is streamed to disk under the data dir with a size limit, then parsed with
+`tuneloom.data.parse_file`; the valid examples are stored and the report (every refused row with
+its line and reason) is the answer. The raw file is kept under the upload's id: nothing a user
+uploaded is lost, and its name is display text only — it never becomes a path.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from tuneloom.data import FORMATS, parse_file
+from tuneloom.errors import TuneloomError
+from tuneloom.server.auth import context, require_app
+from tuneloom.server.context import ServerContext
+from tuneloom.server.schemas import (
+    DatasetCreate,
+    DatasetOut,
+    DatasetVersionOut,
+    InputOut,
+    InputPageOut,
+    InputsDelete,
+    InvalidRowOut,
+    UploadReport,
+)
+from tuneloom.store import dataset_versions, datasets
+from tuneloom.store.ids import new_id
+
+router = APIRouter(prefix="/api/apps/{app_id}/datasets", tags=["datasets"])
+Context = Annotated[ServerContext, Depends(context)]
+AppId = Annotated[str, Depends(require_app)]
+
+
+@router.post("", status_code=201)
+def create_dataset(app_id: AppId, body: DatasetCreate, ctx: Context) -> DatasetOut:
+    return DatasetOut.model_validate(datasets.create_dataset(ctx.db, app_id, body.id, body.name))
+
+
+@router.get("")
+def list_datasets(app_id: AppId, ctx: Context) -> list[DatasetOut]:
+    return [DatasetOut.model_validate(d) for d in datasets.list_datasets(ctx.db, app_id)]
+
+
+@router.get("/{dataset_id}")
+def get_dataset(app_id: AppId, dataset_id: str, ctx: Context) -> DatasetOut:
+    return DatasetOut.model_validate(datasets.get_dataset(ctx.db, app_id, dataset_id))
+
+
+@router.delete("/{dataset_id}", status_code=204)
+def delete_dataset(app_id: AppId, dataset_id: str, ctx: Context) -> Response:
+    for path in datasets.delete_dataset(ctx.db, app_id, dataset_id):
+        ctx.artifacts.remove(path)
+    return Response(status_code=204)
+
+
+@router.post("/{dataset_id}/uploads", status_code=201)
+async def upload(
+    app_id: AppId,
+    dataset_id: str,
+    request: Request,
+    ctx: Context,
+    filename: Annotated[str, Query(max_length=255)] = "upload",
+    format: Annotated[str, Query(pattern="^(" + "|".join(FORMATS) + ")$")] = "auto",
+) -> UploadReport:
+    """The request body is the file (any content type); `filename` is shown in reports only."""
+    await run_in_threadpool(datasets.get_dataset, ctx.db, app_id, dataset_id)  # 404 before reading a byte
+    path = ctx.artifacts.upload_file(new_id())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = 0
+    with path.open("wb") as handle:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > ctx.max_upload_bytes:
+                handle.close()
+                path.unlink(missing_ok=True)
+                raise HTTPException(413, f"upload larger than the {ctx.max_upload_bytes:,}-byte limit")
+            handle.write(chunk)
+    try:
+        parsed = await run_in_threadpool(parse_file, path, format=format)
+    except TuneloomError:
+        path.unlink(missing_ok=True)  # refused as a whole: nothing was stored, keep no orphan file
+        raise
+    parsed.report.source = filename
+    stored = await run_in_threadpool(
+        datasets.add_upload, ctx.db, app_id, dataset_id, parsed.report, parsed.examples, source_file=filename
+    )
+    report = parsed.report
+    return UploadReport(
+        upload_id=stored.id,
+        source_file=filename,
+        format=report.format,
+        total_rows=report.total_rows,
+        valid_rows=report.valid_rows,
+        invalid_rows=report.invalid_rows,
+        invalid_percent=round(report.invalid_percent, 3),
+        invalid=[InvalidRowOut(line=r.line, reason=r.reason, excerpt=r.excerpt) for r in report.invalid],
+    )
+
+
+@router.get("/{dataset_id}/inputs")
+def list_inputs(
+    app_id: AppId,
+    dataset_id: str,
+    ctx: Context,
+    limit: Annotated[int, Query(ge=1, le=datasets.MAX_PAGE)] = 100,
+    after: Annotated[int | None, Query(ge=0)] = None,
+) -> InputPageOut:
+    page = datasets.list_inputs(ctx.db, app_id, dataset_id, limit=limit, after=after)
+    return InputPageOut(
+        items=[InputOut.model_validate(i) for i in page.items],
+        next_after=page.next_after,
+        total=datasets.count_inputs(ctx.db, app_id, dataset_id),
+    )
+
+
+@router.post("/{dataset_id}/inputs/delete")
+def delete_inputs(app_id: AppId, dataset_id: str, body: InputsDelete, ctx: Context) -> dict[str, int]:
+    return {"deleted": datasets.delete_inputs(ctx.db, app_id, dataset_id, body.seqs)}
+
+
+@router.post("/{dataset_id}/versions", status_code=201)
+def create_version(app_id: AppId, dataset_id: str, ctx: Context) -> DatasetVersionOut:
+    """Snapshot the dataset's current inputs (READY), or say why not (FAILURE, with a message)."""
+    version = dataset_versions.create_version(ctx.db, app_id, dataset_id)
+    return DatasetVersionOut.model_validate(dataset_versions.build_version(ctx.db, ctx.artifacts, version.id))
+
+
+@router.get("/{dataset_id}/versions")
+def list_versions(app_id: AppId, dataset_id: str, ctx: Context) -> list[DatasetVersionOut]:
+    return [DatasetVersionOut.model_validate(v) for v in dataset_versions.list_versions(ctx.db, app_id, dataset_id)]
+
+
+@router.get("/{dataset_id}/versions/{version_id}")
+def get_version(app_id: AppId, dataset_id: str, version_id: str, ctx: Context) -> DatasetVersionOut:
+    return DatasetVersionOut.model_validate(dataset_versions.get_version(ctx.db, app_id, dataset_id, version_id))
