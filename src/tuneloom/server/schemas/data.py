@@ -1,4 +1,4 @@
-"""Request and response bodies (pydantic), kept apart from routes and storage."""
+"""Apps, datasets, uploads and dataset versions: request and response bodies."""
 
 from __future__ import annotations
 
