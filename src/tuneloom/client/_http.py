@@ -1,0 +1,142 @@
+"""One HTTP session to the server: auth header, JSON in and out, server-sent events, and errors.
+
+Every failure reaches the caller as a `TuneloomAPIError` carrying the HTTP status and the server's
+own `code`, `message` and offending settings `key`, so scripts can branch on them without parsing
+text; a server that cannot be reached is a `TuneloomConnectionError` naming the URL that failed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import httpx
+
+
+class TuneloomAPIError(Exception):
+    """The server refused or failed a request: `status` (HTTP), `code`, `message`, `key` (a settings key)."""
+
+    def __init__(
+        self, status: int, code: str, message: str, key: str | None = None, details: dict[str, Any] | None = None
+    ):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.key = key
+        self.details: dict[str, Any] = details or {}
+
+    def __str__(self) -> str:
+        where = f" (key '{self.key}')" if self.key else ""
+        return f"HTTP {self.status} {self.code}: {self.message}{where}"
+
+
+class TuneloomConnectionError(TuneloomAPIError, ConnectionError):
+    """No HTTP answer at all (refused, unreachable, timed out): status 0, and the URL in the message."""
+
+    def __init__(self, url: str, err: Exception):
+        kind = "no answer in time from" if isinstance(err, httpx.TimeoutException) else "cannot reach"
+        super().__init__(0, "CONNECTION_ERROR", f"{kind} the tuneloom server at {url}: {err or type(err).__name__}")
+        self.url = url
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def error_from_response(response: httpx.Response) -> TuneloomAPIError:
+    """Both error shapes the server answers: tuneloom's `{code, message, key?}` and FastAPI's `{detail}`."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    status = response.status_code
+    if not isinstance(body, dict):
+        text = response.text.strip()[:500] or response.reason_phrase
+        return TuneloomAPIError(status, f"HTTP_{status}", text)
+    raw_details = body.get("details")
+    details: dict[str, Any] = raw_details if isinstance(raw_details, dict) else {}
+    if "message" in body:
+        key = body.get("key") or details.get("key")
+        return TuneloomAPIError(status, str(body.get("code", f"HTTP_{status}")), str(body["message"]), key, details)
+    detail = body.get("detail")
+    if isinstance(detail, list) and detail and isinstance(detail[0], dict):  # request validation (422)
+        first = detail[0]
+        loc = [str(part) for part in first.get("loc", []) if part not in ("body", "query", "path")]
+        key = ".".join(loc) or None
+        messages = "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg', '')}" for d in detail)
+        return TuneloomAPIError(status, "INVALID_REQUEST", messages, key, {"errors": detail})
+    return TuneloomAPIError(status, f"HTTP_{status}", str(detail if detail is not None else body))
+
+
+def parse_sse(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """(event, data) per server-sent event; `event` is "message" unless the server named it."""
+    data: list[str] = []
+    event, named = "message", False
+    for line in lines:
+        if not line:
+            if data or named:
+                yield event, "\n".join(data)
+            event, data, named = "message", [], False
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "event":
+                event, named = value, True
+            elif name == "data":
+                data.append(value)
+    if data or named:
+        yield event, "\n".join(data)
+
+
+class Transport:
+    """A thin wrapper over one `httpx.Client` (connection reuse) that raises tuneloom errors."""
+
+    def __init__(self, base_url: str, api_key: str | None, timeout: float):
+        self.base_url = base_url.rstrip("/")
+        headers = {"Authorization": f"Key {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        content: Any = None,
+    ) -> Any:
+        """The decoded JSON answer (None for an empty one, such as 204 after a delete)."""
+        try:
+            response = self.http.request(method, path, json=json, params=_drop_none(params), content=content)
+        except httpx.TransportError as err:
+            raise TuneloomConnectionError(self.base_url, err) from err
+        if response.is_error:
+            raise error_from_response(response)
+        return response.json() if response.content else None
+
+    def events(self, path: str, body: Any) -> Iterator[tuple[str, Any]]:
+        """POST, then (event, decoded data) for each server-sent event as it arrives."""
+        try:
+            with self.http.stream("POST", path, json=body) as response:
+                if response.is_error:
+                    response.read()
+                    raise error_from_response(response)
+                for event, data in parse_sse(response.iter_lines()):
+                    yield event, _decode(data)
+        except httpx.TransportError as err:
+            raise TuneloomConnectionError(self.base_url, err) from err
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def _decode(data: str) -> Any:
+    try:
+        return json.loads(data) if data else None
+    except ValueError:
+        return data
+
+
+def _drop_none(params: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if params is None else {k: v for k, v in params.items() if v is not None}
