@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests.test_store_support import BACKENDS, POSTGRES_URL, fresh_database
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -37,6 +38,9 @@ NEGATIVE = [
     "poor and cheap",
     "really bad",
 ]
+
+
+DATABASE_URL_FILE = "test-database-url.txt"
 
 
 def sentiment_lines(repeat: int = 3) -> list[str]:
@@ -70,30 +74,58 @@ def _free_port() -> int:
 
 
 def api_key(data_dir: Path, *extra: str) -> str:
-    """A new key from the real `tuneloom keys create` (admin unless `--app ID` is passed)."""
-    result = run_cli("keys", "create", "--data-dir", str(data_dir), *extra)
+    """A new key from the real `tuneloom keys create` (admin unless `--app ID` is passed).
+
+    Keys live in the server's database, so the command gets the same `--database-url` the server got.
+    """
+    result = run_cli("keys", "create", "--data-dir", str(data_dir), *_database_args(data_dir), *extra)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().splitlines()[-1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    data_dir = tmp_path_factory.mktemp("server")
-    port = _free_port()
-    cmd = [sys.executable, "-m", "tuneloom.cli", "serve", "--data-dir", str(data_dir), "--port", str(port)]
+def _database_args(data_dir: Path) -> list[str]:
+    marker = data_dir / DATABASE_URL_FILE
+    return ["--database-url", marker.read_text(encoding="utf-8")] if marker.is_file() else []
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A real `tuneloom serve` per test module and backend: SQLite always, PostgreSQL when configured.
+
+    For PostgreSQL the schema is wiped first, so each module starts from an empty database; the URL
+    is noted in the data dir (a file the server ignores) for `api_key` to find.
+    """
+    data_dir = tmp_path_factory.mktemp(f"server-{request.param}")
+    cmd = [sys.executable, "-m", "tuneloom.cli", "serve", "--data-dir", str(data_dir), "--port", str(_free_port())]
     cmd += ["--max-upload-mb", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
+    if request.param == "postgresql":
+        fresh_database("postgresql", data_dir, migrate=False).dispose()
+        assert POSTGRES_URL
+        (data_dir / DATABASE_URL_FILE).write_text(POSTGRES_URL, encoding="utf-8")
+        cmd += ["--database-url", POSTGRES_URL]
+    log_path = data_dir.parent / f"{data_dir.name}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{cmd[cmd.index('--port') + 1]}"
+    try:
+        _wait_until_up(url, proc, log_path)
+        yield url, data_dir
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+def _wait_until_up(url: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
+                return
         except httpx.TransportError:
             time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("server did not start")
-    yield url, data_dir
-    proc.terminate()
-    proc.wait(timeout=30)
+    output = log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
+    pytest.fail(f"server did not start (exit code {proc.poll()}):\n{output}")
