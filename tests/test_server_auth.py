@@ -1,0 +1,170 @@
+"""Every API route refuses a missing or wrong key (401) and another app's key (403/404), on a real server.
+
+The routes come from the server's own /openapi.json, so a route added later is checked without
+editing this file. Path parameters are filled with the ids of objects that exist in the owner's
+app, and a control request with the owner's key afterwards shows those ids resolve (and that none
+of the refused requests deleted anything): a 404 for the other app therefore proves scoping, not a
+missing object.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tests.conftest import api_key, sentiment_lines
+
+OWNER, OTHER = "owner-app", "other-app"
+METHODS = ("get", "post", "put", "patch", "delete")
+# Plausible values for required query parameters, by name.
+QUERY_VALUES = {"template": "tiny-random"}
+# What a POST body names when it points at the owner's objects without a path (the OpenAI routes).
+V1_BODY = {"model": f"{OWNER}/gen", "prompt": "hi", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    template: str  # the OpenAPI path, e.g. /api/apps/{app_id}/datasets/{dataset_id}
+    query: tuple[str, ...]  # required query parameter names
+
+    def __str__(self) -> str:
+        return f"{self.method.upper()} {self.template}"
+
+
+@dataclass(frozen=True)
+class World:
+    url: str
+    owner: dict[str, str]
+    other: dict[str, str]
+    ids: dict[str, str]
+    routes: list[Route]
+
+
+def _routes(openapi: dict[str, Any]) -> list[Route]:
+    found = []
+    for path, operations in openapi["paths"].items():
+        if not path.startswith(("/api/", "/v1/")):
+            continue
+        for method in METHODS:
+            if method in operations:
+                params = operations[method].get("parameters", [])
+                query = tuple(p["name"] for p in params if p["in"] == "query" and p.get("required"))
+                found.append(Route(method, path, query))
+    return found
+
+
+def _create(url: str, path: str, headers: dict[str, str], **kwargs: Any) -> dict[str, Any]:
+    answer = httpx.post(f"{url}{path}", headers=headers, timeout=30, **kwargs)
+    assert answer.status_code == 201, f"{path}: {answer.status_code} {answer.text}"
+    result: dict[str, Any] = answer.json()
+    return result
+
+
+@pytest.fixture(scope="module")
+def world(server: tuple[str, Path]) -> World:
+    """Two apps; the owner's holds a dataset with a version, and (once models exist) a model with a version."""
+    url, data_dir = server
+    admin = {"Authorization": f"Key {api_key(data_dir)}"}
+    for app_id in (OWNER, OTHER):
+        _create(url, "/api/apps", admin, json={"id": app_id})
+    owner = {"Authorization": f"Key {api_key(data_dir, '--app', OWNER)}"}
+    other = {"Authorization": f"Key {api_key(data_dir, '--app', OTHER)}"}
+    base = f"/api/apps/{OWNER}"
+    _create(url, f"{base}/datasets", owner, json={"id": "tickets"})
+    _create(url, f"{base}/datasets/tickets/uploads", owner, content="\n".join(sentiment_lines(1)).encode())
+    dataset_version = _create(url, f"{base}/datasets/tickets/versions", owner)["id"]
+    ids = {"app_id": OWNER, "dataset_id": "tickets", "dataset_version_id": dataset_version}
+    routes = _routes(httpx.get(f"{url}/openapi.json").json())
+    if any("/models" in r.template for r in routes):
+        ids["model_id"] = _create(url, f"{base}/models", owner, json={"id": "gen"})["id"]
+        body = {"dataset_version_id": dataset_version, "template": "tiny-random", "trainer_config": {"max_steps": 1}}
+        ids["model_version_id"] = _create(url, f"{base}/models/gen/versions", owner, json=body)["id"]
+    return World(url, owner, other, ids, routes)
+
+
+def _fill(route: Route, ids: dict[str, str]) -> str:
+    """The route's path with real ids of the owner's objects (a version under /models/ is a model version)."""
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name == "version_id":
+            name = "model_version_id" if "/models/" in route.template else "dataset_version_id"
+        if name not in ids:
+            raise AssertionError(f"{route}: no existing object for '{{{name}}}'; add one to the world fixture")
+        return ids[name]
+
+    return re.sub(r"\{(\w+)\}", value, route.template)
+
+
+def _send(world: World, route: Route, headers: dict[str, str]) -> httpx.Response:
+    """One request as a client would send it; streamed, so an event stream is judged by its status alone."""
+    kwargs: dict[str, Any] = {"params": {name: QUERY_VALUES.get(name, "x") for name in route.query}}
+    if route.method in ("post", "put", "patch"):
+        if route.template.endswith("/uploads"):
+            kwargs["content"] = b"### Human: hi ### Assistant: hello\n"
+        else:
+            kwargs["json"] = V1_BODY if route.template.startswith("/v1/") else {}
+    request = httpx.Request(route.method.upper(), f"{world.url}{_fill(route, world.ids)}", headers=headers, **kwargs)
+    with httpx.Client(timeout=60) as client:
+        response = client.send(request, stream=True)
+        if response.headers.get("content-type", "").startswith("text/event-stream"):
+            response.close()
+        else:
+            response.read()
+        return response
+
+
+def test_health_needs_no_key(server: tuple[str, Path]) -> None:
+    assert httpx.get(f"{server[0]}/healthz").status_code == 200
+
+
+def test_the_route_list_comes_from_openapi_and_covers_every_area(world: World) -> None:
+    templates = {r.template for r in world.routes}
+    assert "/api/apps/{app_id}/datasets/{dataset_id}/uploads" in templates
+    if importlib.util.find_spec("tuneloom.server.routes.models"):
+        assert "/api/apps/{app_id}/models/{model_id}/versions" in templates
+        assert "/api/templates" in templates
+    if importlib.util.find_spec("tuneloom.server.routes.predict"):
+        assert "/api/apps/{app_id}/models/{model_id}/predict" in templates
+        assert "/api/apps/{app_id}/models/{model_id}/generate" in templates
+    if importlib.util.find_spec("tuneloom.server.routes.openai_compat"):
+        assert {"/v1/models", "/v1/completions", "/v1/chat/completions"} <= templates
+
+
+@pytest.mark.parametrize(
+    "authorization", [None, "Key tl_wrong_key", "Bearer tl_wrong_key", "Basic dXNlcjpwYXNz", "Key"]
+)
+def test_every_route_refuses_a_missing_or_wrong_key(world: World, authorization: str | None) -> None:
+    headers = {} if authorization is None else {"Authorization": authorization}
+    answers = {str(route): _send(world, route, headers).status_code for route in world.routes}
+    assert answers and all(status == 401 for status in answers.values()), answers
+
+
+def test_another_apps_key_reaches_nothing_of_the_owner(world: World) -> None:
+    """Under /api/apps/{app_id}: 403 or 404. Elsewhere a 2xx is a list of the key's own things only."""
+    wrong = {}
+    for route in world.routes:
+        answer = _send(world, route, world.other)
+        if answer.is_success and "{app_id}" not in route.template and route.method == "get":
+            if OWNER in answer.text:
+                wrong[str(route)] = f"{answer.status_code}, mentions {OWNER}: {answer.text[:200]}"
+        elif answer.status_code not in (403, 404):
+            wrong[str(route)] = f"{answer.status_code}: {answer.text[:200]}"
+    assert not wrong, wrong
+
+
+def test_the_owner_reaches_every_object_the_checks_used(world: World) -> None:
+    """The control: the ids above exist (so the refusals were about scope), and nothing refused deleted them."""
+    missing = {}
+    for route in world.routes:
+        if route.method == "get":
+            answer = _send(world, route, world.owner)
+            if not answer.is_success:
+                missing[str(route)] = f"{answer.status_code}: {answer.text[:200]}"
+    assert not missing, missing
