@@ -15,7 +15,7 @@ from tuneloom.errors import (
     TuneloomError,
 )
 from tuneloom.server.context import ServerContext
-from tuneloom.server.routes import apps, datasets
+from tuneloom.server.routes import apps, datasets, models
 
 STATUS_BY_ERROR: tuple[tuple[type[TuneloomError], int], ...] = (
     (NotFoundError, 404),
@@ -31,6 +31,8 @@ def create_app(ctx: ServerContext) -> FastAPI:
     app.state.context = ctx
     app.include_router(apps.router)
     app.include_router(datasets.router)
+    app.include_router(models.router)
+    app.include_router(models.templates_router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

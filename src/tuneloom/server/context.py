@@ -10,6 +10,7 @@ from tuneloom.store.db import Database, open_database
 from tuneloom.store.keys import load_pepper
 
 DEFAULT_MAX_UPLOAD_BYTES = 200 * 1024 * 1024
+DEFAULT_MODEL_CACHE_BYTES = 4 * 1024**3
 
 
 @dataclass
@@ -18,12 +19,18 @@ class ServerContext:
     pepper: bytes
     artifacts: Artifacts
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    model_cache_bytes: int = DEFAULT_MODEL_CACHE_BYTES
 
     @classmethod
     def open(
-        cls, data_dir: Path, database_url: str | None = None, *, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+        cls,
+        data_dir: Path,
+        database_url: str | None = None,
+        *,
+        max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+        model_cache_bytes: int = DEFAULT_MODEL_CACHE_BYTES,
     ) -> ServerContext:
         """Open (and migrate) the database; the pepper and artifacts live in the data dir."""
         data_dir.mkdir(parents=True, exist_ok=True)
         db = open_database(database_url, data_dir=data_dir)
-        return cls(db, load_pepper(data_dir), Artifacts(data_dir), max_upload_bytes)
+        return cls(db, load_pepper(data_dir), Artifacts(data_dir), max_upload_bytes, model_cache_bytes)

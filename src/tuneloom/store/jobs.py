@@ -63,7 +63,7 @@ def enqueue(
         model = find_model(session, app_id, model_id)
         _check_dataset_version(session, model.app_id, dataset_version_id)
         if resume_from is not None:
-            _check_resume_from(session, model.pk, resume_from)
+            _check_resume_from(session, model.pk, resume_from, template)
         job = ModelVersion(
             id=new_id(),
             model_pk=model.pk,
@@ -260,12 +260,18 @@ def _check_dataset_version(session: Session, app_id: str, version_id: str) -> No
         raise ConflictError(f"dataset version '{version_id}' is {state}; only a READY version can be trained on")
 
 
-def _check_resume_from(session: Session, model_pk: int, version_id: str) -> None:
+def _check_resume_from(session: Session, model_pk: int, version_id: str, template: str) -> None:
     earlier = session.get(ModelVersion, check_id(version_id, "resume_from"))
     if earlier is None or earlier.model_pk != model_pk:
         raise SettingsError(f"resume_from '{version_id}' is not a version of this model", key="resume_from")
     if earlier.status != TrainingStatus.MODEL_TRAINED.name:
         raise SettingsError(f"resume_from '{version_id}' is {earlier.status}, not MODEL_TRAINED", key="resume_from")
+    if earlier.template != template:
+        raise SettingsError(
+            f"resume_from '{version_id}' was trained from template '{earlier.template}', not '{template}'; "
+            "training again continues the same base model",
+            key="template",
+        )
 
 
 def _get(session: Session, job_id: str) -> ModelVersion:

@@ -102,3 +102,21 @@ class StopOnRequest(TrainerCallback):
         if self.stop.is_set():
             control.should_save = True
             control.should_training_stop = True
+
+
+class CheckpointEvery(TrainerCallback):
+    """Save a checkpoint at least every `seconds`, whatever `save_steps` says.
+
+    A worker can die at any moment; with this, a resumed run repeats minutes of work, not hours.
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.last = time.monotonic()
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
+        if time.monotonic() - self.last >= self.seconds:
+            control.should_save = True
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
+        self.last = time.monotonic()

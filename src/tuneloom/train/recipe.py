@@ -21,7 +21,7 @@ from transformers.trainer_callback import PrinterCallback
 
 from tuneloom.data.types import DataReport, Example
 from tuneloom.errors import ModelVersionError, TuneloomError
-from tuneloom.model_version import ModelVersion, finalize, write_json
+from tuneloom.model_version import ModelVersion, finalize, open_version, write_json
 from tuneloom.templates import (
     TOKENIZER_EXTENSIONS,
     TRAINER_EXTENSIONS,
@@ -34,7 +34,14 @@ from tuneloom.templates.loading import apply_peft, load_model, load_tokenizer, p
 from tuneloom.templates.prompting import derive_prompt_format
 from tuneloom.train.attention import restore_attention, use_varlen_attention
 from tuneloom.train.dataset import ExampleDataset, read_and_tokenize, split_held_out
-from tuneloom.train.events import EventSink, ProgressReporter, StopOnRequest, TrainEvent, ignore_events
+from tuneloom.train.events import (
+    CheckpointEvery,
+    EventSink,
+    ProgressReporter,
+    StopOnRequest,
+    TrainEvent,
+    ignore_events,
+)
 from tuneloom.train.packing import PackedCollator, packed_causal_lm_loss
 
 ROW_TOKENS = 4096  # packed row length; bounds the (block-diagonal) attention cost per row
@@ -54,6 +61,9 @@ class TrainJob:
     data_format: str = "auto"
     resume: bool = False
     overwrite: bool = False
+    workdir: Path | None = None  # checkpoints and staging; default: <output>.partial beside the output
+    start_from: Path | None = None  # an earlier model-version directory whose weights this run continues
+    checkpoint_every_s: float | None = None  # also checkpoint on a timer (the server's workers can be killed)
 
 
 @dataclass
@@ -94,11 +104,14 @@ def run_training(
     )
 
     on_event(TrainEvent("stage", f"Loading {settings.model_config['pretrained_model_name_or_path']}"))
-    model = apply_peft(load_model(settings.model_config, settings.quantization_config), settings.peft_config)
+    model = _build_model(settings, job.start_from)
     if options["packing"]:
         use_varlen_attention(model)
 
-    workdir = job.output.with_name(job.output.name + ".partial")
+    workdir = job.workdir or job.output.with_name(job.output.name + ".partial")
+    callbacks = [ProgressReporter(on_event), StopOnRequest(stop or threading.Event())]
+    if job.checkpoint_every_s:
+        callbacks.append(CheckpointEvery(job.checkpoint_every_s))
     train_set, eval_set = ExampleDataset(train_rows), ExampleDataset(held_out)
     trainer = Trainer(
         model=model,
@@ -107,7 +120,7 @@ def run_training(
         eval_dataset=eval_set if len(eval_set) else None,
         data_collator=PackedCollator(tokenizer.pad_token_id, ROW_TOKENS, packing=bool(options["packing"])),
         compute_loss_func=packed_causal_lm_loss,
-        callbacks=[ProgressReporter(on_event), StopOnRequest(stop or threading.Event())],
+        callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # progress goes to on_event, not to stdout
     on_event(TrainEvent("stage", "Training"))
@@ -129,6 +142,7 @@ def run_training(
     manifest = {
         "template": template.id,
         "base_model": settings.model_config["pretrained_model_name_or_path"],
+        "started_from": str(job.start_from) if job.start_from else None,
         "weights": weights,
         "settings": settings.to_dict(),
         "prompt_format": prompt_format.to_dict(),
@@ -143,6 +157,24 @@ def run_training(
     version = finalize(staging, job.output, manifest, overwrite=job.overwrite)
     shutil.rmtree(workdir, ignore_errors=True)
     return TrainOutcome(version, metrics, report)
+
+
+def _build_model(settings: TrainingSettings, start_from: Path | None) -> Any:
+    """The base model with fresh adapters, or — training again — with an earlier version's weights.
+
+    An earlier LoRA version keeps its own adapter configuration (its rank and targets), so the
+    trained matrices load as they were and keep learning.
+    """
+    if start_from is None:
+        return apply_peft(load_model(settings.model_config, settings.quantization_config), settings.peft_config)
+    earlier = open_version(start_from)
+    if earlier.is_adapter:
+        from peft import PeftModel
+
+        base = load_model(settings.model_config, settings.quantization_config)
+        return PeftModel.from_pretrained(base, earlier.weights_dir, is_trainable=True)
+    model = load_model(settings.model_config, settings.quantization_config, source=str(earlier.weights_dir))
+    return apply_peft(model, settings.peft_config)
 
 
 def _check_output(job: TrainJob) -> None:

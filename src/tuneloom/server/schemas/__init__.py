@@ -13,6 +13,15 @@ from tuneloom.server.schemas.data import (
     InvalidRowOut,
     UploadReport,
 )
+from tuneloom.server.schemas.models import (
+    LogLineOut,
+    MetricPointOut,
+    ModelCreate,
+    ModelOut,
+    ModelVersionOut,
+    SettingsOut,
+    TrainRequest,
+)
 
 __all__ = [
     "AppCreate",
@@ -25,5 +34,12 @@ __all__ = [
     "InputPageOut",
     "InputsDelete",
     "InvalidRowOut",
+    "LogLineOut",
+    "MetricPointOut",
+    "ModelCreate",
+    "ModelOut",
+    "ModelVersionOut",
+    "SettingsOut",
+    "TrainRequest",
     "UploadReport",
 ]

@@ -1,0 +1,165 @@
+"""Models and their versions (training runs): create, train, watch, cancel, delete.
+
+Settings are validated here, at request time, against the same rules the engine applies — a typo
+in `trainer_config` is a 422 naming the key, not a job that fails after waiting in the queue.
+What only a worker can know (its hardware, the data after tokenization) ends the run with the
+hosted product's status codes instead.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from tuneloom.server.auth import api_key, context, require_app
+from tuneloom.server.context import ServerContext
+from tuneloom.server.live import training_events
+from tuneloom.server.schemas.models import (
+    LogLineOut,
+    MetricPointOut,
+    ModelCreate,
+    ModelOut,
+    ModelVersionOut,
+    SettingsOut,
+    TrainRequest,
+)
+from tuneloom.store import jobs, registry, telemetry
+from tuneloom.store.models import ModelVersion, TrainingStatus
+from tuneloom.templates import DEFAULT_TEMPLATE, TEMPLATES, get_template, resolve_settings
+from tuneloom.templates.settings import TrainingSettings
+
+router = APIRouter(prefix="/api/apps/{app_id}/models", tags=["models"])
+templates_router = APIRouter(prefix="/api/templates", tags=["templates"], dependencies=[Depends(api_key)])
+Context = Annotated[ServerContext, Depends(context)]
+AppId = Annotated[str, Depends(require_app)]
+CURVES = ("loss_curve", "eval_curve")
+_QUEUED = TrainingStatus.MODEL_QUEUED_FOR_TRAINING
+
+
+@templates_router.get("")
+def list_templates() -> list[dict[str, Any]]:
+    return [t.summary() for t in TEMPLATES]
+
+
+@router.post("", status_code=201)
+def create_model(app_id: AppId, body: ModelCreate, ctx: Context) -> ModelOut:
+    return ModelOut.of(registry.create_model(ctx.db, app_id, body.id, body.model_type_id))
+
+
+@router.get("")
+def list_models(app_id: AppId, ctx: Context) -> list[ModelOut]:
+    return [ModelOut.of(m) for m in registry.list_models(ctx.db, app_id)]
+
+
+@router.get("/{model_id}")
+def get_model(app_id: AppId, model_id: str, ctx: Context) -> ModelOut:
+    return ModelOut.of(registry.get_model(ctx.db, app_id, model_id))
+
+
+@router.delete("/{model_id}", status_code=204)
+def delete_model(app_id: AppId, model_id: str, ctx: Context) -> Response:
+    for path in registry.delete_model(ctx.db, app_id, model_id):
+        ctx.artifacts.remove(path)
+    return Response(status_code=204)
+
+
+@router.get("/{model_id}/params", response_model_by_alias=True)
+def get_params(app_id: AppId, model_id: str, ctx: Context, template: str = DEFAULT_TEMPLATE) -> SettingsOut:
+    """The template's defaults, ready to edit and send back with a training request."""
+    registry.get_model(ctx.db, app_id, model_id)
+    tpl = get_template(template)
+    return SettingsOut.model_validate({"template": tpl.id, **resolve_settings(tpl).to_dict()})
+
+
+@router.post("/{model_id}/versions", status_code=201)
+def train(app_id: AppId, model_id: str, body: TrainRequest, ctx: Context) -> ModelVersionOut:
+    """Validate the settings now (422 naming the key), then queue the run."""
+    registry.get_model(ctx.db, app_id, model_id)
+    template = get_template(body.template)
+    settings: TrainingSettings = resolve_settings(template, body.overrides())
+    version = jobs.enqueue(
+        ctx.db,
+        app_id,
+        model_id,
+        dataset_version_id=body.dataset_version_id,
+        template=template.id,
+        settings=settings.to_dict(),
+        resume_from=body.resume_from_model,
+    )
+    return _out(ctx, version, model_id)
+
+
+@router.get("/{model_id}/versions")
+def list_versions(app_id: AppId, model_id: str, ctx: Context) -> list[ModelVersionOut]:
+    return [_out(ctx, v, model_id) for v in registry.list_model_versions(ctx.db, app_id, model_id)]
+
+
+@router.get("/{model_id}/versions/{version_id}")
+def get_version(app_id: AppId, model_id: str, version_id: str, ctx: Context) -> ModelVersionOut:
+    return _out(ctx, registry.get_model_version(ctx.db, app_id, model_id, version_id), model_id)
+
+
+@router.post("/{model_id}/versions/{version_id}/cancel")
+def cancel(app_id: AppId, model_id: str, version_id: str, ctx: Context) -> ModelVersionOut:
+    """A queued run ends at once; a training one is stopped by its worker within a heartbeat."""
+    registry.get_model_version(ctx.db, app_id, model_id, version_id)
+    jobs.request_cancel(ctx.db, version_id)
+    return get_version(app_id, model_id, version_id, ctx)
+
+
+@router.delete("/{model_id}/versions/{version_id}", status_code=204)
+def delete_version(app_id: AppId, model_id: str, version_id: str, ctx: Context) -> Response:
+    for path in registry.delete_model_version(ctx.db, app_id, model_id, version_id):
+        ctx.artifacts.remove(path)
+    return Response(status_code=204)
+
+
+@router.get("/{model_id}/versions/{version_id}/metrics")
+def metrics(
+    app_id: AppId, model_id: str, version_id: str, ctx: Context, after_step: int | None = None
+) -> list[MetricPointOut]:
+    registry.get_model_version(ctx.db, app_id, model_id, version_id)
+    return [MetricPointOut.model_validate(p) for p in telemetry.list_metrics(ctx.db, version_id, after_step=after_step)]
+
+
+@router.get("/{model_id}/versions/{version_id}/logs")
+def logs(
+    app_id: AppId,
+    model_id: str,
+    version_id: str,
+    ctx: Context,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=telemetry.MAX_PAGE)] = 200,
+) -> list[LogLineOut]:
+    registry.get_model_version(ctx.db, app_id, model_id, version_id)
+    return [
+        LogLineOut.model_validate(line)
+        for line in telemetry.list_logs(ctx.db, version_id, after_seq=after, limit=limit)
+    ]
+
+
+@router.get("/{model_id}/versions/{version_id}/events", response_class=StreamingResponse)
+def events(app_id: AppId, model_id: str, version_id: str, ctx: Context, request: Request) -> StreamingResponse:
+    """Server-sent events: `status` on every change, each new `metric` and `log`, until the run ends."""
+    registry.get_model_version(ctx.db, app_id, model_id, version_id)
+    snapshot = lambda: _out(ctx, registry.get_model_version(ctx.db, app_id, model_id, version_id), model_id)  # noqa: E731
+    return StreamingResponse(training_events(ctx.db, version_id, snapshot, request), media_type="text/event-stream")
+
+
+def _out(ctx: ServerContext, version: ModelVersion, model_id: str) -> ModelVersionOut:
+    position = jobs.queue_position(ctx.db, version.id) if version.status_enum is _QUEUED else None
+    return ModelVersionOut.of(version, model_id, queue_position=position, metrics=_summary(ctx, version))
+
+
+def _summary(ctx: ServerContext, version: ModelVersion) -> dict[str, Any] | None:
+    """A trained version's final metrics (the curves are served by /metrics)."""
+    if version.artifact_path is None:
+        return None
+    try:
+        data = json.loads(ctx.artifacts.resolve(f"{version.artifact_path}/metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return {k: v for k, v in data.items() if k not in CURVES}

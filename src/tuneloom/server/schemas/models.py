@@ -1,0 +1,140 @@
+"""Models, training requests and model versions (training runs): request and response bodies."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tuneloom.store.models import Model, ModelVersion
+
+
+class ModelCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(default=None, description="a slug: lowercase letters, digits, '_' or '-'")
+    model_type_id: str = "text-to-text"
+
+
+class ModelOut(BaseModel):
+    id: str
+    app_id: str
+    model_type_id: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, model: Model) -> ModelOut:
+        return cls(id=model.id, app_id=model.app_id, model_type_id=model.model_type_id, created_at=model.created_at)
+
+
+class SettingsOut(BaseModel):
+    """A template's defaults for the five settings and the tolerance, like the hosted SDK's `get_params`."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    template: str
+    model_config_: dict[str, Any] = Field(alias="model_config")
+    quantization_config: dict[str, Any]
+    peft_config: dict[str, Any]
+    tokenizer_config: dict[str, Any]
+    trainer_config: dict[str, Any]
+    invalid_data_tolerance_percent: float
+
+
+class TrainRequest(BaseModel):
+    """One training run. Omitted settings keep the template's defaults; given keys override them one by one."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    dataset_version_id: str
+    template: str
+    model_config_: dict[str, Any] | None = Field(default=None, alias="model_config")
+    quantization_config: dict[str, Any] | None = None
+    peft_config: dict[str, Any] | None = None
+    tokenizer_config: dict[str, Any] | None = None
+    trainer_config: dict[str, Any] | None = None
+    invalid_data_tolerance_percent: float | None = None
+    resume_from_model: str | None = Field(default=None, description="an earlier MODEL_TRAINED version to start from")
+
+    def overrides(self) -> dict[str, Any]:
+        """The settings the user gave, under the names `resolve_settings` takes."""
+        given = self.model_dump(by_alias=True, exclude_none=True)
+        return {k: v for k, v in given.items() if k not in ("dataset_version_id", "template", "resume_from_model")}
+
+
+class StatusOut(BaseModel):
+    name: str
+    code: int
+    message: str | None = None
+
+
+class ProgressOut(BaseModel):
+    step: int | None = None
+    total_steps: int | None = None
+    percent: float | None = None
+    eta_s: float | None = None
+
+
+class ModelVersionOut(BaseModel):
+    id: str
+    model_id: str
+    template: str
+    dataset_version_id: str | None
+    resume_from_model: str | None
+    settings: dict[str, Any]
+    status: StatusOut
+    progress: ProgressOut
+    queue_position: int | None = None
+    attempts: int
+    metrics: dict[str, Any] | None = None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(
+        cls,
+        version: ModelVersion,
+        model_id: str,
+        *,
+        queue_position: int | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> ModelVersionOut:
+        step, total = version.step, version.total_steps
+        percent = round(100.0 * step / total, 1) if step is not None and total else None
+        return cls(
+            id=version.id,
+            model_id=model_id,
+            template=version.template,
+            dataset_version_id=version.dataset_version_id,
+            resume_from_model=version.resume_from,
+            settings=version.settings,
+            status=StatusOut(name=version.status, code=version.status_code, message=version.message),
+            progress=ProgressOut(step=step, total_steps=total, percent=percent, eta_s=version.eta_s),
+            queue_position=queue_position,
+            attempts=version.attempts,
+            metrics=metrics,
+            created_at=version.created_at,
+            started_at=version.started_at,
+            finished_at=version.finished_at,
+        )
+
+
+class MetricPointOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    step: int
+    loss: float | None
+    eval_loss: float | None
+    learning_rate: float | None
+    at: datetime
+
+
+class LogLineOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    seq: int
+    at: datetime
+    level: str
+    message: str

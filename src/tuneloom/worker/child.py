@@ -1,0 +1,112 @@
+"""The training process: one run of the engine's recipe, talking to its supervisor over a pipe.
+
+Training runs in its own process so that a crash, an out-of-memory kill or a cancel takes down
+only the run, never the worker (or the API beside it), and so that the process's memory is
+returned when the run ends. The child never touches the database: it sends `TrainEvent`s and one
+final result, and the supervisor writes them. It dies with its parent (a worker killed with
+SIGKILL must not leave an orphan training on a GPU the next worker will want).
+
+Messages to the supervisor: ("event", {...TrainEvent}), then exactly one of ("done", {}),
+("stopped", {}) or ("error", {"status": TrainingStatus name, "message": str, "trace": str}).
+The supervisor sends "stop" to ask for a checkpoint and a clean exit (worker shutting down).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import os
+import signal
+import threading
+import time
+import traceback
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+PR_SET_PDEATHSIG = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """Everything the child needs, as plain picklable data (paths already resolved by the supervisor)."""
+
+    job_id: str
+    data: str
+    output: str
+    workdir: str
+    template: str
+    settings: dict[str, Any]
+    start_from: str | None = None
+    checkpoint_every_s: float | None = None
+    cuda_device: int | None = None
+
+
+def run_child(spec: RunSpec, conn: Connection) -> None:
+    """Process entry point (multiprocessing, spawn)."""
+    _die_with_parent()
+    if spec.cuda_device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(spec.cuda_device)
+    stop = threading.Event()
+    threading.Thread(target=_listen_for_stop, args=(conn, stop), daemon=True).start()
+    conn.send(_train(spec, stop, conn))
+    conn.close()
+
+
+def _train(spec: RunSpec, stop: threading.Event, conn: Connection) -> tuple[str, dict[str, Any]]:
+    from tuneloom.errors import DataFileError, SettingsError, ToleranceExceededError, TuneloomError
+    from tuneloom.train.recipe import TrainingInterrupted, TrainJob, run_training
+
+    def send_event(event: Any) -> None:
+        conn.send(("event", dataclasses.asdict(event)))
+
+    job = TrainJob(
+        data=Path(spec.data),
+        output=Path(spec.output),
+        template=spec.template,
+        settings=spec.settings,
+        data_format="jsonl",
+        resume=True,
+        overwrite=True,
+        workdir=Path(spec.workdir),
+        start_from=Path(spec.start_from) if spec.start_from else None,
+        checkpoint_every_s=spec.checkpoint_every_s,
+    )
+    try:
+        run_training(job, on_event=send_event, stop=stop)
+    except TrainingInterrupted:
+        return "stopped", {}
+    except (ToleranceExceededError, DataFileError) as err:  # the snapshot parsed at upload; rows fail tokenization
+        return "error", {"status": "MODEL_TRAINING_INVALID_DATA_TOLERANCE_EXCEEDED", "message": err.message}
+    except SettingsError as err:
+        return "error", {"status": "MODEL_TRAINING_INVALID_PARAMS", "message": err.message}
+    except TuneloomError as err:
+        return "error", {"status": "MODEL_TRAINING_FAILED", "message": err.message}
+    except Exception as err:  # anything else is a bug or the machine: say what, keep the trace for the logs
+        message = f"training failed: {type(err).__name__}: {err}"
+        return "error", {"status": "MODEL_TRAINING_FAILED", "message": message, "trace": traceback.format_exc()}
+    return "done", {}
+
+
+def _listen_for_stop(conn: Connection, stop: threading.Event) -> None:
+    with contextlib.suppress(EOFError, OSError):
+        while conn.recv() != "stop":
+            pass
+        stop.set()
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies; elsewhere, poll the parent's pid."""
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) == 0 and os.getppid() == parent:
+            return
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)

@@ -1,0 +1,254 @@
+"""A worker slot: claim a job, run it in a child process, and keep the database told.
+
+One slot trains one job at a time (one device). The loop, top to bottom:
+    requeue jobs whose worker died → claim the oldest queued job → start the child →
+    every heartbeat: write progress, metrics and logs, extend the lease, honour a cancel →
+    record the final status.
+Everything the run produces goes through `tuneloom.store` (`jobs`, `telemetry`), so the API —
+possibly on another machine — sees it. A cancelled run's child is killed at once (no checkpoint is
+needed for a run that will never resume); a worker shutting down asks its child to checkpoint,
+then gives the job back to the queue, where the next worker resumes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from tuneloom.store import dataset_versions, jobs, telemetry
+from tuneloom.store.artifacts import Artifacts
+from tuneloom.store.db import Database
+from tuneloom.store.models import ModelVersion, TrainingStatus
+from tuneloom.store.registry import get_model_version_by_id
+from tuneloom.worker.child import RunSpec, run_child
+
+STOP_GRACE_S = 120.0  # a checkpoint of a big model takes a while; after this the child is killed
+
+
+@dataclass
+class WorkerConfig:
+    lease_s: float = 60.0  # a worker silent for this long loses its job to another
+    heartbeat_s: float = 2.0  # progress reaches the database (and cancels reach the worker) this often
+    poll_s: float = 1.0  # an idle worker looks for work this often
+    checkpoint_every_s: float = 300.0
+
+
+@dataclass
+class _RunState:
+    """What the child reported since the last heartbeat, waiting to be written."""
+
+    step: int | None = None
+    total: int | None = None
+    eta_s: float | None = None
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    logs: list[tuple[str, str]] = field(default_factory=list)
+    result: tuple[str, dict[str, Any]] | None = None
+
+
+class WorkerSlot:
+    def __init__(
+        self,
+        db: Database,
+        artifacts: Artifacts,
+        *,
+        slot: int = 0,
+        config: WorkerConfig | None = None,
+        cuda_device: int | None = None,
+    ):
+        self.db = db
+        self.artifacts = artifacts
+        self.config = config or WorkerConfig()
+        self.cuda_device = cuda_device
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{slot}"
+        self.shutdown = threading.Event()
+
+    def run_forever(self) -> None:
+        """Train queued jobs until `shutdown` is set; a job in hand is checkpointed and released."""
+        while not self.shutdown.is_set():
+            if not self.run_once():
+                self.shutdown.wait(self.config.poll_s)
+
+    def run_once(self) -> bool:
+        """Claim and run one job; False when the queue was empty."""
+        jobs.requeue_expired(self.db)
+        job = jobs.claim_next(self.db, self.worker_id, self.config.lease_s)
+        if job is None:
+            return False
+        # LeaseLostError: deleted, or taken over after a stall; the new owner decides what happens to it.
+        with contextlib.suppress(jobs.LeaseLostError):
+            self._run(job)
+        return True
+
+    def _run(self, job: ModelVersion) -> None:
+        spec = self._spec(job)
+        if isinstance(spec, str):
+            jobs.finish(self.db, job.id, TrainingStatus.MODEL_TRAINING_FAILED, spec, worker_id=self.worker_id)
+            return
+        telemetry.append_logs(self.db, job.id, [("info", self._start_message(job))])
+        context = multiprocessing.get_context("spawn")
+        ours, theirs = context.Pipe()
+        child = context.Process(target=run_child, args=(spec, theirs), name=f"train-{job.id}", daemon=True)
+        child.start()
+        theirs.close()
+        try:
+            self._supervise(job, child, ours)
+        finally:
+            ours.close()
+            _kill(child)
+
+    def _supervise(self, job: ModelVersion, child: Any, conn: Connection) -> None:
+        state = _RunState()
+        next_beat = time.monotonic() + self.config.heartbeat_s
+        stopping_since: float | None = None
+        while state.result is None and (child.is_alive() or conn.poll()):
+            _receive(conn, state, timeout=0.2)
+            if self.shutdown.is_set() and stopping_since is None:
+                stopping_since = time.monotonic()
+                _send(conn, "stop")
+            if stopping_since is not None and time.monotonic() - stopping_since > STOP_GRACE_S:
+                break
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + self.config.heartbeat_s
+                if self._beat(job, state):
+                    self._cancel(job, child)
+                    return
+        self._beat(job, state)  # the last progress and telemetry, before the final status
+        self._record(job, state.result, child)
+
+    def _beat(self, job: ModelVersion, state: _RunState) -> bool:
+        """Write what arrived, extend the lease; True when the user asked to cancel."""
+        self._flush(job, state)
+        return jobs.heartbeat(
+            self.db,
+            job.id,
+            self.worker_id,
+            self.config.lease_s,
+            step=state.step,
+            total_steps=state.total,
+            eta_s=state.eta_s,
+        )
+
+    def _flush(self, job: ModelVersion, state: _RunState) -> None:
+        if state.metrics:
+            telemetry.add_metrics(self.db, job.id, state.metrics)
+        if state.logs:
+            telemetry.append_logs(self.db, job.id, state.logs)
+        state.metrics, state.logs = [], []
+
+    def _cancel(self, job: ModelVersion, child: Any) -> None:
+        _kill(child)
+        jobs.finish(
+            self.db, job.id, TrainingStatus.MODEL_TRAINING_CANCELLED, "cancelled by the user", worker_id=self.worker_id
+        )
+        telemetry.append_logs(self.db, job.id, [("warning", "cancelled by the user; training stopped")])
+        self.artifacts.remove(self.artifacts.relative(self.artifacts.checkpoint_dir(job.id)))
+
+    def _record(self, job: ModelVersion, result: tuple[str, dict[str, Any]] | None, child: Any) -> None:
+        """The run's end, as the database keeps it."""
+        kind, payload = result or ("crashed", {})
+        if kind == "done":
+            output = self.artifacts.model_version_dir(job.id)
+            jobs.finish(
+                self.db,
+                job.id,
+                TrainingStatus.MODEL_TRAINED,
+                artifact_path=self.artifacts.relative(output),
+                worker_id=self.worker_id,
+            )
+            telemetry.append_logs(self.db, job.id, [("info", "training finished; model version saved")])
+            self.artifacts.remove(self.artifacts.relative(self.artifacts.checkpoint_dir(job.id)))
+        elif kind == "stopped" or (kind == "crashed" and self.shutdown.is_set()):
+            jobs.release(self.db, job.id, self.worker_id, "worker shut down; the run resumes from its checkpoint")
+        elif kind == "error":
+            if payload.get("trace"):
+                telemetry.append_logs(self.db, job.id, [("error", payload["trace"])])
+            status = TrainingStatus[payload["status"]]
+            jobs.finish(self.db, job.id, status, payload["message"], worker_id=self.worker_id)
+            telemetry.append_logs(self.db, job.id, [("error", payload["message"])])
+        else:
+            child.join(timeout=5)
+            message = f"the training process exited unexpectedly ({_describe_exit(child.exitcode)})"
+            jobs.finish(self.db, job.id, TrainingStatus.MODEL_TRAINING_FAILED, message, worker_id=self.worker_id)
+            telemetry.append_logs(self.db, job.id, [("error", message)])
+
+    def _spec(self, job: ModelVersion) -> RunSpec | str:
+        """The child's instructions, or why the job cannot run at all."""
+        if job.dataset_version_id is None:
+            return "the dataset version this run was created with has been deleted"
+        data = dataset_versions.get_version_by_id(self.db, job.dataset_version_id)
+        if data.artifact_path is None:
+            return f"dataset version '{data.id}' has no snapshot file"
+        start_from = None
+        if job.resume_from is not None:
+            earlier = get_model_version_by_id(self.db, job.resume_from)
+            if earlier.artifact_path is None:
+                return f"model version '{job.resume_from}' to continue from has no trained weights"
+            start_from = str(self.artifacts.resolve(earlier.artifact_path))
+        return RunSpec(
+            job_id=job.id,
+            data=str(self.artifacts.resolve(data.artifact_path)),
+            output=str(self.artifacts.model_version_dir(job.id)),
+            workdir=str(self.artifacts.checkpoint_dir(job.id)),
+            template=job.template,
+            settings=job.settings,
+            start_from=start_from,
+            checkpoint_every_s=self.config.checkpoint_every_s,
+            cuda_device=self.cuda_device,
+        )
+
+    def _start_message(self, job: ModelVersion) -> str:
+        checkpoints = sorted(self.artifacts.checkpoint_dir(job.id).glob("checkpoints/checkpoint-*"))
+        resumed = f"; resuming from {checkpoints[-1].name}" if checkpoints else ""
+        return f"attempt {job.attempts} of {job.max_attempts} on worker {self.worker_id}{resumed}"
+
+
+def _receive(conn: Connection, state: _RunState, *, timeout: float) -> None:
+    """Take every message waiting (up to `timeout` for the first) into `state`."""
+    try:
+        while conn.poll(timeout):
+            timeout = 0
+            kind, payload = conn.recv()
+            if kind == "event":
+                _absorb(state, payload)
+            else:
+                state.result = (kind, payload)
+                return
+    except (EOFError, OSError):
+        return
+
+
+def _absorb(state: _RunState, event: dict[str, Any]) -> None:
+    kind = event["kind"]
+    if event.get("total_steps"):
+        state.step, state.total, state.eta_s = event["step"], event["total_steps"], event.get("eta_s")
+    if kind == "stage":
+        state.logs.append(("info", event["message"]))
+    elif kind in ("log", "eval"):
+        state.metrics.append({k: event.get(k) for k in ("step", "loss", "eval_loss", "learning_rate")})
+        value = f"loss {event['loss']:.4f}" if kind == "log" else f"eval loss {event['eval_loss']:.4f}"
+        state.logs.append(("info", f"step {event['step']}/{event['total_steps']}: {value}"))
+
+
+def _send(conn: Connection, message: str) -> None:
+    with contextlib.suppress(BrokenPipeError, OSError):
+        conn.send(message)
+
+
+def _kill(child: Any) -> None:
+    if child.is_alive():
+        child.kill()
+    child.join(timeout=10)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        name = {-9: "SIGKILL, often the out-of-memory killer", -11: "SIGSEGV", -15: "SIGTERM"}.get(code, "a signal")
+        return f"killed by {name}"
+    return f"exit code {code}"
