@@ -57,7 +57,12 @@ def run_serve(args: argparse.Namespace) -> int:
         model_cache_bytes=args.model_cache_mb * 1024 * 1024,
     )
     pool = _start_workers(ctx.db, ctx.artifacts, args)
+    _warm_up()
     console_err.print(f"tuneloom serving on http://{args.host}:{args.port} (data in {args.data_dir})")
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal to the handler it
+    # found installed; make that one return, so the workers below get to checkpoint and release their jobs.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     try:
         uvicorn.run(create_app(ctx), host=args.host, port=args.port, log_level="warning")
     finally:
@@ -65,6 +70,13 @@ def run_serve(args: argparse.Namespace) -> int:
             console_err.print("stopping workers: checkpointing and returning running jobs to the queue")
             pool.stop()
     return 0
+
+
+def _warm_up() -> None:
+    """Import the settings validators (transformers, peft) now, so the first training request is not slow."""
+    from tuneloom.templates import DEFAULT_TEMPLATE, resolve_settings
+
+    resolve_settings(DEFAULT_TEMPLATE)
 
 
 def run_worker(args: argparse.Namespace) -> int:

@@ -2,7 +2,8 @@
 
 The worker writes progress into the database (it may be on another machine), so the stream polls
 the database once a second and sends only what is new: a `status` event when the run's status or
-progress changed, each new `metric` point, each new `log` line. It ends with the final status, sent after the run's last metrics and logs.
+progress changed, each new `metric` point, each new `log` line. It ends with the final status,
+sent after the run's last metrics and logs.
 """
 
 from __future__ import annotations
