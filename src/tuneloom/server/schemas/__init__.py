@@ -13,6 +13,7 @@ from tuneloom.server.schemas.data import (
     InvalidRowOut,
     UploadReport,
 )
+from tuneloom.server.schemas.inference import GenerateRequest, PredictionOut, PredictRequest, PredictResponse
 from tuneloom.server.schemas.models import (
     LogLineOut,
     MetricPointOut,
@@ -22,14 +23,29 @@ from tuneloom.server.schemas.models import (
     SettingsOut,
     TrainRequest,
 )
+from tuneloom.server.schemas.openai import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Completion,
+    CompletionRequest,
+    ModelList,
+    OpenAIError,
+)
 
 __all__ = [
     "AppCreate",
     "AppOut",
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatCompletionRequest",
+    "Completion",
+    "CompletionRequest",
     "DatasetCreate",
     "DatasetOut",
     "DatasetVersionOut",
     "ErrorOut",
+    "GenerateRequest",
     "InputOut",
     "InputPageOut",
     "InputsDelete",
@@ -37,8 +53,13 @@ __all__ = [
     "LogLineOut",
     "MetricPointOut",
     "ModelCreate",
+    "ModelList",
     "ModelOut",
     "ModelVersionOut",
+    "OpenAIError",
+    "PredictRequest",
+    "PredictResponse",
+    "PredictionOut",
     "SettingsOut",
     "TrainRequest",
     "UploadReport",
