@@ -15,7 +15,7 @@ from tuneloom.errors import (
     TuneloomError,
 )
 from tuneloom.server.context import ServerContext
-from tuneloom.server.routes import apps, datasets, models
+from tuneloom.server.routes import apps, datasets, models, openai_compat, predict
 
 STATUS_BY_ERROR: tuple[tuple[type[TuneloomError], int], ...] = (
     (NotFoundError, 404),
@@ -33,6 +33,8 @@ def create_app(ctx: ServerContext) -> FastAPI:
     app.include_router(datasets.router)
     app.include_router(models.router)
     app.include_router(models.templates_router)
+    app.include_router(predict.router)
+    app.include_router(openai_compat.router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -1,0 +1,271 @@
+"""OpenAI-compatible routes: /v1/models, /v1/completions, /v1/chat/completions.
+
+Existing tools speak this API, so a trained version is usable from the official `openai` package
+(`base_url=<server>/v1`, the same API key) without any tuneloom code. A model is named
+`<app_id>/<model_id>` (its latest trained version) or `<app_id>/<model_id>/<version_id>`. An
+app-scoped key sees only its app's models; any other name is "model not found", never a hint.
+Sampling defaults are OpenAI's (temperature 1; completions stop after 16 tokens), and every error
+on these routes comes in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
+from sqlalchemy import select
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+
+from tuneloom.errors import ConflictError, InvalidIdError, NotFoundError, SettingsError, TuneloomError
+from tuneloom.generate.params import InferenceParams
+from tuneloom.server.auth import api_key, context
+from tuneloom.server.context import ServerContext
+from tuneloom.server.inference import TextStream
+from tuneloom.server.routes.predict import SSE_HEADERS, Service, check_inputs, resolve_version, version_dir
+from tuneloom.server.schemas.openai import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatDelta,
+    ChatMessageOut,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    ModelList,
+    ModelObject,
+    OpenAIError,
+    ResponseHead,
+    Usage,
+    finish_reason,
+)
+from tuneloom.store.db import Database
+from tuneloom.store.models import ApiKey, Model, ModelVersion, TrainingStatus
+
+log = logging.getLogger(__name__)
+ERROR_CODES = {401: "invalid_api_key", 404: "model_not_found", 409: "model_not_ready"}
+
+
+def openai_error(status: int, message: str, *, param: str | None = None, headers: Any = None) -> JSONResponse:
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    body = {"message": message, "type": kind, "param": param, "code": ERROR_CODES.get(status)}
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+class OpenAIRoute(APIRoute):
+    """Every failure of a /v1 route (validation, auth, tuneloom errors) answered in OpenAI's error shape."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as err:
+                first = err.errors()[0] if err.errors() else {}
+                param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+                return openai_error(400, f"{param or 'body'}: {first.get('msg', 'invalid request')}", param=param)
+            except HTTPException as err:
+                return openai_error(err.status_code, str(err.detail), headers=err.headers)
+            except TuneloomError as err:
+                status = 404 if isinstance(err, NotFoundError) else 409 if isinstance(err, ConflictError) else 400
+                return openai_error(status, err.message, param=getattr(err, "key", None))
+            except Exception:
+                log.exception("%s %s failed", request.method, request.url.path)
+                return openai_error(500, "the server failed to answer this request")
+
+        return handle
+
+
+router = APIRouter(
+    prefix="/v1",
+    tags=["openai"],
+    route_class=OpenAIRoute,
+    responses={400: {"model": OpenAIError}, 404: {"model": OpenAIError}},
+)
+Context = Annotated[ServerContext, Depends(context)]
+Key = Annotated[ApiKey, Depends(api_key)]
+
+
+@router.get("/models")
+async def list_models(key: Key, ctx: Context) -> ModelList:
+    rows = await run_in_threadpool(trained_versions, ctx.db, key.app_id)
+    data: dict[str, ModelObject] = {}
+    for app_id, model_id, version_id, finished in rows:  # newest first within a model
+        created = int(finished.timestamp()) if finished else 0
+        latest = f"{app_id}/{model_id}"
+        data.setdefault(latest, ModelObject(id=latest, created=created, owned_by=app_id))
+        data[f"{latest}/{version_id}"] = ModelObject(id=f"{latest}/{version_id}", created=created, owned_by=app_id)
+    return ModelList(data=list(data.values()))
+
+
+def trained_versions(db: Database, app_id: str | None) -> list[tuple[str, str, str, Any]]:
+    """(app, model, version, finished_at) of every MODEL_TRAINED version, in one query."""
+    query = (
+        select(Model.app_id, Model.id, ModelVersion.id, ModelVersion.finished_at)
+        .join(ModelVersion, ModelVersion.model_pk == Model.pk)
+        .where(ModelVersion.status == TrainingStatus.MODEL_TRAINED.name)
+        .order_by(Model.app_id, Model.id, ModelVersion.finished_at.desc(), ModelVersion.id.desc())
+    )
+    if app_id is not None:
+        query = query.where(Model.app_id == app_id)
+    with db.read() as session:
+        return [(a, m, v, finished) for a, m, v, finished in session.execute(query)]
+
+
+def resolve_model(ctx: ServerContext, key: ApiKey, name: str) -> ModelVersion:
+    """`<app>/<model>[/<version>]` → a trained version this key may use (404 for anything else)."""
+    parts = name.split("/")
+    if len(parts) not in (2, 3) or not all(parts) or (key.app_id is not None and key.app_id != parts[0]):
+        raise NotFoundError(f"model '{name}' not found")
+    try:
+        return resolve_version(ctx, parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+    except InvalidIdError:
+        raise NotFoundError(f"model '{name}' not found") from None
+
+
+def inference_params(
+    max_tokens: int | None,
+    temperature: float | None,
+    top_p: float | None,
+    stop: str | list[str] | None,
+    system_prompt: str | None = None,
+) -> InferenceParams:
+    """OpenAI's knobs as tuneloom's validated InferenceParams (OpenAI's defaults where unset)."""
+    temperature = 1.0 if temperature is None else temperature
+    values = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "stop": stop or None}
+    return InferenceParams.from_dict({**values, "system_prompt": system_prompt})
+
+
+def check_n(n: int | None) -> None:
+    if n not in (None, 1):
+        raise SettingsError("only n=1 is supported", key="n")
+
+
+@router.post("/completions", response_model=Completion)
+async def completions(body: CompletionRequest, key: Key, ctx: Context, service: Service) -> Response | Completion:
+    check_n(body.n)
+    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    check_inputs(prompts, key="prompt")
+    params = inference_params(body.max_tokens, body.temperature, body.top_p, body.stop)
+    version = await run_in_threadpool(resolve_model, ctx, key, body.model)
+    head = ResponseHead(id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=body.model)
+    if body.stream:
+        if len(prompts) != 1:
+            raise SettingsError("streaming takes one prompt", key="prompt")
+        pieces = await service.stream(version.id, version_dir(ctx, version), prompts[0], params)
+        usage = bool(body.stream_options and body.stream_options.include_usage)
+        return _streaming(_completion_chunks(pieces, head, usage), pieces)
+    predictions = await service.predict(version.id, version_dir(ctx, version), prompts, params)
+    choices = [
+        CompletionChoice(index=i, text=p.generation.text, finish_reason=finish_reason(p.generation.finish_reason))
+        for i, p in enumerate(predictions)
+    ]
+    used = _usage(sum(p.prompt_tokens for p in predictions), sum(p.generation.tokens for p in predictions))
+    return Completion(**head, choices=choices, usage=used)
+
+
+@router.post("/chat/completions", response_model=ChatCompletion)
+async def chat_completions(
+    body: ChatCompletionRequest, key: Key, ctx: Context, service: Service
+) -> Response | ChatCompletion:
+    """System messages become the system prompt; the last user message is the input (one turn)."""
+    check_n(body.n)
+    users = [m.text() for m in body.messages if m.role == "user"]
+    if not users:
+        raise SettingsError("messages must include a user message", key="messages")
+    check_inputs(users[-1:], key="messages")
+    system = "\n".join(m.text() for m in body.messages if m.role in ("system", "developer")) or None
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    params = inference_params(max_tokens, body.temperature, body.top_p, body.stop, system)
+    version = await run_in_threadpool(resolve_model, ctx, key, body.model)
+    head = ResponseHead(id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=body.model)
+    if body.stream:
+        pieces = await service.stream(version.id, version_dir(ctx, version), users[-1], params)
+        usage = bool(body.stream_options and body.stream_options.include_usage)
+        return _streaming(_chat_chunks(pieces, head, usage), pieces)
+    (prediction,) = await service.predict(version.id, version_dir(ctx, version), users[-1:], params)
+    generation = prediction.generation
+    choice = ChatChoice(
+        index=0, message=ChatMessageOut(content=generation.text), finish_reason=finish_reason(generation.finish_reason)
+    )
+    return ChatCompletion(**head, choices=[choice], usage=_usage(prediction.prompt_tokens, generation.tokens))
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+    return Usage(
+        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
+    )
+
+
+def _streaming(chunks: AsyncIterator[str], pieces: TextStream) -> StreamingResponse:
+    return StreamingResponse(
+        chunks, media_type="text/event-stream", headers=SSE_HEADERS, background=BackgroundTask(pieces.cancel)
+    )
+
+
+def _data(chunk: BaseModel | dict[str, Any] | str) -> str:
+    text = (
+        chunk.model_dump_json()
+        if isinstance(chunk, BaseModel)
+        else chunk
+        if isinstance(chunk, str)
+        else json.dumps(chunk)
+    )
+    return f"data: {text}\n\n"
+
+
+async def _completion_chunks(pieces: TextStream, head: ResponseHead, usage: bool) -> AsyncIterator[str]:
+    def chunk(text: str, finish: str | None = None) -> Completion:
+        choice = CompletionChoice(index=0, text=text, finish_reason=None if finish is None else finish_reason(finish))
+        return Completion(**head, choices=[choice])
+
+    try:
+        async for piece in pieces:
+            yield _data(chunk(piece))
+    except Exception as err:
+        yield _data(_stream_error(err))
+        return
+    yield _data(chunk("", pieces.finish_reason))
+    if usage:
+        yield _data(Completion(**head, choices=[], usage=_usage(pieces.prompt_tokens, pieces.tokens)))
+    yield _data("[DONE]")
+
+
+async def _chat_chunks(pieces: TextStream, head: ResponseHead, usage: bool) -> AsyncIterator[str]:
+    def chunk(delta: ChatDelta, finish: str | None = None) -> ChatCompletionChunk:
+        choice = ChatChunkChoice(index=0, delta=delta, finish_reason=None if finish is None else finish_reason(finish))
+        return ChatCompletionChunk(**head, choices=[choice])
+
+    yield _data(chunk(ChatDelta(role="assistant", content="")))
+    try:
+        async for piece in pieces:
+            yield _data(chunk(ChatDelta(content=piece)))
+    except Exception as err:
+        yield _data(_stream_error(err))
+        return
+    yield _data(chunk(ChatDelta(), pieces.finish_reason))
+    if usage:
+        yield _data(ChatCompletionChunk(**head, choices=[], usage=_usage(pieces.prompt_tokens, pieces.tokens)))
+    yield _data("[DONE]")
+
+
+def _stream_error(err: Exception) -> dict[str, Any]:
+    """An error after the stream started: the `openai` client raises it as an APIError."""
+    if isinstance(err, TuneloomError):
+        message = err.message
+    else:
+        log.exception("generation failed", exc_info=err)
+        message = f"generation failed ({type(err).__name__})"
+    return {"error": {"message": message, "type": "server_error", "param": None, "code": None}}

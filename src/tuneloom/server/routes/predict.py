@@ -1,0 +1,136 @@
+"""Predictions with a trained model version: a batch of outputs (/predict) or one streamed (/generate).
+
+The version is the one named, or the model's latest MODEL_TRAINED one; a version that is not
+trained is a 409 that says what it is instead. Generation itself goes through `Inference` (model
+cache, one generation per model at a time, micro-batching); nothing blocking runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+
+from tuneloom.errors import ConflictError, NotFoundError, SettingsError, TuneloomError
+from tuneloom.generate.params import MAX_INPUTS, InferenceParams
+from tuneloom.server.auth import context, require_app
+from tuneloom.server.context import ServerContext
+from tuneloom.server.inference import Inference, TextStream
+from tuneloom.server.schemas import GenerateRequest, PredictionOut, PredictRequest, PredictResponse
+from tuneloom.server.schemas.inference import MAX_INPUT_CHARS
+from tuneloom.server.schemas.openai import finish_reason
+from tuneloom.store import registry
+from tuneloom.store.models import ModelVersion, TrainingStatus
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/api/apps/{app_id}/models/{model_id}", tags=["predictions"])
+Context = Annotated[ServerContext, Depends(context)]
+AppId = Annotated[str, Depends(require_app)]
+MICRO_BATCH_ENV = "TUNELOOM_MICRO_BATCH"  # "0" turns request merging off (the benchmark's baseline)
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def inference(request: Request) -> Inference:
+    """The app's one `Inference`, made on first use (an async dependency: no two requests race to make it)."""
+    state = request.app.state
+    if getattr(state, "inference", None) is None:
+        ctx: ServerContext = state.context
+        micro_batch = os.environ.get(MICRO_BATCH_ENV, "1") != "0"
+        state.inference = Inference(ctx.model_cache_bytes, micro_batch=micro_batch)
+    service: Inference = state.inference
+    return service
+
+
+Service = Annotated[Inference, Depends(inference)]
+
+
+def resolve_version(ctx: ServerContext, app_id: str, model_id: str, version_id: str | None) -> ModelVersion:
+    """The version to serve: the one asked for, or the latest trained; it must be MODEL_TRAINED."""
+    if version_id is None:
+        latest = registry.latest_trained(ctx.db, app_id, model_id)
+        if latest is None:
+            raise NotFoundError(f"model '{model_id}' has no trained version yet; train one or wait for it to finish")
+        return latest
+    version = registry.get_model_version(ctx.db, app_id, model_id, version_id)
+    if version.status != TrainingStatus.MODEL_TRAINED.name or not version.artifact_path:
+        why = f": {version.message}" if version.message else ""
+        raise ConflictError(
+            f"model version '{version_id}' is {version.status}{why}; only a MODEL_TRAINED version can predict"
+        )
+    return version
+
+
+def version_dir(ctx: ServerContext, version: ModelVersion) -> Path:
+    assert version.artifact_path is not None  # resolve_version only returns trained versions
+    return ctx.artifacts.resolve(version.artifact_path)
+
+
+def check_inputs(inputs: list[str], key: str = "inputs") -> None:
+    if not 1 <= len(inputs) <= MAX_INPUTS:
+        raise SettingsError(f"'{key}' must hold 1 to {MAX_INPUTS} texts, got {len(inputs)}", key=key)
+    longest = max(len(text) for text in inputs)
+    if longest > MAX_INPUT_CHARS:
+        raise SettingsError(f"each of '{key}' may be at most {MAX_INPUT_CHARS:,} characters", key=key)
+
+
+@router.post("/predict")
+async def predict(
+    app_id: AppId, model_id: str, body: PredictRequest, ctx: Context, service: Service
+) -> PredictResponse:
+    params = InferenceParams.from_dict(body.inference_params)
+    check_inputs(body.inputs)
+    version = await run_in_threadpool(resolve_version, ctx, app_id, model_id, body.version)
+    predictions = await service.predict(version.id, version_dir(ctx, version), body.inputs, params)
+    outputs = [
+        PredictionOut(text=g.text, finish_reason=finish_reason(g.finish_reason), tokens=g.tokens)
+        for g in (p.generation for p in predictions)
+    ]
+    return PredictResponse(model_version_id=version.id, outputs=outputs)
+
+
+@router.post("/generate", response_class=StreamingResponse)
+async def generate(
+    app_id: AppId, model_id: str, body: GenerateRequest, ctx: Context, service: Service
+) -> StreamingResponse:
+    """Server-sent events: `data: {"text"}` per piece, then `event: done` (or `event: error`)."""
+    params = InferenceParams.from_dict(body.inference_params)
+    check_inputs([body.input], key="input")
+    version = await run_in_threadpool(resolve_version, ctx, app_id, model_id, body.version)
+    pieces = await service.stream(version.id, version_dir(ctx, version), body.input, params)
+    return StreamingResponse(
+        _events(pieces, version.id),
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
+        background=BackgroundTask(pieces.cancel),  # runs after a disconnect too: generation stops
+    )
+
+
+async def _events(pieces: TextStream, version_id: str) -> AsyncIterator[str]:
+    try:
+        async for piece in pieces:
+            yield sse({"text": piece})
+    except Exception as err:
+        yield sse(error_body(err), event="error")
+        return
+    yield sse({"finish_reason": pieces.finish_reason, "model_version_id": version_id, "tokens": pieces.tokens}, "done")
+
+
+def sse(data: Any, event: str | None = None) -> str:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def error_body(err: Exception) -> dict[str, str]:
+    """What a client learns about a failure mid-stream: tuneloom's own message, or a generic one (logged)."""
+    if isinstance(err, TuneloomError):
+        return {"code": err.code, "message": err.message}
+    log.exception("generation failed", exc_info=err)
+    return {"code": "GENERATION_FAILED", "message": f"generation failed ({type(err).__name__})"}
