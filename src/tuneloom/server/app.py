@@ -27,7 +27,8 @@ STATUS_BY_ERROR: tuple[tuple[type[TuneloomError], int], ...] = (
 
 
 def create_app(ctx: ServerContext) -> FastAPI:
-    app = FastAPI(title="tuneloom", version=__version__)
+    # No /docs or /redoc: their pages load scripts from a CDN, and tuneloom runs offline.
+    app = FastAPI(title="tuneloom", version=__version__, docs_url=None, redoc_url=None)
     app.state.context = ctx
     app.include_router(apps.router)
     app.include_router(datasets.router)
