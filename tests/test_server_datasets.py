@@ -57,6 +57,10 @@ def test_versions_are_immutable_snapshots(app_url: tuple[str, dict[str, str], Pa
     again = httpx.get(f"{base}/versions/{first['id']}", headers=headers).json()
     assert again["example_count"] == 16 and again["content_hash"] == first["content_hash"]
     assert (data_dir / "dataset-versions" / f"{first['id']}.jsonl").is_file()
+    tokens = first["stats"]["tokens"]
+    assert first["stats"]["examples"] == 16 and 0 < tokens["min"] <= tokens["mean"] <= tokens["max"] < 64
+    unknown = httpx.post(f"{base}/versions", params={"template": "gpt-5"}, headers=headers)
+    assert unknown.status_code == 422 and unknown.json()["details"]["key"] == "template"
 
 
 def test_empty_dataset_version_fails_with_a_reason(app_url: tuple[str, dict[str, str], Path]) -> None:

@@ -8,6 +8,8 @@ uploaded is lost, and its name is display text only — it never becomes a path.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
@@ -29,8 +31,11 @@ from tuneloom.server.schemas import (
 )
 from tuneloom.store import dataset_versions, datasets
 from tuneloom.store.ids import new_id
+from tuneloom.templates import get_template, resolve_settings
+from tuneloom.templates.loading import load_tokenizer
 
 router = APIRouter(prefix="/api/apps/{app_id}/datasets", tags=["datasets"])
+STATS_TEMPLATE = "tiny-random"
 Context = Annotated[ServerContext, Depends(context)]
 AppId = Annotated[str, Depends(require_app)]
 
@@ -123,10 +128,29 @@ def delete_inputs(app_id: AppId, dataset_id: str, body: InputsDelete, ctx: Conte
 
 
 @router.post("/{dataset_id}/versions", status_code=201)
-def create_version(app_id: AppId, dataset_id: str, ctx: Context) -> DatasetVersionOut:
-    """Snapshot the dataset's current inputs (READY), or say why not (FAILURE, with a message)."""
+def create_version(app_id: AppId, dataset_id: str, ctx: Context, template: str = STATS_TEMPLATE) -> DatasetVersionOut:
+    """Snapshot the dataset's current inputs (READY), or say why not (FAILURE, with a message).
+
+    Token lengths in the stats are counted with `template`'s tokenizer (default: the GPT-2 BPE of
+    tiny-random, available offline), as training will see them: prompt, completion and EOS.
+    """
+    count = token_counter(get_template(template).id)
+    datasets.get_dataset(ctx.db, app_id, dataset_id)
     version = dataset_versions.create_version(ctx.db, app_id, dataset_id)
-    return DatasetVersionOut.model_validate(dataset_versions.build_version(ctx.db, ctx.artifacts, version.id))
+    built = dataset_versions.build_version(ctx.db, ctx.artifacts, version.id, token_length=count)
+    return DatasetVersionOut.model_validate(built)
+
+
+@functools.lru_cache(maxsize=4)
+def token_counter(template_id: str) -> Callable[[str, str], int]:
+    settings = resolve_settings(template_id)
+    tokenizer = load_tokenizer(settings.model_config, settings.tokenizer_config)
+
+    def count(prompt: str, completion: str) -> int:
+        ids = tokenizer([prompt, completion], add_special_tokens=False)["input_ids"]
+        return len(ids[0]) + len(ids[1]) + 1
+
+    return count
 
 
 @router.get("/{dataset_id}/versions")
