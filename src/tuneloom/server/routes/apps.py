@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from tuneloom.server.auth import api_key, context, require_admin, require_app
+from tuneloom.server.cleanup import remove_artifacts
 from tuneloom.server.context import ServerContext
 from tuneloom.server.schemas import AppCreate, AppOut
 from tuneloom.store import apps
@@ -33,7 +34,6 @@ def get_app(app_id: Annotated[str, Depends(require_app)], ctx: Context) -> AppOu
 
 
 @router.delete("/{app_id}", status_code=204)
-def delete_app(app_id: Annotated[str, Depends(require_app)], ctx: Context) -> Response:
-    for path in apps.delete_app(ctx.db, app_id):
-        ctx.artifacts.remove(path)
+def delete_app(app_id: Annotated[str, Depends(require_app)], ctx: Context, request: Request) -> Response:
+    remove_artifacts(request, apps.delete_app(ctx.db, app_id))
     return Response(status_code=204)

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from tuneloom.data import FORMATS, parse_file
 from tuneloom.errors import TuneloomError
 from tuneloom.server.auth import context, require_app
+from tuneloom.server.cleanup import remove_artifacts
 from tuneloom.server.context import ServerContext
 from tuneloom.server.schemas import (
     DatasetCreate,
@@ -56,9 +57,8 @@ def get_dataset(app_id: AppId, dataset_id: str, ctx: Context) -> DatasetOut:
 
 
 @router.delete("/{dataset_id}", status_code=204)
-def delete_dataset(app_id: AppId, dataset_id: str, ctx: Context) -> Response:
-    for path in datasets.delete_dataset(ctx.db, app_id, dataset_id):
-        ctx.artifacts.remove(path)
+def delete_dataset(app_id: AppId, dataset_id: str, ctx: Context, request: Request) -> Response:
+    remove_artifacts(request, datasets.delete_dataset(ctx.db, app_id, dataset_id))
     return Response(status_code=204)
 
 

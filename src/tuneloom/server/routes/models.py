@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from tuneloom.server.auth import api_key, context, require_app
+from tuneloom.server.cleanup import remove_artifacts
 from tuneloom.server.context import ServerContext
 from tuneloom.server.live import training_events
 from tuneloom.server.schemas.models import (
@@ -60,9 +61,8 @@ def get_model(app_id: AppId, model_id: str, ctx: Context) -> ModelOut:
 
 
 @router.delete("/{model_id}", status_code=204)
-def delete_model(app_id: AppId, model_id: str, ctx: Context) -> Response:
-    for path in registry.delete_model(ctx.db, app_id, model_id):
-        ctx.artifacts.remove(path)
+def delete_model(app_id: AppId, model_id: str, ctx: Context, request: Request) -> Response:
+    remove_artifacts(request, registry.delete_model(ctx.db, app_id, model_id))
     return Response(status_code=204)
 
 
@@ -111,9 +111,8 @@ def cancel(app_id: AppId, model_id: str, version_id: str, ctx: Context) -> Model
 
 
 @router.delete("/{model_id}/versions/{version_id}", status_code=204)
-def delete_version(app_id: AppId, model_id: str, version_id: str, ctx: Context) -> Response:
-    for path in registry.delete_model_version(ctx.db, app_id, model_id, version_id):
-        ctx.artifacts.remove(path)
+def delete_version(app_id: AppId, model_id: str, version_id: str, ctx: Context, request: Request) -> Response:
+    remove_artifacts(request, registry.delete_model_version(ctx.db, app_id, model_id, version_id))
     return Response(status_code=204)
 
 

@@ -1,0 +1,20 @@
+"""What deleting an object leaves behind: its files, and its loaded model in the inference cache."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from fastapi import Request
+
+from tuneloom.store.artifacts import MODEL_VERSIONS
+
+
+def remove_artifacts(request: Request, paths: Iterable[str]) -> None:
+    """Delete the data-dir paths a store delete returned; a deleted version is never served from memory."""
+    state = request.app.state
+    service = getattr(state, "inference", None)
+    for path in paths:
+        folder, _, name = path.partition("/")
+        if service is not None and folder == MODEL_VERSIONS:
+            service.cache.discard(name)
+        state.context.artifacts.remove(path)
