@@ -1,23 +1,20 @@
-"""A trained model version in a running server's database, made without waiting on its training worker.
+"""A trained model version in a running server, made the way a user makes one: through the HTTP API.
 
-The dataset version comes through the HTTP API (upload, then snapshot); the model and its training
-job go through the store, as a worker would see them. The job is claimed by the test itself and
-trained with the real `tuneloom train` (tiny-random: seconds) into `<data_dir>/model-versions/<id>/`.
-`tuneloom serve` also runs a worker that polls the queue every second; if it wins the claim, it
-trains the job itself and the helper waits for it — either way the version ends MODEL_TRAINED.
+Upload, snapshot, create the model, `train` (tiny-random: seconds), and wait for the server's own
+worker to report MODEL_TRAINED. Versions that must stay unfinished are made through the store
+instead (claimed by the test itself, so no worker touches them).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from tests.conftest import DATABASE_URL_FILE, api_key, run_cli, sentiment_lines
+from tests.conftest import DATABASE_URL_FILE, api_key, sentiment_lines
 
-from tuneloom.store import jobs, registry
+from tuneloom.store import jobs
 from tuneloom.store.db import Database, open_database
 from tuneloom.store.models import ModelVersion, TrainingStatus
 from tuneloom.templates import resolve_settings
@@ -63,12 +60,9 @@ def deploy(url: str, data_dir: Path, app_id: str = "shop", model_id: str = "sent
     assert httpx.post(f"{url}/api/apps", json={"id": app_id}, headers=admin).status_code == 201
     headers = {"Authorization": f"Key {api_key(data_dir, '--app', app_id)}"}
     dataset_version = ready_dataset_version(url, headers, app_id)
-    db = server_database(data_dir)
-    try:
-        registry.create_model(db, app_id, model_id)
-        version_id = train_version(db, data_dir, app_id, model_id, dataset_version)
-    finally:
-        db.dispose()
+    models = f"{url}/api/apps/{app_id}/models"
+    assert httpx.post(models, json={"id": model_id}, headers=headers).status_code == 201
+    version_id = train_version(f"{models}/{model_id}", headers, dataset_version)
     return Deployed(url, data_dir, headers, app_id, model_id, version_id, dataset_version)
 
 
@@ -89,41 +83,20 @@ def enqueue(db: Database, app_id: str, model_id: str, dataset_version_id: str) -
     )
 
 
-def train_version(db: Database, data_dir: Path, app_id: str, model_id: str, dataset_version_id: str) -> str:
-    """Queue a run and see it through to MODEL_TRAINED (trained here, or by the server's worker)."""
-    job = enqueue(db, app_id, model_id, dataset_version_id)
-    claimed = jobs.claim_next(db, WORKER_ID, lease_seconds=3600)
-    if claimed is None:  # the server's worker took it first
-        return wait_until_trained(db, app_id, model_id, job.id)
-    assert claimed.id == job.id, "another job was queued"
-    data = data_dir / "model-versions-train.txt"
-    data.write_text("\n".join(sentiment_lines()) + "\n", encoding="utf-8")
-    out = data_dir / "model-versions" / job.id
-    result = run_cli(
-        "train",
-        str(data),
-        "--template",
-        "tiny-random",
-        "--output",
-        str(out),
-        "--trainer-config",
-        json.dumps(TRAIN_FAST),
-    )
-    assert result.returncode == 0, result.stderr
-    path = f"model-versions/{job.id}"
-    jobs.finish(db, job.id, TrainingStatus.MODEL_TRAINED, artifact_path=path, worker_id=WORKER_ID)
-    return job.id
-
-
-def wait_until_trained(db: Database, app_id: str, model_id: str, version_id: str, timeout_s: float = 180) -> str:
+def train_version(model_url: str, headers: dict[str, str], dataset_version_id: str, timeout_s: float = 180) -> str:
+    """Queue a run through the API and wait for the server's worker to train it."""
+    body = {"dataset_version_id": dataset_version_id, "template": "tiny-random", "trainer_config": TRAIN_FAST}
+    queued = httpx.post(f"{model_url}/versions", json=body, headers=headers, timeout=60)
+    assert queued.status_code == 201, queued.text
+    version_url = f"{model_url}/versions/{queued.json()['id']}"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        version = registry.get_model_version(db, app_id, model_id, version_id)
-        if version.status_enum.is_final:
-            assert version.status == TrainingStatus.MODEL_TRAINED.name, (version.status, version.message)
-            return version_id
+        status = httpx.get(version_url, headers=headers, timeout=30).json()["status"]
+        if status["name"] not in ("MODEL_QUEUED_FOR_TRAINING", "MODEL_TRAINING"):
+            assert status["name"] == "MODEL_TRAINED", status
+            return str(queued.json()["id"])
         time.sleep(0.5)
-    raise AssertionError(f"model version {version_id} did not finish training in {timeout_s:.0f} s")
+    raise AssertionError(f"{version_url} did not finish training in {timeout_s:.0f} s")
 
 
 def unfinished_version(db: Database, app_id: str, model_id: str, dataset_version_id: str, *, fail: bool) -> str:
