@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -105,18 +107,29 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         cmd += ["--database-url", POSTGRES_URL]
     log_path = data_dir.parent / f"{data_dir.name}.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{cmd[cmd.index('--port') + 1]}"
     try:
         _wait_until_up(url, proc, log_path)
         yield url, data_dir
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+        stop_process_group(proc)
+
+
+def stop_process_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server (it stops its workers), then SIGKILL whatever of its group is left.
+
+    A training child that outlived its server would keep using the database the next module's
+    server starts from; on PostgreSQL that database is shared, so nothing may survive a module.
+    """
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _wait_until_up(url: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
