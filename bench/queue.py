@@ -13,56 +13,32 @@ process starting (imports, model load), telemetry writes, the final status.
 from __future__ import annotations
 
 import argparse
-import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from bench.common import MODEL_TEMPLATES, RESULTS_DIR, print_table, write_result
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+from bench.server_process import create_key, start_server, stop, train_through_api
 
 
 def through_server(data_dir: Path, template: str, settings: dict[str, Any]) -> tuple[float, dict[str, Any], Path]:
-    """Seconds from `model.train(...)` returning to the SDK seeing MODEL_TRAINED, and the version's metrics."""
-    from tuneloom import Client
+    """Seconds from `model.train(...)` to the SDK seeing MODEL_TRAINED, the version's metrics, its data snapshot."""
     from tuneloom.demo import TRAIN_FILE
 
-    key = _cli("keys", "create", "--data-dir", str(data_dir)).strip().splitlines()[-1]
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tuneloom.cli", "serve", "--data-dir", str(data_dir), "--port", str(port)],
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    key = create_key(data_dir)
+    server, url = start_server(data_dir)
     try:
-        client = Client(f"http://127.0.0.1:{port}", api_key=key)
-        _wait_up(client)
-        app = client.create_app("bench")
-        dataset = app.create_dataset("tickets")
-        dataset.upload_file(TRAIN_FILE)
-        version = dataset.create_version()
-        model = app.create_model("router")
-        started = time.perf_counter()
-        run = model.train(dataset_version=version.id, template=template, **settings)
-        status = model.wait(run.id, timeout=3600, poll=0.25)
-        elapsed = time.perf_counter() - started
-        if status.name != "MODEL_TRAINED":
-            raise SystemExit(f"training through the server ended {status.name}: {status.message}")
-        answer = httpx.get(f"{client.base_url}{model.path}/versions/{run.id}", headers={"Authorization": f"Key {key}"})
-        trained = answer.json()
-        snapshot = data_dir / "dataset-versions" / f"{version.id}.jsonl"
-        return elapsed, dict(trained["metrics"] or {}), snapshot
+        _, elapsed, trained = train_through_api(
+            url, key, TRAIN_FILE, template, settings, app_id="bench", model_id="router"
+        )
     finally:
-        server.terminate()
-        server.wait(timeout=120)
+        stop(server)
+    return (
+        elapsed,
+        dict(trained["metrics"] or {}),
+        data_dir / "dataset-versions" / f"{trained['dataset_version_id']}.jsonl",
+    )
 
 
 def in_process(snapshot: Path, output: Path, template: str, settings: dict[str, Any]) -> tuple[float, dict[str, Any]]:
@@ -109,30 +85,6 @@ def main() -> None:
         },
         libraries=("tuneloom", "torch", "transformers", "peft", "fastapi", "sqlalchemy"),
     )
-
-
-def _cli(*args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "tuneloom.cli", *args], capture_output=True, text=True, env=ENV)
-    if result.returncode != 0:
-        raise SystemExit(f"tuneloom {args[0]} failed:\n{result.stderr}")
-    return result.stdout
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_up(client: Any) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            client.health()
-            return
-        except Exception:
-            time.sleep(0.3)
-    raise SystemExit("the server did not start")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Serving throughput: concurrent clients calling /predict on a real `tuneloom serve`, micro-batching on vs off.
 
-One trained tiny-random version (trained here with the real CLI, registered in the server's
-database), then the same load twice against fresh server processes on the same data dir: C clients,
+One tiny-random version fine-tuned through the API (upload, version, train, by the server's own
+worker), then the same load twice against fresh server processes on the same data dir: C clients,
 each sending R /predict requests back to back (1 input, ≤ T new tokens, greedy). With
 micro-batching the server merges concurrent requests for the same version and parameters into one
 `generate()` call; the baseline (`TUNELOOM_MICRO_BATCH=0`) still runs one generation per model at a
@@ -15,12 +15,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,17 +25,10 @@ from typing import Any
 import httpx
 
 from bench.common import RESULTS_DIR, print_table, write_result
+from bench.server_process import create_key, start_server, stop, train_through_api
 
 APP, MODEL = "bench", "serve"
 TRAIN_FAST = {"num_train_epochs": 3, "per_device_train_batch_size": 8, "learning_rate": 0.05}
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def cli(*args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "tuneloom.cli", *args], capture_output=True, text=True, env=ENV)
-    if result.returncode != 0:
-        raise SystemExit(f"tuneloom {args[0]} failed:\n{result.stderr}")
-    return result.stdout
 
 
 def prompts(n: int) -> list[str]:
@@ -50,64 +39,19 @@ def prompts(n: int) -> list[str]:
     return [examples[i % len(examples)].prompt for i in range(n)]
 
 
-def register_trained_version(data_dir: Path) -> str:
-    """App, model and a MODEL_TRAINED version in the data dir's database, trained with `tuneloom train`."""
-    from tuneloom.data import parse_file
+def trained_version(data_dir: Path) -> str:
+    """A tiny-random version fine-tuned through the API by the server's own worker; returns an app key."""
     from tuneloom.demo import TRAIN_FILE
-    from tuneloom.store import apps, dataset_versions, datasets, jobs, registry
-    from tuneloom.store.artifacts import Artifacts
-    from tuneloom.store.db import open_database
-    from tuneloom.store.models import TrainingStatus
-    from tuneloom.templates import resolve_settings
 
-    db = open_database(data_dir=data_dir)
-    apps.create_app(db, APP, APP)
-    datasets.create_dataset(db, APP, "demo")
-    parsed = parse_file(TRAIN_FILE)
-    datasets.add_upload(db, APP, "demo", parsed.report, parsed.examples)
-    version = dataset_versions.create_version(db, APP, "demo")
-    dataset_versions.build_version(db, Artifacts(data_dir), version.id)
-    registry.create_model(db, APP, MODEL)
-    settings = resolve_settings("tiny-random", {"trainer_config": TRAIN_FAST}).to_dict()
-    job = jobs.enqueue(db, APP, MODEL, dataset_version_id=version.id, template="tiny-random", settings=settings)
-    claimed = jobs.claim_next(db, "bench", lease_seconds=3600)
-    assert claimed is not None and claimed.id == job.id
-    out = data_dir / "model-versions" / job.id
-    cli(
-        "train",
-        str(TRAIN_FILE),
-        "--template",
-        "tiny-random",
-        "--output",
-        str(out),
-        "--trainer-config",
-        json.dumps(TRAIN_FAST),
-    )
-    jobs.finish(db, job.id, TrainingStatus.MODEL_TRAINED, artifact_path=f"model-versions/{job.id}", worker_id="bench")
-    db.dispose()
-    return job.id
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(data_dir: Path, micro_batch: bool) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "tuneloom.cli", "serve", "--data-dir", str(data_dir), "--port", str(port)]
-    env = {**ENV, "TUNELOOM_MICRO_BATCH": "1" if micro_batch else "0"}
-    proc = subprocess.Popen([*cmd, "--workers", "0"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("server did not start")
+    server, url = start_server(data_dir)
+    try:
+        admin = create_key(data_dir)
+        train_through_api(
+            url, admin, TRAIN_FILE, "tiny-random", {"trainer_config": TRAIN_FAST}, app_id=APP, model_id=MODEL
+        )
+    finally:
+        stop(server)
+    return create_key(data_dir, "--app", APP)
 
 
 async def load(url: str, key: str, texts: list[str], clients: int, per_client: int, max_tokens: int) -> dict[str, Any]:
@@ -141,14 +85,13 @@ async def load(url: str, key: str, texts: list[str], clients: int, per_client: i
 
 
 def measure(data_dir: Path, key: str, micro_batch: bool, args: argparse.Namespace) -> dict[str, Any]:
-    proc, url = start_server(data_dir, micro_batch)
+    proc, url = start_server(data_dir, "--workers", "0", env={"TUNELOOM_MICRO_BATCH": "1" if micro_batch else "0"})
     try:
         texts = prompts(args.clients * args.requests)
         asyncio.run(load(url, key, texts, args.clients, 1, args.max_tokens))  # warm-up: load, first shapes
         return asyncio.run(load(url, key, texts, args.clients, args.requests, args.max_tokens))
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        stop(proc)
 
 
 def main() -> None:
@@ -162,8 +105,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]  # other work on the machine skews every figure: say how much there was
     with tempfile.TemporaryDirectory(prefix="tuneloom-bench-serve-") as tmp:
         data_dir = Path(tmp)
-        register_trained_version(data_dir)
-        key = cli("keys", "create", "--data-dir", str(data_dir), "--app", APP).strip().splitlines()[-1]
+        key = trained_version(data_dir)
         batched = measure(data_dir, key, True, args)
         baseline = measure(data_dir, key, False, args)
     figures = {

@@ -156,6 +156,8 @@ def test_a_closed_stream_stops_generating(deployed: Deployed) -> None:
     """A client that goes away frees the model at once: a prediction right after is not kept waiting."""
     params = {"max_tokens": 600, "temperature": 0}
     list(events(deployed, "I love it", params))  # the first long run also builds CPU kernels for new shapes
+    short = {"max_tokens": 2, "temperature": 0}
+    assert predict(deployed, ["ok"], short).status_code == 200  # and so does the first short one
     started = time.monotonic()
     assert len(list(events(deployed, "I love it", params))) > 100
     full_s = time.monotonic() - started
@@ -163,9 +165,9 @@ def test_a_closed_stream_stops_generating(deployed: Deployed) -> None:
     with httpx.stream("POST", f"{deployed.model_url}/generate", json=payload, headers=deployed.headers) as r:
         next(line for line in r.iter_lines() if line.startswith("data: "))
     started = time.monotonic()
-    assert predict(deployed, ["ok"], {"max_tokens": 2, "temperature": 0}).status_code == 200
+    assert predict(deployed, ["ok"], short).status_code == 200
     waited_s = time.monotonic() - started
-    assert waited_s < full_s / 3, f"waited {waited_s:.2f} s; a whole stream takes {full_s:.2f} s"
+    assert waited_s < full_s / 2, f"waited {waited_s:.2f} s; a whole stream takes {full_s:.2f} s"
 
 
 def test_the_cache_loads_a_version_once_and_evicts_the_least_recently_used(deployed: Deployed) -> None:
