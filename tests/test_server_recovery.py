@@ -98,10 +98,11 @@ def state(url: str, headers: dict[str, str]) -> dict[str, Any]:
     return dict(httpx.get(url, headers=headers, timeout=30).json())
 
 
-def children(pid: int) -> set[int]:
+def descendants(pid: int) -> set[int]:
     found: set[int] = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
-        found.update(int(p) for p in (task / "children").read_text().split())
+        for child in (int(p) for p in (task / "children").read_text().split()):
+            found |= {child, *descendants(child)}
     return found
 
 
@@ -121,7 +122,8 @@ def test_a_worker_killed_with_sigkill_resumes_from_its_checkpoint_and_finishes(p
     checkpoints = processes.data_dir / "checkpoints" / run.rsplit("/", 1)[-1] / "checkpoints"
     wait_for(lambda: (state(run, headers)["progress"]["step"] or 0) >= 20, "progress in the database")
     wait_for(lambda: list(checkpoints.glob("checkpoint-*")), "a checkpoint")
-    trainers = children(worker.pid)
+    trainers = descendants(worker.pid)
+    assert trainers  # the forkserver and the training process it forked
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait(timeout=10)
     wait_for(lambda: not any(alive(p) for p in trainers), "the orphaned training process to die", timeout=10)

@@ -44,7 +44,7 @@ class RunSpec:
 
 
 def run_child(spec: RunSpec, conn: Connection) -> None:
-    """Process entry point (multiprocessing, spawn)."""
+    """Process entry point (multiprocessing: forked from the supervisor's forkserver)."""
     _die_with_parent()
     if spec.cuda_device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(spec.cuda_device)
