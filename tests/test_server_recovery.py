@@ -76,7 +76,7 @@ def prepare_model(url: str, data_dir: Path) -> tuple[str, dict[str, str], str]:
     return f"{app}/models/m", headers, version
 
 
-def queue(model: str, headers: dict[str, str], dataset_version: str, steps: int = 150) -> str:
+def queue(model: str, headers: dict[str, str], dataset_version: str, steps: int = 300) -> str:
     trainer_config = {"max_steps": steps, "per_device_train_batch_size": 2}
     body = {"dataset_version_id": dataset_version, "template": "tiny-random", "trainer_config": trainer_config}
     answer = httpx.post(f"{model}/versions", json=body, headers=headers, timeout=60)
@@ -96,6 +96,11 @@ def wait_for(predicate: Any, what: str, timeout: float = 180) -> Any:
 
 def state(url: str, headers: dict[str, str]) -> dict[str, Any]:
     return dict(httpx.get(url, headers=headers, timeout=30).json())
+
+
+def log_messages(version_url: str, headers: dict[str, str]) -> list[str]:
+    lines = httpx.get(f"{version_url}/logs", params={"limit": 1000}, headers=headers).json()
+    return [line["message"] for line in lines]
 
 
 def descendants(pid: int) -> set[int]:
@@ -120,8 +125,7 @@ def test_a_worker_killed_with_sigkill_resumes_from_its_checkpoint_and_finishes(p
     worker = processes.start("worker", "--lease-seconds", "4", "--checkpoint-every", "1")
     run = f"{model}/versions/{queue(model, headers, dataset_version)}"
     checkpoints = processes.data_dir / "checkpoints" / run.rsplit("/", 1)[-1] / "checkpoints"
-    wait_for(lambda: (state(run, headers)["progress"]["step"] or 0) >= 20, "progress in the database")
-    wait_for(lambda: list(checkpoints.glob("checkpoint-*")), "a checkpoint")
+    wait_for(lambda: list(checkpoints.glob("checkpoint-*/trainer_state.json")), "a complete checkpoint")
     trainers = descendants(worker.pid)
     assert trainers  # the forkserver and the training process it forked
     os.kill(worker.pid, signal.SIGKILL)
@@ -132,17 +136,18 @@ def test_a_worker_killed_with_sigkill_resumes_from_its_checkpoint_and_finishes(p
     processes.start("worker", "--lease-seconds", "4", "--checkpoint-every", "1")
     done = wait_for(lambda: (s := state(run, headers))["status"]["name"] != "MODEL_TRAINING" and s, "a final status")
     assert done["status"]["code"] == 21100, done["status"]
-    assert done["attempts"] == 2 and done["progress"]["step"] == done["progress"]["total_steps"] == 150
-    messages = [line["message"] for line in httpx.get(f"{run}/logs", headers=headers).json()]
+    steps = [p["step"] for p in httpx.get(f"{run}/metrics", headers=headers).json() if p["loss"] is not None]
+    assert done["attempts"] == 2 and done["progress"]["step"] == done["progress"]["total_steps"] == 300, steps
+    messages = log_messages(run, headers)
     resumed = [m for m in messages if m.startswith("attempt 2 of 3")]
     assert resumed and "resuming from checkpoint-" in resumed[0], messages
-    assert int(resumed[0].rsplit("checkpoint-", 1)[1]) >= 10  # not from scratch
+    assert int(resumed[0].rsplit("checkpoint-", 1)[1]) > 0  # not from scratch
 
 
 def test_a_server_restart_mid_queue_loses_no_job(processes: Processes) -> None:
     server, url = processes.serve("--workers", "1")
     model, headers, dataset_version = prepare_model(url, processes.data_dir)
-    runs = [queue(model, headers, dataset_version, steps) for steps in (100, 10, 10)]
+    runs = [queue(model, headers, dataset_version, steps) for steps in (400, 10, 10)]
     first = f"{model}/versions/{runs[0]}"
     wait_for(lambda: (state(first, headers)["progress"]["step"] or 0) >= 5, "the first run to make progress")
     server.send_signal(signal.SIGTERM)
@@ -158,6 +163,7 @@ def test_a_server_restart_mid_queue_loses_no_job(processes: Processes) -> None:
         )
         for run in runs
     }
-    assert [finals[run]["progress"]["step"] for run in runs] == [100, 10, 10]
-    messages = [line["message"] for line in httpx.get(f"{model}/versions/{runs[0]}/logs", headers=headers).json()]
-    assert any("resuming from checkpoint-" in m for m in messages), messages
+    assert [finals[run]["progress"]["step"] for run in runs] == [400, 10, 10]
+    messages = log_messages(f"{model}/versions/{runs[0]}", headers)
+    shut_down = messages.index("worker shut down; the run resumes from its checkpoint")
+    assert "resuming from checkpoint-" in messages[shut_down + 1], messages[shut_down:]

@@ -124,7 +124,8 @@ def run_training(
     )
     trainer.remove_callback(PrinterCallback)  # progress goes to on_event, not to stdout
     on_event(TrainEvent("stage", "Training"))
-    result = trainer.train(resume_from_checkpoint=_latest_checkpoint(workdir) if job.resume else None)
+    checkpoint = latest_checkpoint(workdir) if job.resume else None
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if stop is not None and stop.is_set():
         raise TrainingInterrupted(
             f"Training stopped at step {trainer.state.global_step}; checkpoint kept in {workdir}. "
@@ -256,9 +257,13 @@ def _estimated_steps(trainer_config: dict[str, Any], n_train: int) -> int:
     return max(1, math.ceil(n_train / per_step) * math.ceil(float(trainer_config.get("num_train_epochs", 1))))
 
 
-def _latest_checkpoint(workdir: Path) -> str | None:
-    checkpoints = sorted((workdir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1]))
-    return str(checkpoints[-1]) if checkpoints else None
+def latest_checkpoint(workdir: Path) -> Path | None:
+    """The newest complete checkpoint; a process killed while saving leaves one without its state file.
+
+    The Trainer writes `trainer_state.json` last, so its presence marks a checkpoint as complete.
+    """
+    complete = [p for p in (workdir / "checkpoints").glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(complete, key=lambda p: int(p.name.rsplit("-", 1)[-1]), default=None)
 
 
 def _metrics(trainer: Trainer, train_metrics: dict[str, Any], eval_loss: float | None, tokens: int) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from tuneloom.store.artifacts import Artifacts
 from tuneloom.store.db import Database
 from tuneloom.store.models import ModelVersion, TrainingStatus
 from tuneloom.store.registry import get_model_version_by_id
+from tuneloom.train.recipe import latest_checkpoint
 from tuneloom.worker.child import RunSpec, run_child
 
 STOP_GRACE_S = 120.0  # a checkpoint of a big model takes a while; after this the child is killed
@@ -166,7 +167,9 @@ class WorkerSlot:
             telemetry.append_logs(self.db, job.id, [("info", "training finished; model version saved")])
             self.artifacts.remove(self.artifacts.relative(self.artifacts.checkpoint_dir(job.id)))
         elif kind == "stopped" or (kind == "crashed" and self.shutdown.is_set()):
-            jobs.release(self.db, job.id, self.worker_id, "worker shut down; the run resumes from its checkpoint")
+            message = "worker shut down; the run resumes from its checkpoint"
+            telemetry.append_logs(self.db, job.id, [("warning", message)])
+            jobs.release(self.db, job.id, self.worker_id, message)
         elif kind == "error":
             if payload.get("trace"):
                 telemetry.append_logs(self.db, job.id, [("error", payload["trace"])])
@@ -205,8 +208,8 @@ class WorkerSlot:
         )
 
     def _start_message(self, job: ModelVersion) -> str:
-        checkpoints = sorted(self.artifacts.checkpoint_dir(job.id).glob("checkpoints/checkpoint-*"))
-        resumed = f"; resuming from {checkpoints[-1].name}" if checkpoints else ""
+        checkpoint = latest_checkpoint(self.artifacts.checkpoint_dir(job.id))
+        resumed = f"; resuming from {checkpoint.name}" if checkpoint else ""
         return f"attempt {job.attempts} of {job.max_attempts} on worker {self.worker_id}{resumed}"
 
 
