@@ -16,6 +16,7 @@ from tuneloom.errors import (
 )
 from tuneloom.server.context import ServerContext
 from tuneloom.server.routes import apps, datasets, models, openai_compat, predict
+from tuneloom.web import mount_web
 
 STATUS_BY_ERROR: tuple[tuple[type[TuneloomError], int], ...] = (
     (NotFoundError, 404),
@@ -36,6 +37,7 @@ def create_app(ctx: ServerContext) -> FastAPI:
     app.include_router(models.templates_router)
     app.include_router(predict.router)
     app.include_router(openai_compat.router)
+    mount_web(app)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

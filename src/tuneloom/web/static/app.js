@@ -1,0 +1,432 @@
+/**
+ * tuneloom web console: hash router, API helper, DOM helper. No build step, no third-party code.
+ *
+ * Page modules live in ./pages/*.js, import what they need from this module and call
+ * `registerPage(pattern, render)`; this module imports them (dynamically, after its own exports
+ * exist) and then starts the router. A page's `render(ctx)` fills `ctx.main`; `ctx.params` holds
+ * the pattern's `:names`, `ctx.query` the hash's query string, `ctx.signal` aborts when the user
+ * navigates away (pass it to `api` / `streamSSE` / timers).
+ *
+ * Routes (hash): #/ sign-in (when no key) · #/apps · #/apps/:app/datasets · #/apps/:app/datasets/:dataset
+ *   · #/apps/:app/models · #/apps/:app/models/new · #/apps/:app/models/:model
+ *   · #/apps/:app/models/:model/versions/:version · #/apps/:app/generate · #/apps/:app/compare
+ *
+ * Stable names for tests (accessible name → data-testid):
+ *   Sign-in:  label "API key" (input, testid "api-key") · button "Sign in" ("sign-in") · error ("sign-in-error")
+ *   Top bar:  button "Sign out" ("sign-out")
+ *   Sidebar:  links "Datasets", "Models", "Generate", "Compare" (testid "nav-datasets", "nav-models", …)
+ *   Apps:     label "App id" ("app-id") · label "Name" ("app-name") · button "Create app" ("create-app")
+ *             · table "Apps" ("apps-table", each row a link named by the app id) · button "Delete <id>" ("delete-app-<id>")
+ *   Datasets: label "Dataset id" ("dataset-id") · button "Create dataset" ("create-dataset")
+ *             · table ("datasets-table", rows link to the dataset by its id)
+ *   Dataset:  label "Choose a file" (file input, "upload-input"), drop zone ("drop-zone")
+ *             · upload progress <progress> ("upload-progress") · report ("upload-report"):
+ *               counts ("valid-count", "invalid-count"), label "Invalid data tolerance (%)" ("tolerance"),
+ *               verdict ("tolerance-verdict", text "Within tolerance" / "Over tolerance"),
+ *               table "Invalid rows" ("invalid-rows": Line, Reason, Excerpt)
+ *             · link "Download CSV template" ("csv-template") · preview ("preview", each example "example";
+ *               prompt part ".prompt" labelled "Prompt — masked from the loss", completion ".completion" labelled "Completion — trained")
+ *             · button "Create version" ("create-version") · table "Versions" ("versions-table")
+ *   Models:   link "Add model" ("add-model") · table ("models-table", rows link by model id)
+ *   New model: button "Text Generator (text-to-text)" ("type-text-to-text") · label "Model id" ("model-id")
+ *             · label "Dataset" ("dataset") · label "Dataset version" ("dataset-version")
+ *             · label "Invalid data tolerance (%)" ("tolerance") · label "Template" ("template"), info ("template-info")
+ *             · labels "model_config", "quantization_config", "peft_config", "tokenizer_config", "trainer_config"
+ *               (textareas, testid "setting-<name>", each with an error line "setting-<name>-error")
+ *             · button "Train" ("train") · form error ("form-error")
+ *   Model:    table "Versions" ("model-versions-table", rows link by version id) · link "Train a new version"
+ *   Version:  status ("status-name", "status-code", "status-message") · <progress> ("train-progress"), "progress-text"
+ *             · chart ("loss-chart", an <svg> with a path per series; series "train loss", "eval loss")
+ *             · logs ("logs") · button "Cancel training" ("cancel") · metrics ("metrics")
+ *             · table "Evaluation" ("evaluation-table": Example, Expected, Generated, Match)
+ *   Generate / Compare: see pages/generate.js and pages/compare.js.
+ */
+
+const KEY_STORAGE = "tuneloom.apiKey";
+const routes = [];
+let current = null; // {controller}
+
+export const getKey = () => sessionStorage.getItem(KEY_STORAGE);
+export const setKey = (key) => sessionStorage.setItem(KEY_STORAGE, key);
+export const clearKey = () => sessionStorage.removeItem(KEY_STORAGE);
+
+/** An API error: `message` is the server's, with `status`, `code`, `key` (the bad setting) and `details`. */
+export class ApiError extends Error {
+  constructor(status, body) {
+    const detail = body && body.detail;
+    let message = (body && body.message) || (typeof detail === "string" ? detail : "") || `HTTP ${status}`;
+    let key = (body && body.details && body.details.key) || null;
+    if (Array.isArray(detail) && detail.length) {
+      // FastAPI request validation: [{loc: ["body", "trainer_config"], msg}]
+      const loc = (detail[0].loc || []).filter((p) => p !== "body");
+      message = `${loc.join(".") || "request"}: ${detail[0].msg}`;
+      key = key || loc.join(".") || null;
+    }
+    super(message);
+    this.status = status;
+    this.code = (body && body.code) || null;
+    this.key = key;
+    this.details = (body && body.details) || null;
+  }
+}
+
+function authHeaders(extra = {}) {
+  const key = getKey();
+  return key ? { Authorization: `Key ${key}`, ...extra } : extra;
+}
+
+async function failure(response) {
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    body = null;
+  }
+  if (response.status === 401 && getKey()) {
+    clearKey();
+    setTimeout(() => route(), 0); // back to sign-in, with the reason shown there
+    toast("Your key was refused; sign in again.");
+  }
+  return new ApiError(response.status, body);
+}
+
+/** Call the API: `api("/api/apps", {method: "POST", body: {id}})`. JSON in and out; throws ApiError. */
+export async function api(path, { method = "GET", body, signal, raw = false } = {}) {
+  const init = { method, headers: authHeaders(), signal };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init);
+  if (!response.ok) throw await failure(response);
+  if (raw) return response;
+  if (response.status === 204) return null;
+  return response.json();
+}
+
+/**
+ * Read a server-sent-event stream with fetch (EventSource cannot send the Authorization header).
+ * `onEvent(name, data)` gets each event ("message" when unnamed; data JSON-parsed when it parses).
+ * Resolves when the stream ends; rejects with ApiError on an error status.
+ */
+export async function streamSSE(path, { method = "GET", body, signal, onEvent }) {
+  const init = { method, headers: authHeaders({ Accept: "text/event-stream" }), signal };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init);
+  if (!response.ok) throw await failure(response);
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  let event = "message";
+  let data = [];
+  const dispatch = () => {
+    if (data.length) {
+      const text = data.join("\n");
+      let parsed = text;
+      try {
+        parsed = JSON.parse(text);
+      } catch {
+        parsed = text;
+      }
+      onEvent(event, parsed);
+    }
+    event = "message";
+    data = [];
+  };
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += value;
+    let nl;
+    while ((nl = buffer.indexOf("\n")) >= 0) {
+      const line = buffer.slice(0, nl).replace(/\r$/, "");
+      buffer = buffer.slice(nl + 1);
+      if (line === "") dispatch();
+      else if (line.startsWith(":")) continue;
+      else {
+        const colon = line.indexOf(":");
+        const field = colon < 0 ? line : line.slice(0, colon);
+        const val = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+        if (field === "event") event = val;
+        else if (field === "data") data.push(val);
+      }
+    }
+  }
+  dispatch();
+}
+
+/**
+ * Upload a file with progress (XMLHttpRequest: fetch has no upload progress).
+ * Resolves with the parsed JSON answer; rejects with ApiError.
+ */
+export function upload(path, file, { onProgress, signal } = {}) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", path);
+    const key = getKey();
+    if (key) xhr.setRequestHeader("Authorization", `Key ${key}`);
+    xhr.setRequestHeader("Content-Type", "application/octet-stream");
+    xhr.upload.onprogress = (e) => onProgress && e.lengthComputable && onProgress(e.loaded, e.total);
+    xhr.onload = () => {
+      let body = null;
+      try {
+        body = JSON.parse(xhr.responseText);
+      } catch {
+        body = null;
+      }
+      if (xhr.status >= 200 && xhr.status < 300) resolve(body);
+      else reject(new ApiError(xhr.status, body));
+    };
+    xhr.onerror = () => reject(new Error("the upload failed: the server could not be reached"));
+    xhr.onabort = () => reject(new DOMException("aborted", "AbortError"));
+    if (signal) signal.addEventListener("abort", () => xhr.abort());
+    xhr.send(file);
+  });
+}
+
+/** Create an element: h("button", {type: "button", onclick, dataset: {testid: "x"}}, "Text", child…). */
+export function h(tag, attrs = {}, ...children) {
+  const svg = tag.startsWith("svg:");
+  const el = svg ? document.createElementNS("http://www.w3.org/2000/svg", tag.slice(4)) : document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name.startsWith("on") && typeof value === "function") el.addEventListener(name.slice(2), value);
+    else if (name === "dataset") Object.assign(el.dataset, value);
+    else if (name === "style" && typeof value === "object") Object.assign(el.style, value);
+    else if (name === "testid") el.setAttribute("data-testid", value);
+    else if (!svg && name in el && typeof value !== "string" && name !== "list") el[name] = value;
+    else if (!svg && (name === "value" || name === "checked" || name === "disabled")) el[name] = value;
+    else el.setAttribute(name === "className" ? "class" : name, value === true ? "" : String(value));
+  }
+  append(el, children);
+  return el;
+}
+
+function append(el, children) {
+  for (const child of children.flat(Infinity)) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : String(child));
+  }
+}
+
+/** Replace an element's children. */
+export function fill(el, ...children) {
+  el.replaceChildren();
+  append(el, children);
+  return el;
+}
+
+/** A message box for an error (role=alert) — empty when `err` is null. */
+export function errorBox(err, testid = "error") {
+  if (!err) return h("div", { testid, hidden: true });
+  const text = err.key && !String(err.message).includes(err.key) ? `${err.message} (key '${err.key}')` : err.message;
+  return h("div", { className: "error", role: "alert", testid }, text);
+}
+
+export function toast(text) {
+  const box = document.getElementById("toast");
+  if (!box) return;
+  box.textContent = text;
+  box.classList.add("show");
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => box.classList.remove("show"), 4000);
+}
+
+export const enc = encodeURIComponent;
+export const appPath = (app) => `/api/apps/${enc(app)}`;
+
+export function fmtDate(iso) {
+  if (!iso) return "—";
+  const d = new Date(iso.endsWith("Z") || /[+-]\d\d:\d\d$/.test(iso) ? iso : `${iso}Z`);
+  return Number.isNaN(d.getTime()) ? iso : d.toLocaleString();
+}
+
+export function fmtNum(x, digits = 4) {
+  if (x === null || x === undefined || x === "") return "—";
+  if (typeof x !== "number") return String(x);
+  if (Number.isInteger(x)) return x.toLocaleString();
+  return Math.abs(x) >= 1000 ? x.toFixed(0) : Number(x.toPrecision(digits)).toString();
+}
+
+export function fmtDuration(s) {
+  if (s === null || s === undefined) return "—";
+  s = Math.round(s);
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+}
+
+/** A simple table: columns [{label, cell: (row) => node|string, className?}]. */
+export function table(rows, columns, { caption, testid, empty = "Nothing here yet." } = {}) {
+  if (!rows.length) return h("p", { className: "muted", testid: testid && `${testid}-empty` }, empty);
+  return h(
+    "div",
+    { className: "table-wrap" },
+    h(
+      "table",
+      { testid },
+      caption ? h("caption", {}, caption) : null,
+      h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col", className: c.className }, c.label)))),
+      h(
+        "tbody",
+        {},
+        rows.map((row) => h("tr", {}, columns.map((c) => h("td", { className: c.className }, c.cell(row))))),
+      ),
+    ),
+  );
+}
+
+export function link(href, text, attrs = {}) {
+  return h("a", { href, ...attrs }, text);
+}
+
+export function pageHeader(title, ...actions) {
+  document.title = `${title} · tuneloom`;
+  return h("div", { className: "page-head" }, h("h1", {}, title), actions.length ? h("div", { className: "actions" }, actions) : null);
+}
+
+/** Register a page: `registerPage("/apps/:app/generate", render, {title})`. Later registrations win. */
+export function registerPage(pattern, render) {
+  const names = [];
+  const source = pattern
+    .split("/")
+    .map((part) => {
+      if (!part.startsWith(":")) return part.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+      names.push(part.slice(1));
+      return "([^/]+)";
+    })
+    .join("/");
+  routes.unshift({ pattern, regex: new RegExp(`^${source}/?$`), names, render });
+}
+
+export function navigate(path) {
+  if (location.hash === `#${path}`) route();
+  else location.hash = path;
+}
+
+const SECTIONS = [
+  ["datasets", "Datasets"],
+  ["models", "Models"],
+  ["generate", "Generate"],
+  ["compare", "Compare"],
+];
+
+function renderChrome(path, params) {
+  const account = document.getElementById("account");
+  fill(
+    account,
+    getKey()
+      ? h(
+          "button",
+          {
+            type: "button",
+            className: "link-button",
+            testid: "sign-out",
+            onclick: () => {
+              clearKey();
+              navigate("/");
+            },
+          },
+          "Sign out",
+        )
+      : null,
+  );
+  const crumbs = document.getElementById("crumbs");
+  const parts = [];
+  if (getKey()) parts.push(link("#/apps", "Apps"));
+  if (params.app) parts.push(link(`#/apps/${enc(params.app)}/datasets`, params.app));
+  if (params.model) parts.push(link(`#/apps/${enc(params.app)}/models/${enc(params.model)}`, params.model));
+  if (params.dataset) parts.push(h("span", {}, params.dataset));
+  fill(crumbs, parts.map((p, i) => [i ? h("span", { className: "sep", "aria-hidden": "true" }, "/") : null, p]));
+  const sidebar = document.getElementById("sidebar");
+  if (!params.app) {
+    sidebar.hidden = true;
+    fill(sidebar);
+    return;
+  }
+  sidebar.hidden = false;
+  const section = path.split("/")[3] || "datasets";
+  fill(
+    sidebar,
+    h("p", { className: "sidebar-app" }, h("span", { className: "muted" }, "App "), h("strong", {}, params.app)),
+    h(
+      "ul",
+      {},
+      SECTIONS.map(([id, label]) =>
+        h(
+          "li",
+          {},
+          h(
+            "a",
+            {
+              href: `#/apps/${enc(params.app)}/${id}`,
+              testid: `nav-${id}`,
+              "aria-current": section === id ? "page" : null,
+            },
+            label,
+          ),
+        ),
+      ),
+    ),
+  );
+}
+
+async function route() {
+  if (current) current.controller.abort();
+  const controller = new AbortController();
+  current = { controller };
+  const main = document.getElementById("main");
+  let [path, queryString = ""] = (location.hash.replace(/^#/, "") || "/").split("?");
+  if (!getKey()) path = "/";
+  else if (path === "/" || path === "") path = "/apps";
+  let match = null;
+  for (const r of routes) {
+    const m = r.regex.exec(path);
+    if (m) {
+      const params = {};
+      r.names.forEach((n, i) => (params[n] = decodeURIComponent(m[i + 1])));
+      match = { r, params };
+      break;
+    }
+  }
+  const params = match ? match.params : {};
+  renderChrome(path, params);
+  fill(main);
+  if (!match) {
+    fill(main, pageHeader("Not found"), h("p", {}, "There is no page here. ", link("#/apps", "Back to the apps.")));
+    return;
+  }
+  try {
+    await match.r.render({
+      main,
+      params,
+      query: new URLSearchParams(queryString),
+      signal: controller.signal,
+      path,
+    });
+  } catch (err) {
+    if (err.name === "AbortError" || controller.signal.aborted) return;
+    console.error(err);
+    main.append(errorBox(err, "page-error"));
+  }
+}
+
+/** A focusable main for keyboard users after navigation. */
+function focusMain() {
+  const main = document.getElementById("main");
+  if (main && document.activeElement === document.body) main.focus({ preventScroll: true });
+}
+
+async function start() {
+  await Promise.all(
+    ["signin", "apps", "datasets", "dataset", "models", "model_new", "model", "version", "generate", "compare"].map(
+      (name) => import(`./pages/${name}.js`),
+    ),
+  );
+  window.addEventListener("hashchange", () => route().then(focusMain));
+  await route();
+}
+
+start();

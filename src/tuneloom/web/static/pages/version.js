@@ -1,0 +1,5 @@
+import { h, pageHeader, registerPage } from "../app.js";
+
+registerPage("/apps/:app/version", ({ main }) => {
+  main.append(pageHeader("version"), h("p", {}, "Coming."));
+});
