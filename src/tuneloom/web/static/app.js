@@ -287,7 +287,7 @@ export function pageHeader(title, ...actions) {
   return h("div", { className: "page-head" }, h("h1", {}, title), actions.length ? h("div", { className: "actions" }, actions) : null);
 }
 
-/** Register a page: `registerPage("/apps/:app/generate", render, {title})`. Later registrations win. */
+/** Register a page: `registerPage("/apps/:app/generate", render)`. Fixed segments win over `:params`; re-registering a pattern replaces it. */
 export function registerPage(pattern, render) {
   const names = [];
   const source = pattern
@@ -298,7 +298,10 @@ export function registerPage(pattern, render) {
       return "([^/]+)";
     })
     .join("/");
-  routes.unshift({ pattern, regex: new RegExp(`^${source}/?$`), names, render });
+  const i = routes.findIndex((r) => r.pattern === pattern);
+  if (i >= 0) routes.splice(i, 1);
+  routes.push({ pattern, regex: new RegExp(`^${source}/?$`), names, render });
+  routes.sort((a, b) => a.names.length - b.names.length); // "/models/new" before "/models/:model"
 }
 
 export function navigate(path) {

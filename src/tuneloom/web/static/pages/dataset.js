@@ -1,5 +1,263 @@
-import { h, pageHeader, registerPage } from "../app.js";
+// One dataset: upload (drag-and-drop or file picker, with progress), the validation report,
+// a preview of the examples (prompt masked from the loss vs completion trained), versions.
+import {
+  api,
+  appPath,
+  enc,
+  errorBox,
+  fill,
+  fmtDate,
+  fmtNum,
+  h,
+  pageHeader,
+  registerPage,
+  table,
+  toast,
+  upload,
+} from "../app.js";
 
-registerPage("/apps/:app/dataset", ({ main }) => {
-  main.append(pageHeader("dataset"), h("p", {}, "Coming."));
+const DEFAULT_TOLERANCE = 5;
+const PREVIEW = 5;
+const lastReports = new Map(); // "app/dataset" → the last upload's report, while this tab lives
+
+function reportView(report, toleranceHolder) {
+  const tolerance = h("input", {
+    id: "tolerance",
+    type: "number",
+    min: 0,
+    max: 100,
+    step: "any",
+    value: String(toleranceHolder.value),
+    testid: "tolerance",
+    "aria-describedby": "tolerance-verdict",
+  });
+  const verdict = h("p", { id: "tolerance-verdict", testid: "tolerance-verdict", "aria-live": "polite" });
+  const update = () => {
+    const limit = Number(tolerance.value);
+    toleranceHolder.value = Number.isFinite(limit) ? limit : DEFAULT_TOLERANCE;
+    const within = report.invalid_percent <= toleranceHolder.value;
+    fill(
+      verdict,
+      h("span", { className: `badge ${within ? "ok" : "bad"}` }, within ? "Within tolerance" : "Over tolerance"),
+      ` ${fmtNum(report.invalid_percent, 3)}% of the rows are invalid; training allows up to ${fmtNum(toleranceHolder.value)}%.`,
+    );
+  };
+  tolerance.addEventListener("input", update);
+  update();
+  return h(
+    "section",
+    { className: "panel", testid: "upload-report", "aria-labelledby": "report-title" },
+    h("h2", { id: "report-title" }, `Validation report — ${report.source_file}`),
+    h(
+      "div",
+      { className: "stats" },
+      h("div", { className: "stat" }, h("strong", { testid: "valid-count" }, fmtNum(report.valid_rows)), "valid rows"),
+      h("div", { className: "stat" }, h("strong", { testid: "invalid-count" }, fmtNum(report.invalid_rows)), "invalid rows"),
+      h("div", { className: "stat" }, h("strong", {}, fmtNum(report.total_rows)), "rows read"),
+      h("div", { className: "stat" }, h("strong", {}, report.format), "format"),
+    ),
+    h("div", { className: "inline-form" }, h("div", {}, h("label", { for: "tolerance" }, "Invalid data tolerance (%)"), tolerance)),
+    verdict,
+    report.invalid.length
+      ? table(
+          report.invalid,
+          [
+            { label: "Line", cell: (r) => String(r.line), className: "num" },
+            { label: "Reason", cell: (r) => r.reason, className: "text" },
+            { label: "Excerpt", cell: (r) => h("code", {}, r.excerpt || ""), className: "text" },
+          ],
+          { caption: "Invalid rows", testid: "invalid-rows" },
+        )
+      : h("p", { testid: "invalid-rows-empty" }, "Every row is valid."),
+  );
+}
+
+function exampleView(item) {
+  return h(
+    "article",
+    { className: "example", testid: "example", "aria-label": `Example from line ${item.line}` },
+    h(
+      "div",
+      { className: "part prompt" },
+      h("span", { className: "tag" }, "Prompt — masked from the loss"),
+      h("span", { className: "text" }, item.prompt),
+    ),
+    h(
+      "div",
+      { className: "part completion" },
+      h("span", { className: "tag" }, "Completion — trained"),
+      h("span", { className: "text" }, item.completion),
+    ),
+  );
+}
+
+function stateBadge(state) {
+  const kind = state === "READY" ? "ok" : state === "FAILURE" ? "bad" : "run";
+  return h("span", { className: `badge ${kind}` }, state);
+}
+
+function range(r) {
+  return r ? `${fmtNum(r.min)} / ${fmtNum(r.mean)} / ${fmtNum(r.max)}` : "—";
+}
+
+async function downloadTemplate(e) {
+  e.preventDefault();
+  try {
+    const response = await api("/api/csv-template", { raw: true });
+    const url = URL.createObjectURL(await response.blob());
+    const a = h("a", { href: url, download: "tuneloom-template.csv", hidden: true });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  } catch (err) {
+    toast(err.message);
+  }
+}
+
+registerPage("/apps/:app/datasets/:dataset", async ({ main, params, signal }) => {
+  const base = `${appPath(params.app)}/datasets/${enc(params.dataset)}`;
+  const reportKey = `${params.app}/${params.dataset}`;
+  const tolerance = { value: DEFAULT_TOLERANCE };
+  await api(base, { signal }); // 404 → the page says so
+
+  const reportBox = h("div");
+  const previewBox = h("div", { testid: "preview" });
+  const versionsBox = h("div");
+  const uploadError = h("div");
+  const progress = h("progress", { max: 100, value: 0, testid: "upload-progress", "aria-label": "Upload progress", hidden: true });
+  const progressText = h("p", { className: "muted", "aria-live": "polite", testid: "upload-progress-text" });
+  const fileInput = h("input", {
+    id: "upload-input",
+    type: "file",
+    accept: ".csv,.txt,.jsonl,.json,text/csv,text/plain,application/jsonl",
+    testid: "upload-input",
+  });
+
+  async function send(file) {
+    if (!file) return;
+    fill(uploadError);
+    progress.hidden = false;
+    progress.value = 0;
+    fill(progressText, `Uploading ${file.name}…`);
+    try {
+      const report = await upload(`${base}/uploads?filename=${enc(file.name)}&format=auto`, file, {
+        signal,
+        onProgress: (loaded, total) => {
+          const pct = total ? Math.round((loaded / total) * 100) : 0;
+          progress.value = pct;
+          fill(progressText, `Uploading ${file.name}: ${pct}% (${fmtNum(loaded)} of ${fmtNum(total)} bytes)`);
+        },
+      });
+      progress.value = 100;
+      fill(progressText, `Uploaded ${file.name}: ${report.valid_rows} valid, ${report.invalid_rows} invalid rows.`);
+      lastReports.set(reportKey, report);
+      fill(reportBox, reportView(report, tolerance));
+      await loadPreview();
+    } catch (err) {
+      if (err.name === "AbortError") return;
+      progress.hidden = true;
+      fill(progressText);
+      fill(uploadError, errorBox(err, "upload-error"));
+    } finally {
+      fileInput.value = "";
+    }
+  }
+
+  fileInput.addEventListener("change", () => send(fileInput.files[0]));
+  const drop = h(
+    "div",
+    { className: "dropzone", testid: "drop-zone" },
+    h("p", { id: "drop-help" }, h("strong", {}, "Drop a file here"), " or choose one: CSV template, sectioned TXT, or JSONL."),
+    h("label", { for: "upload-input" }, "Choose a file"),
+    fileInput,
+  );
+  fileInput.setAttribute("aria-describedby", "drop-help");
+  drop.addEventListener("dragover", (e) => {
+    e.preventDefault();
+    drop.classList.add("over");
+  });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    const file = e.dataTransfer && e.dataTransfer.files[0];
+    if (file) send(file);
+  });
+
+  async function loadPreview() {
+    const page = await api(`${base}/inputs?limit=${PREVIEW}`, { signal });
+    fill(
+      previewBox,
+      h("h2", {}, "Preview"),
+      page.items.length
+        ? [
+            h(
+              "p",
+              { className: "muted" },
+              `The first ${page.items.length} of ${fmtNum(page.total)} examples. The prompt is context only (masked from the loss); the model learns to write the completion.`,
+            ),
+            page.items.map(exampleView),
+          ]
+        : h("p", { className: "muted" }, "No examples yet: upload a file."),
+    );
+  }
+
+  async function loadVersions() {
+    const versions = await api(`${base}/versions`, { signal });
+    fill(
+      versionsBox,
+      table(
+        versions,
+        [
+          { label: "Version", cell: (v) => h("code", {}, v.id) },
+          { label: "State", cell: (v) => [stateBadge(v.state), v.message ? h("div", { className: "field-help" }, v.message) : null] },
+          { label: "Examples", cell: (v) => fmtNum(v.example_count), className: "num" },
+          { label: "Tokens min / mean / max", cell: (v) => range(v.stats && v.stats.tokens) },
+          { label: "Content hash", cell: (v) => (v.content_hash ? h("code", { title: v.content_hash }, v.content_hash.slice(0, 12)) : "—") },
+          { label: "Created", cell: (v) => fmtDate(v.created_at) },
+        ],
+        { caption: "Versions", testid: "versions-table", empty: "No versions yet. Create one to train on this data." },
+      ),
+    );
+    if (versions.some((v) => v.state === "PENDING" || v.state === "IN_PROGRESS")) {
+      setTimeout(() => signal.aborted || loadVersions().catch(() => {}), 1000);
+    }
+  }
+
+  const createButton = h("button", { type: "button", testid: "create-version" }, "Create version");
+  const versionError = h("div");
+  createButton.addEventListener("click", async () => {
+    createButton.disabled = true;
+    fill(versionError);
+    try {
+      const v = await api(`${base}/versions`, { method: "POST", signal });
+      toast(`Version ${v.id}: ${v.state}`);
+      await loadVersions();
+    } catch (err) {
+      fill(versionError, errorBox(err, "create-version-error"));
+    } finally {
+      createButton.disabled = false;
+    }
+  });
+
+  main.append(
+    pageHeader(
+      `Dataset ${params.dataset}`,
+      h("a", { href: "/api/csv-template", className: "button secondary", testid: "csv-template", onclick: downloadTemplate }, "Download CSV template"),
+    ),
+    h("section", { className: "panel", "aria-labelledby": "upload-title" }, h("h2", { id: "upload-title" }, "Upload"), drop, progress, progressText, uploadError),
+    reportBox,
+    previewBox,
+    h(
+      "section",
+      { "aria-labelledby": "versions-title" },
+      h("div", { className: "page-head" }, h("h2", { id: "versions-title" }, "Versions"), createButton),
+      h("p", { className: "muted" }, "A version is an immutable snapshot of the valid examples; models train on versions."),
+      versionError,
+      versionsBox,
+    ),
+  );
+  if (lastReports.has(reportKey)) fill(reportBox, reportView(lastReports.get(reportKey), tolerance));
+  await Promise.all([loadPreview(), loadVersions()]);
 });

@@ -1,6 +1,373 @@
-// Placeholder: the Generate playground (helper D replaces this file).
-import { h, pageHeader, registerPage } from "../app.js";
+/**
+ * Generate: a playground for a trained model version.
+ *
+ * One input → streamed token by token from POST …/models/{id}/generate (server-sent events read with
+ * fetch; the Stop button aborts the request, and the server stops generating when the client goes).
+ * Several inputs (one per line) → one POST …/models/{id}/predict, results in a table.
+ *
+ * URL: #/apps/:app/generate?model=ID&version=ID (both optional; version defaults to the latest trained).
+ *
+ * Stable names for tests (accessible name → data-testid):
+ *   label "Model" ("gen-model") · label "Version" ("gen-version", first option "Latest trained")
+ *   · label "Inputs" ("gen-inputs", one input per line) · checkbox "Send the whole text as one input" ("gen-one-input")
+ *   · parameters: labels "max_tokens", "temperature", "top_p", "top_k", "num_beams", "do_sample",
+ *     "return_full_text", "system_prompt", "stop" (testid "param-<name>")
+ *   · button "Generate" ("generate") · button "Stop" ("stop") · status line ("gen-status")
+ *   · streamed output ("gen-output", aria-live) · results table ("gen-results": Input, Output, Finish, Tokens)
+ *   · error ("gen-error")
+ */
+import { api, appPath, enc, errorBox, fill, fmtDate, h, link, pageHeader, registerPage, streamSSE, table } from "../app.js";
+import { useStyles } from "./playground_styles.js";
 
-registerPage("/apps/:app/generate", ({ main }) => {
-  main.append(pageHeader("Generate"), h("p", { className: "muted" }, "The playground is coming."));
+const MAX_INPUTS = 128; // the server's limit for one /predict
+
+/** The inference parameters: [name, kind, default, help]. Defaults are the server's. */
+export const PARAMS = [
+  ["max_tokens", "int", 64, "Most new tokens to generate (1–4096)."],
+  ["temperature", "float", 0, "0 is greedy decoding; higher is more random (0–5)."],
+  ["top_p", "float", 1, "Nucleus sampling: keep the smallest set of tokens with this much probability."],
+  ["top_k", "int", 0, "Keep only the k likeliest tokens (0 turns it off)."],
+  ["num_beams", "int", 1, "Beam search width (1 is no beam search)."],
+  ["do_sample", "tristate", "", "Sample instead of picking the likeliest token; automatic samples when temperature > 0."],
+  ["return_full_text", "bool", false, "Return the prompt in front of the generated text."],
+  ["system_prompt", "text", "", "Put in front of every input, as the template's system part."],
+  ["stop", "lines", "", "Stop strings, one per line: generation ends before any of them."],
+];
+
+/** The model's versions, newest first, with the trained ones marked. */
+export async function trainedVersions(app, model, signal) {
+  const versions = await api(`${appPath(app)}/models/${enc(model)}/versions`, { signal });
+  return versions.map((v) => ({ ...v, trained: v.status && v.status.name === "MODEL_TRAINED" }));
+}
+
+export function versionLabel(v) {
+  const when = fmtDate(v.finished_at || v.created_at);
+  return `${v.id} · ${v.template} · ${v.trained ? when : v.status.name}`;
+}
+
+function paramField(name, kind, value, help) {
+  const id = `param-${name}`;
+  const helpId = `${id}-help`;
+  const common = { id, name, testid: id, "aria-describedby": helpId };
+  let control;
+  if (kind === "bool") {
+    control = h("input", { ...common, type: "checkbox", checked: Boolean(value) });
+    return h(
+      "div",
+      { className: "param param-check" },
+      h("label", { for: id }, control, h("span", {}, name)),
+      h("p", { className: "field-help", id: helpId }, help),
+    );
+  }
+  if (kind === "tristate") {
+    control = h(
+      "select",
+      common,
+      h("option", { value: "" }, "automatic"),
+      h("option", { value: "true" }, "true"),
+      h("option", { value: "false" }, "false"),
+    );
+  } else if (kind === "lines" || kind === "text") {
+    control = h("textarea", { ...common, rows: 2, className: "short" });
+    control.value = value;
+  } else {
+    const attrs = kind === "int" ? { step: 1, min: 0 } : { step: "any", min: 0 };
+    control = h("input", { ...common, type: "number", inputmode: kind === "int" ? "numeric" : "decimal", ...attrs });
+    control.value = String(value);
+  }
+  return h(
+    "div",
+    { className: "param" },
+    h("label", { for: id }, name),
+    control,
+    h("p", { className: "field-help", id: helpId }, help),
+  );
+}
+
+/** Read the parameter form into an inference_params body (empty fields are left to the server). */
+export function readParams(form) {
+  const out = {};
+  for (const [name, kind] of PARAMS) {
+    const el = form.querySelector(`[name="${name}"]`);
+    if (!el) continue;
+    el.removeAttribute("aria-invalid");
+    if (kind === "bool") out[name] = el.checked;
+    else if (kind === "tristate") {
+      if (el.value) out[name] = el.value === "true";
+    } else if (kind === "lines") {
+      const stops = el.value.split("\n").filter((s) => s !== "");
+      if (stops.length) out[name] = stops;
+    } else if (kind === "text") {
+      if (el.value.trim()) out[name] = el.value;
+    } else if (el.value.trim() !== "") {
+      const n = Number(el.value);
+      out[name] = Number.isFinite(n) ? n : el.value; // the server names a bad value
+    }
+  }
+  return out;
+}
+
+registerPage("/apps/:app/generate", async ({ main, params, query, signal }) => {
+  useStyles();
+  const app = params.app;
+  const models = await api(`${appPath(app)}/models`, { signal });
+  main.append(pageHeader("Generate"));
+  if (!models.length) {
+    main.append(
+      h("p", {}, "No models yet. ", link(`#/apps/${enc(app)}/models/new`, "Add a model"), " and train it first."),
+    );
+    return;
+  }
+
+  const modelSelect = h(
+    "select",
+    { id: "gen-model", testid: "gen-model" },
+    models.map((m) => h("option", { value: m.id }, m.id)),
+  );
+  const versionSelect = h("select", { id: "gen-version", testid: "gen-version" });
+  const versionNote = h("p", { className: "field-help", id: "gen-version-help" });
+  versionSelect.setAttribute("aria-describedby", "gen-version-help");
+  const inputs = h("textarea", {
+    id: "gen-inputs",
+    testid: "gen-inputs",
+    rows: 5,
+    "aria-describedby": "gen-inputs-help",
+    placeholder: "One input per line",
+  });
+  const oneInput = h("input", { type: "checkbox", id: "gen-one-input", testid: "gen-one-input" });
+  const generateButton = h("button", { type: "submit", testid: "generate" }, "Generate");
+  const stopButton = h("button", { type: "button", className: "secondary", testid: "stop", disabled: true }, "Stop");
+  const status = h("p", { className: "gen-status muted", testid: "gen-status", role: "status" });
+  const errorSlot = h("div");
+  const output = h("div", { className: "gen-output-wrap" });
+  const requestView = h("pre", { className: "request-view" });
+  const paramFields = PARAMS.map(([name, kind, value, help]) => paramField(name, kind, value, help));
+
+  let running = null; // AbortController of the request in flight
+
+  async function loadVersions() {
+    const model = modelSelect.value;
+    fill(versionSelect, h("option", { value: "" }, "Loading…"));
+    versionSelect.disabled = true;
+    const versions = await trainedVersions(app, model, signal);
+    const trained = versions.filter((v) => v.trained);
+    const latest = trained[0];
+    fill(
+      versionSelect,
+      h("option", { value: "" }, latest ? `Latest trained (${latest.id})` : "Latest trained (none yet)"),
+      versions.map((v) => h("option", { value: v.id, disabled: !v.trained }, versionLabel(v))),
+    );
+    versionSelect.disabled = false;
+    const wanted = query.get("version");
+    if (wanted && trained.some((v) => v.id === wanted) && model === (query.get("model") || model)) {
+      versionSelect.value = wanted;
+    }
+    fill(
+      versionNote,
+      trained.length
+        ? `${trained.length} trained version${trained.length === 1 ? "" : "s"}; versions still training or failed cannot be picked.`
+        : "No trained version of this model yet: train one on the model's page.",
+    );
+    generateButton.disabled = !trained.length;
+  }
+
+  function setRunning(controller) {
+    running = controller;
+    generateButton.disabled = Boolean(controller);
+    stopButton.disabled = !controller;
+    generateButton.setAttribute("aria-busy", controller ? "true" : "false");
+  }
+
+  function showError(err) {
+    fill(errorSlot, errorBox(err, "gen-error"));
+    if (err && err.key) {
+      const field = form.querySelector(`[name="${err.key}"]`);
+      if (field) {
+        field.setAttribute("aria-invalid", "true");
+        field.focus();
+      }
+    }
+  }
+
+  function collectInputs() {
+    const text = inputs.value;
+    if (oneInput.checked) return text.trim() ? [text] : [];
+    return text.split("\n").filter((line) => line.trim() !== "");
+  }
+
+  async function streamOne(model, body, controller) {
+    const pre = h("pre", { className: "gen-output", testid: "gen-output", "aria-live": "polite", "aria-busy": "true" });
+    const cursor = h("span", { className: "cursor", "aria-hidden": "true" });
+    pre.append(cursor);
+    fill(output, h("h2", {}, "Output"), pre);
+    let pieces = 0;
+    let finished = null;
+    const started = performance.now();
+    fill(status, "Generating…");
+    await streamSSE(`${appPath(app)}/models/${enc(model)}/generate`, {
+      method: "POST",
+      body,
+      signal: controller.signal,
+      onEvent: (event, data) => {
+        if (event === "message" && data && typeof data.text === "string") {
+          cursor.before(data.text);
+          pieces += 1;
+          fill(status, `Generating… ${pieces} piece${pieces === 1 ? "" : "s"}`);
+        } else if (event === "done") {
+          finished = data;
+        } else if (event === "error") {
+          const err = new Error((data && data.message) || "generation failed");
+          err.code = data && data.code;
+          throw err;
+        }
+      },
+    });
+    cursor.remove();
+    pre.setAttribute("aria-busy", "false");
+    const seconds = ((performance.now() - started) / 1000).toFixed(1);
+    if (finished) {
+      const tokens = finished.tokens !== undefined ? `${finished.tokens} tokens · ` : "";
+      fill(
+        status,
+        `Done in ${seconds} s · ${tokens}finish reason: ${finished.finish_reason} · version ${finished.model_version_id}`,
+      );
+      pre.dataset.done = "true";
+    } else {
+      fill(status, `The stream ended after ${seconds} s without a finish.`);
+    }
+  }
+
+  async function predictMany(model, body, controller) {
+    fill(status, `Generating ${body.inputs.length} outputs…`);
+    fill(output);
+    const started = performance.now();
+    const result = await api(`${appPath(app)}/models/${enc(model)}/predict`, {
+      method: "POST",
+      body,
+      signal: controller.signal,
+    });
+    const rows = body.inputs.map((input, i) => ({ input, ...result.outputs[i] }));
+    fill(
+      output,
+      h("h2", {}, "Outputs"),
+      table(
+        rows,
+        [
+          { label: "#", cell: (r) => String(rows.indexOf(r) + 1), className: "num" },
+          { label: "Input", cell: (r) => r.input, className: "text" },
+          { label: "Output", cell: (r) => r.text, className: "text output-cell" },
+          { label: "Finish", cell: (r) => r.finish_reason },
+          { label: "Tokens", cell: (r) => String(r.tokens), className: "num" },
+        ],
+        { caption: `Outputs of version ${result.model_version_id}`, testid: "gen-results" },
+      ),
+    );
+    const seconds = ((performance.now() - started) / 1000).toFixed(1);
+    fill(status, `Done in ${seconds} s · ${rows.length} outputs · version ${result.model_version_id}`);
+  }
+
+  async function run() {
+    fill(errorSlot);
+    const list = collectInputs();
+    if (!list.length) {
+      showError({ message: "Type an input first (one per line for several)." });
+      inputs.focus();
+      return;
+    }
+    if (list.length > MAX_INPUTS) {
+      showError({ message: `At most ${MAX_INPUTS} inputs at once; there are ${list.length}.` });
+      return;
+    }
+    const model = modelSelect.value;
+    const inference_params = readParams(form);
+    const version = versionSelect.value || null;
+    const body =
+      list.length === 1 ? { input: list[0], version, inference_params } : { inputs: list, version, inference_params };
+    requestView.textContent = `POST ${appPath(app)}/models/${enc(model)}/${list.length === 1 ? "generate" : "predict"}\n${JSON.stringify(body, null, 2)}`;
+    const controller = new AbortController();
+    const onLeave = () => controller.abort();
+    signal.addEventListener("abort", onLeave);
+    setRunning(controller);
+    try {
+      if (list.length === 1) await streamOne(model, body, controller);
+      else await predictMany(model, body, controller);
+    } catch (err) {
+      if (err.name === "AbortError") {
+        fill(status, "Stopped.");
+        const pre = output.querySelector(".gen-output");
+        if (pre) {
+          pre.setAttribute("aria-busy", "false");
+          pre.dataset.done = "stopped";
+          const cursor = pre.querySelector(".cursor");
+          if (cursor) cursor.remove();
+        }
+      } else {
+        fill(status, "Failed.");
+        showError(err);
+      }
+    } finally {
+      signal.removeEventListener("abort", onLeave);
+      setRunning(null);
+    }
+  }
+
+  stopButton.addEventListener("click", () => running && running.abort());
+  modelSelect.addEventListener("change", () => loadVersions().catch(showError));
+  inputs.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
+      e.preventDefault();
+      if (!running) form.requestSubmit();
+    }
+  });
+
+  const form = h(
+    "form",
+    {
+      className: "playground",
+      onsubmit: (e) => {
+        e.preventDefault();
+        if (!running) run();
+      },
+    },
+    h(
+      "section",
+      { className: "panel" },
+      h("h2", {}, "Model"),
+      h(
+        "div",
+        { className: "grid2" },
+        h("div", {}, h("label", { for: "gen-model" }, "Model"), modelSelect),
+        h("div", {}, h("label", { for: "gen-version" }, "Version"), versionSelect, versionNote),
+      ),
+    ),
+    h(
+      "section",
+      { className: "panel" },
+      h("h2", {}, h("label", { for: "gen-inputs", className: "h2-label" }, "Inputs")),
+      inputs,
+      h(
+        "p",
+        { className: "field-help", id: "gen-inputs-help" },
+        "One input streams its output as it is generated; several (one per line) come back together in a table. Ctrl+Enter generates.",
+      ),
+      h("label", { for: "gen-one-input", className: "check" }, oneInput, " Send the whole text as one input"),
+      h("div", { className: "actions gen-actions" }, generateButton, stopButton),
+      status,
+      errorSlot,
+    ),
+    output,
+    h(
+      "details",
+      { className: "panel params-panel", open: true },
+      h("summary", {}, "Inference parameters"),
+      h("div", { className: "param-grid" }, paramFields),
+    ),
+    h("details", { className: "panel" }, h("summary", {}, "The request"), requestView),
+  );
+
+  main.append(form);
+  const wantedModel = query.get("model");
+  if (wantedModel && models.some((m) => m.id === wantedModel)) modelSelect.value = wantedModel;
+  await loadVersions();
+  inputs.focus({ preventScroll: true });
 });

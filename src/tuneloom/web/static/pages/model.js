@@ -1,5 +1,72 @@
-import { h, pageHeader, registerPage } from "../app.js";
+// One model: its versions (training runs) with status, code, dates and a metrics summary.
+import { api, appPath, enc, fill, fmtDate, fmtNum, h, link, pageHeader, registerPage, table, toast, navigate } from "../app.js";
 
-registerPage("/apps/:app/model", ({ main }) => {
-  main.append(pageHeader("model"), h("p", {}, "Coming."));
+export const FINAL = new Set([
+  "MODEL_TRAINED",
+  "MODEL_TRAINING_FAILED",
+  "MODEL_TRAINING_INVALID_PARAMS",
+  "MODEL_TRAINING_INVALID_DATA_TOLERANCE_EXCEEDED",
+  "MODEL_TRAINING_CANCELLED",
+]);
+
+export function statusBadge(status) {
+  const name = status.name;
+  const kind = name === "MODEL_TRAINED" ? "ok" : FINAL.has(name) ? (name === "MODEL_TRAINING_CANCELLED" ? "warn" : "bad") : "run";
+  return h("span", { className: `badge ${kind}`, testid: "status-badge" }, name);
+}
+
+export function metricsSummary(m) {
+  if (!m) return "—";
+  const parts = [];
+  if (m.train_loss !== undefined) parts.push(`train loss ${fmtNum(m.train_loss)}`);
+  if (m.eval_loss !== undefined) parts.push(`eval loss ${fmtNum(m.eval_loss)}`);
+  if (m.perplexity !== undefined) parts.push(`perplexity ${fmtNum(m.perplexity)}`);
+  if (m.exact_match !== undefined) parts.push(`exact match ${fmtNum(m.exact_match)}`);
+  return parts.join(" · ") || "—";
+}
+
+registerPage("/apps/:app/models/:model", async ({ main, params, signal }) => {
+  const base = `${appPath(params.app)}/models/${enc(params.model)}`;
+  const list = h("div");
+  const model = await api(base, { signal });
+  const remove = h("button", { type: "button", className: "danger", testid: "delete-model" }, "Delete model");
+  remove.addEventListener("click", async () => {
+    if (!confirm(`Delete model '${model.id}' and all its versions?`)) return;
+    try {
+      await api(base, { method: "DELETE" });
+      navigate(`/apps/${enc(params.app)}/models`);
+    } catch (err) {
+      toast(err.message);
+    }
+  });
+  main.append(
+    pageHeader(
+      `Model ${model.id}`,
+      link(`#/apps/${enc(params.app)}/models/new?model=${enc(model.id)}`, "Train a new version", { className: "button", testid: "train-new-version" }),
+      remove,
+    ),
+    h("p", { className: "muted" }, `Text Generator (${model.model_type_id}), created ${fmtDate(model.created_at)}.`),
+    list,
+  );
+  async function load() {
+    const versions = await api(`${base}/versions`, { signal });
+    fill(
+      list,
+      table(
+        versions,
+        [
+          { label: "Version", cell: (v) => link(`#/apps/${enc(params.app)}/models/${enc(params.model)}/versions/${enc(v.id)}`, v.id) },
+          { label: "Status", cell: (v) => statusBadge(v.status) },
+          { label: "Code", cell: (v) => String(v.status.code), className: "num" },
+          { label: "Template", cell: (v) => v.template },
+          { label: "Progress", cell: (v) => (v.progress && v.progress.percent !== null ? `${fmtNum(v.progress.percent, 3)}%` : "—"), className: "num" },
+          { label: "Created", cell: (v) => fmtDate(v.created_at) },
+          { label: "Metrics", cell: (v) => metricsSummary(v.metrics) },
+        ],
+        { caption: "Versions", testid: "model-versions-table", empty: "No versions yet: train one." },
+      ),
+    );
+    if (versions.some((v) => !FINAL.has(v.status.name))) setTimeout(() => signal.aborted || load().catch(() => {}), 2000);
+  }
+  await load();
 });

@@ -1,5 +1,258 @@
-import { h, pageHeader, registerPage } from "../app.js";
+// One model version (a training run), live: status and code, progress with ETA, the loss chart
+// (train and eval loss per step), logs, cancel; once trained, its metrics and an evaluation table.
+import { lineChart } from "../chart.js";
+import {
+  api,
+  appPath,
+  enc,
+  errorBox,
+  fill,
+  fmtDate,
+  fmtDuration,
+  fmtNum,
+  h,
+  link,
+  pageHeader,
+  registerPage,
+  streamSSE,
+  table,
+} from "../app.js";
+import { FINAL, statusBadge } from "./model.js";
 
-registerPage("/apps/:app/version", ({ main }) => {
-  main.append(pageHeader("version"), h("p", {}, "Coming."));
+const METRIC_LABELS = {
+  train_loss: "Train loss",
+  eval_loss: "Eval loss",
+  perplexity: "Perplexity",
+  exact_match: "Exact match",
+  tokens_per_second: "Tokens / s",
+  train_runtime_s: "Training time (s)",
+};
+
+function metricsList(metrics) {
+  const entries = Object.entries(metrics || {}).filter(([, v]) => v === null || typeof v !== "object");
+  if (!entries.length) return h("p", { className: "muted" }, "No metrics recorded.");
+  return h(
+    "dl",
+    { className: "kv", testid: "metrics" },
+    entries.map(([k, v]) => [h("dt", {}, METRIC_LABELS[k] || k.replace(/_/g, " ")), h("dd", {}, fmtNum(v))]),
+  );
+}
+
+registerPage("/apps/:app/models/:model/versions/:version", async ({ main, params, signal }) => {
+  const base = `${appPath(params.app)}/models/${enc(params.model)}/versions/${enc(params.version)}`;
+  const first = await api(base, { signal });
+
+  const statusName = h("strong", { testid: "status-name" });
+  const statusCode = h("span", { className: "badge", testid: "status-code" });
+  const statusMessage = h("p", { testid: "status-message", className: "muted" });
+  const progress = h("progress", { max: 100, value: 0, testid: "train-progress", "aria-label": "Training progress" });
+  const progressText = h("p", { testid: "progress-text", "aria-live": "polite" });
+  const cancel = h("button", { type: "button", className: "danger", testid: "cancel" }, "Cancel training");
+  const actionError = h("div");
+  const chart = lineChart({ title: "Loss per step", xLabel: "step", yLabel: "loss", testid: "loss-chart" });
+  const logs = h("pre", { className: "logs", testid: "logs", tabindex: "0", "aria-label": "Training logs" });
+  const resultBox = h("div");
+  const details = h("div");
+  const liveNote = h("p", { className: "muted", testid: "live-note" });
+
+  const points = new Map(); // step → {loss, eval_loss}
+  const seenLogs = new Set();
+  let state = first;
+  let resultsShown = false;
+
+  function drawChart() {
+    const steps = [...points.keys()].sort((a, b) => a - b);
+    const train = steps.filter((s) => points.get(s).loss !== null && points.get(s).loss !== undefined).map((s) => [s, points.get(s).loss]);
+    const evals = steps.filter((s) => points.get(s).eval_loss !== null && points.get(s).eval_loss !== undefined).map((s) => [s, points.get(s).eval_loss]);
+    chart.update([
+      { name: "train loss", points: train },
+      { name: "eval loss", points: evals, dash: true, dots: true },
+    ]);
+  }
+
+  function addPoint(p) {
+    const old = points.get(p.step) || {};
+    points.set(p.step, {
+      loss: p.loss !== null && p.loss !== undefined ? p.loss : old.loss,
+      eval_loss: p.eval_loss !== null && p.eval_loss !== undefined ? p.eval_loss : old.eval_loss,
+    });
+  }
+
+  function addLog(line) {
+    if (seenLogs.has(line.seq)) return;
+    seenLogs.add(line.seq);
+    const atBottom = logs.scrollHeight - logs.scrollTop - logs.clientHeight < 20;
+    const level = (line.level || "info").toLowerCase();
+    logs.append(
+      h(
+        "span",
+        { className: level === "error" ? "error-line" : level === "warning" ? "warning" : "" },
+        `${line.at ? new Date(line.at).toLocaleTimeString() : ""} ${level.toUpperCase()} ${line.message}\n`,
+      ),
+    );
+    if (atBottom) logs.scrollTop = logs.scrollHeight;
+  }
+
+  function showStatus(v) {
+    state = v;
+    fill(statusName, statusBadge(v.status));
+    fill(statusCode, `code ${v.status.code}`);
+    fill(statusMessage, v.status.message || "");
+    statusMessage.hidden = !v.status.message;
+    const p = v.progress || {};
+    const final = FINAL.has(v.status.name);
+    const trained = v.status.name === "MODEL_TRAINED";
+    const pct = trained ? 100 : p.percent !== null && p.percent !== undefined ? p.percent : null;
+    if (pct === null) progress.removeAttribute("value");
+    else progress.value = pct;
+    const parts = [];
+    if (pct !== null) parts.push(`${fmtNum(pct, 3)}%`);
+    if (p.step !== null && p.step !== undefined) parts.push(`step ${p.step}${p.total_steps ? ` of ${p.total_steps}` : ""}`);
+    if (!final && p.eta_s !== null && p.eta_s !== undefined) parts.push(`about ${fmtDuration(p.eta_s)} left`);
+    if (v.status.name === "MODEL_QUEUED_FOR_TRAINING") parts.push(v.queue_position ? `number ${v.queue_position} in the queue` : "waiting for a worker");
+    if (final && v.finished_at) parts.push(`finished ${fmtDate(v.finished_at)}`);
+    fill(progressText, parts.join(" · ") || "—");
+    cancel.hidden = final;
+    fill(
+      details,
+      h(
+        "dl",
+        { className: "kv" },
+        h("dt", {}, "Template"),
+        h("dd", {}, v.template),
+        h("dt", {}, "Dataset version"),
+        h("dd", {}, h("code", {}, v.dataset_version_id)),
+        v.resume_from_model ? [h("dt", {}, "Resumed from"), h("dd", {}, h("code", {}, v.resume_from_model))] : null,
+        h("dt", {}, "Created"),
+        h("dd", {}, fmtDate(v.created_at)),
+        h("dt", {}, "Started"),
+        h("dd", {}, fmtDate(v.started_at)),
+        h("dt", {}, "Attempts"),
+        h("dd", {}, String(v.attempts)),
+      ),
+      h("details", {}, h("summary", {}, "Settings"), h("pre", { className: "logs", testid: "settings-json" }, JSON.stringify(v.settings, null, 2))),
+    );
+    if (trained && !resultsShown) {
+      resultsShown = true;
+      showResults(v).catch((err) => resultBox.append(errorBox(err, "evaluation-error")));
+    }
+  }
+
+  async function showResults(v) {
+    const evalBox = h("div", { "aria-live": "polite" }, h("p", { className: "muted", testid: "evaluation-loading" }, "Generating for the held-out examples…"));
+    const appHash = `#/apps/${enc(params.app)}`;
+    fill(
+      resultBox,
+      h(
+        "section",
+        { className: "panel", "aria-labelledby": "results-title" },
+        h(
+          "div",
+          { className: "page-head" },
+          h("h2", { id: "results-title" }, "Results"),
+          h(
+            "div",
+            { className: "actions" },
+            link(`${appHash}/generate?model=${enc(params.model)}&version=${enc(v.id)}`, "Generate with this version", { className: "button", testid: "generate-link" }),
+            link(`${appHash}/compare?model=${enc(params.model)}&versions=${enc(v.id)}`, "Compare", { className: "button secondary", testid: "compare-link" }),
+          ),
+        ),
+        h("h3", {}, "Metrics"),
+        metricsList(v.metrics),
+        h("h3", {}, "Evaluation on held-out examples"),
+        evalBox,
+      ),
+    );
+    const ev = await api(`${base}/evaluation?limit=20`, { signal });
+    fill(
+      evalBox,
+      ev.rows.length
+        ? [
+            h(
+              "p",
+              { testid: "evaluation-accuracy" },
+              `${ev.rows.filter((r) => r.match).length} of ${ev.rows.length} generated answers match the expected one exactly (after normalising case, spacing and end punctuation): accuracy ${fmtNum(ev.accuracy * 100, 3)}%.`,
+              ev.total > ev.rows.length ? ` The first ${ev.rows.length} of ${ev.total} held-out examples are shown.` : "",
+            ),
+            table(
+              ev.rows,
+              [
+                { label: "Example", cell: (r) => r.prompt, className: "text" },
+                { label: "Expected", cell: (r) => r.expected, className: "text" },
+                { label: "Generated", cell: (r) => r.generated, className: "text" },
+                {
+                  label: "Match",
+                  cell: (r) => h("span", { className: `badge ${r.match ? "ok" : "bad"}` }, r.match ? "✓ match" : "✗ no match"),
+                },
+              ],
+              { caption: "Evaluation", testid: "evaluation-table" },
+            ),
+          ]
+        : h("p", { className: "muted", testid: "evaluation-empty" }, "This version has no held-out examples."),
+    );
+  }
+
+  cancel.addEventListener("click", async () => {
+    cancel.disabled = true;
+    fill(actionError);
+    try {
+      showStatus(await api(`${base}/cancel`, { method: "POST", signal }));
+    } catch (err) {
+      fill(actionError, errorBox(err, "cancel-error"));
+    } finally {
+      cancel.disabled = false;
+    }
+  });
+
+  main.append(
+    pageHeader(`Version ${params.version}`, cancel),
+    h(
+      "section",
+      { className: "panel", "aria-labelledby": "status-title" },
+      h("h2", { id: "status-title", className: "status-line" }, "Status ", statusName, statusCode),
+      statusMessage,
+      progress,
+      progressText,
+      actionError,
+    ),
+    resultBox,
+    h("section", { className: "panel", "aria-labelledby": "chart-title" }, h("h2", { id: "chart-title" }, "Loss"), chart.el, liveNote),
+    h("section", { className: "panel", "aria-labelledby": "logs-title" }, h("h2", { id: "logs-title" }, "Logs"), logs),
+    h("section", { className: "panel", "aria-labelledby": "details-title" }, h("h2", { id: "details-title" }, "Details"), details),
+  );
+  showStatus(first);
+  drawChart();
+
+  // Live: the events stream replays every metric and log, then sends changes until a final status.
+  let redraw = null;
+  const scheduleDraw = () => {
+    if (!redraw) redraw = requestAnimationFrame(() => ((redraw = null), drawChart()));
+  };
+  for (let attempt = 0; !signal.aborted; attempt++) {
+    fill(liveNote, FINAL.has(state.status.name) ? "" : "Live: updates as the worker reports (every few seconds).");
+    try {
+      await streamSSE(`${base}/events`, {
+        signal,
+        onEvent: (name, data) => {
+          if (name === "metric") {
+            addPoint(data);
+            scheduleDraw();
+          } else if (name === "log") addLog(data);
+          else if (name === "status") showStatus(data);
+        },
+      });
+    } catch (err) {
+      if (signal.aborted || err.name === "AbortError") return;
+      if (err.status && err.status < 500) {
+        fill(actionError, errorBox(err, "events-error"));
+        return;
+      }
+    }
+    drawChart();
+    if (FINAL.has(state.status.name)) {
+      fill(liveNote);
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, Math.min(1000 * 2 ** attempt, 10000)));
+  }
 });
