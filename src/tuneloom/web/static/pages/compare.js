@@ -181,7 +181,7 @@ registerPage("/apps/:app/compare", async ({ main, params, query, signal }) => {
       ),
       h(
         "div",
-        { className: "table-wrap" },
+        { className: "table-wrap cmp-wrap" },
         h(
           "table",
           { testid: "compare-settings" },
@@ -211,7 +211,7 @@ registerPage("/apps/:app/compare", async ({ main, params, query, signal }) => {
       metricsSlot,
       h(
         "div",
-        { className: "table-wrap" },
+        { className: "table-wrap cmp-wrap" },
         h(
           "table",
           { testid: "compare-metrics" },

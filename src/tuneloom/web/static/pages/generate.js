@@ -358,7 +358,7 @@ registerPage("/apps/:app/generate", async ({ main, params, query, signal }) => {
     output,
     h(
       "details",
-      { className: "panel params-panel", open: true },
+      { className: "panel params-panel", open: window.matchMedia("(min-width: 721px)").matches },
       h("summary", {}, "Inference parameters"),
       h("div", { className: "param-grid" }, paramFields),
     ),
