@@ -2,8 +2,9 @@
  * tuneloom web console: hash router, API helper, DOM helper. No build step, no third-party code.
  *
  * Page modules live in ./pages/*.js, import what they need from this module and call
- * `registerPage(pattern, render)`; this module imports them (dynamically, after its own exports
- * exist) and then starts the router. A page's `render(ctx)` fills `ctx.main`; `ctx.params` holds
+ * `registerPage(pattern, render)`. PAGE_MODULES below says which module serves which pattern; a
+ * module is imported (dynamically) on the first visit to one of its patterns, so each page loads
+ * only the shell and its own code. A new page = a module + one line in PAGE_MODULES. A page's `render(ctx)` fills `ctx.main`; `ctx.params` holds
  * the pattern's `:names`, `ctx.query` the hash's query string, `ctx.signal` aborts when the user
  * navigates away (pass it to `api` / `streamSSE` / timers).
  *
@@ -287,8 +288,27 @@ export function pageHeader(title, ...actions) {
   return h("div", { className: "page-head" }, h("h1", {}, title), actions.length ? h("div", { className: "actions" }, actions) : null);
 }
 
-/** Register a page: `registerPage("/apps/:app/generate", render)`. Fixed segments win over `:params`; re-registering a pattern replaces it. */
-export function registerPage(pattern, render) {
+/**
+ * Which module renders which pattern. Modules load on first visit (so a page costs only its own
+ * code); each calls `registerPage` for its patterns. Fixed segments win over `:params`.
+ */
+const PAGE_MODULES = {
+  "/": "signin",
+  "/apps": "apps",
+  "/apps/:app": "datasets",
+  "/apps/:app/datasets": "datasets",
+  "/apps/:app/datasets/:dataset": "dataset",
+  "/apps/:app/models": "models",
+  "/apps/:app/models/new": "model_new",
+  "/apps/:app/models/:model": "model",
+  "/apps/:app/models/:model/versions/:version": "version",
+  "/apps/:app/generate": "generate",
+  "/apps/:app/compare": "compare",
+};
+
+function entry(pattern) {
+  let found = routes.find((r) => r.pattern === pattern);
+  if (found) return found;
   const names = [];
   const source = pattern
     .split("/")
@@ -298,11 +318,18 @@ export function registerPage(pattern, render) {
       return "([^/]+)";
     })
     .join("/");
-  const i = routes.findIndex((r) => r.pattern === pattern);
-  if (i >= 0) routes.splice(i, 1);
-  routes.push({ pattern, regex: new RegExp(`^${source}/?$`), names, render });
+  found = { pattern, regex: new RegExp(`^${source}/?$`), names, render: null, module: null };
+  routes.push(found);
   routes.sort((a, b) => a.names.length - b.names.length); // "/models/new" before "/models/:model"
+  return found;
 }
+
+/** Register a page: `registerPage("/apps/:app/generate", render)`; registering a pattern again replaces it. */
+export function registerPage(pattern, render) {
+  entry(pattern).render = render;
+}
+
+for (const [pattern, module] of Object.entries(PAGE_MODULES)) entry(pattern).module = module;
 
 export function navigate(path) {
   if (location.hash === `#${path}`) route();
@@ -397,7 +424,16 @@ async function route() {
   const params = match ? match.params : {};
   renderChrome(path, params);
   fill(main);
-  if (!match) {
+  if (match && !match.r.render && match.r.module) {
+    try {
+      await import(`./pages/${match.r.module}.js`);
+    } catch (err) {
+      if (!controller.signal.aborted) main.append(errorBox(err, "page-error"));
+      return;
+    }
+    if (controller.signal.aborted) return;
+  }
+  if (!match || !match.r.render) {
     fill(main, pageHeader("Not found"), h("p", {}, "There is no page here. ", link("#/apps", "Back to the apps.")));
     return;
   }
@@ -422,14 +458,5 @@ function focusMain() {
   if (main && document.activeElement === document.body) main.focus({ preventScroll: true });
 }
 
-async function start() {
-  await Promise.all(
-    ["signin", "apps", "datasets", "dataset", "models", "model_new", "model", "version", "generate", "compare"].map(
-      (name) => import(`./pages/${name}.js`),
-    ),
-  );
-  window.addEventListener("hashchange", () => route().then(focusMain));
-  await route();
-}
-
-start();
+window.addEventListener("hashchange", () => route().then(focusMain));
+route();
