@@ -14,7 +14,7 @@ const SVG = "http://www.w3.org/2000/svg";
 export const PALETTE = ["#1f5fbf", "#c2410c", "#15803d", "#7e22ce", "#be123c", "#0e7490", "#4d5562", "#a16207"];
 const W = 640;
 const H = 300;
-const M = { top: 14, right: 16, bottom: 40, left: 58 };
+const M = { top: 14, right: 16, bottom: 44, left: 66 };
 
 function el(tag, attrs = {}, text) {
   const node = document.createElementNS(SVG, tag);
