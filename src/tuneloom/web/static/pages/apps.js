@@ -74,7 +74,7 @@ registerPage("/apps", async ({ main, signal }) => {
         h("div", {}, h("label", { for: "app-name" }, "Name"), name),
         create,
       ),
-      h("p", { className: "field-help", id: "app-id-help" }, "Lowercase letters, digits, '_' or '-'."),
+      h("p", { className: "field-help", id: "app-id-help" }, "App id: lowercase letters, digits, '_' or '-'. The name is optional."),
       formError,
     ),
     list,

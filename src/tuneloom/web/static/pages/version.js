@@ -19,6 +19,7 @@ import {
 } from "../app.js";
 import { FINAL, statusBadge } from "./model.js";
 
+const MAX_LOG_LINES = 2000; // the newest; the full log stays available from the API's /logs
 const METRIC_LABELS = {
   train_loss: "Train loss",
   eval_loss: "Eval loss",
@@ -90,6 +91,7 @@ registerPage("/apps/:app/models/:model/versions/:version", async ({ main, params
         `${line.at ? new Date(line.at).toLocaleTimeString() : ""} ${level.toUpperCase()} ${line.message}\n`,
       ),
     );
+    while (logs.childElementCount > MAX_LOG_LINES) logs.firstElementChild.remove();
     if (atBottom) logs.scrollTop = logs.scrollHeight;
   }
 
