@@ -14,6 +14,7 @@ Fixtures (import them into a test module):
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from collections.abc import Iterator
@@ -111,8 +112,8 @@ class NetworkLog:
     loads: list[Load] = field(default_factory=list)
 
     def attach(self, page: Page) -> None:
-        page.on("request", self.requests.append)
-        page.on("response", self.responses.append)
+        page.on("request", lambda request: self.requests.append(request))
+        page.on("response", lambda response: self.responses.append(response))
 
     def origins(self) -> set[str]:
         """Every scheme://host:port the page asked anything of (data: and blob: URLs have none)."""
@@ -147,6 +148,24 @@ class NetworkLog:
 
     def heaviest(self) -> Load:
         return max(self.loads, key=lambda load: load.bytes)
+
+
+def cold_load(browser: Browser, url: str, *, session_storage: dict[str, str] | None = None) -> tuple[Load, set[str]]:
+    """Weigh one page load in a fresh context (nothing cached), with `session_storage` set before any script.
+
+    Returns the load and every origin it asked anything of.
+    """
+    context = browser.new_context(viewport=VIEWPORT)  # type: ignore[arg-type]
+    try:
+        if session_storage:
+            pairs = json.dumps(session_storage)
+            context.add_init_script(f"for (const [k, v] of Object.entries({pairs})) sessionStorage.setItem(k, v);")
+        page = context.new_page()
+        log = NetworkLog()
+        log.attach(page)
+        return log.weigh(page, url), log.origins()
+    finally:
+        context.close()
 
 
 @pytest.fixture

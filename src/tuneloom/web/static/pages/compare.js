@@ -91,20 +91,36 @@ registerPage("/apps/:app/compare", async ({ main, params, query, signal }) => {
   }
 
   // What to show first: the URL's choice, else the two newest trained versions (else the two newest).
+  // An entry is MODEL/VERSION or a bare version id (ids are unique across models); with fewer than two,
+  // the newest trained versions fill up, those of the first chosen version's model (or ?model=) first.
   const wanted = (query.get("versions") || "").split(",").filter(Boolean);
-  let chosen = new Set(wanted.filter((k) => all.some((v) => vkey(v) === k)));
+  const chosen = new Set();
+  for (const entry of wanted) {
+    const found = all.find((v) => vkey(v) === entry || v.id === entry);
+    if (found) chosen.add(vkey(found));
+  }
   if (chosen.size < 2) {
+    const first = all.find((v) => chosen.has(vkey(v)));
+    const model = first ? first.model_id : query.get("model");
     const byNewest = [...all].sort((a, b) => String(b.created_at).localeCompare(String(a.created_at)));
     const trained = byNewest.filter((v) => v.status.name === "MODEL_TRAINED");
-    chosen = new Set((trained.length >= 2 ? trained : byNewest).slice(0, 2).map(vkey));
+    const order = [
+      ...trained.filter((v) => v.model_id === model),
+      ...trained,
+      ...byNewest.filter((v) => v.model_id === model),
+      ...byNewest,
+    ];
+    for (const v of order) {
+      if (chosen.size >= 2) break;
+      chosen.add(vkey(v));
+    }
   }
 
   const hint = h("p", { className: "muted", testid: "compare-hint", role: "status" });
   const picker = h(
     "fieldset",
-    { className: "panel" },
-    h("legend", { className: "visually-hidden" }, "Versions to compare"),
-    h("h2", {}, "Versions"),
+    { className: "panel", "aria-labelledby": "compare-versions-title" },
+    h("h2", { id: "compare-versions-title" }, "Versions to compare"),
     perModel.map(([m, vs]) =>
       vs.length
         ? [

@@ -212,6 +212,7 @@ registerPage("/apps/:app/generate", async ({ main, params, query, signal }) => {
         if (event === "message" && data && typeof data.text === "string") {
           cursor.before(data.text);
           pieces += 1;
+          pre.dataset.pieces = String(pieces);
           fill(status, `Generating… ${pieces} piece${pieces === 1 ? "" : "s"}`);
         } else if (event === "done") {
           finished = data;

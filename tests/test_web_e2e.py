@@ -1,0 +1,315 @@
+"""The web console end to end in real headless Chromium against a real `tuneloom serve` with its worker.
+
+The flow a user goes through: sign in with a key, create an app, a dataset, upload a file with two
+broken rows and see them reported, snapshot a version, add a model from `tiny-random`, train it and
+watch it reach MODEL_TRAINED with its loss chart drawn, generate (streamed and several inputs at
+once, and a stream stopped half way), train a second version with other settings and compare the two.
+Every page is photographed (`test-artifacts/screenshots/<test>/`), every request must stay on the
+server's origin (no CDN), and each page's weight on a cold load is printed.
+
+The browser flow runs on SQLite only (the `server` fixture is parametrized indirectly): the API's
+tests already cover both databases, and one browser run keeps the suite's time in check.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect
+from tests.conftest import INSTRUCTION, api_key, sentiment_lines
+from tests.web_support import (  # noqa: F401 (fixtures)
+    PHONE_VIEWPORT,
+    NetworkLog,
+    Screenshots,
+    browser_page,
+    chromium,
+    cold_load,
+    network,
+    screenshots,
+)
+
+KEY_STORAGE = "tuneloom.apiKey"  # where the console keeps the key (static/app.js)
+pytestmark = pytest.mark.parametrize("server", ["sqlite"], indirect=True)
+
+BROKEN = [
+    (4, "### Instruction: no answer section here ### Human: hello"),
+    (21, "### Human: where is the rest ### Assistant:"),
+]
+TRAIN_TIMEOUT_MS = 180_000
+PROMPT = f"### Instruction: {INSTRUCTION} ### Human: I love it ### Assistant:"
+
+
+def upload_file(folder: Path) -> Path:
+    """48 valid examples and the two broken ones above (4%: within the default 5% tolerance)."""
+    lines = sentiment_lines()
+    for line_number, text in BROKEN:
+        lines.insert(line_number - 1, text)
+    path = folder / "reviews.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def watch_errors(page: Page) -> list[str]:
+    """JavaScript errors and failed same-page requests, to assert none happened."""
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(f"pageerror: {err}"))
+    page.on("console", lambda msg: errors.append(f"console.{msg.type}: {msg.text}") if msg.type == "error" else None)
+    return errors
+
+
+def set_trainer_config(page: Page, **overrides: Any) -> None:
+    """Edit the trainer_config JSON editor: the template's defaults with `overrides` on top."""
+    editor = page.get_by_test_id("setting-trainer_config")
+    expect(editor).not_to_have_value("")
+    config = json.loads(editor.input_value() or "{}")
+    config.update(overrides)
+    editor.fill(json.dumps(config, indent=2))
+
+
+def wait_trained(page: Page) -> None:
+    status = page.get_by_test_id("status-name")
+    expect(status).to_have_text(re.compile(r"MODEL_TRAINED$|FAILED|INVALID|CANCELLED"), timeout=TRAIN_TIMEOUT_MS)
+    expect(status).to_have_text("MODEL_TRAINED")
+    expect(page.get_by_test_id("status-code")).to_contain_text("21100")
+
+
+def new_model_form(page: Page, *, model_id: str | None, **trainer_config: Any) -> None:
+    """Fill the "Add model" form (Text Generator, dataset and its version, tiny-random) and press Train."""
+    if model_id is not None:
+        page.get_by_test_id("type-text-to-text").click()
+        page.get_by_label("Model id", exact=True).fill(model_id)
+    expect(page.get_by_test_id("dataset-version")).not_to_have_value("")
+    page.get_by_test_id("template").select_option("tiny-random")
+    expect(page.get_by_test_id("template-info")).to_contain_text("tiny")
+    set_trainer_config(page, **trainer_config)
+    expect(page.get_by_test_id("setting-trainer_config-error")).to_be_empty()
+
+
+def test_whole_flow_in_chromium(
+    server: tuple[str, Path],
+    chromium: Browser,  # noqa: F811
+    browser_page: Page,  # noqa: F811
+    screenshots: Screenshots,  # noqa: F811
+    network: NetworkLog,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    url, data_dir = server
+    origin = f"{urlsplit(url).scheme}://{urlsplit(url).netloc}"
+    page = browser_page
+    errors = watch_errors(page)
+    started = time.monotonic()
+    key = api_key(data_dir)
+
+    # Sign in.
+    page.goto(url)
+    expect(page.get_by_label("API key", exact=True)).to_be_visible()
+    screenshots.take(page, "01-sign-in")
+    page.get_by_label("API key", exact=True).fill(key)
+    page.get_by_test_id("sign-in").click()
+    expect(page.get_by_role("heading", name="Apps")).to_be_visible()
+
+    # Create an app; it opens on its datasets.
+    page.get_by_label("App id", exact=True).fill("shop")
+    page.get_by_test_id("create-app").click()
+    expect(page).to_have_url(re.compile(r"#/apps/shop/datasets$"))
+    expect(page.get_by_test_id("nav-datasets")).to_be_visible()
+    page.get_by_label("Dataset id", exact=True).fill("reviews")
+    page.get_by_test_id("create-dataset").click()
+    expect(page).to_have_url(re.compile(r"#/apps/shop/datasets/reviews$"))
+
+    # Upload a file with two broken rows: both reported, with their line numbers and reasons.
+    page.get_by_test_id("upload-input").set_input_files(upload_file(tmp_path))
+    report = page.get_by_test_id("upload-report")
+    expect(report).to_be_visible(timeout=30_000)
+    expect(page.get_by_test_id("valid-count")).to_contain_text("48")
+    expect(page.get_by_test_id("invalid-count")).to_contain_text("2")
+    expect(page.get_by_test_id("tolerance-verdict")).to_contain_text("Within tolerance")
+    invalid_rows = page.get_by_test_id("invalid-rows").locator("tbody tr")
+    expect(invalid_rows).to_have_count(2)
+    for row, (line_number, _) in zip(invalid_rows.all(), BROKEN, strict=True):
+        expect(row.locator("td").first).to_have_text(str(line_number))
+    expect(invalid_rows.nth(0)).to_contain_text("Assistant")
+    expect(page.get_by_test_id("preview").get_by_test_id("example").first).to_be_visible()
+    screenshots.take(page, "02-dataset-upload-report")
+
+    # Snapshot a dataset version.
+    page.get_by_test_id("create-version").click()
+    versions = page.get_by_test_id("versions-table").locator("tbody tr")
+    expect(versions).to_have_count(1, timeout=30_000)
+    expect(versions.first).to_contain_text("READY")
+    screenshots.take(page, "03-dataset-version")
+
+    # Models → Add model → Text Generator from tiny-random, a short run.
+    page.get_by_test_id("nav-models").click()
+    expect(page.get_by_test_id("add-model")).to_be_visible()
+    screenshots.take(page, "04-models-empty")
+    page.get_by_test_id("add-model").click()
+    new_model_form(
+        page, model_id="sentiment-gen", num_train_epochs=3, per_device_train_batch_size=8, learning_rate=0.05
+    )
+    screenshots.take(page, "05-new-model")
+    page.get_by_test_id("train").click()
+    expect(page).to_have_url(re.compile(r"#/apps/shop/models/sentiment-gen/versions/[a-z0-9]+$"), timeout=30_000)
+    first_version = page.url.rsplit("/", 1)[-1]
+    screenshots.take(page, "06-version-training")
+
+    # Watch it train: MODEL_TRAINED, a loss chart with a drawn path of several points, metrics.
+    wait_trained(page)
+    train_path = page.get_by_test_id("loss-chart").locator('path[data-series="train loss"]')
+    expect(train_path).to_have_attribute("d", re.compile(r"^M[\d.]+,[\d.]+(L[\d.]+,[\d.]+){2,}"))
+    expect(page.get_by_test_id("metrics")).to_contain_text("train")
+    screenshots.take(page, "07-version-trained")
+
+    # Generate from the version page: one input streams piece by piece.
+    page.get_by_test_id("generate-link").click()
+    expect(page).to_have_url(re.compile(r"#/apps/shop/generate\?"))
+    expect(page.get_by_test_id("gen-version")).to_have_value(first_version)
+    page.get_by_label("Inputs", exact=True).fill(PROMPT)
+    page.get_by_label("max_tokens", exact=True).fill("24")
+    page.get_by_test_id("generate").click()
+    output = page.get_by_test_id("gen-output")
+    expect(output).to_have_attribute("data-done", "true", timeout=60_000)
+    assert int(output.get_attribute("data-pieces") or 0) >= 2, "the output did not arrive in pieces"
+    assert output.inner_text().strip(), "no text was generated"
+    expect(page.get_by_test_id("gen-status")).to_contain_text(f"version {first_version}")
+    screenshots.take(page, "08-generate-streamed")
+
+    # Several inputs at once: one row each.
+    page.get_by_label("Inputs", exact=True).fill("great product, works well\nawful quality\nreally nice")
+    page.get_by_test_id("generate").click()
+    expect(page.get_by_test_id("gen-results").locator("tbody tr")).to_have_count(3, timeout=60_000)
+    screenshots.take(page, "09-generate-several")
+
+    # A long stream stopped half way with the Stop button.
+    page.get_by_label("Inputs", exact=True).fill(PROMPT)
+    page.get_by_label("max_tokens", exact=True).fill("4096")
+    page.get_by_test_id("generate").click()
+    expect(output).to_have_attribute("data-pieces", re.compile(r"^([3-9]|\d\d+)$"), timeout=60_000)
+    page.get_by_test_id("stop").click()
+    expect(page.get_by_test_id("gen-status")).to_have_text("Stopped.")
+    expect(output).to_have_attribute("data-done", "stopped")
+    expect(page.get_by_test_id("generate")).to_be_enabled()
+
+    # A second version with other settings, from the model's page.
+    page.goto(f"{url}/#/apps/shop/models/sentiment-gen")
+    expect(page.get_by_test_id("model-versions-table").locator("tbody tr")).to_have_count(1)
+    screenshots.take(page, "10-model")
+    page.get_by_test_id("train-new-version").click()
+    new_model_form(page, model_id=None, num_train_epochs=2, per_device_train_batch_size=8, learning_rate=0.02)
+    page.get_by_test_id("train").click()
+    expect(page).to_have_url(re.compile(r"/versions/(?!" + first_version + r")[a-z0-9]+$"), timeout=30_000)
+    second_version = page.url.rsplit("/", 1)[-1]
+    wait_trained(page)
+
+    # Compare the two: settings that differ are highlighted, metrics, both curves, a prompt each.
+    page.get_by_test_id("compare-link").click()
+    expect(page).to_have_url(re.compile(r"#/apps/shop/compare"))
+    expect(page.get_by_test_id(f"pick-{first_version}")).to_be_checked()
+    expect(page.get_by_test_id(f"pick-{second_version}")).to_be_checked()
+    settings = page.get_by_test_id("compare-settings")
+    for key in ("trainer_config.learning_rate", "trainer_config.num_train_epochs"):
+        row = settings.locator("tr.differs", has=page.locator("th", has_text=re.compile(f"^{re.escape(key)}$")))
+        expect(row).to_have_count(1)
+        expect(row.locator("td.diff")).to_have_count(2)
+    same = settings.locator("tr", has=page.locator("th", has_text=re.compile(r"^template$")))
+    expect(same.locator("td.diff")).to_have_count(0)
+    page.get_by_test_id("only-diffs").check()
+    expect(settings.locator("tbody tr:not(.differs)")).to_have_count(0)
+    expect(page.get_by_test_id("compare-metrics")).to_contain_text("train loss")
+    curves = page.get_by_test_id("compare-chart").locator("path[data-series]")
+    expect(curves).to_have_count(4)  # train and eval loss of each version
+    page.get_by_label("Prompt", exact=True).fill(PROMPT)
+    page.get_by_label("max_tokens", exact=True).fill("12")
+    page.get_by_test_id("compare-generate").click()
+    for version in (first_version, second_version):
+        box = page.get_by_test_id(f"compare-output-{version}")
+        expect(box).to_have_attribute("data-done", "true", timeout=60_000)
+        expect(box.locator("pre")).not_to_be_empty()
+    screenshots.take(page, "11-compare")
+
+    page.set_viewport_size(PHONE_VIEWPORT)  # type: ignore[arg-type]
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE_VIEWPORT["width"]
+    screenshots.take(page, "12-compare-phone")
+    page.goto(f"{url}/#/apps/shop/generate")
+    expect(page.get_by_test_id("generate")).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE_VIEWPORT["width"]
+    screenshots.take(page, "13-generate-phone")
+    page.set_viewport_size({"width": 1280, "height": 800})
+    flow_s = time.monotonic() - started
+
+    # Every page again on a cold load (a fresh context: nothing cached): its weight, and no other origin.
+    pages = {
+        "sign-in": "",
+        "apps": "#/apps",
+        "datasets": "#/apps/shop/datasets",
+        "dataset": "#/apps/shop/datasets/reviews",
+        "models": "#/apps/shop/models",
+        "new model": "#/apps/shop/models/new",
+        "model": "#/apps/shop/models/sentiment-gen",
+        "version": f"#/apps/shop/models/sentiment-gen/versions/{first_version}",
+        "generate": "#/apps/shop/generate",
+        "compare": f"#/apps/shop/compare?versions=sentiment-gen/{first_version},sentiment-gen/{second_version}",
+    }
+    print(f"\nthe flow took {flow_s:.0f} s; page weights on a cold load (response bodies as transferred, bytes):")
+    loads = []
+    for name, fragment in pages.items():
+        storage = {KEY_STORAGE: key} if fragment else None
+        load, origins = cold_load(chromium, f"{url}/{fragment}", session_storage=storage)
+        assert origins == {origin}, f"{name} asked another origin: {origins}"
+        loads.append((load.bytes, name, load))
+        print(f"  {name:<10} {load.bytes:>8} bytes in {load.responses} responses")
+    heaviest_bytes, heaviest_name, _ = max(loads)
+    print(f"largest page: {heaviest_name} — {heaviest_bytes} bytes")
+    assert heaviest_bytes < 512 * 1024, "a page of the console weighs more than 512 KiB"
+
+    assert network.origins() == {origin}, f"requests left the server's origin: {network.origins()}"
+    assert not errors, "\n".join(errors)
+
+
+def test_without_a_key_nothing_of_any_app_is_shown(
+    server: tuple[str, Path],
+    browser_page: Page,  # noqa: F811
+    screenshots: Screenshots,  # noqa: F811
+    network: NetworkLog,  # noqa: F811
+) -> None:
+    url, data_dir = server
+    admin = {"Authorization": f"Key {api_key(data_dir)}"}
+    secret = "secret-app-1234"
+    assert httpx.post(f"{url}/api/apps", json={"id": secret}, headers=admin).status_code == 201
+
+    # The HTML itself carries no app data, and the API refuses a request without a key.
+    html = httpx.get(url).text
+    assert secret not in html and "shop" not in html
+    assert httpx.get(f"{url}/api/apps").status_code == 401
+    assert httpx.get(f"{url}/api/apps/{secret}").status_code == 401
+
+    page = browser_page
+    errors = watch_errors(page)
+    for fragment in ("", "#/apps", f"#/apps/{secret}/datasets", f"#/apps/{secret}/generate"):
+        load = network.weigh(page, f"{url}/{fragment}")
+        expect(page.get_by_label("API key", exact=True)).to_be_visible()
+        expect(page.get_by_test_id("sign-in")).to_be_visible()
+        assert secret not in page.content()
+        assert page.locator("#sidebar").is_hidden()
+        print(f"sign-in page at '{fragment or '/'}': {load.bytes} bytes")
+    screenshots.take(page, "01-no-key")
+
+    # A wrong key is refused and still shows nothing.
+    page.get_by_label("API key", exact=True).fill("tl_not_a_real_key")
+    page.get_by_test_id("sign-in").click()
+    expect(page.get_by_test_id("sign-in-error")).to_be_visible()
+    assert secret not in page.content()
+    screenshots.take(page, "02-wrong-key")
+
+    api_answers = [r for r in network.responses if urlsplit(r.url).path.startswith("/api/")]
+    assert all(r.status == 401 for r in api_answers), [(r.url, r.status) for r in api_answers]
+    origin = f"{urlsplit(url).scheme}://{urlsplit(url).netloc}"
+    assert network.origins() == {origin}
+    assert not [e for e in errors if "401" not in e], errors
