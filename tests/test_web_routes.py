@@ -129,10 +129,10 @@ def test_template_params_are_the_models_params(server: tuple[str, Path], admin: 
     models = f"{url}/api/apps/{SECRET_APP}/models"
     assert httpx.post(models, json={"id": "params-probe"}, headers=admin).status_code == 201
     via_model = httpx.get(f"{models}/params-probe/params?template=tiny-random", headers=admin)
-    via_template = httpx.get(f"{url}/api/templates/tiny-random/params", headers=admin)
+    via_template = httpx.get(f"{url}/api/template-params?template=tiny-random", headers=admin)
     assert via_template.status_code == 200
     assert via_template.json() == via_model.json()
-    unknown = httpx.get(f"{url}/api/templates/tiny-randm/params", headers=admin)
+    unknown = httpx.get(f"{url}/api/template-params?template=tiny-randm", headers=admin)
     assert unknown.status_code == 422 and unknown.json()["details"]["key"] == "template"
 
 
@@ -142,7 +142,7 @@ def test_settings_validate_answers_like_training(deployed: Deployed) -> None:
         validate, json={"template": "tiny-random", "trainer_config": {"num_train_epochs": 2}}, headers=deployed.headers
     )
     assert ok.status_code == 200 and ok.json() == {"ok": True}
-    defaults = httpx.get(f"{deployed.url}/api/templates/tiny-random/params", headers=deployed.headers).json()
+    defaults = httpx.get(f"{deployed.url}/api/template-params?template=tiny-random", headers=deployed.headers).json()
     assert httpx.post(validate, json=defaults, headers=deployed.headers).json() == {"ok": True}
 
     bad = httpx.post(validate, json={"template": "tiny-random", **BAD_TRAINER}, headers=deployed.headers)

@@ -47,13 +47,13 @@ def csv_template() -> Response:
     )
 
 
-@router.get("/templates/{template_id}/params", dependencies=[Depends(api_key)])
-def template_params(template_id: str) -> dict[str, Any]:
+@router.get("/template-params", dependencies=[Depends(api_key)])
+def template_params(template: str) -> dict[str, Any]:
     """A template's defaults for the five settings and the tolerance (what a new model's form starts from).
 
     The same answer as `GET /api/apps/{app}/models/{model}/params?template=…`, without needing a model yet.
     """
-    tpl = get_template(template_id)
+    tpl = get_template(template)
     return {"template": tpl.id, **resolve_settings(tpl).to_dict()}
 
 

@@ -102,7 +102,7 @@ registerPage("/apps/:app/models/new", async ({ main, params, query, signal }) =>
 
   async function loadDefaults() {
     showTemplate();
-    const defaults = await api(`/api/templates/${enc(template.value)}/params`, { signal });
+    const defaults = await api(`/api/template-params?template=${enc(template.value)}`, { signal });
     for (const name of SETTINGS) editors[name].value = JSON.stringify(defaults[name] || {}, null, 2);
     tolerance.value = String(defaults[TOLERANCE]);
     clearErrors();
