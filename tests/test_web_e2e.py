@@ -7,8 +7,8 @@ once, and a stream stopped half way), train a second version with other settings
 Every page is photographed (`test-artifacts/screenshots/<test>/`), every request must stay on the
 server's origin (no CDN), and each page's weight on a cold load is printed.
 
-The browser flow runs on SQLite only (the `server` fixture is parametrized indirectly): the API's
-tests already cover both databases, and one browser run keeps the suite's time in check.
+Both tests run on each database the `server` fixture serves (SQLite, and PostgreSQL when configured,
+as `.ci/run` does); the whole flow takes well under a minute per database (two tiny-random runs).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 from tests.conftest import INSTRUCTION, api_key, sentiment_lines
+from tests.test_store_support import BACKENDS
 from tests.web_support import (  # noqa: F401 (fixtures)
     PHONE_VIEWPORT,
     NetworkLog,
@@ -36,7 +37,7 @@ from tests.web_support import (  # noqa: F401 (fixtures)
 )
 
 KEY_STORAGE = "tuneloom.apiKey"  # where the console keeps the key (static/app.js)
-pytestmark = pytest.mark.parametrize("server", ["sqlite"], indirect=True)
+pytestmark = pytest.mark.parametrize("server", BACKENDS, indirect=True)
 
 BROKEN = [
     (4, "### Instruction: no answer section here ### Human: hello"),
