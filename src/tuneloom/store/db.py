@@ -11,6 +11,8 @@ more lock the rows they change (`FOR UPDATE`, `SKIP LOCKED` for the queue).
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -132,10 +134,28 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         # The busy timeout first: switching a new file to WAL needs a lock that a concurrent starter may hold.
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _switch_to_wal(cursor)
         cursor.execute("PRAGMA synchronous = NORMAL")
     finally:
         cursor.close()
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """Put the file in WAL mode, waiting out concurrent starters.
+
+    SQLite answers a journal-mode change with SQLITE_BUSY at once, without its busy handler, while
+    another connection holds a lock on a file not yet in WAL (seen when three processes start on a
+    new data dir together), so the wait is ours.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _sqlite_on_begin(conn: Connection) -> None:
