@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint format typecheck bench clean
+.PHONY: install demo test soak lint format typecheck bench clean
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ typecheck: install
 
 test: lint typecheck
 	$(BIN)/pytest -q
+
+# Long load and fault runs (minutes), kept out of `make test`'s budget.
+soak: install
+	$(BIN)/pytest -q -m soak
 
 bench: install
 	$(BIN)/python -m bench.parse
