@@ -93,7 +93,8 @@ def new_model_form(page: Page, *, model_id: str | None, **trainer_config: Any) -
         page.get_by_test_id("type-text-to-text").click()
         page.get_by_label("Model id", exact=True).fill(model_id)
     expect(page.get_by_test_id("dataset-version")).not_to_have_value("")
-    page.get_by_test_id("template").select_option("tiny-random")
+    if page.get_by_test_id("template").is_enabled():
+        page.get_by_test_id("template").select_option("tiny-random")
     expect(page.get_by_test_id("template-info")).to_contain_text("tiny")
     set_trainer_config(page, **trainer_config)
     expect(page.get_by_test_id("setting-trainer_config-error")).to_be_empty()
@@ -215,7 +216,12 @@ def test_whole_flow_in_chromium(
     page.goto(f"{url}/#/apps/shop/models/sentiment-gen")
     expect(page.get_by_test_id("model-versions-table").locator("tbody tr")).to_have_count(1)
     screenshots.take(page, "10-model")
-    page.get_by_test_id("train-new-version").click()
+    expect(page.get_by_test_id("train-new-version")).to_be_visible()
+    # ... trained again from the first version's weights (its template fixed), with other settings.
+    page.goto(f"{url}/#/apps/shop/models/sentiment-gen/versions/{first_version}")
+    page.get_by_test_id("train-again").click()
+    expect(page.get_by_test_id("resume-note")).to_contain_text(first_version)
+    expect(page.get_by_test_id("template")).to_be_disabled()
     new_model_form(page, model_id=None, num_train_epochs=2, per_device_train_batch_size=8, learning_rate=0.02)
     page.get_by_test_id("train").click()
     expect(page).to_have_url(re.compile(r"/versions/(?!" + first_version + r")[a-z0-9]+$"), timeout=30_000)
@@ -256,6 +262,12 @@ def test_whole_flow_in_chromium(
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE_VIEWPORT["width"]
     screenshots.take(page, "13-generate-phone")
     page.set_viewport_size({"width": 1280, "height": 800})
+    page.goto(f"{url}/#/apps")
+    expect(page.get_by_role("link", name="shop", exact=True).first).to_be_visible()
+    screenshots.take(page, "14-apps")
+    page.goto(f"{url}/#/apps/shop/datasets")
+    expect(page.get_by_role("link", name="reviews", exact=True).first).to_be_visible()
+    screenshots.take(page, "15-datasets")
     flow_s = time.monotonic() - started
 
     # Every page again on a cold load (a fresh context: nothing cached): its weight, and no other origin.

@@ -74,9 +74,16 @@ registerPage("/apps/:app/models/new", async ({ main, params, query, signal }) =>
   const validity = h("p", { className: "muted", testid: "settings-status", "aria-live": "polite" });
   const train = h("button", { type: "submit", testid: "train" }, "Train");
 
+  // "Train again from this version": the new run starts from that version's weights, so its
+  // template is fixed (the server refuses another one, naming the key).
+  const resumeFrom = query.get("resume");
+  const resumeNote = resumeFrom
+    ? h("p", { className: "field-help", testid: "resume-note" }, "Continues from version ", h("code", {}, resumeFrom), " of this model, with its template.")
+    : null;
   const wanted = query.get("template");
   const preferred = templates.find((t) => t.id === wanted) || templates.find((t) => t.id === "smollm2-135m-instruct-lora") || templates[0];
   if (preferred) template.value = preferred.id;
+  template.disabled = Boolean(resumeFrom);
 
   async function loadVersions() {
     fill(version);
@@ -208,7 +215,7 @@ registerPage("/apps/:app/models/new", async ({ main, params, query, signal }) =>
           await ensureModel(id);
           const run = await api(`${app}/models/${enc(id)}/versions`, {
             method: "POST",
-            body: { ...body, dataset_version_id: version.value },
+            body: { ...body, dataset_version_id: version.value, ...(resumeFrom ? { resume_from_model: resumeFrom } : {}) },
             signal,
           });
           navigate(`/apps/${enc(params.app)}/models/${enc(id)}/versions/${enc(run.id)}`);
@@ -229,6 +236,7 @@ registerPage("/apps/:app/models/new", async ({ main, params, query, signal }) =>
       field("template", "Template", template),
     ),
     templateInfo,
+    resumeNote,
     h(
       "div",
       { className: "grid2" },

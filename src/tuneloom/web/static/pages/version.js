@@ -49,6 +49,11 @@ registerPage("/apps/:app/models/:model/versions/:version", async ({ main, params
   const progress = h("progress", { max: 100, value: 0, testid: "train-progress", "aria-label": "Training progress" });
   const progressText = h("p", { testid: "progress-text", "aria-live": "polite" });
   const cancel = h("button", { type: "button", className: "danger", testid: "cancel" }, "Cancel training");
+  const again = link(
+    `#/apps/${enc(params.app)}/models/new?model=${enc(params.model)}&template=${enc(first.template)}&resume=${enc(params.version)}`,
+    "Train again from this version",
+    { className: "button", testid: "train-again", hidden: true },
+  );
   const actionError = h("div");
   const chart = lineChart({ title: "Loss per step", xLabel: "step", yLabel: "loss", testid: "loss-chart" });
   const logs = h("pre", { className: "logs", testid: "logs", tabindex: "0", "aria-label": "Training logs" });
@@ -115,6 +120,7 @@ registerPage("/apps/:app/models/:model/versions/:version", async ({ main, params
     if (final && v.finished_at) parts.push(`finished ${fmtDate(v.finished_at)}`);
     fill(progressText, parts.join(" · ") || "—");
     cancel.hidden = final;
+    again.hidden = !trained;
     fill(
       details,
       h(
@@ -207,7 +213,7 @@ registerPage("/apps/:app/models/:model/versions/:version", async ({ main, params
   });
 
   main.append(
-    pageHeader(`Version ${params.version}`, cancel),
+    pageHeader(`Version ${params.version}`, cancel, again),
     h(
       "section",
       { className: "panel", "aria-labelledby": "status-title" },
