@@ -31,18 +31,23 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class CompletionRequest(BaseModel):
+class SamplingRequest(BaseModel):
+    """What completions and chat completions share; unknown OpenAI fields are accepted and ignored."""
+
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(description="'<app_id>/<model_id>' (latest trained) or '<app_id>/<model_id>/<version_id>'")
-    prompt: str | list[str]
-    max_tokens: int | None = 16  # OpenAI's default for completions
     temperature: float | None = None
     top_p: float | None = None
     n: int | None = 1
     stop: str | list[str] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
+
+
+class CompletionRequest(SamplingRequest):
+    prompt: str | list[str]
+    max_tokens: int | None = 16  # OpenAI's default for completions
 
 
 class ChatMessage(BaseModel):
@@ -58,19 +63,10 @@ class ChatMessage(BaseModel):
         return "".join(str(part.get("text", "")) for part in self.content if part.get("type") == "text")
 
 
-class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    model: str
+class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    n: int | None = 1
-    stop: str | list[str] | None = None
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
 
 
 class Usage(BaseModel):
