@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from tuneloom.data.csv_template import TEMPLATE_COLUMNS, TEMPLATE_ROWS
@@ -24,6 +24,7 @@ from tuneloom.generate.params import InferenceParams
 from tuneloom.server.auth import api_key, context, require_app
 from tuneloom.server.context import ServerContext
 from tuneloom.server.routes.predict import Service, resolve_version, version_dir
+from tuneloom.server.schemas.models import SettingsRequest
 from tuneloom.templates import get_template, resolve_settings
 
 router = APIRouter(prefix="/api", tags=["web"])
@@ -57,26 +58,8 @@ def template_params(template: str) -> dict[str, Any]:
     return {"template": tpl.id, **resolve_settings(tpl).to_dict()}
 
 
-class SettingsCheck(BaseModel):
-    """The settings part of a training request: checked, nothing queued."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    template: str
-    model_config_: dict[str, Any] | None = Field(default=None, alias="model_config")
-    quantization_config: dict[str, Any] | None = None
-    peft_config: dict[str, Any] | None = None
-    tokenizer_config: dict[str, Any] | None = None
-    trainer_config: dict[str, Any] | None = None
-    invalid_data_tolerance_percent: float | None = None
-
-    def overrides(self) -> dict[str, Any]:
-        given = self.model_dump(by_alias=True, exclude_none=True)
-        return {k: v for k, v in given.items() if k != "template"}
-
-
 @router.post("/apps/{app_id}/settings/validate")
-def validate_settings(app_id: AppId, body: SettingsCheck) -> dict[str, bool]:
+def validate_settings(app_id: AppId, body: SettingsRequest) -> dict[str, bool]:
     """200 `{"ok": true}`, or the very 422 a training request with these settings would get."""
     resolve_settings(get_template(body.template), body.overrides())
     return {"ok": True}

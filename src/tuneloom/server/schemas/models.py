@@ -42,12 +42,21 @@ class SettingsOut(BaseModel):
     invalid_data_tolerance_percent: float
 
 
-class TrainRequest(BaseModel):
-    """One training run. Omitted settings keep the template's defaults; given keys override them one by one."""
+SETTING_NAMES = (
+    "model_config",
+    "quantization_config",
+    "peft_config",
+    "tokenizer_config",
+    "trainer_config",
+    "invalid_data_tolerance_percent",
+)
+
+
+class SettingsRequest(BaseModel):
+    """A template and the settings a user gives; omitted ones keep the template's defaults."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    dataset_version_id: str
     template: str
     model_config_: dict[str, Any] | None = Field(default=None, alias="model_config")
     quantization_config: dict[str, Any] | None = None
@@ -55,12 +64,18 @@ class TrainRequest(BaseModel):
     tokenizer_config: dict[str, Any] | None = None
     trainer_config: dict[str, Any] | None = None
     invalid_data_tolerance_percent: float | None = None
-    resume_from_model: str | None = Field(default=None, description="an earlier MODEL_TRAINED version to start from")
 
     def overrides(self) -> dict[str, Any]:
         """The settings the user gave, under the names `resolve_settings` takes."""
         given = self.model_dump(by_alias=True, exclude_none=True)
-        return {k: v for k, v in given.items() if k not in ("dataset_version_id", "template", "resume_from_model")}
+        return {k: v for k, v in given.items() if k in SETTING_NAMES}
+
+
+class TrainRequest(SettingsRequest):
+    """One training run. Given setting keys override the template's defaults one by one."""
+
+    dataset_version_id: str
+    resume_from_model: str | None = Field(default=None, description="an earlier MODEL_TRAINED version to start from")
 
 
 class StatusOut(BaseModel):
