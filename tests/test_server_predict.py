@@ -19,6 +19,7 @@ import httpx
 import pytest
 from tests.conftest import api_key, run_cli
 from tests.server_helpers import Deployed, deploy, server_database, unfinished_version
+from tests.test_soak import assert_held, run_soak
 
 from tuneloom.generate.params import InferenceParams
 from tuneloom.server.inference import Inference, ModelCache, load_model, model_bytes
@@ -202,3 +203,9 @@ def test_concurrent_predictions_with_equal_params_share_a_batch(deployed: Deploy
     assert asyncio.run(burst(merged)) == asyncio.run(burst(alone))
     assert (merged.requests, alone.requests, alone.batches) == (10, 10, 10)
     assert merged.batches <= 2
+
+
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # 8 clients for 15 s; `make soak`: 32 for 60 s
+def test_mixed_load_while_training_gets_no_5xx_and_the_job_finishes(deployed: Deployed) -> None:
+    """Predictions, streams, uploads and polls from concurrent clients while the worker trains (tests/test_soak.py)."""
+    assert_held(run_soak(deployed, seconds=15, clients=8))
