@@ -17,9 +17,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-# --model choices of the model benchmarks → tuneloom template ids.
-MODEL_TEMPLATES = {"smollm2": "smollm2-135m-instruct-lora", "tiny-random": "tiny-random"}
+# BENCH_RESULTS redirects every result file (bench/gpu.sh points it at the device tool's $OUT).
+RESULTS_DIR = Path(os.environ.get("BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
+# --model choices of the model benchmarks → tuneloom template ids. The random shapes (bench.random_models)
+# use the SmolLM2 template's LoRA and trainer settings with their own base model folder.
+MODEL_TEMPLATES = {
+    "smollm2": "smollm2-135m-instruct-lora",
+    "tiny-random": "tiny-random",
+    "smollm2-135m-random": "smollm2-135m-instruct-lora",
+    "llama-1.1b-random": "smollm2-135m-instruct-lora",
+}
 DEFAULT_LIBRARIES = ("tuneloom", "torch", "transformers", "peft", "tokenizers", "numpy", "rich")
 
 
@@ -34,6 +41,48 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def device_name() -> str:
+    """The GPU's name when there is one, else the CPU's."""
+    import torch
+
+    return torch.cuda.get_device_name() if cuda() else cpu_name()
+
+
+def device_tag() -> str:
+    """Short name for result files: `cpu`, or the card (`h100`, `h200`, else `cuda`)."""
+    from bench.random_models import card_for
+
+    if not cuda():
+        return "cpu"
+    card = card_for(device_name())
+    return card.name.lower() if card else "cuda"
+
+
+def model_dir(choice: str) -> Path:
+    """Where a random-shape model is built (once per machine; `-tiny` under BENCH_TINY)."""
+    from bench.random_models import tiny
+
+    root = Path(os.environ.get("BENCH_MODELS", Path.home() / ".cache" / "tuneloom" / "bench-models"))
+    return root.expanduser() / (choice + ("-tiny" if tiny() else ""))
+
+
+def model_settings(choice: str) -> dict[str, Any]:
+    """Settings overrides for a --model choice: random shapes read their built folder; a GPU computes in bf16."""
+    from bench.random_models import SHAPES, build
+
+    model: dict[str, Any] = {"torch_dtype": "auto"} if cuda() else {}  # auto = bf16 on a GPU
+    if choice in SHAPES:
+        model["pretrained_model_name_or_path"] = str(build(choice, model_dir(choice)))
+    trainer = {"bf16": True} if cuda() else {}
+    return {k: v for k, v in (("model_config", model), ("trainer_config", trainer)) if v}
+
+
 def machine_info() -> dict[str, Any]:
     """Where the figures were measured."""
     return {
@@ -42,6 +91,7 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "implementation": platform.python_implementation(),
+        **({"device": device_name()} if "torch" in sys.modules else {}),  # never import torch just for this
     }
 
 

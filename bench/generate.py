@@ -7,20 +7,50 @@ Serving through the HTTP server (concurrent clients, p50/p99) is `bench.serve`.
 
     python -m bench.generate                      # SmolLM2-135M-Instruct, 32 prompts, 32 new tokens
     python -m bench.generate --model tiny-random  # seconds, for a smoke check
+    python -m bench.generate --model llama-1.1b-random --one-at-a-time 8 --variants baseline,single,batched,static
+
+Variants (`--variants`, comma-separated; default all but `static`):
+- `baseline`: `model.generate`, one request at a time, over the first `--one-at-a-time` requests —
+  its tokens/s is both the batch-1 `generate` figure and the one-at-a-time rate;
+- `single`: tuneloom's `generate` path with one request per call (batch 1), same requests;
+- `batched`: tuneloom's `generate` with all `--requests` at once;
+- `ttft`: tuneloom's stream, time to the first piece of text;
+- `static`: `model.generate` at batch 1 with a static KV cache; on CUDA transformers then compiles
+  the decode step (`torch.compile`, mode "reduce-overhead": CUDA graphs). Warmed up on the longest
+  prompt first, so the timed calls reuse one compiled graph. On a CPU it runs eagerly (no compile).
+On a known GPU the bandwidth floor is reported too: bytes of weights / HBM bandwidth = the most
+batch-1 tokens/s any decoder could reach (KV-cache reads not counted).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench.common import MODEL_TEMPLATES, RESULTS_DIR, print_table, write_result
+from bench.common import (
+    MODEL_TEMPLATES,
+    RESULTS_DIR,
+    cuda,
+    device_name,
+    device_tag,
+    model_settings,
+    print_table,
+    write_result,
+)
 
 TEMPLATES = MODEL_TEMPLATES
+VARIANTS = ("baseline", "single", "batched", "ttft", "static")
+LABELS = {
+    "baseline": "model.generate, one at a time (batch 1)",
+    "single": "tuneloom generate, one request per call",
+    "batched": "tuneloom generate, all requests batched",
+    "static": "model.generate batch 1, static cache + compile",
+}
 
 
 def prompts(n: int) -> list[str]:
@@ -31,28 +61,40 @@ def prompts(n: int) -> list[str]:
     return [e.prompt for e in examples[:n]]
 
 
-@torch.inference_mode()
-def baseline(loaded: Any, texts: list[str], max_tokens: int) -> dict[str, float]:
-    """What a notebook does: tokenize one prompt, `generate`, decode, next."""
-    tokenizer, model = loaded.tokenizer, loaded.model
-    new_tokens, started = 0, time.perf_counter()
-    for text in texts:
-        ids = tokenizer(text, return_tensors="pt")
-        out = model.generate(**ids, max_new_tokens=max_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        new_tokens += out.shape[1] - ids["input_ids"].shape[1]
+def timed(run: Callable[[], int]) -> dict[str, float]:
+    """Seconds (device work included) and new tokens of `run`, which returns its new-token count."""
+    sync()
+    started = time.perf_counter()
+    new_tokens = run()
+    sync()
     elapsed = time.perf_counter() - started
     return {"seconds": elapsed, "new_tokens": new_tokens, "tokens_per_s": new_tokens / elapsed}
 
 
-def batched(loaded: Any, texts: list[str], max_tokens: int) -> dict[str, float]:
+def sync() -> None:
+    if cuda():
+        torch.cuda.synchronize()
+
+
+@torch.inference_mode()
+def one_at_a_time(loaded: Any, texts: list[str], max_tokens: int, **extra: Any) -> int:
+    """What a notebook does: tokenize one prompt, `generate`, next. Returns the new tokens."""
+    tokenizer, model = loaded.tokenizer, loaded.model
+    new_tokens = 0
+    for text in texts:
+        ids = tokenizer(text, return_tensors="pt").to(model.device)
+        out = model.generate(
+            **ids, max_new_tokens=max_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id, **extra
+        )
+        new_tokens += out.shape[1] - ids["input_ids"].shape[1]
+    return int(new_tokens)
+
+
+def tuneloom_generate(loaded: Any, texts: list[str], max_tokens: int) -> int:
     from tuneloom.generate.generator import generate
     from tuneloom.generate.params import InferenceParams
 
-    started = time.perf_counter()
-    results = generate(loaded, texts, InferenceParams(max_tokens=max_tokens))
-    elapsed = time.perf_counter() - started
-    new_tokens = sum(r.tokens for r in results)
-    return {"seconds": elapsed, "new_tokens": new_tokens, "tokens_per_s": new_tokens / elapsed}
+    return sum(r.tokens for r in generate(loaded, texts, InferenceParams(max_tokens=max_tokens)))
 
 
 def time_to_first_token(loaded: Any, text: str, max_tokens: int) -> float:
@@ -67,49 +109,106 @@ def time_to_first_token(loaded: Any, text: str, max_tokens: int) -> float:
     return first
 
 
+def static_decode(loaded: Any, texts: list[str], max_tokens: int) -> dict[str, float]:
+    """Batch-1 `generate` with a static cache (compiled decode step on CUDA), after warming up."""
+    longest = max(texts, key=len)
+    for _ in range(3):  # compile, record the CUDA graphs, one clean replay
+        one_at_a_time(loaded, [longest], max_tokens, cache_implementation="static")
+    return timed(lambda: one_at_a_time(loaded, texts, max_tokens, cache_implementation="static"))
+
+
+def run_variants(loaded: Any, args: argparse.Namespace, variants: list[str]) -> dict[str, Any]:
+    texts = prompts(args.requests)
+    single = texts[: args.one_at_a_time]
+    tuneloom_generate(loaded, texts[:2], 4)  # warm-up: first-call allocations out of every measurement
+    one_at_a_time(loaded, texts[:1], 4)
+    figures: dict[str, Any] = {}
+    if "baseline" in variants:
+        figures["baseline"] = timed(lambda: one_at_a_time(loaded, single, args.max_tokens))
+    if "single" in variants:
+        figures["single"] = timed(lambda: sum(tuneloom_generate(loaded, [t], args.max_tokens) for t in single))
+    if "batched" in variants:
+        figures["batched"] = timed(lambda: tuneloom_generate(loaded, texts, args.max_tokens))
+    if "ttft" in variants:
+        figures["ttft_s"] = time_to_first_token(loaded, texts[0], args.max_tokens)
+    if "static" in variants:
+        figures["static"] = static_decode(loaded, single, args.max_tokens)
+    return figures
+
+
+def bandwidth_floor(model: Any) -> dict[str, Any]:
+    """The weights' bytes and, on a known card, the batch-1 tokens/s that reading them once per token allows."""
+    from bench.random_models import card_for, weight_bytes
+
+    size = weight_bytes(model)
+    card = card_for(device_name()) if cuda() else None
+    floor = card.memory_bytes_per_s / size if card else None
+    return {"weight_bytes": size, "card": card.name if card else None, "floor_tokens_per_s": floor}
+
+
+def table_rows(figures: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    base = figures.get("baseline")
+    floor = figures["bandwidth"]["floor_tokens_per_s"]
+    for key, label in LABELS.items():
+        run = figures.get(key)
+        if run is None:
+            continue
+        versus = f"{run['tokens_per_s'] / base['tokens_per_s']:.2f}×" if base else ""
+        of_floor = f"{run['tokens_per_s'] / floor:.1%}" if floor and key != "batched" else ""
+        rows.append(
+            [label, f"{run['tokens_per_s']:.1f}", str(run["new_tokens"]), f"{run['seconds']:.1f}", versus, of_floor]
+        )
+    if floor:
+        rows.append(["bandwidth floor (weights / HBM bandwidth)", f"{floor:.0f}", "", "", "", "100%"])
+    if "ttft_s" in figures:
+        rows.append(["tuneloom stream, time to first token", f"{figures['ttft_s'] * 1000:.0f} ms", "", "", "", ""])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(TEMPLATES), default="smollm2")
     parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--one-at-a-time", type=int, default=None, help="requests for the batch-1 runs (all)")
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--variants", default="baseline,single,batched,ttft")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    args.one_at_a_time = args.one_at_a_time or args.requests
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
 
     from tuneloom.generate.loading import load_for_inference
 
-    loaded = load_for_inference(TEMPLATES[args.model])
-    texts = prompts(args.requests)
-    batched(loaded, texts[:2], 4)  # warm-up: first-call allocations out of both measurements
-    base = baseline(loaded, texts, args.max_tokens)
-    ours = batched(loaded, texts, args.max_tokens)
-    ttft = time_to_first_token(loaded, texts[0], args.max_tokens)
-    figures = {
-        "model": TEMPLATES[args.model],
+    loaded = load_for_inference(TEMPLATES[args.model], model_settings(args.model))
+    figures: dict[str, Any] = {
+        "model": args.model,
+        "template": TEMPLATES[args.model],
+        "dtype": str(next(loaded.model.parameters()).dtype),
         "requests": args.requests,
+        "one_at_a_time_requests": args.one_at_a_time,
         "max_tokens": args.max_tokens,
-        "baseline_one_at_a_time": base,
-        "tuneloom_batched": ours,
-        "tuneloom_stream_ttft_s": ttft,
-        "speedup_tokens_per_s": ours["tokens_per_s"] / base["tokens_per_s"],
+        **run_variants(loaded, args, variants),
+        "bandwidth": bandwidth_floor(loaded.model),
     }
+    if "baseline" in figures and "batched" in figures:
+        figures["speedup_tokens_per_s"] = figures["batched"]["tokens_per_s"] / figures["baseline"]["tokens_per_s"]
     print_table(
-        f"Generation, {TEMPLATES[args.model]}, {args.requests} requests × ≤{args.max_tokens} new tokens, greedy (CPU)",
-        ["run", "output tokens/s", "new tokens", "seconds"],
-        [
-            [
-                "model.generate, one at a time",
-                f"{base['tokens_per_s']:.1f}",
-                base["new_tokens"],
-                f"{base['seconds']:.1f}",
-            ],
-            ["tuneloom, batched", f"{ours['tokens_per_s']:.1f}", ours["new_tokens"], f"{ours['seconds']:.1f}"],
-            ["tuneloom / baseline", f"{figures['speedup_tokens_per_s']:.2f}×", "", ""],
-            ["tuneloom stream, time to first token", f"{ttft * 1000:.0f} ms", "", ""],
-        ],
+        f"Generation, {args.model}, {args.requests} requests × ≤{args.max_tokens} new tokens, greedy ({device_name()})",
+        ["run", "output tokens/s", "new tokens", "seconds", "× model.generate", "of floor"],
+        table_rows(figures),
     )
-    out = args.out or RESULTS_DIR / f"generate-{args.model}-cpu.json"
+    suffix = "" if variants != ["static"] else "-static"
+    out = args.out or RESULTS_DIR / f"generate-{args.model}{suffix}-{device_tag()}.json"
     write_result(
-        out, benchmark="generate", figures=figures, device="cpu", libraries=("tuneloom", "torch", "transformers")
+        out,
+        benchmark="generate",
+        figures=figures,
+        device=device_name(),
+        libraries=("tuneloom", "torch", "transformers"),
     )
     print(f"wrote {out}")
 

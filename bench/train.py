@@ -7,6 +7,11 @@ training loss — tuneloom must learn the same thing, so the losses must agree w
 
     python -m bench.train                      # SmolLM2-135M-Instruct, 64 examples
     python -m bench.train --model tiny-random  # seconds, for a smoke check
+    python -m bench.train --model llama-1.1b-random --examples 384 --batch 16   # on a GPU (bench/gpu.sh)
+
+On a GPU both runs compute in bf16 (weights loaded in bf16, `bf16=True`), peak memory is
+`torch.cuda.max_memory_allocated`, and MFU is reported against the card's datasheet bf16 peak with
+`bench.random_models.lora_flops_per_token` (4·N_linear + 6·N_lora per real token).
 """
 
 from __future__ import annotations
@@ -22,7 +27,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import MODEL_TEMPLATES, RESULTS_DIR, print_table, write_result
+from bench.common import (
+    MODEL_TEMPLATES,
+    RESULTS_DIR,
+    cuda,
+    device_name,
+    device_tag,
+    model_settings,
+    print_table,
+    write_result,
+)
 
 TEMPLATES = MODEL_TEMPLATES
 WORDS = [
@@ -91,6 +105,7 @@ def trainer_config(args: argparse.Namespace) -> dict[str, Any]:
         "logging_steps": 1,
         "save_strategy": "no",
         "seed": 42,
+        **model_settings(args.model).get("trainer_config", {}),
     }
 
 
@@ -98,6 +113,7 @@ def run_tuneloom(args: argparse.Namespace, data: Path, work: Path) -> dict[str, 
     from tuneloom.train.recipe import TrainJob, run_training
 
     settings = {
+        **model_settings(args.model),
         "tokenizer_config": {"model_max_length": 1100},
         "trainer_config": {**trainer_config(args), "eval_fraction": 0.0},
     }
@@ -123,16 +139,17 @@ def run_baseline(args: argparse.Namespace, data: Path, work: Path) -> dict[str, 
     from tuneloom.data import parse_file
     from tuneloom.data.tokenized import tokenize_examples
     from tuneloom.templates import get_template, resolve_settings
-    from tuneloom.templates.loading import load_tokenizer
+    from tuneloom.templates.loading import load_tokenizer, pick_device, resolve_dtype
     from tuneloom.templates.sources import resolve_model_dir
 
-    settings = resolve_settings(get_template(TEMPLATES[args.model]))
+    settings = resolve_settings(get_template(TEMPLATES[args.model]), model_settings(args.model))
     set_seed(42)
     tokenizer = load_tokenizer(settings.model_config, settings.tokenizer_config)
     rows, _ = tokenize_examples(parse_file(data).examples, tokenizer, max_length=1100)
     dataset = [{"input_ids": r.input_ids, "attention_mask": [1] * len(r), "labels": r.labels} for r in rows]
     model = AutoModelForCausalLM.from_pretrained(
-        resolve_model_dir(settings.model_config["pretrained_model_name_or_path"])
+        resolve_model_dir(settings.model_config["pretrained_model_name_or_path"]),
+        dtype=resolve_dtype(settings.model_config.get("torch_dtype"), pick_device()),  # same dtype as tuneloom's
     )
     peft = {k: v for k, v in settings.peft_config.items() if k != "peft_type"}
     model = get_peft_model(model, LoraConfig(**peft))
@@ -155,6 +172,10 @@ def worker(args: argparse.Namespace) -> None:
     run = run_tuneloom if args.worker == "tuneloom" else run_baseline
     result = run(args, work / "data.txt", work)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if cuda():
+        import torch
+
+        result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     result["tokens_per_s"] = result["real_tokens"] / result["runtime_s"]
     (work / f"{args.worker}.json").write_text(json.dumps(result))
 
@@ -172,6 +193,7 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
+    settings = model_settings(args.model)  # builds a random-shape model once, before the two workers read it
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         make_dataset(work / "data.txt", args.examples, seed=0)
@@ -180,49 +202,75 @@ def main() -> None:
             cmd = [sys.executable, "-m", "bench.train", *sys.argv[1:], "--worker", name, "--work", tmp]
             subprocess.run(cmd, check=True)
             results[name] = json.loads((work / f"{name}.json").read_text())
+    figures = summarize(args, results, settings)
+    memory = "peak_gpu_mib" if cuda() else "peak_rss_mib"
+    rows = [
+        [n, f"{r['tokens_per_s']:.0f}", f"{r[memory]:.0f}", f"{r['mean_loss']:.4f}", f"{r['runtime_s']:.1f}", mfu(r)]
+        for n, r in results.items()
+    ]
+    ratio = figures["tuneloom"][memory] / figures["baseline"][memory]
+    rows.append(
+        [
+            "tuneloom / baseline",
+            f"{figures['speedup_tokens_per_s']:.2f}×",
+            f"{ratio:.2f}×",
+            f"Δ {figures['loss_rel_diff']:.2%}",
+            "",
+            "",
+        ]
+    )
+    print_table(
+        f"Training throughput, {args.model} LoRA, {args.examples} examples, batch {args.batch} ({device_name()})",
+        ["run", "real tokens/s", "peak GPU MiB" if cuda() else "peak RSS MiB", "mean loss", "runtime s", "MFU"],
+        rows,
+    )
+    out = args.out or RESULTS_DIR / f"train-{args.model}-{device_tag()}.json"
+    write_result(
+        out,
+        benchmark="train",
+        figures=figures,
+        device=device_name(),
+        libraries=("tuneloom", "torch", "transformers", "peft", "accelerate"),
+    )
+    print(f"wrote {out}")
+
+
+def summarize(args: argparse.Namespace, results: dict[str, dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any]:
+    """Both runs' figures, their ratios, and — on a known card — FLOPs per token and MFU of each."""
+    from bench.random_models import card_for, lora_flops_per_token, matmul_parameters
+    from tuneloom.templates import get_template, resolve_settings
+    from tuneloom.templates.sources import resolve_model_dir
+
+    resolved = resolve_settings(get_template(TEMPLATES[args.model]), settings)
+    folder = Path(resolve_model_dir(resolved.model_config["pretrained_model_name_or_path"]))
+    lora = resolved.peft_config
+    linear, adapters = matmul_parameters(folder, int(lora["r"]), list(lora["target_modules"]))
+    per_token = lora_flops_per_token(linear, adapters)
+    card = card_for(device_name()) if cuda() else None
+    for result in results.values():
+        result["flops_per_token"] = per_token
+        if card is not None:
+            result["mfu"] = result["tokens_per_s"] * per_token / card.bf16_dense_flops
     base, ours = results["baseline"], results["tuneloom"]
-    figures = {
-        "model": TEMPLATES[args.model],
+    return {
+        "model": args.model,
+        "template": TEMPLATES[args.model],
         "examples": args.examples,
         "batch": args.batch,
         "epochs": args.epochs,
+        "linear_parameters": linear,
+        "lora_parameters": adapters,
+        "flops_per_token_formula": "4 * linear_parameters + 6 * lora_parameters (attention scores not counted)",
+        "peak_bf16_flops": card.bf16_dense_flops if card else None,
         "baseline": base,
         "tuneloom": ours,
         "speedup_tokens_per_s": ours["tokens_per_s"] / base["tokens_per_s"],
         "loss_rel_diff": abs(ours["mean_loss"] - base["mean_loss"]) / base["mean_loss"],
     }
-    print_table(
-        f"Training throughput, {TEMPLATES[args.model]} LoRA, {args.examples} examples, batch {args.batch} (CPU)",
-        ["run", "real tokens/s", "peak RSS MiB", "mean loss", "runtime s"],
-        [
-            [
-                n,
-                f"{r['tokens_per_s']:.0f}",
-                f"{r['peak_rss_mib']:.0f}",
-                f"{r['mean_loss']:.4f}",
-                f"{r['runtime_s']:.1f}",
-            ]
-            for n, r in results.items()
-        ]
-        + [
-            [
-                "tuneloom / baseline",
-                f"{figures['speedup_tokens_per_s']:.2f}×",
-                "",
-                f"Δ {figures['loss_rel_diff']:.2%}",
-                "",
-            ]
-        ],
-    )
-    out = args.out or RESULTS_DIR / f"train-{args.model}-cpu.json"
-    write_result(
-        out,
-        benchmark="train",
-        figures=figures,
-        device="cpu",
-        libraries=("tuneloom", "torch", "transformers", "peft", "accelerate"),
-    )
-    print(f"wrote {out}")
+
+
+def mfu(result: dict[str, Any]) -> str:
+    return f"{result['mfu']:.1%}" if "mfu" in result else "–"
 
 
 if __name__ == "__main__":

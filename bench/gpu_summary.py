@@ -1,0 +1,83 @@
+"""One table of everything `bench/gpu.sh` measured, read back from the result files it wrote.
+
+    python -m bench.gpu_summary DIR   # DIR holds train-*.json and generate-*.json
+
+A step that failed left no file; its row says so, so the table always shows what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.common import print_table
+
+EXPECTED_TRAIN = ("smollm2-135m-random", "llama-1.1b-random")
+DECODE_LABELS = {
+    "baseline": "model.generate, one at a time (batch 1)",
+    "single": "tuneloom, one request per call",
+    "static": "static cache + compile, batch 1",
+    "batched": "tuneloom, {requests} requests batched",
+}
+
+
+def load(folder: Path, pattern: str) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob(pattern))]
+
+
+def train_rows(results: list[dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    seen = {r["figures"]["model"] for r in results}
+    for result in results:
+        f = result["figures"]
+        for run in ("baseline", "tuneloom"):
+            r = f[run]
+            memory = r.get("peak_gpu_mib", r["peak_rss_mib"])
+            mfu = f"{r['mfu']:.1%}" if "mfu" in r else "–"
+            ratio = f"{f['speedup_tokens_per_s']:.2f}×" if run == "tuneloom" else ""
+            loss = f"{r['mean_loss']:.4f}" + (f" (Δ {f['loss_rel_diff']:.2%})" if run == "tuneloom" else "")
+            rows.append([f"train {f['model']}", run, f"{r['tokens_per_s']:.0f}", ratio, f"{memory:.0f}", loss, mfu])
+    rows += [[f"train {m}", "NOT MEASURED (step failed)", "", "", "", "", ""] for m in EXPECTED_TRAIN if m not in seen]
+    return rows
+
+
+def decode_rows(results: list[dict[str, Any]]) -> list[list[str]]:
+    merged: dict[str, Any] = {}
+    for result in results:
+        merged.update({k: v for k, v in result["figures"].items() if v is not None})
+    if not merged:
+        return [["decode", "NOT MEASURED (step failed)", "", "", "", "", ""]]
+    base = merged.get("baseline")
+    floor = merged.get("bandwidth", {}).get("floor_tokens_per_s")
+    rows = []
+    for key, label in DECODE_LABELS.items():
+        run = merged.get(key)
+        if run is None:
+            rows.append([f"decode {merged['model']}", label.format(**merged), "not measured", "", "", "", ""])
+            continue
+        ratio = f"{run['tokens_per_s'] / base['tokens_per_s']:.2f}×" if base else ""
+        of_floor = f"{run['tokens_per_s'] / floor:.1%} of floor" if floor and key != "batched" else ""
+        rows.append(
+            [f"decode {merged['model']}", label.format(**merged), f"{run['tokens_per_s']:.1f}", ratio, "", "", of_floor]
+        )
+    if floor:
+        rows.append([f"decode {merged['model']}", "bandwidth floor (weights / HBM)", f"{floor:.0f}", "", "", "", ""])
+    return rows
+
+
+def main() -> None:
+    folder = Path(sys.argv[1] if len(sys.argv) > 1 else ".")
+    train = load(folder, "train-*.json")
+    decode = load(folder, "generate-*.json")
+    device = next((r["device"] for r in train + decode), "no result")
+    print_table(
+        f"bench/gpu.sh — {device}",
+        ["measurement", "run", "tokens/s", "× baseline", "peak MiB", "mean loss", "MFU / floor"],
+        train_rows(train) + decode_rows(decode),
+    )
+
+
+if __name__ == "__main__":
+    main()
