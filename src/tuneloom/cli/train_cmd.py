@@ -26,6 +26,7 @@ def register(commands: Any) -> None:
             help=f"{name} overrides as a JSON object, or @path to a JSON file",
         )
     train.add_argument("--invalid-data-tolerance-percent", type=float, dest="tolerance")
+    _distributed_args(train)
     train.add_argument("--validation", type=Path, help="held-out file (default: 10%% of the data)")
     train.add_argument("--format", default="auto", choices=["auto", "sections", "csv", "jsonl"])
     train.add_argument("--output", type=Path, default=Path("runs/model"))
@@ -33,6 +34,26 @@ def register(commands: Any) -> None:
     train.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     train.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     train.set_defaults(run=run_train)
+
+
+# `--num-processes 2` etc.: shorthands for the keys of the `distributed` setting (they override --distributed).
+DISTRIBUTED_FLAGS = {
+    "strategy": str,
+    "num_processes": int,
+    "num_machines": int,
+    "machine_rank": int,
+    "main_process_ip": str,
+    "main_process_port": int,
+}
+
+
+def _distributed_args(train: argparse.ArgumentParser) -> None:
+    group = train.add_argument_group("several processes, GPUs or machines (through accelerate launch)")
+    group.add_argument("--distributed", metavar="JSON|@FILE", help="the distributed setting as a JSON object")
+    for key, kind in DISTRIBUTED_FLAGS.items():
+        group.add_argument(
+            f"--{key.replace('_', '-')}", dest=f"dist_{key}", type=kind, metavar=key.split("_")[-1].upper()
+        )
 
 
 def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -48,7 +69,21 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         overrides[name] = parse_settings_json(raw, name)
     if args.tolerance is not None:
         overrides["invalid_data_tolerance_percent"] = args.tolerance
+    distributed = _distributed_from_args(args)
+    if distributed:
+        overrides["distributed"] = distributed
     return overrides
+
+
+def _distributed_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    from tuneloom.templates import parse_settings_json
+
+    raw = getattr(args, "distributed", None)
+    if raw is not None and raw.startswith("@"):
+        raw = _read_settings_file(Path(raw[1:]), "distributed")
+    given = parse_settings_json(raw, "distributed") if raw is not None else {}
+    flags = {key: getattr(args, f"dist_{key}", None) for key in DISTRIBUTED_FLAGS}
+    return {**given, **{k: v for k, v in flags.items() if v is not None}}
 
 
 def _read_settings_file(path: Path, name: str) -> str:
@@ -61,7 +96,8 @@ def _read_settings_file(path: Path, name: str) -> str:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from tuneloom.train.recipe import TrainJob, run_training
+    from tuneloom.train.launch import train
+    from tuneloom.train.recipe import TrainJob
 
     job = TrainJob(
         data=args.data,
@@ -74,7 +110,10 @@ def run_train(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     stop = threading.Event()
-    outcome = with_progress(lambda sink: run_training(job, on_event=sink, stop=stop), stop)
+    outcome = with_progress(lambda sink: train(job, on_event=sink, stop=stop), stop)
+    if outcome is None:
+        console.print("This machine's processes finished; the machine with machine_rank 0 writes the model version.")
+        return 0
     report = outcome.report
     if report.invalid_rows:
         console_err.print(

@@ -24,11 +24,12 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tuneloom.errors import SettingsError
 from tuneloom.templates.catalogue import DEFAULT_TEMPLATE, SETTING_NAMES, TEMPLATES, Template, get_template
+from tuneloom.templates.settings_distributed import DISTRIBUTED, check_distributed
 from tuneloom.templates.settings_fields import (
     apply_aliases,
     check_setting,
@@ -41,7 +42,7 @@ from tuneloom.templates.settings_rules import CLEARED_BY_EMPTY, FLOAT, GPU_ONLY_
 
 TOLERANCE = "invalid_data_tolerance_percent"
 DEFAULT_TOLERANCE = 5.0
-TOP_LEVEL_KEYS = (*SETTING_NAMES, TOLERANCE)
+TOP_LEVEL_KEYS = (*SETTING_NAMES, TOLERANCE, DISTRIBUTED)
 _NOT_GIVEN: Any = object()
 
 
@@ -55,11 +56,14 @@ class TrainingSettings:
     tokenizer_config: dict[str, Any]
     trainer_config: dict[str, Any]
     invalid_data_tolerance_percent: float = DEFAULT_TOLERANCE
+    distributed: dict[str, Any] = field(default_factory=dict)  # {} = one process (settings_distributed)
 
     def to_dict(self) -> dict[str, Any]:
-        """All six keys, deep-copied, ready for `json.dumps`."""
+        """All six keys (seven for a multi-process run), deep-copied, ready for `json.dumps`."""
         out: dict[str, Any] = {name: copy.deepcopy(getattr(self, name)) for name in SETTING_NAMES}
         out[TOLERANCE] = self.invalid_data_tolerance_percent
+        if self.distributed:
+            out[DISTRIBUTED] = copy.deepcopy(self.distributed)
         return out
 
     @classmethod
@@ -77,7 +81,10 @@ class TrainingSettings:
             if not isinstance(data[name], dict):
                 raise SettingsError(f"{name} must be an object, not {kind_of(data[name])}", key=name)
         dicts = {name: data[name] for name in SETTING_NAMES}
-        return cls(**dicts, invalid_data_tolerance_percent=_tolerance(data.get(TOLERANCE)))
+        distributed = data.get(DISTRIBUTED) or {}
+        if not isinstance(distributed, dict):
+            raise SettingsError(f"{DISTRIBUTED} must be an object, not {kind_of(distributed)}", key=DISTRIBUTED)
+        return cls(**dicts, invalid_data_tolerance_percent=_tolerance(data.get(TOLERANCE)), distributed=distributed)
 
 
 def resolve_settings(
@@ -102,7 +109,11 @@ def resolve_settings(
         )
         for name in SETTING_NAMES
     }
-    return TrainingSettings(**resolved, invalid_data_tolerance_percent=_tolerance(user.get(TOLERANCE)))
+    return TrainingSettings(
+        **resolved,
+        invalid_data_tolerance_percent=_tolerance(user.get(TOLERANCE)),
+        distributed=check_distributed(user.get(DISTRIBUTED)),
+    )
 
 
 def merge_setting(name: str, default: Mapping[str, Any], given: Any) -> dict[str, Any]:

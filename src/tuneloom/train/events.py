@@ -99,7 +99,7 @@ class StopOnRequest(TrainerCallback):
         self.stop = stop
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
-        if self.stop.is_set():
+        if any_rank(self.stop.is_set()):
             control.should_save = True
             control.should_training_stop = True
 
@@ -115,8 +115,26 @@ class CheckpointEvery(TrainerCallback):
         self.last = time.monotonic()
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
-        if time.monotonic() - self.last >= self.seconds:
+        if any_rank(time.monotonic() - self.last >= self.seconds):
             control.should_save = True
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
         self.last = time.monotonic()
+
+
+def any_rank(flag: bool) -> bool:
+    """True when any process of a distributed run says True; in a one-process run, `flag` itself.
+
+    Saving and stopping are collective: if one rank decided alone, the others would wait forever in
+    the next gradient all-reduce. One tiny all-reduce per step keeps every rank on the same branch.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    on_cpu = "gloo" in str(dist.get_backend())
+    device = torch.device("cpu") if on_cpu else torch.device("cuda", torch.cuda.current_device())
+    votes = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(votes, op=dist.ReduceOp.MAX)
+    return bool(votes.item())

@@ -76,7 +76,21 @@ class TrainOutcome:
 def run_training(
     job: TrainJob, *, on_event: EventSink = ignore_events, stop: threading.Event | None = None
 ) -> TrainOutcome:
-    _check_output(job)
+    """Train in this process (for several processes, `tuneloom.train.launch.train` starts the ranks)."""
+    outcome = train_rank(job, on_event=on_event, stop=stop)
+    assert outcome is not None, "a one-process run is its own rank 0"
+    return outcome
+
+
+def train_rank(
+    job: TrainJob, *, on_event: EventSink = ignore_events, stop: threading.Event | None = None
+) -> TrainOutcome | None:
+    """One process's share of a run; only the main process (rank 0) writes the model version and returns it.
+
+    Every rank reads the data and builds the model the same way (same seed, same split); the
+    Trainer, started by `accelerate launch`, shards the batches and averages the gradients.
+    """
+    check_output(job)
     template = get_template(job.template)
     settings = resolve_settings(template, job.settings)
     require_supported_hardware(settings, cuda_available=torch.cuda.is_available())
@@ -108,7 +122,7 @@ def run_training(
     if options["packing"]:
         use_varlen_attention(model)
 
-    workdir = job.workdir or job.output.with_name(job.output.name + ".partial")
+    workdir = workdir_for(job)
     callbacks = [ProgressReporter(on_event), StopOnRequest(stop or threading.Event())]
     if job.checkpoint_every_s:
         callbacks.append(CheckpointEvery(job.checkpoint_every_s))
@@ -137,9 +151,13 @@ def run_training(
     metrics = _metrics(trainer, result.metrics, eval_loss, train_set.token_count)
     on_event(TrainEvent("stage", "Saving model version"))
     restore_attention(model)
+    weights_state = _gathered_weights(trainer)
+    if not trainer.is_world_process_zero():
+        trainer.accelerator.wait_for_everyone()
+        return None
     staging = workdir / "version"
     weights = "adapter" if settings.peft_config else "model"
-    _stage_artifacts(staging / weights, model, tokenizer, metrics, report, held_examples)
+    _stage_artifacts(staging / weights, model, tokenizer, metrics, report, held_examples, weights_state)
     manifest = {
         "template": template.id,
         "base_model": settings.model_config["pretrained_model_name_or_path"],
@@ -155,9 +173,24 @@ def run_training(
         },
         "summary": {k: metrics[k] for k in ("train_loss", "eval_loss", "perplexity") if k in metrics},
     }
+    if settings.distributed:
+        manifest["distributed"] = {"strategy": settings.distributed["strategy"], "processes": trainer.args.world_size}
     version = finalize(staging, job.output, manifest, overwrite=job.overwrite)
     shutil.rmtree(workdir, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
     return TrainOutcome(version, metrics, report)
+
+
+def _gathered_weights(trainer: Trainer) -> dict[str, Any] | None:
+    """The full weights on rank 0 when they are sharded over the processes; None when `model` holds them.
+
+    FSDP and DeepSpeed hold a slice of every tensor per rank; gathering is collective (every rank
+    must call it), and the model-version directory gets one ordinary, consolidated copy. DDP keeps a
+    full replica per rank, so rank 0 saves its own.
+    """
+    if not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        return None
+    return dict(trainer.accelerator.get_state_dict(trainer.model_wrapped))
 
 
 def _build_model(settings: TrainingSettings, start_from: Path | None) -> Any:
@@ -178,19 +211,33 @@ def _build_model(settings: TrainingSettings, start_from: Path | None) -> Any:
     return apply_peft(model, settings.peft_config)
 
 
-def _check_output(job: TrainJob) -> None:
+def workdir_for(job: TrainJob) -> Path:
+    """Checkpoints and staging: `job.workdir`, or `<output>.partial` beside the output."""
+    return job.workdir or job.output.with_name(job.output.name + ".partial")
+
+
+def check_output(job: TrainJob) -> None:
     """Refuse an existing output before hours of training, not after."""
     if job.output.exists() and not job.overwrite:
         raise ModelVersionError(f"{job.output} already exists; choose another --output or pass --overwrite.")
 
 
 def _stage_artifacts(
-    weights_dir: Path, model: Any, tokenizer: Any, metrics: dict[str, Any], report: DataReport, held: list[Example]
+    weights_dir: Path,
+    model: Any,
+    tokenizer: Any,
+    metrics: dict[str, Any],
+    report: DataReport,
+    held: list[Example],
+    state_dict: dict[str, Any] | None = None,
 ) -> None:
     """Everything but the manifest, into the staging folder that holds `weights_dir`."""
     staging = weights_dir.parent
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(weights_dir)
+    if state_dict is None:
+        model.save_pretrained(weights_dir)
+    else:
+        model.save_pretrained(weights_dir, state_dict=state_dict)
     tokenizer.save_pretrained(staging / "tokenizer")
     write_json(staging / "metrics.json", metrics)
     write_json(staging / "data_report.json", report.to_dict())
@@ -227,7 +274,7 @@ def _training_arguments(
 ) -> TrainingArguments:
     """The user's trainer_config, plus what the platform owns: where files go, logging, evaluation cadence."""
     user = {k: v for k, v in settings.trainer_config.items() if k not in options}
-    steps = _estimated_steps(user, n_train)
+    steps = _estimated_steps(user, n_train, int(settings.distributed.get("num_processes", 1)))
     cadence = max(1, steps // 10)
     defaults: dict[str, Any] = {
         "logging_steps": 1,
@@ -238,6 +285,8 @@ def _training_arguments(
         "eval_steps": cadence,
         "report_to": "none",
     }
+    if settings.distributed:
+        defaults["ddp_find_unused_parameters"] = False  # every parameter trains each step; skip the extra graph walk
     forced = {
         "output_dir": str(workdir / "checkpoints"),
         "disable_tqdm": True,
@@ -248,11 +297,13 @@ def _training_arguments(
     return TrainingArguments(**{**defaults, **user, **forced})
 
 
-def _estimated_steps(trainer_config: dict[str, Any], n_train: int) -> int:
+def _estimated_steps(trainer_config: dict[str, Any], n_train: int, processes: int = 1) -> int:
     if int(trainer_config.get("max_steps", -1)) > 0:
         return int(trainer_config["max_steps"])
-    per_step = int(trainer_config.get("per_device_train_batch_size", 8)) * int(
-        trainer_config.get("gradient_accumulation_steps", 1)
+    per_step = (
+        int(trainer_config.get("per_device_train_batch_size", 8))
+        * int(trainer_config.get("gradient_accumulation_steps", 1))
+        * processes
     )
     return max(1, math.ceil(n_train / per_step) * math.ceil(float(trainer_config.get("num_train_epochs", 1))))
 

@@ -14,18 +14,15 @@ The supervisor sends "stop" to ask for a checkpoint and a clean exit (worker shu
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import os
-import signal
 import threading
-import time
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-PR_SET_PDEATHSIG = 1
+from tuneloom.train.process import die_with_parent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +42,7 @@ class RunSpec:
 
 def run_child(spec: RunSpec, conn: Connection) -> None:
     """Process entry point (multiprocessing: forked from the supervisor's forkserver)."""
-    _die_with_parent()
+    die_with_parent()
     if spec.cuda_device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(spec.cuda_device)
     stop = threading.Event()
@@ -56,7 +53,8 @@ def run_child(spec: RunSpec, conn: Connection) -> None:
 
 def _train(spec: RunSpec, stop: threading.Event, conn: Connection) -> tuple[str, dict[str, Any]]:
     from tuneloom.errors import DataFileError, SettingsError, ToleranceExceededError, TuneloomError
-    from tuneloom.train.recipe import TrainingInterrupted, TrainJob, run_training
+    from tuneloom.train.launch import train
+    from tuneloom.train.recipe import TrainingInterrupted, TrainJob
 
     def send_event(event: Any) -> None:
         conn.send(("event", dataclasses.asdict(event)))
@@ -74,7 +72,7 @@ def _train(spec: RunSpec, stop: threading.Event, conn: Connection) -> tuple[str,
         checkpoint_every_s=spec.checkpoint_every_s,
     )
     try:
-        run_training(job, on_event=send_event, stop=stop)
+        train(job, on_event=send_event, stop=stop)  # in this process, or its ranks through accelerate launch
     except TrainingInterrupted:
         return "stopped", {}
     except (ToleranceExceededError, DataFileError) as err:  # the snapshot parsed at upload; rows fail tokenization
@@ -94,19 +92,3 @@ def _listen_for_stop(conn: Connection, stop: threading.Event) -> None:
         while conn.recv() != "stop":
             pass
         stop.set()
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies; elsewhere, poll the parent's pid."""
-    parent = os.getppid()
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) == 0 and os.getppid() == parent:
-            return
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-
-
-def _watch_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os._exit(1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import multiprocessing
 import os
 import socket
@@ -23,15 +24,19 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
+
 from tuneloom.store import dataset_versions, jobs, telemetry
 from tuneloom.store.artifacts import Artifacts
-from tuneloom.store.db import Database
+from tuneloom.store.db import Database, is_unavailable
 from tuneloom.store.models import ModelVersion, TrainingStatus
 from tuneloom.store.registry import get_model_version_by_id
 from tuneloom.train.recipe import latest_checkpoint
 from tuneloom.worker.child import RunSpec, run_child
 
 STOP_GRACE_S = 120.0  # a checkpoint of a big model takes a while; after this the child is killed
+DB_RETRY_S = 2.0  # while the database is unavailable, try again this often
+log = logging.getLogger("tuneloom.worker")
 
 
 @dataclass
@@ -74,7 +79,14 @@ class WorkerSlot:
     def run_forever(self) -> None:
         """Train queued jobs until `shutdown` is set; a job in hand is checkpointed and released."""
         while not self.shutdown.is_set():
-            if not self.run_once():
+            try:
+                busy = self.run_once()
+            except DBAPIError as err:
+                if not is_unavailable(err):
+                    raise
+                log.warning("worker %s: database unavailable, retrying: %s", self.worker_id, err.orig)
+                busy = False
+            if not busy:
                 self.shutdown.wait(self.config.poll_s)
 
     def run_once(self) -> bool:
@@ -121,28 +133,49 @@ class WorkerSlot:
                 if self._beat(job, state):
                     self._cancel(job, child)
                     return
-        self._beat(job, state)  # the last progress and telemetry, before the final status
-        self._record(job, state.result, child)
+        self._until_database_answers(lambda: self._flush(job, state))  # the last telemetry, before the final status
+        self._until_database_answers(lambda: self._record(job, state.result, child))
 
     def _beat(self, job: ModelVersion, state: _RunState) -> bool:
-        """Write what arrived, extend the lease; True when the user asked to cancel."""
-        self._flush(job, state)
-        return jobs.heartbeat(
-            self.db,
-            job.id,
-            self.worker_id,
-            self.config.lease_s,
-            step=state.step,
-            total_steps=state.total,
-            eta_s=state.eta_s,
-        )
+        """Write what arrived, extend the lease; True when the user asked to cancel.
+
+        While the database is unavailable the run goes on: what arrived is kept for the next beat.
+        """
+        try:
+            self._flush(job, state)
+            return jobs.heartbeat(
+                self.db,
+                job.id,
+                self.worker_id,
+                self.config.lease_s,
+                step=state.step,
+                total_steps=state.total,
+                eta_s=state.eta_s,
+            )
+        except DBAPIError as err:
+            if not is_unavailable(err):
+                raise
+            log.warning("worker %s: database unavailable during %s: %s", self.worker_id, job.id, err.orig)
+            return False
+
+    def _until_database_answers(self, write: Any) -> Any:
+        """Call `write` until the database takes it: a finished run's status must not be lost to an outage."""
+        while True:
+            try:
+                return write()
+            except DBAPIError as err:
+                if not is_unavailable(err):
+                    raise
+                log.warning("worker %s: database unavailable, retrying: %s", self.worker_id, err.orig)
+                time.sleep(DB_RETRY_S)
 
     def _flush(self, job: ModelVersion, state: _RunState) -> None:
         if state.metrics:
             telemetry.add_metrics(self.db, job.id, state.metrics)
+            state.metrics = []
         if state.logs:
             telemetry.append_logs(self.db, job.id, state.logs)
-        state.metrics, state.logs = [], []
+            state.logs = []
 
     def _cancel(self, job: ModelVersion, child: Any) -> None:
         _kill(child)
@@ -186,6 +219,11 @@ class WorkerSlot:
         """The child's instructions, or why the job cannot run at all."""
         if job.dataset_version_id is None:
             return "the dataset version this run was created with has been deleted"
+        if int((job.settings.get("distributed") or {}).get("num_machines", 1)) > 1:
+            return (
+                "a run over several machines is started with `tuneloom train --num-machines N` on each machine; "
+                "a worker trains on its own machine (num_machines 1, any num_processes)"
+            )
         data = dataset_versions.get_version_by_id(self.db, job.dataset_version_id)
         if data.artifact_path is None:
             return f"dataset version '{data.id}' has no snapshot file"

@@ -49,6 +49,7 @@ SETTING_NAMES = (
     "tokenizer_config",
     "trainer_config",
     "invalid_data_tolerance_percent",
+    "distributed",
 )
 
 
@@ -64,6 +65,9 @@ class SettingsRequest(BaseModel):
     tokenizer_config: dict[str, Any] | None = None
     trainer_config: dict[str, Any] | None = None
     invalid_data_tolerance_percent: float | None = None
+    distributed: dict[str, Any] | None = Field(
+        default=None, description="several processes on the worker's machine: strategy, num_processes (README)"
+    )
 
     def overrides(self) -> dict[str, Any]:
         """The settings the user gave, under the names `resolve_settings` takes."""

@@ -1,0 +1,111 @@
+"""The `distributed` setting: how many processes (and machines) train one model version, and how.
+
+It sits beside the five settings and is validated the same way (unknown keys refused with a
+suggestion, numbers range-checked, strings matched case-insensitively), but it feeds
+`accelerate launch` rather than a Hugging Face class:
+
+| key               | default | meaning                                                          |
+|-------------------|---------|------------------------------------------------------------------|
+| strategy          | "ddp"   | ddp, fsdp, deepspeed_zero2, deepspeed_zero3 or none             |
+| num_processes     | 1       | processes in total, over all machines (one per GPU)             |
+| num_machines      | 1       | machines taking part                                            |
+| machine_rank      | 0       | this machine's rank (0 is the one that writes the model version) |
+| main_process_ip   | —       | rank 0's address; required with several machines                |
+| main_process_port | 0/29500 | rank 0's rendezvous port; 0 (one machine) picks a free one       |
+
+The normal form is `{}` for a plain one-process run (no setting, `strategy: "none"`, or DDP with a
+single process), so single-process manifests are unchanged; any other value is stored with every
+key filled in.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from tuneloom.errors import SettingsError
+from tuneloom.templates.settings_fields import coerce, pick_choice, suggest
+from tuneloom.templates.settings_rules import INT, STR, Range, kind_of
+
+DISTRIBUTED = "distributed"
+STRATEGIES = ("ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3", "none")
+DEFAULTS: dict[str, Any] = {
+    "strategy": "ddp",
+    "num_processes": 1,
+    "num_machines": 1,
+    "machine_rank": 0,
+    "main_process_ip": None,
+    "main_process_port": None,  # 0 (a free port) on one machine, 29500 over several
+}
+_RANGES = {
+    "num_processes": Range(1, 4096),
+    "num_machines": Range(1, 1024),
+    "machine_rank": Range(0, 1023),
+    "main_process_port": Range(0, 65535),
+}
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.\-:]{0,252}[A-Za-z0-9])?$")
+
+
+def check_distributed(value: Any) -> dict[str, Any]:
+    """The validated, normalised `distributed` setting (see the module docstring), or SettingsError."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SettingsError(f"{DISTRIBUTED} must be an object ({{...}}), not {kind_of(value)}", key=DISTRIBUTED)
+    merged = dict(DEFAULTS)
+    for key, given in value.items():
+        path = f"{DISTRIBUTED}.{key}"
+        if key not in DEFAULTS:
+            raise SettingsError(
+                f"{path} is not a distributed setting.{suggest(key, DEFAULTS)} Keys are: {', '.join(DEFAULTS)}.",
+                key=path,
+            )
+        if given is not None:
+            merged[key] = _check_value(path, key, given)
+    _check_together(merged)
+    if merged["strategy"] == "none" or (merged["strategy"] == "ddp" and merged["num_processes"] == 1):
+        return {}
+    return merged
+
+
+def _check_value(path: str, key: str, value: Any) -> Any:
+    if key == "strategy":
+        return pick_choice(path, coerce(path, value, STR), STRATEGIES)
+    if key == "main_process_ip":
+        host = coerce(path, value, STR).strip()
+        if not _HOST.match(host):
+            raise SettingsError(f"{path} must be a host name or IP address (got {value!r})", key=path)
+        return host
+    number = int(coerce(path, value, INT))
+    if not _RANGES[key].contains(number):
+        raise SettingsError(f"{path} must be {_RANGES[key].describe()} (got {value})", key=path)
+    return number
+
+
+def _check_together(d: dict[str, Any]) -> None:
+    """Rules between keys: ranks inside the machine count, processes spread evenly, an address to meet at."""
+    machines, processes = d["num_machines"], d["num_processes"]
+    if d["machine_rank"] >= machines:
+        raise SettingsError(
+            f"{DISTRIBUTED}.machine_rank must be below num_machines ({machines}); got {d['machine_rank']}",
+            key=f"{DISTRIBUTED}.machine_rank",
+        )
+    if processes < machines or processes % machines:
+        raise SettingsError(
+            f"{DISTRIBUTED}.num_processes ({processes}) counts processes over all machines and must be a "
+            f"multiple of num_machines ({machines})",
+            key=f"{DISTRIBUTED}.num_processes",
+        )
+    if d["main_process_port"] is None:
+        d["main_process_port"] = 0 if machines == 1 else 29500
+    if machines > 1 and d["main_process_port"] == 0:
+        raise SettingsError(
+            f"{DISTRIBUTED}.main_process_port must be a fixed port with {machines} machines (all of them meet there)",
+            key=f"{DISTRIBUTED}.main_process_port",
+        )
+    if machines > 1 and not d["main_process_ip"]:
+        raise SettingsError(
+            f"{DISTRIBUTED}.main_process_ip is required with {machines} machines: the address of the "
+            "machine with machine_rank 0, where the others meet",
+            key=f"{DISTRIBUTED}.main_process_ip",
+        )

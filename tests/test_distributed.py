@@ -1,0 +1,128 @@
+"""Training across several processes: the `distributed` setting, and DDP on two CPU processes (gloo).
+
+The two-process run goes through the real `tuneloom train --num-processes 2`, which starts
+`accelerate launch` exactly as a worker does; it must match a one-process run at the same
+effective batch (per-device batch halved) step for step.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.conftest import run_cli
+
+from tuneloom.cli import main
+from tuneloom.errors import SettingsError
+from tuneloom.model_version import open_version
+from tuneloom.templates import resolve_settings
+from tuneloom.train.launch import launch_command
+from tuneloom.train.recipe import TrainJob, run_training
+
+TRAIN = {"num_train_epochs": 1, "learning_rate": 0.05, "seed": 7}
+
+
+def distributed(value: Any) -> dict[str, Any]:
+    return resolve_settings("tiny-random", {"distributed": value}).distributed
+
+
+def refused(value: Any) -> SettingsError:
+    with pytest.raises(SettingsError) as info:
+        distributed(value)
+    return info.value
+
+
+def test_one_process_is_the_plain_run_and_other_values_are_stored_in_full() -> None:
+    for plain in (None, {}, {"strategy": "none", "num_processes": 4}, {"num_processes": 1}):
+        assert distributed(plain) == {}
+    assert "distributed" not in resolve_settings("tiny-random").to_dict()  # one-process manifests unchanged
+    two = distributed({"num_processes": 2.0, "strategy": "FSDP"})
+    assert two == {
+        "strategy": "fsdp",
+        "num_processes": 2,
+        "num_machines": 1,
+        "machine_rank": 0,
+        "main_process_ip": None,
+        "main_process_port": 0,
+    }
+    stored = resolve_settings("tiny-random", {"distributed": two}).to_dict()
+    assert resolve_settings("tiny-random", stored).distributed == two  # the normal form is a fixed point
+    nodes = distributed({"num_processes": 16, "num_machines": 2, "machine_rank": 1, "main_process_ip": "10.0.0.5"})
+    assert nodes["main_process_port"] == 29500
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "words"),
+    [
+        ({"num_procs": 2}, "distributed.num_procs", "Did you mean 'num_processes'?"),
+        ({"num_processes": 0}, "distributed.num_processes", "between 1 and 4096"),
+        ({"num_processes": 1.5}, "distributed.num_processes", "whole number"),
+        ({"strategy": "zero3"}, "distributed.strategy", "'deepspeed_zero3'"),
+        ({"num_processes": 3, "num_machines": 2, "main_process_ip": "h"}, "distributed.num_processes", "multiple"),
+        ({"num_processes": 4, "num_machines": 2}, "distributed.main_process_ip", "required with 2 machines"),
+        ({"machine_rank": 1}, "distributed.machine_rank", "below num_machines (1)"),
+        ({"main_process_port": 70000}, "distributed.main_process_port", "between 0 and 65_535"),
+        ({"main_process_ip": "a b"}, "distributed.main_process_ip", "host name or IP"),
+        ("ddp", "distributed", "must be an object"),
+    ],
+)
+def test_bad_distributed_settings_name_the_key(value: Any, key: str, words: str) -> None:
+    err = refused(value)
+    assert err.key == key
+    assert words in err.message
+
+
+def test_deepspeed_without_deepspeed_installed_says_how_to_get_it() -> None:
+    settings = distributed({"strategy": "deepspeed_zero3", "num_processes": 2})
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        with pytest.raises(SettingsError, match=r"pip install deepspeed") as info:
+            launch_command(settings)
+        assert info.value.key == "distributed.strategy"
+    else:
+        assert "--zero_stage=3" in launch_command(settings)
+
+
+def test_cli_flags_reach_the_setting_and_bad_ones_are_one_line(
+    sentiment_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    train = ["train", str(sentiment_file), "--template", "tiny-random", "--output", str(tmp_path / "v")]
+    code = main([*train, "--distributed", '{"strategy": "ddp"}', "--num-processes", "0"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "distributed.num_processes must be between 1 and 4096 (got 0)" in err
+    assert "Traceback" not in err and not (tmp_path / "v").exists()
+
+
+def test_ddp_on_two_cpu_processes_matches_one_process(sentiment_file: Path, tmp_path: Path) -> None:
+    one = run_training(
+        TrainJob(
+            data=sentiment_file,
+            output=tmp_path / "one",
+            template="tiny-random",
+            settings={"trainer_config": {**TRAIN, "per_device_train_batch_size": 8}},
+        )
+    ).metrics
+
+    out = tmp_path / "two"
+    config = json.dumps({**TRAIN, "per_device_train_batch_size": 4})  # 2 × 4 = the same effective batch of 8
+    args = ["train", str(sentiment_file), "--template", "tiny-random", "--output", str(out)]
+    result = run_cli(*args, "--trainer-config", config, "--num-processes", "2", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = json.loads(result.stdout)["metrics"]
+
+    assert two["steps"] == one["steps"] > 1
+    losses = [(a["loss"], b["loss"]) for a, b in zip(one["loss_curve"], two["loss_curve"], strict=True)]
+    assert all(abs(a - b) < 0.01 for a, b in losses), losses
+    assert two["train_loss"] == pytest.approx(one["train_loss"], abs=0.005)
+    assert two["eval_loss"] == pytest.approx(one["eval_loss"], abs=0.005)
+
+    version = open_version(out)  # an ordinary, checksum-verified model-version directory
+    assert version.manifest["distributed"] == {"strategy": "ddp", "processes": 2}
+    assert version.manifest["settings"]["distributed"]["num_processes"] == 2
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert not out.with_name("two.partial").exists()
+    assert result.stderr.count("Saving model version") == 1  # rank 0 alone reports progress
