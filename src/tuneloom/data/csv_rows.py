@@ -18,7 +18,7 @@ from typing import Protocol
 
 from tuneloom.data.lines import Batch, excerpt, iter_batches
 from tuneloom.data.sections import LineParser, line_parser
-from tuneloom.data.sniff import KNOWN_CSV_COLUMNS, fail
+from tuneloom.data.sniff import KNOWN_CSV_COLUMNS, fail, header_cells
 from tuneloom.data.types import Example, InvalidRow
 
 TEXT_COLUMNS = ("input.data.text.raw", "input")
@@ -56,7 +56,7 @@ def iter_csv_rows(
     try:
         header = next(reader)
     except csv.Error as error:
-        raise fail(path, f"has an unreadable CSV header: {error}") from None
+        raise fail(path, f"has an unreadable CSV header: {_csv_problem(error)}") from None
     layout = _layout(path, header, delimiter)
     yield from _records(reader, layout, bad, skipped, line_parser(response_headers))
 
@@ -67,7 +67,11 @@ def check_header(path: Path, sample: str) -> None:
     if first is None or first.count('"') % 2:
         return  # no header in the sample, or a quoted header cell spanning lines: the reader decides
     delimiter = _delimiter(first)
-    _layout(path, next(csv.reader([first], delimiter=delimiter), []), delimiter)
+    try:
+        header = next(csv.reader([first], delimiter=delimiter), [])
+    except csv.Error as error:
+        raise fail(path, f"has an unreadable CSV header: {_csv_problem(error)}") from None
+    _layout(path, header, delimiter)
 
 
 def _feed(batches: Iterable[Batch], bad: dict[int, InvalidRow]) -> Iterator[str]:
@@ -83,8 +87,7 @@ def _feed(batches: Iterable[Batch], bad: dict[int, InvalidRow]) -> Iterator[str]
 def _delimiter(header_line: str) -> str:
     """Comma, or the semicolon/tab some spreadsheet locales write, whichever splits out a known name."""
     for delimiter in (",", ";", "\t"):
-        cells = next(csv.reader([header_line], delimiter=delimiter), [])
-        if any(_column(cell) in KNOWN_CSV_COLUMNS for cell in cells):
+        if any(_column(cell) in KNOWN_CSV_COLUMNS for cell in header_cells(header_line, delimiter)):
             return delimiter
     return ","
 
@@ -164,7 +167,17 @@ def _at(bad_line: int, start: int) -> str:
 def _csv_reason(error: csv.Error) -> str:
     if "field larger" in str(error):
         return f"a cell is longer than {csv.field_size_limit():,} characters (an unclosed quote?)"
-    return f"unreadable CSV record: {error}"
+    return f"unreadable CSV record: {_csv_problem(error)}"
+
+
+def _csv_problem(error: csv.Error) -> str:
+    """The csv module's message, in the file's terms where it speaks of Python's file modes."""
+    if "new-line character seen in unquoted field" in str(error):
+        return (
+            "a carriage return (\\r) inside an unquoted cell; lines must end in \\n or \\r\\n "
+            "(old Mac files end them in \\r alone: save the file as CSV UTF-8)"
+        )
+    return str(error)
 
 
 def _row(record: list[str], line: int, layout: _Layout, parse: LineParser) -> Example | InvalidRow:

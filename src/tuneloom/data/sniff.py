@@ -209,10 +209,22 @@ def choose_format(sniffed: Sniffed, requested: str = "auto") -> str:
 def _csv_header(line: str) -> bool:
     """Does the first line name at least one column tuneloom knows, with any common delimiter?"""
     for delimiter in (",", ";", "\t"):
-        cells = next(csv.reader([line], delimiter=delimiter), [])
-        if any(cell.strip().lower() in KNOWN_CSV_COLUMNS for cell in cells):
+        if any(cell.strip().lower() in KNOWN_CSV_COLUMNS for cell in header_cells(line, delimiter)):
             return True
     return False
+
+
+def header_cells(line: str, delimiter: str) -> list[str]:
+    """The cells of a one-line CSV header, or none when the line is not CSV with this delimiter.
+
+    The csv module raises on a bare "\r" inside an unquoted cell (a file with old Mac line endings
+    is one long line of them): for guessing the format or the delimiter, that line just is not a
+    header; `csv_rows` says why when the file is read as CSV anyway.
+    """
+    try:
+        return next(csv.reader([line], delimiter=delimiter), [])
+    except csv.Error:
+        return []
 
 
 def detect_format(path: Path) -> str:

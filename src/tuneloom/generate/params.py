@@ -38,6 +38,8 @@ class InferenceParams:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> InferenceParams:
         """Validate a JSON-ish dict: unknown keys, types and ranges are refused naming the key."""
+        if data is not None and not isinstance(data, Mapping):
+            raise SettingsError(f"inference parameters must be an object ({{...}}), not {type(data).__name__}")
         data = dict(data or {})
         names = {f.name for f in fields(cls)}
         if "max_new_tokens" in data and "max_tokens" not in data:
@@ -61,7 +63,8 @@ _STRINGS = {"system_prompt", "prompt_template"}
 
 def _coerce(key: str, value: Any) -> Any:
     if key in _INTS:
-        if isinstance(value, bool) or not isinstance(value, int | float) or float(value) != int(value):
+        whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())  # not inf/nan
+        if isinstance(value, bool) or not whole:
             raise SettingsError(f"inference parameter '{key}' must be an integer, got {value!r}", key=key)
         return int(value)
     if key in _FLOATS:

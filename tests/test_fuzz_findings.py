@@ -1,0 +1,55 @@
+"""Regressions for the defects the fuzzers found: each input once escaped as a non-tuneloom error."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from tuneloom.data import Example, InvalidRow, iter_rows, parse_file
+from tuneloom.errors import DataFileError, SettingsError
+from tuneloom.generate.params import InferenceParams
+
+CR_PROBLEM = "a carriage return (\\r) inside an unquoted cell"
+
+
+@pytest.mark.parametrize("content", [b"prompt,completion\rhello,world\r", b"x\ry,prompt,completion\nhi,there,z\n"])
+@pytest.mark.parametrize("fmt", ["auto", "csv"])
+def test_bare_carriage_return_in_the_header_is_one_clear_file_error(tmp_path: Path, content: bytes, fmt: str) -> None:
+    """Old Mac line endings (\\r alone) made the csv module raise `_csv.Error` out of the sniffer."""
+    path = tmp_path / "mac.csv"
+    path.write_bytes(content)
+    with pytest.raises(DataFileError) as info:
+        parse_file(path, format=fmt)
+    assert info.value.message.startswith(f"'{path}' has an unreadable CSV header: {CR_PROBLEM}")
+
+
+def test_bare_carriage_return_inside_a_row_is_that_rows_reason(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    path.write_bytes(b"prompt,completion\nhello\rx,world\nok,fine\n")
+    rows = list(iter_rows(path))
+    assert [type(row) for row in rows] == [InvalidRow, Example]
+    assert isinstance(rows[0], InvalidRow) and rows[0].line == 2
+    assert rows[0].reason.startswith(f"unreadable CSV record: {CR_PROBLEM}")
+
+
+@pytest.mark.parametrize("key", ["max_tokens", "max_new_tokens", "top_k", "num_beams"])
+@pytest.mark.parametrize("number", [math.inf, -math.inf, math.nan])
+def test_non_finite_integer_parameters_are_refused_by_name(key: str, number: float) -> None:
+    """`{"max_tokens": Infinity}` is JSON Python accepts; it raised OverflowError (a 500 on the API)."""
+    with pytest.raises(SettingsError) as info:
+        InferenceParams.from_dict({key: number})
+    name = "max_tokens" if key == "max_new_tokens" else key
+    assert info.value.key == name and f"'{name}' must be an integer" in info.value.message
+
+
+@pytest.mark.parametrize("data", [1.5, [["max_tokens", 3]], "max_tokens=3", True])
+def test_inference_parameters_must_be_an_object(data: object) -> None:
+    with pytest.raises(SettingsError) as info:
+        InferenceParams.from_dict(data)  # type: ignore[arg-type]
+    assert "inference parameters must be an object" in info.value.message
+
+
+def test_whole_floats_still_count_as_integers() -> None:
+    assert InferenceParams.from_dict({"max_tokens": 64.0, "top_k": 5.0}).max_tokens == 64
