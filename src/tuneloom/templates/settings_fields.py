@@ -24,6 +24,9 @@ from tuneloom.templates.settings_rules import (
     DICT_ONLY,
     ESCAPE,
     EXTENSIONS,
+    NESTED,
+    PATH_KEYS_ALLOWED,
+    PATH_SUFFIXES,
     QUANT_METHOD_KEYS,
     QUANT_METHODS,
     RANGES,
@@ -126,12 +129,45 @@ def pick_choice(path: str, value: str, choices: tuple[str, ...]) -> str:
 
 def refusal(setting: str, key: str, allow_remote_loggers: bool) -> str | None:
     """Why a key may not be set at all, or None."""
-    reason = REFUSED_IN.get(setting, {}).get(key) or REFUSED_KEYS.get(key)
-    for prefix, why in REFUSED_PREFIXES.items():
-        reason = reason or (why if key.startswith(prefix) else None)
+    reason = REFUSED_IN.get(setting, {}).get(key) or refused_anywhere(key)
     if not reason and not allow_remote_loggers and key.startswith(REMOTE_LOGGER_PREFIXES):
         reason = REMOTE_LOGGING
     return reason
+
+
+def refused_anywhere(key: str) -> str | None:
+    """Names refused at any depth: in a setting, or inside an object one of its keys holds."""
+    reason = REFUSED_KEYS.get(key)
+    for prefix, why in REFUSED_PREFIXES.items():
+        reason = reason or (why if key.startswith(prefix) else None)
+    for suffix, why in PATH_SUFFIXES.items():
+        reason = reason or (why if key.endswith(suffix) and key not in PATH_KEYS_ALLOWED else None)
+    return reason
+
+
+def check_nested(path: str, value: Any) -> Any:
+    """Inside objects (accelerator_config, corda_config, rank_pattern…): the same refusals, and bounds.
+
+    The real classes pass these objects on to code that reads files or allocates per entry, so a path
+    or an unbounded number one level down would undo the checks made one level up.
+    """
+    if isinstance(value, list):
+        return [check_nested(path, item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        inner = f"{path}.{key}"
+        reason = refused_anywhere(key)
+        if reason:
+            raise SettingsError(f"{inner} is refused: {reason}.", key=inner)
+        bounded = NESTED.get(inner) or NESTED.get(f"{path}.*")
+        if bounded is not None:
+            item = coerce(inner, item, bounded[0])
+            if not bounded[1].contains(item):
+                raise SettingsError(f"{inner} must be {bounded[1].describe()} (got {item})", key=inner)
+        out[key] = check_nested(inner, item)
+    return out
 
 
 def check_value(setting: str, key: str, value: Any, spec: Field, allow_remote_loggers: bool) -> Any:
@@ -146,7 +182,7 @@ def check_value(setting: str, key: str, value: Any, spec: Field, allow_remote_lo
     bounds = RANGES.get(path)
     if bounds and kind_of(value) in ("int", "float") and not bounds.contains(value):
         raise SettingsError(f"{path} must be {bounds.describe()} (got {value})", key=path)
-    return rule(path, value, allow_remote_loggers) if rule else value
+    return check_nested(path, rule(path, value, allow_remote_loggers) if rule else value)
 
 
 # ---- one setting -------------------------------------------------------------------------------------

@@ -148,6 +148,10 @@ REFUSED_KEYS: dict[str, str] = {
     "local_rank": _DISTRIBUTED,
 }
 REFUSED_PREFIXES: dict[str, str] = {"hub_": _HUB, "ddp_": _DISTRIBUTED}
+# Any other key whose name says it holds a file or directory, at any depth (corda_config.cache_file…);
+# where the base model comes from is the one path a user chooses, and its value is checked on its own.
+PATH_SUFFIXES: dict[str, str] = {suffix: _PATH for suffix in ("_dir", "_path", "_file", "_folder", "_filename")}
+PATH_KEYS_ALLOWED = frozenset({"pretrained_model_name_or_path"})
 # Refused unless `allow_remote_loggers`.
 REMOTE_LOGGER_PREFIXES = ("trackio_",)
 LOCAL_LOGGERS = ("none", "tensorboard")
@@ -299,7 +303,7 @@ RANGES: dict[str, Range] = {
     "trainer_config.save_steps": Range(0, 1_000_000, lo_open=True),
     "trainer_config.warmup_steps": Range(0, 1_000_000),
     "trainer_config.eval_delay": Range(0, None),
-    "trainer_config.save_total_limit": Range(1, None),
+    "trainer_config.save_total_limit": Range(1, 20),  # checkpoints kept on disk; tuneloom's default is 2
     "trainer_config.torch_empty_cache_steps": Range(1, None),
     "trainer_config.dataloader_num_workers": Range(0, 8),
     "trainer_config.dataloader_prefetch_factor": Range(1, 16),
@@ -313,7 +317,26 @@ RANGES: dict[str, Range] = {
     "model_config.attention_dropout": _UNIT,
     "model_config.hidden_dropout": _UNIT,
     "quantization_config.llm_int8_threshold": _POSITIVE,
+    "quantization_config.max_input_length": Range(1, 32768),  # sizes exllama's buffers
+    "quantization_config.model_seqlen": Range(1, 32768),
 }
+# Numbers inside objects, by dotted path (`*` = every key of that object), with the kind they must be.
+# rank_pattern/alpha_pattern set r and lora_alpha per module, so they get r's and lora_alpha's bounds.
+NESTED: dict[str, tuple[Field, Range]] = {
+    "peft_config.rank_pattern.*": (INT, RANGES["peft_config.r"]),
+    "peft_config.alpha_pattern.*": (FLOAT, _POSITIVE),
+    "peft_config.loftq_config.loftq_iter": (INT, Range(1, 100)),
+    "peft_config.loftq_config.loftq_bits": (INT, Range(2, 8)),
+    "peft_config.monteclora_config.num_samples": (INT, Range(1, 64)),
+    "peft_config.monteclora_config.buffer_size": (INT, Range(1, 100_000)),
+    "peft_config.velora_config.num_groups": (INT, Range(1, 1024)),
+    "peft_config.arrow_config.top_k": (INT, Range(1, 64)),
+    "peft_config.use_bdlora.nblocks": (INT, Range(1, 1024)),
+}
+MAX_LAYER_REPLICATION = 1024  # layers a LoRA layer_replication may build, in total
+MAX_PISSA_NITER = 100  # subspace iterations of init_lora_weights="pissa_niter_N" (the PiSSA paper uses 4-16)
+MAX_SPECIAL_TOKENS = 1024  # additional_special_tokens; each is a new embedding row
+
 # Float fields meaning "N steps" when ≥ 1 and "this share of all steps" when < 1.
 STEP_FIELDS = ("logging_steps", "eval_steps", "save_steps", "warmup_steps")
 

@@ -13,7 +13,16 @@ from typing import Any
 
 from tuneloom.data.sections import check_response_headers
 from tuneloom.errors import SettingsError
-from tuneloom.templates.settings_rules import DTYPES, LOCAL_LOGGERS, REMOTE_LOGGING, STEP_FIELDS
+from tuneloom.templates.settings_rules import (
+    DTYPES,
+    LOCAL_LOGGERS,
+    MAX_LAYER_REPLICATION,
+    MAX_PISSA_NITER,
+    MAX_SPECIAL_TOKENS,
+    REMOTE_LOGGING,
+    STEP_FIELDS,
+    kind_of,
+)
 
 
 def _dtype(path: str, value: Any, remote: bool) -> str:
@@ -80,17 +89,55 @@ def _response_headers(path: str, value: Any, remote: bool) -> list[str]:
         raise SettingsError(f"{path}: {exc.message}", key=path) from None
 
 
-_PISSA_NITER = re.compile(r"pissa_niter_\d+")
+_PISSA_NITER = re.compile(r"pissa_niter_(\d{1,9})")
 _INIT_LORA = ("gaussian", "eva", "olora", "pissa", "corda", "loftq", "orthogonal", "mica")
 
 
 def _init_lora_weights(path: str, value: Any, remote: bool) -> bool | str:
-    if isinstance(value, bool) or value in _INIT_LORA or _PISSA_NITER.fullmatch(value):
+    niter = _PISSA_NITER.fullmatch(value) if isinstance(value, str) else None
+    if isinstance(value, bool) or value in _INIT_LORA or (niter and 1 <= int(niter[1]) <= MAX_PISSA_NITER):
         return value
     raise SettingsError(
-        f"{path} must be true, false, one of {', '.join(_INIT_LORA)} or pissa_niter_N (got {value!r})",
+        f"{path} must be true, false, one of {', '.join(_INIT_LORA)} or pissa_niter_N with N from 1 to "
+        f"{MAX_PISSA_NITER} (got {value!r})",
         key=path,
     )
+
+
+def _layer_replication(path: str, value: Any, remote: bool) -> list[list[int]]:
+    """[[start, end), …] layer ranges stacked into a deeper model: bounded, or one setting builds 10⁶ layers."""
+    ranges = [_layer_range(f"{path}[{i}]", item) for i, item in enumerate(value)]
+    total = sum(end - start for start, end in ranges)
+    if total > MAX_LAYER_REPLICATION:
+        raise SettingsError(f"{path} must build at most {MAX_LAYER_REPLICATION} layers in all (got {total})", key=path)
+    return ranges
+
+
+def _layer_range(path: str, item: Any) -> list[int]:
+    if not (isinstance(item, list) and len(item) == 2 and all(kind_of(v) == "int" for v in item)):
+        raise SettingsError(f"{path} must be a [start, end] pair of whole numbers (got {item!r})", key=path)
+    start, end = item
+    if not 0 <= start < end <= MAX_LAYER_REPLICATION:
+        raise SettingsError(f"{path} must have 0 ≤ start < end ≤ {MAX_LAYER_REPLICATION} (got {item})", key=path)
+    return [start, end]
+
+
+_VARIANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
+
+
+def _variant(path: str, value: Any, remote: bool) -> str:
+    """The variant becomes part of a weights file name (model.<variant>.safetensors): a word, never a path."""
+    if not _VARIANT.fullmatch(value):
+        raise SettingsError(
+            f"{path} must be a plain word like 'fp16' (letters, digits, _ or -; got {value!r})", key=path
+        )
+    return str(value)
+
+
+def _special_tokens(path: str, value: Any, remote: bool) -> list[str]:
+    if len(value) > MAX_SPECIAL_TOKENS:
+        raise SettingsError(f"{path} must list at most {MAX_SPECIAL_TOKENS} tokens (got {len(value)})", key=path)
+    return list(value)
 
 
 def _inference_mode(path: str, value: Any, remote: bool) -> bool:
@@ -109,5 +156,8 @@ VALUE_RULES: dict[str, ValueRule] = {
     "tokenizer_config.response_headers": _response_headers,
     "peft_config.init_lora_weights": _init_lora_weights,
     "peft_config.inference_mode": _inference_mode,
+    "peft_config.layer_replication": _layer_replication,
+    "model_config.variant": _variant,
+    "tokenizer_config.additional_special_tokens": _special_tokens,
     **{f"trainer_config.{name}": _steps for name in STEP_FIELDS},
 }
