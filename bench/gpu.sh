@@ -10,7 +10,7 @@
 # the last thing printed is one table of everything.
 #
 #   bash bench/gpu_prepare.sh    # here, once: wheels the device lacks -> .gpucarry/ (git-ignored)
-#   device tool: run(command="bash bench/gpu.sh", carry=[".gpucarry"], timeout_s=600)
+#   device tool: run(command="bash bench/gpu.sh", carry=[".gpucarry"], timeout_s=480)
 #   bash bench/gpu.sh --dry-run  # here, on the CPU: the same steps with tiny shapes (about 3 minutes)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ DRY=0
 [ "${1:-}" = "--dry-run" ] && DRY=1
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
-BUDGET_S=${GPU_BUDGET_S:-540}  # the whole script; the device tool kills at timeout_s (600 at most)
+BUDGET_S=${GPU_BUDGET_S:-450}  # the whole script; run it with timeout_s=480 (the device tool kills at timeout_s)
 START=$SECONDS
 
 if [ $DRY = 1 ]; then
@@ -30,7 +30,7 @@ if [ $DRY = 1 ]; then
   SCRATCH=$(mktemp -d)
 else
   PY=${PYTHON:-python3}
-  TRAIN_ARGS=(--examples 384 --batch 16)
+  TRAIN_ARGS=(--examples 768 --batch 16)
   GEN_ARGS=(--requests 32 --one-at-a-time 8 --max-tokens 64)
   SCRATCH=/tmp/tuneloom-gpu
 fi
@@ -45,9 +45,7 @@ export PYTHONPATH="$SITE:$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export TUNELOOM_CACHE=$SCRATCH/cache BENCH_MODELS=$SCRATCH/models BENCH_RESULTS=$OUT
 
-LOG=$OUT/gpu-log.txt
-exec > >(tee -a "$LOG") 2>&1
-
+main() {
 echo "== bench/gpu.sh $([ $DRY = 1 ] && echo '--dry-run (CPU, tiny shapes)') $(date -u +%FT%TZ)"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
 $PY - <<'EOF'
@@ -58,6 +56,15 @@ print("cuda", torch.cuda.is_available(), torch.cuda.get_device_name() if torch.c
 EOF
 
 FAILED=()
+steps
+echo "== finished in $((SECONDS - START))s; failed: ${FAILED[*]:-none}"
+echo "== result files in \$OUT; to keep them (device tool: files_at = the folder they came back to):"
+for f in "$OUT"/*.json; do
+  [ -e "$f" ] && echo "   cp <files_at>/$(basename "$f") bench/results/"
+done
+$PY -m bench.gpu_summary "$OUT"
+}
+
 # step NAME CAP_S CMD...: run CMD with at most CAP_S seconds (less when the budget is running out).
 step() {
   local name=$1 cap=$2
@@ -81,16 +88,13 @@ step() {
   fi
 }
 
+steps() {
 step "train smollm2-135m-random" 120 $PY -m bench.train --model smollm2-135m-random "${TRAIN_ARGS[@]}"
 step "train llama-1.1b-random" 180 $PY -m bench.train --model llama-1.1b-random "${TRAIN_ARGS[@]}"
 step "decode llama-1.1b-random" 120 $PY -m bench.generate --model llama-1.1b-random "${GEN_ARGS[@]}" \
   --variants baseline,single,batched,ttft
-step "decode llama-1.1b-random, static cache + compile" 120 $PY -m bench.generate --model llama-1.1b-random \
+step "decode llama-1.1b-random, static cache + compile" 150 $PY -m bench.generate --model llama-1.1b-random \
   "${GEN_ARGS[@]}" --variants static
+}
 
-echo "== finished in $((SECONDS - START))s; failed: ${FAILED[*]:-none}"
-echo "== result files in \$OUT; to keep them (device tool: files_at = the folder they came back to):"
-for f in "$OUT"/*.json; do
-  [ -e "$f" ] && echo "   cp <files_at>/$(basename "$f") bench/results/"
-done
-$PY -m bench.gpu_summary "$OUT"
+main 2>&1 | tee "$OUT/gpu-log.txt"

@@ -96,6 +96,9 @@ def build(name: str, out: Path) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / ".complete").write_text("ok\n")
+    del model
+    if cuda:
+        torch.cuda.empty_cache()  # the training workers, not this parent, should hold the GPU's memory
     return out
 
 
