@@ -56,6 +56,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_upload_bytes=args.max_upload_mb * 1024 * 1024,
         model_cache_bytes=args.model_cache_mb * 1024 * 1024,
     )
+    _recover(ctx)
     pool = _start_workers(ctx.db, ctx.artifacts, args)
     _warm_up()
     console_err.print(f"tuneloom serving on http://{args.host}:{args.port} (data in {args.data_dir})")
@@ -70,6 +71,18 @@ def run_serve(args: argparse.Namespace) -> int:
             console_err.print("stopping workers: checkpointing and returning running jobs to the queue")
             pool.stop()
     return 0
+
+
+def _recover(ctx: Any) -> None:
+    """Tidy what a crashed server left half done (see `tuneloom.store.recovery`), and say so."""
+    from tuneloom.store.recovery import recover_after_crash
+
+    recovered = recover_after_crash(ctx.db, ctx.artifacts)
+    if recovered.failed_versions:
+        names = ", ".join(recovered.failed_versions)
+        console_err.print(f"dataset versions interrupted by a crash, marked FAILURE: {names}")
+    if recovered.removed_files:
+        console_err.print(f"removed {len(recovered.removed_files)} partial file(s) left by a crash")
 
 
 def _warm_up() -> None:

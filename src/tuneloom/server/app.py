@@ -1,22 +1,36 @@
-"""The FastAPI application: routers, and one mapping from tuneloom's errors to HTTP answers."""
+"""The FastAPI application: routers, and one mapping from tuneloom's errors to HTTP answers.
+
+A database that cannot be reached (stopped, restarting, connection cut) is a 503 with a message and
+`Retry-After`, never a 500, and `/healthz` says so; the server needs no restart once it is back.
+"""
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 
 from tuneloom import __version__
 from tuneloom.errors import (
     ConflictError,
     DataFileError,
     InvalidIdError,
+    ModelVersionError,
     NotFoundError,
     SettingsError,
     TuneloomError,
 )
 from tuneloom.server.context import ServerContext
 from tuneloom.server.routes import apps, datasets, models, openai_compat, predict
+from tuneloom.store.db import is_unavailable
 from tuneloom.web import mount_web
+
+log = logging.getLogger("tuneloom.server")
+RETRY_AFTER_S = 5
+DATABASE_DOWN = "the database is unavailable (stopped, restarting or unreachable); try again in a few seconds"
 
 STATUS_BY_ERROR: tuple[tuple[type[TuneloomError], int], ...] = (
     (NotFoundError, 404),
@@ -24,6 +38,7 @@ STATUS_BY_ERROR: tuple[tuple[type[TuneloomError], int], ...] = (
     (InvalidIdError, 422),
     (SettingsError, 422),
     (DataFileError, 422),
+    (ModelVersionError, 409),  # a damaged or incomplete model version on disk: the request was fine
 )
 
 
@@ -40,8 +55,24 @@ def create_app(ctx: ServerContext) -> FastAPI:
     mount_web(app)
 
     @app.get("/healthz", tags=["health"])
-    def healthz() -> dict[str, str]:
-        return {"status": "ok", "version": __version__}
+    def healthz() -> Any:
+        try:
+            ctx.db.ping()
+        except DBAPIError as err:
+            if not is_unavailable(err):
+                raise
+            log.warning("health check: database unavailable: %s", err.orig)
+            body = {"status": "unavailable", "database": "unavailable", "message": DATABASE_DOWN}
+            return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+        return {"status": "ok", "database": "ok", "version": __version__}
+
+    @app.exception_handler(DBAPIError)
+    def database_error(_: Request, err: DBAPIError) -> JSONResponse:
+        if not is_unavailable(err):
+            raise err  # a bug: the usual 500, with its traceback in the server log
+        log.warning("database unavailable: %s", err.orig)
+        body = {"code": "DATABASE_UNAVAILABLE", "message": DATABASE_DOWN}
+        return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
 
     @app.exception_handler(TuneloomError)
     def tuneloom_error(_: Request, err: TuneloomError) -> JSONResponse:

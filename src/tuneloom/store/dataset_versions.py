@@ -9,6 +9,8 @@ row refuses any change (an ORM guard in `models`), so a training run always sees
 The content hash is SHA-256 over the ordered (prompt, completion) pairs, each encoded as a compact
 JSON array plus a newline: unambiguous (no separator can be forged inside a field) and independent
 of ids, times and file layout, so two versions with the same examples have the same hash.
+`verify_snapshot` recomputes it before training reads the file, so a damaged snapshot (a flipped
+bit, an edited line) fails the run with the file named instead of training on changed data.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from tuneloom.data.types import Example
+from tuneloom.errors import TuneloomError
 from tuneloom.store.artifacts import Artifacts
 from tuneloom.store.datasets import find_dataset, iter_examples
 from tuneloom.store.db import Database
@@ -31,6 +34,12 @@ from tuneloom.store.models import DatasetVersion, utcnow
 from tuneloom.store.models import DatasetVersionState as State
 
 TokenLength = Callable[[str, str], int]
+
+
+class DamagedSnapshotError(TuneloomError):
+    """A READY version's snapshot file no longer holds what was versioned (or cannot be read)."""
+
+    code = "DAMAGED_DATASET_VERSION"
 
 
 def content_hash(pairs: Iterable[tuple[str, str]]) -> str:
@@ -114,6 +123,34 @@ def read_snapshot(artifacts: Artifacts, version: DatasetVersion) -> Iterator[Exa
         for number, text in enumerate(handle, 1):
             row = json.loads(text)
             yield Example(prompt=row["prompt"], completion=row["completion"], line=number)
+
+
+def verify_snapshot(artifacts: Artifacts, version: DatasetVersion) -> None:
+    """Check the snapshot file against the version's content hash and count; raise naming the file if not."""
+    if version.state != State.READY.value or not version.artifact_path:
+        raise ConflictError(f"dataset version '{version.id}' is {version.state}, not READY")
+    name = version.artifact_path
+    damaged = f"dataset version '{version.id}' is damaged: its snapshot file {name}"
+    digest, count = hashlib.sha256(), 0
+    try:
+        with artifacts.resolve(name).open("rb") as handle:
+            for count, raw in enumerate(handle, 1):
+                digest.update(_pair_bytes(*_snapshot_pair(raw, f"{damaged}, line {count}")))
+    except OSError as err:
+        raise DamagedSnapshotError(f"{damaged} cannot be read ({err.strerror or err})") from None
+    if count != version.example_count or digest.hexdigest() != version.content_hash:
+        raise DamagedSnapshotError(f"{damaged} does not match its SHA-256 content hash (it changed after versioning)")
+
+
+def _snapshot_pair(raw: bytes, where: str) -> tuple[str, str]:
+    try:
+        row = json.loads(raw)
+        prompt, completion = row["prompt"], row["completion"]
+    except (ValueError, KeyError, TypeError):
+        raise DamagedSnapshotError(f"{where} is not a valid example") from None
+    if not isinstance(prompt, str) or not isinstance(completion, str):
+        raise DamagedSnapshotError(f"{where} is not a valid example")
+    return prompt, completion
 
 
 def _finish(db: Database, version_id: str, state: State, **values: Any) -> DatasetVersion:

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tuneloom.errors import NotFoundError
@@ -27,6 +28,7 @@ from tuneloom.store.ids import check_id
 
 DB_FILE = "tuneloom.db"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+POSTGRES_CONNECT_TIMEOUT_S = 5  # an unreachable database answers 503 in seconds, not after the OS gives up
 _BEGIN_MODE = "tuneloom_sqlite_begin"
 
 Row = TypeVar("Row")
@@ -51,6 +53,17 @@ def normalize_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+def is_unavailable(err: BaseException) -> bool:
+    """True when `err` says the database cannot be reached right now (down, restarting, connection cut).
+
+    Such errors are transient: the server answers 503 and workers wait and retry, while a wrong
+    query (a bug) stays an error. `pool_pre_ping` replaces dead pooled connections once it is back.
+    """
+    if isinstance(err, OperationalError | InterfaceError):
+        return True
+    return isinstance(err, DBAPIError) and bool(err.connection_invalidated)
 
 
 class Database:
@@ -90,6 +103,11 @@ class Database:
         with self._sessions(bind=self._immediate) as session, session.begin():
             yield session
 
+    def ping(self) -> None:
+        """Run a trivial query; raises (see `is_unavailable`) when the database cannot be reached."""
+        with self.engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+
     def dispose(self) -> None:
         self.engine.dispose()
 
@@ -112,7 +130,8 @@ def open_database(url: str | None = None, *, data_dir: Path | None = None, migra
 def _make_engine(url: str, *, echo: bool) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, echo=echo, pool_pre_ping=True, future=True)
+        connect_args = {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S}
+        return create_engine(url, echo=echo, pool_pre_ping=True, future=True, connect_args=connect_args)
     if parsed.database in (None, "", ":memory:"):
         raise ValueError("an in-memory SQLite database cannot be shared between connections; use a file")
     Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)

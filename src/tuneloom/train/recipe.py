@@ -34,6 +34,7 @@ from tuneloom.templates.loading import apply_peft, load_model, load_tokenizer, p
 from tuneloom.templates.prompting import derive_prompt_format
 from tuneloom.train.attention import restore_attention, use_varlen_attention
 from tuneloom.train.dataset import ExampleDataset, read_and_tokenize, split_held_out
+from tuneloom.train.disk_full import disk_full_errors
 from tuneloom.train.events import (
     CheckpointEvery,
     EventSink,
@@ -77,7 +78,8 @@ def run_training(
     job: TrainJob, *, on_event: EventSink = ignore_events, stop: threading.Event | None = None
 ) -> TrainOutcome:
     """Train in this process (for several processes, `tuneloom.train.launch.train` starts the ranks)."""
-    outcome = train_rank(job, on_event=on_event, stop=stop)
+    with disk_full_errors(workdir_for(job)):
+        outcome = train_rank(job, on_event=on_event, stop=stop)
     assert outcome is not None, "a one-process run is its own rank 0"
     return outcome
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 
+from tuneloom.errors import TuneloomError
 from tuneloom.store import dataset_versions, jobs, telemetry
 from tuneloom.store.artifacts import Artifacts
 from tuneloom.store.db import Database, is_unavailable
@@ -209,6 +210,8 @@ class WorkerSlot:
             status = TrainingStatus[payload["status"]]
             jobs.finish(self.db, job.id, status, payload["message"], worker_id=self.worker_id)
             telemetry.append_logs(self.db, job.id, [("error", payload["message"])])
+            # A failed run never resumes: free its checkpoints (after a full disk, the space is what was missing).
+            self.artifacts.remove(self.artifacts.relative(self.artifacts.checkpoint_dir(job.id)))
         else:
             child.join(timeout=5)
             message = f"the training process exited unexpectedly ({_describe_exit(child.exitcode)})"
@@ -227,6 +230,10 @@ class WorkerSlot:
         data = dataset_versions.get_version_by_id(self.db, job.dataset_version_id)
         if data.artifact_path is None:
             return f"dataset version '{data.id}' has no snapshot file"
+        try:
+            dataset_versions.verify_snapshot(self.artifacts, data)
+        except TuneloomError as err:
+            return err.message
         start_from = None
         if job.resume_from is not None:
             earlier = get_model_version_by_id(self.db, job.resume_from)
