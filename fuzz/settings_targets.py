@@ -23,8 +23,9 @@ from tuneloom.templates import (
     resolve_settings,
 )
 from tuneloom.templates.prompting import PromptFormat
+from tuneloom.templates.settings import TOP_LEVEL_KEYS
 from tuneloom.templates.settings_classes import FIELD_SOURCES
-from tuneloom.templates.settings_fields import refusal
+from tuneloom.templates.settings_fields import refusal, refused_anywhere
 from tuneloom.templates.settings_rules import ALIASES, RANGES, REFUSED_IN, REFUSED_KEYS, RETIRED
 
 TOLERANCE = "invalid_data_tolerance_percent"
@@ -50,11 +51,14 @@ def _overrides(fdp: atheris.FuzzedDataProvider) -> dict[str, Any]:
             overrides[name] = mapping(fdp, keys_of(name), size=3)
     if fdp.ConsumeBool():
         overrides[TOLERANCE] = value(fdp)
+    for name in TOP_LEVEL_KEYS:  # settings beside the five (e.g. `distributed`), as they are added
+        if name not in overrides and name not in SETTING_NAMES and fdp.ConsumeIntInRange(0, 3) == 0:
+            overrides[name] = mapping(fdp, (), size=3)
     return overrides
 
 
 def _check(resolved: TrainingSettings, remote: bool) -> None:
-    """What a valid result promises: plain JSON, no refused key, every number inside its range."""
+    """What a valid result promises: plain JSON, no refused key at any depth, numbers inside their ranges."""
     data = resolved.to_dict()
     assert json.loads(json.dumps(data, allow_nan=False)) == data
     for name in SETTING_NAMES:
@@ -63,7 +67,18 @@ def _check(resolved: TrainingSettings, remote: bool) -> None:
             bounds = RANGES.get(f"{name}.{key}")
             if bounds and isinstance(item, int | float) and not isinstance(item, bool):
                 assert bounds.contains(item), f"{name}.{key}={item} is outside {bounds.describe()}"
+            _check_nested(f"{name}.{key}", item)
     assert 0 <= data[TOLERANCE] <= 100
+
+
+def _check_nested(path: str, item: Any) -> None:
+    if isinstance(item, list):
+        for inner in item:
+            _check_nested(path, inner)
+    elif isinstance(item, dict):
+        for key, inner in item.items():
+            assert refused_anywhere(key) is None, f"{path}.{key} was accepted"
+            _check_nested(f"{path}.{key}", inner)
 
 
 def settings(data: bytes) -> None:
