@@ -1,0 +1,136 @@
+"""Artifact storage behind one interface: the data dir alone (default), or a shared fsspec location.
+
+With a URL (`s3://bucket/prefix` through s3fs, `file:///mnt/shared/tuneloom`, any fsspec
+protocol), the shared location holds the artifacts of record and each machine's data dir is its
+cache: `publish` copies a dataset-version file or a model-version directory up, `fetch` brings it
+down to the same relative path on a machine that lacks it. The database keeps storing the same
+data-dir-relative paths either way, so nothing else changes.
+
+Integrity: `publish` uploads the content, then `<path>.sha256.json` (every file's SHA-256 and size)
+last, which is the commit marker — an upload cut short has no index and is never fetched. `fetch`
+downloads into the data dir's staging area, checks every file against the index, and renames into
+place only when all match; a mismatch raises `ArtifactIntegrityError` naming the file.
+
+Credentials and endpoints come from the environment, as the libraries define them
+(`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL` for S3-compatible stores).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tuneloom.errors import TuneloomError
+from tuneloom.model_version import sha256_file
+from tuneloom.store.artifacts import Artifacts
+
+INDEX_SUFFIX = ".sha256.json"
+
+
+class ArtifactIntegrityError(TuneloomError):
+    """A fetched artifact is missing, incomplete or does not match the checksums it was published with."""
+
+    code = "ARTIFACT_INTEGRITY"
+
+
+class ArtifactStore:
+    """The data dir, optionally backed by a shared location every worker and server can reach."""
+
+    def __init__(self, artifacts: Artifacts, url: str | None = None):
+        self.artifacts = artifacts
+        self.url = url.rstrip("/") if url else None
+        self._fs: Any = None
+        self._root = ""
+        if self.url:
+            from fsspec.core import url_to_fs
+
+            self._fs, self._root = url_to_fs(self.url)
+
+    @property
+    def shared(self) -> bool:
+        return self._fs is not None
+
+    def publish(self, relative: str) -> None:
+        """Copy the file or directory at `relative` (in the data dir) to the shared location; index last."""
+        if not self.shared:
+            return
+        local = self.artifacts.resolve(relative)
+        files = _files(local)
+        for name, path in files.items():
+            self._fs.put_file(str(path), self._remote(relative, name))
+        index = {"files": {name: {"sha256": sha256_file(p), "size": p.stat().st_size} for name, p in files.items()}}
+        self._fs.pipe_file(self._remote(relative) + INDEX_SUFFIX, json.dumps(index, indent=1).encode())
+
+    def fetch(self, relative: str) -> Path:
+        """The local path of `relative`, downloaded and verified first when this machine lacks it."""
+        local = self.artifacts.resolve(relative)
+        if local.exists() or not self.shared:
+            return local
+        index = self._index(relative)
+        staging = self.artifacts.staging_path(".fetch")
+        try:
+            for name, expected in index.items():
+                target = staging / name if name else staging
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._fs.get_file(self._remote(relative, name), str(target))
+                _check(relative, name, target, expected)
+            local.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging, local)
+        finally:
+            _discard(staging)
+        return local
+
+    def remove(self, relative: str | None) -> None:
+        """Delete from the data dir and the shared location (the index first, so nothing half-deleted is fetched)."""
+        self.artifacts.remove(relative)
+        if not (self.shared and relative):
+            return
+        self.artifacts.resolve(relative)  # the same safety check as local paths
+        remote = self._remote(relative)
+        for path in (remote + INDEX_SUFFIX, remote):
+            if self._fs.exists(path):
+                self._fs.rm(path, recursive=True)
+
+    def _index(self, relative: str) -> dict[str, dict[str, Any]]:
+        where = f"{self.url}/{relative}"
+        try:
+            raw = self._fs.cat_file(self._remote(relative) + INDEX_SUFFIX)
+        except FileNotFoundError:
+            raise ArtifactIntegrityError(
+                f"{where} is not in the shared store, or its upload never finished (no {INDEX_SUFFIX} index)"
+            ) from None
+        files = json.loads(raw)["files"]
+        for name in files:
+            if name and (Path(name).is_absolute() or ".." in Path(name).parts):
+                raise ArtifactIntegrityError(f"{where}: the index names {name!r}, outside the artifact")
+        return dict(files)
+
+    def _remote(self, relative: str, name: str = "") -> str:
+        return "/".join(part for part in (self._root, relative, name) if part)
+
+
+def _files(local: Path) -> dict[str, Path]:
+    """Every file of an artifact by its name inside it ("" for a single-file artifact)."""
+    if local.is_file():
+        return {"": local}
+    return {p.relative_to(local).as_posix(): p for p in sorted(local.rglob("*")) if p.is_file()}
+
+
+def _check(relative: str, name: str, path: Path, expected: dict[str, Any]) -> None:
+    what = f"{relative}/{name}" if name else relative
+    size, digest = path.stat().st_size, sha256_file(path)
+    if size != expected["size"] or digest != expected["sha256"]:
+        raise ArtifactIntegrityError(
+            f"{what} fetched from the shared store does not match its published checksum "
+            f"(sha256 {digest[:12]}…, {size} bytes; expected {expected['sha256'][:12]}…, {expected['size']} bytes)"
+        )
+
+
+def _discard(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
