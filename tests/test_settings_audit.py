@@ -160,3 +160,27 @@ def test_every_field_of_the_real_classes_is_refused_bounded_or_reviewed() -> Non
             if key not in REVIEWED[setting]:
                 unreviewed.append(f"{path} ({'/'.join(sorted(spec.kinds))})")
     assert not unreviewed, "review these fields: refuse, bound or list them in REVIEWED: " + ", ".join(unreviewed)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "key"),
+    [({"additional_special_tokens": ["<zz>"]}, "additional_special_tokens"), ({"eos_token": "<end>"}, "eos_token")],
+)
+def test_special_tokens_outside_the_vocabulary_are_refused_when_the_tokenizer_loads(
+    tokens: dict[str, Any], key: str
+) -> None:
+    """They got ids past the embedding: training on a line holding one died with IndexError."""
+    from tuneloom.templates.loading import load_tokenizer
+
+    resolved = resolve_settings("tiny-random", {"tokenizer_config": tokens})
+    with pytest.raises(SettingsError) as info:
+        load_tokenizer(resolved.model_config, resolved.tokenizer_config)
+    assert info.value.key == f"tokenizer_config.{key}" and "not in the model's vocabulary" in info.value.message
+
+
+def test_special_tokens_from_the_vocabulary_are_accepted() -> None:
+    from tuneloom.templates.loading import load_tokenizer
+
+    resolved = resolve_settings("tiny-random", {"tokenizer_config": {"pad_token": "<|endoftext|>"}})
+    tokenizer = load_tokenizer(resolved.model_config, resolved.tokenizer_config)
+    assert tokenizer.pad_token == "<|endoftext|>" and len(tokenizer) == 50257

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from tuneloom.errors import SettingsError
 from tuneloom.templates.settings_rules import TOKENIZER_EXTENSIONS
 from tuneloom.templates.sources import resolve_model_dir, resolve_tokenizer_dir
 
@@ -31,12 +32,39 @@ def load_tokenizer(model_config: dict[str, Any], tokenizer_config: dict[str, Any
     from transformers import AutoTokenizer
 
     kwargs = {k: v for k, v in tokenizer_config.items() if k not in TOKENIZER_EXTENSIONS}  # tuneloom's own keys
-    tokenizer = AutoTokenizer.from_pretrained(
-        resolve_tokenizer_dir(model_config["pretrained_model_name_or_path"]), **kwargs
-    )
+    source = resolve_tokenizer_dir(model_config["pretrained_model_name_or_path"])
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    _refuse_new_tokens(source, kwargs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+_TOKEN_KEYS = ("additional_special_tokens", *(f"{n}_token" for n in ("pad", "eos", "bos", "unk", "sep", "cls", "mask")))
+
+
+def _refuse_new_tokens(source: Any, kwargs: dict[str, Any]) -> None:
+    """A token the vocabulary lacks gets an id past the model's embedding rows: training would crash on it.
+
+    tuneloom does not grow the embeddings (a LoRA version could not carry the new rows), so the
+    special-token settings may only name tokens the tokenizer already has.
+    """
+    from transformers import AutoTokenizer
+
+    named = {key: [v] if isinstance(v, str) else list(v) for key, v in kwargs.items() if key in _TOKEN_KEYS and v}
+    if not named:
+        return
+    plain = AutoTokenizer.from_pretrained(source, **{k: v for k, v in kwargs.items() if k not in _TOKEN_KEYS})
+    vocabulary = plain.get_vocab()
+    for key, tokens in named.items():
+        new = [token for token in tokens if token not in vocabulary]
+        if new:
+            raise SettingsError(
+                f"tokenizer_config.{key} names {new[0]!r}, which is not in the model's vocabulary: the model has "
+                "no embedding for it and tuneloom does not add one. Use a token the tokenizer already has "
+                f"(e.g. its eos token {plain.eos_token!r}).",
+                key=f"tokenizer_config.{key}",
+            )
 
 
 def load_model(
