@@ -30,14 +30,17 @@ import httpx
 from bench.common import RESULTS_DIR, print_table, write_result
 from bench.server_process import create_key, start_server, stop, train_through_api
 from bench.soak_load import KINDS, OK_STATUS, PROMPTS, MemorySampler, Target, run_clients, summarize
+from tuneloom.store import keys
+from tuneloom.store.db import Database, open_database
 
 APP, MODEL = "soak", "router"
 JOB_MODEL, UPLOADS = "soak-job", "soak-uploads"  # made in the app under load: the job trains a model of its own
 FIRST_TRAINING = {"max_steps": 30, "per_device_train_batch_size": 8, "learning_rate": 0.05}
-# The job's steps = the first run's steps/s × the window × this. Load slows training several-fold,
-# so the job is still running at the end of the window and finishes soon after it.
-JOB_SIZE = 0.75
-RSS_BOUND_MB = 3072  # measured peak ≈ see bench/README.md "Load"; the bound leaves a wide margin
+# The job's steps = the first run's steps/s × the window × this. The first run's rate counts its
+# start-up too (an underestimate), so the job lasts about the window under load and ends near its end.
+JOB_SIZE = 1.0
+# Measured peak 1.65 GiB at 32 clients (bench/README.md, "Load"); the bound leaves ~1.8× margin.
+RSS_BOUND_MB = 3072
 RUNNING = ("MODEL_QUEUED_FOR_TRAINING", "MODEL_TRAINING")
 MB = 1024**2
 
@@ -81,25 +84,40 @@ def warm_up(http: httpx.Client, target: Target) -> None:
     http.post(f"{target.model_url}/generate", json=stream).raise_for_status()
 
 
+def client_keys(db: Database, data_dir: Path, app_id: str, n: int) -> list[str]:
+    """`n` keys of the app, one per client, made in the server's own store as `tuneloom keys create` does."""
+    pepper = keys.load_pepper(data_dir)
+    return [keys.create_key(db, app_id, pepper)[0] for _ in range(n)]
+
+
 def soak(
-    url: str, key: str, pid: int, *, app_id: str, model_id: str, trained_version_id: str, seconds: float, clients: int
+    url: str,
+    users: list[str],
+    pid: int,
+    *,
+    app_id: str,
+    model_id: str,
+    trained_version_id: str,
+    seconds: float,
+    job_size: float = JOB_SIZE,
 ) -> dict[str, Any]:
-    """Queue the job, run the load while it trains, wait for it to finish; every figure of the run."""
+    """Queue the job, run one client per key while it trains, wait for it to finish; every figure of the run."""
     app_path = f"/api/apps/{app_id}"
-    with api(url, key) as http:
+    clients = len(users)
+    with api(url, users[0]) as http:
         trained = http.get(f"{app_path}/models/{model_id}/versions/{trained_version_id}").raise_for_status().json()
         rate = steps_per_second(trained["metrics"])
-        steps = max(10, round(rate * seconds * JOB_SIZE))
+        steps = max(10, round(rate * seconds * job_size))
         http.post(f"{app_path}/datasets", json={"id": UPLOADS}).raise_for_status()
         job_path = queue_job(http, app_path, trained["dataset_version_id"], steps)
         started = wait_while(http, job_path, ("MODEL_QUEUED_FOR_TRAINING",), 120)
-        target = Target(url, key, app_id, model_id, trained_version_id, job_path, UPLOADS)
+        target = Target(url, app_id, model_id, trained_version_id, job_path, UPLOADS)
         warm_up(http, target)
         load_before = os.getloadavg()[0]
         with MemorySampler(pid) as memory:
             rss_before = memory.tree_rss()
             load_start = time.time()
-            record, elapsed = asyncio.run(run_clients(target, clients, seconds))
+            record, elapsed = asyncio.run(run_clients(target, users, seconds))
             load_end = time.time()
             at_end = http.get(job_path).raise_for_status().json()
             finished = wait_while(http, job_path, RUNNING, 600)
@@ -201,11 +219,14 @@ def main() -> None:
             version_id, _, _ = train_through_api(
                 url, admin, TRAIN_FILE, "tiny-random", settings, app_id=APP, model_id=MODEL
             )
-            key = create_key(data_dir, "--app", APP)
+            db = open_database(None, data_dir=data_dir, migrate=False)
+            try:
+                users = client_keys(db, data_dir, APP, args.clients)
+            finally:
+                db.dispose()
             figures = soak(
-                url, key, server.pid, app_id=APP, model_id=MODEL, trained_version_id=version_id,
-                seconds=args.seconds, clients=args.clients,
-            )  # fmt: skip
+                url, users, server.pid, app_id=APP, model_id=MODEL, trained_version_id=version_id, seconds=args.seconds
+            )
         finally:
             stop(server)
     print_figures(figures)

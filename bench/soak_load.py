@@ -3,9 +3,11 @@
 Every client keeps one role for the whole run (so each kind of request has a steady number of
 clients) and sends requests back to back until the deadline; a request in flight at the deadline
 is finished and counted. Nothing is retried: a 5xx, a refused connection, a timeout or a stream
-that ends in `event: error` is recorded as what it is. Memory is sampled beside the load as the
-RSS of the server's whole process tree (the API process, its training worker and the worker's
-training child), an overestimate where pages are shared, so a bound on it is a safe bound.
+that ends in `event: error` is recorded as what it is. Each client has a key of its own, as
+separate users would: the server caps concurrent generations per key, so one key shared by 32
+clients would mostly measure 429s. Memory is sampled beside the load as the RSS of the server's
+whole process tree (the API process, its training worker and the worker's training child), an
+overestimate where pages are shared, so a bound on it is a safe bound.
 """
 
 from __future__ import annotations
@@ -44,7 +46,6 @@ class Target:
     """What the clients talk to: one app, a trained version to predict with, a running job to poll."""
 
     url: str
-    key: str
     app_id: str
     model_id: str
     trained_version_id: str
@@ -84,7 +85,7 @@ def upload_body(n: int) -> bytes:
 
 
 async def one_request(http: httpx.AsyncClient, target: Target, kind: str, n: int, record: Record) -> str:
-    """Send one request of `kind`; the outcome is the HTTP status, or what went wrong instead."""
+    """Send one request of `kind` (`http` carries the client's key); the HTTP status, or what went wrong."""
     params = {"max_tokens": MAX_TOKENS, "temperature": 0}
     prompt = f"{PROMPTS[n % len(PROMPTS)]} (#{n})"
     if kind == "predict":
@@ -113,7 +114,14 @@ async def one_request(http: httpx.AsyncClient, target: Target, kind: str, n: int
     return str(answer.status_code)
 
 
-async def client_loop(
+async def client_loop(target: Target, key: str, kind: str, index: int, deadline: float, record: Record) -> None:
+    """One client: its own key and connection, requests back to back until the deadline."""
+    headers = {"Authorization": f"Key {key}"}
+    async with httpx.AsyncClient(headers=headers, timeout=REQUEST_TIMEOUT_S) as http:
+        await request_loop(http, target, kind, index, deadline, record)
+
+
+async def request_loop(
     http: httpx.AsyncClient, target: Target, kind: str, index: int, deadline: float, record: Record
 ) -> None:
     n = index * 1_000_000
@@ -129,17 +137,14 @@ async def client_loop(
         n += 1
 
 
-async def run_clients(target: Target, clients: int, seconds: float) -> tuple[Record, float]:
-    """`clients` concurrent loops for `seconds`; returns the record and the seconds it really took."""
+async def run_clients(target: Target, keys: list[str], seconds: float) -> tuple[Record, float]:
+    """One client per key, concurrently for `seconds`; returns the record and the seconds it really took."""
     record = Record()
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    headers = {"Authorization": f"Key {target.key}"}
-    async with httpx.AsyncClient(headers=headers, timeout=REQUEST_TIMEOUT_S, limits=limits) as http:
-        started = time.perf_counter()
-        deadline = started + seconds
-        loops = (client_loop(http, target, kind, i, deadline, record) for i, kind in enumerate(roles(clients)))
-        await asyncio.gather(*loops)
-        return record, time.perf_counter() - started
+    started = time.perf_counter()
+    deadline = started + seconds
+    clients = enumerate(zip(keys, roles(len(keys)), strict=True))
+    await asyncio.gather(*(client_loop(target, key, kind, i, deadline, record) for i, (key, kind) in clients))
+    return record, time.perf_counter() - started
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

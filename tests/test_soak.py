@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 
 import psutil
 import pytest
-from bench.soak import print_figures, soak
+from bench.soak import JOB_SIZE, client_keys, print_figures, soak
 from bench.soak_load import KINDS
-from tests.server_helpers import Deployed, deploy
+from tests.server_helpers import Deployed, deploy, server_database
 
 
 def server_pid(url: str) -> int:
@@ -30,11 +30,16 @@ def server_pid(url: str) -> int:
     raise AssertionError(f"no process listens on port {port}")
 
 
-def run_soak(deployed: Deployed, seconds: float, clients: int) -> dict[str, Any]:
+def run_soak(deployed: Deployed, seconds: float, clients: int, job_size: float = JOB_SIZE) -> dict[str, Any]:
     """The load on a deployed server's app, beside a new training job there; the table goes to stdout."""
+    db = server_database(deployed.data_dir)
+    try:
+        users = client_keys(db, deployed.data_dir, deployed.app_id, clients)
+    finally:
+        db.dispose()
     figures = soak(
-        deployed.url, deployed.key, server_pid(deployed.url), app_id=deployed.app_id, model_id=deployed.model_id,
-        trained_version_id=deployed.version_id, seconds=seconds, clients=clients,
+        deployed.url, users, server_pid(deployed.url), app_id=deployed.app_id, model_id=deployed.model_id,
+        trained_version_id=deployed.version_id, seconds=seconds, job_size=job_size,
     )  # fmt: skip
     print_figures(figures)
     return figures
