@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Issue 7 on one GPU: the Llama-1.1B shape (random weights, bf16) trained through tuneloom's FSDP path —
+# `tuneloom train --strategy fsdp --num-processes 1`, i.e. accelerate launch + FSDP2, the full state dict
+# consolidated into a normal model-version directory — and its tokens/s. No multi-GPU machine is lent, so
+# the multi-GPU commands are documented in the README ("Scaling out"), and this runs what one GPU allows.
+#
+#   bash bench/gpu_prepare.sh        # here, once: wheels the device lacks -> .gpucarry/ (git-ignored)
+#   device tool: run(command="bash bench/gpu_fsdp.sh", carry=[".gpucarry"], timeout_s=420)
+#   bash bench/gpu_fsdp.sh --dry-run # here, on the CPU: tiny shape, two processes over gloo
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
+if [ "${1:-}" = "--dry-run" ]; then
+  PY=${PYTHON:-.venv/bin/python}
+  export BENCH_TINY=1
+  ARGS=(--examples 16 --batch 4 --processes 2)
+  SCRATCH=$(mktemp -d)
+else
+  PY=${PYTHON:-python3}
+  ARGS=(--examples 512 --batch 8 --processes 1)
+  SCRATCH=/tmp/tuneloom-gpu
+fi
+
+SITE=$SCRATCH/site
+if [ -z "${BENCH_TINY:-}" ]; then
+  for wheel in .gpucarry/*.whl; do  # one at a time: a wheel that does not fit this Python leaves the others in
+    [ -e "$wheel" ] || { echo "WARNING: no .gpucarry/*.whl (run bench/gpu_prepare.sh, carry .gpucarry)"; break; }
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$wheel" \
+      || echo "WARNING: $wheel did not install; the machine's own package is used"
+  done
+fi
+# The ranks are new Python processes: they find tuneloom and the carried wheels through PYTHONPATH.
+export PYTHONPATH="$SITE:$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export TUNELOOM_CACHE=$SCRATCH/cache BENCH_MODELS=$SCRATCH/models BENCH_RESULTS=$OUT
+
+{
+  echo "== bench/gpu_fsdp.sh ${1:-} $(date -u +%FT%TZ)"
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  $PY -c "import torch, transformers, accelerate; print('torch', torch.__version__, 'transformers',
+transformers.__version__, 'accelerate', accelerate.__version__, 'cuda', torch.cuda.is_available())"
+  timeout --kill-after=10 "${FSDP_LIMIT_S:-380}" $PY -m bench.fsdp "${ARGS[@]}"
+  echo "== exit $?; result JSON in \$OUT (copy it to bench/results/ to keep it)"
+} 2>&1 | tee "$OUT/gpu-fsdp-log.txt"
