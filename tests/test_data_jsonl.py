@@ -100,7 +100,7 @@ def test_sectioned_text() -> None:
         ("{}", "unknown row shape"),
         ('{"prompt": "a", "completion": "b"} x', "malformed JSON at column 36: Extra data"),
         (r'{"prompt": "a\ud800", "completion": "b"}', "contains an unpaired surrogate (\\ud800)"),
-        ('{"prompt": "a", "completion": 1' + "0" * 5000 + "}", "malformed JSON: Exceeds the limit"),
+        ('{"prompt": "a", "completion": 1' + "0" * 5000 + "}", "a number has more than 4,300 digits"),
     ],
 )
 def test_row_reasons(value: object | str, expected: str) -> None:

@@ -1,64 +1,65 @@
-"""`tuneloom validate` on files that break other tools: a verdict, never a traceback or a hang."""
+"""`tuneloom validate` on files that break other tools (tests/hostile/): a verdict, never a traceback or a hang."""
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
-import random
 import tracemalloc
-import zipfile
 from pathlib import Path
 
 import pytest
+from tests.hostile.corpus import FOLDER, GENERATED, get, names
 
 from tuneloom.cli import main
 from tuneloom.data.validation import validate_file
 
-GOOD = "### Instruction: Label it. ### Human: fine ### Assistant: ok"
 
-
-def _zip_bytes() -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("data.csv", "input.data.text.raw\nx\n")
-    return buffer.getvalue()
-
-
-HOSTILE: dict[str, bytes] = {
-    "empty.txt": b"",
-    "blank.txt": b"\n \n\t\n",
-    "noise.bin": random.Random(0).randbytes(50_000),
-    "nul.txt": f"{GOOD}\n".encode() * 5 + b"\x00\x00\x00\n",
-    "bad-utf8.txt": f"{GOOD}\n".encode() * 5 + b"\xff\xfe broken \xc3\x28\n",
-    "utf16.txt": (f"{GOOD}\n" * 5).encode("utf-16"),
-    "utf16-no-bom.txt": (f"{GOOD}\n" * 5).encode("utf-16-le"),
-    "crlf.txt": (f"{GOOD}\r\n" * 5).encode(),
-    "long-line.txt": f"{GOOD}\n".encode() + b"### Human: " + b"a" * 2_000_000 + b" ### Assistant: x\n",
-    "deep.jsonl": b'{"prompt": "a", "completion": "b"}\n' + b"[" * 100_000 + b"]" * 100_000 + b"\n",
-    "header-only.csv": b"input.data.text.raw,input.data.concepts[*].id\n",
-    "wrong-columns.csv": b"foo,bar\n1,2\n",
-    "unclosed-quote.csv": b'input.data.text.raw\n"' + GOOD.encode() + b"\n",
-    "zip-renamed.csv": _zip_bytes(),
-    "gzip-renamed.csv": gzip.compress(b"input.data.text.raw\nx\n"),
-    "controls.txt": f"{GOOD}\n".encode() + "### Human: \x1b[31mred\u202e ### Assistant: \x07x\n".encode(),
-}
-
-
-@pytest.mark.parametrize("name", sorted(HOSTILE))
-def test_hostile_file_gets_a_verdict(tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]) -> None:
-    path = tmp_path / name
-    path.write_bytes(HOSTILE[name])
-    code = main(["validate", str(path), "--template", "tiny-random", "--json"])
+@pytest.mark.parametrize("name", names())
+def test_hostile_file_gets_its_verdict(tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    hostile = get(name)
+    path = hostile.write(tmp_path)
+    verdict = hostile.verdict
+    # Rows are tokenized (tiny-random's GPT-2 BPE) as training would; a refused file never gets that far.
+    tokenize = ["--no-tokenize"] if verdict.refused else ["--template", "tiny-random"]
+    code = main(["validate", str(path), *tokenize, "--json"])
     out, err = capsys.readouterr()
-    assert code in (0, 1)
+    assert code == (0 if verdict.usable else 1), out + err
     assert "Traceback" not in err and "internal error" not in err
-    if code == 0 or out.strip():
-        verdict = json.loads(out)
-        assert verdict["usable"] is (code == 0)
+    if verdict.refused:  # a whole-file problem: one message naming the file, no report
+        assert not out.strip()
+        assert err.startswith("error (INVALID_DATA_FILE): ") and f"'{path}'" in err and verdict.refused in err, err
     else:
-        assert "error" in err and name in err  # a whole-file problem: one message naming the file
-    assert "\x1b" not in out + err  # terminal control characters never reach the terminal raw
+        report = json.loads(out)["report"]
+        assert json.loads(out)["usable"] is verdict.usable
+        assert (report["valid_rows"], report["invalid_rows"]) == verdict.rows
+        assert report["total_rows"] == sum(verdict.rows or ())
+        if report["invalid"]:
+            assert verdict.says in report["invalid"][0]["reason"], report["invalid"][0]
+    # The same file rendered for a person: the same exit code, and nothing raw reaches the terminal.
+    assert main(["validate", str(path), "--no-tokenize"]) == code
+    human = "".join(capsys.readouterr())
+    assert "Traceback" not in human and name in human
+    for raw in ("\x1b", "\x07", "\x08", "\u202e", "\x00"):
+        assert raw not in out + err + human, f"{raw!r} reached the terminal"
+
+
+def test_the_corpus_folder_holds_only_listed_files() -> None:
+    """A file dropped into tests/hostile/ without a verdict would be silently untested."""
+    on_disk = {p.name for p in FOLDER.iterdir() if p.is_file() and p.suffix != ".py" and p.name != ".gitattributes"}
+    assert on_disk == set(names()) - set(GENERATED)
+    assert sum(p.stat().st_size for p in FOLDER.iterdir() if p.is_file()) < 200 * 1024
+
+
+def test_a_row_too_long_in_tokens_is_reported_with_its_controls_escaped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The excerpt of a row refused for its token count once carried raw escape sequences to the terminal."""
+    path = tmp_path / "long-tokens.txt"
+    hostile = "### Human: \x1b]0;pwned\x07\x1b[31m \u202e " + "word " * 700 + "### Assistant: ok"
+    path.write_text("### Human: a ### Assistant: b\n" * 40 + hostile + "\n", encoding="utf-8")
+    assert main(["validate", str(path), "--template", "tiny-random"]) == 0  # 1 of 41 rows: within 5%
+    out = capsys.readouterr().out
+    assert "tokens after tokenization" in out and "\\x1b]0;pwned" in out
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
 
 
 def test_million_line_file_validates_in_bounded_memory(tmp_path: Path) -> None:

@@ -52,7 +52,8 @@ def iter_csv_rows(
     else:
         return
     delimiter = _delimiter(first)
-    reader = csv.reader(itertools.chain([first], lines), delimiter=delimiter)
+    # strict: a stray or unclosed quote fails its record instead of silently swallowing the lines after it
+    reader = csv.reader(itertools.chain([first], lines), delimiter=delimiter, strict=True)
     try:
         header = next(reader)
     except csv.Error as error:
@@ -129,7 +130,7 @@ def _records(
         except StopIteration:
             break
         except csv.Error as error:
-            record, failure = [], InvalidRow(start, _csv_reason(error))
+            record, failure = [], InvalidRow(start, _csv_reason(error, start, offset + reader.line_num))
         prev = reader.line_num
         if bad:  # lines the reader could not decode, inside this record or (rarely) before it
             earlier, spanning = _take_bad(bad, start, offset + prev)
@@ -164,9 +165,16 @@ def _at(bad_line: int, start: int) -> str:
     return "" if bad_line == start else f" (on line {bad_line}, inside this record)"
 
 
-def _csv_reason(error: csv.Error) -> str:
-    if "field larger" in str(error):
+def _csv_reason(error: csv.Error, start: int, end: int) -> str:
+    """Say which lines a broken record took, so no line it swallowed goes unmentioned."""
+    message = str(error)
+    if "field larger" in message:
         return f"a cell is longer than {csv.field_size_limit():,} characters (an unclosed quote?)"
+    if "unexpected end of data" in message:
+        return f"unclosed quote: the quoted cell runs from line {start} to the end of the file (line {end})"
+    if "expected after" in message:
+        span = f"line {start}" if end <= start else f"lines {start}-{end}"
+        return f'stray quote ({span}): text follows a closing quote; a quote inside a cell is written twice ("")'
     return f"unreadable CSV record: {_csv_problem(error)}"
 
 

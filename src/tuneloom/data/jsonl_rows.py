@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from json.scanner import make_scanner
 from typing import Any
@@ -70,6 +71,8 @@ def _load(text: str) -> dict[str, Any]:
     except json.JSONDecodeError as error:
         raise _RowError(f"malformed JSON at column {error.colno}: {error.msg}") from None
     except (ValueError, RecursionError) as error:
+        if "integer string conversion" in str(error):  # Python's guard against quadratic int parsing
+            raise _RowError(f"a number has more than {sys.get_int_max_str_digits():,} digits") from None
         raise _RowError(f"malformed JSON: {error}") from None
     if not isinstance(record, dict):
         raise _RowError(f"expected a JSON object, got {json_type(record)}")

@@ -18,7 +18,7 @@ from tuneloom.data.csv_rows import check_header, iter_csv_rows
 from tuneloom.data.jsonl_rows import jsonl_row_batches
 from tuneloom.data.lines import iter_batches
 from tuneloom.data.sections import RESPONSE_HEADERS, check_response_headers, section_row_batches
-from tuneloom.data.sniff import FORMATS, choose_format, fail, open_chunks, sniff
+from tuneloom.data.sniff import FORMATS, check_line_endings, choose_format, fail, open_chunks, sniff
 from tuneloom.data.types import DataReport, Example, InvalidRow
 from tuneloom.errors import DataFileError, SettingsError, ToleranceExceededError
 
@@ -48,6 +48,7 @@ def open_rows(
         check_header(path, sniffed.sample)
         rows = iter_csv_rows(open_chunks(sniffed), path, headers)
         return fmt, iter(lambda: list(itertools.islice(rows, ROW_BATCH)), [])
+    check_line_endings(sniffed)  # (CSV says so from its header: the csv module refuses a bare \r)
     batches = iter_batches(open_chunks(sniffed))
     if fmt == "jsonl":
         return fmt, jsonl_row_batches(batches, headers)

@@ -179,6 +179,16 @@ def open_chunks(sniffed: Sniffed) -> Iterator[bytes]:
             raise fail(sniffed.path, f"is not valid {sniffed.encoding.upper()} {where}") from None
 
 
+def check_line_endings(sniffed: Sniffed) -> None:
+    """Lines ended by "\\r" alone (classic Mac) would read as one long row that swallows the others."""
+    if "\n" not in sniffed.sample and "\r" in sniffed.sample.rstrip("\r\t "):
+        raise fail(
+            sniffed.path,
+            "ends its lines in \\r alone (old Mac line endings), so it would read as one line: "
+            "save it with \\n or \\r\\n line endings",
+        )
+
+
 def choose_format(sniffed: Sniffed, requested: str = "auto") -> str:
     """Content first, extension as a tie-breaker; an explicit `format` always wins."""
     if requested != "auto":

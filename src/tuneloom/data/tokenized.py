@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from tuneloom.data.lines import excerpt
 from tuneloom.data.types import Example, InvalidRow
 
 IGNORE_INDEX = -100
@@ -44,6 +45,8 @@ def tokenize_examples(
     """Tokenize in batches (the fast tokenizer parallelises); over-long examples become invalid rows."""
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token; set tokenizer_config.eos_token")
+    if not examples:  # a fast tokenizer fails on an empty batch (IndexError), e.g. a file with no valid row
+        return [], []
     prompts = tokenizer([e.prompt for e in examples], add_special_tokens=True)["input_ids"]
     completions = tokenizer([completion_text(e.completion) for e in examples], add_special_tokens=False)["input_ids"]
     eos = int(tokenizer.eos_token_id)
@@ -57,7 +60,7 @@ def tokenize_examples(
                     example.line,
                     f"{total} tokens after tokenization, longer than the model's max length of {max_length} "
                     f"(tokenizer_config.model_max_length)",
-                    example.prompt[:120],
+                    excerpt(example.prompt),  # escaped: it is printed to terminals
                 )
             )
             continue
