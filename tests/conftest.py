@@ -94,12 +94,13 @@ def _database_args(data_dir: Path) -> list[str]:
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """A real `tuneloom serve` per test module and backend: SQLite always, PostgreSQL when configured.
 
+    A module may set `SERVER_ARGS` (a list of extra `serve` flags, e.g. limits it tests).
     For PostgreSQL the schema is wiped first, so each module starts from an empty database; the URL
     is noted in the data dir (a file the server ignores) for `api_key` to find.
     """
     data_dir = tmp_path_factory.mktemp(f"server-{request.param}")
     cmd = [sys.executable, "-m", "tuneloom.cli", "serve", "--data-dir", str(data_dir), "--port", str(_free_port())]
-    cmd += ["--max-upload-mb", "1"]
+    cmd += ["--max-upload-mb", "1", *getattr(request.module, "SERVER_ARGS", ())]  # a module's own flags
     if request.param == "postgresql":
         fresh_database("postgresql", data_dir, migrate=False).dispose()
         assert POSTGRES_URL

@@ -27,6 +27,8 @@ from tuneloom.store import registry
 
 INPUTS = ["great product, works well", "broke after a day", "I love it", "awful quality, do not buy", "ok"]
 GREEDY = {"max_tokens": 12, "temperature": 0}
+# Bursts of 15 requests from one key: above the default cap of 4 concurrent generations per key.
+SERVER_ARGS = ["--max-concurrent-generations-per-key", "32"]
 
 
 @pytest.fixture(scope="module")

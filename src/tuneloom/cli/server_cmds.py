@@ -1,4 +1,4 @@
-"""`tuneloom serve`, `tuneloom worker` and `tuneloom keys create`."""
+"""`tuneloom serve`, `tuneloom worker` and `tuneloom keys create|list|revoke`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ def register(commands: Any) -> None:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--max-upload-mb", type=int, default=200, help="largest accepted upload")
     serve.add_argument("--model-cache-mb", type=int, default=4096, help="memory for loaded model versions")
+    _limit_args(serve)
     _worker_args(serve, default_help="training workers beside the API (default: one per GPU, or 1; 0: none)")
     serve.set_defaults(run=run_serve)
 
@@ -26,11 +27,40 @@ def register(commands: Any) -> None:
     _worker_args(worker, default_help="slots, one job each (default: one per GPU, or 1)")
     worker.set_defaults(run=run_worker)
 
-    keys = commands.add_parser("keys", help="manage API keys")
-    keys.add_argument("action", choices=["create"])
+    keys = commands.add_parser("keys", help="manage API keys: create, list, revoke")
+    keys.add_argument("action", choices=["create", "list", "revoke"])
+    keys.add_argument("key", nargs="?", help="revoke: the key id (from `keys list`) or the key itself")
     _storage_args(keys)
-    keys.add_argument("--app", default=None, help="scope the key to one app (default: an admin key)")
+    keys.add_argument("--app", default=None, help="create: scope the key to one app (default: admin); list: one app's")
     keys.set_defaults(run=run_keys)
+
+
+def _positive(text: str) -> int:
+    value = int(text) if text.strip().isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
+
+
+def _limit_args(serve: argparse.ArgumentParser) -> None:
+    from tuneloom.generate.params import MAX_TOKENS_LIMIT
+    from tuneloom.server.limits import DEFAULT_MAX_GENERATIONS_PER_KEY, DEFAULT_MAX_JSON_BYTES
+
+    serve.add_argument(
+        "--max-json-kb", type=_positive, default=DEFAULT_MAX_JSON_BYTES // 1024, help="largest JSON request body"
+    )
+    serve.add_argument(
+        "--max-concurrent-generations-per-key",
+        type=_positive,
+        default=DEFAULT_MAX_GENERATIONS_PER_KEY,
+        help="generations one key may run at once; more are refused with 429",
+    )
+    serve.add_argument(
+        "--max-tokens-limit",
+        type=_positive,
+        default=MAX_TOKENS_LIMIT,
+        help=f"the most tokens a request may ask to generate (at most {MAX_TOKENS_LIMIT})",
+    )
 
 
 def _storage_args(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +77,7 @@ def _worker_args(parser: argparse.ArgumentParser, *, default_help: str) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from tuneloom.generate.params import MAX_TOKENS_LIMIT
     from tuneloom.server.app import create_app
     from tuneloom.server.context import ServerContext
 
@@ -55,6 +86,9 @@ def run_serve(args: argparse.Namespace) -> int:
         args.database_url,
         max_upload_bytes=args.max_upload_mb * 1024 * 1024,
         model_cache_bytes=args.model_cache_mb * 1024 * 1024,
+        max_json_bytes=args.max_json_kb * 1024,
+        max_generations_per_key=args.max_concurrent_generations_per_key,
+        max_tokens_limit=min(args.max_tokens_limit, MAX_TOKENS_LIMIT),
     )
     _recover(ctx)
     pool = _start_workers(ctx.db, ctx.artifacts, args)
@@ -124,11 +158,45 @@ def _start_workers(db: Any, artifacts: Any, args: argparse.Namespace) -> Any:
 
 def run_keys(args: argparse.Namespace) -> int:
     from tuneloom.server.context import ServerContext
+
+    if (args.action == "revoke") != (args.key is not None):
+        console_err.print("Error: `keys revoke` takes one key id (or key); `create` and `list` take none")
+        return 2
+    ctx = ServerContext.open(args.data_dir, args.database_url)
+    return {"create": _create_key, "list": _list_keys, "revoke": _revoke_key}[args.action](ctx, args)
+
+
+def _create_key(ctx: Any, args: argparse.Namespace) -> int:
     from tuneloom.store.keys import create_key
 
-    ctx = ServerContext.open(args.data_dir, args.database_url)
     plaintext, record = create_key(ctx.db, args.app, ctx.pepper)
     scope = f"app '{args.app}'" if args.app else "admin (all apps)"
-    console_err.print(f"Created key {record.prefix}… for {scope}. It is shown once; store it safely.")
+    console_err.print(f"Created key {record.prefix}… (id {record.id}) for {scope}. It is shown once; store it safely.")
     console.print(plaintext)
+    return 0
+
+
+def _list_keys(ctx: Any, args: argparse.Namespace) -> int:
+    """One line per key: id, scope, display prefix, created, and revoked (if it is)."""
+    from tuneloom.store.keys import list_keys
+
+    for key in list_keys(ctx.db, args.app):
+        scope = f"app:{key.app_id}" if key.app_id else "admin"
+        revoked = f"revoked {key.revoked_at:%Y-%m-%d %H:%M:%S}" if key.revoked_at else "active"
+        console.print(f"{key.id}  {scope}  {key.prefix}…  created {key.created_at:%Y-%m-%d %H:%M:%S}  {revoked}")
+    return 0
+
+
+def _revoke_key(ctx: Any, args: argparse.Namespace) -> int:
+    """Revoke by id or by the key itself; the server refuses it from its next request on (no restart)."""
+    from tuneloom.errors import TuneloomError
+    from tuneloom.store.keys import key_id_of, revoke_key
+
+    key_id = key_id_of(args.key) or args.key
+    try:
+        record = revoke_key(ctx.db, key_id)
+    except TuneloomError as err:
+        console_err.print(f"Error: {err.message}")
+        return 1
+    console_err.print(f"Key {record.prefix}… (id {record.id}) is revoked; requests with it now get 401.")
     return 0

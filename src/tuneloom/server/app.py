@@ -24,7 +24,9 @@ from tuneloom.errors import (
     TuneloomError,
 )
 from tuneloom.server.context import ServerContext
+from tuneloom.server.limits import BodySizeLimit, GenerationSlots
 from tuneloom.server.routes import apps, datasets, models, openai_compat, predict
+from tuneloom.server.security import SecurityHeaders
 from tuneloom.store.db import is_unavailable
 from tuneloom.web import mount_web
 
@@ -46,6 +48,9 @@ def create_app(ctx: ServerContext) -> FastAPI:
     # No /docs or /redoc: their pages load scripts from a CDN, and tuneloom runs offline.
     app = FastAPI(title="tuneloom", version=__version__, docs_url=None, redoc_url=None)
     app.state.context = ctx
+    app.state.generation_slots = GenerationSlots(ctx.max_generations_per_key)
+    app.add_middleware(BodySizeLimit, limit=ctx.max_json_bytes)
+    app.add_middleware(SecurityHeaders)  # added last: the outermost of the two
     app.include_router(apps.router)
     app.include_router(datasets.router)
     app.include_router(models.router)

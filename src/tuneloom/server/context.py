@@ -1,10 +1,12 @@
-"""What every request needs: the database, the key pepper, the data dir — built once at start-up."""
+"""What every request needs: the database, the key pepper, the data dir, the limits — built once at start-up."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuneloom.generate.params import MAX_TOKENS_LIMIT
+from tuneloom.server.limits import DEFAULT_MAX_GENERATIONS_PER_KEY, DEFAULT_MAX_JSON_BYTES
 from tuneloom.store.artifacts import Artifacts
 from tuneloom.store.db import Database, open_database
 from tuneloom.store.keys import load_pepper
@@ -20,6 +22,9 @@ class ServerContext:
     artifacts: Artifacts
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     model_cache_bytes: int = DEFAULT_MODEL_CACHE_BYTES
+    max_json_bytes: int = DEFAULT_MAX_JSON_BYTES
+    max_generations_per_key: int = DEFAULT_MAX_GENERATIONS_PER_KEY
+    max_tokens_limit: int = MAX_TOKENS_LIMIT
 
     @classmethod
     def open(
@@ -29,8 +34,12 @@ class ServerContext:
         *,
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
         model_cache_bytes: int = DEFAULT_MODEL_CACHE_BYTES,
+        max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
+        max_generations_per_key: int = DEFAULT_MAX_GENERATIONS_PER_KEY,
+        max_tokens_limit: int = MAX_TOKENS_LIMIT,
     ) -> ServerContext:
         """Open (and migrate) the database; the pepper and artifacts live in the data dir."""
         data_dir.mkdir(parents=True, exist_ok=True)
         db = open_database(database_url, data_dir=data_dir)
-        return cls(db, load_pepper(data_dir), Artifacts(data_dir), max_upload_bytes, model_cache_bytes)
+        limits = (max_json_bytes, max_generations_per_key, max_tokens_limit)
+        return cls(db, load_pepper(data_dir), Artifacts(data_dir), max_upload_bytes, model_cache_bytes, *limits)

@@ -70,7 +70,7 @@ def create_key(db: Database, app_id: str | None, pepper: bytes) -> tuple[str, Ap
 
 def authenticate(db: Database, plaintext: str, pepper: bytes) -> ApiKey | None:
     """The key's record if `plaintext` is a live key, else None (malformed, unknown, wrong or revoked)."""
-    key_id = _key_id(plaintext)
+    key_id = key_id_of(plaintext)
     record = None
     if key_id is not None:
         with db.read() as session:
@@ -102,7 +102,8 @@ def list_keys(db: Database, app_id: str | None = None, *, admin_only: bool = Fal
         return list(session.scalars(query))
 
 
-def _key_id(plaintext: object) -> str | None:
+def key_id_of(plaintext: object) -> str | None:
+    """The key id inside a plaintext key (`tl_<id>_<secret>`), or None if it is not shaped like one."""
     if not isinstance(plaintext, str) or len(plaintext) > 200:
         return None
     parts = plaintext.split("_", 2)

@@ -21,14 +21,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 # The shell is tiny and changes with releases: always revalidate it. Modules are revalidated too
 # (ETag), so an upgrade never mixes old and new scripts.
 NO_CACHE = {"Cache-Control": "no-cache"}
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
-    ),
-}
+# Security headers (CSP, nosniff, framing…) are added to every response by tuneloom.server.security.
 
 
 class _Static(StaticFiles):
@@ -39,7 +32,6 @@ class _Static(StaticFiles):
     ) -> Response:
         response = super().file_response(full_path, stat_result, scope, status_code)
         response.headers.update(NO_CACHE)
-        response.headers["X-Content-Type-Options"] = "nosniff"
         path = str(full_path)
         if path.endswith(".js"):
             response.headers["content-type"] = "text/javascript; charset=utf-8"
@@ -57,8 +49,4 @@ def mount_web(app: FastAPI) -> None:
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8", headers=_headers())
-
-
-def _headers() -> dict[str, str]:
-    return {**NO_CACHE, **SECURITY_HEADERS}
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8", headers=NO_CACHE)

@@ -31,7 +31,16 @@ from tuneloom.generate.params import InferenceParams
 from tuneloom.server.auth import api_key, context
 from tuneloom.server.context import ServerContext
 from tuneloom.server.inference import TextStream
-from tuneloom.server.routes.predict import SSE_HEADERS, Service, check_inputs, resolve_version, version_dir
+from tuneloom.server.limits import cap_max_tokens
+from tuneloom.server.routes.predict import (
+    SSE_HEADERS,
+    Service,
+    Slots,
+    check_inputs,
+    resolve_version,
+    stream_in_slot,
+    version_dir,
+)
 from tuneloom.server.schemas.openai import (
     ChatChoice,
     ChatChunkChoice,
@@ -54,7 +63,7 @@ from tuneloom.store.db import Database
 from tuneloom.store.models import ApiKey, Model, ModelVersion, TrainingStatus
 
 log = logging.getLogger(__name__)
-ERROR_CODES = {401: "invalid_api_key", 404: "model_not_found", 409: "model_not_ready"}
+ERROR_CODES = {401: "invalid_api_key", 404: "model_not_found", 409: "model_not_ready", 429: "rate_limit_exceeded"}
 
 
 def openai_error(status: int, message: str, *, param: str | None = None, headers: Any = None) -> JSONResponse:
@@ -136,16 +145,18 @@ def resolve_model(ctx: ServerContext, key: ApiKey, name: str) -> ModelVersion:
 
 
 def inference_params(
+    body: CompletionRequest | ChatCompletionRequest,
     max_tokens: int | None,
-    temperature: float | None,
-    top_p: float | None,
-    stop: str | list[str] | None,
+    limit: int,
     system_prompt: str | None = None,
 ) -> InferenceParams:
-    """OpenAI's knobs as tuneloom's validated InferenceParams (OpenAI's defaults where unset)."""
-    temperature = 1.0 if temperature is None else temperature
-    values = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "stop": stop or None}
-    return InferenceParams.from_dict({**values, "system_prompt": system_prompt})
+    """OpenAI's knobs as tuneloom's validated InferenceParams (OpenAI's defaults where unset), capped at `limit`."""
+    temperature = 1.0 if body.temperature is None else body.temperature
+    values = {"max_tokens": max_tokens, "temperature": temperature, "top_p": body.top_p, "stop": body.stop or None}
+    params = InferenceParams.from_dict({**values, "system_prompt": system_prompt})
+    named = body.model_fields_set & {"max_tokens", "max_completion_tokens"}
+    key = "max_completion_tokens" if "max_completion_tokens" in named else "max_tokens"
+    return cap_max_tokens(params, limit, asked=bool(named) and max_tokens is not None, key=key)
 
 
 def check_n(n: int | None) -> None:
@@ -154,20 +165,23 @@ def check_n(n: int | None) -> None:
 
 
 @router.post("/completions", response_model=Completion)
-async def completions(body: CompletionRequest, key: Key, ctx: Context, service: Service) -> Response | Completion:
+async def completions(
+    body: CompletionRequest, key: Key, ctx: Context, service: Service, slots: Slots
+) -> Response | Completion:
     check_n(body.n)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     check_inputs(prompts, key="prompt")
-    params = inference_params(body.max_tokens, body.temperature, body.top_p, body.stop)
+    params = inference_params(body, body.max_tokens, ctx.max_tokens_limit)
     version = await run_in_threadpool(resolve_model, ctx, key, body.model)
     head = ResponseHead(id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=body.model)
     if body.stream:
         if len(prompts) != 1:
             raise SettingsError("streaming takes one prompt", key="prompt")
-        pieces = await service.stream(version.id, version_dir(ctx, version), prompts[0], params)
+        pieces, done = await stream_in_slot(service, slots, key, version, version_dir(ctx, version), prompts[0], params)
         usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _streaming(_completion_chunks(pieces, head, usage), pieces)
-    predictions = await service.predict(version.id, version_dir(ctx, version), prompts, params)
+        return _streaming(_completion_chunks(pieces, head, usage), done)
+    async with slots.hold(key.id):
+        predictions = await service.predict(version.id, version_dir(ctx, version), prompts, params)
     choices = [
         CompletionChoice(index=i, text=p.generation.text, finish_reason=finish_reason(p.generation.finish_reason))
         for i, p in enumerate(predictions)
@@ -178,7 +192,7 @@ async def completions(body: CompletionRequest, key: Key, ctx: Context, service: 
 
 @router.post("/chat/completions", response_model=ChatCompletion)
 async def chat_completions(
-    body: ChatCompletionRequest, key: Key, ctx: Context, service: Service
+    body: ChatCompletionRequest, key: Key, ctx: Context, service: Service, slots: Slots
 ) -> Response | ChatCompletion:
     """System messages become the system prompt; the last user message is the input (one turn)."""
     check_n(body.n)
@@ -188,14 +202,15 @@ async def chat_completions(
     check_inputs(users[-1:], key="messages")
     system = "\n".join(m.text() for m in body.messages if m.role in ("system", "developer")) or None
     max_tokens = body.max_completion_tokens or body.max_tokens
-    params = inference_params(max_tokens, body.temperature, body.top_p, body.stop, system)
+    params = inference_params(body, max_tokens, ctx.max_tokens_limit, system)
     version = await run_in_threadpool(resolve_model, ctx, key, body.model)
     head = ResponseHead(id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=body.model)
     if body.stream:
-        pieces = await service.stream(version.id, version_dir(ctx, version), users[-1], params)
+        pieces, done = await stream_in_slot(service, slots, key, version, version_dir(ctx, version), users[-1], params)
         usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _streaming(_chat_chunks(pieces, head, usage), pieces)
-    (prediction,) = await service.predict(version.id, version_dir(ctx, version), users[-1:], params)
+        return _streaming(_chat_chunks(pieces, head, usage), done)
+    async with slots.hold(key.id):
+        (prediction,) = await service.predict(version.id, version_dir(ctx, version), users[-1:], params)
     generation = prediction.generation
     choice = ChatChoice(
         index=0, message=ChatMessageOut(content=generation.text), finish_reason=finish_reason(generation.finish_reason)
@@ -209,10 +224,8 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
     )
 
 
-def _streaming(chunks: AsyncIterator[str], pieces: TextStream) -> StreamingResponse:
-    return StreamingResponse(
-        chunks, media_type="text/event-stream", headers=SSE_HEADERS, background=BackgroundTask(pieces.cancel)
-    )
+def _streaming(chunks: AsyncIterator[str], done: BackgroundTask) -> StreamingResponse:
+    return StreamingResponse(chunks, media_type="text/event-stream", headers=SSE_HEADERS, background=done)
 
 
 def _data(chunk: BaseModel | dict[str, Any] | str) -> str:

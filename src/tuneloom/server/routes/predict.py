@@ -21,19 +21,22 @@ from starlette.concurrency import run_in_threadpool
 
 from tuneloom.errors import ConflictError, NotFoundError, SettingsError, TuneloomError
 from tuneloom.generate.params import MAX_INPUTS, InferenceParams
-from tuneloom.server.auth import context, require_app
+from tuneloom.server.auth import api_key, context, require_app
 from tuneloom.server.context import ServerContext
 from tuneloom.server.inference import Inference, TextStream
+from tuneloom.server.limits import GenerationSlots, cap_max_tokens, generation_slots
 from tuneloom.server.schemas import GenerateRequest, PredictionOut, PredictRequest, PredictResponse
 from tuneloom.server.schemas.inference import MAX_INPUT_CHARS
 from tuneloom.server.schemas.openai import finish_reason
 from tuneloom.store import registry
-from tuneloom.store.models import ModelVersion, TrainingStatus
+from tuneloom.store.models import ApiKey, ModelVersion, TrainingStatus
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/apps/{app_id}/models/{model_id}", tags=["predictions"])
 Context = Annotated[ServerContext, Depends(context)]
 AppId = Annotated[str, Depends(require_app)]
+Key = Annotated[ApiKey, Depends(api_key)]  # the same record require_app checked (FastAPI caches it)
+Slots = Annotated[GenerationSlots, Depends(generation_slots)]
 MICRO_BATCH_ENV = "TUNELOOM_MICRO_BATCH"  # "0" turns request merging off (the benchmark's baseline)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -73,6 +76,13 @@ def version_dir(ctx: ServerContext, version: ModelVersion) -> Path:
     return ctx.artifacts.resolve(version.artifact_path)
 
 
+def request_params(ctx: ServerContext, given: dict[str, Any]) -> InferenceParams:
+    """A request's `inference_params`, validated and within the server's max_tokens cap."""
+    params = InferenceParams.from_dict(given)
+    asked = given.get("max_tokens", given.get("max_new_tokens")) is not None
+    return cap_max_tokens(params, ctx.max_tokens_limit, asked=asked, key="inference_params.max_tokens")
+
+
 def check_inputs(inputs: list[str], key: str = "inputs") -> None:
     if not 1 <= len(inputs) <= MAX_INPUTS:
         raise SettingsError(f"'{key}' must hold 1 to {MAX_INPUTS} texts, got {len(inputs)}", key=key)
@@ -83,12 +93,13 @@ def check_inputs(inputs: list[str], key: str = "inputs") -> None:
 
 @router.post("/predict")
 async def predict(
-    app_id: AppId, model_id: str, body: PredictRequest, ctx: Context, service: Service
+    app_id: AppId, model_id: str, body: PredictRequest, ctx: Context, service: Service, key: Key, slots: Slots
 ) -> PredictResponse:
-    params = InferenceParams.from_dict(body.inference_params)
+    params = request_params(ctx, body.inference_params)
     check_inputs(body.inputs)
     version = await run_in_threadpool(resolve_version, ctx, app_id, model_id, body.version)
-    predictions = await service.predict(version.id, version_dir(ctx, version), body.inputs, params)
+    async with slots.hold(key.id):
+        predictions = await service.predict(version.id, version_dir(ctx, version), body.inputs, params)
     outputs = [
         PredictionOut(text=g.text, finish_reason=finish_reason(g.finish_reason), tokens=g.tokens)
         for g in (p.generation for p in predictions)
@@ -98,19 +109,38 @@ async def predict(
 
 @router.post("/generate", response_class=StreamingResponse)
 async def generate(
-    app_id: AppId, model_id: str, body: GenerateRequest, ctx: Context, service: Service
+    app_id: AppId, model_id: str, body: GenerateRequest, ctx: Context, service: Service, key: Key, slots: Slots
 ) -> StreamingResponse:
     """Server-sent events: `data: {"text"}` per piece, then `event: done` (or `event: error`)."""
-    params = InferenceParams.from_dict(body.inference_params)
+    params = request_params(ctx, body.inference_params)
     check_inputs([body.input], key="input")
     version = await run_in_threadpool(resolve_version, ctx, app_id, model_id, body.version)
-    pieces = await service.stream(version.id, version_dir(ctx, version), body.input, params)
+    pieces, slot = await stream_in_slot(service, slots, key, version, version_dir(ctx, version), body.input, params)
     return StreamingResponse(
-        _events(pieces, version.id),
-        media_type="text/event-stream",
-        headers=SSE_HEADERS,
-        background=BackgroundTask(pieces.cancel),  # runs after a disconnect too: generation stops
+        _events(pieces, version.id), media_type="text/event-stream", headers=SSE_HEADERS, background=slot
     )
+
+
+async def stream_in_slot(
+    service: Inference, slots: GenerationSlots, key: ApiKey, version: ModelVersion, path: Path, text: str, params: Any
+) -> tuple[TextStream, BackgroundTask]:
+    """Start a stream in one of the key's generation slots; the task ends both when the response does.
+
+    Starlette runs a response's background task after the last chunk and after a disconnect too,
+    so the generation stops and the slot is freed however the client leaves.
+    """
+    slot = slots.take(key.id)
+    try:
+        pieces = await service.stream(version.id, path, text, params)
+    except BaseException:
+        slot.release()
+        raise
+
+    async def finish() -> None:  # async: runs on the event loop, like every other use of the slots
+        pieces.cancel()
+        slot.release()
+
+    return pieces, BackgroundTask(finish)
 
 
 async def _events(pieces: TextStream, version_id: str) -> AsyncIterator[str]:

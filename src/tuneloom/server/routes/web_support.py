@@ -23,7 +23,7 @@ from tuneloom.evaluate.metrics import per_example
 from tuneloom.generate.params import InferenceParams
 from tuneloom.server.auth import api_key, context, require_app
 from tuneloom.server.context import ServerContext
-from tuneloom.server.routes.predict import Service, resolve_version, version_dir
+from tuneloom.server.routes.predict import Key, Service, Slots, resolve_version, version_dir
 from tuneloom.server.schemas.models import SettingsRequest
 from tuneloom.templates import get_template, resolve_settings
 
@@ -32,6 +32,7 @@ Context = Annotated[ServerContext, Depends(context)]
 AppId = Annotated[str, Depends(require_app)]
 MAX_EVAL_TOKENS = 256
 MAX_EVAL_ROWS = 128
+HELD_OUT = "held_out.json"  # in a model version's folder (tuneloom.model_version)
 
 
 @router.get("/csv-template", dependencies=[Depends(api_key)], response_class=Response)
@@ -87,18 +88,21 @@ async def evaluation(
     version_id: str,
     ctx: Context,
     service: Service,
+    key: Key,
+    slots: Slots,
     limit: Annotated[int, Query(ge=1, le=MAX_EVAL_ROWS)] = 20,
 ) -> EvaluationOut:
     """The version's held-out examples, generated greedily: expected vs generated, and whether they match."""
     version = await run_in_threadpool(resolve_version, ctx, app_id, model_id, version_id)
     path = version_dir(ctx, version)
-    examples = _held_out(path)
+    examples = _held_out(ctx.artifacts.resolve(f"{version.artifact_path}/{HELD_OUT}"))
     shown = examples[:limit]
     if not shown:
         return EvaluationOut(model_version_id=version.id, total=len(examples), accuracy=None, rows=[])
     max_tokens = await run_in_threadpool(_enough_tokens, service, version.id, path, [e["completion"] for e in shown])
     params = InferenceParams(max_tokens=max_tokens, temperature=0.0)
-    predictions = await service.predict(version.id, path, [e["prompt"] for e in shown], params)
+    async with slots.hold(key.id):
+        predictions = await service.predict(version.id, path, [e["prompt"] for e in shown], params)
     generated = [p.generation.text for p in predictions]
     expected = [e["completion"] for e in shown]
     matches = per_example(generated, expected)
@@ -112,8 +116,9 @@ async def evaluation(
 
 
 def _held_out(path: Path) -> list[dict[str, Any]]:
+    """The examples in `path`, resolved through `Artifacts` (a symlink out of the data dir is refused)."""
     try:
-        data = json.loads((path / "held_out.json").read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
     return [e for e in data if isinstance(e, dict) and "prompt" in e and "completion" in e]

@@ -1,0 +1,125 @@
+"""Limits that keep one client from exhausting the server: body size, generations per key, max_tokens.
+
+- JSON bodies: at most `max_json_bytes` (default 1 MiB) on every route but uploads, which stream to
+  disk under their own, larger limit. A declared `Content-Length` over the limit is refused before a
+  byte is read; a chunked body is counted as it arrives. The answer is a 413 naming the limit.
+- Generations: one key may run at most `max_generations_per_key` at a time (/predict, the SSE
+  stream, the OpenAI routes, the evaluation page); the next one is a 429 naming the limit, at once,
+  rather than a queue that one client can grow without bound while others wait behind it.
+- max_tokens: a server-wide cap (`--max-tokens-limit`, at most `MAX_TOKENS_LIMIT`), refused as a
+  422 naming the key and the limit; a request that does not ask gets the default, lowered to the cap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import HTTPException, Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tuneloom.errors import SettingsError
+from tuneloom.generate.params import InferenceParams
+
+DEFAULT_MAX_JSON_BYTES = 1024 * 1024
+DEFAULT_MAX_GENERATIONS_PER_KEY = 4
+UPLOAD_PATH = re.compile(r"^/api/apps/[^/]+/datasets/[^/]+/uploads/?$")
+
+
+def body_too_large(limit: int) -> HTTPException:
+    return HTTPException(413, f"request body larger than the {limit:,}-byte limit for JSON bodies")
+
+
+class BodySizeLimit:
+    """ASGI middleware: refuse request bodies over `limit` bytes, except uploads (they have their own limit).
+
+    It wraps `receive`, so the 413 is raised where the route reads its body and answered by the
+    route's own error handling (the OpenAI routes answer in OpenAI's error shape).
+    """
+
+    def __init__(self, app: ASGIApp, limit: int = DEFAULT_MAX_JSON_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or UPLOAD_PATH.match(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            if declared.isdigit() and int(declared) > self.limit:
+                raise body_too_large(self.limit)
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise body_too_large(self.limit)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+class GenerationSlots:
+    """How many generations each key has running; taking one more than `limit` is a 429."""
+
+    def __init__(self, limit: int = DEFAULT_MAX_GENERATIONS_PER_KEY) -> None:
+        self.limit = limit
+        self.running: Counter[str] = Counter()  # touched only from the event loop: no lock needed
+
+    def take(self, key_id: str) -> Slot:
+        if self.running[key_id] >= self.limit:
+            raise HTTPException(
+                429,
+                f"this key already has {self.limit} generations running, the limit per key "
+                "(--max-concurrent-generations-per-key); wait for one to finish",
+                {"Retry-After": "1"},
+            )
+        self.running[key_id] += 1
+        return Slot(self, key_id)
+
+    @asynccontextmanager
+    async def hold(self, key_id: str) -> AsyncIterator[None]:
+        slot = self.take(key_id)
+        try:
+            yield
+        finally:
+            slot.release()
+
+
+@dataclasses.dataclass
+class Slot:
+    """One running generation; `release` is idempotent (a stream may end and be cancelled too)."""
+
+    slots: GenerationSlots
+    key_id: str
+    released: bool = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.slots.running[self.key_id] -= 1
+            if self.slots.running[self.key_id] <= 0:
+                del self.slots.running[self.key_id]
+
+
+def generation_slots(request: Request) -> GenerationSlots:
+    """The app's one `GenerationSlots` (set up by `create_app`)."""
+    slots: GenerationSlots = request.app.state.generation_slots
+    return slots
+
+
+def cap_max_tokens(params: InferenceParams, limit: int, *, asked: bool, key: str = "max_tokens") -> InferenceParams:
+    """`params` within the server's max_tokens cap: refused if asked for above it, else lowered to it."""
+    if params.max_tokens <= limit:
+        return params
+    if asked:
+        raise SettingsError(
+            f"'{key}' is {params.max_tokens}, above this server's limit of {limit} tokens (--max-tokens-limit)",
+            key=key,
+        )
+    return dataclasses.replace(params, max_tokens=limit)
