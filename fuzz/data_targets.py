@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import os
-import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -32,9 +32,9 @@ from tuneloom.errors import TuneloomError
 
 HEADER_CHOICES = (RESPONSE_HEADERS, ("assistant",), ("Bot", "answer"), ("response", "final answer"))
 SUFFIXES = (".txt", ".csv", ".jsonl", ".tsv", ".json", "")
-# Files are written per input: in memory where the machine has a tmpfs (opening a file on disk costs ~2 ms).
-_SCRATCH = Path(tempfile.mkdtemp(prefix="tuneloom-fuzz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
-atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
+# Files are written per input, in memory where the machine has a tmpfs (opening a file on disk costs
+# ~2 ms), and removed after each input: libFuzzer ends the process with exit(), so no cleanup runs then.
+_SCRATCH = Path("/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()) / "tuneloom-fuzz"
 
 
 def _headers(fdp: atheris.FuzzedDataProvider) -> tuple[str, ...]:
@@ -117,41 +117,47 @@ def jsonl(data: bytes) -> None:
     assert [row.line for row in rows] == non_blank, ([row.line for row in rows], non_blank)
 
 
-def _write(fdp: atheris.FuzzedDataProvider) -> Path:
-    path = _SCRATCH / f"data{SUFFIXES[fdp.ConsumeIntInRange(0, len(SUFFIXES) - 1)]}"
+@contextmanager
+def _written(fdp: atheris.FuzzedDataProvider) -> Iterator[Path]:
+    """The rest of the input as a file with a fuzzed extension, for the entry points that take a path."""
+    _SCRATCH.mkdir(exist_ok=True)
+    path = _SCRATCH / f"data-{os.getpid()}{SUFFIXES[fdp.ConsumeIntInRange(0, len(SUFFIXES) - 1)]}"
     path.write_bytes(fdp.ConsumeBytes(fdp.remaining_bytes()))
-    return path
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def sniff_format(data: bytes) -> None:
     """Format sniffing on any file: a format name or one DataFileError."""
     fdp = atheris.FuzzedDataProvider(data)
     requested = FORMATS[fdp.ConsumeIntInRange(0, len(FORMATS) - 1)]
-    path = _write(fdp)
-    try:
-        chosen = choose_format(sniff(path), requested)
-    except TuneloomError:
-        return
-    assert chosen in FORMATS[1:], chosen
+    with _written(fdp) as path:
+        try:
+            chosen = choose_format(sniff(path), requested)
+        except TuneloomError:
+            return
+        assert chosen in FORMATS[1:], chosen
 
 
 def validate(data: bytes) -> None:
     """`validate_file` and `parse_file` read any bytes the same way: same counts, or both refuse."""
     fdp = atheris.FuzzedDataProvider(data)
     fmt = FORMATS[fdp.ConsumeIntInRange(0, len(FORMATS) - 1)]
-    path = _write(fdp)
-    try:
-        report = validate_file(path, data_format=fmt).report
-    except TuneloomError:
-        report = None
-    try:
-        parsed = parse_file(path, format=fmt).report
-    except TuneloomError:
-        assert report is None or report.total_rows == 0, report
-        return
-    assert report is not None
-    assert report.total_rows == report.valid_rows + report.invalid_rows, report
-    assert (report.total_rows, report.valid_rows) == (parsed.total_rows, parsed.valid_rows), (report, parsed)
+    with _written(fdp) as path:
+        try:
+            report = validate_file(path, data_format=fmt).report
+        except TuneloomError:
+            report = None
+        try:
+            parsed = parse_file(path, format=fmt).report
+        except TuneloomError:
+            assert report is None or report.total_rows == 0, report
+            return
+        assert report is not None
+        assert report.total_rows == report.valid_rows + report.invalid_rows, report
+        assert (report.total_rows, report.valid_rows) == (parsed.total_rows, parsed.valid_rows), (report, parsed)
 
 
 @cache
@@ -169,23 +175,23 @@ def tokenized(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
     fmt = FORMATS[fdp.ConsumeIntInRange(0, len(FORMATS) - 1)]
     max_length, on_prompt, preview = fdp.ConsumeIntInRange(8, 96), fdp.ConsumeBool(), fdp.ConsumeIntInRange(0, 2)
-    path = _write(fdp)
-    try:
-        result = validate_file(
-            path,
-            tokenizer=tokenizer(),
-            data_format=fmt,
-            max_length=max_length,
-            train_on_prompt=on_prompt,
-            preview=preview,
-        )
-    except TuneloomError:
-        return
-    report = result.report
-    assert report.total_rows == report.valid_rows + report.invalid_rows, report
-    assert len(result.previews) == min(preview, report.valid_rows), (len(result.previews), preview, report)
-    if report.token_stats and report.valid_rows:
-        assert report.token_stats["max"] <= max_length, (report.token_stats, max_length)
+    with _written(fdp) as path:
+        try:
+            result = validate_file(
+                path,
+                tokenizer=tokenizer(),
+                data_format=fmt,
+                max_length=max_length,
+                train_on_prompt=on_prompt,
+                preview=preview,
+            )
+        except TuneloomError:
+            return
+        report = result.report
+        assert report.total_rows == report.valid_rows + report.invalid_rows, report
+        assert len(result.previews) == min(preview, report.valid_rows), (len(result.previews), preview, report)
+        if report.token_stats and report.valid_rows:
+            assert report.token_stats["max"] <= max_length, (report.token_stats, max_length)
 
 
 TARGETS = {

@@ -1,9 +1,9 @@
 """Run one fuzz target under libFuzzer: `python -m fuzz.run [--seconds N | --runs N] TARGET`.
 
-The committed seeds in `fuzz/corpus/TARGET/` are read but never written: new inputs go to a scratch
-corpus (or `--corpus DIR` to keep them across runs). A crash leaves its input in `--artifacts`
-(default: a scratch directory) and the path on stderr; `--replay FILE…` runs files through the
-target in plain Python, with the full traceback, to debug one.
+The committed seeds in `fuzz/corpus/TARGET/` are read but never written: new inputs go to
+$TMPDIR/tuneloom-fuzz/TARGET/corpus (or `--corpus DIR`), kept across runs. A crash leaves its input in
+`--artifacts` (default: $TMPDIR/tuneloom-fuzz/TARGET/crashes) and the path on stderr;
+`--replay FILE…` runs files through the target in plain Python, with the full traceback, to debug one.
 """
 
 from __future__ import annotations
@@ -56,9 +56,11 @@ def main(argv: list[str] | None = None) -> None:
             target(path.read_bytes())
             print(f"{path}: ok")
         return
-    scratch = Path(tempfile.mkdtemp(prefix=f"fuzz-{args.target}-"))
-    corpus = args.corpus or scratch / "corpus"
-    artifacts = args.artifacts or scratch
+    # One stable place per target (libFuzzer exits without cleanup, so no fresh temp dirs); the corpus
+    # there grows from run to run.
+    home = Path(tempfile.gettempdir()) / "tuneloom-fuzz" / args.target
+    corpus = args.corpus or home / "corpus"
+    artifacts = args.artifacts or home / "crashes"
     for folder in (corpus, artifacts):
         folder.mkdir(parents=True, exist_ok=True)
     seeds = SEEDS / args.target
