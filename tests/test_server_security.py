@@ -199,3 +199,6 @@ def test_a_symlink_planted_in_the_data_dir_is_not_followed_out_of_it(
     logs = httpx.get(f"{version_url}/logs", headers=admin).text
     assert "root:" not in logs and "root:" not in str(status)
     assert Path("/etc/passwd").is_file() and snapshot.is_symlink()  # nothing outside was touched
+    # Deleting the dataset removes the planted link itself, not what it points to.
+    assert httpx.delete(f"{url}/api/apps/shop/datasets/planted", headers=admin).status_code == 204
+    assert not snapshot.is_symlink() and Path("/etc/passwd").is_file()

@@ -101,8 +101,17 @@ class Artifacts:
         return size
 
     def remove(self, relative: str | None) -> None:
-        """Delete a file or folder named by a stored relative path (missing is fine)."""
+        """Delete a file or folder named by a stored relative path (missing is fine).
+
+        A symlink found in its place is removed itself, never followed: deleting a dataset whose
+        snapshot was replaced by a link to /etc/passwd deletes the link and leaves the file alone.
+        """
         if not relative:
+            return
+        parent, name = Path(relative).parent, Path(relative).name
+        link = (self.root if parent == Path(".") else self.resolve(parent)) / name
+        if name not in ("", ".", "..") and link.is_symlink():
+            link.unlink()
             return
         path = self.resolve(relative)
         if path.is_dir() and not path.is_symlink():
