@@ -7,6 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 from tests.conftest import api_key, sentiment_lines
+from tests.hostile.corpus import Hostile, corpus
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +85,92 @@ def test_refused_files_leave_no_orphan_upload(app_url: tuple[str, dict[str, str]
     before = set((data_dir / "uploads").iterdir())
     assert httpx.post(f"{base}/uploads", content=b"\x1f\x8b" + bytes(100), headers=headers).status_code == 422
     assert set((data_dir / "uploads").iterdir()) == before
+
+
+@pytest.fixture(scope="module")
+def hostile_dataset(app_url: tuple[str, dict[str, str], Path]) -> tuple[str, dict[str, str], Path]:
+    """A dataset of its own for the hostile corpus, so the other tests' counts stay theirs."""
+    base, headers, data_dir = app_url
+    created = httpx.post(base.rsplit("/", 1)[0], json={"id": "hostile"}, headers=headers)
+    assert created.status_code == 201, created.text
+    return base.rsplit("/", 1)[0] + "/hostile", headers, data_dir
+
+
+LIMIT = 1024 * 1024  # the `server` fixture runs with --max-upload-mb 1
+
+
+def message(response: httpx.Response) -> str:
+    body = response.json()
+    return str(body.get("message") or body.get("detail"))
+
+
+def check_upload(hostile: Hostile, response: httpx.Response, data_dir: Path) -> int:
+    """Assert the answer is `hostile`'s verdict; returns the rows it stored."""
+    verdict = hostile.verdict
+    expected = verdict.status(len(hostile.data), LIMIT)
+    assert response.status_code == expected, (hostile.name, response.status_code, response.text[:500])
+    assert str(data_dir) not in response.text  # the server's own paths never reach the client
+    if expected == 413:
+        assert "1,048,576-byte limit" in message(response)
+        return 0
+    if expected == 422:
+        assert response.json()["code"] == "INVALID_DATA_FILE"
+        assert message(response).startswith(f"'{hostile.name}' ") and verdict.refused in message(response)
+        return 0
+    report = response.json()
+    assert report["source_file"] == hostile.name
+    assert (report["valid_rows"], report["invalid_rows"]) == verdict.rows, hostile.name
+    if report["invalid"]:
+        assert verdict.says in report["invalid"][0]["reason"], (hostile.name, report["invalid"][0])
+    return int(report["valid_rows"])
+
+
+def test_every_hostile_upload_gets_its_verdict_and_the_server_stays_up(
+    server: tuple[str, Path], hostile_dataset: tuple[str, dict[str, str], Path]
+) -> None:
+    """tests/hostile/: 201 and the report `tuneloom validate` gives, or a 4xx naming the file; never a 500."""
+    base, headers, data_dir = hostile_dataset
+    log = data_dir.parent / f"{data_dir.name}.log"
+    log_start = log.stat().st_size
+    uploads = data_dir / "uploads"
+    kept_before = len(list(uploads.iterdir())) if uploads.is_dir() else 0
+    stored = accepted = 0
+    for hostile in corpus():
+        answer = httpx.post(f"{base}/uploads", params={"filename": hostile.name}, content=hostile.data, headers=headers)
+        stored += check_upload(hostile, answer, data_dir)
+        accepted += answer.status_code == 201
+
+    url = server[0]
+    assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
+    inputs = httpx.get(f"{base}/inputs", params={"limit": 1000}, headers=headers).json()
+    assert inputs["total"] == stored  # every valid row kept, nothing else: no row silently dropped or added
+    assert not any("\r" in i["completion"] or "\x00" in i["prompt"] + i["completion"] for i in inputs["items"])
+    assert len(list(uploads.iterdir())) == kept_before + accepted  # refused uploads left no file behind
+
+    normal = ("\n".join(sentiment_lines(1)) + "\n").encode()
+    again = httpx.post(f"{base}/uploads", params={"filename": "normal.txt"}, content=normal, headers=headers)
+    assert again.status_code == 201 and (again.json()["valid_rows"], again.json()["invalid_rows"]) == (16, 0)
+    assert "Traceback" not in log.read_bytes()[log_start:].decode(errors="replace")
+
+
+@pytest.mark.parametrize(
+    ("filename", "status"),
+    [
+        ("<script>alert(1)</script>\u202etxt.exe", 201),
+        ("../../etc/passwd", 201),
+        ("a\x00b.txt", 422),  # PostgreSQL cannot store a NUL: this was a 500
+        ("\x1b[2Jreport.txt", 422),
+    ],
+)
+def test_hostile_file_names_are_display_text_or_refused(
+    hostile_dataset: tuple[str, dict[str, str], Path], filename: str, status: int
+) -> None:
+    base, headers, data_dir = hostile_dataset
+    body = b"### Human: hi ### Assistant: hello\n"
+    answer = httpx.post(f"{base}/uploads", params={"filename": filename}, content=body, headers=headers)
+    assert answer.status_code == status, answer.text
+    if status == 201:
+        assert answer.json()["source_file"] == filename
+        assert not (data_dir / "etc").exists() and not (data_dir.parent / "etc").exists()
+    else:
+        assert answer.json()["details"]["key"] == "filename" and "control characters" in message(answer)

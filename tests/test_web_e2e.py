@@ -24,6 +24,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect
 from tests.conftest import INSTRUCTION, api_key, sentiment_lines
+from tests.hostile.corpus import get
 from tests.test_store_support import BACKENDS
 from tests.web_support import (  # noqa: F401 (fixtures)
     PHONE_VIEWPORT,
@@ -338,4 +339,62 @@ def test_without_a_key_nothing_of_any_app_is_shown(
     assert all(r.status == 401 for r in api_answers), [(r.url, r.status) for r in api_answers]
     origin = f"{urlsplit(url).scheme}://{urlsplit(url).netloc}"
     assert network.origins() == {origin}
+    assert not errors, "\n".join(errors)
+
+
+# Through the browser: what each file must make the dataset page show (a message, or its report).
+WEB_FILES = {
+    "noise.bin": "looks binary",
+    "zip-renamed.csv": "is a zip archive",
+    "over-limit.txt": "1,048,576-byte limit",
+    "script-bidi.txt": None,
+    "crlf.txt": None,
+}
+
+
+def test_uploader_shows_each_hostile_files_verdict_and_keeps_its_text_as_text(
+    server: tuple[str, Path],
+    browser_page: Page,  # noqa: F811
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    """A few files of tests/hostile/ through the dataset page: its message or its report, and no script runs."""
+    if request.node.callspec.params["server"] != "sqlite":
+        pytest.skip("the uploader's verdicts do not depend on the database: SQLite covers them")
+    url, data_dir = server
+    key = api_key(data_dir)
+    headers = {"Authorization": f"Key {key}"}
+    assert httpx.post(f"{url}/api/apps", json={"id": "hostile"}, headers=headers).status_code == 201
+    assert httpx.post(f"{url}/api/apps/hostile/datasets", json={"id": "web"}, headers=headers).status_code == 201
+    page = browser_page
+    errors = watch_errors(page, expected_statuses=(413, 422))
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.context.add_init_script(f"sessionStorage.setItem({KEY_STORAGE!r}, {key!r});")
+    page.goto(f"{url}/#/apps/hostile/datasets/web")
+    expect(page).to_have_title("Dataset web · tuneloom")
+
+    for name, refusal in WEB_FILES.items():
+        hostile = get(name)
+        page.get_by_test_id("upload-input").set_input_files(hostile.write(tmp_path))
+        if refusal is not None:
+            box = page.get_by_test_id("upload-error")
+            expect(box).to_contain_text(refusal, timeout=30_000)
+            if hostile.verdict.refused:
+                expect(box).to_contain_text(f"'{name}'")
+            continue
+        expect(page.get_by_test_id("upload-report").get_by_role("heading")).to_contain_text(name, timeout=30_000)
+        expect(page.get_by_test_id("upload-error")).to_have_count(0)
+        valid, invalid = hostile.verdict.rows or (0, 0)
+        expect(page.get_by_test_id("valid-count")).to_have_text(str(valid))
+        expect(page.get_by_test_id("invalid-count")).to_have_text(str(invalid))
+        if name == "script-bidi.txt":  # `<script>`, bidi overrides, escape sequences: shown as text, never run
+            excerpt = page.get_by_test_id("invalid-rows").locator("tbody tr").first
+            expect(excerpt).to_contain_text("<script>document.title='pwned'</script>")
+            expect(excerpt).to_contain_text("\\u202e")  # the override is escaped: the row reads as written
+            expect(page.get_by_test_id("preview")).to_contain_text("<img src=x onerror=alert(1)>")
+
+    assert page.locator("#main script, #main img").count() == 0
+    expect(page).to_have_title("Dataset web · tuneloom")  # the data's `document.title='pwned'` never ran
+    assert not dialogs, dialogs
     assert not errors, "\n".join(errors)

@@ -9,14 +9,16 @@ uploaded is lost, and its name is display text only — it never becomes a path.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from tuneloom.data import FORMATS, parse_file
-from tuneloom.errors import TuneloomError
+from tuneloom.errors import SettingsError, TuneloomError
 from tuneloom.server.auth import context, require_app
 from tuneloom.server.cleanup import remove_artifacts
 from tuneloom.server.context import ServerContext
@@ -37,6 +39,8 @@ from tuneloom.templates.loading import load_tokenizer
 
 router = APIRouter(prefix="/api/apps/{app_id}/datasets", tags=["datasets"])
 STATS_TEMPLATE = "tiny-random"
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+PLAIN_EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,10}$")
 Context = Annotated[ServerContext, Depends(context)]
 AppId = Annotated[str, Depends(require_app)]
 
@@ -72,6 +76,8 @@ async def upload(
     format: Annotated[str, Query(pattern="^(" + "|".join(FORMATS) + ")$")] = "auto",
 ) -> UploadReport:
     """The request body is the file (any content type); `filename` is shown in reports only."""
+    if CONTROL_CHARS.search(filename):  # display text only; PostgreSQL cannot even store a NUL
+        raise SettingsError("filename must not contain control characters", key="filename")
     await run_in_threadpool(datasets.get_dataset, ctx.db, app_id, dataset_id)  # 404 before reading a byte
     path = ctx.artifacts.upload_file(new_id())
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,11 +90,12 @@ async def upload(
                 path.unlink(missing_ok=True)
                 raise HTTPException(413, f"upload larger than the {ctx.max_upload_bytes:,}-byte limit")
             handle.write(chunk)
+    path = keep_extension(path, filename)
     try:
         parsed = await run_in_threadpool(parse_file, path, format=format)
-    except TuneloomError:
+    except TuneloomError as error:
         path.unlink(missing_ok=True)  # refused as a whole: nothing was stored, keep no orphan file
-        raise
+        raise name_upload(error, path, filename) from None
     parsed.report.source = filename
     stored = await run_in_threadpool(
         datasets.add_upload, ctx.db, app_id, dataset_id, parsed.report, parsed.examples, source_file=filename
@@ -104,6 +111,30 @@ async def upload(
         invalid_percent=round(report.invalid_percent, 3),
         invalid=[InvalidRowOut(line=r.line, reason=r.reason, excerpt=r.excerpt) for r in report.invalid],
     )
+
+
+def keep_extension(path: Path, filename: str) -> Path:
+    """Rename the streamed `.part` file to carry the extension of the user's file name.
+
+    Format detection breaks ties by extension (a CSV whose header names no known column, a .jsonl
+    whose first row is not an object), so the server must see the one `tuneloom validate` sees.
+    Only a short run of letters and digits is taken from the name: it never shapes the path otherwise.
+    """
+    extension = PLAIN_EXTENSION.search(filename)
+    if extension is None:
+        return path
+    named = path.with_suffix(extension.group().lower())
+    path.rename(named)
+    return named
+
+
+def name_upload(error: TuneloomError, path: Path, filename: str) -> TuneloomError:
+    """Name the user's file in a whole-file error, not the server's copy (its path is nobody's business)."""
+    error.message = error.message.replace(str(path), filename)
+    error.args = (error.message,)
+    if "path" in error.details:
+        error.details["path"] = filename
+    return error
 
 
 @router.get("/{dataset_id}/inputs")
