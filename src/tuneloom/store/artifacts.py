@@ -4,7 +4,8 @@
 <data_dir>/
   tuneloom.db                      the embedded SQLite database (db.default_url)
   secrets/key-pepper               server-side pepper for API-key hashes (keys.load_pepper)
-  uploads/<upload_id>.part         an upload being streamed to disk, before parsing
+  uploads/<upload_id>.<ext>        an upload as received: .part while it streams in, then the extension
+                                   of the user's file name (letters and digits only) for format detection
   dataset-versions/<id>.jsonl      a dataset version's examples, one {"prompt", "completion"} per line
   model-versions/<id>/             a finished model-version directory (tuneloom.model_version)
   checkpoints/<id>/                a training run's checkpoints, kept until it finishes
