@@ -1,10 +1,10 @@
 """The hostile-input corpus: files that have broken other tools, each with the verdict tuneloom owes it.
 
-One list for every channel — `tuneloom validate` (tests/test_validate_hostile.py), the upload API and
-the web uploader (tests/test_server_hostile.py). The small files sit beside this module as they
-are (byte for byte: `.gitattributes` keeps git from touching their line endings); the big ones (a
-multi-megabyte line, 100,000-deep nesting, a file over the upload limit) are made here on demand,
-so the repository stays small.
+One list for every channel: `tuneloom validate` (tests/test_validate_hostile.py), the upload API
+(tests/test_server_datasets.py) and the web uploader (tests/test_web_e2e.py, a few of the files).
+The small files sit beside this module as they are (byte for byte: `.gitattributes` keeps git from
+touching their line endings); the big ones (a multi-megabyte line, 100,000-deep nesting, a file over
+the upload limit) are made here on demand, so the repository stays small.
 
 A verdict is either a whole-file refusal (`refused`: one message naming the file, CLI exit 1, API
 422) or a report of rows (`rows` = valid, invalid; `says`: the first invalid row's reason), usable
@@ -76,10 +76,10 @@ FILES: dict[str, Verdict] = {
     "cr-only.csv": refused("a carriage return (\\r) inside an unquoted cell"),
     "excel-semicolon.csv": report(5, 0),
     "header-only.csv": refused("nothing below the CSV header"),
-    "wrong-columns.csv": refused("has CSV columns 'text', 'label'"),
+    "wrong-columns.csv": refused("has CSV columns 'text', 'label'"),  # was: read as sections by the API
     "ragged-rows.csv": report(18, 2, "row has 1 cells, the header has 2"),
     "unclosed-quote-eof.csv": report(5, 1, "unclosed quote"),  # was: 6 valid, the quote kept
-    "unclosed-quote-mid.csv": report(3, 1, "from line 5 to the end of the file (line 21)"),
+    "unclosed-quote-mid.csv": report(3, 1, "from line 5 to the end of the file (line 21)"),  # was: lines unnamed
     "stray-quote.csv": report(18, 1, "stray quote (lines 5-6)"),  # was: 19 valid, 2 lines merged
     "broken-lines.jsonl": report(3, 3, "malformed JSON at column 16"),
     "wrong-types.jsonl": report(1, 10, "'prompt' must be a string, got number"),
@@ -87,7 +87,7 @@ FILES: dict[str, Verdict] = {
     "huge-number.jsonl": report(1, 1, "a number has more than 4,300 digits"),
     "json-document.json": refused("one JSON document, not JSON Lines"),
     "sections-repeated.txt": report(3, 0),  # the completion is the last response section
-    "sections-odd-order.txt": report(0, 5, "comes after the last response section"),  # was: an internal error
+    "sections-odd-order.txt": report(0, 5, "comes after the last response section"),  # was: validate crashed
     "terminal-controls.txt": report(4, 1, "no '### Assistant:'"),
     "script-bidi.txt": report(3, 1, "no '### Assistant:'"),
     "zip-renamed.csv": refused("is a zip archive"),
