@@ -13,6 +13,8 @@ from typing import Any
 import atheris
 
 INTS = (-(2**63), -2, -1, 0, 1, 2, 7, 8, 16, 100, 101, 1024, 1025, 4096, 4097, 32768, 32769, 10**6, 10**6 + 1, 2**32)
+FLOATABLE = INTS
+INTS += (2**63, 10**400, -(10**400))  # JSON integers have no size limit; a float cast of these overflows
 FLOATS = (0.0, -0.0, 1e-6, 1e-4, 0.05, 0.1, 0.5, 0.9999, 1.0, 1.5, 100.5, -0.1, 1e308, float("nan"), float("inf"))
 WORDS = (
     "auto", "none", "no", "steps", "epoch", "best", "linear", "cosine", "LORA", "lora", "CAUSAL_LM", "float16",
@@ -42,7 +44,7 @@ def value(fdp: atheris.FuzzedDataProvider, keys: Sequence[str] = (), depth: int 
     if kind == 5:
         return fdp.ConsumeFloat()
     if kind == 6:
-        return float(pick(fdp, INTS))
+        return float(pick(fdp, FLOATABLE))
     if kind == 7:
         return pick(fdp, WORDS)
     if kind == 8:

@@ -10,6 +10,7 @@ import pytest
 from tuneloom.data import Example, InvalidRow, iter_rows, parse_file
 from tuneloom.errors import DataFileError, SettingsError
 from tuneloom.generate.params import InferenceParams
+from tuneloom.templates import resolve_settings
 
 CR_PROBLEM = "a carriage return (\\r) inside an unquoted cell"
 
@@ -53,3 +54,36 @@ def test_inference_parameters_must_be_an_object(data: object) -> None:
 
 def test_whole_floats_still_count_as_integers() -> None:
     assert InferenceParams.from_dict({"max_tokens": 64.0, "top_k": 5.0}).max_tokens == 64
+
+
+HUGE = 10**400  # valid JSON; float(HUGE) raises OverflowError
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"trainer_config": {"learning_rate": HUGE}}, "trainer_config.learning_rate"),
+        ({"invalid_data_tolerance_percent": HUGE}, "invalid_data_tolerance_percent"),
+        ({"peft_config": {"alpha_pattern": {"q_proj": -HUGE}}}, "peft_config.alpha_pattern.q_proj"),
+        ({"trainer_config": {"lr_scheduler_kwargs": {"power": 2**63}}}, "trainer_config.lr_scheduler_kwargs.power"),
+    ],
+)
+def test_integers_too_large_for_a_float_are_a_settings_error(overrides: dict[str, object], key: str) -> None:
+    """A float field given a 400-digit integer raised OverflowError from the int → float cast."""
+    with pytest.raises(SettingsError) as info:
+        resolve_settings("tiny-random", overrides)
+    assert info.value.key == key and "far too large a number" in info.value.message
+
+
+@pytest.mark.parametrize(("key", "limits"), [("temperature", "between 0 and 5"), ("max_tokens", "between 1 and 4096")])
+def test_huge_inference_parameters_are_out_of_range(key: str, limits: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        InferenceParams.from_dict({key: HUGE})
+    assert info.value.key == key and f"'{key}' must be {limits}, got a number beyond 2^63" in info.value.message
+
+
+def test_a_whole_float_beyond_2_63_is_not_cast_to_a_309_digit_integer() -> None:
+    """lora_alpha: 1e308 became int(1e308), which the stored settings could then not be read back with."""
+    with pytest.raises(SettingsError) as info:
+        resolve_settings("tiny-random", {"peft_config": {"lora_alpha": 1e308}})
+    assert info.value.key == "peft_config.lora_alpha" and "far too large a number" in info.value.message

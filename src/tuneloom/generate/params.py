@@ -55,6 +55,7 @@ class InferenceParams:
         return params
 
 
+_HUGE = 2**63  # past every range below; JSON integers can be longer than a float can hold
 _INTS = {"max_tokens", "top_k", "num_beams"}
 _FLOATS = {"temperature", "top_p"}
 _BOOLS = {"do_sample", "return_full_text"}
@@ -62,6 +63,11 @@ _STRINGS = {"system_prompt", "prompt_template"}
 
 
 def _coerce(key: str, value: Any) -> Any:
+    if key in _RANGES and isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _HUGE:
+        low, high = _RANGES[key]
+        raise SettingsError(
+            f"inference parameter '{key}' must be between {low:g} and {high:g}, got a number beyond 2^63", key=key
+        )
     if key in _INTS:
         whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())  # not inf/nan
         if isinstance(value, bool) or not whole:

@@ -44,6 +44,7 @@ from tuneloom.templates.settings_rules import (
 from tuneloom.templates.settings_values import VALUE_RULES
 
 MAX_DEPTH = 32
+MAX_INT = 2**63
 _KIND_WORDS = {
     "bool": "true or false",
     "int": "a whole number",
@@ -72,7 +73,7 @@ def plain(path: str, value: Any, depth: int = 0) -> Any:
     if value is None or isinstance(value, bool | str | float):
         return value
     if isinstance(value, int):
-        return int(value)
+        return sized(path, int(value))
     if isinstance(value, Mapping):
         out = {}
         for key, item in value.items():
@@ -83,6 +84,13 @@ def plain(path: str, value: Any, depth: int = 0) -> Any:
     if isinstance(value, list | tuple):
         return [plain(f"{path}[{i}]", item, depth + 1) for i, item in enumerate(value)]
     raise SettingsError(f"{path} must be JSON data, not {type(value).__name__}", key=path or None)
+
+
+def sized(path: str, value: int) -> int:
+    """JSON integers have no limit; no setting means anything past 2^63, and floats stop at ~10^308."""
+    if abs(value) >= MAX_INT:
+        raise SettingsError(f"{path or 'settings'} is far too large a number (beyond 2^63)", key=path or None)
+    return value
 
 
 def suggest(word: str, candidates: Iterable[str]) -> str:
@@ -103,10 +111,10 @@ def coerce(path: str, value: Any, spec: Field) -> Any:
             return [coerce(f"{path}[{i}]", item, Field(spec.items)) for i, item in enumerate(value)]
         return value
     if kind == "int" and "float" in spec.kinds:
-        return float(value)
+        return float(sized(path, value))
     if kind == "float" and "int" in spec.kinds:
         if value.is_integer():
-            return int(value)
+            return sized(path, int(value))
         raise SettingsError(f"{path} must be a whole number (got {value})", key=path)
     wanted = " or ".join(_KIND_WORDS[k] for k in sorted(spec.kinds - {"null"}))
     shown = json.dumps(value)
