@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from test_data_properties import BYTES, FORMATS, SUFFIXES
-from tuneloom.data import RESPONSE_HEADERS, Example, InvalidRow, detect_format, parse_file
+from tuneloom.data import RESPONSE_HEADERS, DataReport, Example, InvalidRow, check_tolerance, detect_format, parse_file
 from tuneloom.data.csv_rows import iter_csv_rows
 from tuneloom.data.jsonl_rows import jsonl_row_batches
 from tuneloom.data.lines import iter_batches
@@ -167,3 +167,19 @@ def test_inference_params_are_in_range_and_round_trip_or_a_settings_error(data: 
     assert 1 <= params.max_tokens <= MAX_TOKENS_LIMIT and params.num_beams >= 1 and params.top_k >= 0
     assert math.isfinite(params.temperature) and 0 < params.top_p <= 1
     assert InferenceParams.from_dict(json.loads(json.dumps(params.to_dict()))) == params
+
+
+@settings(max_examples=200, deadline=None)
+@given(_VALUES | st.integers(min_value=-(10**400), max_value=10**400), st.integers(0, 10), st.integers(1, 10))
+def test_tolerance_is_a_percentage_or_a_settings_error(tolerance: Any, invalid: int, valid: int) -> None:
+    report = DataReport(source="d.txt", format="sections", total_rows=invalid + valid, valid_rows=valid)
+    report.invalid_rows = invalid
+    try:
+        check_tolerance(report, tolerance)
+    except SettingsError as error:
+        assert error.key == "invalid_data_tolerance_percent"
+        return
+    except TuneloomError as error:  # over the tolerance: only with a valid percentage
+        assert error.code == "INVALID_DATA_TOLERANCE_EXCEEDED" and 0 <= tolerance < 100
+        return
+    assert 0 <= tolerance <= 100 and not isinstance(tolerance, bool)

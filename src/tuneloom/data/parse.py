@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gc
 import itertools
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -144,7 +143,8 @@ def check_tolerance(report: DataReport, tolerance_percent: float) -> None:
 
 
 def _tolerance(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value) or not 0 <= value <= 100:
+    # NaN fails the comparison too; math.isnan would raise OverflowError on an integer past a float's range
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
         raise SettingsError(
             f"invalid_data_tolerance_percent must be a number from 0 to 100, got {value!r}",
             key="invalid_data_tolerance_percent",
