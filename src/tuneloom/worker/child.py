@@ -4,7 +4,8 @@ Training runs in its own process so that a crash, an out-of-memory kill or a can
 only the run, never the worker (or the API beside it), and so that the process's memory is
 returned when the run ends. The child never touches the database: it sends `TrainEvent`s and one
 final result, and the supervisor writes them. It dies with its parent (a worker killed with
-SIGKILL must not leave an orphan training on a GPU the next worker will want).
+SIGKILL must not leave an orphan training on a GPU the next worker will want): by parent-death
+signal, and when the supervisor's end of the pipe closes.
 
 Messages to the supervisor: ("event", {...TrainEvent}), then exactly one of ("done", {}),
 ("stopped", {}) or ("error", {"status": TrainingStatus name, "message": str, "trace": str}).
@@ -13,9 +14,9 @@ The supervisor sends "stop" to ask for a checkpoint and a clean exit (worker shu
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
+import signal
 import threading
 import traceback
 from multiprocessing.connection import Connection
@@ -43,7 +44,8 @@ class RunSpec:
 def run_child(spec: RunSpec, conn: Connection) -> None:
     """Process entry point (multiprocessing: forked from the supervisor's forkserver)."""
     die_with_parent()
-    if spec.cuda_device is not None:
+    if spec.cuda_device is not None and not spec.settings.get("distributed"):
+        # a multi-process run takes every GPU of its machine (README: such a worker runs with --workers 1)
         os.environ["CUDA_VISIBLE_DEVICES"] = str(spec.cuda_device)
     stop = threading.Event()
     threading.Thread(target=_listen_for_stop, args=(conn, stop), daemon=True).start()
@@ -88,7 +90,14 @@ def _train(spec: RunSpec, stop: threading.Event, conn: Connection) -> tuple[str,
 
 
 def _listen_for_stop(conn: Connection, stop: threading.Event) -> None:
-    with contextlib.suppress(EOFError, OSError):
-        while conn.recv() != "stop":
-            pass
-        stop.set()
+    """Honour "stop"; when the supervisor's end closes (the worker died), die at once.
+
+    The child's parent is the forkserver, which can outlive a SIGKILLed worker by many seconds, so
+    the parent-death signal alone would let an orphan train on while another worker takes the job over.
+    """
+    try:
+        while True:
+            if conn.recv() == "stop":
+                stop.set()
+    except (EOFError, OSError):
+        os.kill(os.getpid(), signal.SIGKILL)  # its ranks (a multi-process run) follow by parent-death signal
