@@ -49,16 +49,16 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length", b"0")
+        declared_size = int(declared) if declared.isdigit() else 0  # over the limit: refused at the first chunk
         received = 0
 
         async def counted() -> Message:
             nonlocal received
-            if declared.isdigit() and int(declared) > self.limit:
-                raise body_too_large(self.limit)
             message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:
-                raise body_too_large(self.limit)
+            if message["type"] == "http.request":  # not the http.disconnect a streaming response listens for
+                received += len(message.get("body", b""))
+                if max(declared_size, received) > self.limit:
+                    raise body_too_large(self.limit)
             return message
 
         await self.app(scope, counted, send)
