@@ -66,8 +66,12 @@ def test_two_workers_drain_a_queue_with_one_killed_mid_job(processes: Processes)
     doomed, survivor = processes.start("worker", *worker_args), processes.start("worker", *worker_args)
 
     def doomed_job_in_progress() -> str | None:
-        for run in runs:
-            s = state(run, headers)
+        """A run the first worker is mid-way through, once it has finished another one."""
+        states = {run: state(run, headers) for run in runs}
+        trained = [run for run, s in states.items() if s["status"]["name"] == "MODEL_TRAINED"]
+        if not any(attempts_by_worker(run, headers)[-1:] == [doomed.pid] for run in trained):
+            return None
+        for run, s in states.items():
             busy = s["status"]["name"] == "MODEL_TRAINING" and (s["progress"]["step"] or 0) >= 5
             if busy and attempts_by_worker(run, headers)[-1:] == [doomed.pid]:
                 return run
