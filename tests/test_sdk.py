@@ -130,6 +130,10 @@ def test_invalid_settings_are_422_naming_the_key(flow: Flow) -> None:
     with pytest.raises(TuneloomAPIError) as bad_params:
         flow.model.predict(PROMPT, inference_params={"temperatur": 0})
     assert bad_params.value.status == 422 and bad_params.value.key == "temperatur"
+    with pytest.raises(TuneloomAPIError) as bad_distributed:
+        flow.model.train(flow.version, TEMPLATE, distributed={"num_procs": 2})
+    assert bad_distributed.value.status == 422 and bad_distributed.value.key == "distributed.num_procs"
+    assert "Did you mean 'num_processes'?" in str(bad_distributed.value)
     assert len(flow.model.list_versions()) == 1  # nothing was queued
 
 

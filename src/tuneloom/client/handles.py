@@ -199,6 +199,7 @@ class Model:
         trainer_config: dict[str, Any] | None = None,
         invalid_data_tolerance_percent: float | None = None,
         resume_from_model: str | ModelVersion | None = None,
+        distributed: dict[str, Any] | None = None,
     ) -> ModelVersion:
         """Queue a training run; invalid settings fail here (422 naming the key), before anything is queued."""
         body: dict[str, Any] = {"dataset_version_id": _id(dataset_version), "template": template}
@@ -210,6 +211,7 @@ class Model:
             "trainer_config": trainer_config,
             "invalid_data_tolerance_percent": invalid_data_tolerance_percent,
             "resume_from_model": None if resume_from_model is None else _id(resume_from_model),
+            "distributed": distributed,  # several processes on the worker's machine (README: Scaling out)
         }
         body.update({k: v for k, v in optional.items() if v is not None})
         return ModelVersion.from_dict(self._t.request("POST", f"{self.path}/versions", json=body))
