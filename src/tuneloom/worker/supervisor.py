@@ -134,7 +134,7 @@ class WorkerSlot:
                 if self._beat(job, state):
                     self._cancel(job, child)
                     return
-        self._until_database_answers(lambda: self._flush(job, state))  # the last telemetry, before the final status
+        self._until_database_answers(lambda: self._report(job, state))  # the last progress, before the final status
         self._until_database_answers(lambda: self._record(job, state.result, child))
 
     def _beat(self, job: ModelVersion, state: _RunState) -> bool:
@@ -143,21 +143,25 @@ class WorkerSlot:
         While the database is unavailable the run goes on: what arrived is kept for the next beat.
         """
         try:
-            self._flush(job, state)
-            return jobs.heartbeat(
-                self.db,
-                job.id,
-                self.worker_id,
-                self.config.lease_s,
-                step=state.step,
-                total_steps=state.total,
-                eta_s=state.eta_s,
-            )
+            return self._report(job, state)
         except DBAPIError as err:
             if not is_unavailable(err):
                 raise
             log.warning("worker %s: database unavailable during %s: %s", self.worker_id, job.id, err.orig)
             return False
+
+    def _report(self, job: ModelVersion, state: _RunState) -> bool:
+        """Write what arrived and the progress, extending the lease; True when the user asked to cancel."""
+        self._flush(job, state)
+        return jobs.heartbeat(
+            self.db,
+            job.id,
+            self.worker_id,
+            self.config.lease_s,
+            step=state.step,
+            total_steps=state.total,
+            eta_s=state.eta_s,
+        )
 
     def _until_database_answers(self, write: Any) -> Any:
         """Call `write` until the database takes it: a finished run's status must not be lost to an outage."""
