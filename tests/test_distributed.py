@@ -65,6 +65,7 @@ def test_one_process_is_the_plain_run_and_other_values_are_stored_in_full() -> N
         ({"machine_rank": 1}, "distributed.machine_rank", "below num_machines (1)"),
         ({"main_process_port": 70000}, "distributed.main_process_port", "between 0 and 65_535"),
         ({"main_process_ip": "a b"}, "distributed.main_process_ip", "host name or IP"),
+        ({"main_process_ip": "10.0.0.5"}, "distributed.main_process_ip", "only for runs over several machines"),
         ("ddp", "distributed", "must be an object"),
     ],
 )

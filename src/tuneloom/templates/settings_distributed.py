@@ -103,6 +103,13 @@ def _check_together(d: dict[str, Any]) -> None:
             f"{DISTRIBUTED}.main_process_port must be a fixed port with {machines} machines (all of them meet there)",
             key=f"{DISTRIBUTED}.main_process_port",
         )
+    if machines == 1 and d["main_process_ip"]:
+        # On one machine the ranks meet on loopback; an address here would only let a settings dict
+        # point a worker's processes at another host.
+        raise SettingsError(
+            f"{DISTRIBUTED}.main_process_ip is only for runs over several machines (num_machines is 1)",
+            key=f"{DISTRIBUTED}.main_process_ip",
+        )
     if machines > 1 and not d["main_process_ip"]:
         raise SettingsError(
             f"{DISTRIBUTED}.main_process_ip is required with {machines} machines: the address of the "
