@@ -207,7 +207,10 @@ def test_concurrent_predictions_with_equal_params_share_a_batch(deployed: Deploy
     assert merged.batches <= 2
 
 
-@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # 8 clients for 15 s; `make soak`: 32 for 60 s
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # 8 clients for 10 s; `make soak`: 32 for 60 s
 def test_mixed_load_while_training_gets_no_5xx_and_the_job_finishes(deployed: Deployed) -> None:
-    """Predictions, streams, uploads and polls from concurrent clients while the worker trains (tests/test_soak.py)."""
-    assert_held(run_soak(deployed, seconds=15, clients=8))
+    """Predictions, streams, uploads and polls from concurrent clients while the worker trains (tests/test_soak.py).
+
+    The job is sized to end near the window's end (0.75), so the test stays within its ~20 s.
+    """
+    assert_held(run_soak(deployed, seconds=10, clients=8, job_size=0.75))
