@@ -16,6 +16,10 @@ import httpx
 import pytest
 from tests.test_store_support import BACKENDS, POSTGRES_URL, fresh_database
 
+# The browser fixtures live here once: imported into two modules they were two session-scoped
+# fixtures, and a second live sync Playwright fails ("Sync API inside the asyncio loop").
+from tests.web_support import browser_page, chromium, network, screenshots  # noqa: F401
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -24,7 +24,6 @@ from playwright.sync_api import Page, expect
 from tests.conftest import DATABASE_URL_FILE, INSTRUCTION, _database_args, run_cli, sentiment_lines
 from tests.server_helpers import Deployed, deploy, ready_dataset_version, server_database
 from tests.test_web_e2e import KEY_STORAGE, watch_errors
-from tests.web_support import browser_page, chromium  # noqa: F401 (fixtures)
 
 from tuneloom.server.security import CONTENT_SECURITY_POLICY
 from tuneloom.store import telemetry
@@ -325,7 +324,7 @@ XSS = {
 def test_user_text_with_markup_shows_as_text_and_never_runs(
     deployed: Deployed,
     admin: dict[str, str],
-    browser_page: Page,  # noqa: F811
+    browser_page: Page,
     tmp_path: Path,
 ) -> None:
     """An app name, a dataset name, an uploaded line (valid and refused) and a log line, all carrying markup."""

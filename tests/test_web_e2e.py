@@ -26,16 +26,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, expect
 from tests.conftest import INSTRUCTION, api_key, sentiment_lines
 from tests.hostile.corpus import get
 from tests.test_store_support import BACKENDS
-from tests.web_support import (  # noqa: F401 (fixtures)
-    PHONE_VIEWPORT,
-    NetworkLog,
-    Screenshots,
-    browser_page,
-    chromium,
-    cold_load,
-    network,
-    screenshots,
-)
+from tests.web_support import PHONE_VIEWPORT, NetworkLog, Screenshots, cold_load
 
 KEY_STORAGE = "tuneloom.apiKey"  # where the console keeps the key (static/app.js)
 pytestmark = pytest.mark.parametrize("server", BACKENDS, indirect=True)
@@ -103,10 +94,10 @@ def new_model_form(page: Page, *, model_id: str | None, **trainer_config: Any) -
 
 def test_whole_flow_in_chromium(
     server: tuple[str, Path],
-    chromium: Browser,  # noqa: F811
-    browser_page: Page,  # noqa: F811
-    screenshots: Screenshots,  # noqa: F811
-    network: NetworkLog,  # noqa: F811
+    chromium: Browser,
+    browser_page: Page,
+    screenshots: Screenshots,
+    network: NetworkLog,
     tmp_path: Path,
 ) -> None:
     url, data_dir = server
@@ -302,9 +293,9 @@ def test_whole_flow_in_chromium(
 
 def test_without_a_key_nothing_of_any_app_is_shown(
     server: tuple[str, Path],
-    browser_page: Page,  # noqa: F811
-    screenshots: Screenshots,  # noqa: F811
-    network: NetworkLog,  # noqa: F811
+    browser_page: Page,
+    screenshots: Screenshots,
+    network: NetworkLog,
 ) -> None:
     url, data_dir = server
     admin = {"Authorization": f"Key {api_key(data_dir)}"}
@@ -354,7 +345,7 @@ WEB_FILES = {
 
 def test_uploader_shows_each_hostile_files_verdict_and_keeps_its_text_as_text(
     server: tuple[str, Path],
-    browser_page: Page,  # noqa: F811
+    browser_page: Page,
     tmp_path: Path,
     request: pytest.FixtureRequest,
 ) -> None:
