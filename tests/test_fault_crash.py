@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 from tests.conftest import api_key, sentiment_lines
+from tests.process_helpers import Processes, running_processes
 from tests.server_helpers import server_database
-from tests.test_server_recovery import Processes
 from tests.test_store_support import POSTGRES_URL
 
 from tuneloom.store import dataset_versions
@@ -43,11 +43,8 @@ BACKENDS = [  # 154 s for SQLite on the shared, loaded 2-core machine: beyond th
 
 @pytest.fixture(params=BACKENDS)
 def processes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Processes]:
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    procs = Processes(data_dir, request.param)
-    yield procs
-    procs.stop_all()
+    with running_processes(tmp_path, request.param) as procs:
+        yield procs
 
 
 def big_dataset(rows: int) -> bytes:

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 from tests.conftest import DATABASE_URL_FILE
-from tests.test_server_recovery import Processes, prepare_model, queue, state, wait_for
+from tests.process_helpers import Processes, prepare_model, queue, state, wait_for
 
 pytestmark = pytest.mark.soak  # 170 s measured on the shared, loaded 2-core machine: `make soak`
 ROOT = Path(__file__).resolve().parents[1]

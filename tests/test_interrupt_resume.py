@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 from tests.conftest import run_cli
+from tests.process_helpers import interrupt_training
 
 from tuneloom.train.events import TrainEvent
 from tuneloom.train.recipe import TrainingInterrupted, TrainJob, run_training
@@ -47,23 +44,8 @@ def test_ctrl_c_in_the_cli_leaves_a_resumable_checkpoint(sentiment_file: Path, t
     """A real SIGINT to a real `tuneloom train`: clean stop, checkpoint, then `--resume` finishes."""
     out = tmp_path / "version"
     base = ["train", str(sentiment_file), "--template", "tiny-random", "--output", str(out)]
-    cmd = [
-        sys.executable,
-        "-m",
-        "tuneloom.cli",
-        *base,
-        "--trainer-config",
-        '{"max_steps": 100000, "save_steps": 100000}',
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    for line in proc.stderr:  # stage lines arrive on stderr as they happen
-        if "Training" in line:
-            break
-    time.sleep(3)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1, err
+    returncode, err = interrupt_training(base, run_for_s=3, timeout=120)
+    assert returncode == 1, err
     assert "TRAINING_INTERRUPTED" in err and "--resume" in err and "Traceback" not in err
     (checkpoint,) = (tmp_path / "version.partial" / "checkpoints").glob("checkpoint-*")
     stopped_at = int(checkpoint.name.split("-")[1])

@@ -14,16 +14,24 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
-import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from tests.conftest import run_cli
-from tests.test_server_recovery import Processes, alive, descendants, log_messages, prepare_model, state, wait_for
+from tests.process_helpers import (
+    Processes,
+    alive,
+    descendants,
+    interrupt_training,
+    log_messages,
+    prepare_model,
+    running_processes,
+    state,
+    wait_for,
+)
 from tests.test_store_support import POSTGRES_URL
 
 from tuneloom.model_version import open_version
@@ -37,12 +45,9 @@ DDP = {"strategy": "ddp", "num_processes": 2}
 
 
 @pytest.fixture
-def processes(tmp_path: Path) -> Processes:
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    procs = Processes(data_dir, "postgresql")
-    yield procs  # type: ignore[misc]
-    procs.stop_all()
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    with running_processes(tmp_path, "postgresql") as procs:
+        yield procs
 
 
 def submit(model: str, headers: dict[str, str], dataset_version: str, steps: int, **extra: object) -> str:
@@ -135,23 +140,8 @@ def test_a_worker_trains_and_cancels_two_process_runs(processes: Processes) -> N
 def test_ctrl_c_stops_every_rank_at_a_checkpoint_and_resume_finishes(sentiment_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "version"
     base = ["train", str(sentiment_file), "--template", "tiny-random", "--output", str(out), "--num-processes", "2"]
-    cmd = [
-        sys.executable,
-        "-m",
-        "tuneloom.cli",
-        *base,
-        "--trainer-config",
-        '{"max_steps": 100000, "save_steps": 100000}',
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if "Training" in line:
-            break
-    time.sleep(5)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=180)
-    assert proc.returncode == 1, err[-3000:]
+    returncode, err = interrupt_training(base, run_for_s=5, timeout=180)
+    assert returncode == 1, err[-3000:]
     assert "TRAINING_INTERRUPTED" in err and "--resume" in err
     (checkpoint,) = (tmp_path / "version.partial" / "checkpoints").glob("checkpoint-*")
     assert len(list(checkpoint.glob("rng_state_*.pth"))) == 2  # both ranks saved their state
