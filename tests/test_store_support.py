@@ -13,13 +13,33 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, make_url, text
 
 from tuneloom.data.types import DataReport, Example
 from tuneloom.store.artifacts import Artifacts
 from tuneloom.store.db import Database, open_database
 
-POSTGRES_URL = os.environ.get("TUNELOOM_TEST_POSTGRES_URL")
+
+def _database_of_this_process(url: str | None) -> str | None:
+    """Under pytest-xdist each worker gets its own database beside the named one (`<name>_gw0`, ...).
+
+    The fixtures wipe the schema before each test, so two workers on one database would wipe each
+    other's tables mid-test.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not url or not worker:
+        return url
+    server = make_url(url)
+    name = f"{server.database}_{worker}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        if not conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first():
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return server.set(database=name).render_as_string(hide_password=False)
+
+
+POSTGRES_URL = _database_of_this_process(os.environ.get("TUNELOOM_TEST_POSTGRES_URL"))
 # The shape TrainingSettings.to_dict() gives (the store checks the shape, the server validates values).
 SETTINGS: dict[str, Any] = {
     "model_config": {},

@@ -93,7 +93,8 @@ def _missing_message(repo_id: str, what: str, reason: str) -> str:
 
 
 def _cached(name: str, build: Callable[[Path], None]) -> Path:
-    """Build `name` into the cache once; concurrent builders race harmlessly (last rename loses)."""
+    """Build `name` into the cache once; concurrent builders race harmlessly (the first complete one stays,
+    so a process already reading it never sees it replaced)."""
     target = cache_root() / "models" / name.replace("/", "--")
     if (target / ".complete").exists():
         return target
@@ -103,8 +104,10 @@ def _cached(name: str, build: Callable[[Path], None]) -> Path:
         work.mkdir()
         build(work)
         (work / ".complete").write_text("ok\n")
+        if (target / ".complete").exists():
+            return target  # another builder finished first: its copy may already be in use
         if target.exists():
-            shutil.rmtree(target)
+            shutil.rmtree(target)  # an incomplete leftover of a builder that died
         try:
             work.rename(target)
         except OSError:
