@@ -104,25 +104,30 @@ def finalize(staging: Path, target: Path, manifest: dict[str, Any], *, overwrite
     return ModelVersion(target, full)
 
 
-def open_version(path: Path, *, verify: bool = True) -> ModelVersion:
-    """Read a model version; with `verify`, every file must match its recorded checksum."""
+def open_version(path: Path, *, verify: bool = True, label: str | None = None) -> ModelVersion:
+    """Read a model version; with `verify`, every file must match its recorded checksum.
+
+    Messages name the version by `label` (default: its path) and a file by its name inside the
+    version, so a server can say which file is damaged without revealing where its data dir is.
+    """
+    where = label or str(path)
     manifest_path = path / MANIFEST
     if not path.is_dir():
-        raise ModelVersionError(f"{path} is not a model-version directory (it does not exist).")
+        raise ModelVersionError(f"{where} is not a model-version directory (it does not exist).")
     if not manifest_path.is_file():
         partial = " It looks like an unfinished training run." if path.name.endswith(".partial") else ""
-        raise ModelVersionError(f"{path} has no {MANIFEST}: not a complete model version.{partial}")
+        raise ModelVersionError(f"{where} has no {MANIFEST}: not a complete model version.{partial}")
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as err:
-        raise ModelVersionError(f"{manifest_path} is damaged: {err}") from None
+        raise ModelVersionError(f"{where}: file {MANIFEST} is damaged: {err}", details={"file": MANIFEST}) from None
     if verify:
         for name, expected in manifest.get("files", {}).items():
             file = path / name
             if not file.is_file():
-                raise ModelVersionError(f"{path}: file {name} is missing.")
+                raise ModelVersionError(f"{where}: file {name} is missing.", details={"file": name})
             if sha256_file(file) != expected:
-                raise ModelVersionError(f"{path}: file {name} is damaged (checksum mismatch).")
+                raise ModelVersionError(f"{where}: file {name} is damaged (checksum mismatch).", details={"file": name})
     return ModelVersion(path, manifest)
 
 

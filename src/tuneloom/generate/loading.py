@@ -24,14 +24,17 @@ class InferenceModel:
     prompt_format: PromptFormat
 
 
-def load_for_inference(target: str | Path, overrides: Mapping[str, Any] | None = None) -> InferenceModel:
+def load_for_inference(
+    target: str | Path, overrides: Mapping[str, Any] | None = None, *, label: str | None = None
+) -> InferenceModel:
     """`target` is a model-version directory or a template id (the untrained base model).
 
-    `overrides` are settings merged over a template's defaults, e.g. another base model folder.
+    `overrides` are settings merged over a template's defaults, e.g. another base model folder;
+    `label` is how errors name a version (default: its path).
     """
     path = Path(target)
     if path.is_dir():
-        return _load_version(path)
+        return _load_version(path, label)
     template = get_template(str(target))
     settings = resolve_settings(template, overrides or {})
     tokenizer = load_tokenizer(settings.model_config, settings.tokenizer_config)
@@ -39,8 +42,8 @@ def load_for_inference(target: str | Path, overrides: Mapping[str, Any] | None =
     return InferenceModel(template.id, _ready(model, tokenizer), tokenizer, UNTRAINED_FORMAT)
 
 
-def _load_version(path: Path) -> InferenceModel:
-    version = open_version(path)
+def _load_version(path: Path, label: str | None) -> InferenceModel:
+    version = open_version(path, label=label)
     settings = version.settings
     from transformers import AutoTokenizer
 

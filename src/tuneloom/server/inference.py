@@ -38,9 +38,10 @@ MAX_BATCH_INPUTS = 128  # generate()'s own limit per call
 
 
 def load_model(path: Path) -> InferenceModel:
+    """A stored version (its folder is named by its id); a damaged file is named inside the version only."""
     from tuneloom.generate.loading import load_for_inference
 
-    return load_for_inference(path)
+    return load_for_inference(path, label=f"model version '{path.name}'")
 
 
 def model_bytes(loaded: InferenceModel) -> int:

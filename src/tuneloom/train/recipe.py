@@ -159,7 +159,6 @@ def train_rank(
         return None
     staging = workdir / "version"
     weights = "adapter" if settings.peft_config else "model"
-    _stage_artifacts(staging / weights, model, tokenizer, metrics, report, held_examples, weights_state)
     manifest = {
         "template": template.id,
         "base_model": settings.model_config["pretrained_model_name_or_path"],
@@ -177,7 +176,13 @@ def train_rank(
     }
     if settings.distributed:
         manifest["distributed"] = {"strategy": settings.distributed["strategy"], "processes": trainer.args.world_size}
-    version = finalize(staging, job.output, manifest, overwrite=job.overwrite)
+    try:
+        _stage_artifacts(staging / weights, model, tokenizer, metrics, report, held_examples, weights_state)
+        version = finalize(staging, job.output, manifest, overwrite=job.overwrite)
+    except BaseException:
+        # Half a version is of no use (a rerun stages it again) and, after a full disk, holds the space needed.
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     shutil.rmtree(workdir, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     return TrainOutcome(version, metrics, report)

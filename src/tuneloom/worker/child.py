@@ -55,6 +55,7 @@ def run_child(spec: RunSpec, conn: Connection) -> None:
 
 def _train(spec: RunSpec, stop: threading.Event, conn: Connection) -> tuple[str, dict[str, Any]]:
     from tuneloom.errors import DataFileError, SettingsError, ToleranceExceededError, TuneloomError
+    from tuneloom.train.disk_full import DiskFullError
     from tuneloom.train.launch import train
     from tuneloom.train.recipe import TrainingInterrupted, TrainJob
 
@@ -81,6 +82,8 @@ def _train(spec: RunSpec, stop: threading.Event, conn: Connection) -> tuple[str,
         return "error", {"status": "MODEL_TRAINING_INVALID_DATA_TOLERANCE_EXCEEDED", "message": err.message}
     except SettingsError as err:
         return "error", {"status": "MODEL_TRAINING_INVALID_PARAMS", "message": err.message}
+    except DiskFullError as err:  # its code leads, so a job's message says DISK_FULL as the CLI does
+        return "error", {"status": "MODEL_TRAINING_FAILED", "message": f"{err.code}: {err.message}"}
     except TuneloomError as err:
         return "error", {"status": "MODEL_TRAINING_FAILED", "message": err.message}
     except Exception as err:  # anything else is a bug or the machine: say what, keep the trace for the logs

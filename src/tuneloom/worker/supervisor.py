@@ -22,11 +22,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 
-from tuneloom.errors import TuneloomError
+from tuneloom.errors import ModelVersionError, TuneloomError
+from tuneloom.model_version import open_version
 from tuneloom.store import dataset_versions, jobs, telemetry
 from tuneloom.store.artifacts import Artifacts
 from tuneloom.store.db import Database, is_unavailable
@@ -209,18 +211,23 @@ class WorkerSlot:
             telemetry.append_logs(self.db, job.id, [("warning", message)])
             jobs.release(self.db, job.id, self.worker_id, message)
         elif kind == "error":
+            # A failed run never resumes: free its checkpoints first (after a full disk, the database
+            # on that disk may need the space to record the failure).
+            self.artifacts.remove(self.artifacts.relative(self.artifacts.checkpoint_dir(job.id)))
             if payload.get("trace"):
                 telemetry.append_logs(self.db, job.id, [("error", payload["trace"])])
-            status = TrainingStatus[payload["status"]]
-            jobs.finish(self.db, job.id, status, payload["message"], worker_id=self.worker_id)
-            telemetry.append_logs(self.db, job.id, [("error", payload["message"])])
-            # A failed run never resumes: free its checkpoints (after a full disk, the space is what was missing).
-            self.artifacts.remove(self.artifacts.relative(self.artifacts.checkpoint_dir(job.id)))
+            message = self._public(payload["message"])
+            jobs.finish(self.db, job.id, TrainingStatus[payload["status"]], message, worker_id=self.worker_id)
+            telemetry.append_logs(self.db, job.id, [("error", message)])
         else:
             child.join(timeout=5)
             message = f"the training process exited unexpectedly ({_describe_exit(child.exitcode)})"
             jobs.finish(self.db, job.id, TrainingStatus.MODEL_TRAINING_FAILED, message, worker_id=self.worker_id)
             telemetry.append_logs(self.db, job.id, [("error", message)])
+
+    def _public(self, message: str) -> str:
+        """A run's message as API users read it: the data dir's place on this machine is the server's business."""
+        return message.replace(str(self.artifacts.root), "<data dir>")
 
     def _spec(self, job: ModelVersion) -> RunSpec | str:
         """The child's instructions, or why the job cannot run at all."""
@@ -244,6 +251,10 @@ class WorkerSlot:
             if earlier.artifact_path is None:
                 return f"model version '{job.resume_from}' to continue from has no trained weights"
             start_from = str(self.artifacts.resolve(earlier.artifact_path))
+            try:  # refused before a process starts: continuing from damaged weights would train on garbage
+                open_version(Path(start_from), label=f"model version '{job.resume_from}' to continue from")
+            except ModelVersionError as err:
+                return err.message
         return RunSpec(
             job_id=job.id,
             data=str(self.artifacts.resolve(data.artifact_path)),

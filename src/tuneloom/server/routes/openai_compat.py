@@ -26,7 +26,14 @@ from sqlalchemy import select
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from tuneloom.errors import ConflictError, InvalidIdError, NotFoundError, SettingsError, TuneloomError
+from tuneloom.errors import (
+    ConflictError,
+    InvalidIdError,
+    ModelVersionError,
+    NotFoundError,
+    SettingsError,
+    TuneloomError,
+)
 from tuneloom.generate.params import InferenceParams
 from tuneloom.server.auth import api_key, context
 from tuneloom.server.context import ServerContext
@@ -88,7 +95,9 @@ class OpenAIRoute(APIRoute):
             except HTTPException as err:
                 return openai_error(err.status_code, str(err.detail), headers=err.headers)
             except TuneloomError as err:
-                status = 404 if isinstance(err, NotFoundError) else 409 if isinstance(err, ConflictError) else 400
+                # a damaged model version on disk is a conflict with the stored state, as on /predict
+                conflict = isinstance(err, ConflictError | ModelVersionError)
+                status = 404 if isinstance(err, NotFoundError) else 409 if conflict else 400
                 return openai_error(status, err.message, param=getattr(err, "key", None))
             except Exception:
                 log.exception("%s %s failed", request.method, request.url.path)

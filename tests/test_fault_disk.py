@@ -1,0 +1,192 @@
+"""A full disk while a run writes its checkpoints or its model version, on a real size-limited file system.
+
+Each test mounts its own tmpfs (the tests run as root in CI; elsewhere they skip, saying why) and
+shrinks it with `mount -o remount,size=…` to the bytes in use plus a chosen margin, so the run
+that follows fills it exactly where the test means it to: a few KB (the first checkpoint does not
+fit) or 1 MB (every checkpoint fits, the model version's 3.5 MB tokenizer does not). What must
+hold: one clear error naming the folder (DiskFullError in the engine, one line from the CLI, a
+failed job saying DISK_FULL in the server), nothing that looks like a finished version, and the
+earlier model version on the same file system intact, verified and generating exactly as before.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tests.conftest import run_cli, sentiment_lines
+from tests.process_helpers import prepare_model, queue, running_processes, state, wait_for
+
+from tuneloom.errors import ModelVersionError
+from tuneloom.generate.generator import generate
+from tuneloom.generate.loading import load_for_inference
+from tuneloom.generate.params import InferenceParams
+from tuneloom.model_version import open_version
+from tuneloom.train.disk_full import DiskFullError
+from tuneloom.train.events import TrainEvent
+from tuneloom.train.recipe import TrainJob, run_training
+
+SETTINGS = {"trainer_config": {"num_train_epochs": 2, "per_device_train_batch_size": 8, "learning_rate": 0.05}}
+GREEDY = InferenceParams(max_tokens=8)
+PROMPT = "great product, works well"
+CHECKPOINT_DOES_NOT_FIT = 8 * 1024  # two pages: less than one checkpoint (about 60 KB of files)
+VERSION_DOES_NOT_FIT = 1024 * 1024  # every checkpoint fits (about 120 KB); the version's 3.5 MB does not
+ROOMY = 256 * 1024 * 1024
+RUNNING = ("MODEL_QUEUED_FOR_TRAINING", "MODEL_TRAINING")
+
+
+class SmallDisk:
+    """A tmpfs mounted at `path` for one test module, resized to leave an exact amount free."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def used(self) -> int:
+        stat = os.statvfs(self.path)
+        return (stat.f_blocks - stat.f_bfree) * stat.f_frsize
+
+    def leave_free(self, free: int) -> None:
+        """Resize the file system to what is in use now plus `free` bytes."""
+        _mount("-o", f"remount,size={self.used() + free}", str(self.path))
+
+    def grow(self) -> None:
+        _mount("-o", f"remount,size={ROOMY}", str(self.path))
+
+
+def _mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def small_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmallDisk]:
+    """A fresh tmpfs, unmounted at the end; skipped (with the reason) where this process cannot mount one."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a size-limited tmpfs needs root (CI runs the tests as root)")
+    path = tmp_path_factory.mktemp("small-disk")
+    try:
+        _mount("-t", "tmpfs", "-o", f"size={ROOMY}", "tmpfs", str(path))
+    except (OSError, subprocess.CalledProcessError) as err:
+        pytest.skip(f"cannot mount a tmpfs here: {getattr(err, 'stderr', '') or err}")
+    try:
+        yield SmallDisk(path)
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], check=False)
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("disk-data") / "train.txt"
+    path.write_text("\n".join(sentiment_lines()) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def earlier(small_disk: SmallDisk, data_file: Path) -> tuple[Path, str]:
+    """A model version trained on the small disk before it fills, and what it generates."""
+    output = small_disk.path / "earlier"
+    run_training(TrainJob(data=data_file, output=output, template="tiny-random", settings=SETTINGS))
+    return output, _generated(output)
+
+
+def _generated(version: Path) -> str:
+    return generate(load_for_inference(version), [PROMPT], GREEDY)[0].text
+
+
+def _assert_intact(earlier: tuple[Path, str]) -> None:
+    path, text = earlier
+    open_version(path, verify=True)  # every file still matches its checksum
+    assert _generated(path) == text
+
+
+def _assert_not_a_version(output: Path) -> None:
+    assert not output.exists()
+    staging = output.with_name(output.name + ".partial") / "version"
+    assert not staging.exists(), "a half-written model version was left on the full disk"
+    with pytest.raises(ModelVersionError):
+        open_version(output)
+
+
+def test_a_full_disk_while_checkpointing_fails_the_run_naming_the_folder(
+    small_disk: SmallDisk, data_file: Path, earlier: tuple[Path, str]
+) -> None:
+    small_disk.grow()
+    output = small_disk.path / "second"
+    stages: list[str] = []
+
+    def note(event: TrainEvent) -> None:
+        if event.kind == "stage":
+            stages.append(event.message)
+
+    small_disk.leave_free(CHECKPOINT_DOES_NOT_FIT)
+    with pytest.raises(DiskFullError) as failure:
+        run_training(TrainJob(data=data_file, output=output, template="tiny-random", settings=SETTINGS), on_event=note)
+    assert "Training" in stages and "Saving model version" not in stages  # it failed in a checkpoint
+    assert failure.value.code == "DISK_FULL"
+    assert f"holding {output.with_name('second.partial')} " in failure.value.message
+    _assert_not_a_version(output)
+    _assert_intact(earlier)
+
+
+def test_a_full_disk_while_writing_the_version_is_one_line_from_the_cli(
+    small_disk: SmallDisk, data_file: Path, earlier: tuple[Path, str]
+) -> None:
+    small_disk.grow()
+    output = small_disk.path / "third"
+    small_disk.leave_free(VERSION_DOES_NOT_FIT)
+    result = run_cli(
+        "train", str(data_file), "--template", "tiny-random", "--output", str(output), "--trainer-config",
+        '{"num_train_epochs": 2, "per_device_train_batch_size": 8, "learning_rate": 0.05}',
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    saving = result.stderr.index("Saving model version")  # every checkpoint fitted; the version did not
+    assert f"The disk is full: no space left on the file system holding {output}.partial " in result.stderr[saving:]
+    _assert_not_a_version(output)
+    _assert_intact(earlier)
+
+
+def test_a_full_data_dir_fails_the_job_and_the_server_serves_on(small_disk: SmallDisk) -> None:
+    """A real server whose data dir is on the small disk: the first version fits, the second does not."""
+    small_disk.grow()
+    with running_processes(small_disk.path, "sqlite") as processes:
+        _, url = processes.serve("--workers", "1")
+        model, headers, dataset_version = prepare_model(url, processes.data_dir)
+        first = _trained(f"{model}/versions/{queue(model, headers, dataset_version, steps=6)}", headers)
+        answer = _predict(model, headers, first)
+        assert answer.status_code == 200, answer.text
+
+        small_disk.leave_free(VERSION_DOES_NOT_FIT)
+        second = f"{model}/versions/{queue(model, headers, dataset_version, steps=6)}"
+        status = _finished(second, headers)
+        assert status["name"] == "MODEL_TRAINING_FAILED", status
+        assert status["message"].startswith("DISK_FULL: The disk is full"), status
+        assert str(processes.data_dir) not in status["message"]  # the data dir's place is the server's business
+        assert not (processes.data_dir / "model-versions" / second.rsplit("/", 1)[1]).exists()
+
+        assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
+        assert _predict(model, headers, first).json() == answer.json()  # the earlier version serves on
+        inputs = httpx.get(f"{url}/api/apps/shop/datasets/reviews/inputs", headers=headers)
+        assert inputs.status_code == 200 and len(inputs.json()) > 0
+        version = httpx.get(f"{url}/api/apps/shop/datasets/reviews/versions/{dataset_version}", headers=headers)
+        assert version.json()["state"] == "READY"
+
+
+def _finished(version_url: str, headers: dict[str, str]) -> dict[str, Any]:
+    """The run's final status, once it has one."""
+    return dict(wait_for(lambda: (s := state(version_url, headers)["status"])["name"] not in RUNNING and s, "the run"))
+
+
+def _trained(version_url: str, headers: dict[str, str]) -> str:
+    status = _finished(version_url, headers)
+    assert status["name"] == "MODEL_TRAINED", status
+    return version_url.rsplit("/", 1)[1]
+
+
+def _predict(model: str, headers: dict[str, str], version: str) -> httpx.Response:
+    body = {"inputs": [PROMPT], "version": version, "inference_params": {"max_tokens": 8, "temperature": 0}}
+    return httpx.post(f"{model}/predict", json=body, headers=headers, timeout=120)
