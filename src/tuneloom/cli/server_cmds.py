@@ -18,6 +18,12 @@ def register(commands: Any) -> None:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--max-upload-mb", type=int, default=200, help="largest accepted upload")
     serve.add_argument("--model-cache-mb", type=int, default=4096, help="memory for loaded model versions")
+    serve.add_argument(
+        "--backend",
+        choices=["auto", "transformers", "vllm"],
+        default="auto",
+        help="generation engine: vllm (tuneloom[vllm] on a CUDA GPU), transformers, or auto (vllm where it can run)",
+    )
     _limit_args(serve)
     _worker_args(serve, default_help="training workers beside the API (default: one per GPU, or 1; 0: none)")
     serve.set_defaults(run=run_serve)
@@ -79,8 +85,10 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from tuneloom.generate.params import MAX_TOKENS_LIMIT
     from tuneloom.server.app import create_app
+    from tuneloom.server.backends import choose_backend
     from tuneloom.server.context import ServerContext
 
+    backend = choose_backend(args.backend)  # before anything starts: an impossible --backend vllm is one message
     ctx = ServerContext.open(
         args.data_dir,
         args.database_url,
@@ -90,10 +98,12 @@ def run_serve(args: argparse.Namespace) -> int:
         max_generations_per_key=args.max_concurrent_generations_per_key,
         max_tokens_limit=min(args.max_tokens_limit, MAX_TOKENS_LIMIT),
     )
+    ctx.inference_backend = backend
     _recover(ctx)
     pool = _start_workers(ctx.db, ctx.artifacts, args)
     _warm_up()
-    console_err.print(f"tuneloom serving on http://{args.host}:{args.port} (data in {args.data_dir})")
+    where = f"http://{args.host}:{args.port} (data in {args.data_dir}, {backend} backend)"
+    console_err.print(f"tuneloom serving on {where}")
     # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal to the handler it
     # found installed; make that one return, so the workers below get to checkpoint and release their jobs.
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from transformers import StoppingCriteria
@@ -19,7 +19,7 @@ from tuneloom.data.tokenized import completion_text
 from tuneloom.errors import SettingsError
 from tuneloom.generate.loading import InferenceModel
 from tuneloom.generate.params import MAX_INPUTS, InferenceParams
-from tuneloom.templates.prompting import SECTION_STOP
+from tuneloom.templates.prompting import SECTION_STOP, PromptFormat
 
 BATCH_SIZE = 32
 
@@ -111,8 +111,28 @@ class StopWhenSet(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
-def render_prompt(loaded: InferenceModel, text: str, params: InferenceParams) -> str:
+class HasPromptFormat(Protocol):
+    """A loaded model, or any other engine's view of a version (vLLM's), that knows its prompt format."""
+
+    @property
+    def prompt_format(self) -> PromptFormat: ...
+
+
+def render_prompt(loaded: HasPromptFormat, text: str, params: InferenceParams) -> str:
     return loaded.prompt_format.render(text, system_prompt=params.system_prompt, prompt_template=params.prompt_template)
+
+
+def finish_generation(prompt: str, decoded: str, tokens: int, ended: bool, params: InferenceParams) -> Generation:
+    """One engine's raw output as a `Generation`: cut at a stop string, trimmed, finish reason, full text.
+
+    `ended` says the engine itself stopped (EOS, or a stop string it applied); every engine's text goes
+    through here so that transformers and vLLM answer alike.
+    """
+    text, stopped = cut_at_stop(decoded, stop_strings(params))
+    text = text.strip()
+    finish = "stop" if ended or stopped else "length"
+    full = f"{prompt}{completion_text(text)}" if params.return_full_text else text
+    return Generation(prompt, full, tokens, finish)
 
 
 def stop_strings(params: InferenceParams) -> list[str]:
@@ -164,9 +184,6 @@ def _generate_batch(loaded: InferenceModel, prompts: list[str], params: Inferenc
         ended_on_eos = eos in ids
         if ended_on_eos:
             ids = ids[: ids.index(eos)]
-        text, stopped = cut_at_stop(loaded.tokenizer.decode(ids, skip_special_tokens=True), stop_strings(params))
-        text = text.strip()
-        finish = "stop" if ended_on_eos or stopped else "length"
-        full = f"{prompt}{completion_text(text)}" if params.return_full_text else text
-        results.append(Generation(prompt, full, len(ids), finish))
+        decoded = loaded.tokenizer.decode(ids, skip_special_tokens=True)
+        results.append(finish_generation(prompt, decoded, len(ids), ended_on_eos, params))
     return results

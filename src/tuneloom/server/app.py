@@ -69,7 +69,7 @@ def create_app(ctx: ServerContext) -> FastAPI:
             log.warning("health check: database unavailable: %s", err.orig)
             body = {"status": "unavailable", "database": "unavailable", "message": DATABASE_DOWN}
             return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
-        return {"status": "ok", "database": "ok", "version": __version__}
+        return {"status": "ok", "database": "ok", "version": __version__, "backend": ctx.inference_backend}
 
     @app.exception_handler(DBAPIError)
     def database_error(_: Request, err: DBAPIError) -> JSONResponse:

@@ -25,6 +25,7 @@ class ServerContext:
     max_json_bytes: int = DEFAULT_MAX_JSON_BYTES
     max_generations_per_key: int = DEFAULT_MAX_GENERATIONS_PER_KEY
     max_tokens_limit: int = MAX_TOKENS_LIMIT
+    inference_backend: str = "transformers"  # resolved by `serve --backend` (tuneloom.server.backends)
 
     @classmethod
     def open(

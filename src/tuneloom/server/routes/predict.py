@@ -22,8 +22,9 @@ from starlette.concurrency import run_in_threadpool
 from tuneloom.errors import ConflictError, NotFoundError, SettingsError, TuneloomError
 from tuneloom.generate.params import MAX_INPUTS, InferenceParams
 from tuneloom.server.auth import api_key, context, require_app
+from tuneloom.server.backends import GenerationService, make_service
 from tuneloom.server.context import ServerContext
-from tuneloom.server.inference import Inference, TextStream
+from tuneloom.server.inference import TextStream
 from tuneloom.server.limits import GenerationSlots, cap_max_tokens, generation_slots
 from tuneloom.server.schemas import GenerateRequest, PredictionOut, PredictRequest, PredictResponse
 from tuneloom.server.schemas.inference import MAX_INPUT_CHARS
@@ -41,18 +42,19 @@ MICRO_BATCH_ENV = "TUNELOOM_MICRO_BATCH"  # "0" turns request merging off (the b
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-async def inference(request: Request) -> Inference:
-    """The app's one `Inference`, made on first use (an async dependency: no two requests race to make it)."""
+async def inference(request: Request) -> GenerationService:
+    """The app's one generation service (transformers `Inference` or vLLM, as `serve --backend` chose),
+    made on first use (an async dependency: no two requests race to make it)."""
     state = request.app.state
     if getattr(state, "inference", None) is None:
         ctx: ServerContext = state.context
         micro_batch = os.environ.get(MICRO_BATCH_ENV, "1") != "0"
-        state.inference = Inference(ctx.model_cache_bytes, micro_batch=micro_batch)
-    service: Inference = state.inference
+        state.inference = make_service(ctx.inference_backend, ctx.model_cache_bytes, micro_batch=micro_batch)
+    service: GenerationService = state.inference
     return service
 
 
-Service = Annotated[Inference, Depends(inference)]
+Service = Annotated[GenerationService, Depends(inference)]
 
 
 def resolve_version(ctx: ServerContext, app_id: str, model_id: str, version_id: str | None) -> ModelVersion:
@@ -122,7 +124,13 @@ async def generate(
 
 
 async def stream_in_slot(
-    service: Inference, slots: GenerationSlots, key: ApiKey, version: ModelVersion, path: Path, text: str, params: Any
+    service: GenerationService,
+    slots: GenerationSlots,
+    key: ApiKey,
+    version: ModelVersion,
+    path: Path,
+    text: str,
+    params: Any,
 ) -> tuple[TextStream, BackgroundTask]:
     """Start a stream in one of the key's generation slots; the task ends both when the response does.
 

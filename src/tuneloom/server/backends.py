@@ -1,0 +1,92 @@
+"""Which engine serves generation: transformers (always there) or vLLM (an optional extra, GPU only).
+
+`tuneloom serve --backend auto|transformers|vllm`. `auto` takes vLLM exactly when it imports and
+a CUDA GPU is visible, else transformers; asking for `vllm` where it cannot run is a start-up
+error that says what is missing and what to install, never a server that fails on its first
+request. The routes depend only on `GenerationService`, which both backends provide.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from tuneloom.errors import TuneloomError
+
+if TYPE_CHECKING:
+    from tuneloom.generate.params import InferenceParams
+    from tuneloom.server.inference import Prediction, TextStream
+
+BACKENDS = ("auto", "transformers", "vllm")
+
+
+class BackendUnavailableError(TuneloomError):
+    code = "BACKEND_UNAVAILABLE"
+
+
+class VersionCache(Protocol):
+    def get(self, version_id: str, path: Path) -> Any: ...
+
+    def discard(self, version_id: str) -> None: ...
+
+
+class GenerationService(Protocol):
+    """What the prediction routes call; `tuneloom.server.inference.Inference` and `VllmInference` both are one."""
+
+    @property
+    def cache(self) -> VersionCache: ...
+
+    async def predict(
+        self, version_id: str, path: Path, texts: Sequence[str], params: InferenceParams
+    ) -> list[Prediction]: ...
+
+    async def stream(self, version_id: str, path: Path, text: str, params: InferenceParams) -> TextStream: ...
+
+
+def vllm_missing() -> str | None:
+    """Why vLLM cannot serve on this machine, or None when it can (it imports and CUDA is available)."""
+    if importlib.util.find_spec("vllm") is None:
+        return "vLLM is not installed"
+    try:
+        importlib.import_module("vllm")
+    except Exception as err:  # a broken install: a CUDA/torch mismatch, a missing library…
+        return f"vLLM is installed but does not import ({type(err).__name__}: {str(err)[:200]})"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible (torch.cuda.is_available() is False)"
+    return None
+
+
+def choose_backend(requested: str, probe: Callable[[], str | None] = vllm_missing) -> str:
+    """The backend to run: `requested`, with `auto` resolved; BackendUnavailableError for an impossible `vllm`."""
+    from tuneloom.generate.vllm_engine import INSTALL_HINT, VLLM_REQUIREMENT
+
+    if requested not in BACKENDS:
+        raise BackendUnavailableError(f"--backend must be one of {', '.join(BACKENDS)}, got {requested!r}")
+    if requested == "transformers":
+        return requested
+    missing = probe()
+    if requested == "auto":
+        return "transformers" if missing else "vllm"
+    if missing:
+        raise BackendUnavailableError(
+            f"--backend vllm needs vLLM and an NVIDIA GPU, and here {missing}. On a machine with a CUDA GPU, "
+            f"install it with `{INSTALL_HINT}` ({VLLM_REQUIREMENT}, which brings its own CUDA build of torch); "
+            "or serve with --backend transformers (or auto)."
+        )
+    return "vllm"
+
+
+def make_service(backend: str, cache_bytes: int, *, micro_batch: bool) -> GenerationService:
+    """The generation service for a chosen backend (vLLM's modules are imported only when it is chosen)."""
+    if backend == "vllm":
+        from tuneloom.server.vllm_inference import VllmInference
+
+        return VllmInference()
+    from tuneloom.server.inference import Inference
+
+    return Inference(cache_bytes, micro_batch=micro_batch)
