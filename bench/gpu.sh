@@ -4,7 +4,9 @@
 #      Trainer + peft (dynamic padding) vs tuneloom: real tokens/s, peak GPU memory, mean loss, MFU;
 #   2. batch-1 decode of the 1.1B shape: model.generate vs tuneloom's path vs a static KV cache with the
 #      decode step compiled (torch.compile "reduce-overhead", CUDA graphs), against the bandwidth floor;
-#   3. 32 requests batched by tuneloom vs one at a time.
+#   3. 32 requests batched by tuneloom vs one at a time;
+#   4. (optional, only where `import vllm` works) vLLM batch-1 and 32-concurrent decode of the 1.1B shape
+#      vs model.generate, and tuneloom's vLLM serving backend on a LoRA version of it (bench/vllm_decode.py).
 # Each step runs in its own process under its own time limit; a failing step prints its error and the
 # others go on. Result JSON goes to $OUT (named with the card, e.g. train-llama-1.1b-random-h100.json);
 # the last thing printed is one table of everything.
@@ -89,6 +91,13 @@ step "decode llama-1.1b-random" 120 $PY -m bench.generate --model llama-1.1b-ran
   --variants baseline,single,batched,ttft
 step "decode llama-1.1b-random, static cache + compile" 150 $PY -m bench.generate --model llama-1.1b-random \
   "${GEN_ARGS[@]}" --variants static
+# Optional: only where vLLM is installed (tuneloom[vllm]); the device machine usually lacks it.
+if $PY -c "import vllm" >/dev/null 2>&1; then
+  step "decode llama-1.1b-random, vLLM + tuneloom vLLM backend" 150 $PY -m bench.vllm_decode \
+    --model llama-1.1b-random "${GEN_ARGS[@]}"
+else
+  echo "== SKIPPED decode llama-1.1b-random, vLLM (optional): \`import vllm\` fails here (pip install 'tuneloom[vllm]')"
+fi
 }
 
 main 2>&1 | tee "$OUT/gpu-log.txt"

@@ -67,6 +67,34 @@ def decode_rows(results: list[dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
+def vllm_rows(results: list[dict[str, Any]]) -> list[list[str]]:
+    """bench/vllm_decode.py's runs; its step is optional (skipped where vLLM is not installed)."""
+    if not results:
+        return [["decode vLLM", "not measured (optional step: vllm not installed here)", "", "", "", "", ""]]
+    from bench.vllm_decode import LABELS
+
+    f = results[-1]["figures"]
+    base, floor = f["baseline"]["tokens_per_s"], f["bandwidth"]["floor_tokens_per_s"]
+    rows = []
+    for key, label in LABELS.items():
+        run = f.get(key)
+        if run is not None:
+            of_floor = f"{run['tokens_per_s'] / floor:.1%} of floor" if floor and key == "vllm_single" else ""
+            tokens = f"{run['tokens_per_s']:.1f}"
+            rows.append(
+                [
+                    f"decode {f['model']}",
+                    label.format(**f),
+                    tokens,
+                    f"{run['tokens_per_s'] / base:.2f}×",
+                    "",
+                    "",
+                    of_floor,
+                ]
+            )
+    return rows
+
+
 def main() -> None:
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else ".")
     train = load(folder, "train-*.json")
@@ -75,7 +103,7 @@ def main() -> None:
     print_table(
         f"bench/gpu.sh — {device}",
         ["measurement", "run", "tokens/s", "× baseline", "peak MiB", "mean loss", "MFU / floor"],
-        train_rows(train) + decode_rows(decode),
+        train_rows(train) + decode_rows(decode) + vllm_rows(load(folder, "vllm-*.json")),
     )
 
 

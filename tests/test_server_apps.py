@@ -10,7 +10,9 @@ from tests.conftest import api_key
 
 def test_health_needs_no_key_and_everything_else_does(server: tuple[str, Path]) -> None:
     url, _ = server
-    assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
+    health = httpx.get(f"{url}/healthz").json()
+    assert health["status"] == "ok"
+    assert health["backend"] == "transformers"  # `serve --backend auto` on a machine without vLLM and a GPU
     assert httpx.get(f"{url}/api/apps").status_code == 401
     assert httpx.get(f"{url}/api/apps", headers={"Authorization": "Key tl_nope_nope"}).status_code == 401
 

@@ -55,11 +55,11 @@ class ServingPlan:
     prompt_format: PromptFormat
 
 
-def plan_version(path: Path) -> ServingPlan:
-    """Read (and verify) a model-version directory and decide how vLLM serves it."""
+def plan_version(path: Path, *, label: str | None = None) -> ServingPlan:
+    """Read (and verify) a model-version directory and decide how vLLM serves it; `label` names it in errors."""
     from tuneloom.templates.sources import resolve_model_dir
 
-    version = open_version(path)
+    version = open_version(path, label=label)
     settings = version.settings
     model_config = settings["model_config"]
     dtype = str(model_config.get("torch_dtype") or "auto").removeprefix("torch.")

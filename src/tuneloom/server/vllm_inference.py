@@ -73,7 +73,7 @@ class VersionRegistry:
             return known
         from transformers import AutoTokenizer
 
-        plan = plan_version(path)
+        plan = plan_version(path, label=f"model version '{version_id}'")  # errors never show the data dir
         tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
         lora = (
             None if plan.adapter_dir is None else lora_request(version_id, self.lora_id(version_id), plan.adapter_dir)
