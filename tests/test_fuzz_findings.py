@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tuneloom.data import Example, InvalidRow, iter_rows, parse_file
+from tuneloom.data.lines import LONE_CR
 from tuneloom.errors import DataFileError, SettingsError
 from tuneloom.generate.params import InferenceParams
 from tuneloom.templates import resolve_settings
@@ -32,7 +33,7 @@ def test_bare_carriage_return_inside_a_row_is_that_rows_reason(tmp_path: Path) -
     rows = list(iter_rows(path))
     assert [type(row) for row in rows] == [InvalidRow, Example]
     assert isinstance(rows[0], InvalidRow) and rows[0].line == 2
-    assert rows[0].reason.startswith(f"unreadable CSV record: {CR_PROBLEM}")
+    assert rows[0].reason.startswith(f"{LONE_CR}, at character 6:"), rows[0]  # as in every format
 
 
 @pytest.mark.parametrize("key", ["max_tokens", "max_new_tokens", "top_k", "num_beams"])

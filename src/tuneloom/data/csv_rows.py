@@ -4,7 +4,8 @@
 The `csv` module does the quoting (multi-line cells included); it is fed one physical line at a time
 so `reader.line_num` counts physical lines and every row can name the line where it starts.
 Lines with bad UTF-8 are fed with U+FFFD in place of the bad bytes (so quoting stays intact),
-over-long lines as blank lines; either way the record that spans them is reported invalid.
+lines with a "\\r" inside (see `lines.lone_cr`) with it blanked, over-long lines as blank lines; in
+each case the record that spans them is reported invalid, with the line's own reason.
 """
 
 from __future__ import annotations
@@ -76,10 +77,11 @@ def check_header(path: Path, sample: str) -> None:
 
 
 def _feed(batches: Iterable[Batch], bad: dict[int, InvalidRow]) -> Iterator[str]:
+    """Physical lines for the csv module, ended by "\\n" alone: a quoted cell's line breaks become "\\n"."""
     for first, items in batches:
         for number, item in enumerate(items, first):
             if isinstance(item, str):
-                yield item + "\n"
+                yield item.rstrip("\r") + "\n"
             else:
                 bad[number] = item
                 yield "\n"
@@ -217,8 +219,8 @@ def _width(record: list[str], layout: _Layout) -> str:
 
 
 def _pair(record: list[str], line: int, layout: _Layout, suffix: str) -> Example | InvalidRow:
-    prompt = record[layout.prompt].replace("\r\n", "\n").strip()
-    completion = record[layout.completion].replace("\r\n", "\n").strip()
+    prompt = record[layout.prompt].strip()
+    completion = record[layout.completion].strip()
     reason = ""
     if "\x00" in prompt or "\x00" in completion:
         reason = "contains a NUL character"

@@ -2,8 +2,10 @@
 
 Every row shape ends as the same canonical prompt a sectioned line would give (`… ### Response:`),
 so a model trained from JSONL is prompted exactly like one trained from a .txt file.
-Nesting depth is checked with a bounded scan before `json.loads`, which would otherwise raise
-RecursionError on a `[[[[…` row.
+Nesting depth is bounded (`MAX_JSON_DEPTH`): a `[[[[…` row is refused, never a RecursionError.
+A key repeated within one object (`{"prompt": "a", "prompt": "b"}`) makes the row invalid:
+`json.loads` would keep the last value without a word, and which one the user meant is anyone's
+guess. Nested objects (chat messages, or any other) are checked the same way.
 """
 
 from __future__ import annotations
@@ -20,8 +22,7 @@ from tuneloom.data.sections import line_parser, render_sections
 from tuneloom.data.types import Example, InvalidRow
 
 MAX_JSON_DEPTH = 64
-# The C scanner json.loads ends up calling (typeshed types make_scanner oddly, hence the ignore).
-_SCAN: Callable[[str, int], tuple[Any, int]] = make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+TOO_DEEP = f"JSON is nested more than {MAX_JSON_DEPTH} levels deep"
 _DEPTH_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]')
 _ROLES = {"system": "System", "user": "Human", "human": "Human", "assistant": "Assistant"}
 _SHAPES = "'prompt' and 'completion', 'instruction' and 'output', 'messages', or 'text'"
@@ -29,6 +30,36 @@ _SHAPES = "'prompt' and 'completion', 'instruction' and 'output', 'messages', or
 
 class _RowError(Exception):
     """Raised inside a row's checks; becomes an InvalidRow with this message as the reason."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`object_pairs_hook`: each JSON object as a dict, or a row error when a key repeats in it."""
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        raise _RowError(_duplicate_reason(pairs))
+    return record
+
+
+def _duplicate_reason(pairs: list[tuple[str, Any]]) -> str:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            both = f"{_shown(seen[key])} and {_shown(value)}"
+            return (
+                f"duplicate key '{excerpt(key, 40)}': one object gives it twice ({both}); a JSON reader would "
+                "keep only the last value without a word, so keep the one you mean and remove the other"
+            )
+        seen[key] = value
+    return "duplicate key"  # not reached: the caller saw fewer keys than pairs
+
+
+def _shown(value: Any) -> str:
+    return excerpt(json.dumps(value, ensure_ascii=False), 30)
+
+
+# The C scanner json.loads ends up calling (typeshed types make_scanner oddly, hence the ignore).
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+_SCAN: Callable[[str, int], tuple[Any, int]] = make_scanner(_DECODER)  # type: ignore[arg-type]
 
 
 def jsonl_row_batches(
@@ -47,7 +78,7 @@ def parse_json_line(text: str, line: int, response_headers: tuple[str, ...]) -> 
     """Parse and check one JSON line; every failure is a row with a reason, never an exception."""
     try:
         example = _to_example(_load(text), line, response_headers)
-        if "\\u" in text:
+        if "\\" in text and "\\u" in text:  # one memchr first: most rows hold no escape at all
             _check_encodable(example)
         return example
     except _RowError as error:
@@ -64,34 +95,34 @@ def _check_encodable(example: Example) -> None:
 
 
 def _load(text: str) -> dict[str, Any]:
-    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _too_deep(text):
-        raise _RowError(f"JSON is nested more than {MAX_JSON_DEPTH} levels deep")
+    """`json.loads` minus its Python-level wrappers (a tenth of the per-row cost), same errors, as a row.
+
+    Depth: the C scanner raises RecursionError long before the stack is at risk; a row that parses
+    is scanned for depth only when it holds arrays or objects (a flat row cannot be deep).
+    """
+    start = 0 if text[:1] == "{" else len(text) - len(text.lstrip(" \t\r"))
     try:
-        record = _decode(text)
+        record, end = _SCAN(text, start)
+    except StopIteration as stop:
+        raise _RowError(f"malformed JSON at column {stop.value + 1}: Expecting value") from None
     except json.JSONDecodeError as error:
         raise _RowError(f"malformed JSON at column {error.colno}: {error.msg}") from None
-    except (ValueError, RecursionError) as error:
+    except RecursionError:
+        raise _RowError(TOO_DEEP) from None
+    except ValueError as error:
         if "integer string conversion" in str(error):  # Python's guard against quadratic int parsing
             raise _RowError(f"a number has more than {sys.get_int_max_str_digits():,} digits") from None
         raise _RowError(f"malformed JSON: {error}") from None
+    if end != len(text) and not text[end:].isspace():
+        raise _RowError(f"malformed JSON at column {len(text) - len(text[end:].lstrip()) + 1}: Extra data")
     if not isinstance(record, dict):
         raise _RowError(f"expected a JSON object, got {json_type(record)}")
+    for value in record.values():
+        if value.__class__ is list or value.__class__ is dict:
+            if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _too_deep(text):
+                raise _RowError(TOO_DEEP)
+            break
     return record
-
-
-def _decode(text: str) -> Any:
-    """`json.loads` minus its Python-level wrappers (a tenth of the per-row cost), same errors."""
-    start = 0
-    while start < len(text) and text[start] in " \t\r":
-        start += 1
-    try:
-        value, end = _SCAN(text, start)
-    except StopIteration as stop:
-        raise json.JSONDecodeError("Expecting value", text, stop.value) from None
-    rest = text[end:]
-    if rest and not rest.isspace():
-        raise json.JSONDecodeError("Extra data", text, end + len(rest) - len(rest.lstrip()))
-    return value
 
 
 def _too_deep(text: str) -> bool:

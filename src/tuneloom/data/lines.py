@@ -7,6 +7,14 @@ redone line by line, to say which line holds the bad bytes and where.
 Lines are split on "\\n" only (a trailing "\\r" stays and is whitespace to every parser), so line
 numbers match what an editor shows. A line longer than `MAX_LINE_BYTES` is never held in memory
 whole: it becomes one `InvalidRow` and the rest of it is skipped.
+
+A "\\r" inside a line (anywhere but the trailing whitespace, where "\\r\\n" and a doubled "\\r\\r\\n" put
+it) is no line break: splitting on it would renumber every later line and break quoted CSV cells,
+and keeping it would join what were probably two rows (a file with old Mac line endings pasted into
+a Unix one) or teach the model to write carriage returns. So the row holding it is invalid, in every
+format, with a reason that says where and why (`lone_cr_row`). A file ended by "\\r" alone
+throughout is refused as a whole instead (`sniff.check_line_endings`). JSON's escaped `\\r` is not
+a raw "\\r" and stays content.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from tuneloom.data.types import InvalidRow
 MAX_LINE_BYTES = 1_000_000  # a hard cap per line: a longer "line" is a broken file, not an example
 CHUNK_BYTES = 1 << 19  # below MAX_LINE_BYTES, so a batch of ordinary lines needs no length check
 EXCERPT_CHARS = 120
+LONE_CR = "a carriage return (\\r) inside the line"  # how every row with a "\r" inside is reported
 
 # One batch: the number of its first line, then one item per line (text, or the row it became).
 Batch = tuple[int, list[str | InvalidRow]]
@@ -58,14 +67,53 @@ def bad_utf8_row(line: int, raw: bytes, error: UnicodeDecodeError) -> InvalidRow
     return InvalidRow(line, reason, excerpt(raw[: EXCERPT_CHARS * 4].decode("utf-8", "backslashreplace")))
 
 
+def lone_cr(line: str) -> int:
+    """Index of the first "\\r" inside `line` (one with text after it on the line), or -1."""
+    first = line.find("\r")
+    if first < 0 or first == len(line) - 1:  # none, or only the "\r" of a "\r\n" ending
+        return -1
+    return line.find("\r", first, len(line.rstrip()))
+
+
+def lone_cr_row(line: int, text: str, index: int) -> InvalidRow:
+    """The row a line with a "\\r" inside becomes: where the first one is, how many, and what to do."""
+    count = text.count("\r", 0, len(text.rstrip()))
+    many = f" (and {count - 1} more)" if count > 1 else ""
+    reason = (
+        f"{LONE_CR}, at character {index + 1}{many}: only \\n or \\r\\n end a line, so this \\r is not read "
+        "as a line break and may be joining two rows (old Mac line endings mixed in?); replace it with a "
+        "line break or remove it"
+    )
+    return InvalidRow(line, reason, excerpt(text))
+
+
 def decode_lines(body: bytes, first_line: int, bad: dict[int, InvalidRow] | None = None) -> list[str | InvalidRow]:
     """Decode a run of complete lines; fall back to line-by-line only when something is wrong."""
     if len(body) > MAX_LINE_BYTES and max(map(len, body.split(b"\n"))) > MAX_LINE_BYTES:
-        return _decode_each(body, first_line, bad)
-    try:
-        return cast("list[str | InvalidRow]", body.decode("utf-8").split("\n"))
-    except UnicodeDecodeError:
-        return _decode_each(body, first_line, bad)
+        items = _decode_each(body, first_line, bad)
+    else:
+        try:
+            items = cast("list[str | InvalidRow]", body.decode("utf-8").split("\n"))
+        except UnicodeDecodeError:
+            items = _decode_each(body, first_line, bad)
+    if b"\r" in body:  # one scan of the chunk in C: most files hold no "\r" and pay nothing more
+        _mark_lone_cr(items, first_line, bad)
+    return items
+
+
+def _mark_lone_cr(items: list[str | InvalidRow], first_line: int, bad: dict[int, InvalidRow] | None) -> None:
+    """Lines with a "\\r" inside become rows (or, with `bad`, CSV text with the "\\r" blanked + an entry)."""
+    for index, item in enumerate(items):
+        at = lone_cr(item) if isinstance(item, str) else -1
+        if at < 0:
+            continue
+        text = cast(str, item)
+        row = lone_cr_row(first_line + index, text, at)
+        if bad is None:
+            items[index] = row
+        else:  # the csv module would raise on an unquoted "\r": blank it, keep the quoting intact
+            bad.setdefault(first_line + index, row)
+            items[index] = text.replace("\r", " ")
 
 
 def _decode_each(body: bytes, first_line: int, bad: dict[int, InvalidRow] | None) -> list[str | InvalidRow]:
