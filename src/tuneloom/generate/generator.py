@@ -79,23 +79,19 @@ def stream(loaded: InferenceModel, text: str, params: InferenceParams) -> Iterat
     worker.start()
     if params.return_full_text:
         yield prompt + " "
-    hold = max(len(s) for s in stops) - 1
-    emitted, text = 0, ""
+    visible, text = VisibleText(stops), ""
     try:
         for piece in streamer:
             text += piece
-            visible, stopped = cut_at_stop(text.lstrip(), stops)
-            limit = len(visible.rstrip()) if stopped else len(visible) - hold
-            if limit > emitted:
-                yield visible[emitted:limit]
-                emitted = limit
+            shown, stopped = visible.update(text)
+            if shown:
+                yield shown
             if stopped:
                 return
         if failure:
             raise failure[0]
-        rest = cut_at_stop(text.lstrip(), stops)[0].rstrip()
-        if len(rest) > emitted:
-            yield rest[emitted:]
+        if rest := visible.rest():
+            yield rest
     finally:
         cancel.set()
         worker.join()
@@ -143,6 +139,40 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     """The text before the earliest stop string, and whether one was found."""
     cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class VisibleText:
+    """How much of a growing completion may be shown yet, so that streamed pieces add up to the final text.
+
+    The final text is the completion cut at its first stop string and stripped. While it grows, a
+    tail that could still be the start of a stop string is held back, and so are trailing spaces
+    (the end strips them) and an unfinished multi-byte character (decoded as U+FFFD for now).
+    """
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = list(stops)
+        self.hold = max(len(s) for s in self.stops) - 1
+        self.emitted = 0
+        self.text = ""
+
+    def update(self, text: str) -> tuple[str, bool]:
+        """The newly showable piece of `text` (the whole completion so far); whether a stop string ended it."""
+        self.text = text
+        visible, stopped = cut_at_stop(text.lstrip(), self.stops)
+        limit = len(visible.rstrip()) if stopped else min(len(visible) - self.hold, len(visible.rstrip()))
+        unfinished = visible.find("\ufffd", self.emitted)
+        if unfinished >= 0 and not stopped:
+            limit = min(limit, unfinished)
+        if limit <= self.emitted:
+            return "", stopped
+        piece, self.emitted = visible[self.emitted : limit], limit
+        return piece, stopped
+
+    def rest(self) -> str:
+        """Everything not shown yet, once the completion is over."""
+        final = cut_at_stop(self.text.lstrip(), self.stops)[0].rstrip()
+        piece, self.emitted = final[self.emitted :], max(self.emitted, len(final))
+        return piece
 
 
 def _encode(loaded: InferenceModel, prompts: list[str]) -> dict[str, torch.Tensor]:

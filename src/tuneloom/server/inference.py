@@ -1,4 +1,4 @@
-"""Serving predictions: a memory-bounded cache of loaded model versions, and micro-batched generation.
+"""Serving predictions: a memory-bounded cache of loaded model versions, and continuous batching.
 
 Three rules keep a CPU server fast and correct under concurrent requests:
 
@@ -6,10 +6,12 @@ Three rules keep a CPU server fast and correct under concurrent requests:
   bounded by the bytes of the models' parameters and buffers. Concurrent first requests for one
   version wait for a single load (a lock per version).
 - One model never runs two generations at once (they would only fight over the same cores): each
-  version has an asyncio lock, taken on the event loop, so no thread sits blocked waiting for it.
-- /predict requests for the same version with identical parameters that arrive within a few
-  milliseconds of each other — or while the model is busy — are merged into one `generate()` call
-  (it batches up to 32 length-sorted prompts) and the outputs are split back, in order.
+  version has one engine thread (`tuneloom.server.engine`) that alone uses the model.
+- Every request for a version — /predict, streamed or not, whatever its sampling parameters —
+  joins that engine's running batch (`tuneloom.generate.continuous`): one forward pass per token
+  serves them all, a stream receives its text as each step produces it, and a request that is done
+  (or whose client went away) leaves the batch at once. Requests that arrive within a few
+  milliseconds of an idle engine start together.
 
 Heavy imports (torch, transformers) happen on first use, so `tuneloom keys create` stays quick.
 """
@@ -17,24 +19,24 @@ Heavy imports (torch, transformers) happen on first use, so `tuneloom keys creat
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import threading
-from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from tuneloom.server.engine import Engine, Job, Prediction, TextStream, count_tokens
 
 if TYPE_CHECKING:
-    from tuneloom.generate.generator import Generation
     from tuneloom.generate.loading import InferenceModel
     from tuneloom.generate.params import InferenceParams
 
+__all__ = ["Inference", "ModelCache", "Prediction", "TextStream", "count_tokens", "load_model", "model_bytes"]
 T = TypeVar("T")
 DEFAULT_CACHE_BYTES = 4 * 1024**3
 DEFAULT_BATCH_WINDOW_S = 0.005
-MAX_BATCH_INPUTS = 128  # generate()'s own limit per call
 
 
 def load_model(path: Path) -> InferenceModel:
@@ -118,35 +120,13 @@ class ModelCache:
                 total -= evicted.size
 
 
-@dataclass(frozen=True)
-class Prediction:
-    generation: Generation
-    prompt_tokens: int
-
-
-@dataclass
-class _Request:
-    path: Path
-    texts: list[str]
-    params: InferenceParams
-    future: asyncio.Future[list[Prediction]]
-    arrived: float
-
-
-@dataclass
-class _Runner:
-    """One model version's queue of /predict requests and its exclusive-use lock."""
-
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    pending: deque[_Request] = field(default_factory=deque)
-    draining: bool = False
-
-
 class Inference:
     """The server's entry point for generation: `await predict(...)`, `await stream(...)`.
 
-    Must be used from one event loop (the server's); blocking work runs in its own thread pool so
-    that slow generations never take the threads that ordinary routes need.
+    Must be used from one event loop (the server's); blocking work (loading, tokenizing, the
+    engines' loops) runs in its own thread pool so that slow generations never take the threads
+    that ordinary routes need. `micro_batch=False` (the benchmarks' baseline) runs one request at a
+    time per version instead of batching them.
     """
 
     def __init__(
@@ -161,204 +141,52 @@ class Inference:
         self.micro_batch = micro_batch
         self.batch_window_s = batch_window_s
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tuneloom-inference")
-        self._runners: dict[str, _Runner] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.batches = 0  # generate() calls made for /predict requests …
-        self.requests = 0  # … and the requests they answered (requests / batches: how much merging helped)
+        self._engines: dict[str, Engine] = {}
+
+    @property
+    def batches(self) -> int:
+        """Forward passes that started requests (prefills, or generate() calls) over all versions …"""
+        return sum(engine.batches for engine in self._engines.values())
+
+    @property
+    def requests(self) -> int:
+        """… and the requests they started (requests / batches: how much merging helped)."""
+        return sum(engine.requests for engine in self._engines.values())
 
     async def predict(
         self, version_id: str, path: Path, texts: Sequence[str], params: InferenceParams
     ) -> list[Prediction]:
-        """Generate for `texts`, possibly in one batch with other requests for the same version."""
-        loop = asyncio.get_running_loop()
-        runner = self._runners.setdefault(version_id, _Runner())
-        request = _Request(path, list(texts), params, loop.create_future(), loop.time())
-        runner.pending.append(request)
-        if not runner.draining:
-            runner.draining = True
-            task = asyncio.create_task(self._drain(version_id, runner))
-            self._tasks.add(task)  # keep a reference: the loop holds tasks weakly
-            task.add_done_callback(self._tasks.discard)
-        return await request.future
+        """Generate for `texts` in this version's running batch; the outputs in input order."""
+        job = await self._run(self._job, version_id, path, list(texts), params, None)
+        job.loop = asyncio.get_running_loop()
+        future = job.future = job.loop.create_future()
+        self._engine(version_id).submit(job)
+        return await future
 
     async def stream(self, version_id: str, path: Path, text: str, params: InferenceParams) -> TextStream:
-        """Start streaming one generation; waits for the model to be free and loaded first.
+        """Start streaming one generation in this version's running batch.
 
         Load errors raise here (before a response has started); errors while generating come out
-        of the returned stream. The model stays reserved until the stream ends or is cancelled.
+        of the returned stream. Cancelling the stream (client gone) drops its row at the next step.
         """
-        loop = asyncio.get_running_loop()
-        runner = self._runners.setdefault(version_id, _Runner())
-        await runner.lock.acquire()
-        try:
-            loaded = await self._run(self.cache.get, version_id, path)
-        except BaseException:
-            runner.lock.release()
-            raise
-        handle = TextStream(loop)
-        self._executor.submit(
-            handle.produce, loaded, text, params, lambda: loop.call_soon_threadsafe(runner.lock.release)
-        )
+        handle = TextStream(asyncio.get_running_loop())
+        job = await self._run(self._job, version_id, path, [text], params, handle)
+        self._engine(version_id).submit(job)
         return handle
+
+    def _job(
+        self, version_id: str, path: Path, texts: list[str], params: InferenceParams, stream: TextStream | None
+    ) -> Job:
+        """Worker thread: the loaded version and the request's rows (prompts rendered and counted)."""
+        loaded = self.cache.get(version_id, path)
+        return Job.create(loaded, texts, params, stream)
+
+    def _engine(self, version_id: str) -> Engine:
+        engine = self._engines.get(version_id)
+        if engine is None:
+            window = self.batch_window_s if self.micro_batch else 0.0
+            engine = self._engines[version_id] = Engine(self._executor, window, one_at_a_time=not self.micro_batch)
+        return engine
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    async def _drain(self, version_id: str, runner: _Runner) -> None:
-        """Run this version's pending requests, merged into batches, until none is left."""
-        try:
-            while runner.pending:
-                await self._wait_for_batch(runner)
-                async with runner.lock:
-                    batch = self._take_batch(runner)
-                    if batch:
-                        await self._run_batch(version_id, batch)
-        finally:
-            runner.draining = False
-
-    async def _wait_for_batch(self, runner: _Runner) -> None:
-        """Give requests arriving just after the oldest pending one a few ms to join its batch."""
-        if not self.micro_batch:
-            return
-        delay = runner.pending[0].arrived + self.batch_window_s - asyncio.get_running_loop().time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-
-    def _take_batch(self, runner: _Runner) -> list[_Request]:
-        """The oldest live request, plus (micro-batching) later ones with equal params, ≤ 128 inputs."""
-        while runner.pending and runner.pending[0].future.done():
-            runner.pending.popleft()  # its caller gave up
-        if not runner.pending:
-            return []
-        first = runner.pending.popleft()
-        batch, total, keep = [first], len(first.texts), deque[_Request]()
-        while self.micro_batch and runner.pending:
-            request = runner.pending.popleft()
-            if request.future.done():
-                continue
-            if request.params == first.params and total + len(request.texts) <= MAX_BATCH_INPUTS:
-                batch.append(request)
-                total += len(request.texts)
-            else:
-                keep.append(request)
-        runner.pending.extendleft(reversed(keep))
-        return batch
-
-    async def _run_batch(self, version_id: str, batch: list[_Request]) -> None:
-        texts = [t for request in batch for t in request.texts]
-        self.batches, self.requests = self.batches + 1, self.requests + len(batch)
-        try:
-            results = await self._run(self._generate, version_id, batch[0].path, texts, batch[0].params)
-        except Exception as err:
-            for request in batch:
-                if not request.future.done():
-                    request.future.set_exception(err)
-            return
-        start = 0
-        for request in batch:
-            part = results[start : start + len(request.texts)]
-            start += len(request.texts)
-            if not request.future.done():
-                request.future.set_result(part)
-
-    def _generate(self, version_id: str, path: Path, texts: list[str], params: InferenceParams) -> list[Prediction]:
-        from tuneloom.generate.generator import generate
-
-        loaded = self.cache.get(version_id, path)
-        generations = generate(loaded, texts, params)
-        return [Prediction(g, count_tokens(loaded, g.prompt)) for g in generations]
-
-
-def count_tokens(loaded: InferenceModel, text: str) -> int:
-    """Tokens of `text` as the model reads it (special tokens included, as when generating)."""
-    return len(loaded.tokenizer(text, add_special_tokens=True)["input_ids"])
-
-
-class TextStream:
-    """One streamed generation: iterate for text pieces; afterwards `finish_reason` and token counts are set.
-
-    Generation runs in a worker thread that hands pieces to the event loop through a queue. When
-    the consumer stops early (client gone, `cancel()`), the worker closes the generator, which
-    stops generating at its next token; then the model's lock is released.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self._loop = loop
-        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        self._cancelled = threading.Event()
-        self.finish_reason: str | None = None
-        self.tokens = 0
-        self.prompt_tokens = 0
-
-    def cancel(self) -> None:
-        self._cancelled.set()
-
-    async def __aiter__(self) -> AsyncIterator[str]:
-        try:
-            while True:
-                kind, value = await self._queue.get()
-                if kind == "piece":
-                    yield value
-                elif kind == "error":
-                    raise value
-                else:
-                    return
-        finally:
-            self.cancel()
-
-    def produce(self, loaded: InferenceModel, text: str, params: InferenceParams, done: Callable[[], object]) -> None:
-        """Worker thread: run `generate.stream`, forward its pieces, record how it finished."""
-        from tuneloom.generate.generator import render_prompt, stream
-
-        recorder = _RecordingModel(loaded.model)
-        pieces = cast(Generator[str, None, None], stream(dataclasses.replace(loaded, model=recorder), text, params))
-        try:
-            self.prompt_tokens = count_tokens(loaded, render_prompt(loaded, text, params))
-            for piece in pieces:
-                if self._cancelled.is_set():
-                    break
-                self._put("piece", piece)
-            pieces.close()  # joins the generation thread: the recorder has its output now
-            self.tokens, self.finish_reason = recorder.outcome(loaded, params)
-            self._put("done", None)
-        except Exception as err:
-            self._put("error", err)
-        finally:
-            pieces.close()
-            done()
-
-    def _put(self, kind: str, value: Any) -> None:
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, (kind, value))
-
-
-class _RecordingModel:
-    """The loaded model, passed through unchanged, remembering what `generate` returned.
-
-    `generate.stream` yields text only; the streamed answer still has to say whether it ended on
-    EOS/a stop string or ran out of tokens, and how many tokens it used — both read off the ids.
-    """
-
-    def __init__(self, model: Any):
-        self._model = model
-        self._new_ids: list[int] | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
-
-    def generate(self, **kwargs: Any) -> Any:
-        output = self._model.generate(**kwargs)
-        self._new_ids = output[0, kwargs["input_ids"].shape[1] :].tolist()
-        return output
-
-    def outcome(self, loaded: InferenceModel, params: InferenceParams) -> tuple[int, str]:
-        """(new tokens, finish reason) by the same rules as `generate()`'s batched path."""
-        from tuneloom.generate.generator import cut_at_stop, stop_strings
-
-        ids = list(self._new_ids or [])
-        eos, pad = loaded.tokenizer.eos_token_id, loaded.tokenizer.pad_token_id
-        while ids and ids[-1] == pad and pad != eos:
-            ids.pop()
-        if eos in ids:
-            return ids.index(eos), "stop"
-        _, stopped = cut_at_stop(loaded.tokenizer.decode(ids, skip_special_tokens=True), stop_strings(params))
-        return len(ids), "stop" if stopped or len(ids) < params.max_tokens else "length"

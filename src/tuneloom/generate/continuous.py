@@ -1,0 +1,203 @@
+"""Continuous batching: many generations share one forward pass per token, each joining and leaving on its own.
+
+`generate()` runs a fixed batch until its longest member is done, so a request that arrives a moment
+later waits for the whole batch, and a streamed request cannot share it at all. Here a batch is a
+running set of rows over one KV cache: `add` prefills new rows and merges their cache into the
+running one (left-padded to a common length), `step` decodes one token for every row, and a row
+that hits EOS, a stop string or its `max_tokens` (or is cancelled) leaves the batch at once.
+
+Each row keeps its own parameters: greedy and sampling rows, different temperatures, top-p, top-k,
+stop strings and `max_tokens` share one forward pass (sampling is done per row). Only beam search
+(`num_beams > 1`), and a model whose generation config asks for logits processors this loop does
+not apply, need `generate()` itself: `supports_continuous` says which.
+
+The decoding rules are `generate()`'s, so a greedy row gives the same text, token count and finish
+reason as the batched path: positions count real tokens only (left padding is masked), a row ends
+at EOS, at the first stop string in its decoded text, or after `max_tokens`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tuneloom.generate.generator import Generation, VisibleText, _encode, finish_generation, render_prompt, stop_strings
+from tuneloom.generate.loading import InferenceModel
+from tuneloom.generate.params import InferenceParams
+
+# Generation-config settings that `generate()` would turn into logits processors this loop lacks.
+_UNSUPPORTED_DEFAULTS: dict[str, Any] = {
+    "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "min_length": 0,
+    "min_new_tokens": None,
+    "bad_words_ids": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+}
+
+
+def supports_continuous(loaded: InferenceModel, params: InferenceParams) -> bool:
+    """Whether a row with `params` can join a continuous batch of this model (else use `generate()`)."""
+    if params.num_beams > 1:
+        return False
+    config = getattr(loaded.model, "generation_config", None)
+    return all(getattr(config, name, default) in (default, None) for name, default in _UNSUPPORTED_DEFAULTS.items())
+
+
+@dataclass(eq=False)
+class Row:
+    """One generation in a batch: its prompt, its parameters, and the tokens it has produced so far."""
+
+    prompt: str  # as the model sees it (rendered)
+    params: InferenceParams
+    visible: VisibleText
+    ids: list[int] = field(default_factory=list)
+    ended_on_eos: bool = False
+    finished: bool = False
+    cancelled: bool = False  # set from another thread: the row leaves at the next step
+    piece: str = ""  # text made visible by the latest token (for streams)
+
+    @classmethod
+    def create(cls, loaded: InferenceModel, text: str, params: InferenceParams) -> Row:
+        return cls(render_prompt(loaded, text, params), params, VisibleText(stop_strings(params)))
+
+    def generation(self, loaded: InferenceModel) -> Generation:
+        """The finished row as `generate()` would have returned it (trailing padding is not part of it)."""
+        ids, pad = list(self.ids), loaded.tokenizer.pad_token_id
+        while ids and ids[-1] == pad and pad != loaded.tokenizer.eos_token_id:
+            ids.pop()
+        decoded = loaded.tokenizer.decode(ids, skip_special_tokens=True)
+        return finish_generation(self.prompt, decoded, len(ids), self.ended_on_eos, self.params)
+
+    def accept(self, token: int, tokenizer: Any) -> None:
+        """Take one new token: end at EOS, at a stop string, or at max_tokens; note the text it reveals."""
+        if token == tokenizer.eos_token_id:
+            self.ended_on_eos = self.finished = True
+            self.piece = self.visible.rest()
+            return
+        self.ids.append(token)
+        self.piece, stopped = self.visible.update(tokenizer.decode(self.ids, skip_special_tokens=True))
+        if stopped or len(self.ids) >= self.params.max_tokens:
+            self.finished = True
+            self.piece += self.visible.rest()
+
+
+class ContinuousBatch:
+    """The running rows of one model and their KV cache; not thread-safe (one thread drives it)."""
+
+    def __init__(self, loaded: InferenceModel):
+        self.loaded = loaded
+        self.rows: list[Row] = []
+        self._cache: Any = None
+        self._mask = torch.zeros(0, 0, dtype=torch.long)  # (rows, cached positions): 0 = left padding
+        self._positions = torch.zeros(0, dtype=torch.long)  # each row's position of its last token
+        self._last = torch.zeros(0, dtype=torch.long)  # each row's last token: the next step's input
+        self._keep_logits = "logits_to_keep" in inspect.signature(loaded.model.forward).parameters
+
+    @torch.inference_mode()
+    def add(self, rows: list[Row]) -> None:
+        """Prefill `rows` together and merge them into the batch; each gets its first token."""
+        from transformers import DynamicCache
+
+        self.drop_finished()
+        inputs = _encode(self.loaded, [row.prompt for row in rows])
+        mask = inputs["attention_mask"]
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        cache = DynamicCache()
+        logits = self._forward(inputs["input_ids"], mask, positions, cache)
+        self._merge(rows, cache, mask, positions[:, -1])
+        self._accept(rows, logits)
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        """One token for every row; finished and cancelled rows leave the batch first."""
+        self.drop_finished()
+        if not self.rows:
+            return
+        ones = torch.ones(len(self.rows), 1, dtype=self._mask.dtype, device=self._mask.device)
+        self._mask = torch.cat([self._mask, ones], dim=1)
+        self._positions = self._positions + 1
+        logits = self._forward(self._last[:, None], self._mask, self._positions[:, None], self._cache)
+        self._accept(self.rows, logits)
+
+    def drop_finished(self) -> None:
+        """Remove finished and cancelled rows, and cache columns that only padding is left in."""
+        keep = [i for i, row in enumerate(self.rows) if not (row.finished or row.cancelled)]
+        if len(keep) == len(self.rows):
+            return
+        self.rows = [self.rows[i] for i in keep]
+        if not keep:
+            self._cache, self._mask = None, self._mask[:0, :0]
+            self._positions, self._last = self._positions[:0], self._last[:0]
+            return
+        index = torch.tensor(keep, device=self._mask.device)
+        self._mask, self._positions, self._last = self._mask[index], self._positions[index], self._last[index]
+        used = int(self._mask.any(dim=0).nonzero()[0])  # leading columns that are padding in every row
+        self._mask = self._mask[:, used:]
+        for layer in self._cache.layers:
+            layer.keys, layer.values = layer.keys[index, :, used:], layer.values[index, :, used:]
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
+        extra = {"logits_to_keep": 1} if self._keep_logits else {}
+        out = self.loaded.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True, **extra
+        )
+        return torch.as_tensor(out.logits[:, -1, :]).float()
+
+    def _merge(self, rows: list[Row], cache: Any, mask: torch.Tensor, positions: torch.Tensor) -> None:
+        """Append prefilled rows, left-padding whichever side's cache is shorter."""
+        self.rows += rows
+        if self._cache is None:
+            self._cache, self._mask, self._positions = cache, mask, positions
+            return
+        width = max(self._mask.shape[1], mask.shape[1])
+        self._mask = torch.cat([_pad_left(self._mask, width, 1), _pad_left(mask, width, 1)])
+        self._positions = torch.cat([self._positions, positions])
+        for old, new in zip(self._cache.layers, cache.layers, strict=True):
+            old.keys = torch.cat([_pad_left(old.keys, width, 2), _pad_left(new.keys, width, 2)])
+            old.values = torch.cat([_pad_left(old.values, width, 2), _pad_left(new.values, width, 2)])
+
+    def _accept(self, rows: list[Row], logits: torch.Tensor) -> None:
+        tokens = pick_tokens(logits, [row.params for row in rows])
+        start = len(self.rows) - len(rows)
+        self._last = torch.cat([self._last[:start], tokens])
+        for row, token in zip(rows, tokens.tolist(), strict=True):
+            row.accept(int(token), self.loaded.tokenizer)
+
+
+def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - t.shape[dim]
+    if missing == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
+
+
+def pick_tokens(logits: torch.Tensor, params: list[InferenceParams]) -> torch.Tensor:
+    """The next token per row: argmax for greedy rows; for sampling rows, temperature → top-k → top-p → draw.
+
+    The order and rules are those of `generate()`'s logits warpers (top-p keeps the most likely
+    tokens until their mass reaches `top_p`, at least one), applied row by row with each row's values.
+    """
+    greedy = logits.argmax(dim=-1)
+    sampling = torch.tensor([p.sampling for p in params], device=logits.device)
+    if not bool(sampling.any()):
+        return greedy
+    temperature = torch.tensor([max(p.temperature, 1e-5) for p in params], device=logits.device)
+    scores, order = (logits / temperature[:, None]).sort(dim=-1, descending=True)
+    rank = torch.arange(scores.shape[1], device=logits.device)[None, :]
+    top_k = torch.tensor([p.top_k or scores.shape[1] for p in params], device=logits.device)
+    scores = scores.masked_fill(rank >= top_k[:, None], float("-inf"))
+    probs = scores.softmax(dim=-1)
+    before = probs.cumsum(dim=-1) - probs  # mass of the more likely tokens
+    top_p = torch.tensor([p.top_p for p in params], device=logits.device)
+    scores = scores.masked_fill((before >= top_p[:, None]) & (rank > 0), float("-inf"))
+    drawn = order.gather(1, torch.multinomial(scores.softmax(dim=-1), 1)).squeeze(1)
+    return torch.where(sampling, drawn, greedy)

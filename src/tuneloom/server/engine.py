@@ -1,0 +1,258 @@
+"""One model version's engine: a thread that runs every request for it in one continuous batch.
+
+Requests (`Job`s) are queued from the event loop; the engine thread admits them between decoding
+steps — as many as fit `MAX_BATCH_ROWS` rows and `MAX_RUNNING_BATCH_TOKENS` tokens (prompt +
+max_tokens per row), the oldest first so that none is starved — prefills them into the running
+`ContinuousBatch`, and after every step hands each stream its new text and each finished
+prediction its outputs, through the event loop. A request whose client went away is dropped at the
+next step. Beam search, which a continuous batch cannot do, runs alone through `generate()`
+between two steps. The thread exits when nothing is running or waiting, and starts again on the
+next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tuneloom.generate.continuous import ContinuousBatch, Row
+    from tuneloom.generate.generator import Generation
+    from tuneloom.generate.loading import InferenceModel
+    from tuneloom.generate.params import InferenceParams
+
+MAX_BATCH_ROWS = 128  # rows decoded together (a request has at most 128 inputs, so one always fits)
+MAX_RUNNING_BATCH_TOKENS = 65_536  # rows × (prompt + max_tokens) admitted together, unless a request is alone
+
+
+@dataclass(frozen=True)
+class Prediction:
+    generation: Generation
+    prompt_tokens: int
+
+
+def count_tokens(loaded: InferenceModel, text: str) -> int:
+    """Tokens of `text` as the model reads it (special tokens included, as when generating)."""
+    return len(loaded.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+
+def batch_tokens(inputs: int, longest_prompt: int, max_tokens: int) -> int:
+    """What a request can hold in memory at once: its rows × (longest prompt + max_tokens) tokens."""
+    return inputs * (longest_prompt + max_tokens)
+
+
+class TextStream:
+    """One streamed generation: iterate for text pieces; afterwards `finish_reason` and token counts are set.
+
+    Pieces arrive from the engine's thread through a queue on the event loop. When the consumer
+    stops early (client gone, `cancel()`), the engine drops the generation at its next step.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._cancelled = threading.Event()
+        self.finish_reason: str | None = None
+        self.tokens = 0
+        self.prompt_tokens = 0
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        try:
+            while True:
+                kind, value = await self._queue.get()
+                if kind == "piece":
+                    yield value
+                elif kind == "error":
+                    raise value
+                else:
+                    return
+        finally:
+            self.cancel()
+
+    def finish(self, generation: Generation, prompt_tokens: int) -> None:
+        """Engine thread: record how the generation ended, then end the stream."""
+        self.tokens, self.finish_reason, self.prompt_tokens = generation.tokens, generation.finish_reason, prompt_tokens
+        self._put("done", None)
+
+    def _put(self, kind: str, value: Any) -> None:
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, (kind, value))
+
+
+@dataclass(eq=False)
+class Job:
+    """One request: its rows, and where their results go (a future for /predict, a `TextStream` for a stream)."""
+
+    loaded: InferenceModel
+    texts: list[str]
+    params: InferenceParams
+    rows: list[Row]
+    prompt_tokens: list[int]
+    continuous: bool  # False: beam search, run alone through generate()
+    stream: TextStream | None = None
+    future: asyncio.Future[list[Prediction]] | None = None
+    loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
+
+    @classmethod
+    def create(
+        cls, loaded: InferenceModel, texts: list[str], params: InferenceParams, stream: TextStream | None
+    ) -> Job:
+        """Render and count the prompts (worker thread); a stream with return_full_text starts with its prompt."""
+        from tuneloom.generate.continuous import Row, supports_continuous
+
+        rows = [Row.create(loaded, text, params) for text in texts]
+        counts = [count_tokens(loaded, row.prompt) for row in rows]
+        continuous = supports_continuous(loaded, params)
+        if stream is not None and continuous and params.return_full_text:
+            stream._put("piece", rows[0].prompt + " ")
+        return cls(loaded, texts, params, rows, counts, continuous, stream)
+
+    @property
+    def batch_tokens(self) -> int:
+        return batch_tokens(len(self.rows), max(self.prompt_tokens), self.params.max_tokens)
+
+    def abandoned(self) -> bool:
+        return self.stream.cancelled if self.stream is not None else self.future is None or self.future.done()
+
+    def deliver(self) -> bool:
+        """Engine thread, after a step: pass on new text and finished results; True once the job is over."""
+        if self.abandoned():
+            for row in self.rows:
+                row.cancelled = True
+            return True
+        if self.stream is not None:
+            row = self.rows[0]
+            if row.piece:
+                self.stream._put("piece", row.piece)
+                row.piece = ""
+            if row.finished:
+                self.stream.finish(row.generation(self.loaded), self.prompt_tokens[0])
+            return row.finished
+        if not all(row.finished for row in self.rows):
+            return False
+        self.complete([row.generation(self.loaded) for row in self.rows])
+        return True
+
+    def complete(self, generations: list[Generation]) -> None:
+        if self.stream is not None:  # generate()'s answer, in one piece
+            self.stream._put("piece", generations[0].text)
+            self.stream.finish(generations[0], self.prompt_tokens[0])
+            return
+        predictions = [Prediction(g, n) for g, n in zip(generations, self.prompt_tokens, strict=True)]
+        self._resolve(lambda future: future.set_result(predictions))
+
+    def fail(self, err: BaseException) -> None:
+        if self.stream is not None:
+            self.stream._put("error", err)
+        else:
+            self._resolve(lambda future: future.set_exception(err))
+
+    def _resolve(self, settle: Any) -> None:
+        future = self.future
+        if future is None or self.loop is None:
+            return
+
+        def settle_once() -> None:
+            if not future.done():
+                settle(future)
+
+        self.loop.call_soon_threadsafe(settle_once)
+
+
+class Engine:
+    """The queue and the thread that serve one model version; `submit` from the event loop."""
+
+    def __init__(self, executor: Executor, window_s: float, *, one_at_a_time: bool = False):
+        self._executor = executor
+        self._window_s = window_s
+        self._one_at_a_time = one_at_a_time
+        self._lock = threading.Lock()
+        self._pending: deque[Job] = deque()
+        self._running = False
+        self.batches = 0  # prefills and generate() calls …
+        self.requests = 0  # … and the requests they started
+
+    def submit(self, job: Job) -> None:
+        with self._lock:
+            self._pending.append(job)
+            start, self._running = not self._running, True
+        if start:
+            self._executor.submit(self._run)
+
+    def _run(self) -> None:
+        """Admit, step, deliver — until nothing is running or waiting."""
+        time.sleep(self._window_s)  # requests arriving together start together
+        batch: ContinuousBatch | None = None
+        active: list[Job] = []
+        while (taken := self._admit(active)) is not None:
+            for job in taken:
+                if not job.continuous:
+                    self._alone(job)
+            fresh = [job for job in taken if job.continuous]
+            active += fresh
+            try:
+                batch = self._advance(batch, fresh)
+            except Exception as err:  # e.g. out of memory: every request in the batch learns it
+                for job in active:
+                    job.fail(err)
+                active, batch = [], None
+                continue
+            active = [job for job in active if not job.deliver()]
+
+    def _advance(self, batch: ContinuousBatch | None, fresh: list[Job]) -> ContinuousBatch | None:
+        """Prefill newly admitted rows, or else decode one token for every running row."""
+        from tuneloom.generate.continuous import ContinuousBatch
+
+        if fresh:
+            if batch is None or not batch.rows:
+                batch = ContinuousBatch(fresh[0].loaded)
+            batch.add([row for job in fresh for row in job.rows])
+            self.batches += 1
+        elif batch is not None:
+            batch.step()
+        return batch
+
+    def _admit(self, active: list[Job]) -> list[Job] | None:
+        """The waiting jobs that fit beside the running ones (oldest first); None when there is no work left."""
+        with self._lock:
+            if not self._pending and not active:
+                self._running = False
+                return None
+            rows = sum(len(job.rows) for job in active)
+            tokens = sum(job.batch_tokens for job in active)
+            taken: list[Job] = []
+            while self._pending:
+                job = self._pending[0]
+                if job.abandoned():
+                    self._pending.popleft()
+                    continue
+                busy = bool(active or taken)
+                full = rows + len(job.rows) > MAX_BATCH_ROWS or tokens + job.batch_tokens > MAX_RUNNING_BATCH_TOKENS
+                if busy and (self._one_at_a_time or full):
+                    break
+                taken.append(self._pending.popleft())
+                rows, tokens = rows + len(job.rows), tokens + job.batch_tokens
+            self.requests += len(taken)
+            return taken
+
+    def _alone(self, job: Job) -> None:
+        """Beam search: `generate()` for this job alone, between two steps of the batch."""
+        from tuneloom.generate.generator import generate
+
+        self.batches += 1
+        try:
+            job.complete(generate(job.loaded, job.texts, job.params))
+        except Exception as err:
+            job.fail(err)
