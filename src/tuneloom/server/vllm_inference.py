@@ -128,9 +128,13 @@ class VllmInference:
         try:
             assert entry.engine is not None
             runs = (self._complete(entry.engine, version, text, params, request) for text in texts)
-            return list(await asyncio.gather(*runs))
+            results = await asyncio.gather(*runs, return_exceptions=True)  # none left running on a failure
         finally:
             await self._release(entry)
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
+            raise failed
+        return [r for r in results if isinstance(r, Prediction)]
 
     async def stream(self, version_id: str, path: Path, text: str, params: InferenceParams) -> TextStream:
         """Start one streamed generation; errors before the first token raise here, later ones in the stream."""
@@ -244,7 +248,8 @@ class VllmStream(TextStream):
             if params.return_full_text:
                 self._put("piece", prompt + " ")
             async for output in outputs:
-                self.prompt_tokens = len(output.prompt_token_ids or [])
+                if output.prompt_token_ids:  # deltas may carry it on the first output only
+                    self.prompt_tokens = len(output.prompt_token_ids)
                 completion = output.outputs[0]
                 self.tokens += len(completion.token_ids)
                 text = pending + completion.text
