@@ -353,12 +353,14 @@ def trained_versions(url: str, headers: dict[str, str], data_dir: Path, count: i
     from tuneloom.store.models import TrainingStatus
 
     api = f"{url}/api/apps"
-    assert httpx.post(api, json={"id": "shop"}, headers=headers).status_code == 201
-    assert httpx.post(f"{api}/shop/datasets", json={"id": "reviews"}, headers=headers).status_code == 201
+    assert httpx.post(api, json={"id": "shop"}, headers=headers, timeout=60).status_code == 201
+    assert httpx.post(f"{api}/shop/datasets", json={"id": "reviews"}, headers=headers, timeout=60).status_code == 201
     body = ("\n".join(sentiment_lines()) + "\n").encode()
-    assert httpx.post(f"{api}/shop/datasets/reviews/uploads", content=body, headers=headers).status_code == 201
-    dataset_version = httpx.post(f"{api}/shop/datasets/reviews/versions", headers=headers).json()["id"]
-    assert httpx.post(f"{api}/shop/models", json={"id": "gen"}, headers=headers).status_code == 201
+    assert (
+        httpx.post(f"{api}/shop/datasets/reviews/uploads", content=body, headers=headers, timeout=60).status_code == 201
+    )
+    dataset_version = httpx.post(f"{api}/shop/datasets/reviews/versions", headers=headers, timeout=60).json()["id"]
+    assert httpx.post(f"{api}/shop/models", json={"id": "gen"}, headers=headers, timeout=60).status_code == 201
     db = open_database(None, data_dir=data_dir, migrate=False)
     settings = tiny_settings()
     ids = []
@@ -376,15 +378,20 @@ def trained_versions(url: str, headers: dict[str, str], data_dir: Path, count: i
     return ids
 
 
-def sse_events(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
+def _raw_events(response: httpx.Response) -> list[tuple[str, str]]:
+    """(event name, data text) per server-sent event."""
     events, kind = [], "message"
     for line in response.iter_lines():
         if line.startswith("event: "):
             kind = line[len("event: ") :]
         elif line.startswith("data: "):
-            events.append((kind, json.loads(line[len("data: ") :])))
+            events.append((kind, line[len("data: ") :]))
             kind = "message"
     return events
+
+
+def sse_events(response: httpx.Response) -> list[tuple[str, dict[str, Any]]]:
+    return [(kind, json.loads(data)) for kind, data in _raw_events(response)]
 
 
 def test_routes_serve_each_version_as_its_adapter_on_one_engine(vllm_server: Any, fake_vllm: FakeVllm) -> None:
@@ -440,3 +447,13 @@ def test_routes_serve_each_version_as_its_adapter_on_one_engine(vllm_server: Any
         OutputKind.DELTA,
     )
     assert len({c.request_id for c in calls}) == len(calls)
+
+    # the OpenAI-compatible stream: same backend, usage counted from vLLM's token ids
+    body = {"model": f"shop/gen/{first}", "prompt": "hello", "max_tokens": 3, "temperature": 0, "stream": True}
+    body["stream_options"] = {"include_usage": True}
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, headers=headers, timeout=30) as response:
+        assert response.status_code == 200
+        chunks = [json.loads(d) for kind, d in _raw_events(response) if d != "[DONE]"]
+    assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == f"{first} answers"
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "length"
+    assert chunks[-1]["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
