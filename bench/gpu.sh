@@ -93,7 +93,7 @@ step "decode llama-1.1b-random, static cache + compile" 150 $PY -m bench.generat
   "${GEN_ARGS[@]}" --variants static
 # Optional: only where vLLM is installed (tuneloom[vllm]); the device machine usually lacks it.
 if $PY -c "import vllm" >/dev/null 2>&1; then
-  step "decode llama-1.1b-random, vLLM + tuneloom vLLM backend" 150 $PY -m bench.vllm_decode \
+  step "decode llama-1.1b-random, vLLM + tuneloom vLLM backend" 240 $PY -m bench.vllm_decode \
     --model llama-1.1b-random "${GEN_ARGS[@]}"
 else
   echo "== SKIPPED decode llama-1.1b-random, vLLM (optional): \`import vllm\` fails here (pip install 'tuneloom[vllm]')"
