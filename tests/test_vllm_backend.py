@@ -78,6 +78,8 @@ class FakeEngine:
     async def generate(
         self, prompt: str, params: Any, request_id: str, *, lora_request: LoRARequest | None = None
     ) -> AsyncIterator[Any]:
+        if "TOO LONG" in prompt:
+            raise ValueError("the prompt (3000 tokens) is longer than the maximum model length of 2048")
         call = Call(prompt, params, request_id, lora_request)
         self.calls.append(call)
         steps, finish = _decode(lora_request.lora_name if lora_request else "full", params)
@@ -457,3 +459,7 @@ def test_routes_serve_each_version_as_its_adapter_on_one_engine(vllm_server: Any
     assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == f"{first} answers"
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "length"
     assert chunks[-1]["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+
+    refused = httpx.post(f"{model}/predict", json={"inputs": ["TOO LONG"]}, headers=headers, timeout=30)
+    assert refused.status_code == 422
+    assert refused.json()["code"] == "INVALID_PARAMS" and "maximum model length" in refused.json()["message"]

@@ -6,11 +6,13 @@ own engine. Prompts are rendered exactly as the transformers path renders them (
 stored prompt format), and the same stop rules apply: `###`, the request's stop strings, and the
 EOS token of the version's own tokenizer.
 
-vLLM is an optional extra (`pip install 'tuneloom[vllm]'`, pinned to `VLLM_REQUIREMENT`) that needs
-an NVIDIA GPU, so it is imported only inside the functions that build its objects. The calls follow
-vLLM 0.33's documented API (`AsyncEngineArgs`, `AsyncLLMEngine.from_engine_args`, `SamplingParams`,
-`vllm.lora.request.LoRARequest`, `RequestOutputKind`); this repository's tests check them against a
-stand-in module only — the real engine is exercised by `bench/gpu.sh` on a machine that has vLLM.
+vLLM is an optional extra (`pip install 'tuneloom[vllm]'`, pinned to `VLLM_REQUIREMENT`, the latest
+release when this was written) that needs an NVIDIA GPU, so it is imported only inside the functions
+that build its objects. The calls follow vLLM's v1 engine API as read from its source and docs
+(`AsyncEngineArgs`, `AsyncLLMEngine.from_engine_args` = `AsyncLLM`, `generate(prompt, params,
+request_id, lora_request=…)`, `SamplingParams` with `output_kind`, `LoRARequest`, the allowed
+`max_lora_rank` values); this repository's tests check them against a stand-in module only — the
+real engine runs in `bench/gpu.sh` on a machine that has vLLM, and has not run yet.
 """
 
 from __future__ import annotations
@@ -156,6 +158,15 @@ def lora_request(name: str, int_id: int, adapter_dir: Path) -> Any:
     from vllm.lora.request import LoRARequest
 
     return LoRARequest(lora_name=name, lora_int_id=int_id, lora_path=str(adapter_dir))
+
+
+def request_errors() -> tuple[type[BaseException], ...]:
+    """What vLLM raises for a request it refuses (too long a prompt…): ValueError, or from 0.27 VLLMClientError."""
+    try:
+        from vllm.exceptions import VLLMClientError
+    except ImportError:
+        return (ValueError,)
+    return (ValueError, VLLMClientError)
 
 
 def start_engine(kwargs: dict[str, Any]) -> Any:

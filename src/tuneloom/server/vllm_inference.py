@@ -34,6 +34,7 @@ from tuneloom.generate.vllm_engine import (
     engine_kwargs,
     lora_request,
     plan_version,
+    request_errors,
     sampling_params,
     start_engine,
 )
@@ -212,12 +213,12 @@ class VllmInference:
 
 
 async def _generate(engine: Any, prompt: str, request: Any, lora: Any | None) -> AsyncGenerator[Any, None]:
-    """One request's outputs; vLLM's ValueErrors (a prompt longer than the model allows…) become 422s."""
+    """One request's outputs; a request vLLM refuses (a prompt longer than the model allows…) is a 422."""
     request_id = f"tuneloom-{uuid.uuid4().hex}"
     try:
         async for output in engine.generate(prompt, request, request_id, lora_request=lora):
             yield output
-    except ValueError as err:
+    except request_errors() as err:
         raise SettingsError(f"vLLM refused the request: {err}", key="inputs") from err
 
 
