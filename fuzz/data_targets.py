@@ -16,7 +16,7 @@ import atheris
 from tuneloom.data import RESPONSE_HEADERS, Example, InvalidRow, parse_file
 from tuneloom.data.csv_rows import check_header, iter_csv_rows
 from tuneloom.data.jsonl_rows import jsonl_row_batches
-from tuneloom.data.lines import iter_batches
+from tuneloom.data.lines import iter_batches, lone_cr
 from tuneloom.data.sections import (
     _parse_general,
     check_response_headers,
@@ -71,6 +71,7 @@ def lines(data: bytes) -> None:
     for first, items in iter_batches(chunks):
         assert first == len(numbers) + 1, (first, len(numbers))
         numbers.extend(range(first, first + len(items)))
+        assert all(lone_cr(item) < 0 for item in items if isinstance(item, str)), items  # those are rows
     assert len(numbers) == len(expected), (len(numbers), len(expected))
 
 
@@ -104,6 +105,8 @@ def csv(data: bytes) -> None:
     _check_rows(rows, body.count(b"\n") + 1)
     starts = [row.line for row in rows]
     assert starts == sorted(starts), starts
+    # a "\r" inside a line fails its record; one ending a line (in a quoted cell too) becomes "\n"
+    assert not any("\r" in row.prompt + row.completion for row in rows if isinstance(row, Example)), rows
 
 
 def jsonl(data: bytes) -> None:

@@ -86,6 +86,16 @@ FILES: dict[str, Verdict] = {
     "json-escapes.jsonl": report(1, 2, "NUL"),
     "huge-number.jsonl": report(1, 1, "a number has more than 4,300 digits"),
     "json-document.json": refused("one JSON document, not JSON Lines"),
+    # A key given twice in one object, at the top or nested (a chat message, metadata), even spelled with
+    # an escape; the same key in two objects is fine. Was: 6 valid, each keeping the last value given.
+    "duplicate-keys.jsonl": report(3, 4, 'duplicate key \'completion\': one object gives it twice ("hi" and "bye")'),
+    # A "\r" inside a line (not its "\r\n" ending) of a "\n" file: the row is reported, whatever the format.
+    # Was: .txt 20 valid (two rows joined into one multi-turn example, a completion "posi\rtive");
+    # .csv an unquoted \r blamed on old Mac files, a quoted one kept in the prompt; .jsonl "Extra data"
+    # for two joined objects, a \r between keys accepted. An escaped \r in a JSON string stays content.
+    "lone-cr.txt": report(18, 2, "a carriage return (\\r) inside the line, at character 40"),
+    "lone-cr.csv": report(4, 2, "a carriage return (\\r) inside the line, at character 4"),
+    "lone-cr.jsonl": report(3, 2, "a carriage return (\\r) inside the line, at character 43"),
     "sections-repeated.txt": report(3, 0),  # the completion is the last response section
     "sections-odd-order.txt": report(0, 5, "comes after the last response section"),  # was: validate crashed
     "terminal-controls.txt": report(4, 1, "no '### Assistant:'"),
