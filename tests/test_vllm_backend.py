@@ -293,6 +293,8 @@ def test_engines_are_shared_per_base_and_swapped_when_idle(tmp_path: Path, fake_
         assert len(fake_vllm.engines) == 2 and fake_vllm.engines[0].shut_down  # the idle base engine made room
         await service.predict("a", versions["a"], ["x"], params)
         assert fake_vllm.engines[1].shut_down and len(fake_vllm.engines) == 3
+        tokenizers = {id(service.cache.get(n, versions[n]).tokenizer) for n in versions}
+        assert len(tokenizers) == 1  # identical tokenizer files: one loaded copy for every version
         ids = [(c.lora.lora_name, c.lora.lora_int_id) for e in fake_vllm.engines for c in e.calls if c.lora]
         assert ids == [("a", 1), ("a", 1), ("a", 1)]  # stable across engines ("c" took 2, never reused)
 

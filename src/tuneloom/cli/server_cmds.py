@@ -50,7 +50,7 @@ def _positive(text: str) -> int:
 
 def _limit_args(serve: argparse.ArgumentParser) -> None:
     from tuneloom.generate.params import MAX_TOKENS_LIMIT
-    from tuneloom.server.limits import DEFAULT_MAX_GENERATIONS_PER_KEY, DEFAULT_MAX_JSON_BYTES
+    from tuneloom.server.limits import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_GENERATIONS_PER_KEY, DEFAULT_MAX_JSON_BYTES
 
     serve.add_argument(
         "--max-json-kb", type=_positive, default=DEFAULT_MAX_JSON_BYTES // 1024, help="largest JSON request body"
@@ -66,6 +66,12 @@ def _limit_args(serve: argparse.ArgumentParser) -> None:
         type=_positive,
         default=MAX_TOKENS_LIMIT,
         help=f"the most tokens a request may ask to generate (at most {MAX_TOKENS_LIMIT})",
+    )
+    serve.add_argument(
+        "--max-batch-tokens",
+        type=_positive,
+        default=DEFAULT_MAX_BATCH_TOKENS,
+        help="the most inputs × (prompt + max_tokens) tokens one request may hold; more is refused with 422",
     )
 
 
@@ -97,6 +103,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_json_bytes=args.max_json_kb * 1024,
         max_generations_per_key=args.max_concurrent_generations_per_key,
         max_tokens_limit=min(args.max_tokens_limit, MAX_TOKENS_LIMIT),
+        max_batch_tokens=args.max_batch_tokens,
     )
     ctx.inference_backend = backend
     _recover(ctx)

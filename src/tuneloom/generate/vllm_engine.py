@@ -55,6 +55,7 @@ class ServingPlan:
     adapter_dir: Path | None  # None: a full fine-tune, the engine's own weights
     adapter_rank: int | None
     prompt_format: PromptFormat
+    tokenizer_key: str = ""  # equal for versions whose tokenizer files are identical (one loaded copy serves all)
 
 
 def plan_version(path: Path, *, label: str | None = None) -> ServingPlan:
@@ -67,13 +68,17 @@ def plan_version(path: Path, *, label: str | None = None) -> ServingPlan:
     dtype = str(model_config.get("torch_dtype") or "auto").removeprefix("torch.")
     quantization = "bitsandbytes" if _is_bitsandbytes(settings.get("quantization_config") or {}) else None
     prompt_format = PromptFormat.from_dict(version.prompt_format)
+    files = version.manifest.get("files", {})
+    checksums = sorted((n, h) for n, h in files.items() if n.startswith("tokenizer/"))
+    tokenizer_key = json.dumps(checksums) if checksums else str(path / "tokenizer")
     if not version.is_adapter:
         weights = str(version.weights_dir)
-        return ServingPlan(weights, weights, str(path / "tokenizer"), dtype, quantization, None, None, prompt_format)
+        tokenizer = str(path / "tokenizer")
+        return ServingPlan(weights, weights, tokenizer, dtype, quantization, None, None, prompt_format, tokenizer_key)
     base = resolve_model_dir(str(model_config["pretrained_model_name_or_path"]))
     rank = adapter_rank(version.weights_dir)
     key = f"{base}|{dtype}|{quantization or ''}"
-    return ServingPlan(key, base, base, dtype, quantization, version.weights_dir, rank, prompt_format)
+    return ServingPlan(key, base, base, dtype, quantization, version.weights_dir, rank, prompt_format, tokenizer_key)
 
 
 def adapter_rank(adapter_dir: Path) -> int:

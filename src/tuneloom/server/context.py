@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneloom.generate.params import MAX_TOKENS_LIMIT
-from tuneloom.server.limits import DEFAULT_MAX_GENERATIONS_PER_KEY, DEFAULT_MAX_JSON_BYTES
+from tuneloom.server.limits import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_GENERATIONS_PER_KEY, DEFAULT_MAX_JSON_BYTES
 from tuneloom.store.artifacts import Artifacts
 from tuneloom.store.db import Database, open_database
 from tuneloom.store.keys import load_pepper
@@ -25,6 +25,7 @@ class ServerContext:
     max_json_bytes: int = DEFAULT_MAX_JSON_BYTES
     max_generations_per_key: int = DEFAULT_MAX_GENERATIONS_PER_KEY
     max_tokens_limit: int = MAX_TOKENS_LIMIT
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS  # inputs × (prompt + max_tokens) per request
     inference_backend: str = "transformers"  # resolved by `serve --backend` (tuneloom.server.backends)
 
     @classmethod
@@ -38,9 +39,12 @@ class ServerContext:
         max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
         max_generations_per_key: int = DEFAULT_MAX_GENERATIONS_PER_KEY,
         max_tokens_limit: int = MAX_TOKENS_LIMIT,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
     ) -> ServerContext:
         """Open (and migrate) the database; the pepper and artifacts live in the data dir."""
         data_dir.mkdir(parents=True, exist_ok=True)
         db = open_database(database_url, data_dir=data_dir)
         limits = (max_json_bytes, max_generations_per_key, max_tokens_limit)
-        return cls(db, load_pepper(data_dir), Artifacts(data_dir), max_upload_bytes, model_cache_bytes, *limits)
+        ctx = cls(db, load_pepper(data_dir), Artifacts(data_dir), max_upload_bytes, model_cache_bytes, *limits)
+        ctx.max_batch_tokens = max_batch_tokens
+        return ctx

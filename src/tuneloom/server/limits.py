@@ -8,6 +8,9 @@
   rather than a queue that one client can grow without bound while others wait behind it.
 - max_tokens: a server-wide cap (`--max-tokens-limit`, at most `MAX_TOKENS_LIMIT`), refused as a
   422 naming the key and the limit; a request that does not ask gets the default, lowered to the cap.
+- batch tokens: inputs × (longest prompt + max_tokens), what one request can hold in memory at once
+  (128 inputs × 4,096 tokens would exhaust it though each count is within its own cap), at most
+  `--max-batch-tokens`; above it is a 422 naming the limit and the request's figure.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import HTTPException, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,6 +30,7 @@ from tuneloom.generate.params import InferenceParams
 
 DEFAULT_MAX_JSON_BYTES = 1024 * 1024
 DEFAULT_MAX_GENERATIONS_PER_KEY = 4
+DEFAULT_MAX_BATCH_TOKENS = 65_536  # e.g. 128 inputs × 512 tokens, or 16 × 4,096; ~3 GiB of KV cache for SmolLM2
 UPLOAD_PATH = re.compile(r"^/api/apps/[^/]+/datasets/[^/]+/uploads/?$")
 
 
@@ -123,3 +128,24 @@ def cap_max_tokens(params: InferenceParams, limit: int, *, asked: bool, key: str
             key=key,
         )
     return dataclasses.replace(params, max_tokens=limit)
+
+
+def check_batch_tokens(loaded: Any, texts: Sequence[str], params: InferenceParams, limit: int) -> None:
+    """Refuse a request whose inputs × (longest prompt + max_tokens) exceeds `limit` (blocking: tokenizes).
+
+    `loaded` is what the generation service's cache holds for the version: anything with the
+    version's `tokenizer` and `prompt_format`.
+    """
+    from tuneloom.generate.generator import render_prompt
+    from tuneloom.server.engine import batch_tokens, count_tokens
+
+    longest = max(count_tokens(loaded, render_prompt(loaded, text, params)) for text in texts)
+    figure = batch_tokens(len(texts), longest, params.max_tokens)
+    if figure > limit:
+        raise SettingsError(
+            f"this request needs {len(texts)} input(s) × ({longest} prompt tokens + {params.max_tokens} max_tokens) "
+            f"= {figure:,} batch tokens, above this server's limit of {limit:,} (--max-batch-tokens); "
+            "send fewer inputs or ask for fewer max_tokens",
+            key="max_batch_tokens",
+            details={"limit": limit, "batch_tokens": figure},
+        )

@@ -64,6 +64,7 @@ class VersionRegistry:
 
     def __init__(self) -> None:
         self._versions: dict[str, VllmVersion] = {}
+        self._tokenizers: dict[str, Any] = {}  # by the checksums of the tokenizer files
         self._ids: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -72,16 +73,26 @@ class VersionRegistry:
             known = self._versions.get(version_id)
         if known is not None:
             return known
-        from transformers import AutoTokenizer
-
         plan = plan_version(path, label=f"model version '{version_id}'")  # errors never show the data dir
-        tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
+        tokenizer = self._tokenizer(plan.tokenizer_key, path / "tokenizer")
         lora = (
             None if plan.adapter_dir is None else lora_request(version_id, self.lora_id(version_id), plan.adapter_dir)
         )
         version = VllmVersion(plan, tokenizer, lora)
         with self._lock:
             return self._versions.setdefault(version_id, version)
+
+    def _tokenizer(self, key: str, folder: Path) -> Any:
+        """Versions of one base share their tokenizer files: load one copy per distinct set."""
+        with self._lock:
+            known = self._tokenizers.get(key)
+        if known is not None:
+            return known
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        with self._lock:
+            return self._tokenizers.setdefault(key, tokenizer)
 
     def lora_id(self, version_id: str) -> int:
         """1, 2, 3… in order of first use; the same version always gets the same id."""

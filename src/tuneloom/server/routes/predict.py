@@ -25,7 +25,7 @@ from tuneloom.server.auth import api_key, context, require_app
 from tuneloom.server.backends import GenerationService, make_service
 from tuneloom.server.context import ServerContext
 from tuneloom.server.inference import TextStream
-from tuneloom.server.limits import GenerationSlots, cap_max_tokens, generation_slots
+from tuneloom.server.limits import GenerationSlots, cap_max_tokens, check_batch_tokens, generation_slots
 from tuneloom.server.schemas import GenerateRequest, PredictionOut, PredictRequest, PredictResponse
 from tuneloom.server.schemas.inference import MAX_INPUT_CHARS
 from tuneloom.server.schemas.openai import finish_reason
@@ -93,6 +93,14 @@ def check_inputs(inputs: list[str], key: str = "inputs") -> None:
         raise SettingsError(f"each of '{key}' may be at most {MAX_INPUT_CHARS:,} characters", key=key)
 
 
+async def check_batch_size(
+    ctx: ServerContext, service: Service, version: ModelVersion, texts: list[str], params: InferenceParams
+) -> None:
+    """Refuse (422) what would hold more than `--max-batch-tokens` at once; loads the version if need be."""
+    loaded = await run_in_threadpool(service.cache.get, version.id, version_dir(ctx, version))
+    await run_in_threadpool(check_batch_tokens, loaded, texts, params, ctx.max_batch_tokens)
+
+
 @router.post("/predict")
 async def predict(
     app_id: AppId, model_id: str, body: PredictRequest, ctx: Context, service: Service, key: Key, slots: Slots
@@ -100,6 +108,7 @@ async def predict(
     params = request_params(ctx, body.inference_params)
     check_inputs(body.inputs)
     version = await run_in_threadpool(resolve_version, ctx, app_id, model_id, body.version)
+    await check_batch_size(ctx, service, version, body.inputs, params)
     async with slots.hold(key.id):
         predictions = await service.predict(version.id, version_dir(ctx, version), body.inputs, params)
     outputs = [
@@ -117,6 +126,7 @@ async def generate(
     params = request_params(ctx, body.inference_params)
     check_inputs([body.input], key="input")
     version = await run_in_threadpool(resolve_version, ctx, app_id, model_id, body.version)
+    await check_batch_size(ctx, service, version, [body.input], params)
     pieces, slot = await stream_in_slot(service, slots, key, version, version_dir(ctx, version), body.input, params)
     return StreamingResponse(
         _events(pieces, version.id), media_type="text/event-stream", headers=SSE_HEADERS, background=slot
