@@ -9,7 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.conftest import api_key, sentiment_lines
+from tests.conftest import _database_args as database_args
+from tests.conftest import api_key, run_cli, sentiment_lines
 
 Api = tuple[str, dict[str, str], str]  # models URL, headers, READY dataset version id
 FINAL = {"MODEL_TRAINED", "MODEL_TRAINING_FAILED", "MODEL_TRAINING_INVALID_PARAMS", "MODEL_TRAINING_CANCELLED"}
@@ -154,8 +155,10 @@ def test_training_again_from_an_earlier_version(api: Api, server: tuple[str, Pat
     assert curve(again["id"])[0]["loss"] < curve(first["id"])[0]["loss"]
 
 
-def test_runs_that_cannot_train_end_with_the_hosted_status_codes(api: Api) -> None:
+def test_runs_that_cannot_train_end_with_the_hosted_status_codes(api: Api, server: tuple[str, Path]) -> None:
+    """A GPU-only run waits (with why) for a worker that has a GPU; the CPU run behind it is not held up."""
     model = create_model(api, "refused")
+    gptq = train(api, model, template="llama-2-7b-chat-gptq-lora")
     too_long = train(api, model, tokenizer_config={"model_max_length": 16})
     ended = wait_final(api, f"{model}/versions/{too_long['id']}")
     assert (ended["status"]["name"], ended["status"]["code"]) == (
@@ -163,7 +166,15 @@ def test_runs_that_cannot_train_end_with_the_hosted_status_codes(api: Api) -> No
         21119,
     ), ended["status"]
     assert "model_max_length" in ended["status"]["message"] or "tolerance" in ended["status"]["message"]
-    gptq = train(api, model, template="llama-2-7b-chat-gptq-lora")
-    refused = wait_final(api, f"{model}/versions/{gptq['id']}")
-    assert (refused["status"]["name"], refused["status"]["code"]) == ("MODEL_TRAINING_INVALID_PARAMS", 21118)
-    assert "GPU" in refused["status"]["message"]
+    waiting = httpx.get(f"{model}/versions/{gptq['id']}", headers=api[1]).json()
+    assert (waiting["status"]["name"], waiting["queue_position"]) == ("MODEL_QUEUED_FOR_TRAINING", 1)
+    assert waiting["status"]["message"].startswith(
+        "waiting for a worker with a CUDA GPU (quantization_config needs one) and at least 3,338 MiB of GPU memory"
+    ), waiting["status"]
+    assert "(live workers: 1, CPU only, " in waiting["status"]["message"]
+    listed = run_cli("workers", "--data-dir", str(server[1]), *database_args(server[1]))
+    assert listed.returncode == 0, listed.stderr
+    assert f"queued {gptq['id']} (llama-2-7b-chat-gptq-lora): waiting for a worker with a CUDA GPU" in listed.stdout
+    assert "CPU only" in listed.stdout and "live" in listed.stdout  # the server's own worker slot
+    cancelled = httpx.post(f"{model}/versions/{gptq['id']}/cancel", headers=api[1]).json()
+    assert cancelled["status"]["name"] == "MODEL_TRAINING_CANCELLED"

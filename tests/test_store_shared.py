@@ -6,16 +6,12 @@ checksum-verified, into another (a second machine's); a damaged or half-uploaded
 
 from __future__ import annotations
 
-import contextlib
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-from tests.conftest import _free_port
+from tests.s3_support import BUCKET, moto_s3
 
 from tuneloom.model_version import open_version
 from tuneloom.store.artifacts import Artifacts
@@ -23,44 +19,13 @@ from tuneloom.store.shared import INDEX_SUFFIX, ArtifactIntegrityError, Artifact
 from tuneloom.train.recipe import TrainJob, run_training
 
 pytest.importorskip("s3fs")
-BUCKET = "tuneloom-test"
 
 
 @pytest.fixture(scope="module")
 def s3_url() -> Iterator[str]:
     """A real moto S3 server process on a loopback port, with a bucket; the AWS variables point at it."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    with pytest.MonkeyPatch.context() as env:
-        for name, value in {
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": endpoint,
-        }.items():
-            env.setenv(name, value)
-        try:
-            _wait_for(endpoint, proc)
-            httpx.put(f"{endpoint}/{BUCKET}").raise_for_status()
-            yield f"s3://{BUCKET}/shared"
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
-
-
-def _wait_for(endpoint: str, proc: subprocess.Popen[bytes]) -> None:
-    for _ in range(200):
-        assert proc.poll() is None, "moto server exited"
-        with contextlib.suppress(httpx.HTTPError):
-            httpx.get(endpoint, timeout=1)
-            return
-        subprocess.run(["sleep", "0.1"], check=True)
-    pytest.fail("moto server did not start")
+    with moto_s3() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import threading
 from pathlib import Path
@@ -25,11 +26,13 @@ def register(commands: Any) -> None:
         help="generation engine: vllm (tuneloom[vllm] on a CUDA GPU), transformers, or auto (vllm where it can run)",
     )
     _limit_args(serve)
+    _artifact_arg(serve)
     _worker_args(serve, default_help="training workers beside the API (default: one per GPU, or 1; 0: none)")
     serve.set_defaults(run=run_serve)
 
     worker = commands.add_parser("worker", help="run training workers only, sharing a server's database and data")
     _storage_args(worker)
+    _artifact_arg(worker)
     _worker_args(worker, default_help="slots, one job each (default: one per GPU, or 1)")
     worker.set_defaults(run=run_worker)
 
@@ -80,6 +83,14 @@ def _storage_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database-url", default=None, help="e.g. postgresql://… (default: SQLite in the data dir)")
 
 
+def _artifact_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--artifact-url",
+        default=os.environ.get("TUNELOOM_ARTIFACT_URL") or None,
+        help="shared artifact store, e.g. s3://bucket/prefix (env TUNELOOM_ARTIFACT_URL); the data dir becomes a cache",
+    )
+
+
 def _worker_args(parser: argparse.ArgumentParser, *, default_help: str) -> None:
     parser.add_argument("--workers", type=int, default=None, help=default_help)
     parser.add_argument("--lease-seconds", type=float, default=60.0, help="a silent worker loses its job after this")
@@ -106,6 +117,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_batch_tokens=args.max_batch_tokens,
     )
     ctx.inference_backend = backend
+    _share(ctx.artifacts, args)
     _recover(ctx)
     pool = _start_workers(ctx.db, ctx.artifacts, args)
     _warm_up()
@@ -148,7 +160,9 @@ def run_worker(args: argparse.Namespace) -> int:
     from tuneloom.store.db import open_database
 
     db = open_database(args.database_url, data_dir=args.data_dir)
-    pool = _start_workers(db, Artifacts(args.data_dir), args)
+    artifacts = Artifacts(args.data_dir)
+    _share(artifacts, args)
+    pool = _start_workers(db, artifacts, args)
     if pool is None:
         return 0
     done = threading.Event()
@@ -158,6 +172,14 @@ def run_worker(args: argparse.Namespace) -> int:
     console_err.print("stopping workers: checkpointing and returning running jobs to the queue")
     pool.stop()
     return 0
+
+
+def _share(artifacts: Any, args: argparse.Namespace) -> None:
+    """Publish to and fetch from `--artifact-url` (checked reachable now, not at the first training run)."""
+    from tuneloom.store.shared import share
+
+    if share(artifacts, args.artifact_url) is not None:
+        console_err.print(f"artifacts shared through {args.artifact_url} (the data dir is this machine's cache)")
 
 
 def _start_workers(db: Any, artifacts: Any, args: argparse.Namespace) -> Any:

@@ -28,6 +28,7 @@ from tuneloom.server.limits import BodySizeLimit, GenerationSlots
 from tuneloom.server.routes import apps, datasets, models, openai_compat, predict
 from tuneloom.server.security import SecurityHeaders
 from tuneloom.store.db import is_unavailable
+from tuneloom.store.shared import ArtifactIntegrityError, ArtifactStoreError
 from tuneloom.web import mount_web
 
 log = logging.getLogger("tuneloom.server")
@@ -41,6 +42,8 @@ STATUS_BY_ERROR: tuple[tuple[type[TuneloomError], int], ...] = (
     (SettingsError, 422),
     (DataFileError, 422),
     (ModelVersionError, 409),  # a damaged or incomplete model version on disk: the request was fine
+    (ArtifactIntegrityError, 409),  # the shared store's copy does not match what was published
+    (ArtifactStoreError, 503),  # the shared store is unreachable: try again
 )
 
 

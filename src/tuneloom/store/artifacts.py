@@ -22,9 +22,13 @@ import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tuneloom.errors import TuneloomError
 from tuneloom.store.ids import check_id, new_id
+
+if TYPE_CHECKING:
+    from tuneloom.store.shared import ArtifactStore
 
 UPLOADS = "uploads"
 DATASET_VERSIONS = "dataset-versions"
@@ -44,6 +48,16 @@ class Artifacts:
 
     def __init__(self, data_dir: Path | str):
         self.root = Path(data_dir).resolve()
+        self.shared: ArtifactStore | None = None  # set by `tuneloom.store.shared.share`
+
+    def fetch(self, relative: str) -> Path:
+        """A stored artifact's local path; with a shared store, downloaded and verified first if missing here."""
+        return self.shared.fetch(relative) if self.shared else self.resolve(relative)
+
+    def publish(self, relative: str) -> None:
+        """Copy a finished artifact to the shared store, if there is one (before the database says it exists)."""
+        if self.shared:
+            self.shared.publish(relative)
 
     def resolve(self, relative: str | Path) -> Path:
         """The absolute path of `relative` under the data dir; raises if it would escape it."""

@@ -3,7 +3,8 @@
 `create_version` records a PENDING version; `build_version` (run by the server right away or in
 the background for big datasets) copies the inputs, in `seq` order and from one consistent read,
 into `dataset-versions/<id>.jsonl`, and marks it READY with its hash and stats — or FAILURE with
-a message. The file is written to a temporary name and renamed, then made read-only; a READY
+a message. The file is written to a temporary name and renamed, then made read-only (and
+published to the shared artifact store, when there is one, before it is READY); a READY
 row refuses any change (an ORM guard in `models`), so a training run always sees exactly what was versioned.
 
 The content hash is SHA-256 over the ordered (prompt, completion) pairs, each encoded as a compact
@@ -104,6 +105,10 @@ def build_version(
         target.unlink(missing_ok=True)
         return _finish(db, version_id, State.FAILURE, message="the dataset has no inputs to version")
     os.chmod(target, 0o444)
+    try:  # on the shared store before anyone sees READY: a worker elsewhere fetches it from there
+        artifacts.publish(artifacts.relative(target))
+    except TuneloomError as err:
+        return _finish(db, version_id, State.FAILURE, message=err.message)
     return _finish(
         db,
         version_id,

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from tuneloom.errors import SettingsError, TuneloomError
@@ -30,6 +30,8 @@ from tuneloom.store.db import Database, fetch
 from tuneloom.store.ids import ConflictError, NotFoundError, check_id, new_id
 from tuneloom.store.models import QUEUED, RUNNING, Dataset, DatasetVersion, ModelVersion, TrainingStatus, utcnow
 from tuneloom.store.registry import find_model
+from tuneloom.store.workers import Capacity
+from tuneloom.templates.requirements import job_requirement
 from tuneloom.templates.settings import TrainingSettings
 
 DEFAULT_MAX_ATTEMPTS = 3
@@ -59,6 +61,7 @@ def enqueue(
     trained version of the same model.
     """
     stored = TrainingSettings.from_dict(settings).to_dict()
+    needs = job_requirement(template, stored)
     with db.write() as session:
         model = find_model(session, app_id, model_id)
         _check_dataset_version(session, model.app_id, dataset_version_id)
@@ -72,6 +75,8 @@ def enqueue(
             template=template,
             settings=stored,
             max_attempts=max(1, int(max_attempts)),
+            needs_cuda=needs.cuda,
+            needs_memory_mb=needs.memory_mb,
         )
         _set_status(job, TrainingStatus.MODEL_QUEUED_FOR_TRAINING)
         session.add(job)
@@ -79,14 +84,23 @@ def enqueue(
 
 
 def claim_next(
-    db: Database, worker_id: str, lease_seconds: float, *, now: datetime | None = None
+    db: Database,
+    worker_id: str,
+    lease_seconds: float,
+    *,
+    capacity: Capacity | None = None,
+    now: datetime | None = None,
 ) -> ModelVersion | None:
-    """Take the oldest queued job for `worker_id` (or None when the queue is empty)."""
+    """Take the oldest queued job for `worker_id` that fits its `capacity` (None: any job), or None.
+
+    A job that does not fit is skipped, not waited for: the worker takes the next one that does.
+    """
     now = now or utcnow()
+    fits = capacity.fits_clause() if capacity is not None else true()
     with db.write() as session:
         job = session.scalar(
             select(ModelVersion)
-            .where(ModelVersion.status == QUEUED)
+            .where(ModelVersion.status == QUEUED, fits)
             .order_by(ModelVersion.created_at, ModelVersion.id)
             .limit(1)
             .with_for_update(skip_locked=True)

@@ -28,6 +28,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     event,
+    false,
     inspect,
 )
 from sqlalchemy.engine import Dialect
@@ -228,10 +229,28 @@ class ModelVersion(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # What the run needs from its worker (tuneloom.templates.requirements), matched when claiming.
+    needs_cuda: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    needs_memory_mb: Mapped[int | None]
 
     @property
     def status_enum(self) -> TrainingStatus:
         return TrainingStatus[self.status]
+
+
+class Worker(Base):
+    """A worker slot's advertised capacity and its last sign of life (`tuneloom.store.workers`)."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)  # host:pid:slot, the jobs' worker_id
+    host: Mapped[str] = mapped_column(String(255))
+    gpu_count: Mapped[int] = mapped_column(Integer, default=0)
+    gpu_memory_mb: Mapped[int] = mapped_column(Integer, default=0)  # the smallest GPU's, 0 without one
+    cpu_memory_mb: Mapped[int] = mapped_column(Integer, default=0)
+    lease_s: Mapped[float] = mapped_column(Float)  # silent for longer than this: no longer live
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class MetricPoint(Base):

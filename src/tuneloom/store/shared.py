@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,30 @@ class ArtifactIntegrityError(TuneloomError):
     """A fetched artifact is missing, incomplete or does not match the checksums it was published with."""
 
     code = "ARTIFACT_INTEGRITY"
+
+
+class ArtifactStoreError(TuneloomError):
+    """The shared store could not be reached or written (network, credentials, a missing bucket)."""
+
+    code = "ARTIFACT_STORE_UNAVAILABLE"
+
+
+def share(artifacts: Artifacts, url: str | None) -> ArtifactStore | None:
+    """Back `artifacts` with the shared location at `url` (`--artifact-url`); checked reachable now.
+
+    After this, `artifacts.publish` and `artifacts.fetch` go through the store. None without a URL.
+    """
+    if not url:
+        return None
+    try:
+        store = ArtifactStore(artifacts, url)
+        store._fs.makedirs(store._root, exist_ok=True)
+    except ImportError as err:
+        raise ArtifactStoreError(f"artifact URL {url}: {err} (for s3:// install tuneloom[s3])") from None
+    except Exception as err:  # fsspec and its backends raise their own kinds: name the URL and what happened
+        raise ArtifactStoreError(f"artifact URL {url} cannot be used: {_describe(err)}") from None
+    artifacts.shared = store
+    return store
 
 
 class ArtifactStore:
@@ -59,29 +84,54 @@ class ArtifactStore:
             return
         local = self.artifacts.resolve(relative)
         files = _files(local)
-        for name, path in files.items():
-            self._fs.put_file(str(path), self._remote(relative, name))
-        index = {"files": {name: {"sha256": sha256_file(p), "size": p.stat().st_size} for name, p in files.items()}}
-        self._fs.pipe_file(self._remote(relative) + INDEX_SUFFIX, json.dumps(index, indent=1).encode())
+        try:
+            for name, path in files.items():
+                self._fs.put_file(str(path), self._remote(relative, name))
+            index = {"files": {n: {"sha256": sha256_file(p), "size": p.stat().st_size} for n, p in files.items()}}
+            self._fs.pipe_file(self._remote(relative) + INDEX_SUFFIX, json.dumps(index, indent=1).encode())
+        except Exception as err:  # network, credentials, bucket: the artifact is not shared, say where and why
+            raise ArtifactStoreError(f"could not publish {relative} to {self.url}: {_describe(err)}") from None
 
     def fetch(self, relative: str) -> Path:
-        """The local path of `relative`, downloaded and verified first when this machine lacks it."""
+        """The local path of `relative`, downloaded and verified first when this machine lacks it.
+
+        Concurrent fetches of one artifact (two requests, or a server and a worker sharing a data
+        dir) download once per process; whichever rename lands first wins and the others are dropped.
+        """
         local = self.artifacts.resolve(relative)
         if local.exists() or not self.shared:
             return local
+        with _lock_for(relative):
+            if not local.exists():
+                self._download(relative, local)
+        return local
+
+    def _download(self, relative: str, local: Path) -> None:
         index = self._index(relative)
         staging = self.artifacts.staging_path(".fetch")
         try:
             for name, expected in index.items():
                 target = staging / name if name else staging
                 target.parent.mkdir(parents=True, exist_ok=True)
-                self._fs.get_file(self._remote(relative, name), str(target))
+                self._get(relative, name, target)
                 _check(relative, name, target, expected)
             local.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging, local)
+            try:
+                os.replace(staging, local)
+            except OSError:
+                if not local.exists():  # not another process's copy landing first: a real failure
+                    raise
         finally:
             _discard(staging)
-        return local
+
+    def _get(self, relative: str, name: str, target: Path) -> None:
+        what = f"{relative}/{name}" if name else relative
+        try:
+            self._fs.get_file(self._remote(relative, name), str(target))
+        except FileNotFoundError:
+            raise ArtifactIntegrityError(f"{what} is listed in its index but missing from {self.url}") from None
+        except Exception as err:
+            raise ArtifactStoreError(f"could not fetch {what} from {self.url}: {_describe(err)}") from None
 
     def remove(self, relative: str | None) -> None:
         """Delete from the data dir and the shared location (the index first, so nothing half-deleted is fetched)."""
@@ -102,7 +152,13 @@ class ArtifactStore:
             raise ArtifactIntegrityError(
                 f"{where} is not in the shared store, or its upload never finished (no {INDEX_SUFFIX} index)"
             ) from None
-        files = json.loads(raw)["files"]
+        except Exception as err:
+            raise ArtifactStoreError(f"could not read {where}{INDEX_SUFFIX}: {_describe(err)}") from None
+        try:
+            files = json.loads(raw)["files"]
+            assert isinstance(files, dict)
+        except (ValueError, KeyError, TypeError, AssertionError):
+            raise ArtifactIntegrityError(f"{where}{INDEX_SUFFIX} is not a valid index") from None
         for name in files:
             if name and (Path(name).is_absolute() or ".." in Path(name).parts):
                 raise ArtifactIntegrityError(f"{where}: the index names {name!r}, outside the artifact")
@@ -110,6 +166,19 @@ class ArtifactStore:
 
     def _remote(self, relative: str, name: str = "") -> str:
         return "/".join(part for part in (self._root, relative, name) if part)
+
+
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_for(relative: str) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(relative, threading.Lock())
+
+
+def _describe(err: Exception) -> str:
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
 
 
 def _files(local: Path) -> dict[str, Path]:

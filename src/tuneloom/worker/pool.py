@@ -1,12 +1,25 @@
-"""A worker process's slots: one thread per device, each supervising one training child at a time."""
+"""A worker process's slots: one thread per device, each supervising one training child at a time.
+
+Beside them, one thread keeps every slot's row in the `workers` table fresh (capacity and a
+heartbeat), which is how the queue knows which runs a live worker can take.
+"""
 
 from __future__ import annotations
 
+import functools
+import logging
 import threading
+from collections.abc import Callable
 
+from sqlalchemy.exc import DBAPIError
+
+from tuneloom.store import workers
 from tuneloom.store.artifacts import Artifacts
-from tuneloom.store.db import Database
+from tuneloom.store.db import Database, is_unavailable
+from tuneloom.worker.capacity import detect_capacity
 from tuneloom.worker.supervisor import WorkerConfig, WorkerSlot
+
+log = logging.getLogger("tuneloom.worker")
 
 
 def default_slot_count() -> int:
@@ -21,13 +34,21 @@ class WorkerPool:
         import torch
 
         gpus = torch.cuda.device_count()
+        self.db = db
+        self.capacity = detect_capacity()
         self.slots = [
             WorkerSlot(db, artifacts, slot=i, config=config, cuda_device=(i % gpus) if gpus else None)
             for i in range(slots)
         ]
+        for slot in self.slots:
+            slot.capacity = self.capacity
         self.threads: list[threading.Thread] = []
+        self._stopped = threading.Event()
 
     def start(self) -> None:
+        self._beat()  # registered before the first claim, so a waiting run's reason counts this worker
+        beating = threading.Thread(target=self._beat_forever, name="worker-heartbeat", daemon=True)
+        beating.start()
         for slot in self.slots:
             thread = threading.Thread(target=slot.run_forever, name=f"worker-{slot.worker_id}", daemon=True)
             thread.start()
@@ -35,7 +56,29 @@ class WorkerPool:
 
     def stop(self, timeout: float | None = None) -> None:
         """Ask every slot to checkpoint and release its job, and wait for them."""
+        self._stopped.set()
         for slot in self.slots:
             slot.shutdown.set()
         for thread in self.threads:
             thread.join(timeout)
+        for slot in self.slots:
+            self._quietly(functools.partial(workers.leave, self.db, slot.worker_id))
+
+    def _beat_forever(self) -> None:
+        """Refresh the slots' rows a few times per lease, until stopped."""
+        period = max(0.5, min(5.0, min(s.config.lease_s for s in self.slots) / 3)) if self.slots else 5.0
+        while not self._stopped.wait(period):
+            self._beat()
+
+    def _beat(self) -> None:
+        for slot in self.slots:
+            self._quietly(functools.partial(workers.beat, self.db, slot.worker_id, self.capacity, slot.config.lease_s))
+
+    def _quietly(self, write: Callable[[], None]) -> None:
+        """A heartbeat lost to a database outage is retried by the next one; the slots keep training."""
+        try:
+            write()
+        except DBAPIError as err:
+            if not is_unavailable(err):
+                raise
+            log.warning("worker heartbeat: database unavailable: %s", err.orig)

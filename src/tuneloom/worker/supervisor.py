@@ -34,6 +34,7 @@ from tuneloom.store.artifacts import Artifacts
 from tuneloom.store.db import Database, is_unavailable
 from tuneloom.store.models import ModelVersion, TrainingStatus
 from tuneloom.store.registry import get_model_version_by_id
+from tuneloom.store.workers import Capacity
 from tuneloom.train.recipe import latest_checkpoint
 from tuneloom.worker.child import RunSpec, run_child
 
@@ -78,6 +79,7 @@ class WorkerSlot:
         self.cuda_device = cuda_device
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{slot}"
         self.shutdown = threading.Event()
+        self.capacity: Capacity | None = None  # set by WorkerPool; None claims any job
 
     def run_forever(self) -> None:
         """Train queued jobs until `shutdown` is set; a job in hand is checkpointed and released."""
@@ -95,7 +97,7 @@ class WorkerSlot:
     def run_once(self) -> bool:
         """Claim and run one job; False when the queue was empty."""
         jobs.requeue_expired(self.db)
-        job = jobs.claim_next(self.db, self.worker_id, self.config.lease_s)
+        job = jobs.claim_next(self.db, self.worker_id, self.config.lease_s, capacity=self.capacity)
         if job is None:
             return False
         # LeaseLostError: deleted, or taken over after a stall; the new owner decides what happens to it.
@@ -197,6 +199,11 @@ class WorkerSlot:
         kind, payload = result or ("crashed", {})
         if kind == "done":
             output = self.artifacts.model_version_dir(job.id)
+            unshared = self._publish(output)
+            if unshared is not None:
+                jobs.finish(self.db, job.id, TrainingStatus.MODEL_TRAINING_FAILED, unshared, worker_id=self.worker_id)
+                telemetry.append_logs(self.db, job.id, [("error", unshared)])
+                return
             jobs.finish(
                 self.db,
                 job.id,
@@ -242,6 +249,7 @@ class WorkerSlot:
         if data.artifact_path is None:
             return f"dataset version '{data.id}' has no snapshot file"
         try:
+            self.artifacts.fetch(data.artifact_path)  # from the shared store, when this machine lacks it
             dataset_versions.verify_snapshot(self.artifacts, data)
         except TuneloomError as err:
             return err.message
@@ -250,7 +258,10 @@ class WorkerSlot:
             earlier = get_model_version_by_id(self.db, job.resume_from)
             if earlier.artifact_path is None:
                 return f"model version '{job.resume_from}' to continue from has no trained weights"
-            start_from = str(self.artifacts.resolve(earlier.artifact_path))
+            try:
+                start_from = str(self.artifacts.fetch(earlier.artifact_path))
+            except TuneloomError as err:
+                return err.message
             try:  # refused before a process starts: continuing from damaged weights would train on garbage
                 open_version(Path(start_from), label=f"model version '{job.resume_from}' to continue from")
             except ModelVersionError as err:
@@ -266,6 +277,14 @@ class WorkerSlot:
             checkpoint_every_s=self.config.checkpoint_every_s,
             cuda_device=self.cuda_device,
         )
+
+    def _publish(self, output: Path) -> str | None:
+        """Put the trained version on the shared store before it is MODEL_TRAINED; why not, if it failed."""
+        try:
+            self.artifacts.publish(self.artifacts.relative(output))
+        except TuneloomError as err:
+            return f"training finished but the model version could not be shared: {err.message}"
+        return None
 
     def _start_message(self, job: ModelVersion) -> str:
         checkpoint = latest_checkpoint(self.artifacts.checkpoint_dir(job.id))

@@ -27,7 +27,7 @@ from tuneloom.server.schemas.models import (
     SettingsOut,
     TrainRequest,
 )
-from tuneloom.store import jobs, registry, telemetry
+from tuneloom.store import jobs, registry, telemetry, workers
 from tuneloom.store.models import ModelVersion, TrainingStatus
 from tuneloom.templates import DEFAULT_TEMPLATE, TEMPLATES, get_template, resolve_settings
 from tuneloom.templates.settings import TrainingSettings
@@ -149,8 +149,13 @@ def events(app_id: AppId, model_id: str, version_id: str, ctx: Context, request:
 
 
 def _out(ctx: ServerContext, version: ModelVersion, model_id: str) -> ModelVersionOut:
-    position = jobs.queue_position(ctx.db, version.id) if version.status_enum is _QUEUED else None
-    return ModelVersionOut.of(version, model_id, queue_position=position, metrics=_summary(ctx, version))
+    queued = version.status_enum is _QUEUED
+    position = jobs.queue_position(ctx.db, version.id) if queued else None
+    out = ModelVersionOut.of(version, model_id, queue_position=position, metrics=_summary(ctx, version))
+    waiting = workers.waiting_reason(ctx.db, version) if queued else None
+    if waiting:  # no live worker can run it: say what it waits for rather than only where it stands
+        out.status.message = f"{waiting}; {version.message}" if version.message else waiting
+    return out
 
 
 def _summary(ctx: ServerContext, version: ModelVersion) -> dict[str, Any] | None:

@@ -58,7 +58,18 @@ Service = Annotated[GenerationService, Depends(inference)]
 
 
 def resolve_version(ctx: ServerContext, app_id: str, model_id: str, version_id: str | None) -> ModelVersion:
-    """The version to serve: the one asked for, or the latest trained; it must be MODEL_TRAINED."""
+    """The version to serve, on this machine's disk: fetched from the shared store if trained elsewhere.
+
+    Callers run it in a worker thread, so a download never blocks the event loop.
+    """
+    version = _trained_version(ctx, app_id, model_id, version_id)
+    assert version.artifact_path is not None
+    ctx.artifacts.fetch(version.artifact_path)
+    return version
+
+
+def _trained_version(ctx: ServerContext, app_id: str, model_id: str, version_id: str | None) -> ModelVersion:
+    """The version asked for, or the latest trained; it must be MODEL_TRAINED."""
     if version_id is None:
         latest = registry.latest_trained(ctx.db, app_id, model_id)
         if latest is None:

@@ -1,0 +1,171 @@
+"""Worker slots and what they can run: capacity advertised in the database, matched against each run's needs.
+
+Every slot of a `tuneloom worker` / `tuneloom serve` process upserts its row here when it starts and
+then every few seconds (`beat`); a row whose `heartbeat_at` is older than its `lease_s` is a worker
+that is gone. `claim_next` (in `jobs`) takes only runs that `fits` the claiming slot's capacity, in
+the same SQL as the claim, so a run that one worker cannot take does not stop it from taking the
+ones behind. A run that no live worker can take stays queued, and `waiting_reason` says why, for
+the API and the CLI ("waiting for a worker with a CUDA GPU (quantization_config needs one; live
+workers: 1, CPU only)").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, delete, or_, select, true
+from sqlalchemy.orm import Session
+
+from tuneloom.errors import TuneloomError
+from tuneloom.store.db import Database
+from tuneloom.store.models import QUEUED, RUNNING, ModelVersion, Worker, utcnow
+from tuneloom.templates.requirements import job_requirement
+
+FORGET_AFTER = timedelta(days=1)  # rows of workers gone this long are deleted
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What one worker slot offers a training run."""
+
+    gpu_count: int = 0
+    gpu_memory_mb: int = 0  # the smallest of its GPUs
+    cpu_memory_mb: int = 0
+
+    @property
+    def training_memory_mb(self) -> int:
+        """Where the weights live while training: the GPU's memory when there is one, else the machine's."""
+        return self.gpu_memory_mb if self.gpu_count else self.cpu_memory_mb
+
+    def fits(self, needs_cuda: bool, needs_memory_mb: int | None) -> bool:
+        """The same test as `fits_clause`, for a run already read."""
+        memory_ok = needs_memory_mb is None or needs_memory_mb <= self.training_memory_mb
+        return (self.gpu_count > 0 or not needs_cuda) and memory_ok
+
+    def fits_clause(self) -> ColumnElement[bool]:
+        """SQL: the queued runs this capacity can take."""
+        cuda_ok = true() if self.gpu_count else ModelVersion.needs_cuda.is_(False)
+        memory_ok = or_(ModelVersion.needs_memory_mb.is_(None), ModelVersion.needs_memory_mb <= self.training_memory_mb)
+        return and_(cuda_ok, memory_ok)
+
+    def describe(self) -> str:
+        if not self.gpu_count:
+            return f"CPU only, {self.cpu_memory_mb:,} MiB"
+        return f"{self.gpu_count} GPU × {self.gpu_memory_mb:,} MiB, {self.cpu_memory_mb:,} MiB CPU"
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    id: str
+    host: str
+    capacity: Capacity
+    started_at: datetime
+    heartbeat_at: datetime
+    live: bool
+    job_id: str | None  # the run it trains now
+
+
+def beat(db: Database, worker_id: str, capacity: Capacity, lease_s: float, *, now: datetime | None = None) -> None:
+    """Register or refresh a slot: its capacity and that it is alive (first call registers it)."""
+    now = now or utcnow()
+    values: dict[str, Any] = {
+        "host": worker_id.rsplit(":", 2)[0],
+        "gpu_count": capacity.gpu_count,
+        "gpu_memory_mb": capacity.gpu_memory_mb,
+        "cpu_memory_mb": capacity.cpu_memory_mb,
+        "lease_s": lease_s,
+        "heartbeat_at": now,
+    }
+    with db.write() as session:
+        row = session.get(Worker, worker_id)
+        if row is None:
+            session.add(Worker(id=worker_id, started_at=now, **values))
+        else:
+            for key, value in values.items():
+                setattr(row, key, value)
+
+
+def leave(db: Database, worker_id: str) -> None:
+    """A slot stopping cleanly removes its row, so it no longer counts as a live worker."""
+    with db.write() as session:
+        session.execute(delete(Worker).where(Worker.id == worker_id))
+
+
+def list_workers(db: Database, *, now: datetime | None = None) -> list[WorkerInfo]:
+    """Every known slot, live ones first; rows of workers gone for a day are forgotten."""
+    now = now or utcnow()
+    with db.write() as session:
+        session.execute(delete(Worker).where(Worker.heartbeat_at < now - FORGET_AFTER))
+        rows = session.execute(
+            select(Worker, ModelVersion.id)
+            .outerjoin(ModelVersion, and_(ModelVersion.worker_id == Worker.id, ModelVersion.status == RUNNING))
+            .order_by(Worker.host, Worker.id)
+        ).all()
+    found = [_info(worker, job_id, now) for worker, job_id in rows]
+    return sorted(found, key=lambda w: not w.live)
+
+
+def live_capacities(session: Session, now: datetime) -> list[Capacity]:
+    workers = session.scalars(select(Worker)).all()
+    return [_capacity(w) for w in workers if _is_live(w, now)]
+
+
+def waiting_reason(db: Database, job: ModelVersion, *, now: datetime | None = None) -> str | None:
+    """Why a queued run cannot start on any live worker, or None when one could take it."""
+    now = now or utcnow()
+    with db.read() as session:
+        live = live_capacities(session, now)
+    return _reason(job, live)
+
+
+def stuck_jobs(db: Database, *, now: datetime | None = None, limit: int = 100) -> list[tuple[ModelVersion, str]]:
+    """Queued runs (oldest first, at most `limit`) that no live worker can take, each with why."""
+    now = now or utcnow()
+    with db.read() as session:
+        live = live_capacities(session, now)
+        queued = session.scalars(
+            select(ModelVersion).where(ModelVersion.status == QUEUED).order_by(ModelVersion.created_at).limit(limit)
+        ).all()
+    return [(job, why) for job in queued if (why := _reason(job, live))]
+
+
+def _reason(job: ModelVersion, live: list[Capacity]) -> str | None:
+    if any(c.fits(job.needs_cuda, job.needs_memory_mb) for c in live):
+        return None
+    need = ""
+    if job.needs_cuda:
+        need = f" with a CUDA GPU ({_cuda_why(job)} needs one)"
+    if job.needs_memory_mb:
+        where = "GPU memory" if job.needs_cuda else "memory"
+        need += f"{' and' if need else ' with'} at least {job.needs_memory_mb:,} MiB of {where} for the weights"
+    return f"waiting for a worker{need} (live workers: {_summary(live)})"
+
+
+def _cuda_why(job: ModelVersion) -> str:
+    try:
+        return job_requirement(job.template, job.settings).cuda_why or "its settings"
+    except TuneloomError:  # settings an older tuneloom stored in another shape: the stored flag still holds
+        return "its settings"
+
+
+def _summary(live: list[Capacity]) -> str:
+    if not live:
+        return "none"
+    kinds = sorted({c.describe() for c in live})
+    return f"{len(live)}, " + "; ".join(kinds)
+
+
+def _info(worker: Worker, job_id: str | None, now: datetime) -> WorkerInfo:
+    return WorkerInfo(
+        worker.id, worker.host, _capacity(worker), worker.started_at, worker.heartbeat_at, _is_live(worker, now), job_id
+    )
+
+
+def _capacity(worker: Worker) -> Capacity:
+    return Capacity(worker.gpu_count, worker.gpu_memory_mb, worker.cpu_memory_mb)
+
+
+def _is_live(worker: Worker, now: datetime) -> bool:
+    return worker.heartbeat_at + timedelta(seconds=worker.lease_s) >= now
