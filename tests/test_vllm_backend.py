@@ -252,6 +252,7 @@ def test_inference_params_map_onto_sampling_params() -> None:
     sampled = sampling_kwargs(InferenceParams(temperature=0.7, top_p=0.9, top_k=40), None)
     assert (sampled["temperature"], sampled["top_p"], sampled["top_k"]) == (0.7, 0.9, 40)
     assert sampled["max_tokens"] == 128 and sampled["stop"] == ["###"] and "stop_token_ids" not in sampled
+    assert sampling_kwargs(InferenceParams(do_sample=True, temperature=0.0), None)["temperature"] == 0.0
     with pytest.raises(SettingsError) as beams:
         sampling_kwargs(InferenceParams(num_beams=4), None)
     assert beams.value.key == "num_beams" and "vLLM backend" in beams.value.message

@@ -141,8 +141,8 @@ def sampling_kwargs(params: InferenceParams, eos_token_id: int | None) -> dict[s
             key="num_beams",
         )
     kwargs: dict[str, Any] = {"max_tokens": params.max_tokens, "stop": stop_strings(params), "n": 1}
-    if params.sampling:
-        kwargs.update(temperature=max(params.temperature, 1e-5), top_p=params.top_p, top_k=params.top_k)
+    if params.sampling and params.temperature > 0:  # sampling at temperature 0 is greedy on transformers too
+        kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
     else:
         kwargs.update(temperature=0.0, top_p=1.0, top_k=0)
     if eos_token_id is not None:
