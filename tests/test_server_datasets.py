@@ -111,6 +111,7 @@ def check_upload(hostile: Hostile, response: httpx.Response, data_dir: Path) -> 
     assert response.status_code == expected, (hostile.name, response.status_code, response.text[:500])
     assert str(data_dir) not in response.text  # the server's own paths never reach the client
     if expected == 413:
+        assert response.json()["code"] == "UPLOAD_TOO_LARGE" and response.json()["details"] == {"limit": LIMIT}
         assert "1,048,576-byte limit" in message(response)
         return 0
     if expected == 422:

@@ -24,7 +24,7 @@ from tuneloom.errors import (
     TuneloomError,
 )
 from tuneloom.server.context import ServerContext
-from tuneloom.server.limits import BodySizeLimit, GenerationSlots
+from tuneloom.server.limits import BodySizeLimit, GenerationSlots, LimitExceeded
 from tuneloom.server.routes import apps, datasets, models, openai_compat, predict
 from tuneloom.server.security import SecurityHeaders
 from tuneloom.store.db import is_unavailable
@@ -86,5 +86,10 @@ def create_app(ctx: ServerContext) -> FastAPI:
     def tuneloom_error(_: Request, err: TuneloomError) -> JSONResponse:
         status = next((code for kind, code in STATUS_BY_ERROR if isinstance(err, kind)), 400)
         return JSONResponse(err.to_dict(), status_code=status)
+
+    @app.exception_handler(LimitExceeded)
+    def limit_exceeded(_: Request, err: LimitExceeded) -> JSONResponse:
+        """413/429 from the server's limits, in the same shape as every other error (not FastAPI's {"detail"})."""
+        return JSONResponse(err.to_dict(), status_code=err.status_code, headers=err.headers)
 
     return app

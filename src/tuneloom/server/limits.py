@@ -11,6 +11,9 @@
 - batch tokens: inputs × (longest prompt + max_tokens), what one request can hold in memory at once
   (128 inputs × 4,096 tokens would exhaust it though each count is within its own cap), at most
   `--max-batch-tokens`; above it is a 422 naming the limit and the request's figure.
+
+Every refusal here is a `LimitExceeded`: the API answers it in tuneloom's error shape, `{"code",
+"message", "details": {"limit"}}`, like any other error; the OpenAI routes answer it in OpenAI's.
 """
 
 from __future__ import annotations
@@ -34,8 +37,31 @@ DEFAULT_MAX_BATCH_TOKENS = 65_536  # e.g. 128 inputs × 512 tokens, or 16 × 4,0
 UPLOAD_PATH = re.compile(r"^/api/apps/[^/]+/datasets/[^/]+/uploads/?$")
 
 
-def body_too_large(limit: int) -> HTTPException:
-    return HTTPException(413, f"request body larger than the {limit:,}-byte limit for JSON bodies")
+class LimitExceeded(HTTPException):
+    """A request refused by one of the server's limits, with a stable `code` and the `limit` it hit.
+
+    An HTTPException, not a TuneloomError, because the body limit fires inside FastAPI's body reading,
+    which lets only HTTPExceptions through (anything else becomes a bare 400 "error parsing the body").
+    """
+
+    def __init__(self, status: int, code: str, message: str, limit: int, headers: dict[str, str] | None = None):
+        super().__init__(status, message, headers)
+        self.code = code
+        self.limit = limit
+
+    def to_dict(self) -> dict[str, object]:
+        """tuneloom's error shape (as `TuneloomError.to_dict`), with the limit as a number."""
+        return {"code": self.code, "message": self.detail, "details": {"limit": self.limit}}
+
+
+def body_too_large(limit: int) -> LimitExceeded:
+    message = f"request body larger than the {limit:,}-byte limit for JSON bodies (--max-json-kb)"
+    return LimitExceeded(413, "REQUEST_TOO_LARGE", message, limit)
+
+
+def upload_too_large(limit: int) -> LimitExceeded:
+    message = f"upload larger than the {limit:,}-byte limit (--max-upload-mb)"
+    return LimitExceeded(413, "UPLOAD_TOO_LARGE", message, limit)
 
 
 class BodySizeLimit:
@@ -78,10 +104,12 @@ class GenerationSlots:
 
     def take(self, key_id: str) -> Slot:
         if self.running[key_id] >= self.limit:
-            raise HTTPException(
+            raise LimitExceeded(
                 429,
+                "TOO_MANY_GENERATIONS",
                 f"this key already has {self.limit} generations running, the limit per key "
                 "(--max-concurrent-generations-per-key); wait for one to finish",
+                self.limit,
                 {"Retry-After": "1"},
             )
         self.running[key_id] += 1

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from tuneloom.data import FORMATS, parse_file
@@ -22,6 +22,7 @@ from tuneloom.errors import SettingsError, TuneloomError
 from tuneloom.server.auth import context, require_app
 from tuneloom.server.cleanup import remove_artifacts
 from tuneloom.server.context import ServerContext
+from tuneloom.server.limits import upload_too_large
 from tuneloom.server.schemas import (
     DatasetCreate,
     DatasetOut,
@@ -88,7 +89,7 @@ async def upload(
             if size > ctx.max_upload_bytes:
                 handle.close()
                 path.unlink(missing_ok=True)
-                raise HTTPException(413, f"upload larger than the {ctx.max_upload_bytes:,}-byte limit")
+                raise upload_too_large(ctx.max_upload_bytes)
             handle.write(chunk)
     path = keep_extension(path, filename)
     try:

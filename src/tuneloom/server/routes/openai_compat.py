@@ -71,7 +71,13 @@ from tuneloom.store.db import Database
 from tuneloom.store.models import ApiKey, Model, ModelVersion, TrainingStatus
 
 log = logging.getLogger(__name__)
-ERROR_CODES = {401: "invalid_api_key", 404: "model_not_found", 409: "model_not_ready", 429: "rate_limit_exceeded"}
+ERROR_CODES = {
+    401: "invalid_api_key",
+    404: "model_not_found",
+    409: "model_not_ready",
+    413: "request_too_large",
+    429: "rate_limit_exceeded",
+}
 
 
 def openai_error(status: int, message: str, *, param: str | None = None, headers: Any = None) -> JSONResponse:
