@@ -82,6 +82,10 @@ def test_a_worker_trains_from_s3_and_the_server_predicts_from_s3(machines: tuple
     assert listed.returncode == 0, listed.stderr
     assert "CPU only" in listed.stdout and "live" in listed.stdout
 
+    assert httpx.delete(model, headers=headers).status_code == 204  # deleting the model deletes its S3 copies too
+    assert not s3.exists(f"{BUCKET}/shared/model-versions/{version}.sha256.json")
+    assert not s3.exists(f"{BUCKET}/shared/model-versions/{version}")
+
 
 def test_a_snapshot_damaged_in_s3_fails_its_run_naming_the_file(machines: tuple[Processes, str, Path]) -> None:
     procs, url, worker_dir = machines

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 from fastapi import Request
 
-from tuneloom.store.artifacts import MODEL_VERSIONS
+from tuneloom.store.artifacts import MODEL_VERSIONS, Artifacts
+from tuneloom.store.shared import ArtifactStoreError
+
+log = logging.getLogger("tuneloom.server")
 
 
 def remove_artifacts(request: Request, paths: Iterable[str]) -> None:
@@ -17,4 +21,15 @@ def remove_artifacts(request: Request, paths: Iterable[str]) -> None:
         folder, _, name = path.partition("/")
         if service is not None and folder == MODEL_VERSIONS:
             service.cache.discard(name)
-        state.context.artifacts.remove(path)
+        _remove(state.context.artifacts, path)
+
+
+def _remove(artifacts: Artifacts, path: str) -> None:
+    """Here, and on the shared store when there is one (an orphan left there is logged, not a failed delete)."""
+    if artifacts.shared is None:
+        artifacts.remove(path)
+        return
+    try:
+        artifacts.shared.remove(path)
+    except ArtifactStoreError as err:
+        log.warning("deleted, but left on the shared store: %s", err.message)

@@ -140,9 +140,12 @@ class ArtifactStore:
             return
         self.artifacts.resolve(relative)  # the same safety check as local paths
         remote = self._remote(relative)
-        for path in (remote + INDEX_SUFFIX, remote):
-            if self._fs.exists(path):
-                self._fs.rm(path, recursive=True)
+        try:
+            for path in (remote + INDEX_SUFFIX, remote):
+                if self._fs.exists(path):
+                    self._fs.rm(path, recursive=True)
+        except Exception as err:
+            raise ArtifactStoreError(f"could not delete {relative} from {self.url}: {_describe(err)}") from None
 
     def _index(self, relative: str) -> dict[str, dict[str, Any]]:
         where = f"{self.url}/{relative}"

@@ -138,6 +138,10 @@ class WorkerSlot:
                 if self._beat(job, state):
                     self._cancel(job, child)
                     return
+        if state.result is not None and state.result[0] == "error":
+            # A failed run never resumes: free its checkpoints before writing (after a full disk, the
+            # database on that disk may need the space to record the failure; it would wait forever).
+            self.artifacts.remove(self.artifacts.relative(self.artifacts.checkpoint_dir(job.id)))
         self._until_database_answers(lambda: self._report(job, state))  # the last progress, before the final status
         self._until_database_answers(lambda: self._record(job, state.result, child))
 
@@ -199,7 +203,7 @@ class WorkerSlot:
         kind, payload = result or ("crashed", {})
         if kind == "done":
             output = self.artifacts.model_version_dir(job.id)
-            unshared = self._publish(output)
+            unshared = self._publish(job, output)
             if unshared is not None:
                 jobs.finish(self.db, job.id, TrainingStatus.MODEL_TRAINING_FAILED, unshared, worker_id=self.worker_id)
                 telemetry.append_logs(self.db, job.id, [("error", unshared)])
@@ -218,9 +222,6 @@ class WorkerSlot:
             telemetry.append_logs(self.db, job.id, [("warning", message)])
             jobs.release(self.db, job.id, self.worker_id, message)
         elif kind == "error":
-            # A failed run never resumes: free its checkpoints first (after a full disk, the database
-            # on that disk may need the space to record the failure).
-            self.artifacts.remove(self.artifacts.relative(self.artifacts.checkpoint_dir(job.id)))
             if payload.get("trace"):
                 telemetry.append_logs(self.db, job.id, [("error", payload["trace"])])
             message = self._public(payload["message"])
@@ -278,13 +279,28 @@ class WorkerSlot:
             cuda_device=self.cuda_device,
         )
 
-    def _publish(self, output: Path) -> str | None:
-        """Put the trained version on the shared store before it is MODEL_TRAINED; why not, if it failed."""
-        try:
-            self.artifacts.publish(self.artifacts.relative(output))
-        except TuneloomError as err:
-            return f"training finished but the model version could not be shared: {err.message}"
-        return None
+    def _publish(self, job: ModelVersion, output: Path) -> str | None:
+        """Put the trained version on the shared store before it is MODEL_TRAINED; why not, if it failed.
+
+        The upload runs beside heartbeats: a large model takes longer than a lease, and a worker
+        silent that long would lose the finished job to another.
+        """
+        if self.artifacts.shared is None:
+            return None
+        problems: list[str] = []
+
+        def upload() -> None:
+            try:
+                self.artifacts.publish(self.artifacts.relative(output))
+            except TuneloomError as err:
+                problems.append(f"training finished but the model version could not be shared: {err.message}")
+
+        uploading = threading.Thread(target=upload, name=f"publish-{job.id}", daemon=True)
+        uploading.start()
+        while uploading.is_alive():
+            uploading.join(self.config.heartbeat_s)
+            self._beat(job, _RunState())  # nothing new to report: only the lease is extended
+        return problems[0] if problems else None
 
     def _start_message(self, job: ModelVersion) -> str:
         checkpoint = latest_checkpoint(self.artifacts.checkpoint_dir(job.id))
