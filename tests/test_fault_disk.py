@@ -7,6 +7,7 @@ fit) or 1 MB (every checkpoint fits, the model version's 3.5 MB tokenizer does n
 hold: one clear error naming the folder (DiskFullError in the engine, one line from the CLI, a
 failed job saying DISK_FULL in the server), nothing that looks like a finished version, and the
 earlier model version on the same file system intact, verified and generating exactly as before.
+A server whose SQLite database sits on the full disk refuses writes with a 507 saying so, and reads go on.
 The engine runs are in `make test`; the CLI and server runs (other processes, 12-120 s on the shared
 2-core machine) are in `make soak`.
 """
@@ -21,7 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.conftest import run_cli, sentiment_lines
+from tests.conftest import api_key, run_cli, sentiment_lines
 from tests.process_helpers import prepare_model, queue, running_processes, state, wait_for
 from tests.test_store_support import POSTGRES_URL
 
@@ -203,6 +204,27 @@ def test_a_full_data_dir_fails_the_job_and_the_server_serves_on(small_disk: Smal
         assert inputs.status_code == 200 and len(inputs.json()) > 0
         version = httpx.get(f"{url}/api/apps/shop/datasets/reviews/versions/{dataset_version}", headers=headers)
         assert version.json()["state"] == "READY"
+
+
+@pytest.mark.soak  # a server: 10-20 s on the shared 2-core machine
+def test_a_full_database_disk_is_a_507_saying_so_and_reads_go_on(small_disk: SmallDisk) -> None:
+    """SQLite in the data dir: a write on the full disk is refused naming the disk, not "database unavailable"."""
+    small_disk.grow()
+    root = small_disk.path / "database"
+    root.mkdir()
+    with running_processes(root, "sqlite") as processes:
+        _, url = processes.serve("--workers", "0")
+        headers = {"Authorization": f"Key {api_key(processes.data_dir)}"}
+        assert httpx.post(f"{url}/api/apps", json={"id": "shop"}, headers=headers).status_code == 201
+        small_disk.leave_free(0)
+        refused = httpx.post(f"{url}/api/apps", json={"id": "more"}, headers=headers)
+        assert refused.status_code == 507, refused.text
+        assert refused.json()["code"] == "DISK_FULL"
+        assert refused.json()["message"].startswith("the disk holding the server's database is full: nothing was saved")
+        assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
+        assert [app["id"] for app in httpx.get(f"{url}/api/apps", headers=headers).json()] == ["shop"]
+        small_disk.grow()
+        assert httpx.post(f"{url}/api/apps", json={"id": "more"}, headers=headers).status_code == 201
 
 
 def _finished(version_url: str, headers: dict[str, str]) -> dict[str, Any]:

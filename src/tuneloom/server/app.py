@@ -27,13 +27,17 @@ from tuneloom.server.context import ServerContext
 from tuneloom.server.limits import BodySizeLimit, GenerationSlots, LimitExceeded
 from tuneloom.server.routes import apps, datasets, models, openai_compat, predict
 from tuneloom.server.security import SecurityHeaders
-from tuneloom.store.db import is_unavailable
+from tuneloom.store.db import is_disk_full, is_unavailable
 from tuneloom.store.shared import ArtifactIntegrityError, ArtifactStoreError
 from tuneloom.web import mount_web
 
 log = logging.getLogger("tuneloom.server")
 RETRY_AFTER_S = 5
 DATABASE_DOWN = "the database is unavailable (stopped, restarting or unreachable); try again in a few seconds"
+DATABASE_DISK_FULL = (
+    "the disk holding the server's database is full: nothing was saved. Free some space on it, then try again "
+    "(reading goes on meanwhile)"
+)
 
 STATUS_BY_ERROR: tuple[tuple[type[TuneloomError], int], ...] = (
     (NotFoundError, 404),
@@ -76,6 +80,9 @@ def create_app(ctx: ServerContext) -> FastAPI:
 
     @app.exception_handler(DBAPIError)
     def database_error(_: Request, err: DBAPIError) -> JSONResponse:
+        if is_disk_full(err):
+            log.warning("database disk full: %s", err.orig)
+            return JSONResponse({"code": "DISK_FULL", "message": DATABASE_DISK_FULL}, status_code=507)
         if not is_unavailable(err):
             raise err  # a bug: the usual 500, with its traceback in the server log
         log.warning("database unavailable: %s", err.orig)

@@ -30,6 +30,8 @@ DB_FILE = "tuneloom.db"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 POSTGRES_CONNECT_TIMEOUT_S = 5  # an unreachable database answers 503 in seconds, not after the OS gives up
 _BEGIN_MODE = "tuneloom_sqlite_begin"
+SQLITE_FULL = 13  # "database or disk is full"
+POSTGRES_DISK_FULL = "53100"  # SQLSTATE disk_full
 
 Row = TypeVar("Row")
 
@@ -64,6 +66,18 @@ def is_unavailable(err: BaseException) -> bool:
     if isinstance(err, OperationalError | InterfaceError):
         return True
     return isinstance(err, DBAPIError) and bool(err.connection_invalidated)
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """True when the database could not write because the disk it lives on is full.
+
+    Such an error is also an `OperationalError` (so `is_unavailable`), but "stopped, restarting or
+    unreachable" would send an operator looking in the wrong place.
+    """
+    orig = getattr(err, "orig", err)
+    return (
+        getattr(orig, "sqlite_errorcode", None) == SQLITE_FULL or getattr(orig, "sqlstate", None) == POSTGRES_DISK_FULL
+    )
 
 
 class Database:
