@@ -8,6 +8,7 @@ or takes nothing from what the model says.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -28,7 +29,8 @@ from tuneloom.store import registry
 INPUTS = ["great product, works well", "broke after a day", "I love it", "awful quality, do not buy", "ok"]
 GREEDY = {"max_tokens": 12, "temperature": 0}
 # Bursts of 15 requests from one key: above the default cap of 4 concurrent generations per key.
-SERVER_ARGS = ["--max-concurrent-generations-per-key", "32"]
+CAP = 32
+SERVER_ARGS = ["--max-concurrent-generations-per-key", str(CAP)]
 
 
 @pytest.fixture(scope="module")
@@ -214,3 +216,76 @@ def test_mixed_load_while_training_gets_no_5xx_and_the_job_finishes(deployed: De
     The job is sized to end near the window's end (0.75), so the test stays within its ~20 s.
     """
     assert_held(run_soak(deployed, seconds=10, clients=8, job_size=0.75))
+
+
+# Mixed load: streams and predictions share the version's continuous batch (tuneloom.server.engine),
+# each row with its own length, stop strings and text.
+STREAMED = [
+    ("I love it", {"max_tokens": 60, "temperature": 0}),
+    ("broke after a day", {"max_tokens": 50, "temperature": 0}),
+    ("great product, works well", {"max_tokens": 24, "temperature": 0, "stop": ["e"]}),
+    ("awful quality, do not buy", {"max_tokens": 40, "temperature": 0}),
+]
+PREDICTED = [
+    ("ok", {"max_tokens": 12, "temperature": 0}),
+    ("I love it", {"max_tokens": 9, "temperature": 0}),
+    ("broke after a day", {"max_tokens": 16, "temperature": 0, "stop": ["a"]}),
+    ("great product, works well", {"max_tokens": 5, "temperature": 0}),
+]
+
+
+def streamed(deployed: Deployed, text: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A /generate stream's answer in /predict's shape: its pieces joined, its finish reason and tokens."""
+    received = list(events(deployed, text, params))
+    (done,) = [data for event, data in received if event == "done"]
+    body = "".join(data["text"] for event, data in received if event == "message")
+    return {"text": body, "finish_reason": done["finish_reason"], "tokens": done["tokens"]}
+
+
+def predicted(deployed: Deployed, text: str, params: dict[str, Any]) -> dict[str, Any]:
+    answer = predict(deployed, [text], params)
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json()["outputs"][0])
+
+
+def test_overlapping_streams_and_predictions_answer_as_each_does_alone(deployed: Deployed) -> None:
+    alone = [predicted(deployed, text, params) for text, params in STREAMED + PREDICTED]
+    with ThreadPoolExecutor(len(alone)) as pool:
+        streams = [pool.submit(streamed, deployed, text, params) for text, params in STREAMED]
+        predictions = [pool.submit(predicted, deployed, text, params) for text, params in PREDICTED]
+        answers = [f.result() for f in streams + predictions]
+    assert answers == alone  # the same text, finish reason and tokens as non-streamed greedy, alone
+
+
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # generation does not touch the database
+def test_a_disconnected_stream_frees_its_slot(deployed: Deployed) -> None:
+    # This greedy answer runs to 1,500 tokens (no EOS, no stop string): seconds of generating per stream.
+    payload = {"input": "I love it", "inference_params": {"max_tokens": 1500, "temperature": 0}}
+    with httpx.Client(headers=deployed.headers, timeout=60) as client, contextlib.ExitStack() as open_streams:
+        responses, readers = [], []
+        for _ in range(CAP):  # every slot of the key taken by a stream that is generating
+            r = open_streams.enter_context(client.stream("POST", f"{deployed.model_url}/generate", json=payload))
+            assert r.status_code == 200
+            readers.append(lines := r.iter_lines())  # kept: a dropped line iterator closes its response
+            next(line for line in lines if line.startswith("data: "))
+            responses.append(r)
+        refused = predict(deployed, ["ok"], {"max_tokens": 2, "temperature": 0})
+        assert refused.status_code == 429 and str(CAP) in refused.text
+        responses[0].close()  # the client goes away mid-stream
+        deadline = time.monotonic() + 10
+        while (answer := predict(deployed, ["ok"], {"max_tokens": 2, "temperature": 0})).status_code == 429:
+            assert time.monotonic() < deadline, "the disconnected stream kept its slot"
+            time.sleep(0.05)
+        assert answer.status_code == 200, answer.text
+
+
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)
+def test_a_batch_too_large_for_memory_is_422_naming_the_limit_and_figure(deployed: Deployed) -> None:
+    """16 inputs × (prompt + 4,096 max_tokens) is over the default --max-batch-tokens of 65,536."""
+    answer = predict(deployed, ["I love it"] * 16, {"max_tokens": 4096, "temperature": 0})
+    assert answer.status_code == 422, answer.text
+    body = answer.json()
+    assert body["details"]["key"] == "max_batch_tokens" and body["details"]["limit"] == 65_536
+    figure = body["details"]["batch_tokens"]
+    assert figure > 65_536 and f"{figure:,}" in body["message"] and "--max-batch-tokens" in body["message"]
+    assert predict(deployed, ["I love it"] * 15, {"max_tokens": 1, "temperature": 0}).status_code == 200
