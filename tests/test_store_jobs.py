@@ -7,11 +7,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from tests.test_store_support import SETTINGS, examples, make_db_fixture, report_for
+from tests.test_store_support import SETTINGS, make_db_fixture, ready_dataset_version
 
 from tuneloom.errors import SettingsError
-from tuneloom.store import apps, dataset_versions, datasets, jobs, registry, telemetry
-from tuneloom.store.artifacts import Artifacts
+from tuneloom.store import apps, dataset_versions, jobs, registry, telemetry
 from tuneloom.store.db import Database
 from tuneloom.store.ids import ConflictError, NotFoundError
 from tuneloom.store.models import ModelVersion, TrainingStatus, utcnow
@@ -23,14 +22,7 @@ S = TrainingStatus
 @pytest.fixture
 def dsv(db: Database, tmp_path: Path) -> str:
     """App "a" with model "m" and a READY dataset version (its id)."""
-    apps.create_app(db, "a", "a")
-    datasets.create_dataset(db, "a", "ds")
-    items = examples(3)
-    datasets.add_upload(db, "a", "ds", report_for(items), items)
-    version = dataset_versions.create_version(db, "a", "ds")
-    dataset_versions.build_version(db, Artifacts(tmp_path / "data"), version.id)
-    registry.create_model(db, "a", "m")
-    return version.id
+    return ready_dataset_version(db, tmp_path / "data")
 
 
 def _enqueue(db: Database, dsv: str, **kwargs: object) -> ModelVersion:

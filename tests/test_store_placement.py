@@ -6,10 +6,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from tests.test_store_support import examples, make_db_fixture, report_for
+from tests.test_store_support import make_db_fixture, ready_dataset_version
 
-from tuneloom.store import apps, dataset_versions, datasets, jobs, registry, workers
-from tuneloom.store.artifacts import Artifacts
+from tuneloom.store import jobs, workers
 from tuneloom.store.db import Database
 from tuneloom.store.models import ModelVersion, utcnow
 from tuneloom.store.workers import Capacity
@@ -24,14 +23,8 @@ BIG_GPU = Capacity(gpu_count=2, gpu_memory_mb=80_000, cpu_memory_mb=256_000)
 
 @pytest.fixture
 def dsv(db: Database, tmp_path: Path) -> str:
-    apps.create_app(db, "a", "a")
-    datasets.create_dataset(db, "a", "ds")
-    items = examples(3)
-    datasets.add_upload(db, "a", "ds", report_for(items), items)
-    version = dataset_versions.create_version(db, "a", "ds")
-    dataset_versions.build_version(db, Artifacts(tmp_path / "data"), version.id)
-    registry.create_model(db, "a", "m")
-    return version.id
+    """App "a" with model "m" and a READY dataset version (its id)."""
+    return ready_dataset_version(db, tmp_path / "data")
 
 
 def _enqueue(db: Database, dsv: str, template: str, **overrides: dict[str, object]) -> ModelVersion:

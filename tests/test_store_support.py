@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import create_engine, make_url, text
 
 from tuneloom.data.types import DataReport, Example
+from tuneloom.store import apps, dataset_versions, datasets, registry
 from tuneloom.store.artifacts import Artifacts
 from tuneloom.store.db import Database, open_database
 
@@ -96,3 +97,15 @@ def report_for(items: list[Example], invalid: int = 0, source: str = "data.txt")
     return DataReport(
         source=source, format="txt", total_rows=len(items) + invalid, valid_rows=len(items), invalid_rows=invalid
     )
+
+
+def ready_dataset_version(db: Database, data_dir: Path) -> str:
+    """App "a" with model "m" and a READY dataset version of three examples (its id)."""
+    apps.create_app(db, "a", "a")
+    datasets.create_dataset(db, "a", "ds")
+    items = examples(3)
+    datasets.add_upload(db, "a", "ds", report_for(items), items)
+    version = dataset_versions.create_version(db, "a", "ds")
+    dataset_versions.build_version(db, Artifacts(data_dir), version.id)
+    registry.create_model(db, "a", "m")
+    return version.id
