@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 from tests.conftest import DATABASE_URL_FILE, api_key, sentiment_lines
@@ -55,14 +56,22 @@ def server_database(data_dir: Path) -> Database:
     return open_database(url, data_dir=data_dir, migrate=False)
 
 
-def deploy(url: str, data_dir: Path, app_id: str = "shop", model_id: str = "sentiment-gen") -> Deployed:
+def deploy(
+    url: str,
+    data_dir: Path,
+    app_id: str = "shop",
+    model_id: str = "sentiment-gen",
+    *,
+    trainer_config: dict[str, Any] = TRAIN_FAST,
+) -> Deployed:
+    """An app, its key, a READY dataset version and a trained version (`trainer_config`: how long it trains)."""
     admin = {"Authorization": f"Key {api_key(data_dir)}"}
     assert httpx.post(f"{url}/api/apps", json={"id": app_id}, headers=admin).status_code == 201
     headers = {"Authorization": f"Key {api_key(data_dir, '--app', app_id)}"}
     dataset_version = ready_dataset_version(url, headers, app_id)
     models = f"{url}/api/apps/{app_id}/models"
     assert httpx.post(models, json={"id": model_id}, headers=headers).status_code == 201
-    version_id = train_version(f"{models}/{model_id}", headers, dataset_version)
+    version_id = train_version(f"{models}/{model_id}", headers, dataset_version, trainer_config=trainer_config)
     return Deployed(url, data_dir, headers, app_id, model_id, version_id, dataset_version)
 
 
@@ -83,9 +92,16 @@ def enqueue(db: Database, app_id: str, model_id: str, dataset_version_id: str) -
     )
 
 
-def train_version(model_url: str, headers: dict[str, str], dataset_version_id: str, timeout_s: float = 180) -> str:
+def train_version(
+    model_url: str,
+    headers: dict[str, str],
+    dataset_version_id: str,
+    timeout_s: float = 180,
+    *,
+    trainer_config: dict[str, Any] = TRAIN_FAST,
+) -> str:
     """Queue a run through the API and wait for the server's worker to train it."""
-    body = {"dataset_version_id": dataset_version_id, "template": "tiny-random", "trainer_config": TRAIN_FAST}
+    body = {"dataset_version_id": dataset_version_id, "template": "tiny-random", "trainer_config": trainer_config}
     queued = httpx.post(f"{model_url}/versions", json=body, headers=headers, timeout=60)
     assert queued.status_code == 201, queued.text
     version_url = f"{model_url}/versions/{queued.json()['id']}"

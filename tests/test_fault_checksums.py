@@ -25,12 +25,13 @@ from tuneloom.cli import main
 pytestmark = pytest.mark.parametrize("server", ["sqlite"], indirect=True)
 WEIGHTS = "adapter/adapter_model.safetensors"
 GREEDY = {"max_tokens": 4, "temperature": 0}
+SHORT = {"max_steps": 2, "per_device_train_batch_size": 8}  # what it learns does not matter here, only its files
 
 
 @pytest.fixture(scope="module")
 def deployed(server: tuple[str, Path]) -> Deployed:
     """A trained version that nothing has predicted with yet (a loaded model is not read from disk again)."""
-    return deploy(*server)
+    return deploy(*server, trainer_config=SHORT)
 
 
 @contextmanager

@@ -1,7 +1,7 @@
 """A full disk while a run writes its checkpoints or its model version, on a real size-limited file system.
 
-Each test mounts its own tmpfs (the tests run as root in CI; elsewhere they skip, saying why) and
-shrinks it with `mount -o remount,size=…` to the bytes in use plus a chosen margin, so the run
+The module mounts one tmpfs (the tests run as root in CI; elsewhere they skip, saying why) and
+each test shrinks it with `mount -o remount,size=…` to the bytes in use plus a chosen margin, so the run
 that follows fills it exactly where the test means it to: a few KB (the first checkpoint does not
 fit) or 1 MB (every checkpoint fits, the model version's 3.5 MB tokenizer does not). What must
 hold: one clear error naming the folder (DiskFullError in the engine, one line from the CLI, a
