@@ -192,10 +192,21 @@ class Engine:
             self._executor.submit(self._run)
 
     def _run(self) -> None:
-        """Admit, step, deliver — until nothing is running or waiting."""
+        """Admit, step, deliver — until nothing is running or waiting; never leaves a request hanging."""
+        active: list[Job] = []
+        try:
+            self._serve(active)
+        except BaseException as err:  # a bug, not a model error: fail everything rather than hang
+            with self._lock:
+                waiting, self._running = list(self._pending), False
+                self._pending.clear()
+            for job in active + waiting:
+                job.fail(err)
+            raise
+
+    def _serve(self, active: list[Job]) -> None:
         time.sleep(self._window_s)  # requests arriving together start together
         batch: ContinuousBatch | None = None
-        active: list[Job] = []
         while (taken := self._admit(active)) is not None:
             for job in taken:
                 if not job.continuous:
@@ -207,9 +218,10 @@ class Engine:
             except Exception as err:  # e.g. out of memory: every request in the batch learns it
                 for job in active:
                     job.fail(err)
-                active, batch = [], None
+                active.clear()
+                batch = None
                 continue
-            active = [job for job in active if not job.deliver()]
+            active[:] = [job for job in active if not job.deliver()]
 
     def _advance(self, batch: ContinuousBatch | None, fresh: list[Job]) -> ContinuousBatch | None:
         """Prefill newly admitted rows, or else decode one token for every running row."""
