@@ -85,7 +85,9 @@ async def load(url: str, key: str, texts: list[str], clients: int, per_client: i
 
 
 def measure(data_dir: Path, key: str, micro_batch: bool, args: argparse.Namespace) -> dict[str, Any]:
-    proc, url = start_server(data_dir, "--workers", "0", env={"TUNELOOM_MICRO_BATCH": "1" if micro_batch else "0"})
+    env = {"TUNELOOM_MICRO_BATCH": "1" if micro_batch else "0"}
+    # One key for all clients: lift the per-key cap (default 4), or most requests would be 429s.
+    proc, url = start_server(data_dir, "--workers", "0", "--max-concurrent-generations-per-key", "256", env=env)
     try:
         texts = prompts(args.clients * args.requests)
         asyncio.run(load(url, key, texts, args.clients, 1, args.max_tokens))  # warm-up: load, first shapes

@@ -175,6 +175,7 @@ class Engine:
     """The queue and the thread that serve one model version; `submit` from the event loop."""
 
     def __init__(self, executor: Executor, window_s: float, *, one_at_a_time: bool = False):
+        """`one_at_a_time`: the benchmarks' baseline — each request alone through `generate()`, no batching."""
         self._executor = executor
         self._window_s = window_s
         self._one_at_a_time = one_at_a_time
@@ -209,9 +210,9 @@ class Engine:
         batch: ContinuousBatch | None = None
         while (taken := self._admit(active)) is not None:
             for job in taken:
-                if not job.continuous:
+                if self._one_at_a_time or not job.continuous:
                     self._alone(job)
-            fresh = [job for job in taken if job.continuous]
+            fresh = [] if self._one_at_a_time else [job for job in taken if job.continuous]
             active += fresh
             try:
                 batch = self._advance(batch, fresh)

@@ -126,7 +126,7 @@ class Inference:
     Must be used from one event loop (the server's); blocking work (loading, tokenizing, the
     engines' loops) runs in its own thread pool so that slow generations never take the threads
     that ordinary routes need. `micro_batch=False` (the benchmarks' baseline) runs one request at a
-    time per version instead of batching them.
+    time per version, each through `generate()` (streams then arrive in one piece), instead of batching them.
     """
 
     def __init__(
