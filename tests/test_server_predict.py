@@ -288,4 +288,7 @@ def test_a_batch_too_large_for_memory_is_422_naming_the_limit_and_figure(deploye
     assert body["details"]["key"] == "max_batch_tokens" and body["details"]["limit"] == 65_536
     figure = body["details"]["batch_tokens"]
     assert figure > 65_536 and f"{figure:,}" in body["message"] and "--max-batch-tokens" in body["message"]
+    openai = {"model": f"{deployed.app_id}/{deployed.model_id}", "prompt": ["I love it"] * 16, "max_tokens": 4096}
+    refused = httpx.post(f"{deployed.url}/v1/completions", json=openai, headers=deployed.headers)
+    assert refused.status_code == 400 and "--max-batch-tokens" in refused.json()["error"]["message"]
     assert predict(deployed, ["I love it"] * 15, {"max_tokens": 1, "temperature": 0}).status_code == 200
