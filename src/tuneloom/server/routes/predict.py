@@ -2,7 +2,7 @@
 
 The version is the one named, or the model's latest MODEL_TRAINED one; a version that is not
 trained is a 409 that says what it is instead. Generation itself goes through `Inference` (model
-cache, one generation per model at a time, micro-batching); nothing blocking runs on the event loop.
+cache, one engine thread per model running a continuous batch); nothing blocking runs on the event loop.
 """
 
 from __future__ import annotations
