@@ -37,3 +37,19 @@ def test_admin_creates_apps_and_scoped_keys_see_only_their_own(server: tuple[str
     assert httpx.delete(f"{url}/api/apps/beta", headers=admin).status_code == 204
     assert httpx.get(f"{url}/api/apps/beta", headers=admin).status_code == 404
     assert {a["id"] for a in httpx.get(f"{url}/api/apps", headers=admin).json()} >= {"alpha"}
+
+
+def test_every_refusal_has_the_same_error_shape(server: tuple[str, Path]) -> None:
+    """Schema errors, unknown routes and wrong methods answer {code, message} like tuneloom's own errors."""
+    url, data_dir = server
+    headers = {"Authorization": f"Key {api_key(data_dir)}"}
+    invalid = httpx.post(f"{url}/api/apps", json={"name": "x" * 300, "colour": "red"}, headers=headers)
+    body = invalid.json()
+    assert invalid.status_code == 422 and body["code"] == "INVALID_REQUEST", body
+    assert "name: String should have at most 200 characters" in body["message"], body
+    assert "colour: Extra inputs are not permitted" in body["message"], body
+    assert body["details"]["key"] == "name" and len(body["details"]["errors"]) == 2, body
+    unknown = httpx.get(f"{url}/api/nothing-here", headers=headers)
+    assert unknown.status_code == 404 and unknown.json() == {"code": "NOT_FOUND", "message": "Not Found"}
+    wrong_method = httpx.put(f"{url}/api/apps", headers=headers)
+    assert wrong_method.status_code == 405 and wrong_method.json()["code"] == "METHOD_NOT_ALLOWED"

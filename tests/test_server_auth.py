@@ -141,9 +141,16 @@ def test_the_route_list_comes_from_openapi_and_covers_every_area(world: World) -
     "authorization", [None, "Key tl_wrong_key", "Bearer tl_wrong_key", "Basic dXNlcjpwYXNz", "Key"]
 )
 def test_every_route_refuses_a_missing_or_wrong_key(world: World, authorization: str | None) -> None:
+    """A 401 in the API's own error shape: tuneloom's {code, message} under /api, OpenAI's {error} under /v1."""
     headers = {} if authorization is None else {"Authorization": authorization}
-    answers = {str(route): _send(world, route, headers).status_code for route in world.routes}
-    assert answers and all(status == 401 for status in answers.values()), answers
+    answers = {str(route): _send(world, route, headers) for route in world.routes}
+    assert answers and all(a.status_code == 401 for a in answers.values()), answers
+    for route, answer in answers.items():
+        body = answer.json()
+        if " /v1/" in route:
+            assert body["error"]["code"] == "invalid_api_key" and "key" in body["error"]["message"], (route, body)
+        else:
+            assert body["code"] == "UNAUTHORIZED" and "key" in body["message"], (route, body)
 
 
 def test_another_apps_key_reaches_nothing_of_the_owner(world: World) -> None:

@@ -162,7 +162,7 @@ def test_a_revoked_key_gets_401_on_its_very_next_request(server: tuple[str, Path
     revoked = run_cli("keys", "revoke", key_id, *database)
     assert revoked.returncode == 0 and "revoked" in revoked.stderr, revoked.stderr
     after = httpx.get(f"{url}/api/apps/shop/datasets", headers=headers)
-    assert after.status_code == 401 and "revoked" in after.json()["detail"]
+    assert after.status_code == 401 and "revoked" in after.json()["message"]
     assert httpx.get(f"{url}/v1/models", headers=headers).status_code == 401
     assert httpx.get(f"{url}/api/apps", headers=admin).status_code == 200  # other keys are unaffected
     if not _database_args(data_dir):  # the listing reads the same rows on PostgreSQL: one backend is enough

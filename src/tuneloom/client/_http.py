@@ -45,7 +45,7 @@ class TuneloomConnectionError(TuneloomAPIError, ConnectionError):
 
 
 def error_from_response(response: httpx.Response) -> TuneloomAPIError:
-    """Both error shapes the server answers: tuneloom's `{code, message, key?}` and FastAPI's `{detail}`."""
+    """The server answers every error as `{code, message, details?}`; anything else came from something else."""
     try:
         body = response.json()
     except ValueError:
@@ -59,14 +59,7 @@ def error_from_response(response: httpx.Response) -> TuneloomAPIError:
     if "message" in body:
         key = body.get("key") or details.get("key")
         return TuneloomAPIError(status, str(body.get("code", f"HTTP_{status}")), str(body["message"]), key, details)
-    detail = body.get("detail")
-    if isinstance(detail, list) and detail and isinstance(detail[0], dict):  # request validation (422)
-        first = detail[0]
-        loc = [str(part) for part in first.get("loc", []) if part not in ("body", "query", "path")]
-        key = ".".join(loc) or None
-        messages = "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg', '')}" for d in detail)
-        return TuneloomAPIError(status, "INVALID_REQUEST", messages, key, {"errors": detail})
-    return TuneloomAPIError(status, f"HTTP_{status}", str(detail if detail is not None else body))
+    return TuneloomAPIError(status, f"HTTP_{status}", str(body)[:500])  # not tuneloom's answer: a proxy's?
 
 
 def parse_sse(lines: Iterable[str]) -> Iterator[tuple[str, str]]:

@@ -10,8 +10,11 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
+from starlette.exceptions import HTTPException
 
 from tuneloom import __version__
 from tuneloom.errors import (
@@ -49,6 +52,15 @@ STATUS_BY_ERROR: tuple[tuple[type[TuneloomError], int], ...] = (
     (ArtifactIntegrityError, 409),  # the shared store's copy does not match what was published
     (ArtifactStoreError, 503),  # the shared store is unreachable: try again
 )
+# Codes for the errors FastAPI and the key checks raise as bare HTTP statuses.
+CODE_BY_STATUS = {
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    413: "REQUEST_TOO_LARGE",
+    429: "TOO_MANY_REQUESTS",
+}
 
 
 def create_app(ctx: ServerContext) -> FastAPI:
@@ -93,6 +105,23 @@ def create_app(ctx: ServerContext) -> FastAPI:
     def tuneloom_error(_: Request, err: TuneloomError) -> JSONResponse:
         status = next((code for kind, code in STATUS_BY_ERROR if isinstance(err, kind)), 400)
         return JSONResponse(err.to_dict(), status_code=status)
+
+    @app.exception_handler(HTTPException)
+    def http_error(_: Request, err: HTTPException) -> JSONResponse:
+        """A missing key, an unknown route: the same {code, message} shape as every other error."""
+        code = CODE_BY_STATUS.get(err.status_code, f"HTTP_{err.status_code}")
+        body = {"code": code, "message": str(err.detail)}
+        return JSONResponse(body, status_code=err.status_code, headers=err.headers)
+
+    @app.exception_handler(RequestValidationError)
+    def invalid_request(_: Request, err: RequestValidationError) -> JSONResponse:
+        """A body or query that does not fit its schema: every problem named, the first one's field as `key`."""
+        errors = jsonable_encoder(err.errors())
+        fields = [".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")) for e in errors]
+        named = zip(fields, errors, strict=True)
+        message = "; ".join(f"{field or 'request'}: {e.get('msg', 'invalid')}" for field, e in named)
+        details = {"key": fields[0] if fields and fields[0] else None, "errors": errors}
+        return JSONResponse({"code": "INVALID_REQUEST", "message": message, "details": details}, status_code=422)
 
     @app.exception_handler(LimitExceeded)
     def limit_exceeded(_: Request, err: LimitExceeded) -> JSONResponse:

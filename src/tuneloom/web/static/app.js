@@ -54,15 +54,8 @@ export const clearKey = () => sessionStorage.removeItem(KEY_STORAGE);
 /** An API error: `message` is the server's, with `status`, `code`, `key` (the bad setting) and `details`. */
 export class ApiError extends Error {
   constructor(status, body) {
-    const detail = body && body.detail;
-    let message = (body && body.message) || (typeof detail === "string" ? detail : "") || `HTTP ${status}`;
-    let key = (body && body.details && body.details.key) || null;
-    if (Array.isArray(detail) && detail.length) {
-      // FastAPI request validation: [{loc: ["body", "trainer_config"], msg}]
-      const loc = (detail[0].loc || []).filter((p) => p !== "body");
-      message = `${loc.join(".") || "request"}: ${detail[0].msg}`;
-      key = key || loc.join(".") || null;
-    }
+    const message = (body && body.message) || `HTTP ${status}`;
+    const key = (body && body.details && body.details.key) || null;
     super(message);
     this.status = status;
     this.code = (body && body.code) || null;
