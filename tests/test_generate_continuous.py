@@ -7,15 +7,18 @@ per row.
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
 import torch
 
 from tuneloom.generate.continuous import ContinuousBatch, Row, pick_tokens, supports_continuous
-from tuneloom.generate.generator import generate
+from tuneloom.generate.generator import _encode, generate
 from tuneloom.generate.loading import load_for_inference
 from tuneloom.generate.params import InferenceParams
+from tuneloom.server.engine import count_tokens
 
 TEXTS = ["great product, works well", "broke after a day", "I love it", "awful quality", "ok", "hello there, friend"]
 
@@ -68,3 +71,36 @@ def test_sampling_parameters_apply_per_row() -> None:
 def test_beam_search_is_left_to_generate(loaded: Any) -> None:
     assert supports_continuous(loaded, InferenceParams())
     assert not supports_continuous(loaded, InferenceParams(num_beams=2))
+
+
+def test_a_batch_encodes_whole_while_other_threads_count_tokens(loaded: Any) -> None:
+    """The server counts a request's tokens in its own thread while the engine encodes a batch with the
+    same tokenizer; a batch must still come out rectangular and left-padded (it once came out ragged)."""
+    prompts = ["short one", "a much longer prompt " * 5, "mid length prompt here"]
+    expected = _encode(loaded, prompts)
+    failures: list[str] = []
+    deadline = time.monotonic() + 3
+
+    def encode_batches() -> None:
+        while time.monotonic() < deadline:
+            try:
+                got = _encode(loaded, prompts)
+            except ValueError as err:
+                failures.append(str(err)[:200])
+                return
+            if not torch.equal(got["input_ids"], expected["input_ids"]):
+                failures.append("different ids")
+                return
+
+    def count() -> None:
+        while time.monotonic() < deadline:
+            count_tokens(loaded, "count me please " * 3)
+
+    threads = [threading.Thread(target=encode_batches), threading.Thread(target=count), threading.Thread(target=count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures
+    mask = expected["attention_mask"]
+    assert mask.shape == expected["input_ids"].shape and mask[:, -1].all() and not mask[0, 0]  # padded on the left

@@ -176,11 +176,19 @@ class VisibleText:
 
 
 def _encode(loaded: InferenceModel, prompts: list[str]) -> dict[str, torch.Tensor]:
-    tokenizer = loaded.tokenizer
-    tokenizer.padding_side = "left"  # decoder-only: new tokens must follow the prompt directly
-    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=True)
+    """Token ids left-padded to one length (decoder-only: new tokens must follow the prompt directly).
+
+    Padded here rather than by the tokenizer: `padding=True` switches padding on and off in the
+    tokenizer's shared Rust state, and a server tokenizes from several threads at once (counting a
+    request's tokens while the engine encodes a batch), which made a batch come out ragged.
+    """
+    rows = loaded.tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    width = max(len(row) for row in rows)
+    pad = loaded.tokenizer.pad_token_id
     device = next(loaded.model.parameters()).device
-    return {k: v.to(device) for k, v in encoded.items()}
+    ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], device=device)
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 def _generate_kwargs(loaded: InferenceModel, params: InferenceParams) -> dict[str, Any]:

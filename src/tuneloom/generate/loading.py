@@ -64,6 +64,9 @@ def _load_version(path: Path, label: str | None) -> InferenceModel:
 
 def _ready(model: Any, tokenizer: Any) -> Any:
     model.eval()
+    # Any padding or truncation a tokenizer.json switches on is switched off by the first plain call:
+    # make it here, before request threads share the tokenizer (that switch is a write to shared state).
+    tokenizer("", add_special_tokens=True)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     device = pick_device()
