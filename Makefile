@@ -33,8 +33,10 @@ format: install
 typecheck: install
 	$(BIN)/mypy
 
+# Two pytest workers (one per core; each test file stays on one worker, so a module's server is
+# started once): much of a test's time is waiting on a server, a browser or a training child.
 test: lint typecheck
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile --durations=15
 
 # Installed packages against PyPI's vulnerability data (needs pypi.org; 15-45 s): fails on a known
 # vulnerability that a newer release fixes. `--strict` also fails when some packages went unaudited.
