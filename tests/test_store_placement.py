@@ -60,6 +60,16 @@ def test_a_cpu_worker_skips_a_gpu_run_and_takes_the_one_behind(db: Database, dsv
     assert jobs.claim_next(db, "big-gpu", 60, capacity=BIG_GPU).id == gpu_run.id  # type: ignore[union-attr]
 
 
+def test_a_run_that_no_live_worker_can_take_is_not_counted_ahead_of_others(db: Database, dsv: str) -> None:
+    gpu_run = _enqueue(db, dsv, "llama-2-7b-chat-gptq-lora")
+    cpu_run = _enqueue(db, dsv, "tiny-random")
+    assert jobs.queue_position(db, cpu_run.id) == 2  # no live worker yet: every earlier run counts
+    workers.beat(db, "box:1:0", CPU, lease_s=30)
+    assert [jobs.queue_position(db, j.id) for j in (gpu_run, cpu_run)] == [1, 1]
+    workers.beat(db, "gpu:2:0", BIG_GPU, lease_s=30)
+    assert jobs.queue_position(db, cpu_run.id) == 2  # now someone can run the GPU job first
+
+
 def test_a_gpu_worker_takes_cpu_runs_in_queue_order(db: Database, dsv: str) -> None:
     first, second = _enqueue(db, dsv, "tiny-random"), _enqueue(db, dsv, "llama-2-7b-chat-gptq-lora")
     assert [jobs.claim_next(db, f"g{i}", 60, capacity=BIG_GPU).id for i in range(2)] == [first.id, second.id]  # type: ignore[union-attr]

@@ -30,7 +30,7 @@ from tuneloom.store.db import Database, fetch
 from tuneloom.store.ids import ConflictError, NotFoundError, check_id, new_id
 from tuneloom.store.models import QUEUED, RUNNING, Dataset, DatasetVersion, ModelVersion, TrainingStatus, utcnow
 from tuneloom.store.registry import find_model
-from tuneloom.store.workers import Capacity
+from tuneloom.store.workers import Capacity, live_capacities
 from tuneloom.templates.requirements import job_requirement
 from tuneloom.templates.settings import TrainingSettings
 
@@ -214,12 +214,17 @@ def _expire(job: ModelVersion, now: datetime) -> None:
     job.lease_expires_at = None
 
 
-def queue_position(db: Database, job_id: str) -> int | None:
-    """1 for the next job to be claimed; None when the job is not waiting in the queue."""
+def queue_position(db: Database, job_id: str, *, now: datetime | None = None) -> int | None:
+    """1 for the next job to be claimed; None when the job is not waiting in the queue.
+
+    Runs ahead that no live worker can take (a GPU-only run among CPU workers) hold nobody up, so they
+    are not counted; with no live worker at all, every earlier run is.
+    """
     with db.read() as session:
         job = _get(session, job_id)
         if job.status != QUEUED:
             return None
+        live = live_capacities(session, now or utcnow())
         ahead = session.scalar(
             select(func.count()).where(
                 ModelVersion.status == QUEUED,
@@ -227,6 +232,7 @@ def queue_position(db: Database, job_id: str) -> int | None:
                     ModelVersion.created_at < job.created_at,
                     and_(ModelVersion.created_at == job.created_at, ModelVersion.id < job.id),
                 ),
+                or_(*(capacity.fits_clause() for capacity in live)) if live else true(),
             )
         )
         return int(ahead or 0) + 1
