@@ -69,6 +69,7 @@ def test_a_worker_trains_from_s3_and_the_server_predicts_from_s3(machines: tuple
     assert (worker_dir / snapshot).is_file()  # the worker fetched it from S3
     assert s3.exists(f"{BUCKET}/shared/model-versions/{version}.sha256.json")
     assert not (procs.data_dir / "model-versions" / version).exists()  # trained on "the other machine" only
+    assert trained["metrics"]["steps"] == 4  # the summary read from S3 alone, without fetching the weights
 
     answer = httpx.post(f"{model}/predict", json={"inputs": ["great results"]}, headers=headers, timeout=120)
     assert answer.status_code == 200, answer.text

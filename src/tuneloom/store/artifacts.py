@@ -54,6 +54,14 @@ class Artifacts:
         """A stored artifact's local path; with a shared store, downloaded and verified first if missing here."""
         return self.shared.fetch(relative) if self.shared else self.resolve(relative)
 
+    def read_member(self, relative: str, name: str) -> bytes:
+        """One file of a stored artifact directory; with a shared store and no local copy, only that file
+        is downloaded (verified), not the whole artifact (a version's metrics, not its weights)."""
+        local = self.resolve(relative)
+        if self.shared and not local.exists():
+            return self.shared.read_member(relative, name)
+        return self.resolve(f"{relative}/{name}").read_bytes()
+
     def publish(self, relative: str) -> None:
         """Copy a finished artifact to the shared store, if there is one (before the database says it exists)."""
         if self.shared:

@@ -106,6 +106,19 @@ class ArtifactStore:
                 self._download(relative, local)
         return local
 
+    def read_member(self, relative: str, name: str) -> bytes:
+        """The bytes of file `name` of the shared artifact `relative`, checked against its index."""
+        expected = self._index(relative).get(name)
+        if expected is None:
+            raise FileNotFoundError(f"{relative}/{name} is not part of the published artifact")
+        target = self.artifacts.staging_path(".fetch")
+        try:
+            self._get(relative, name, target)
+            _check(relative, name, target, expected)
+            return target.read_bytes()
+        finally:
+            _discard(target)
+
     def _download(self, relative: str, local: Path) -> None:
         index = self._index(relative)
         staging = self.artifacts.staging_path(".fetch")

@@ -9,6 +9,7 @@ hosted product's status codes instead.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -29,9 +30,11 @@ from tuneloom.server.schemas.models import (
 )
 from tuneloom.store import jobs, registry, telemetry, workers
 from tuneloom.store.models import ModelVersion, TrainingStatus
+from tuneloom.store.shared import ArtifactIntegrityError, ArtifactStoreError
 from tuneloom.templates import DEFAULT_TEMPLATE, TEMPLATES, get_template, resolve_settings
 from tuneloom.templates.settings import TrainingSettings
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/apps/{app_id}/models", tags=["models"])
 templates_router = APIRouter(prefix="/api/templates", tags=["templates"], dependencies=[Depends(api_key)])
 Context = Annotated[ServerContext, Depends(context)]
@@ -163,7 +166,10 @@ def _summary(ctx: ServerContext, version: ModelVersion) -> dict[str, Any] | None
     if version.artifact_path is None:
         return None
     try:
-        data = json.loads(ctx.artifacts.resolve(f"{version.artifact_path}/metrics.json").read_text(encoding="utf-8"))
+        data = json.loads(ctx.artifacts.read_member(version.artifact_path, "metrics.json"))
     except (OSError, ValueError):
+        return None
+    except (ArtifactStoreError, ArtifactIntegrityError) as err:  # optional: the version still answers, logged
+        log.warning("no metrics summary for model version %s: %s", version.id, err.message)
         return None
     return {k: v for k, v in data.items() if k not in CURVES}
