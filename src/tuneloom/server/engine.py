@@ -21,13 +21,14 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from tuneloom.generate.params import MAX_INPUTS, InferenceParams
+
 if TYPE_CHECKING:
     from tuneloom.generate.continuous import ContinuousBatch, Row
     from tuneloom.generate.generator import Generation
     from tuneloom.generate.loading import InferenceModel
-    from tuneloom.generate.params import InferenceParams
 
-MAX_BATCH_ROWS = 128  # rows decoded together (a request has at most 128 inputs, so one always fits)
+MAX_BATCH_ROWS = MAX_INPUTS  # rows decoded together: one request, however many inputs, always fits
 MAX_RUNNING_BATCH_TOKENS = 65_536  # rows × (prompt + max_tokens) admitted together, unless a request is alone
 
 

@@ -31,17 +31,15 @@ def default_slot_count() -> int:
 
 class WorkerPool:
     def __init__(self, db: Database, artifacts: Artifacts, slots: int, config: WorkerConfig | None = None):
-        import torch
-
-        gpus = torch.cuda.device_count()
         self.db = db
         self.capacity = detect_capacity()
+        gpus = self.capacity.gpu_count
         self.slots = [
-            WorkerSlot(db, artifacts, slot=i, config=config, cuda_device=(i % gpus) if gpus else None)
+            WorkerSlot(
+                db, artifacts, slot=i, config=config, cuda_device=(i % gpus) if gpus else None, capacity=self.capacity
+            )
             for i in range(slots)
         ]
-        for slot in self.slots:
-            slot.capacity = self.capacity
         self.threads: list[threading.Thread] = []
         self._stopped = threading.Event()
 

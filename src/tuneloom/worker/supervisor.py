@@ -72,6 +72,7 @@ class WorkerSlot:
         slot: int = 0,
         config: WorkerConfig | None = None,
         cuda_device: int | None = None,
+        capacity: Capacity | None = None,
     ):
         self.db = db
         self.artifacts = artifacts
@@ -79,7 +80,7 @@ class WorkerSlot:
         self.cuda_device = cuda_device
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{slot}"
         self.shutdown = threading.Event()
-        self.capacity: Capacity | None = None  # set by WorkerPool; None claims any job
+        self.capacity = capacity  # what this slot offers a run; None claims any job
 
     def run_forever(self) -> None:
         """Train queued jobs until `shutdown` is set; a job in hand is checkpointed and released."""
