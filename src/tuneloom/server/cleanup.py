@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from fastapi import Request
 
-from tuneloom.store.artifacts import MODEL_VERSIONS, Artifacts
+from tuneloom.store.artifacts import MODEL_VERSIONS
 from tuneloom.store.shared import ArtifactStoreError
 
 log = logging.getLogger("tuneloom.server")
@@ -21,15 +21,7 @@ def remove_artifacts(request: Request, paths: Iterable[str]) -> None:
         folder, _, name = path.partition("/")
         if service is not None and folder == MODEL_VERSIONS:
             service.cache.discard(name)
-        _remove(state.context.artifacts, path)
-
-
-def _remove(artifacts: Artifacts, path: str) -> None:
-    """Here, and on the shared store when there is one (an orphan left there is logged, not a failed delete)."""
-    if artifacts.shared is None:
-        artifacts.remove(path)
-        return
-    try:
-        artifacts.shared.remove(path)
-    except ArtifactStoreError as err:
-        log.warning("deleted, but left on the shared store: %s", err.message)
+        try:
+            state.context.artifacts.delete(path)
+        except ArtifactStoreError as err:  # an orphan left on the shared store is logged, not a failed delete
+            log.warning("deleted, but left on the shared store: %s", err.message)

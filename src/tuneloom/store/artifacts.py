@@ -62,6 +62,13 @@ class Artifacts:
             return self.shared.read_member(relative, name)
         return self.resolve(f"{relative}/{name}").read_bytes()
 
+    def delete(self, relative: str) -> None:
+        """A deleted dataset's or model's artifact: gone from here and, with one, from the shared store."""
+        if self.shared:
+            self.shared.remove(relative)
+        else:
+            self.remove(relative)
+
     def publish(self, relative: str) -> None:
         """Copy a finished artifact to the shared store, if there is one (before the database says it exists)."""
         if self.shared:
