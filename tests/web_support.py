@@ -35,9 +35,13 @@ VIEWPORT = {"width": 1280, "height": 800}
 PHONE_VIEWPORT = {"width": 390, "height": 844}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Browser]:
-    """One headless Chromium for the whole session (contexts keep the tests apart)."""
+    """One headless Chromium per test module (contexts keep the tests apart).
+
+    Not per session: Playwright's sync API keeps its event loop marked as running in
+    this thread until it stops, so a later module's `asyncio.run` would refuse to start.
+    """
     if not CHROMIUM.is_file():
         pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package (.ci/run does)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[dev])")
