@@ -18,6 +18,8 @@ import pytest
 from tests.conftest import DATABASE_URL_FILE, _free_port, _wait_until_up, api_key, sentiment_lines
 from tests.test_store_support import POSTGRES_URL, fresh_database
 
+from tuneloom.store.db import default_url
+
 
 class Processes:
     """Start `tuneloom` servers and workers on one data dir and database; stop them all at the end."""
@@ -32,19 +34,27 @@ class Processes:
             self.extra = ["--database-url", POSTGRES_URL]
         self.running: list[subprocess.Popen[bytes]] = []
 
-    def start(self, command: str, *args: str) -> subprocess.Popen[bytes]:
-        cmd = [sys.executable, "-m", "tuneloom.cli", command, "--data-dir", str(self.data_dir), *self.extra, *args]
-        log = (self.data_dir.parent / f"{self.data_dir.name}-{command}-{len(self.running)}.log").open("wb")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    def start(self, command: str, *args: str, data_dir: Path | None = None) -> subprocess.Popen[bytes]:
+        """`tuneloom <command>` on this data dir, or on another `data_dir` ("another machine") sharing the database."""
+        data_dir = data_dir or self.data_dir
+        database = self.extra or ([] if data_dir == self.data_dir else ["--database-url", default_url(self.data_dir)])
+        cmd = [sys.executable, "-m", "tuneloom.cli", command, "--data-dir", str(data_dir), *database, *args]
+        proc = subprocess.Popen(cmd, stdout=self._log(command).open("wb"), stderr=subprocess.STDOUT)
         self.running.append(proc)
         return proc
 
-    def serve(self, *args: str) -> tuple[subprocess.Popen[bytes], str]:
-        port = _free_port()
-        proc = self.start("serve", "--port", str(port), "--checkpoint-every", "1", *args)
+    def serve(
+        self, *args: str, port: int | None = None, data_dir: Path | None = None
+    ) -> tuple[subprocess.Popen[bytes], str]:
+        port = port or _free_port()
+        log = self._log("serve")
+        proc = self.start("serve", "--port", str(port), "--checkpoint-every", "1", *args, data_dir=data_dir)
         url = f"http://127.0.0.1:{port}"
-        _wait_until_up(url, proc, self.data_dir.parent / f"{self.data_dir.name}-serve-{len(self.running) - 1}.log")
+        _wait_until_up(url, proc, log)
         return proc, url
+
+    def _log(self, command: str) -> Path:
+        return self.data_dir.parent / f"{self.data_dir.name}-{command}-{len(self.running)}.log"
 
     def stop_all(self) -> None:
         for proc in self.running:

@@ -422,7 +422,10 @@ def test_routes_serve_each_version_as_its_adapter_on_one_engine(vllm_server: Any
         events = sse_events(response)
     pieces = [data["text"] for kind, data in events if kind == "message"]
     assert "".join(pieces) == f"{second} answers" and len(pieces) >= 2  # streamed token by token
-    assert events[-1] == ("done", {"finish_reason": "stop", "model_version_id": second, "tokens": 4})
+    assert events[-1] == (
+        "done",
+        {"finish_reason": "stop", "model_version_id": second, "tokens": 4, "prompt_tokens": 5},
+    )
 
     again = httpx.post(f"{model}/predict", json={"inputs": ["hi"], "version": first}, headers=headers, timeout=30)
     assert again.json()["outputs"][0]["text"] == f"{first} answers fine"  # `###` stops it, as on transformers

@@ -83,3 +83,28 @@ class ConflictError(TuneloomError):
     """The request clashes with the current state: a taken id, a change to an immutable object (409)."""
 
     code = "CONFLICT"
+
+
+def error_from_dict(body: Any) -> TuneloomError:
+    """The error another tuneloom process described with `to_dict()`, as the class its code names.
+
+    A server relaying a generation node's refusal raises this, so the caller gets the node's own
+    status, code and message (a 422 naming the key stays a 422 naming the key).
+    """
+    fields = body if isinstance(body, dict) else {}
+    code = str(fields.get("code") or TuneloomError.code)
+    message = str(fields.get("message") or code)
+    details = fields.get("details") if isinstance(fields.get("details"), dict) else None
+    kind = next((c for c in _subclasses(TuneloomError) if c.__dict__.get("code") == code), TuneloomError)
+    error = kind.__new__(kind)
+    TuneloomError.__init__(error, message, code=code, details=details)
+    if isinstance(error, SettingsError):
+        error.key = (details or {}).get("key")
+    return error
+
+
+def _subclasses(kind: type[TuneloomError]) -> list[type[TuneloomError]]:
+    found = []
+    for sub in kind.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found

@@ -21,9 +21,16 @@ def register(commands: Any) -> None:
     serve.add_argument("--model-cache-mb", type=int, default=4096, help="memory for loaded model versions")
     serve.add_argument(
         "--backend",
-        choices=["auto", "transformers", "vllm"],
+        choices=["auto", "transformers", "vllm", "remote"],
         default="auto",
-        help="generation engine: vllm (tuneloom[vllm] on a CUDA GPU), transformers, or auto (vllm where it can run)",
+        help="generation engine: vllm (tuneloom[vllm] on a CUDA GPU), transformers, auto (vllm where it can run), "
+        "or remote (the generation nodes on this database)",
+    )
+    serve.add_argument(
+        "--advertise-url",
+        default=os.environ.get("TUNELOOM_ADVERTISE_URL") or None,
+        help="generate for servers started with --backend remote on this database, which reach this one at "
+        "this URL (env TUNELOOM_ADVERTISE_URL)",
     )
     _limit_args(serve)
     _artifact_arg(serve)
@@ -101,11 +108,16 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from tuneloom.generate.params import MAX_TOKENS_LIMIT
+    from tuneloom.server.advertise import check_advertise_url
     from tuneloom.server.app import create_app
     from tuneloom.server.backends import choose_backend
     from tuneloom.server.context import ServerContext
 
     backend = choose_backend(args.backend)  # before anything starts: an impossible --backend vllm is one message
+    if backend == "remote" and args.advertise_url:
+        console_err.print("Error: --advertise-url makes this server a generation node; it cannot be --backend remote")
+        return 2
+    advertise_url = check_advertise_url(args.advertise_url) if args.advertise_url else None
     ctx = ServerContext.open(
         args.data_dir,
         args.database_url,
@@ -120,6 +132,7 @@ def run_serve(args: argparse.Namespace) -> int:
     _share(ctx.artifacts, args)
     _recover(ctx)
     pool = _start_workers(ctx.db, ctx.artifacts, args)
+    advert = _advertise(ctx, advertise_url)
     _warm_up()
     where = f"http://{args.host}:{args.port} (data in {args.data_dir}, {backend} backend)"
     console_err.print(f"tuneloom serving on {where}")
@@ -130,10 +143,25 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         uvicorn.run(create_app(ctx), host=args.host, port=args.port, log_level="warning")
     finally:
+        if advert is not None:
+            advert.stop()
         if pool is not None:
             console_err.print("stopping workers: checkpointing and returning running jobs to the queue")
             pool.stop()
     return 0
+
+
+def _advertise(ctx: Any, url: str | None) -> Any:
+    """Register as a generation node (`--advertise-url`): servers with `--backend remote` then send here."""
+    if url is None:
+        return None
+    from tuneloom.server.advertise import NodeAdvert
+
+    advert = NodeAdvert(ctx.db, url, ctx.inference_backend)
+    ctx.node_token = advert.token
+    advert.start()
+    console_err.print(f"generating for servers with --backend remote, which reach this one at {advert.url}")
+    return advert
 
 
 def _recover(ctx: Any) -> None:

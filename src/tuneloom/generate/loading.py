@@ -42,14 +42,20 @@ def load_for_inference(
     return InferenceModel(template.id, _ready(model, tokenizer), tokenizer, UNTRAINED_FORMAT)
 
 
-def _load_version(path: Path, label: str | None) -> InferenceModel:
-    version = open_version(path, label=label)
-    settings = version.settings
+def version_tokenizer(path: Path) -> Any:
+    """A stored version's tokenizer, padding with EOS where it names no pad token (as in training)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _load_version(path: Path, label: str | None) -> InferenceModel:
+    version = open_version(path, label=label)
+    settings = version.settings
+    tokenizer = version_tokenizer(path)
     if version.is_adapter:
         from peft import PeftModel
 

@@ -28,9 +28,11 @@ from tuneloom.errors import (
 )
 from tuneloom.server.context import ServerContext
 from tuneloom.server.limits import BodySizeLimit, GenerationSlots, LimitExceeded
-from tuneloom.server.routes import apps, datasets, models, openai_compat, predict
+from tuneloom.server.remote_inference import GenerationNodeUnavailable
+from tuneloom.server.routes import apps, datasets, models, nodes, openai_compat, predict
 from tuneloom.server.security import SecurityHeaders
 from tuneloom.store.db import is_disk_full, is_unavailable
+from tuneloom.store.nodes import live_nodes
 from tuneloom.store.shared import ArtifactIntegrityError, ArtifactStoreError
 from tuneloom.web import mount_web
 
@@ -51,6 +53,7 @@ STATUS_BY_ERROR: tuple[tuple[type[TuneloomError], int], ...] = (
     (ModelVersionError, 409),  # a damaged or incomplete model version on disk: the request was fine
     (ArtifactIntegrityError, 409),  # the shared store's copy does not match what was published
     (ArtifactStoreError, 503),  # the shared store is unreachable: try again
+    (GenerationNodeUnavailable, 503),  # --backend remote, and no node answered: try again
 )
 # Codes for the errors FastAPI and the key checks raise as bare HTTP statuses.
 CODE_BY_STATUS = {
@@ -76,6 +79,7 @@ def create_app(ctx: ServerContext) -> FastAPI:
     app.include_router(models.templates_router)
     app.include_router(predict.router)
     app.include_router(openai_compat.router)
+    app.include_router(nodes.router)
     mount_web(app)
 
     @app.get("/healthz", tags=["health"])
@@ -88,7 +92,10 @@ def create_app(ctx: ServerContext) -> FastAPI:
             log.warning("health check: database unavailable: %s", err.orig)
             body = {"status": "unavailable", "database": "unavailable", "message": DATABASE_DOWN}
             return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
-        return {"status": "ok", "database": "ok", "version": __version__, "backend": ctx.inference_backend}
+        health = {"status": "ok", "database": "ok", "version": __version__, "backend": ctx.inference_backend}
+        if ctx.inference_backend == "remote":
+            health["generation_nodes"] = len(live_nodes(ctx.db))
+        return health
 
     @app.exception_handler(DBAPIError)
     def database_error(_: Request, err: DBAPIError) -> JSONResponse:

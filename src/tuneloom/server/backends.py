@@ -1,16 +1,17 @@
-"""Which engine serves generation: transformers (always there) or vLLM (an optional extra, GPU only).
+"""Which engine serves generation: transformers (always there), vLLM (an optional extra, GPU only),
+or another server (`remote`: the generation nodes that advertise themselves in the database).
 
-`tuneloom serve --backend auto|transformers|vllm`. `auto` takes vLLM exactly when it imports and
-a CUDA GPU is visible, else transformers; asking for `vllm` where it cannot run is a start-up
+`tuneloom serve --backend auto|transformers|vllm|remote`. `auto` takes vLLM exactly when it imports
+and a CUDA GPU is visible, else transformers; asking for `vllm` where it cannot run is a start-up
 error that says what is missing and what to install, never a server that fails on its first
-request. The routes depend only on `GenerationService`, which both backends provide.
+request. The routes depend only on `GenerationService`, which every backend provides.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -18,9 +19,10 @@ from tuneloom.errors import TuneloomError
 
 if TYPE_CHECKING:
     from tuneloom.generate.params import InferenceParams
-    from tuneloom.server.inference import Prediction, TextStream
+    from tuneloom.server.inference import Prediction
+    from tuneloom.store.db import Database
 
-BACKENDS = ("auto", "transformers", "vllm")
+BACKENDS = ("auto", "transformers", "vllm", "remote")
 
 
 class BackendUnavailableError(TuneloomError):
@@ -33,17 +35,35 @@ class VersionCache(Protocol):
     def discard(self, version_id: str) -> None: ...
 
 
+class PieceStream(Protocol):
+    """One streamed generation, whichever backend makes it: iterate for text pieces; afterwards the
+    finish reason and token counts are set. `cancel()` (the client left) stops the generation."""
+
+    finish_reason: str | None
+    tokens: int
+    prompt_tokens: int
+
+    def cancel(self) -> None: ...
+
+    def __aiter__(self) -> AsyncIterator[str]: ...
+
+
 class GenerationService(Protocol):
-    """What the prediction routes call; `tuneloom.server.inference.Inference` and `VllmInference` both are one."""
+    """What the prediction routes call: `Inference`, `VllmInference` and `RemoteInference` are one each."""
 
     @property
     def cache(self) -> VersionCache: ...
+
+    @property
+    def generates_here(self) -> bool:
+        """False where another server generates: this one then neither fetches nor loads the version."""
+        ...
 
     async def predict(
         self, version_id: str, path: Path, texts: Sequence[str], params: InferenceParams
     ) -> list[Prediction]: ...
 
-    async def stream(self, version_id: str, path: Path, text: str, params: InferenceParams) -> TextStream: ...
+    async def stream(self, version_id: str, path: Path, text: str, params: InferenceParams) -> PieceStream: ...
 
 
 def vllm_missing() -> str | None:
@@ -67,7 +87,7 @@ def choose_backend(requested: str, probe: Callable[[], str | None] = vllm_missin
 
     if requested not in BACKENDS:
         raise BackendUnavailableError(f"--backend must be one of {', '.join(BACKENDS)}, got {requested!r}")
-    if requested == "transformers":
+    if requested in ("transformers", "remote"):
         return requested
     missing = probe()
     if requested == "auto":
@@ -81,8 +101,12 @@ def choose_backend(requested: str, probe: Callable[[], str | None] = vllm_missin
     return "vllm"
 
 
-def make_service(backend: str, cache_bytes: int, *, micro_batch: bool) -> GenerationService:
+def make_service(backend: str, cache_bytes: int, *, micro_batch: bool, db: Database) -> GenerationService:
     """The generation service for a chosen backend (vLLM's modules are imported only when it is chosen)."""
+    if backend == "remote":
+        from tuneloom.server.remote_inference import RemoteInference
+
+        return RemoteInference(db)
     if backend == "vllm":
         from tuneloom.server.vllm_inference import VllmInference
 

@@ -27,6 +27,7 @@ class ServerContext:
     max_tokens_limit: int = MAX_TOKENS_LIMIT
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS  # inputs × (prompt + max_tokens) per request
     inference_backend: str = "transformers"  # resolved by `serve --backend` (tuneloom.server.backends)
+    node_token: str | None = None  # set when this server generates for others (`serve --advertise-url`)
 
     @classmethod
     def open(

@@ -138,6 +138,7 @@ class Inference:
         threads: int = 8,
     ):
         self.cache = ModelCache(cache_bytes)
+        self.generates_here = True
         self.micro_batch = micro_batch
         self.batch_window_s = batch_window_s
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tuneloom-inference")

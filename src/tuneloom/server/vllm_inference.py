@@ -123,6 +123,7 @@ class VllmInference:
     ):
         self.config = config or EngineConfig()
         self.cache = VersionRegistry()
+        self.generates_here = True
         self.max_engines = max_engines
         self._start = start
         self._engines: OrderedDict[str, _Engine] = OrderedDict()

@@ -253,6 +253,20 @@ class Worker(Base):
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class GenerationNode(Base):
+    """A server that generates for others (`serve --advertise-url`) and its last sign of life (`store.nodes`)."""
+
+    __tablename__ = "generation_nodes"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)  # host:pid
+    url: Mapped[str] = mapped_column(String(1024))
+    backend: Mapped[str] = mapped_column(String(32))
+    token: Mapped[str] = mapped_column(String(128))  # what callers present; the database is already trusted
+    lease_s: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class MetricPoint(Base):
     __tablename__ = "metric_points"
 

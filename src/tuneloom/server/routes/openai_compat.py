@@ -36,17 +36,17 @@ from tuneloom.errors import (
 )
 from tuneloom.generate.params import InferenceParams
 from tuneloom.server.auth import api_key, context
+from tuneloom.server.backends import PieceStream
 from tuneloom.server.context import ServerContext
-from tuneloom.server.inference import TextStream
 from tuneloom.server.limits import cap_max_tokens
 from tuneloom.server.routes.predict import (
     SSE_HEADERS,
     Service,
     Slots,
-    check_batch_size,
+    admit,
     check_inputs,
-    resolve_version,
     stream_in_slot,
+    trained_version,
     version_dir,
 )
 from tuneloom.server.schemas.openai import (
@@ -155,7 +155,7 @@ def resolve_model(ctx: ServerContext, key: ApiKey, name: str) -> ModelVersion:
     if len(parts) not in (2, 3) or not all(parts) or (key.app_id is not None and key.app_id != parts[0]):
         raise NotFoundError(f"model '{name}' not found")
     try:
-        return resolve_version(ctx, parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+        return trained_version(ctx, parts[0], parts[1], parts[2] if len(parts) == 3 else None)
     except InvalidIdError:
         raise NotFoundError(f"model '{name}' not found") from None
 
@@ -189,7 +189,7 @@ async def completions(
     check_inputs(prompts, key="prompt")
     params = inference_params(body, body.max_tokens, ctx.max_tokens_limit)
     version = await run_in_threadpool(resolve_model, ctx, key, body.model)
-    await check_batch_size(ctx, service, version, prompts, params)
+    await admit(ctx, service, version, prompts, params)
     head = ResponseHead(id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=body.model)
     if body.stream:
         if len(prompts) != 1:
@@ -221,7 +221,7 @@ async def chat_completions(
     max_tokens = body.max_completion_tokens or body.max_tokens
     params = inference_params(body, max_tokens, ctx.max_tokens_limit, system)
     version = await run_in_threadpool(resolve_model, ctx, key, body.model)
-    await check_batch_size(ctx, service, version, users[-1:], params)
+    await admit(ctx, service, version, users[-1:], params)
     head = ResponseHead(id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=body.model)
     if body.stream:
         pieces, done = await stream_in_slot(service, slots, key, version, version_dir(ctx, version), users[-1], params)
@@ -257,7 +257,7 @@ def _data(chunk: BaseModel | dict[str, Any] | str) -> str:
     return f"data: {text}\n\n"
 
 
-async def _completion_chunks(pieces: TextStream, head: ResponseHead, usage: bool) -> AsyncIterator[str]:
+async def _completion_chunks(pieces: PieceStream, head: ResponseHead, usage: bool) -> AsyncIterator[str]:
     def chunk(text: str, finish: str | None = None) -> Completion:
         choice = CompletionChoice(index=0, text=text, finish_reason=None if finish is None else finish_reason(finish))
         return Completion(**head, choices=[choice])
@@ -274,7 +274,7 @@ async def _completion_chunks(pieces: TextStream, head: ResponseHead, usage: bool
     yield _data("[DONE]")
 
 
-async def _chat_chunks(pieces: TextStream, head: ResponseHead, usage: bool) -> AsyncIterator[str]:
+async def _chat_chunks(pieces: PieceStream, head: ResponseHead, usage: bool) -> AsyncIterator[str]:
     def chunk(delta: ChatDelta, finish: str | None = None) -> ChatCompletionChunk:
         choice = ChatChunkChoice(index=0, delta=delta, finish_reason=None if finish is None else finish_reason(finish))
         return ChatCompletionChunk(**head, choices=[choice])

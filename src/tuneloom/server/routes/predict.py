@@ -22,9 +22,8 @@ from starlette.concurrency import run_in_threadpool
 from tuneloom.errors import ConflictError, NotFoundError, SettingsError, TuneloomError
 from tuneloom.generate.params import MAX_INPUTS, InferenceParams
 from tuneloom.server.auth import api_key, context, require_app
-from tuneloom.server.backends import GenerationService, make_service
+from tuneloom.server.backends import GenerationService, PieceStream, make_service
 from tuneloom.server.context import ServerContext
-from tuneloom.server.inference import TextStream
 from tuneloom.server.limits import GenerationSlots, cap_max_tokens, check_batch_tokens, generation_slots
 from tuneloom.server.schemas import GenerateRequest, PredictionOut, PredictRequest, PredictResponse
 from tuneloom.server.schemas.inference import MAX_INPUT_CHARS
@@ -49,7 +48,7 @@ async def inference(request: Request) -> GenerationService:
     if getattr(state, "inference", None) is None:
         ctx: ServerContext = state.context
         micro_batch = os.environ.get(MICRO_BATCH_ENV, "1") != "0"
-        state.inference = make_service(ctx.inference_backend, ctx.model_cache_bytes, micro_batch=micro_batch)
+        state.inference = make_service(ctx.inference_backend, ctx.model_cache_bytes, micro_batch=micro_batch, db=ctx.db)
     service: GenerationService = state.inference
     return service
 
@@ -58,17 +57,16 @@ Service = Annotated[GenerationService, Depends(inference)]
 
 
 def resolve_version(ctx: ServerContext, app_id: str, model_id: str, version_id: str | None) -> ModelVersion:
-    """The version to serve, on this machine's disk: fetched from the shared store if trained elsewhere.
+    """The version to serve on this machine's disk: fetched from the shared store if trained elsewhere.
 
     Callers run it in a worker thread, so a download never blocks the event loop.
     """
-    version = _trained_version(ctx, app_id, model_id, version_id)
-    assert version.artifact_path is not None
-    ctx.artifacts.fetch(version.artifact_path)
+    version = trained_version(ctx, app_id, model_id, version_id)
+    local_copy(ctx, version)
     return version
 
 
-def _trained_version(ctx: ServerContext, app_id: str, model_id: str, version_id: str | None) -> ModelVersion:
+def trained_version(ctx: ServerContext, app_id: str, model_id: str, version_id: str | None) -> ModelVersion:
     """The version asked for, or the latest trained; it must be MODEL_TRAINED."""
     if version_id is None:
         latest = registry.latest_trained(ctx.db, app_id, model_id)
@@ -76,16 +74,20 @@ def _trained_version(ctx: ServerContext, app_id: str, model_id: str, version_id:
             raise NotFoundError(f"model '{model_id}' has no trained version yet; train one or wait for it to finish")
         return latest
     version = registry.get_model_version(ctx.db, app_id, model_id, version_id)
+    return check_trained(version)
+
+
+def check_trained(version: ModelVersion) -> ModelVersion:
     if version.status != TrainingStatus.MODEL_TRAINED.name or not version.artifact_path:
         why = f": {version.message}" if version.message else ""
         raise ConflictError(
-            f"model version '{version_id}' is {version.status}{why}; only a MODEL_TRAINED version can predict"
+            f"model version '{version.id}' is {version.status}{why}; only a MODEL_TRAINED version can predict"
         )
     return version
 
 
 def version_dir(ctx: ServerContext, version: ModelVersion) -> Path:
-    assert version.artifact_path is not None  # resolve_version only returns trained versions
+    assert version.artifact_path is not None  # trained_version only returns trained versions
     return ctx.artifacts.resolve(version.artifact_path)
 
 
@@ -104,12 +106,26 @@ def check_inputs(inputs: list[str], key: str = "inputs") -> None:
         raise SettingsError(f"each of '{key}' may be at most {MAX_INPUT_CHARS:,} characters", key=key)
 
 
-async def check_batch_size(
-    ctx: ServerContext, service: Service, version: ModelVersion, texts: list[str], params: InferenceParams
+async def admit(
+    ctx: ServerContext, service: GenerationService, version: ModelVersion, texts: list[str], params: InferenceParams
 ) -> None:
-    """Refuse (422) what would hold more than `--max-batch-tokens` at once; loads the version if need be."""
-    loaded = await run_in_threadpool(service.cache.get, version.id, version_dir(ctx, version))
+    """Where this server generates: the version on its disk (fetched from the shared store if need be,
+    then loaded), and the request within `--max-batch-tokens` (422 above it).
+
+    A remote backend leaves both to the node that generates, which admits the request the same way.
+    """
+    if not service.generates_here:
+        return
+    path = await run_in_threadpool(local_copy, ctx, version)
+    loaded = await run_in_threadpool(service.cache.get, version.id, path)
     await run_in_threadpool(check_batch_tokens, loaded, texts, params, ctx.max_batch_tokens)
+
+
+def local_copy(ctx: ServerContext, version: ModelVersion) -> Path:
+    """The version's folder on this machine, fetched from the shared store first if it is not here (blocking)."""
+    assert version.artifact_path is not None
+    ctx.artifacts.fetch(version.artifact_path)
+    return version_dir(ctx, version)
 
 
 @router.post("/predict")
@@ -118,8 +134,8 @@ async def predict(
 ) -> PredictResponse:
     params = request_params(ctx, body.inference_params)
     check_inputs(body.inputs)
-    version = await run_in_threadpool(resolve_version, ctx, app_id, model_id, body.version)
-    await check_batch_size(ctx, service, version, body.inputs, params)
+    version = await run_in_threadpool(trained_version, ctx, app_id, model_id, body.version)
+    await admit(ctx, service, version, body.inputs, params)
     async with slots.hold(key.id):
         predictions = await service.predict(version.id, version_dir(ctx, version), body.inputs, params)
     outputs = [
@@ -136,11 +152,11 @@ async def generate(
     """Server-sent events: `data: {"text"}` per piece, then `event: done` (or `event: error`)."""
     params = request_params(ctx, body.inference_params)
     check_inputs([body.input], key="input")
-    version = await run_in_threadpool(resolve_version, ctx, app_id, model_id, body.version)
-    await check_batch_size(ctx, service, version, [body.input], params)
+    version = await run_in_threadpool(trained_version, ctx, app_id, model_id, body.version)
+    await admit(ctx, service, version, [body.input], params)
     pieces, slot = await stream_in_slot(service, slots, key, version, version_dir(ctx, version), body.input, params)
     return StreamingResponse(
-        _events(pieces, version.id), media_type="text/event-stream", headers=SSE_HEADERS, background=slot
+        events(pieces, version.id), media_type="text/event-stream", headers=SSE_HEADERS, background=slot
     )
 
 
@@ -152,7 +168,7 @@ async def stream_in_slot(
     path: Path,
     text: str,
     params: Any,
-) -> tuple[TextStream, BackgroundTask]:
+) -> tuple[PieceStream, BackgroundTask]:
     """Start a stream in one of the key's generation slots; the task ends both when the response does.
 
     Starlette runs a response's background task after the last chunk and after a disconnect too,
@@ -172,14 +188,16 @@ async def stream_in_slot(
     return pieces, BackgroundTask(finish)
 
 
-async def _events(pieces: TextStream, version_id: str) -> AsyncIterator[str]:
+async def events(pieces: PieceStream, version_id: str) -> AsyncIterator[str]:
+    """Server-sent events: `data: {"text"}` per piece, then `event: done` with counts (or `event: error`)."""
     try:
         async for piece in pieces:
             yield sse({"text": piece})
     except Exception as err:
         yield sse(error_body(err), event="error")
         return
-    yield sse({"finish_reason": pieces.finish_reason, "model_version_id": version_id, "tokens": pieces.tokens}, "done")
+    done = {"finish_reason": pieces.finish_reason, "model_version_id": version_id, "tokens": pieces.tokens}
+    yield sse({**done, "prompt_tokens": pieces.prompt_tokens}, "done")
 
 
 def sse(data: Any, event: str | None = None) -> str:

@@ -1,0 +1,159 @@
+"""`serve --backend remote`: an API server that sends every generation to the nodes that advertise
+themselves in its database (`serve --advertise-url`), with real processes on loopback ports.
+
+The API server runs on a data dir of its own that never receives the model version, so every
+answer it gives must have come from a node.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tests.conftest import BACKENDS, _free_port
+from tests.process_helpers import Processes, prepare_model, queue, running_processes, state, wait_for
+
+from tuneloom.errors import ConflictError, SettingsError, TuneloomError, error_from_dict
+from tuneloom.store.keys import PEPPER_FILE
+
+GREEDY = {"max_tokens": 6, "temperature": 0}
+FINAL = {"MODEL_TRAINED", "MODEL_TRAINING_FAILED", "MODEL_TRAINING_INVALID_PARAMS", "MODEL_TRAINING_CANCELLED"}
+
+
+@pytest.fixture(params=BACKENDS)
+def procs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Processes]:
+    with running_processes(tmp_path, request.param) as started:
+        yield started
+
+
+def start_node(procs: Processes, *args: str) -> tuple[Any, str]:
+    port = _free_port()
+    return procs.serve("--advertise-url", f"http://127.0.0.1:{port}/", *args, port=port)
+
+
+def start_api_server(procs: Processes, *, own_data_dir: bool) -> str:
+    """`--backend remote`, on the nodes' data dir or on one of its own (sharing the database and key pepper only)."""
+    front_dir = None
+    if own_data_dir:
+        front_dir = procs.data_dir.parent / "api-server"
+        (front_dir / PEPPER_FILE).parent.mkdir(parents=True)
+        shutil.copy(procs.data_dir / PEPPER_FILE, front_dir / PEPPER_FILE)
+    _, url = procs.serve("--backend", "remote", "--workers", "0", data_dir=front_dir)
+    return url
+
+
+def trained(model: str, headers: dict[str, str], version: str) -> str:
+    ended = wait_for(
+        lambda: (s := state(f"{model}/versions/{version}", headers))["status"]["name"] in FINAL and s, "end"
+    )
+    assert ended["status"]["name"] == "MODEL_TRAINED", ended
+    return version
+
+
+def streamed(url: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[str, dict[str, Any]]:
+    """The text of a /generate stream and its `done` event."""
+    pieces, event, done = [], "message", {}
+    with httpx.stream("POST", f"{url}/generate", json=body, headers=headers, timeout=120) as response:
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                event = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                data = json.loads(line.removeprefix("data: "))
+                assert event != "error", data
+                if event == "done":
+                    done = data
+                else:
+                    pieces.append(data["text"])
+    return "".join(pieces), done
+
+
+def test_an_api_server_with_backend_remote_generates_on_the_nodes(procs: Processes) -> None:
+    node, node_url = start_node(procs)  # trains too: one worker slot
+    spare, _ = start_node(procs, "--workers", "0")
+    front = start_api_server(procs, own_data_dir=True)
+    health = httpx.get(f"{front}/healthz").json()
+    assert health["backend"] == "remote" and health["generation_nodes"] == 2
+
+    on_node, headers, dataset_version = prepare_model(node_url, procs.data_dir)  # the data lives by the nodes
+    version = trained(on_node, headers, queue(on_node, headers, dataset_version, steps=4))
+    model = on_node.replace(node_url, front)
+
+    body = {"inputs": ["great results", "awful service"], "inference_params": GREEDY}
+    through_front = httpx.post(f"{model}/predict", json=body, headers=headers, timeout=120)
+    assert through_front.status_code == 200, through_front.text
+    direct = httpx.post(f"{on_node}/predict", json=body, headers=headers, timeout=120)
+    assert through_front.json() == direct.json()
+    assert not (procs.data_dir.parent / "api-server" / "model-versions").exists()  # never fetched, never loaded
+
+    text, done = streamed(model, {"input": "great results", "inference_params": GREEDY}, headers)
+    assert text == through_front.json()["outputs"][0]["text"]
+    assert done["tokens"] == through_front.json()["outputs"][0]["tokens"] and done["prompt_tokens"] > 0
+
+    chat = {"model": f"shop/m/{version}", "messages": [{"role": "user", "content": "great results"}], "max_tokens": 4}
+    answer = httpx.post(f"{front}/v1/chat/completions", json=chat, headers=headers, timeout=120)
+    assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] > 0, answer.text
+
+    user_key = headers["Authorization"].removeprefix("Key ")
+    internal = {"version_id": version, "inputs": ["x"]}
+    for auth in (f"Key {user_key}", "Node wrong-token", ""):
+        answer = httpx.post(f"{node_url}/internal/generation/predict", json=internal, headers={"Authorization": auth})
+        assert answer.status_code == 401 and answer.json()["code"] == "UNAUTHORIZED"
+    answer = httpx.post(f"{front}/internal/generation/predict", json=internal, headers={"Authorization": "Node x"})
+    assert answer.status_code == 404  # the API server is no node
+
+    node.send_signal(signal.SIGKILL)  # its row stays "live" until its lease passes: the spare must answer now
+    node.wait()
+    again = httpx.post(f"{model}/predict", json=body, headers=headers, timeout=120)
+    assert again.status_code == 200 and again.json() == through_front.json(), again.text
+
+    spare.send_signal(signal.SIGKILL)
+    spare.wait()
+    gone = httpx.post(f"{model}/predict", json=body, headers=headers, timeout=120)
+    assert gone.status_code == 503 and gone.json()["code"] == "GENERATION_NODE_UNAVAILABLE", gone.text
+    assert "no generation node answered" in gone.json()["message"]
+
+
+@pytest.mark.parametrize("procs", ["sqlite", pytest.param("postgresql", marks=pytest.mark.soak)], indirect=True)
+def test_no_live_node_is_a_503_then_a_nodes_refusal_is_relayed_as_is(procs: Processes) -> None:
+    front = start_api_server(procs, own_data_dir=False)
+    procs.start("worker", "--workers", "1")
+    model, headers, dataset_version = prepare_model(front, procs.data_dir)
+    trained(model, headers, queue(model, headers, dataset_version, steps=2))
+    body = {"inputs": ["great results"] * 2, "inference_params": {"max_tokens": 100}}
+    none = httpx.post(f"{model}/predict", json=body, headers=headers, timeout=60)
+    assert none.status_code == 503 and none.json()["code"] == "GENERATION_NODE_UNAVAILABLE", none.text
+    assert "no generation node is live" in none.json()["message"] and "--advertise-url" in none.json()["message"]
+    assert httpx.get(f"{front}/healthz").json()["generation_nodes"] == 0
+
+    start_node(procs, "--workers", "0", "--max-batch-tokens", "64")  # 2 × (prompt + 100) > 64
+    refused = httpx.post(f"{model}/predict", json=body, headers=headers, timeout=120)
+    assert refused.status_code == 422, refused.text
+    error = refused.json()
+    assert error["code"] == "INVALID_PARAMS" and error["details"]["key"] == "max_batch_tokens"
+    assert error["details"]["limit"] == 64 and "--max-batch-tokens" in error["message"]
+    streamed_refusal = httpx.post(
+        f"{model}/generate",
+        json={"input": "x", "inference_params": body["inference_params"]},
+        headers=headers,
+        timeout=120,
+    )
+    assert streamed_refusal.status_code == 422 and streamed_refusal.json()["details"]["key"] == "max_batch_tokens"
+    small = httpx.post(f"{model}/predict", json={"inputs": ["x"], "inference_params": GREEDY}, headers=headers)
+    assert small.status_code == 200 and small.json()["outputs"][0]["tokens"] > 0, small.text
+
+
+def test_a_relayed_error_keeps_its_class_code_and_key() -> None:
+    settings = error_from_dict(SettingsError("too many", key="max_batch_tokens", details={"limit": 64}).to_dict())
+    assert isinstance(settings, SettingsError) and settings.key == "max_batch_tokens"
+    assert settings.details == {"limit": 64, "key": "max_batch_tokens"} and settings.message == "too many"
+    assert type(error_from_dict(ConflictError("not trained").to_dict())) is ConflictError
+    unknown = error_from_dict({"code": "SOMETHING_NEW", "message": "m"})
+    assert type(unknown) is TuneloomError and unknown.code == "SOMETHING_NEW"
+    assert error_from_dict("not json").code == TuneloomError.code
