@@ -92,7 +92,12 @@ def create_app(ctx: ServerContext) -> FastAPI:
             log.warning("health check: database unavailable: %s", err.orig)
             body = {"status": "unavailable", "database": "unavailable", "message": DATABASE_DOWN}
             return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
-        health = {"status": "ok", "database": "ok", "version": __version__, "backend": ctx.inference_backend}
+        health: dict[str, Any] = {
+            "status": "ok",
+            "database": "ok",
+            "version": __version__,
+            "backend": ctx.inference_backend,
+        }
         if ctx.inference_backend == "remote":
             health["generation_nodes"] = len(live_nodes(ctx.db))
         return health
