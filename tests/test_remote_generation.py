@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.conftest import BACKENDS, _free_port
+from tests.conftest import BACKENDS, _free_port, run_cli
 from tests.process_helpers import Processes, prepare_model, queue, running_processes, state, wait_for
 
 from tuneloom.errors import ConflictError, SettingsError, TuneloomError, error_from_dict
@@ -76,10 +76,12 @@ def streamed(url: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[s
 
 def test_an_api_server_with_backend_remote_generates_on_the_nodes(procs: Processes) -> None:
     node, node_url = start_node(procs)  # trains too: one worker slot
-    spare, _ = start_node(procs, "--workers", "0")
+    spare, spare_url = start_node(procs, "--workers", "0")
     front = start_api_server(procs, own_data_dir=True)
     health = httpx.get(f"{front}/healthz").json()
     assert health["backend"] == "remote" and health["generation_nodes"] == 2
+    listed = run_cli("workers", "--json", "--data-dir", str(procs.data_dir), *procs.extra)
+    assert sorted(n["url"] for n in json.loads(listed.stdout)["generation_nodes"]) == sorted((node_url, spare_url))
 
     on_node, headers, dataset_version = prepare_model(node_url, procs.data_dir)  # the data lives by the nodes
     version = trained(on_node, headers, queue(on_node, headers, dataset_version, steps=4))

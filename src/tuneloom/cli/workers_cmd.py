@@ -1,4 +1,5 @@
-"""`tuneloom workers`: the worker slots sharing a database, what each can run, and runs none can."""
+"""`tuneloom workers`: the worker slots sharing a database, what each can run, runs none can, and the
+live generation nodes (`serve --advertise-url`) that servers with `--backend remote` send to."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from tuneloom.cli.render import console, print_json
 
 def register(commands: Any) -> None:
     workers = commands.add_parser(
-        "workers", help="list training workers (host, capacity, heartbeat, current run) and runs none can take"
+        "workers",
+        help="list training workers (host, capacity, heartbeat, current run), runs none can take, generation nodes",
     )
     workers.add_argument("--data-dir", type=Path, default=Path("tuneloom-data"), help="for the SQLite database")
     workers.add_argument("--database-url", default=None, help="e.g. postgresql://… (default: SQLite in the data dir)")
@@ -23,17 +25,27 @@ def run_workers(args: argparse.Namespace) -> int:
     from tuneloom.store import workers
     from tuneloom.store.db import open_database
     from tuneloom.store.models import utcnow
+    from tuneloom.store.nodes import live_nodes
 
     db = open_database(args.database_url, data_dir=args.data_dir)
     now = utcnow()
     found = workers.list_workers(db, now=now)
     stuck = workers.stuck_jobs(db, now=now)
+    nodes = live_nodes(db, now=now)
     if args.json:
-        print_json({"workers": [_worker_dict(w, now) for w in found], "waiting": [_stuck_dict(*s) for s in stuck]})
+        print_json(
+            {
+                "workers": [_worker_dict(w, now) for w in found],
+                "waiting": [_stuck_dict(*s) for s in stuck],
+                "generation_nodes": [{"id": n.id, "url": n.url, "backend": n.backend} for n in nodes],
+            }
+        )
         return 0
     _print_table(found, now)
     for job, why in stuck:
         console.print(f"queued {job.id} ({job.template}): {why}")
+    for node in nodes:
+        console.print(f"generation node {node.id} at {node.url} ({node.backend} backend), live")
     return 0
 
 
