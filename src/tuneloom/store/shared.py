@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import shutil
 import threading
 from pathlib import Path
@@ -86,7 +87,9 @@ class ArtifactStore:
         files = _files(local)
         try:
             for name, path in files.items():
-                self._fs.put_file(str(path), self._remote(relative, name))
+                remote = self._remote(relative, name)
+                self._fs.makedirs(posixpath.dirname(remote), exist_ok=True)  # a file system needs it; S3 ignores it
+                self._fs.put_file(str(path), remote)
             index = {"files": {n: {"sha256": sha256_file(p), "size": p.stat().st_size} for n, p in files.items()}}
             self._fs.pipe_file(self._remote(relative) + INDEX_SUFFIX, json.dumps(index, indent=1).encode())
         except Exception as err:  # network, credentials, bucket: the artifact is not shared, say where and why

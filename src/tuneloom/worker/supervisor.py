@@ -20,10 +20,11 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError
 
@@ -41,6 +42,7 @@ from tuneloom.worker.child import RunSpec, run_child
 STOP_GRACE_S = 120.0  # a checkpoint of a big model takes a while; after this the child is killed
 DB_RETRY_S = 2.0  # while the database is unavailable, try again this often
 log = logging.getLogger("tuneloom.worker")
+T = TypeVar("T")
 
 
 @dataclass
@@ -248,20 +250,21 @@ class WorkerSlot:
                 "a worker trains on its own machine (num_machines 1, any num_processes)"
             )
         data = dataset_versions.get_version_by_id(self.db, job.dataset_version_id)
-        if data.artifact_path is None:
+        snapshot = data.artifact_path
+        if snapshot is None:
             return f"dataset version '{data.id}' has no snapshot file"
         try:
-            self.artifacts.fetch(data.artifact_path)  # from the shared store, when this machine lacks it
+            self._with_lease(job, functools.partial(self.artifacts.fetch, snapshot))  # when this machine lacks it
             dataset_versions.verify_snapshot(self.artifacts, data)
         except TuneloomError as err:
             return err.message
         start_from = None
         if job.resume_from is not None:
-            earlier = get_model_version_by_id(self.db, job.resume_from)
-            if earlier.artifact_path is None:
+            weights = get_model_version_by_id(self.db, job.resume_from).artifact_path
+            if weights is None:
                 return f"model version '{job.resume_from}' to continue from has no trained weights"
             try:
-                start_from = str(self.artifacts.fetch(earlier.artifact_path))
+                start_from = str(self._with_lease(job, functools.partial(self.artifacts.fetch, weights)))
             except TuneloomError as err:
                 return err.message
             try:  # refused before a process starts: continuing from damaged weights would train on garbage
@@ -270,7 +273,7 @@ class WorkerSlot:
                 return err.message
         return RunSpec(
             job_id=job.id,
-            data=str(self.artifacts.resolve(data.artifact_path)),
+            data=str(self.artifacts.resolve(snapshot)),
             output=str(self.artifacts.model_version_dir(job.id)),
             workdir=str(self.artifacts.checkpoint_dir(job.id)),
             template=job.template,
@@ -281,27 +284,40 @@ class WorkerSlot:
         )
 
     def _publish(self, job: ModelVersion, output: Path) -> str | None:
-        """Put the trained version on the shared store before it is MODEL_TRAINED; why not, if it failed.
-
-        The upload runs beside heartbeats: a large model takes longer than a lease, and a worker
-        silent that long would lose the finished job to another.
-        """
+        """Put the trained version on the shared store before it is MODEL_TRAINED; why not, if it failed."""
         if self.artifacts.shared is None:
             return None
-        problems: list[str] = []
+        try:
+            self._with_lease(job, lambda: self.artifacts.publish(self.artifacts.relative(output)))
+        except TuneloomError as err:
+            return f"training finished but the model version could not be shared: {err.message}"
+        return None
 
-        def upload() -> None:
+    def _with_lease(self, job: ModelVersion, transfer: Callable[[], T]) -> T:
+        """`transfer()` (a download or upload) in a thread while the job's lease is extended beside it.
+
+        Fetching a large model to continue from, or publishing one, takes longer than a lease, and a
+        worker silent that long would lose its job to another worker (which would start it again).
+        """
+        outcome: list[tuple[bool, Any]] = []
+
+        def run() -> None:
             try:
-                self.artifacts.publish(self.artifacts.relative(output))
-            except TuneloomError as err:
-                problems.append(f"training finished but the model version could not be shared: {err.message}")
+                outcome.append((True, transfer()))
+            except BaseException as err:  # re-raised below, in the worker's own thread
+                outcome.append((False, err))
 
-        uploading = threading.Thread(target=upload, name=f"publish-{job.id}", daemon=True)
-        uploading.start()
-        while uploading.is_alive():
-            uploading.join(self.config.heartbeat_s)
-            self._beat(job, _RunState())  # nothing new to report: only the lease is extended
-        return problems[0] if problems else None
+        moving = threading.Thread(target=run, name=f"transfer-{job.id}", daemon=True)
+        moving.start()
+        while moving.is_alive():
+            moving.join(self.config.heartbeat_s)
+            if moving.is_alive():
+                self._beat(job, _RunState())  # nothing new to report: only the lease is extended
+        done, value = outcome[0]
+        if not done:
+            raise value
+        result: T = value
+        return result
 
     def _start_message(self, job: ModelVersion) -> str:
         checkpoint = latest_checkpoint(self.artifacts.checkpoint_dir(job.id))
