@@ -11,19 +11,20 @@ each case the record that spans them is reported invalid, with the line's own re
 from __future__ import annotations
 
 import csv
-import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
-from typing import Protocol
 
-from tuneloom.data.lines import Batch, excerpt, iter_batches
+from tuneloom.data.csv_lines import CsvLines
+from tuneloom.data.lines import excerpt, iter_batches
 from tuneloom.data.sections import LineParser, line_parser
 from tuneloom.data.sniff import KNOWN_CSV_COLUMNS, fail, header_cells
 from tuneloom.data.types import Example, InvalidRow
 
 TEXT_COLUMNS = ("input.data.text.raw", "input")
 ID_COLUMNS = ("input.id", "inputid")
+ROW_BATCH = 4096  # rows are handed on in lists of about this many
 EXPECTED = "'input.data.text.raw' (tuneloom's template), 'input' (the SDK's export) or 'prompt' and 'completion'"
 
 
@@ -37,30 +38,38 @@ class _Layout:
     completion: int
     ident: int | None
     text_name: str
+    delimiter: str = ","
 
 
 def iter_csv_rows(
-    chunks: Iterable[bytes], path: Path, response_headers: tuple[str, ...]
+    chunks: Iterable[bytes], path: Path, response_headers: tuple[str, ...], *, plain: bool = True
 ) -> Iterator[Example | InvalidRow]:
     """Rows of a CSV file; `DataFileError` if the header names none of the known column sets."""
+    for rows in csv_row_batches(chunks, path, response_headers, plain=plain):
+        yield from rows
+
+
+def csv_row_batches(
+    chunks: Iterable[bytes], path: Path, response_headers: tuple[str, ...], *, plain: bool = True
+) -> Iterator[list[Example | InvalidRow]]:
+    """The rows of a CSV file in lists (a comprehension per run of plain lines, see `csv_lines`).
+
+    `plain=False` reads every line with the csv module: the reference the fast path is tested against.
+    """
     bad: dict[int, InvalidRow] = {}
-    lines = _feed(iter_batches(chunks, bad), bad)
-    skipped = 0
-    for first in lines:
-        if first.strip():
-            break
-        skipped += 1
-    else:
+    lines = CsvLines(iter_batches(chunks, bad), bad, plain=plain)
+    first = lines.skip_blank()
+    if first is None:
         return
     delimiter = _delimiter(first)
     # strict: a stray or unclosed quote fails its record instead of silently swallowing the lines after it
-    reader = csv.reader(itertools.chain([first], lines), delimiter=delimiter, strict=True)
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
     try:
         header = next(reader)
     except csv.Error as error:
         raise fail(path, f"has an unreadable CSV header: {_csv_problem(error)}") from None
     layout = _layout(path, header, delimiter)
-    yield from _records(reader, layout, bad, skipped, line_parser(response_headers))
+    yield from _row_batches(lines, reader, layout, line_parser(response_headers))
 
 
 def check_header(path: Path, sample: str) -> None:
@@ -74,17 +83,6 @@ def check_header(path: Path, sample: str) -> None:
     except csv.Error as error:
         raise fail(path, f"has an unreadable CSV header: {_csv_problem(error)}") from None
     _layout(path, header, delimiter)
-
-
-def _feed(batches: Iterable[Batch], bad: dict[int, InvalidRow]) -> Iterator[str]:
-    """Physical lines for the csv module, ended by "\\n" alone: a quoted cell's line breaks become "\\n"."""
-    for first, items in batches:
-        for number, item in enumerate(items, first):
-            if isinstance(item, str):
-                yield item.rstrip("\r") + "\n"
-            else:
-                bad[number] = item
-                yield "\n"
 
 
 def _delimiter(header_line: str) -> str:
@@ -105,44 +103,67 @@ def _layout(path: Path, header: list[str], delimiter: str) -> _Layout:
     for name in TEXT_COLUMNS:
         if name in names and not (name == "input" and {"prompt", "completion"} <= set(names)):
             index = names.index(name)
-            return _Layout(len(names), index, index, index, ident, header[index].strip())
+            return _Layout(len(names), index, index, index, ident, header[index].strip(), delimiter)
     if {"prompt", "completion"} <= set(names):
-        return _Layout(len(names), None, names.index("prompt"), names.index("completion"), ident, "")
+        prompt, completion = names.index("prompt"), names.index("completion")
+        return _Layout(len(names), None, prompt, completion, ident, "", delimiter)
     found = ", ".join(repr(excerpt(cell.strip(), 40)) for cell in header[:10]) or "none"
     shown = {",": "", ";": " (semicolon-separated)", "\t": " (tab-separated)"}[delimiter]
     raise fail(path, f"has CSV columns {found}{shown}; expected {EXPECTED}")
 
 
-class _Reader(Protocol):
-    line_num: int
+def _row_batches(
+    lines: CsvLines, reader: Iterator[list[str]], layout: _Layout, parse: LineParser
+) -> Iterator[list[Example | InvalidRow]]:
+    """Walk the records: runs of plain lines split here, anything else one record by the csv module."""
+    bad = lines.bad
+    row = _row_maker(layout, parse)
+    delimiter = layout.delimiter
+    rows: list[Example | InvalidRow] = []
+    rows += _take_bad(bad, lines.line, lines.line - 1)[0]  # undecodable header lines, reported first
+    while not lines.at_end():
+        first = lines.line
+        run = lines.plain_run()
+        if run:  # one plain line is one record; `_blank` is inlined for the common non-blank first cell
+            cells = map(str.split, run, repeat(delimiter))
+            rows += [
+                row(record, n)
+                for n, record in enumerate(cells, first)
+                if (record[0] and not record[0].isspace()) or not _blank(record)
+            ]
+        else:
+            rows += _record(lines, reader, row)
+        if len(rows) >= ROW_BATCH:
+            yield rows
+            rows = []
+    rows += _take_bad(bad, 1 << 62, 1 << 62)[0]
+    if rows:
+        yield rows
 
-    def __next__(self) -> list[str]: ...
 
+def _record(lines: CsvLines, reader: Iterator[list[str]], row: _RowMaker) -> list[Example | InvalidRow]:
+    """One record read by the csv module (the lines it spans are consumed), as its row if not blank.
 
-def _records(
-    reader: _Reader, layout: _Layout, bad: dict[int, InvalidRow], offset: int, parse: LineParser
-) -> Iterator[Example | InvalidRow]:
-    """Walk the records, tracking the physical line each starts on (header = line offset+1)."""
-    prev = reader.line_num
-    while True:
-        start = offset + prev + 1
-        failure: InvalidRow | None = None
-        try:
-            record = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as error:
-            record, failure = [], InvalidRow(start, _csv_reason(error, start, offset + reader.line_num))
-        prev = reader.line_num
-        if bad:  # lines the reader could not decode, inside this record or (rarely) before it
-            earlier, spanning = _take_bad(bad, start, offset + prev)
-            yield from earlier
-            failure = spanning or failure
-        if failure is not None:
-            yield failure
-        elif not _blank(record):
-            yield _row(record, start, layout, parse)
-    yield from _take_bad(bad, 1 << 62, 1 << 62)[0]
+    Also the bad lines it spans: the record is invalid with the first one's reason.
+    """
+    start = lines.line
+    failure: InvalidRow | None = None
+    try:
+        record = next(reader)
+    except StopIteration:
+        return []
+    except csv.Error as error:
+        record, failure = [], InvalidRow(start, _csv_reason(error, start, lines.line - 1))
+    out: list[Example | InvalidRow] = []
+    if lines.bad:
+        earlier, spanning = _take_bad(lines.bad, start, lines.line - 1)
+        out += earlier
+        failure = spanning or failure
+    if failure is not None:
+        out.append(failure)
+    elif not _blank(record):
+        out.append(row(record, start))
+    return out
 
 
 def _blank(record: list[str]) -> bool:
@@ -190,23 +211,49 @@ def _csv_problem(error: csv.Error) -> str:
     return str(error)
 
 
-def _row(record: list[str], line: int, layout: _Layout, parse: LineParser) -> Example | InvalidRow:
-    """One record → an example via the sectioned-line parser, or prompt/completion cells directly."""
-    suffix = ""
-    if layout.ident is not None and layout.ident < len(record) and record[layout.ident].strip():
-        suffix = f" (input id {excerpt(record[layout.ident].strip(), 60)!r})"
-    width_problem = _width(record, layout)
-    if width_problem:
-        return InvalidRow(line, width_problem + suffix, excerpt(",".join(record)))
-    if layout.text is not None:
-        text = record[layout.text]
+_RowMaker = Callable[[list[str], int], Example | InvalidRow]
+
+
+def _row_maker(layout: _Layout, parse: LineParser) -> _RowMaker:
+    """The record → example function for this layout, its fields bound once: this is the hot path.
+
+    The sectioned-text cell goes to the sectioned-line parser, prompt/completion cells are used
+    directly. A plain line's last cell may still end in the "\r" of a "\r\n" (`CsvLines.plain_run`):
+    every cell but the text is stripped, and the text loses that "\r" here (a cell the csv module
+    returns never ends in "\r": one before a closing quote is a lone "\r", blanked), so the row is
+    the one the csv module's cells give. The input id is only looked at for a rejected row's reason.
+    """
+    width, text_index = layout.width, layout.text
+
+    def row(record: list[str], line: int) -> Example | InvalidRow:
+        problem = _width(record, layout) if len(record) != width else ""
+        if problem:
+            return _invalid(record, line, problem, layout)
+        if text_index is None:
+            return _pair(record, line, layout)
+        text = record[text_index]
         if not text.strip():
-            return InvalidRow(line, f"empty '{layout.text_name}' cell" + suffix, excerpt(",".join(record)))
+            return _invalid(record, line, f"empty '{layout.text_name}' cell", layout)
+        if text[-1:] == "\r":
+            text = text[:-1]
         result = parse(text, line)
-        if isinstance(result, InvalidRow) and suffix:
-            return InvalidRow(result.line, result.reason + suffix, result.excerpt)
+        if result.__class__ is InvalidRow:
+            suffix = _id_suffix(record, layout)
+            return InvalidRow(line, result.reason + suffix, result.excerpt) if suffix else result
         return result
-    return _pair(record, line, layout, suffix)
+
+    return row
+
+
+def _id_suffix(record: list[str], layout: _Layout) -> str:
+    """The " (input id 'b2')" a rejected row's reason ends with, when the file has an id column and the row an id."""
+    if layout.ident is not None and layout.ident < len(record) and record[layout.ident].strip():
+        return f" (input id {excerpt(record[layout.ident].strip(), 60)!r})"
+    return ""
+
+
+def _invalid(record: list[str], line: int, reason: str, layout: _Layout) -> InvalidRow:
+    return InvalidRow(line, reason + _id_suffix(record, layout), excerpt(",".join(record)))
 
 
 def _width(record: list[str], layout: _Layout) -> str:
@@ -218,7 +265,7 @@ def _width(record: list[str], layout: _Layout) -> str:
     return ""
 
 
-def _pair(record: list[str], line: int, layout: _Layout, suffix: str) -> Example | InvalidRow:
+def _pair(record: list[str], line: int, layout: _Layout) -> Example | InvalidRow:
     prompt = record[layout.prompt].strip()
     completion = record[layout.completion].strip()
     reason = ""
@@ -229,5 +276,5 @@ def _pair(record: list[str], line: int, layout: _Layout, suffix: str) -> Example
     elif not prompt:
         reason = "empty prompt"
     if reason:
-        return InvalidRow(line, reason + suffix, excerpt(",".join(record)))
+        return _invalid(record, line, reason, layout)
     return Example(prompt, completion, line)

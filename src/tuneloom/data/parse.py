@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuneloom.data.csv_rows import check_header, iter_csv_rows
+from tuneloom.data.csv_rows import check_header, csv_row_batches
 from tuneloom.data.jsonl_rows import jsonl_row_batches
 from tuneloom.data.lines import iter_batches
 from tuneloom.data.sections import RESPONSE_HEADERS, check_response_headers, section_row_batches
@@ -22,7 +22,6 @@ from tuneloom.data.types import DataReport, Example, InvalidRow
 from tuneloom.errors import DataFileError, SettingsError, ToleranceExceededError
 
 Row = Example | InvalidRow
-ROW_BATCH = 4096  # CSV rows come one by one from the csv module; they are handed on in lists
 
 
 @dataclass
@@ -45,8 +44,7 @@ def open_rows(
     fmt = choose_format(sniffed, format)
     if fmt == "csv":
         check_header(path, sniffed.sample)
-        rows = iter_csv_rows(open_chunks(sniffed), path, headers)
-        return fmt, iter(lambda: list(itertools.islice(rows, ROW_BATCH)), [])
+        return fmt, csv_row_batches(open_chunks(sniffed), path, headers)
     check_line_endings(sniffed)  # (CSV says so from its header: the csv module refuses a bare \r)
     batches = iter_batches(open_chunks(sniffed))
     if fmt == "jsonl":
