@@ -99,7 +99,7 @@ class CsvLines:
         hard = [
             i
             for i, line in enumerate(items)
-            if not isinstance(line, str) or '"' in line or line.find("\r", 0, len(line) - 1) >= 0 or len(line) > limit
+            if type(line) is not str or '"' in line or "\r" in line[:-1] or len(line) > limit
         ]
         if self.bad:  # undecodable lines, blanked lone "\r": the record that holds them is reported
             end = self.first + len(items)

@@ -1,8 +1,9 @@
 """CSV rows: tuneloom's template (`input.data.text.raw`), the hosted SDK's export (`input`), or
 `prompt`/`completion` columns.
 
-The `csv` module does the quoting (multi-line cells included); it is fed one physical line at a time
-so `reader.line_num` counts physical lines and every row can name the line where it starts.
+Plain lines (no quote, the common case) are split on the delimiter here; the `csv` module does the
+quoting of the others (multi-line cells included), fed one physical line at a time from the same
+cursor (`csv_lines.CsvLines`), so every row can name the line where it starts.
 Lines with bad UTF-8 are fed with U+FFFD in place of the bad bytes (so quoting stays intact),
 lines with a "\\r" inside (see `lines.lone_cr`) with it blanked, over-long lines as blank lines; in
 each case the record that spans them is reported invalid, with the line's own reason.
@@ -124,12 +125,13 @@ def _row_batches(
     while not lines.at_end():
         first = lines.line
         run = lines.plain_run()
-        if run:  # one plain line is one record; `_blank` is inlined for the common non-blank first cell
-            cells = map(str.split, run, repeat(delimiter))
+        # A plain line is one record, its cells line.split(delimiter): built from `partition`, which
+        # finds the first delimiter with memchr where `split` walks every character of the (long) text.
+        if run:
             rows += [
-                row(record, n)
-                for n, record in enumerate(cells, first)
-                if (record[0] and not record[0].isspace()) or not _blank(record)
+                row([head, *tail.split(delimiter)] if sep else [head], n)
+                for n, (head, sep, tail) in enumerate(map(str.partition, run, repeat(delimiter)), first)
+                if (head and not head.isspace()) or not _blank(tail.split(delimiter))
             ]
         else:
             rows += _record(lines, reader, row)
@@ -232,7 +234,7 @@ def _row_maker(layout: _Layout, parse: LineParser) -> _RowMaker:
         if text_index is None:
             return _pair(record, line, layout)
         text = record[text_index]
-        if not text.strip():
+        if not text or text.isspace():  # (`not text.strip()` without copying the text)
             return _invalid(record, line, f"empty '{layout.text_name}' cell", layout)
         if text[-1:] == "\r":
             text = text[:-1]

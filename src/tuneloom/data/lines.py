@@ -102,12 +102,16 @@ def decode_lines(body: bytes, first_line: int, bad: dict[int, InvalidRow] | None
 
 
 def _mark_lone_cr(items: list[str | InvalidRow], first_line: int, bad: dict[int, InvalidRow] | None) -> None:
-    """Lines with a "\\r" inside become rows (or, with `bad`, CSV text with the "\\r" blanked + an entry)."""
-    for index, item in enumerate(items):
-        at = lone_cr(item) if isinstance(item, str) else -1
+    """Lines with a "\\r" inside become rows (or, with `bad`, CSV text with the "\\r" blanked + an entry).
+
+    Only lines with a "\\r" before their last character can hold one: found first, in one cheap pass
+    ("\\r\\n" files have a "\\r" on every line), so `lone_cr` runs on those alone.
+    """
+    for index in [i for i, item in enumerate(items) if isinstance(item, str) and "\r" in item[:-1]]:
+        text = cast(str, items[index])
+        at = lone_cr(text)
         if at < 0:
             continue
-        text = cast(str, item)
         row = lone_cr_row(first_line + index, text, at)
         if bad is None:
             items[index] = row
