@@ -228,9 +228,10 @@ def _row_maker(layout: _Layout, parse: LineParser) -> _RowMaker:
     width, text_index = layout.width, layout.text
 
     def row(record: list[str], line: int) -> Example | InvalidRow:
-        problem = _width(record, layout) if len(record) != width else ""
-        if problem:
-            return _invalid(record, line, problem, layout)
+        if len(record) != width:
+            problem = _width(record, layout)
+            if problem:
+                return _invalid(record, line, problem, layout)
         if text_index is None:
             return _pair(record, line, layout)
         text = record[text_index]
