@@ -101,8 +101,14 @@ def choose_backend(requested: str, probe: Callable[[], str | None] = vllm_missin
     return "vllm"
 
 
-def make_service(backend: str, cache_bytes: int, *, micro_batch: bool, db: Database) -> GenerationService:
-    """The generation service for a chosen backend (vLLM's modules are imported only when it is chosen)."""
+def make_service(
+    backend: str, cache_bytes: int, *, micro_batch: bool, db: Database, max_batch_tokens: int
+) -> GenerationService:
+    """The generation service for a chosen backend (vLLM's modules are imported only when it is chosen).
+
+    A local service refuses a request above `max_batch_tokens` where it counts the prompts anyway;
+    a remote one leaves that to the node, which applies its own `--max-batch-tokens`.
+    """
     if backend == "remote":
         from tuneloom.server.remote_inference import RemoteInference
 
@@ -110,7 +116,7 @@ def make_service(backend: str, cache_bytes: int, *, micro_batch: bool, db: Datab
     if backend == "vllm":
         from tuneloom.server.vllm_inference import VllmInference
 
-        return VllmInference()
+        return VllmInference(max_batch_tokens=max_batch_tokens)
     from tuneloom.server.inference import Inference
 
-    return Inference(cache_bytes, micro_batch=micro_batch)
+    return Inference(cache_bytes, micro_batch=micro_batch, max_batch_tokens=max_batch_tokens)

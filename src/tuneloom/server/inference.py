@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tuneloom.server.engine import Engine, Job, Prediction, TextStream, count_tokens
+from tuneloom.server.limits import refuse_above
 
 if TYPE_CHECKING:
     from tuneloom.generate.loading import InferenceModel
@@ -136,8 +137,10 @@ class Inference:
         micro_batch: bool = True,
         batch_window_s: float = DEFAULT_BATCH_WINDOW_S,
         threads: int = 8,
+        max_batch_tokens: int | None = None,
     ):
         self.cache = ModelCache(cache_bytes)
+        self.max_batch_tokens = max_batch_tokens  # a request above it is refused (422) before it joins a batch
         self.generates_here = True
         self.micro_batch = micro_batch
         self.batch_window_s = batch_window_s
@@ -178,9 +181,13 @@ class Inference:
     def _job(
         self, version_id: str, path: Path, texts: list[str], params: InferenceParams, stream: TextStream | None
     ) -> Job:
-        """Worker thread: the loaded version and the request's rows (prompts rendered and counted)."""
+        """Worker thread: the loaded version and the request's rows (prompts rendered and counted once,
+        for the batch-size limit, admission and usage alike)."""
         loaded = self.cache.get(version_id, path)
-        return Job.create(loaded, texts, params, stream)
+        job = Job.create(loaded, texts, params, stream)
+        if self.max_batch_tokens is not None:
+            refuse_above(self.max_batch_tokens, len(texts), max(job.prompt_tokens), params.max_tokens)
+        return job
 
     def _engine(self, version_id: str) -> Engine:
         engine = self._engines.get(version_id)

@@ -165,13 +165,20 @@ def check_batch_tokens(loaded: Any, texts: Sequence[str], params: InferenceParam
     version's `tokenizer` and `prompt_format`.
     """
     from tuneloom.generate.generator import render_prompt
-    from tuneloom.server.engine import batch_tokens, count_tokens
+    from tuneloom.server.engine import count_tokens
 
     longest = max(count_tokens(loaded, render_prompt(loaded, text, params)) for text in texts)
-    figure = batch_tokens(len(texts), longest, params.max_tokens)
+    refuse_above(limit, len(texts), longest, params.max_tokens)
+
+
+def refuse_above(limit: int, inputs: int, longest_prompt: int, max_tokens: int) -> None:
+    """The 422 for a request over `--max-batch-tokens`, naming its figure; for prompts already counted."""
+    from tuneloom.server.engine import batch_tokens
+
+    figure = batch_tokens(inputs, longest_prompt, max_tokens)
     if figure > limit:
         raise SettingsError(
-            f"this request needs {len(texts)} input(s) × ({longest} prompt tokens + {params.max_tokens} max_tokens) "
+            f"this request needs {inputs} input(s) × ({longest_prompt} prompt tokens + {max_tokens} max_tokens) "
             f"= {figure:,} batch tokens, above this server's limit of {limit:,} (--max-batch-tokens); "
             "send fewer inputs or ask for fewer max_tokens",
             key="max_batch_tokens",

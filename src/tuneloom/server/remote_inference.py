@@ -34,6 +34,7 @@ log = logging.getLogger("tuneloom.server")
 NODES_REFRESH_S = 2.0  # how stale this server's list of live nodes may be
 SKIP_UNREACHABLE_S = 10.0  # a node that refused a connection is tried last for this long
 TIMEOUT = httpx.Timeout(connect=5.0, read=600.0, write=30.0, pool=30.0)  # a long generation is not an outage
+LIMITS = httpx.Limits(max_connections=512, max_keepalive_connections=128)  # reuse connections under load
 
 
 class GenerationNodeUnavailable(TuneloomError):
@@ -103,7 +104,7 @@ class RemoteInference:
         self.cache = TokenizerCache()
         self.generates_here = False
         self._db = db
-        self._client = client or httpx.AsyncClient(timeout=TIMEOUT)
+        self._client = client or httpx.AsyncClient(timeout=TIMEOUT, limits=LIMITS)
         self._nodes: list[NodeInfo] = []
         self._read_at = float("-inf")
         self._unreachable: dict[str, float] = {}  # node id → until when it is tried last

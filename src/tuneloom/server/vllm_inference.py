@@ -39,6 +39,7 @@ from tuneloom.generate.vllm_engine import (
     start_engine,
 )
 from tuneloom.server.inference import Prediction, TextStream
+from tuneloom.server.limits import check_batch_tokens
 from tuneloom.templates.prompting import PromptFormat
 
 
@@ -120,8 +121,10 @@ class VllmInference:
         *,
         max_engines: int = 1,
         start: Callable[[dict[str, Any]], Any] = start_engine,
+        max_batch_tokens: int | None = None,
     ):
         self.config = config or EngineConfig()
+        self.max_batch_tokens = max_batch_tokens  # a request above it is refused (422) before vLLM sees it
         self.cache = VersionRegistry()
         self.generates_here = True
         self.max_engines = max_engines
@@ -134,7 +137,7 @@ class VllmInference:
         self, version_id: str, path: Path, texts: Sequence[str], params: InferenceParams
     ) -> list[Prediction]:
         """Every input submitted at once; vLLM batches them with whatever else is running."""
-        version = await asyncio.to_thread(self.cache.get, version_id, path)
+        version = await self._admitted(version_id, path, texts, params)
         eos = version.tokenizer.eos_token_id
         request = sampling_params(params, eos, stream=False)  # refused parameters fail before any work
         entry = await self._acquire(version.plan)
@@ -151,7 +154,7 @@ class VllmInference:
 
     async def stream(self, version_id: str, path: Path, text: str, params: InferenceParams) -> TextStream:
         """Start one streamed generation; errors before the first token raise here, later ones in the stream."""
-        version = await asyncio.to_thread(self.cache.get, version_id, path)
+        version = await self._admitted(version_id, path, [text], params)
         request = sampling_params(params, version.tokenizer.eos_token_id, stream=True)
         prompt = render_prompt(version, text, params)
         entry = await self._acquire(version.plan)
@@ -160,6 +163,15 @@ class VllmInference:
         handle = VllmStream(asyncio.get_running_loop())
         handle.start(outputs, prompt, params, lambda: self._later(self._release(entry)))
         return handle
+
+    async def _admitted(
+        self, version_id: str, path: Path, texts: Sequence[str], params: InferenceParams
+    ) -> VllmVersion:
+        """The version's serving plan and tokenizer, once the request is within `--max-batch-tokens`."""
+        version = await asyncio.to_thread(self.cache.get, version_id, path)
+        if self.max_batch_tokens is not None:
+            await asyncio.to_thread(check_batch_tokens, version, texts, params, self.max_batch_tokens)
+        return version
 
     async def _complete(
         self, engine: Any, version: VllmVersion, text: str, params: InferenceParams, request: Any

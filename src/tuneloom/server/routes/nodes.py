@@ -80,7 +80,7 @@ async def _admitted(body: NodeRequest, ctx: ServerContext, service: Service) -> 
     check_inputs(body.inputs)
     params = request_params(ctx, body.inference_params)
     version = await run_in_threadpool(registry.get_model_version_by_id, ctx.db, body.version_id)
-    await admit(ctx, service, check_trained(version), body.inputs, params)
+    await admit(ctx, service, check_trained(version))
     return version, params
 
 

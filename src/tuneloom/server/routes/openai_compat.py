@@ -189,7 +189,7 @@ async def completions(
     check_inputs(prompts, key="prompt")
     params = inference_params(body, body.max_tokens, ctx.max_tokens_limit)
     version = await run_in_threadpool(resolve_model, ctx, key, body.model)
-    await admit(ctx, service, version, prompts, params)
+    await admit(ctx, service, version)
     head = ResponseHead(id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=body.model)
     if body.stream:
         if len(prompts) != 1:
@@ -221,7 +221,7 @@ async def chat_completions(
     max_tokens = body.max_completion_tokens or body.max_tokens
     params = inference_params(body, max_tokens, ctx.max_tokens_limit, system)
     version = await run_in_threadpool(resolve_model, ctx, key, body.model)
-    await admit(ctx, service, version, users[-1:], params)
+    await admit(ctx, service, version)
     head = ResponseHead(id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=body.model)
     if body.stream:
         pieces, done = await stream_in_slot(service, slots, key, version, version_dir(ctx, version), users[-1], params)

@@ -24,7 +24,7 @@ from tuneloom.generate.params import MAX_INPUTS, InferenceParams
 from tuneloom.server.auth import api_key, context, require_app
 from tuneloom.server.backends import GenerationService, PieceStream, make_service
 from tuneloom.server.context import ServerContext
-from tuneloom.server.limits import GenerationSlots, cap_max_tokens, check_batch_tokens, generation_slots
+from tuneloom.server.limits import GenerationSlots, cap_max_tokens, generation_slots
 from tuneloom.server.schemas import GenerateRequest, PredictionOut, PredictRequest, PredictResponse
 from tuneloom.server.schemas.inference import MAX_INPUT_CHARS
 from tuneloom.server.schemas.openai import finish_reason
@@ -42,13 +42,16 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 async def inference(request: Request) -> GenerationService:
-    """The app's one generation service (transformers `Inference` or vLLM, as `serve --backend` chose),
+    """The app's one generation service (transformers, vLLM or remote, as `serve --backend` chose),
     made on first use (an async dependency: no two requests race to make it)."""
     state = request.app.state
     if getattr(state, "inference", None) is None:
         ctx: ServerContext = state.context
         micro_batch = os.environ.get(MICRO_BATCH_ENV, "1") != "0"
-        state.inference = make_service(ctx.inference_backend, ctx.model_cache_bytes, micro_batch=micro_batch, db=ctx.db)
+        backend, limit = ctx.inference_backend, ctx.max_batch_tokens
+        state.inference = make_service(
+            backend, ctx.model_cache_bytes, micro_batch=micro_batch, db=ctx.db, max_batch_tokens=limit
+        )
     service: GenerationService = state.inference
     return service
 
@@ -106,19 +109,14 @@ def check_inputs(inputs: list[str], key: str = "inputs") -> None:
         raise SettingsError(f"each of '{key}' may be at most {MAX_INPUT_CHARS:,} characters", key=key)
 
 
-async def admit(
-    ctx: ServerContext, service: GenerationService, version: ModelVersion, texts: list[str], params: InferenceParams
-) -> None:
-    """Where this server generates: the version on its disk (fetched from the shared store if need be,
-    then loaded), and the request within `--max-batch-tokens` (422 above it).
+async def admit(ctx: ServerContext, service: GenerationService, version: ModelVersion) -> None:
+    """Where this server generates, the version on its disk (fetched from the shared store if need be).
 
-    A remote backend leaves both to the node that generates, which admits the request the same way.
+    The service itself refuses a request above `--max-batch-tokens` (422) when it counts the
+    prompts; a remote backend leaves both to the node that generates.
     """
-    if not service.generates_here:
-        return
-    path = await run_in_threadpool(local_copy, ctx, version)
-    loaded = await run_in_threadpool(service.cache.get, version.id, path)
-    await run_in_threadpool(check_batch_tokens, loaded, texts, params, ctx.max_batch_tokens)
+    if service.generates_here:
+        await run_in_threadpool(local_copy, ctx, version)
 
 
 def local_copy(ctx: ServerContext, version: ModelVersion) -> Path:
@@ -135,7 +133,7 @@ async def predict(
     params = request_params(ctx, body.inference_params)
     check_inputs(body.inputs)
     version = await run_in_threadpool(trained_version, ctx, app_id, model_id, body.version)
-    await admit(ctx, service, version, body.inputs, params)
+    await admit(ctx, service, version)
     async with slots.hold(key.id):
         predictions = await service.predict(version.id, version_dir(ctx, version), body.inputs, params)
     outputs = [
@@ -153,7 +151,7 @@ async def generate(
     params = request_params(ctx, body.inference_params)
     check_inputs([body.input], key="input")
     version = await run_in_threadpool(trained_version, ctx, app_id, model_id, body.version)
-    await admit(ctx, service, version, [body.input], params)
+    await admit(ctx, service, version)
     pieces, slot = await stream_in_slot(service, slots, key, version, version_dir(ctx, version), body.input, params)
     return StreamingResponse(
         events(pieces, version.id), media_type="text/event-stream", headers=SSE_HEADERS, background=slot
