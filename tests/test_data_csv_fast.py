@@ -140,7 +140,7 @@ def test_quote_free_lines_skip_the_csv_module_and_quoted_ones_do_not() -> None:
     assert not lines.at_end()
     assert lines.plain_run() == ["a,b\r", "c,d\r", "\r", "e,f"]
     assert lines.plain_run() == []  # the quoted record: the csv module reads it, both lines
-    assert next(csv.reader(lines)) == ["g\n,h", "i"]
+    assert next(csv.reader(lines.source)) == ["g\n,h", "i"]
     assert lines.line == 7
     assert lines.plain_run() == ["j,k"]
     assert lines.at_end()

@@ -40,31 +40,34 @@ class CsvLines:
         self.first = 1  # the number of items[0]
         self.pos = 0  # index in items of the next line
         self._hard: list[int] = [0]  # indices of the lines the csv module must read, then len(items)
+        self.hard: set[int] = set()  # the same indices, for the record loop (`csv_rows._records`)
+        self.source = self._feed()  # what the csv module reads
 
     @property
     def line(self) -> int:
         """The number of the next line (one past the last line at the end)."""
         return self.first + self.pos
 
-    def __iter__(self) -> Iterator[str]:
-        return self
+    def _feed(self) -> Iterator[str]:
+        """The lines as the csv module reads them: ended by "\\n" alone; an over-long one blank.
 
-    def __next__(self) -> str:
-        """The next line as the csv module reads it: ended by "\\n" alone; an over-long one blank."""
-        if self.pos == len(self.items) and not self._load():
-            raise StopIteration
-        item = self.items[self.pos]
-        self.pos += 1
-        if isinstance(item, str):
-            return item.rstrip("\r") + "\n"
-        self.bad[self.first + self.pos - 1] = item
-        return "\n"
+        (A generator: resuming one costs less than a `__next__` method, once per line the csv module
+        reads.) It keeps no position of its own, so a line given back (`skip_blank`) is read again.
+        """
+        while self.pos < len(self.items) or self._load():
+            item = self.items[self.pos]
+            self.pos += 1
+            if isinstance(item, str):
+                yield item.rstrip("\r") + "\n"
+            else:
+                self.bad[self.first + self.pos - 1] = item
+                yield "\n"
 
     def skip_blank(self) -> str | None:
         """Consume the blank lines; return the next line as the csv module will read it (not consumed)."""
-        for line in self:
+        for line in self.source:
             if line.strip():
-                self.pos -= 1  # __next__ loaded its batch first, so the line is still in `items`
+                self.pos -= 1  # `_feed` loaded its batch first, so the line is still in `items`
                 return line
         return None
 
@@ -76,7 +79,7 @@ class CsvLines:
         """Consume and return the plain lines from here up to the next line the csv module must read.
 
         A plain line's cells are `line.split(delimiter)`, the last one with its trailing "\\r" (at
-        most one) still on: every reader of the cells strips it (see `csv_rows._row`).
+        most one) still on: every reader of the cells strips it (see `csv_rows._row_maker`).
         """
         pos = self.pos
         end = self._hard[bisect.bisect_left(self._hard, pos)]
@@ -90,6 +93,7 @@ class CsvLines:
             if items:
                 self.first, self.items, self.pos = first, items, 0
                 self._hard = self._hard_lines() if self._plain else list(range(len(items) + 1))
+                self.hard = set(self._hard[:-1])
                 return True
         return False
 

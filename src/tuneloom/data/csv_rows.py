@@ -64,7 +64,7 @@ def csv_row_batches(
         return
     delimiter = _delimiter(first)
     # strict: a stray or unclosed quote fails its record instead of silently swallowing the lines after it
-    reader = csv.reader(lines, delimiter=delimiter, strict=True)
+    reader = csv.reader(lines.source, delimiter=delimiter, strict=True)
     try:
         header = next(reader)
     except csv.Error as error:
@@ -134,7 +134,7 @@ def _row_batches(
                 if (head and not head.isspace()) or not _blank(tail.split(delimiter))
             ]
         else:
-            rows += _record(lines, reader, row)
+            rows += _records(lines, reader, row)
         if len(rows) >= ROW_BATCH:
             yield rows
             rows = []
@@ -143,29 +143,32 @@ def _row_batches(
         yield rows
 
 
-def _record(lines: CsvLines, reader: Iterator[list[str]], row: _RowMaker) -> list[Example | InvalidRow]:
-    """One record read by the csv module (the lines it spans are consumed), as its row if not blank.
+def _records(lines: CsvLines, reader: Iterator[list[str]], row: _RowMaker) -> list[Example | InvalidRow]:
+    """Records read by the csv module (consuming the lines each spans), while the next line needs it too.
 
-    Also the bad lines it spans: the record is invalid with the first one's reason.
+    A record spanning bad lines is invalid, with the first one's reason.
     """
-    start = lines.line
-    failure: InvalidRow | None = None
-    try:
-        record = next(reader)
-    except StopIteration:
-        return []
-    except csv.Error as error:
-        record, failure = [], InvalidRow(start, _csv_reason(error, start, lines.line - 1))
     out: list[Example | InvalidRow] = []
-    if lines.bad:
-        earlier, spanning = _take_bad(lines.bad, start, lines.line - 1)
-        out += earlier
-        failure = spanning or failure
-    if failure is not None:
-        out.append(failure)
-    elif not _blank(record):
-        out.append(row(record, start))
-    return out
+    bad = lines.bad
+    while True:
+        start = lines.first + lines.pos  # (`lines.line`, inlined: this loop runs once per record)
+        failure: InvalidRow | None = None
+        try:
+            record = next(reader)
+        except StopIteration:
+            return out
+        except csv.Error as error:
+            record, failure = [], InvalidRow(start, _csv_reason(error, start, lines.line - 1))
+        if bad:
+            earlier, spanning = _take_bad(bad, start, lines.line - 1)
+            out += earlier
+            failure = spanning or failure
+        if failure is not None:
+            out.append(failure)
+        elif not _blank(record):
+            out.append(row(record, start))
+        if lines.pos not in lines.hard:  # a plain line next, or the end of the batch
+            return out
 
 
 def _blank(record: list[str]) -> bool:
