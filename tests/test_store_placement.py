@@ -51,6 +51,33 @@ def test_requirements_follow_the_template_and_the_settings() -> None:
     assert need("advanced", model_config={"pretrained_model_name_or_path": "tuneloom/tiny-random"})[2] is None
 
 
+def test_a_full_fine_tune_needs_room_for_gradients_and_optimizer_state() -> None:
+    """135M parameters in float32 without PEFT: weights + gradients + AdamW's two moments = 4 × 515 MiB."""
+
+    def need(**overrides: dict[str, object]) -> tuple[int | None, str]:
+        settings = resolve_settings("smollm2-135m-instruct-lora", {"peft_config": {}, **overrides}).to_dict()
+        r = job_requirement("smollm2-135m-instruct-lora", settings)
+        return r.memory_mb, r.memory_what
+
+    assert need() == (2060, "the weights, gradients and optimizer state")
+    assert need(trainer_config={"optim": "adamw_bnb_8bit"})[0] == 1288  # one byte per moment
+    assert need(trainer_config={"optim": "sgd"}) == (1030, "the weights and gradients")
+    fsdp = need(distributed={"strategy": "fsdp", "num_processes": 2})
+    assert fsdp == (1030, "the weights, gradients and optimizer state (sharded over 2 processes)")
+    assert need(distributed={"strategy": "deepspeed_zero2", "num_processes": 2})[0] == 515 + 773  # 515 + 1545 / 2
+    assert need(distributed={"strategy": "ddp", "num_processes": 2})[0] == 2060  # every process holds it all
+
+
+def test_a_waiting_full_fine_tune_names_what_its_memory_is_for(db: Database, dsv: str) -> None:
+    run = _enqueue(db, dsv, "mistral-7b-lora", peft_config={})
+    workers.beat(db, "box:1:0", CPU, lease_s=30)
+    assert jobs.claim_next(db, "box:1:0", 60, capacity=CPU) is None  # 53,406 MiB > 16,000 MiB
+    assert workers.waiting_reason(db, run) == (
+        "waiting for a worker with at least 53,406 MiB of memory for the weights, gradients and optimizer state "
+        "(live workers: 1, CPU only, 16,000 MiB)"
+    )
+
+
 def test_a_cpu_worker_skips_a_gpu_run_and_takes_the_one_behind(db: Database, dsv: str) -> None:
     gpu_run = _enqueue(db, dsv, "llama-2-7b-chat-gptq-lora")
     cpu_run = _enqueue(db, dsv, "tiny-random")

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from tuneloom.errors import TuneloomError
 from tuneloom.store.db import Database
 from tuneloom.store.models import QUEUED, RUNNING, ModelVersion, Worker, utcnow
-from tuneloom.templates.requirements import job_requirement
+from tuneloom.templates.requirements import Requirement, job_requirement
 
 FORGET_AFTER = timedelta(days=1)  # rows of workers gone this long are deleted
 
@@ -134,20 +134,22 @@ def stuck_jobs(db: Database, *, now: datetime | None = None, limit: int = 100) -
 def _reason(job: ModelVersion, live: list[Capacity]) -> str | None:
     if any(c.fits(job.needs_cuda, job.needs_memory_mb) for c in live):
         return None
+    requirement = _requirement(job)
     need = ""
     if job.needs_cuda:
-        need = f" with a CUDA GPU ({_cuda_why(job)} needs one)"
+        need = f" with a CUDA GPU ({requirement.cuda_why or 'its settings'} needs one)"
     if job.needs_memory_mb:
         where = "GPU memory" if job.needs_cuda else "memory"
-        need += f"{' and' if need else ' with'} at least {job.needs_memory_mb:,} MiB of {where} for the weights"
+        amount = f"at least {job.needs_memory_mb:,} MiB of {where} for {requirement.memory_what}"
+        need += f"{' and' if need else ' with'} {amount}"
     return f"waiting for a worker{need} (live workers: {_summary(live)})"
 
 
-def _cuda_why(job: ModelVersion) -> str:
+def _requirement(job: ModelVersion) -> Requirement:
     try:
-        return job_requirement(job.template, job.settings).cuda_why or "its settings"
-    except TuneloomError:  # settings an older tuneloom stored in another shape: the stored flag still holds
-        return "its settings"
+        return job_requirement(job.template, job.settings)
+    except TuneloomError:  # settings an older tuneloom stored in another shape: the stored figures still hold
+        return Requirement()
 
 
 def _summary(live: list[Capacity]) -> str:

@@ -6,11 +6,14 @@ the first worker that happens to be free. Two things are derived:
 * `cuda`: the run cannot train without an NVIDIA GPU — the template is marked GPU-only, or a
   setting needs one (GPTQ or bitsandbytes quantization, flash attention, tf32, bf16 without
   use_cpu: the same rules `require_supported_hardware` enforces where the run trains).
-* `memory_mb`: a lower bound, the base model's weights alone (parameters × bytes per parameter,
-  from the template's parameter count, the quantization bits or `torch_dtype`; `auto` counts as
-  16 bits, what nearly every published checkpoint stores). Activations, the optimizer and the
-  adapter come on top, so a worker with less cannot run the job, and one with more may still run
-  out; it is only known when the run uses its template's own base model.
+* `memory_mb`: a lower bound per GPU (or per machine without one). The base model's weights
+  (parameters × bytes per parameter, from the template's parameter count, the quantization bits or
+  `torch_dtype`; `auto` counts as 16 bits, what nearly every published checkpoint stores). A full
+  fine-tune (no PEFT) adds the gradients (one more copy) and, with an Adam-family optimizer, its two
+  moments (two more; one byte per parameter each for the 8-bit variants). FSDP and ZeRO-3 shard all
+  of it over the run's processes, ZeRO-2 the gradients and moments. Activations and the adapter come
+  on top, so a worker with less cannot run the job, and one with more may still run out. It is only
+  known when the run uses its template's own base model.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ _DTYPE_BYTES = {"float32": 4.0, "float": 4.0, "float16": 2.0, "half": 2.0, "bflo
 class Requirement:
     cuda: bool = False
     cuda_why: str | None = None  # what needs the GPU: a settings key ('quantization_config') or the template
-    memory_mb: int | None = None  # the base model's weights; None when unknown
+    memory_mb: int | None = None  # a lower bound per GPU (see the module's docstring); None when unknown
+    memory_what: str = "the weights"  # what the bound counts, for the waiting message
 
 
 def job_requirement(template_id: str, settings: Mapping[str, Any]) -> Requirement:
@@ -49,10 +53,31 @@ def job_requirement(template_id: str, settings: Mapping[str, Any]) -> Requiremen
         why = f"template {template.id}"
     params = parameter_count(template.parameters)
     same_model = parsed.model_config.get("pretrained_model_name_or_path") == template.base_model
-    memory = None
-    if params is not None and same_model:
-        memory = math.ceil(params * _bytes_per_parameter(parsed) / 2**20)
-    return Requirement(cuda=why is not None, cuda_why=why, memory_mb=memory)
+    if params is None or not same_model:
+        return Requirement(cuda=why is not None, cuda_why=why)
+    memory, what = _training_memory(parsed, params)
+    return Requirement(cuda=why is not None, cuda_why=why, memory_mb=math.ceil(memory / 2**20), memory_what=what)
+
+
+def _training_memory(settings: TrainingSettings, params: float) -> tuple[float, str]:
+    """Bytes one process needs at least, and what they hold."""
+    weight_bytes = _bytes_per_parameter(settings)
+    weights = params * weight_bytes
+    if settings.peft_config:  # the adapter's gradients and optimizer state are a rounding error
+        return weights, "the weights"
+    optim = str(settings.trainer_config.get("optim", "adamw_torch"))
+    state = params * weight_bytes  # the gradients
+    what = "the weights and gradients"
+    if "adam" in optim:
+        state += 2 * params * (1.0 if "8bit" in optim else weight_bytes)
+        what = "the weights, gradients and optimizer state"
+    strategy = str(settings.distributed.get("strategy", "ddp"))
+    processes = max(1, int(settings.distributed.get("num_processes", 1)))
+    if strategy in ("fsdp", "deepspeed_zero3"):
+        return (weights + state) / processes, f"{what} (sharded over {processes} processes)"
+    if strategy == "deepspeed_zero2":
+        return weights + state / processes, f"{what} (all but the weights sharded over {processes} processes)"
+    return weights + state, what
 
 
 def parameter_count(text: str) -> float | None:
