@@ -1,13 +1,14 @@
 """The physical lines of a CSV file, read by the `csv` module only where a line needs it.
 
 The `csv` module walks every character through its state machine, and is fed one physical line at a
-time so every record can name the line it starts on: together about half the cost of a CSV file.
-Most lines need none of it. A line with no quote character, no "\\r" before its end and no cell over
-`csv.field_size_limit()` is exactly its text split on the delimiter, which is what the csv module
-would return for it (strict quoting has nothing to refuse without a quote; a trailing "\\r" is the
-"\\r\\n" ending, which the csv module never sees). Such "plain" lines are handed out in runs, as
-text; every other line (quotes, which may open a multi-line record; a "\\r" left inside; an
-undecodable or over-long line listed in `bad`) goes through the csv module, one record at a time.
+time so every record can name the line it starts on: most of what made a CSV file slower to read
+than the same rows as sectioned text (bench/README.md, "Data"). Most lines need none of it. A line
+with no quote character, no "\\r" before its end and no cell over `csv.field_size_limit()` is
+exactly its text split on the delimiter, which is what the csv module would return for it (strict
+quoting has nothing to refuse without a quote; a trailing "\\r" is the "\\r\\n" ending, which the
+csv module never sees). Such "plain" lines are handed out in runs, as text; every other line
+(quotes, which may open a multi-line record; a "\\r" left inside; an undecodable or over-long line
+listed in `bad`) goes through the csv module, one record at a time.
 Both read from the same cursor, so a record that spans lines simply consumes them.
 
 `tests/test_data_csv_fast.py` checks that the split gives the same rows as the csv module alone.
@@ -39,8 +40,8 @@ class CsvLines:
         self.items: list[str | InvalidRow] = []
         self.first = 1  # the number of items[0]
         self.pos = 0  # index in items of the next line
-        self._hard: list[int] = [0]  # indices of the lines the csv module must read, then len(items)
-        self.hard: set[int] = set()  # the same indices, for the record loop (`csv_rows._records`)
+        self._stops: list[int] = [0]  # where plain runs stop: the lines the csv module must read, len(items)
+        self.hard: set[int] = set()  # the lines the csv module must read, for `csv_rows._records`
         self.source = self._feed()  # what the csv module reads
 
     @property
@@ -82,7 +83,7 @@ class CsvLines:
         most one) still on: every reader of the cells strips it (see `csv_rows._row_maker`).
         """
         pos = self.pos
-        end = self._hard[bisect.bisect_left(self._hard, pos)]
+        end = self._stops[bisect.bisect_left(self._stops, pos)]
         if end == pos:
             return []
         self.pos = end
@@ -92,8 +93,8 @@ class CsvLines:
         for first, items in self._batches:
             if items:
                 self.first, self.items, self.pos = first, items, 0
-                self._hard = self._hard_lines() if self._plain else list(range(len(items) + 1))
-                self.hard = set(self._hard[:-1])
+                self._stops = self._hard_lines() if self._plain else list(range(len(items) + 1))
+                self.hard = set(self._stops[:-1])
                 return True
         return False
 
