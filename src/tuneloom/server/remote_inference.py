@@ -15,7 +15,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -73,35 +72,21 @@ class RemoteStream:
         raise GenerationNodeUnavailable("the generation node ended the stream without finishing it")
 
 
-class TokenizerCache:
-    """The evaluation table counts tokens of expected answers: that needs a version's tokenizer, not its weights."""
-
-    def __init__(self) -> None:
-        self._tokenizers: dict[str, Any] = {}
-        self._lock = threading.Lock()
+class NothingLoaded:
+    """The remote backend's `cache`: this server loads no version, so there is nothing to look up or drop."""
 
     def get(self, version_id: str, path: Path) -> Any:
-        with self._lock:
-            known = self._tokenizers.get(version_id)
-        if known is None:
-            from types import SimpleNamespace
-
-            from tuneloom.generate.loading import version_tokenizer
-
-            known = SimpleNamespace(tokenizer=version_tokenizer(path))
-        with self._lock:
-            return self._tokenizers.setdefault(version_id, known)
+        raise RuntimeError("a --backend remote server loads no model version; its nodes do")
 
     def discard(self, version_id: str) -> None:
-        with self._lock:
-            self._tokenizers.pop(version_id, None)
+        return None
 
 
 class RemoteInference:
     """`await predict(...)`, `await stream(...)` on the live generation nodes; use from the server's event loop."""
 
     def __init__(self, db: Database, client: httpx.AsyncClient | None = None):
-        self.cache = TokenizerCache()
+        self.cache = NothingLoaded()
         self.generates_here = False
         self._db = db
         self._client = client or httpx.AsyncClient(timeout=TIMEOUT, limits=LIMITS)

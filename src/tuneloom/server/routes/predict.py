@@ -59,16 +59,6 @@ async def inference(request: Request) -> GenerationService:
 Service = Annotated[GenerationService, Depends(inference)]
 
 
-def resolve_version(ctx: ServerContext, app_id: str, model_id: str, version_id: str | None) -> ModelVersion:
-    """The version to serve on this machine's disk: fetched from the shared store if trained elsewhere.
-
-    Callers run it in a worker thread, so a download never blocks the event loop.
-    """
-    version = trained_version(ctx, app_id, model_id, version_id)
-    local_copy(ctx, version)
-    return version
-
-
 def trained_version(ctx: ServerContext, app_id: str, model_id: str, version_id: str | None) -> ModelVersion:
     """The version asked for, or the latest trained; it must be MODEL_TRAINED."""
     if version_id is None:

@@ -22,9 +22,11 @@ from tuneloom.data.csv_template import TEMPLATE_COLUMNS, TEMPLATE_ROWS
 from tuneloom.evaluate.metrics import per_example
 from tuneloom.generate.params import InferenceParams
 from tuneloom.server.auth import api_key, context, require_app
+from tuneloom.server.backends import GenerationService
 from tuneloom.server.context import ServerContext
-from tuneloom.server.routes.predict import Key, Service, Slots, resolve_version, version_dir
+from tuneloom.server.routes.predict import Key, Service, Slots, admit, trained_version, version_dir
 from tuneloom.server.schemas.models import SettingsRequest
+from tuneloom.store.models import ModelVersion
 from tuneloom.templates import get_template, resolve_settings
 
 router = APIRouter(prefix="/api", tags=["web"])
@@ -93,9 +95,10 @@ async def evaluation(
     limit: Annotated[int, Query(ge=1, le=MAX_EVAL_ROWS)] = 20,
 ) -> EvaluationOut:
     """The version's held-out examples, generated greedily: expected vs generated, and whether they match."""
-    version = await run_in_threadpool(resolve_version, ctx, app_id, model_id, version_id)
+    version = await run_in_threadpool(trained_version, ctx, app_id, model_id, version_id)
+    await admit(ctx, service, version)
     path = version_dir(ctx, version)
-    examples = _held_out(ctx.artifacts.resolve(f"{version.artifact_path}/{HELD_OUT}"))
+    examples = await run_in_threadpool(_held_out, ctx, version)
     shown = examples[:limit]
     if not shown:
         return EvaluationOut(model_version_id=version.id, total=len(examples), accuracy=None, rows=[])
@@ -115,17 +118,26 @@ async def evaluation(
     )
 
 
-def _held_out(path: Path) -> list[dict[str, Any]]:
-    """The examples in `path`, resolved through `Artifacts` (a symlink out of the data dir is refused)."""
+def _held_out(ctx: ServerContext, version: ModelVersion) -> list[dict[str, Any]]:
+    """The version's held-out examples: that one file (from the shared store where the version is not
+    here; a path out of the data dir is refused, as for every artifact)."""
+    assert version.artifact_path is not None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(ctx.artifacts.read_member(version.artifact_path, HELD_OUT))
     except (OSError, ValueError):
         return []
     return [e for e in data if isinstance(e, dict) and "prompt" in e and "completion" in e]
 
 
-def _enough_tokens(service: Any, version_id: str, path: Path, completions: list[str]) -> int:
-    """Room for the longest expected completion plus slack (as `tuneloom evaluate` does)."""
-    loaded = service.cache.get(version_id, path)
-    longest = max(len(loaded.tokenizer(c, add_special_tokens=False)["input_ids"]) for c in completions)
+def _enough_tokens(service: GenerationService, version_id: str, path: Path, completions: list[str]) -> int:
+    """Room for the longest expected completion plus slack (as `tuneloom evaluate` does).
+
+    Where another server generates, this one has no tokenizer: a token covers at least one byte
+    (byte-level BPE, SentencePiece with byte fallback), so the byte count bounds it.
+    """
+    if service.generates_here:
+        tokenizer = service.cache.get(version_id, path).tokenizer
+        longest = max(len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in completions)
+    else:
+        longest = max(len(c.encode("utf-8")) for c in completions)
     return min(MAX_EVAL_TOKENS, int(longest * 1.5) + 8)
