@@ -7,9 +7,12 @@ answer it gives must have come from a node.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import signal
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,10 +21,16 @@ import httpx
 import pytest
 from tests.conftest import BACKENDS, _free_port, run_cli
 from tests.process_helpers import Processes, prepare_model, queue, running_processes, state, wait_for
+from tests.test_store_support import make_db_fixture
 
 from tuneloom.errors import ConflictError, SettingsError, TuneloomError, error_from_dict
+from tuneloom.generate.params import InferenceParams
+from tuneloom.server.remote_inference import GenerationNodeUnavailable, RemoteInference
+from tuneloom.store import nodes
+from tuneloom.store.db import Database
 from tuneloom.store.keys import PEPPER_FILE
 
+db = make_db_fixture()
 GREEDY = {"max_tokens": 6, "temperature": 0}
 FINAL = {"MODEL_TRAINED", "MODEL_TRAINING_FAILED", "MODEL_TRAINING_INVALID_PARAMS", "MODEL_TRAINING_CANCELLED"}
 
@@ -164,3 +173,45 @@ def test_a_relayed_error_keeps_its_class_code_and_key() -> None:
     unknown = error_from_dict({"code": "SOMETHING_NEW", "message": "m"})
     assert type(unknown) is TuneloomError and unknown.code == "SOMETHING_NEW"
     assert error_from_dict("not json").code == TuneloomError.code
+
+
+def test_versions_spread_over_the_nodes_and_stay_on_theirs_as_nodes_come_and_go(db: Database) -> None:
+    for name in ("a", "b", "c"):
+        nodes.advertise(db, name, f"http://{name}.invalid:8000", "transformers", "token", lease_s=30)
+    service = RemoteInference(db)
+    versions = [f"v{i}" for i in range(60)]
+
+    def first_choices() -> dict[str, str]:
+        service._read_at = float("-inf")  # read the live nodes again
+        return {v: asyncio.run(service._order(v))[0].id for v in versions}
+
+    before = first_choices()
+    assert set(before.values()) == {"a", "b", "c"} and first_choices() == before  # spread, and stable
+    nodes.withdraw(db, "b")
+    after = first_choices()
+    assert all(after[v] == before[v] for v in versions if before[v] != "b")  # only b's versions move
+    assert set(after.values()) == {"a", "c"}
+
+
+def test_a_slow_node_is_not_asked_twice_and_a_refusing_one_is_skipped(db: Database) -> None:
+    """One node accepts connections and never answers; the other refuses them: one timeout, not two."""
+    with socket.socket() as silent, socket.socket() as closed:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        for name, sock in (("silent", silent), ("refusing", closed)):
+            url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+            nodes.advertise(db, name, url, "transformers", "token", lease_s=30)
+
+        async def predict() -> None:
+            client = httpx.AsyncClient(timeout=httpx.Timeout(1.0, read=0.5))
+            service = RemoteInference(db, client)
+            try:
+                await service.predict("v1", Path("unused"), ["x"], InferenceParams())
+            finally:
+                await client.aclose()
+
+        started = time.monotonic()
+        with pytest.raises(GenerationNodeUnavailable, match="did not answer in time"):
+            asyncio.run(predict())
+        assert time.monotonic() - started < 2.0

@@ -47,13 +47,15 @@ class RemoteStream:
 
     def __init__(self, response: httpx.Response):
         self._response = response
+        self._closing: asyncio.Task[None] | None = None  # held: a task nobody references may be collected
         self.finish_reason: str | None = None
         self.tokens = 0
         self.prompt_tokens = 0
 
     def cancel(self) -> None:
         """Close the connection: the node drops the generation at its next step."""
-        asyncio.get_running_loop().create_task(self._response.aclose())
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._response.aclose())
 
     async def __aiter__(self) -> AsyncIterator[str]:
         try:
@@ -101,8 +103,8 @@ class RemoteInference:
         for node in await self._order(version_id):
             try:
                 response = await self._client.post(f"{node.url}/internal/generation/predict", json=body, **_auth(node))
-            except httpx.TransportError:
-                self._skip(node)
+            except httpx.TransportError as err:
+                self._skip_or_raise(node, err)
                 continue
             if _answered(response, node, self._skip):
                 return [_prediction(output) for output in response.json()["outputs"]]
@@ -117,8 +119,8 @@ class RemoteInference:
             )
             try:
                 response = await self._client.send(request, stream=True)
-            except httpx.TransportError:
-                self._skip(node)
+            except httpx.TransportError as err:
+                self._skip_or_raise(node, err)
                 continue
             if response.status_code == 200:
                 return RemoteStream(response)
@@ -138,6 +140,15 @@ class RemoteInference:
 
     def _skip(self, node: NodeInfo) -> None:
         self._unreachable[node.id] = time.monotonic() + SKIP_UNREACHABLE_S
+
+    def _skip_or_raise(self, node: NodeInfo, err: httpx.TransportError) -> None:
+        """A node that is down (refused, reset, gone mid-answer) is skipped and the next one asked; one that
+        is only slow is not: asking another would run the same long generation twice."""
+        if isinstance(err, httpx.TimeoutException) and not isinstance(err, httpx.ConnectTimeout):
+            raise GenerationNodeUnavailable(
+                f"the generation node at {node.url} did not answer in time ({type(err).__name__})"
+            ) from err
+        self._skip(node)
 
     async def _none_answered(self) -> GenerationNodeUnavailable:
         self._read_at = float("-inf")  # read the nodes again next time: one may have just started
