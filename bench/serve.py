@@ -28,6 +28,8 @@ from bench.common import RESULTS_DIR, print_table, write_result
 from bench.server_process import create_key, start_server, stop, train_through_api
 
 APP, MODEL = "bench", "serve"
+# One key for all clients: lift the per-key cap (default 4), or most requests would be 429s.
+NO_KEY_CAP = ("--max-concurrent-generations-per-key", "256")
 TRAIN_FAST = {"num_train_epochs": 3, "per_device_train_batch_size": 8, "learning_rate": 0.05}
 
 
@@ -86,23 +88,32 @@ async def load(url: str, key: str, texts: list[str], clients: int, per_client: i
 
 def measure(data_dir: Path, key: str, micro_batch: bool, args: argparse.Namespace) -> dict[str, Any]:
     env = {"TUNELOOM_MICRO_BATCH": "1" if micro_batch else "0"}
-    # One key for all clients: lift the per-key cap (default 4), or most requests would be 429s.
-    proc, url = start_server(data_dir, "--workers", "0", "--max-concurrent-generations-per-key", "256", env=env)
+    proc, url = start_server(data_dir, "--workers", "0", *NO_KEY_CAP, env=env)
     try:
-        texts = prompts(args.clients * args.requests)
-        asyncio.run(load(url, key, texts, args.clients, 1, args.max_tokens))  # warm-up: load, first shapes
-        return asyncio.run(load(url, key, texts, args.clients, args.requests, args.max_tokens))
+        return warm_and_load(url, key, args)
     finally:
         stop(proc)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def warm_and_load(url: str, key: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One request per client first (the version loads, the first shapes run), then the timed load."""
+    texts = prompts(args.clients * args.requests)
+    asyncio.run(load(url, key, texts, args.clients, 1, args.max_tokens))
+    return asyncio.run(load(url, key, texts, args.clients, args.requests, args.max_tokens))
+
+
+def load_arguments(doc: str | None, out: Path) -> argparse.Namespace:
+    """The client load's command line, shared by the serving benchmarks."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--requests", type=int, default=8, help="per client, back to back")
     parser.add_argument("--max-tokens", type=int, default=16)
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "serve.json")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=out)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = load_arguments(__doc__, RESULTS_DIR / "serve.json")
 
     load_before = os.getloadavg()[0]  # other work on the machine skews every figure: say how much there was
     with tempfile.TemporaryDirectory(prefix="tuneloom-bench-serve-") as tmp:

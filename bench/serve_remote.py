@@ -13,33 +13,17 @@ the relay costs the node nothing, so the ratio here is a lower bound.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from bench.common import RESULTS_DIR, print_table, write_result
-from bench.serve import load, prompts, trained_version
+from bench.serve import NO_KEY_CAP, load_arguments, trained_version, warm_and_load
 from bench.server_process import free_port, start_server, stop
-
-NO_KEY_CAP = ("--max-concurrent-generations-per-key", "256")  # one key for all clients
-
-
-def measure(url: str, key: str, args: argparse.Namespace) -> dict[str, Any]:
-    texts = prompts(args.clients * args.requests)
-    asyncio.run(load(url, key, texts, args.clients, 1, args.max_tokens))  # warm-up: load, first shapes
-    return asyncio.run(load(url, key, texts, args.clients, args.requests, args.max_tokens))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--requests", type=int, default=8, help="per client, back to back")
-    parser.add_argument("--max-tokens", type=int, default=16)
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "serve-remote.json")
-    args = parser.parse_args()
+    args = load_arguments(__doc__, RESULTS_DIR / "serve-remote.json")
 
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="tuneloom-bench-remote-") as tmp:
@@ -51,9 +35,9 @@ def main() -> None:
         )
         front, front_url = start_server(data_dir, "--workers", "0", "--backend", "remote", *NO_KEY_CAP)
         try:
-            direct = measure(node_url, key, args)
-            relayed = measure(front_url, key, args)
-            direct_again = measure(node_url, key, args)
+            direct = warm_and_load(node_url, key, args)
+            relayed = warm_and_load(front_url, key, args)
+            direct_again = warm_and_load(node_url, key, args)
         finally:
             stop(front)
             stop(node)
