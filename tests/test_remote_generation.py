@@ -83,6 +83,8 @@ def streamed(url: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[s
     return "".join(pieces), done
 
 
+# PostgreSQL under `make soak` only: the nodes table on PostgreSQL is covered by the in-process tests below.
+@pytest.mark.parametrize("procs", ["sqlite", pytest.param("postgresql", marks=pytest.mark.soak)], indirect=True)
 def test_an_api_server_with_backend_remote_generates_on_the_nodes(procs: Processes) -> None:
     node, node_url = start_node(procs)  # trains too: one worker slot
     spare, spare_url = start_node(procs, "--workers", "0")
