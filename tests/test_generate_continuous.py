@@ -104,3 +104,17 @@ def test_a_batch_encodes_whole_while_other_threads_count_tokens(loaded: Any) -> 
     assert not failures, failures
     mask = expected["attention_mask"]
     assert mask.shape == expected["input_ids"].shape and mask[:, -1].all() and not mask[0, 0]  # padded on the left
+
+
+def test_the_stop_string_criterion_is_built_once_and_still_stops(loaded: Any) -> None:
+    """Building it scans the vocabulary; `generate()` reuses one per tokenizer and set of stop strings."""
+    from tuneloom.generate.generator import stop_criterion, stop_strings
+
+    params = InferenceParams(max_tokens=6, stop=("zz",))
+    first = stop_criterion(loaded.tokenizer, stop_strings(params))
+    assert stop_criterion(loaded.tokenizer, stop_strings(params)) is first
+    assert stop_criterion(loaded.tokenizer, ["###"]) is not first
+    ids = torch.tensor([loaded.tokenizer.encode("an answer ###")])
+    assert bool(stop_criterion(loaded.tokenizer, ["###"])(ids, None).all())  # ends with a stop string: stop
+    ids = torch.tensor([loaded.tokenizer.encode("an answer")])
+    assert not bool(stop_criterion(loaded.tokenizer, ["###"])(ids, None).any())

@@ -8,6 +8,8 @@ text is cut at the first stop string (the stop string itself is never returned).
 from __future__ import annotations
 
 import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -22,6 +24,9 @@ from tuneloom.generate.params import MAX_INPUTS, InferenceParams
 from tuneloom.templates.prompting import SECTION_STOP, PromptFormat
 
 BATCH_SIZE = 32
+MAX_CACHED_STOPS = 64  # stop-string criteria kept per tokenizer (`stop_criterion`)
+_CRITERIA: weakref.WeakKeyDictionary[Any, OrderedDict[tuple[str, ...], StoppingCriteria]] = weakref.WeakKeyDictionary()
+_CRITERIA_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ def stream(loaded: InferenceModel, text: str, params: InferenceParams) -> Iterat
     Generation runs in a thread feeding a streamer. When the consumer stops early (a stop string,
     a closed connection) the thread is told to stop at its next token rather than run to max_tokens.
     """
-    from transformers import StoppingCriteriaList, TextIteratorStreamer
+    from transformers import TextIteratorStreamer
 
     prompt = render_prompt(loaded, text, params)
     stops = stop_strings(params)
@@ -67,9 +72,8 @@ def stream(loaded: InferenceModel, text: str, params: InferenceParams) -> Iterat
             with torch.inference_mode():
                 loaded.model.generate(
                     **_encode(loaded, [prompt]),
-                    **_generate_kwargs(loaded, params),
+                    **_generate_kwargs(loaded, params, StopWhenSet(cancel)),
                     streamer=streamer,
-                    stopping_criteria=StoppingCriteriaList([StopWhenSet(cancel)]),
                 )
         except BaseException as err:  # surfaced in the consumer's thread below
             failure.append(err)
@@ -191,13 +195,15 @@ def _encode(loaded: InferenceModel, prompts: list[str]) -> dict[str, torch.Tenso
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def _generate_kwargs(loaded: InferenceModel, params: InferenceParams) -> dict[str, Any]:
+def _generate_kwargs(loaded: InferenceModel, params: InferenceParams, *also: StoppingCriteria) -> dict[str, Any]:
+    from transformers import StoppingCriteriaList
+
+    criteria = StoppingCriteriaList([stop_criterion(loaded.tokenizer, stop_strings(params)), *also])
     kwargs: dict[str, Any] = {
         "max_new_tokens": params.max_tokens,
         "num_beams": params.num_beams,
         "do_sample": params.sampling,
-        "stop_strings": stop_strings(params),
-        "tokenizer": loaded.tokenizer,
+        "stopping_criteria": criteria,
         "pad_token_id": loaded.tokenizer.pad_token_id,
         "eos_token_id": loaded.tokenizer.eos_token_id,
     }
@@ -206,6 +212,29 @@ def _generate_kwargs(loaded: InferenceModel, params: InferenceParams) -> dict[st
     else:  # greedy: unset sampling knobs so transformers does not warn about them
         kwargs.update(temperature=None, top_p=None, top_k=None)
     return kwargs
+
+
+def stop_criterion(tokenizer: Any, stops: Sequence[str]) -> StoppingCriteria:
+    """transformers' stop-string criterion for `stops`, built once per tokenizer and set of strings.
+
+    Building one scans the whole vocabulary (80 ms for SmolLM2's 49k tokens on a CPU core, more
+    than a short batch-1 generation), and `generate(stop_strings=…)` builds a new one on every call.
+    It keeps no state between calls, so one serves every thread.
+    """
+    key = tuple(stops)
+    with _CRITERIA_LOCK:
+        known = _CRITERIA.setdefault(tokenizer, OrderedDict()).get(key)
+    if known is None:
+        from transformers import StopStringCriteria
+
+        known = StopStringCriteria(tokenizer, list(stops))
+    with _CRITERIA_LOCK:
+        per_tokenizer = _CRITERIA[tokenizer]
+        per_tokenizer[key] = known
+        per_tokenizer.move_to_end(key)
+        while len(per_tokenizer) > MAX_CACHED_STOPS:  # requests may bring their own stop strings
+            per_tokenizer.popitem(last=False)
+    return known
 
 
 @torch.inference_mode()
