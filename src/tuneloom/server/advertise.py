@@ -38,7 +38,8 @@ class NodeAdvert:
     """This server's registration as a generation node, refreshed by a daemon thread."""
 
     def __init__(self, db: Database, url: str, backend: str, lease_s: float = NODE_LEASE_S):
-        self.db, self.url, self.backend, self.lease_s = db, check_advertise_url(url), backend, lease_s
+        """`url` as `check_advertise_url` returns it (`serve` checks it before anything starts)."""
+        self.db, self.url, self.backend, self.lease_s = db, url, backend, lease_s
         self.node_id = f"{socket.gethostname()}:{os.getpid()}"
         self.token = secrets.token_urlsafe(32)
         self._stop = threading.Event()

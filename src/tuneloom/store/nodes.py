@@ -31,7 +31,7 @@ class NodeInfo:
 def advertise(
     db: Database, node_id: str, url: str, backend: str, token: str, lease_s: float, *, now: datetime | None = None
 ) -> None:
-    """Register or refresh a node (the first call registers it)."""
+    """Register or refresh a node (the first call registers it), and forget nodes gone for a day."""
     now = now or utcnow()
     with db.write() as session:
         row = session.get(GenerationNode, node_id)
@@ -39,6 +39,7 @@ def advertise(
             row = GenerationNode(id=node_id, started_at=now)
             session.add(row)
         row.url, row.backend, row.token, row.lease_s, row.heartbeat_at = url, backend, token, lease_s, now
+        session.execute(delete(GenerationNode).where(GenerationNode.heartbeat_at < now - FORGET_AFTER))
 
 
 def withdraw(db: Database, node_id: str) -> None:
@@ -47,10 +48,10 @@ def withdraw(db: Database, node_id: str) -> None:
 
 
 def live_nodes(db: Database, *, now: datetime | None = None) -> list[NodeInfo]:
-    """Nodes whose last heartbeat is within their lease, in id order; long-dead rows are forgotten."""
+    """Nodes whose last heartbeat is within their lease, in id order (a read only: /healthz and every
+    remote server call it often; the nodes' own heartbeats forget long-dead rows)."""
     now = now or utcnow()
-    with db.write() as session:
-        session.execute(delete(GenerationNode).where(GenerationNode.heartbeat_at < now - FORGET_AFTER))
+    with db.read() as session:
         rows = session.scalars(select(GenerationNode).order_by(GenerationNode.id)).all()
         return [
             NodeInfo(row.id, row.url, row.backend, row.token)

@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -299,25 +300,14 @@ class WorkerSlot:
         Fetching a large model to continue from, or publishing one, takes longer than a lease, and a
         worker silent that long would lose its job to another worker (which would start it again).
         """
-        outcome: list[tuple[bool, Any]] = []
-
-        def run() -> None:
-            try:
-                outcome.append((True, transfer()))
-            except BaseException as err:  # re-raised below, in the worker's own thread
-                outcome.append((False, err))
-
-        moving = threading.Thread(target=run, name=f"transfer-{job.id}", daemon=True)
-        moving.start()
-        while moving.is_alive():
-            moving.join(self.config.heartbeat_s)
-            if moving.is_alive():
+        mover = ThreadPoolExecutor(1, thread_name_prefix=f"transfer-{job.id}")
+        try:
+            moving = mover.submit(transfer)
+            while not wait([moving], timeout=self.config.heartbeat_s).done:
                 self._beat(job, _RunState())  # nothing new to report: only the lease is extended
-        done, value = outcome[0]
-        if not done:
-            raise value
-        result: T = value
-        return result
+            return moving.result()
+        finally:
+            mover.shutdown(wait=False)  # a lost lease (LeaseLostError) does not wait for the transfer
 
     def _start_message(self, job: ModelVersion) -> str:
         checkpoint = latest_checkpoint(self.artifacts.checkpoint_dir(job.id))
