@@ -36,6 +36,19 @@ def test_bare_carriage_return_inside_a_row_is_that_rows_reason(tmp_path: Path) -
     assert rows[0].reason.startswith(f"{LONE_CR}, at character 6:"), rows[0]  # as in every format
 
 
+@pytest.mark.parametrize("ending", [b"\r \n", b"\r\t\r\n", b" \r\n"])
+def test_a_carriage_return_among_trailing_spaces_in_a_quoted_cell_is_a_line_ending(
+    tmp_path: Path, ending: bytes
+) -> None:
+    """ "\\r \\n" inside a quoted cell reached the example as text; it is a line ending, as in every format."""
+    path = tmp_path / "data.csv"
+    path.write_bytes(b'prompt,completion\n"first' + ending + b'second",done\nok,fine\n')
+    rows = list(iter_rows(path))
+    assert all(isinstance(row, Example) for row in rows), rows
+    padding = ending.replace(b"\r", b"").decode()  # the spaces are the cell's text; the \r is not
+    assert [(row.prompt, row.completion) for row in rows] == [(f"first{padding}second", "done"), ("ok", "fine")]
+
+
 @pytest.mark.parametrize("key", ["max_tokens", "max_new_tokens", "top_k", "num_beams"])
 @pytest.mark.parametrize("number", [math.inf, -math.inf, math.nan])
 def test_non_finite_integer_parameters_are_refused_by_name(key: str, number: float) -> None:

@@ -59,7 +59,10 @@ class CsvLines:
             item = self.items[self.pos]
             self.pos += 1
             if isinstance(item, str):
-                yield item.rstrip("\r") + "\n"
+                text = item.rstrip("\r")
+                if text[-1:].isspace() and "\r" in text:  # e.g. "\r \n": see `line_ending_crs_dropped`
+                    text = line_ending_crs_dropped(text)
+                yield text + "\n"
             else:
                 self.bad[self.first + self.pos - 1] = item
                 yield "\n"
@@ -111,3 +114,13 @@ class CsvLines:
             hard = sorted({*hard, *(n - self.first for n in self.bad if self.first <= n < end)})
         hard.append(len(items))
         return hard
+
+
+def line_ending_crs_dropped(line: str) -> str:
+    """`line` without the "\\r"s among its trailing whitespace, which keeps its spaces and tabs.
+
+    `lines.lone_cr` counts a "\\r" there as part of the line ending (an editor that pads "\\r\\n" lines,
+    "\\r \\n"), as every other format does; inside a quoted cell the csv module would keep it as text.
+    """
+    body = line.rstrip()
+    return body + line[len(body) :].replace("\r", "")
