@@ -19,6 +19,9 @@ from tests.conftest import DATABASE_URL_FILE, _free_port, _wait_until_up, api_ke
 from tests.test_store_support import POSTGRES_URL, fresh_database
 
 from tuneloom.store.db import default_url
+from tuneloom.store.models import TrainingStatus
+
+FINAL = {status.name for status in TrainingStatus if status.is_final}
 
 
 class Processes:
@@ -94,6 +97,19 @@ def queue(model: str, headers: dict[str, str], dataset_version: str, steps: int 
     answer = httpx.post(f"{model}/versions", json=body, headers=headers, timeout=60)
     assert answer.status_code == 201, answer.text
     return str(answer.json()["id"])
+
+
+def ended(version_url: str, headers: dict[str, str]) -> dict[str, Any]:
+    """The version's state once its run has ended, however it ended."""
+    final: dict[str, Any] = wait_for(lambda: (s := state(version_url, headers))["status"]["name"] in FINAL and s, "end")
+    return final
+
+
+def trained(model: str, headers: dict[str, str], version: str) -> str:
+    """Wait for the version's run to end; it must have ended MODEL_TRAINED."""
+    final = ended(f"{model}/versions/{version}", headers)
+    assert final["status"]["name"] == "MODEL_TRAINED", final
+    return version
 
 
 def wait_for(predicate: Any, what: str, timeout: float = 180) -> Any:

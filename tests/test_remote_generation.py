@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.conftest import BACKENDS, _free_port, run_cli
-from tests.process_helpers import Processes, prepare_model, queue, running_processes, state, wait_for
+from tests.process_helpers import Processes, prepare_model, queue, running_processes, trained
 from tests.test_store_support import make_db_fixture
 
 from tuneloom.errors import ConflictError, SettingsError, TuneloomError, error_from_dict
@@ -32,7 +32,6 @@ from tuneloom.store.keys import PEPPER_FILE
 
 db = make_db_fixture()
 GREEDY = {"max_tokens": 6, "temperature": 0}
-FINAL = {"MODEL_TRAINED", "MODEL_TRAINING_FAILED", "MODEL_TRAINING_INVALID_PARAMS", "MODEL_TRAINING_CANCELLED"}
 
 
 @pytest.fixture(params=BACKENDS)
@@ -55,14 +54,6 @@ def start_api_server(procs: Processes, *, own_data_dir: bool) -> str:
         shutil.copy(procs.data_dir / PEPPER_FILE, front_dir / PEPPER_FILE)
     _, url = procs.serve("--backend", "remote", "--workers", "0", data_dir=front_dir)
     return url
-
-
-def trained(model: str, headers: dict[str, str], version: str) -> str:
-    ended = wait_for(
-        lambda: (s := state(f"{model}/versions/{version}", headers))["status"]["name"] in FINAL and s, "end"
-    )
-    assert ended["status"]["name"] == "MODEL_TRAINED", ended
-    return version
 
 
 def streamed(url: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[str, dict[str, Any]]:

@@ -11,10 +11,9 @@ import httpx
 import pytest
 from tests.conftest import _database_args as database_args
 from tests.conftest import api_key, run_cli, sentiment_lines
+from tests.process_helpers import FINAL
 
 Api = tuple[str, dict[str, str], str]  # models URL, headers, READY dataset version id
-FINAL = {"MODEL_TRAINED", "MODEL_TRAINING_FAILED", "MODEL_TRAINING_INVALID_PARAMS", "MODEL_TRAINING_CANCELLED"}
-FINAL |= {"MODEL_TRAINING_INVALID_DATA_TOLERANCE_EXCEEDED"}
 
 
 @pytest.fixture(scope="module")

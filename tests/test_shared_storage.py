@@ -13,12 +13,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from tests.conftest import run_cli
-from tests.process_helpers import Processes, prepare_model, queue, running_processes, state, wait_for
+from tests.process_helpers import Processes, ended, prepare_model, queue, running_processes
 from tests.s3_support import BUCKET, moto_s3
 from tests.test_store_support import BACKENDS
 
@@ -26,7 +25,6 @@ from tuneloom.store.db import default_url
 
 s3fs = pytest.importorskip("s3fs")
 pytestmark = pytest.mark.soak  # two real processes, S3 and a training run per test: minutes on a loaded machine
-FINAL = {"MODEL_TRAINED", "MODEL_TRAINING_FAILED", "MODEL_TRAINING_INVALID_PARAMS", "MODEL_TRAINING_CANCELLED"}
 
 
 @pytest.fixture(params=BACKENDS)
@@ -49,12 +47,6 @@ def start_worker(procs: Processes, url: str, worker_dir: Path) -> subprocess.Pop
     return proc
 
 
-def final(version_url: str, headers: dict[str, str]) -> dict[str, Any]:
-    """The version's state once its run has ended."""
-    ended: dict[str, Any] = wait_for(lambda: (s := state(version_url, headers))["status"]["name"] in FINAL and s, "end")
-    return ended
-
-
 def test_a_worker_trains_from_s3_and_the_server_predicts_from_s3(machines: tuple[Processes, str, Path]) -> None:
     procs, url, worker_dir = machines
     _, server = procs.serve("--workers", "0", "--artifact-url", url)
@@ -64,7 +56,7 @@ def test_a_worker_trains_from_s3_and_the_server_predicts_from_s3(machines: tuple
     assert s3.exists(f"{BUCKET}/shared/{snapshot}.sha256.json")  # published before the API said READY
     start_worker(procs, url, worker_dir)
     version = queue(model, headers, dataset_version, steps=4)
-    trained = final(f"{model}/versions/{version}", headers)
+    trained = ended(f"{model}/versions/{version}", headers)
     assert trained["status"]["name"] == "MODEL_TRAINED", trained
     assert (worker_dir / snapshot).is_file()  # the worker fetched it from S3
     assert s3.exists(f"{BUCKET}/shared/model-versions/{version}.sha256.json")
@@ -98,7 +90,7 @@ def test_a_snapshot_damaged_in_s3_fails_its_run_naming_the_file(machines: tuple[
         f"{BUCKET}/shared/{snapshot}", s3.cat_file(f"{BUCKET}/shared/{snapshot}").replace(b"positive", b"negative")
     )
     start_worker(procs, url, worker_dir)
-    failed = final(f"{model}/versions/{queue(model, headers, dataset_version, steps=4)}", headers)
+    failed = ended(f"{model}/versions/{queue(model, headers, dataset_version, steps=4)}", headers)
     status = failed["status"]
     assert status["name"] == "MODEL_TRAINING_FAILED", status
     assert f"{snapshot} fetched from the shared store does not match its published checksum" in status["message"]

@@ -11,10 +11,10 @@ import logging
 import os
 import secrets
 import socket
-import threading
 from urllib.parse import urlsplit
 
 from tuneloom.errors import SettingsError
+from tuneloom.server.heartbeat import Heartbeat
 from tuneloom.store.db import Database
 from tuneloom.store.nodes import advertise, withdraw
 
@@ -35,23 +35,21 @@ def check_advertise_url(url: str) -> str:
 
 
 class NodeAdvert:
-    """This server's registration as a generation node, refreshed by a daemon thread."""
+    """This server's registration as a generation node, refreshed every third of its lease."""
 
     def __init__(self, db: Database, url: str, backend: str, lease_s: float = NODE_LEASE_S):
         """`url` as `check_advertise_url` returns it (`serve` checks it before anything starts)."""
         self.db, self.url, self.backend, self.lease_s = db, url, backend, lease_s
         self.node_id = f"{socket.gethostname()}:{os.getpid()}"
         self.token = secrets.token_urlsafe(32)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="tuneloom-node-advert", daemon=True)
+        self._heartbeat = Heartbeat(self._advertise, lease_s / 3, "generation-node")
 
     def start(self) -> None:
         self._advertise()
-        self._thread.start()
+        self._heartbeat.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        self._heartbeat.stop()
         try:
             withdraw(self.db, self.node_id)
         except Exception as err:  # the lease runs out by itself
@@ -59,10 +57,3 @@ class NodeAdvert:
 
     def _advertise(self) -> None:
         advertise(self.db, self.node_id, self.url, self.backend, self.token, self.lease_s)
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.lease_s / 3):
-            try:
-                self._advertise()
-            except Exception as err:  # a database outage: keep serving, try again next beat
-                log.warning("generation node heartbeat failed: %s", err)

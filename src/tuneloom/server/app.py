@@ -7,6 +7,8 @@ A database that cannot be reached (stopped, restarting, connection cut) is a 503
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,6 +16,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from tuneloom import __version__
@@ -27,7 +30,7 @@ from tuneloom.errors import (
     TuneloomError,
 )
 from tuneloom.server.context import ServerContext
-from tuneloom.server.limits import BodySizeLimit, GenerationSlots, LimitExceeded
+from tuneloom.server.limits import BodySizeLimit, GenerationSlots, LimitExceeded, SharedSlots
 from tuneloom.server.remote_inference import GenerationNodeUnavailable
 from tuneloom.server.routes import apps, datasets, models, nodes, openai_compat, predict
 from tuneloom.server.security import SecurityHeaders
@@ -68,9 +71,19 @@ CODE_BY_STATUS = {
 
 def create_app(ctx: ServerContext) -> FastAPI:
     # No /docs or /redoc: their pages load scripts from a CDN, and tuneloom runs offline.
-    app = FastAPI(title="tuneloom", version=__version__, docs_url=None, redoc_url=None)
+    slots = GenerationSlots(ctx.max_generations_per_key, None if ctx.db.is_sqlite else SharedSlots(ctx.db))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        slots.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(slots.stop)
+
+    app = FastAPI(title="tuneloom", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.context = ctx
-    app.state.generation_slots = GenerationSlots(ctx.max_generations_per_key)
+    app.state.generation_slots = slots
     app.add_middleware(BodySizeLimit, limit=ctx.max_json_bytes)
     app.add_middleware(SecurityHeaders)  # added last: the outermost of the two
     app.include_router(apps.router)

@@ -5,7 +5,8 @@
   byte is read; a chunked body is counted as it arrives. The answer is a 413 naming the limit.
 - Generations: one key may run at most `max_generations_per_key` at a time (/predict, the SSE
   stream, the OpenAI routes, the evaluation page); the next one is a 429 naming the limit, at once,
-  rather than a queue that one client can grow without bound while others wait behind it.
+  rather than a queue that one client can grow without bound while others wait behind it. On
+  PostgreSQL the count is shared by every server on the database (`store.generation_slots`).
 - max_tokens: a server-wide cap (`--max-tokens-limit`, at most `MAX_TOKENS_LIMIT`), refused as a
   422 naming the key and the limit; a request that does not ask gets the default, lowered to the cap.
 - batch tokens: inputs × (longest prompt + max_tokens), what one request can hold in memory at once
@@ -18,10 +19,16 @@ Every refusal here is a `LimitExceeded`: the API answers it in tuneloom's error 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
+import os
 import re
+import secrets
+import socket
+import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -30,6 +37,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tuneloom.errors import SettingsError
 from tuneloom.generate.params import InferenceParams
+from tuneloom.server.heartbeat import Heartbeat
+from tuneloom.store import generation_slots as generation_slots_store
+from tuneloom.store.db import Database
+
+log = logging.getLogger("tuneloom.server")
 
 DEFAULT_MAX_JSON_BYTES = 1024 * 1024
 DEFAULT_MAX_GENERATIONS_PER_KEY = 4
@@ -96,32 +108,61 @@ class BodySizeLimit:
 
 
 class GenerationSlots:
-    """How many generations each key has running; taking one more than `limit` is a 429."""
+    """How many generations each key has running; taking one more than `limit` is a 429.
 
-    def __init__(self, limit: int = DEFAULT_MAX_GENERATIONS_PER_KEY) -> None:
+    Counted in this server's memory, and also in the database when `shared` is given (servers on
+    one PostgreSQL database): the memory count refuses without a query, the database's holds the cap
+    across servers.
+    """
+
+    def __init__(self, limit: int = DEFAULT_MAX_GENERATIONS_PER_KEY, shared: SharedSlots | None = None) -> None:
         self.limit = limit
+        self.shared = shared
         self.running: Counter[str] = Counter()  # touched only from the event loop: no lock needed
 
-    def take(self, key_id: str) -> Slot:
+    def start(self) -> None:
+        if self.shared is not None:
+            self.shared.start()
+
+    def stop(self) -> None:
+        """Blocking (frees the database's slots): run it off the event loop."""
+        if self.shared is not None:
+            self.shared.stop()
+
+    async def take(self, key_id: str) -> Slot:
         if self.running[key_id] >= self.limit:
-            raise LimitExceeded(
-                429,
-                "TOO_MANY_GENERATIONS",
-                f"this key already has {self.limit} generations running, the limit per key "
-                "(--max-concurrent-generations-per-key); wait for one to finish",
-                self.limit,
-                {"Retry-After": "1"},
-            )
+            raise self._refusal()
         self.running[key_id] += 1
-        return Slot(self, key_id)
+        slot = Slot(self, key_id)
+        if self.shared is not None:
+            try:
+                await in_thread(self.shared.take, slot, self.limit)
+            except BaseException:  # a database error, or the request cancelled meanwhile
+                await slot.release()
+                raise
+            if slot.number is None:
+                await slot.release()
+                raise self._refusal(elsewhere=True)
+        return slot
 
     @asynccontextmanager
     async def hold(self, key_id: str) -> AsyncIterator[None]:
-        slot = self.take(key_id)
+        slot = await self.take(key_id)
         try:
             yield
         finally:
-            slot.release()
+            await slot.release()
+
+    def _refusal(self, *, elsewhere: bool = False) -> LimitExceeded:
+        where = " on the servers sharing this database" if elsewhere else ""
+        return LimitExceeded(
+            429,
+            "TOO_MANY_GENERATIONS",
+            f"this key already has {self.limit} generations running{where}, the limit per key "
+            "(--max-concurrent-generations-per-key); wait for one to finish",
+            self.limit,
+            {"Retry-After": "1"},
+        )
 
 
 @dataclasses.dataclass
@@ -130,14 +171,83 @@ class Slot:
 
     slots: GenerationSlots
     key_id: str
+    number: int | None = None  # its row in the database's count, when the count is shared
     released: bool = False
 
-    def release(self) -> None:
-        if not self.released:
-            self.released = True
-            self.slots.running[self.key_id] -= 1
-            if self.slots.running[self.key_id] <= 0:
-                del self.slots.running[self.key_id]
+    async def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        running = self.slots.running
+        running[self.key_id] -= 1
+        if running[self.key_id] <= 0:
+            del running[self.key_id]
+        if self.slots.shared is not None:
+            await in_thread(self.slots.shared.release, self)
+
+
+async def in_thread(function: Callable[..., None], *args: Any) -> None:
+    """Run a blocking call in a thread, to its end even if the awaiting request is cancelled meanwhile.
+
+    The call is submitted before the first await, so a cancelled request still takes or frees its
+    database slot; waiting for it is what a cancellation may cut short.
+    """
+    await asyncio.shield(asyncio.get_running_loop().run_in_executor(None, function, *args))
+
+
+class SharedSlots:
+    """This server's part of the database's count (`store.generation_slots`), its leases kept alive.
+
+    Blocking methods (database writes), run in threads; `_lock` orders a take that is still running
+    against the release of a request that left meanwhile, so that neither leaves a row behind.
+    """
+
+    def __init__(self, db: Database, lease_s: float = generation_slots_store.SLOT_LEASE_S) -> None:
+        self.db, self.lease_s = db, lease_s
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._held: set[tuple[str, int]] = set()
+        self._lock = threading.Lock()
+        self._heartbeat = Heartbeat(self._renew, lease_s / 3, "generation-slots")
+
+    def start(self) -> None:
+        self._heartbeat.start()
+
+    def stop(self) -> None:
+        self._heartbeat.stop()
+        try:
+            generation_slots_store.release_all(self.db, self.holder)
+        except Exception as err:  # their lease runs out by itself
+            log.warning("could not free this server's generation slots: %s", err)
+
+    def take(self, slot: Slot, limit: int) -> None:
+        """Set `slot.number` to a database slot, or leave it None when the key has `limit` running."""
+        number = generation_slots_store.take(self.db, slot.key_id, limit, self.holder, self.lease_s)
+        with self._lock:
+            if number is None or not slot.released:
+                slot.number = number
+                if number is not None:
+                    self._held.add((slot.key_id, number))
+                return
+        self._free(slot.key_id, number)  # the request was released while this ran
+
+    def release(self, slot: Slot) -> None:
+        with self._lock:
+            number, slot.number = slot.number, None
+            if number is None:  # refused, or its take still runs (and frees the row itself)
+                return
+            self._held.discard((slot.key_id, number))  # not renewed from now on, even if the delete fails
+        self._free(slot.key_id, number)
+
+    def _free(self, key_id: str, number: int) -> None:
+        try:
+            generation_slots_store.release(self.db, key_id, number, self.holder)
+        except Exception as err:
+            log.warning("could not free a generation slot (it frees itself within %.0f s): %s", self.lease_s, err)
+
+    def _renew(self) -> None:
+        with self._lock:
+            held = list(self._held)
+        generation_slots_store.renew(self.db, self.holder, held, self.lease_s)
 
 
 def generation_slots(request: Request) -> GenerationSlots:

@@ -267,6 +267,17 @@ class GenerationNode(Base):
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class GenerationSlot(Base):
+    """One generation a key has running on some server, held while that server lives (`store.generation_slots`)."""
+
+    __tablename__ = "generation_slots"
+
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)  # below the limit: the cap is the key space
+    holder: Mapped[str] = mapped_column(String(128), index=True)  # host:pid of the server running it
+    expires_at: Mapped[datetime]
+
+
 class MetricPoint(Base):
     __tablename__ = "metric_points"
 

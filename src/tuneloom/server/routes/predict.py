@@ -162,16 +162,16 @@ async def stream_in_slot(
     Starlette runs a response's background task after the last chunk and after a disconnect too,
     so the generation stops and the slot is freed however the client leaves.
     """
-    slot = slots.take(key.id)
+    slot = await slots.take(key.id)
     try:
         pieces = await service.stream(version.id, path, text, params)
     except BaseException:
-        slot.release()
+        await slot.release()
         raise
 
     async def finish() -> None:  # async: runs on the event loop, like every other use of the slots
         pieces.cancel()
-        slot.release()
+        await slot.release()
 
     return pieces, BackgroundTask(finish)
 
