@@ -142,7 +142,7 @@ def test_a_cancelled_request_frees_its_slot(
 
 
 def test_a_server_keeps_renewing_the_slots_it_runs_and_frees_them_when_it_stops(db: Database, key_id: str) -> None:
-    shared = SharedSlots(db, lease_s=0.6)  # renewed every 0.2 s
+    shared = SharedSlots(db, lease_s=1.5)  # renewed every 0.5 s
     slots = GenerationSlots(1, shared)
     slots.start()
 
@@ -150,7 +150,7 @@ def test_a_server_keeps_renewing_the_slots_it_runs_and_frees_them_when_it_stops(
         return await slots.take(key_id)
 
     slot = asyncio.run(take())
-    threading.Event().wait(1.5)  # well past the lease: only the heartbeat keeps it
+    threading.Event().wait(3.5)  # well past the lease: only the heartbeat keeps it
     assert store.running(db, key_id) == 1 and slot.number == 0
     slots.stop()
     assert store.running(db, key_id) == 0
