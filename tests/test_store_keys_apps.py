@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, text
+from tests.conftest import run_cli
 from tests.test_store_support import SETTINGS, examples, make_db_fixture, report_for
 
 from tuneloom.store import apps, dataset_versions, datasets, jobs, keys, registry, telemetry
@@ -95,6 +96,31 @@ def test_pepper_file_is_created_once_and_private(tmp_path: Path) -> None:
     first = keys.load_pepper(tmp_path)
     assert len(first) == 32 and keys.load_pepper(tmp_path) == first
     assert (tmp_path / keys.PEPPER_FILE).stat().st_mode & 0o077 == 0
+
+
+def test_a_second_data_dirs_own_pepper_is_refused_naming_the_file_to_copy(db: Database, tmp_path: Path) -> None:
+    """Servers on one database with different pepper files would turn every key into a silent 401 on one of them."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    keys.check_pepper(db, keys.load_pepper(first), first)  # the first server records its pepper
+    keys.check_pepper(db, keys.load_pepper(first), first)  # and starts again
+    with pytest.raises(ConflictError) as refused:
+        keys.check_pepper(db, keys.load_pepper(second), second)
+    assert str(second / keys.PEPPER_FILE) in refused.value.message
+    assert (
+        "copy secrets/key-pepper from the data dir of the server that first used this database" in refused.value.message
+    )
+    (second / keys.PEPPER_FILE).write_bytes((first / keys.PEPPER_FILE).read_bytes())  # what the message says to do
+    keys.check_pepper(db, keys.load_pepper(second), second)
+
+
+def test_a_server_with_another_pepper_on_the_database_stops_with_the_reason(tmp_path: Path) -> None:
+    """Through the real CLI: `keys create` (as `serve`) on a second data dir sharing the first's database."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert run_cli("keys", "create", "--data-dir", str(first)).returncode == 0
+    shared = ["--database-url", f"sqlite:///{first / 'tuneloom.db'}"]
+    refused = run_cli("keys", "create", "--data-dir", str(second), *shared)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert "not the key pepper this database's API keys were made with" in " ".join(refused.stderr.split())
 
 
 def _populate(db: Database, artifacts: Artifacts, app_id: str) -> str:

@@ -18,10 +18,12 @@ from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
+from tuneloom.errors import ConflictError
 from tuneloom.store.db import Database, fetch
 from tuneloom.store.ids import InvalidIdError, check_id, new_id
-from tuneloom.store.models import ApiKey, App, utcnow
+from tuneloom.store.models import ApiKey, App, KeyPepperCheck, utcnow
 
 KEY_PREFIX = "tl"
 PEPPER_FILE = "secrets/key-pepper"
@@ -45,6 +47,34 @@ def load_pepper(data_dir: Path) -> bytes:
         finally:
             tmp.unlink(missing_ok=True)
     return bytes.fromhex(path.read_text().strip())
+
+
+def check_pepper(db: Database, pepper: bytes, data_dir: Path) -> None:
+    """Refuse a pepper other than the one the database's keys were made with (the first one recorded).
+
+    Servers on separate data dirs share one database only with the same pepper file; with another,
+    every key would be a silent 401 on that server. The fingerprint is an HMAC of a constant: it
+    tells peppers apart without revealing one.
+    """
+    fingerprint = hash_key("tuneloom key pepper check", pepper)
+    for _ in range(2):  # a concurrent first start may insert its row first: read that one
+        with db.read() as session:
+            row = session.get(KeyPepperCheck, 1)
+            recorded = row.fingerprint if row else None
+        if recorded is not None:
+            break
+        try:
+            with db.write() as session:
+                session.add(KeyPepperCheck(id=1, fingerprint=fingerprint))
+            return
+        except IntegrityError:
+            continue
+    if recorded != fingerprint:
+        raise ConflictError(
+            f"'{Path(data_dir) / PEPPER_FILE}' is not the key pepper this database's API keys were made with, "
+            "so no key would be accepted here; copy secrets/key-pepper from the data dir of the server that "
+            "first used this database (every server on one database needs the same file)"
+        )
 
 
 def hash_key(plaintext: str, pepper: bytes) -> str:

@@ -278,6 +278,15 @@ class GenerationSlot(Base):
     expires_at: Mapped[datetime]
 
 
+class KeyPepperCheck(Base):
+    """One row: a fingerprint of the pepper the database's keys are hashed with (`keys.check_pepper`)."""
+
+    __tablename__ = "key_pepper_check"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1: one pepper per database
+    fingerprint: Mapped[str] = mapped_column(String(64))
+
+
 class MetricPoint(Base):
     __tablename__ = "metric_points"
 
