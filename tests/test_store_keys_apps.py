@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from tuneloom.store.models import (
     Dataset,
     DatasetVersion,
     Input,
+    KeyPepperCheck,
     LogLine,
     MetricPoint,
     Model,
@@ -101,16 +103,27 @@ def test_pepper_file_is_created_once_and_private(tmp_path: Path) -> None:
 def test_a_second_data_dirs_own_pepper_is_refused_naming_the_file_to_copy(db: Database, tmp_path: Path) -> None:
     """Servers on one database with different pepper files would turn every key into a silent 401 on one of them."""
     first, second = tmp_path / "first", tmp_path / "second"
-    keys.check_pepper(db, keys.load_pepper(first), first)  # the first server records its pepper
-    keys.check_pepper(db, keys.load_pepper(first), first)  # and starts again
+    pepper = keys.check_pepper(db, first)  # the first server records its pepper
+    assert pepper == keys.load_pepper(first) and keys.check_pepper(db, first) == pepper  # and starts again
+    keys.load_pepper(second)  # a pepper of its own, made before it met this database
     with pytest.raises(ConflictError) as refused:
-        keys.check_pepper(db, keys.load_pepper(second), second)
-    assert str(second / keys.PEPPER_FILE) in refused.value.message
-    assert (
-        "copy secrets/key-pepper from the data dir of the server that first used this database" in refused.value.message
-    )
+        keys.check_pepper(db, second)
+    message = refused.value.message
+    assert f"'{second / keys.PEPPER_FILE}' is not the key pepper this database's API keys were made with" in message
+    assert f"the one {socket.gethostname()}:{first.resolve()} has" in message and "copy secrets/key-pepper" in message
     (second / keys.PEPPER_FILE).write_bytes((first / keys.PEPPER_FILE).read_bytes())  # what the message says to do
-    keys.check_pepper(db, keys.load_pepper(second), second)
+    assert keys.check_pepper(db, second) == pepper
+
+
+def test_a_pepper_made_for_a_database_that_already_has_keys_is_refused(db: Database, tmp_path: Path) -> None:
+    """A database from before the fingerprint, opened from a new data dir: its new pepper cannot be the keys'."""
+    apps.create_app(db, "a", "a")
+    keys.create_key(db, "a", PEPPER)  # made with a pepper the database never recorded
+    with pytest.raises(ConflictError) as refused:
+        keys.check_pepper(db, tmp_path / "new")
+    assert "(the one its existing keys were made with)" in refused.value.message
+    with db.read() as session:
+        assert session.get(KeyPepperCheck, 1) is None  # the wrong pepper was not recorded
 
 
 def test_a_server_with_another_pepper_on_the_database_stops_with_the_reason(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import socket
 from datetime import datetime
 from pathlib import Path
 
@@ -49,32 +50,47 @@ def load_pepper(data_dir: Path) -> bytes:
     return bytes.fromhex(path.read_text().strip())
 
 
-def check_pepper(db: Database, pepper: bytes, data_dir: Path) -> None:
-    """Refuse a pepper other than the one the database's keys were made with (the first one recorded).
+def check_pepper(db: Database, data_dir: Path) -> bytes:
+    """The data dir's pepper, refused unless it is the one the database's keys were made with.
 
     Servers on separate data dirs share one database only with the same pepper file; with another,
-    every key would be a silent 401 on that server. The fingerprint is an HMAC of a constant: it
-    tells peppers apart without revealing one.
+    every key would be a silent 401 on that server. The database keeps a fingerprint of the first
+    pepper (an HMAC of a constant: it tells peppers apart without revealing one) and who recorded it.
+    A pepper made just now, for a database that already has keys, cannot be theirs: it is refused
+    rather than recorded (a database from before the fingerprint, opened from a new data dir).
     """
+    fresh = not (Path(data_dir) / PEPPER_FILE).exists()
+    pepper = load_pepper(data_dir)
     fingerprint = hash_key("tuneloom key pepper check", pepper)
     for _ in range(2):  # a concurrent first start may insert its row first: read that one
         with db.read() as session:
-            row = session.get(KeyPepperCheck, 1)
-            recorded = row.fingerprint if row else None
+            recorded = session.get(KeyPepperCheck, 1)
+            has_keys = session.scalars(select(ApiKey.id).limit(1)).first() is not None
         if recorded is not None:
-            break
+            if recorded.fingerprint != fingerprint:
+                raise _other_pepper(data_dir, f"the one {recorded.recorded_by} has")
+            return pepper
+        if fresh and has_keys:
+            raise _other_pepper(data_dir, "the one its existing keys were made with")
         try:
             with db.write() as session:
-                session.add(KeyPepperCheck(id=1, fingerprint=fingerprint))
-            return
+                session.add(KeyPepperCheck(id=1, fingerprint=fingerprint, recorded_by=_where(data_dir)))
+            return pepper
         except IntegrityError:
             continue
-    if recorded != fingerprint:
-        raise ConflictError(
-            f"'{Path(data_dir) / PEPPER_FILE}' is not the key pepper this database's API keys were made with, "
-            "so no key would be accepted here; copy secrets/key-pepper from the data dir of the server that "
-            "first used this database (every server on one database needs the same file)"
-        )
+    raise ConflictError("the database's key pepper fingerprint could not be read or recorded; try again")
+
+
+def _where(data_dir: Path) -> str:
+    return f"{socket.gethostname()}:{Path(data_dir).resolve()}"[:255]
+
+
+def _other_pepper(data_dir: Path, expected: str) -> ConflictError:
+    return ConflictError(
+        f"'{Path(data_dir) / PEPPER_FILE}' is not the key pepper this database's API keys were made with "
+        f"({expected}), so no key would be accepted here; copy secrets/key-pepper from that data dir "
+        "(every server on one database needs the same file)"
+    )
 
 
 def hash_key(plaintext: str, pepper: bytes) -> str:

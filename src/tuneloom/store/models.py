@@ -285,6 +285,7 @@ class KeyPepperCheck(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1: one pepper per database
     fingerprint: Mapped[str] = mapped_column(String(64))
+    recorded_by: Mapped[str] = mapped_column(String(255))  # host:data dir of the server that recorded it
 
 
 class MetricPoint(Base):

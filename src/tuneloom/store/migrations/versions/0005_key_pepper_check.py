@@ -20,6 +20,7 @@ def upgrade() -> None:
         "key_pepper_check",
         sa.Column("id", sa.Integer(), autoincrement=False, nullable=False),
         sa.Column("fingerprint", sa.String(length=64), nullable=False),
+        sa.Column("recorded_by", sa.String(length=255), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_key_pepper_check")),
     )
 
