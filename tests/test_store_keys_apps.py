@@ -134,6 +134,8 @@ def test_a_server_with_another_pepper_on_the_database_stops_with_the_reason(tmp_
     refused = run_cli("keys", "create", "--data-dir", str(second), *shared)
     assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
     assert "not the key pepper this database's API keys were made with" in " ".join(refused.stderr.split())
+    listed = run_cli("keys", "list", "--data-dir", str(second), *shared)  # needs no pepper: works from anywhere
+    assert listed.returncode == 0 and "tl_" in listed.stdout, listed.stderr
 
 
 def _populate(db: Database, artifacts: Artifacts, app_id: str) -> str:

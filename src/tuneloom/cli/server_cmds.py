@@ -229,7 +229,8 @@ def run_keys(args: argparse.Namespace) -> int:
     if (args.action == "revoke") != (args.key is not None):
         console_err.print("Error: `keys revoke` takes one key id (or key); `create` and `list` take none")
         return 2
-    ctx = ServerContext.open(args.data_dir, args.database_url)
+    # Listing and revoking work from any data dir; only a new key needs the database's own pepper.
+    ctx = ServerContext.open(args.data_dir, args.database_url, checked_pepper=args.action == "create")
     return {"create": _create_key, "list": _list_keys, "revoke": _revoke_key}[args.action](ctx, args)
 
 

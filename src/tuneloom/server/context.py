@@ -9,7 +9,7 @@ from tuneloom.generate.params import MAX_TOKENS_LIMIT
 from tuneloom.server.limits import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_GENERATIONS_PER_KEY, DEFAULT_MAX_JSON_BYTES
 from tuneloom.store.artifacts import Artifacts
 from tuneloom.store.db import Database, open_database
-from tuneloom.store.keys import check_pepper
+from tuneloom.store.keys import check_pepper, load_pepper
 
 DEFAULT_MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 DEFAULT_MODEL_CACHE_BYTES = 4 * 1024**3
@@ -41,12 +41,16 @@ class ServerContext:
         max_generations_per_key: int = DEFAULT_MAX_GENERATIONS_PER_KEY,
         max_tokens_limit: int = MAX_TOKENS_LIMIT,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        checked_pepper: bool = True,
     ) -> ServerContext:
-        """Open (and migrate) the database; the pepper and artifacts live in the data dir."""
+        """Open (and migrate) the database; the pepper and artifacts live in the data dir.
+
+        `checked_pepper=False` skips `check_pepper`, for what never hashes a key (listing, revoking).
+        """
         data_dir.mkdir(parents=True, exist_ok=True)
         db = open_database(database_url, data_dir=data_dir)
         limits = (max_json_bytes, max_generations_per_key, max_tokens_limit)
-        pepper = check_pepper(db, data_dir)
+        pepper = check_pepper(db, data_dir) if checked_pepper else load_pepper(data_dir)
         ctx = cls(db, pepper, Artifacts(data_dir), max_upload_bytes, model_cache_bytes, *limits)
         ctx.max_batch_tokens = max_batch_tokens
         return ctx
