@@ -2,7 +2,8 @@
 
 Store functions on SQLite and PostgreSQL (when TUNELOOM_TEST_POSTGRES_URL is set); two
 `GenerationSlots` sharing one database stand for two API servers; concurrent takers race for real
-on PostgreSQL, where the primary key alone keeps them within the cap.
+on PostgreSQL, where the primary key alone keeps them within the cap; and two real `tuneloom serve`
+processes on one PostgreSQL database refuse one key between them.
 """
 
 from __future__ import annotations
