@@ -1,6 +1,7 @@
 """The queue survives what happens to real servers: a worker killed with SIGKILL, a server restarted mid-queue.
 
-Each test runs its own `tuneloom serve` / `tuneloom worker` processes on SQLite and on PostgreSQL.
+Each test runs its own `tuneloom serve` / `tuneloom worker` processes on SQLite and on PostgreSQL
+(the SIGKILL case on PostgreSQL under `make soak`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def processes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Proces
         yield procs
 
 
+# PostgreSQL under `make soak` only: a worker SIGKILLed there is the soak queue-drain test's case too
+# (tests/test_worker_pool.py), and the default run keeps PostgreSQL's server restart below.
+@pytest.mark.parametrize("processes", ["sqlite", pytest.param("postgresql", marks=pytest.mark.soak)], indirect=True)
 def test_a_worker_killed_with_sigkill_resumes_from_its_checkpoint_and_finishes(processes: Processes) -> None:
     _, url = processes.serve("--workers", "0")
     model, headers, dataset_version = prepare_model(url, processes.data_dir)
