@@ -62,23 +62,21 @@ def check_pepper(db: Database, data_dir: Path) -> bytes:
     fresh = not (Path(data_dir) / PEPPER_FILE).exists()
     pepper = load_pepper(data_dir)
     fingerprint = hash_key("tuneloom key pepper check", pepper)
-    for _ in range(2):  # a concurrent first start may insert its row first: read that one
-        with db.read() as session:
-            recorded = session.get(KeyPepperCheck, 1)
-            has_keys = session.scalars(select(ApiKey.id).limit(1)).first() is not None
-        if recorded is not None:
-            if recorded.fingerprint != fingerprint:
-                raise _other_pepper(data_dir, f"the one {recorded.recorded_by} has")
-            return pepper
-        if fresh and has_keys:
+    with db.read() as session:
+        recorded = session.get(KeyPepperCheck, 1)
+        if recorded is None and fresh and session.scalars(select(ApiKey.id).limit(1)).first() is not None:
             raise _other_pepper(data_dir, "the one its existing keys were made with")
+    if recorded is None:
         try:
             with db.write() as session:
                 session.add(KeyPepperCheck(id=1, fingerprint=fingerprint, recorded_by=_where(data_dir)))
             return pepper
-        except IntegrityError:
-            continue
-    raise ConflictError("the database's key pepper fingerprint could not be read or recorded; try again")
+        except IntegrityError:  # a concurrent first start recorded its own: compare with that one
+            with db.read() as session:
+                recorded = session.get(KeyPepperCheck, 1)
+    if recorded is not None and recorded.fingerprint != fingerprint:
+        raise _other_pepper(data_dir, f"the one {recorded.recorded_by} has")
+    return pepper
 
 
 def _where(data_dir: Path) -> str:
