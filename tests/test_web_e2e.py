@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect
+from playwright.sync_api import Browser, ConsoleMessage, Page, Route, expect
 from tests.conftest import INSTRUCTION, api_key, sentiment_lines
 from tests.hostile.corpus import get
 from tests.test_store_support import BACKENDS
@@ -88,6 +88,8 @@ def new_model_form(page: Page, *, model_id: str | None, **trainer_config: Any) -
     if page.get_by_test_id("template").is_enabled():
         page.get_by_test_id("template").select_option("tiny-random")
     expect(page.get_by_test_id("template-info")).to_contain_text("tiny")
+    # Editing before the chosen template's defaults arrive would be overwritten; the editors say so.
+    expect(page.get_by_test_id("settings-status")).to_have_text("Settings are the template's defaults.")
     set_trainer_config(page, **trainer_config)
     expect(page.get_by_test_id("setting-trainer_config-error")).to_be_empty()
 
@@ -388,4 +390,44 @@ def test_uploader_shows_each_hostile_files_verdict_and_keeps_its_text_as_text(
     assert page.locator("#main script, #main img").count() == 0
     expect(page).to_have_title("Dataset web · tuneloom")  # the data's `document.title='pwned'` never ran
     assert not dialogs, dialogs
+    assert not errors, "\n".join(errors)
+
+
+def test_template_defaults_never_overwrite_a_later_choice_or_typing(
+    server: tuple[str, Path],
+    browser_page: Page,
+    request: pytest.FixtureRequest,
+) -> None:
+    """The editors stay read-only until the chosen template's defaults arrive, and a slower answer
+    for the template chosen before never replaces them (CI once typed into an editor mid-load)."""
+    if request.node.callspec.params["server"] != "sqlite":
+        pytest.skip("the form's loading order does not depend on the database: SQLite covers it")
+    url, data_dir = server
+    key = api_key(data_dir)
+    headers = {"Authorization": f"Key {key}"}
+    assert httpx.post(f"{url}/api/apps", json={"id": "order"}, headers=headers).status_code == 201
+    page = browser_page
+    errors = watch_errors(page)
+    held: list[Route] = []
+    page.route(re.compile(r"/api/template-params\?template=smollm2"), lambda route: held.append(route))
+    page.context.add_init_script(f"sessionStorage.setItem({KEY_STORAGE!r}, {key!r});")
+    page.goto(f"{url}/#/apps/order/models/new")
+    page.get_by_test_id("type-text-to-text").click()
+    editor = page.get_by_test_id("setting-trainer_config")
+    expect(page.get_by_test_id("settings-status")).to_have_text("Loading the template's defaults…")
+    expect(editor).not_to_be_editable()
+    assert len(held) == 1, "the first template's defaults were not asked for"
+
+    page.get_by_test_id("template").select_option("tiny-random")
+    expect(page.get_by_test_id("settings-status")).to_have_text("Settings are the template's defaults.")
+    expect(editor).to_be_editable()
+    tiny = json.loads(editor.input_value())
+    assert tiny["learning_rate"] == 0.01, tiny
+
+    with page.expect_response(re.compile(r"/api/template-params\?template=smollm2")):
+        held[0].continue_()
+    page.evaluate("() => new Promise((resolve) => setTimeout(resolve, 100))")  # let the late answer be handled
+    assert json.loads(editor.input_value()) == tiny
+    expect(page.get_by_test_id("settings-status")).to_have_text("Settings are the template's defaults.")
+    expect(editor).to_be_editable()
     assert not errors, "\n".join(errors)

@@ -107,13 +107,29 @@ registerPage("/apps/:app/models/new", async ({ main, params, query, signal }) =>
     );
   }
 
+  // The editors are read-only while a template's defaults load, so that nothing typed meanwhile
+  // is overwritten; only the latest template choice's answer is applied, whatever order they arrive in.
+  let defaultsRequest = 0;
   async function loadDefaults() {
     showTemplate();
-    const defaults = await api(`/api/template-params?template=${enc(template.value)}`, { signal });
-    for (const name of SETTINGS) editors[name].value = JSON.stringify(defaults[name] || {}, null, 2);
-    tolerance.value = String(defaults[TOLERANCE]);
-    clearErrors();
-    fill(validity, "Settings are the template's defaults.");
+    const mine = ++defaultsRequest;
+    setDefaultsLoading(true);
+    fill(validity, "Loading the template's defaults…");
+    try {
+      const defaults = await api(`/api/template-params?template=${enc(template.value)}`, { signal });
+      if (mine !== defaultsRequest) return;
+      for (const name of SETTINGS) editors[name].value = JSON.stringify(defaults[name] || {}, null, 2);
+      tolerance.value = String(defaults[TOLERANCE]);
+      clearErrors();
+      fill(validity, "Settings are the template's defaults.");
+    } finally {
+      if (mine === defaultsRequest) setDefaultsLoading(false);
+    }
+  }
+
+  function setDefaultsLoading(loading) {
+    for (const field of [...Object.values(editors), tolerance]) field.readOnly = loading;
+    form.setAttribute("aria-busy", String(loading));
   }
 
   function clearErrors() {
