@@ -145,11 +145,14 @@ registerPage("/apps/:app/generate", async ({ main, params, query, signal }) => {
 
   let running = null; // AbortController of the request in flight
 
+  let versionsRequest = 0; // only the latest model choice's versions are shown, whatever order they arrive in
   async function loadVersions() {
     const model = modelSelect.value;
+    const mine = ++versionsRequest;
     fill(versionSelect, h("option", { value: "" }, "Loading…"));
     versionSelect.disabled = true;
     const versions = await trainedVersions(app, model, signal);
+    if (mine !== versionsRequest) return;
     const trained = versions.filter((v) => v.trained);
     const latest = trained[0];
     fill(

@@ -85,13 +85,16 @@ registerPage("/apps/:app/models/new", async ({ main, params, query, signal }) =>
   if (preferred) template.value = preferred.id;
   template.disabled = Boolean(resumeFrom);
 
+  let versionsRequest = 0; // only the latest dataset choice's versions are listed, whatever order they arrive in
   async function loadVersions() {
+    const mine = ++versionsRequest;
     fill(version);
     if (!dataset.value) {
       version.append(h("option", { value: "" }, "Choose a dataset first"));
       return;
     }
     const versions = await api(`${app}/datasets/${enc(dataset.value)}/versions`, { signal });
+    if (mine !== versionsRequest) return;
     const ready = versions.filter((v) => v.state === "READY");
     if (!ready.length) version.append(h("option", { value: "" }, "No READY version: create one on the dataset page"));
     for (const v of ready) version.append(h("option", { value: v.id }, `${v.id} — ${v.example_count} examples`));
