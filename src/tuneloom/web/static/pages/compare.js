@@ -286,10 +286,14 @@ registerPage("/apps/:app/compare", async ({ main, params, query, signal }) => {
     return metricsCache.get(key);
   }
 
+  let chartRequest = 0; // a slow answer for an earlier selection never redraws over a later one
   async function renderChart() {
-    const points = await Promise.all(selected.map(metricsOf));
+    const mine = ++chartRequest;
+    const drawn = selected;
+    const points = await Promise.all(drawn.map(metricsOf));
+    if (mine !== chartRequest) return;
     const series = [];
-    selected.forEach((v, i) => {
+    drawn.forEach((v, i) => {
       const color = colorOf(v);
       const rows = points[i] || [];
       const train = rows.filter((p) => typeof p.loss === "number").map((p) => [p.step, p.loss]);
@@ -298,7 +302,7 @@ registerPage("/apps/:app/compare", async ({ main, params, query, signal }) => {
       if (evalPts.length) series.push({ name: `${shortName(v)} eval`, points: evalPts, color, dash: true, dots: true });
     });
     chart.update(series);
-    const empty = selected.filter((v, i) => !(points[i] || []).length);
+    const empty = drawn.filter((v, i) => !(points[i] || []).length);
     fill(chartNote, empty.length ? `No loss points yet for ${empty.map(shortName).join(", ")}.` : "");
   }
 
