@@ -7,21 +7,26 @@ fit) or 1 MB (every checkpoint fits, the model version's 3.5 MB tokenizer does n
 hold: one clear error naming the folder (DiskFullError in the engine, one line from the CLI, a
 failed job saying DISK_FULL in the server), nothing that looks like a finished version, and the
 earlier model version on the same file system intact, verified and generating exactly as before.
-A server whose SQLite database sits on the full disk refuses writes with a 507 saying so, and reads go on.
+A server whose database (SQLite's file, or a PostgreSQL table's tablespace) sits on the full disk refuses
+writes with a 507 saying so, and reads go on.
 The engine runs are in `make test`; the CLI and server runs (other processes, 12-120 s on the shared
 2-core machine) are in `make soak`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pwd
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import Connection, create_engine, make_url, text
 from tests.conftest import api_key, run_cli, sentiment_lines
 from tests.process_helpers import prepare_model, queue, running_processes, state, wait_for
 from tests.test_store_support import POSTGRES_URL
@@ -70,11 +75,16 @@ def _mount(*args: str) -> None:
 @pytest.fixture(scope="module")
 def small_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmallDisk]:
     """A fresh tmpfs, unmounted at the end; skipped (with the reason) where this process cannot mount one."""
+    with _tmpfs(tmp_path_factory.mktemp("small-disk")) as disk:
+        yield disk
+
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, *options: str) -> Iterator[SmallDisk]:
     if os.geteuid() != 0:
         pytest.skip("mounting a size-limited tmpfs needs root (CI runs the tests as root)")
-    path = tmp_path_factory.mktemp("small-disk")
     try:
-        _mount("-t", "tmpfs", "-o", f"size={ROOMY}", "tmpfs", str(path))
+        _mount("-t", "tmpfs", "-o", ",".join([f"size={ROOMY}", *options]), "tmpfs", str(path))
     except (OSError, subprocess.CalledProcessError) as err:
         pytest.skip(f"cannot mount a tmpfs here: {getattr(err, 'stderr', '') or err}")
     try:
@@ -214,17 +224,103 @@ def test_a_full_database_disk_is_a_507_saying_so_and_reads_go_on(small_disk: Sma
     root.mkdir()
     with running_processes(root, "sqlite") as processes:
         _, url = processes.serve("--workers", "0")
-        headers = {"Authorization": f"Key {api_key(processes.data_dir)}"}
-        assert httpx.post(f"{url}/api/apps", json={"id": "shop"}, headers=headers).status_code == 201
-        small_disk.leave_free(0)
-        refused = httpx.post(f"{url}/api/apps", json={"id": "more"}, headers=headers)
-        assert refused.status_code == 507, refused.text
-        assert refused.json()["code"] == "DISK_FULL"
-        assert refused.json()["message"].startswith("the disk holding the server's database is full: nothing was saved")
-        assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
-        assert [app["id"] for app in httpx.get(f"{url}/api/apps", headers=headers).json()] == ["shop"]
-        small_disk.grow()
-        assert httpx.post(f"{url}/api/apps", json={"id": "more"}, headers=headers).status_code == 201
+        _assert_writes_refused_while_full(url, api_key(processes.data_dir), small_disk)
+
+
+@pytest.mark.soak
+@NEEDS_POSTGRES
+def test_a_full_postgresql_tablespace_is_a_507_saying_so_and_reads_go_on(tmp_path: Path) -> None:
+    """PostgreSQL's `apps` table in a tablespace on a full disk: SQLSTATE 53100 is the same 507.
+
+    Only a table moves there: PostgreSQL itself stops when its own WAL cannot be written, which no
+    server could answer for; a table that cannot grow is what a full data volume gives a client.
+    """
+    with running_processes(tmp_path, "postgresql") as processes, _postgres_tablespace() as (disk, tablespace):
+        _, url = processes.serve("--workers", "0")
+        with _apps_table_in(tablespace):
+            _assert_writes_refused_while_full(url, api_key(processes.data_dir), disk)
+
+
+def _assert_writes_refused_while_full(url: str, key: str, disk: SmallDisk) -> None:
+    """Fill `disk`: creating an app becomes a 507 naming the disk, reads go on, and writes work once it has room."""
+    headers = {"Authorization": f"Key {key}"}
+    assert httpx.post(f"{url}/api/apps", json={"id": "shop"}, headers=headers).status_code == 201
+    disk.leave_free(0)
+    created, refused = _create_apps_until_refused(url, headers)
+    assert refused.status_code == 507, refused.text
+    assert refused.json()["code"] == "DISK_FULL"
+    assert refused.json()["message"].startswith("the disk holding the server's database is full: nothing was saved")
+    assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
+    listed = httpx.get(f"{url}/api/apps", headers=headers).json()
+    assert sorted(app["id"] for app in listed) == sorted(["shop", *created])
+    disk.grow()
+    assert httpx.post(f"{url}/api/apps", json={"id": "more"}, headers=headers).status_code == 201
+
+
+def _create_apps_until_refused(url: str, headers: dict[str, str]) -> tuple[list[str], httpx.Response]:
+    """Create apps until one is refused: the ids that were created, and the refusal.
+
+    A full SQLite file refuses the first write; a PostgreSQL table first fills the free room left
+    in the pages it already has.
+    """
+    created: list[str] = []
+    for number in range(2_000):
+        answer = httpx.post(f"{url}/api/apps", json={"id": f"app-{number}"}, headers=headers)
+        if answer.status_code != 201:
+            return created, answer
+        created.append(f"app-{number}")
+    raise AssertionError("2,000 apps fitted on a full disk")
+
+
+@contextlib.contextmanager
+def _postgres_tablespace() -> Iterator[tuple[SmallDisk, str]]:
+    """A tablespace on a tmpfs of its own (owned by `postgres`, where the server can reach it), dropped after."""
+    assert POSTGRES_URL
+    if make_url(POSTGRES_URL).host not in ("127.0.0.1", "localhost", "::1"):
+        pytest.skip("a tablespace on a small disk needs PostgreSQL on this machine")
+    try:
+        owner = pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("no 'postgres' user here to own the tablespace's folder")
+    name = f"small_disk_{os.getpid()}"
+    engine = create_engine(make_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
+    path = Path(tempfile.mkdtemp(prefix="tuneloom-tablespace-"))
+    try:
+        with _tmpfs(path, "mode=0700", f"uid={owner.pw_uid}", f"gid={owner.pw_gid}") as disk:
+            with engine.connect() as conn:
+                conn.execute(text(f"CREATE TABLESPACE {name} LOCATION '{path}'"))
+            try:
+                yield disk, name
+            finally:
+                disk.grow()
+                with engine.connect() as conn:
+                    conn.execute(text(f"DROP TABLESPACE IF EXISTS {name}"))
+    finally:
+        engine.dispose()
+        path.rmdir()
+
+
+@contextlib.contextmanager
+def _apps_table_in(tablespace: str) -> Iterator[None]:
+    """The test database's `apps` table and its indexes in `tablespace`, moved back to the default after."""
+    assert POSTGRES_URL
+    engine = create_engine(make_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            _move_apps(conn, tablespace)
+        try:
+            yield
+        finally:
+            with engine.connect() as conn:
+                _move_apps(conn, "pg_default")
+    finally:
+        engine.dispose()
+
+
+def _move_apps(conn: Connection, tablespace: str) -> None:
+    conn.execute(text(f"ALTER TABLE apps SET TABLESPACE {tablespace}"))
+    for (index,) in conn.execute(text("SELECT indexname FROM pg_indexes WHERE tablename = 'apps'")).all():
+        conn.execute(text(f'ALTER INDEX "{index}" SET TABLESPACE {tablespace}'))
 
 
 def _finished(version_url: str, headers: dict[str, str]) -> dict[str, Any]:
