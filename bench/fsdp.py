@@ -6,7 +6,11 @@ shape decides the speed); a full fine-tune by default, so FSDP shards trainable 
 and optimizer state, `--lora` for the template's adapters instead.
 
     python -m bench.fsdp                                   # one GPU (bench/gpu_fsdp.sh)
-    BENCH_TINY=1 python -m bench.fsdp --examples 16 --batch 4 --processes 2   # CPU dry run, gloo
+    BENCH_TINY=1 python -m bench.fsdp --examples 16 --batch 4 --processes 2 --strategy ddp   # CPU dry run
+
+accelerate shards only over GPUs, so tuneloom refuses 'fsdp' on a CPU machine: the CPU dry run checks
+this script and the launch path with DDP over gloo. On a GPU the version's manifest must say the
+weights were sharded (gathered at the end), or the run counts as failed.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ def command(args: argparse.Namespace, data: Path, out: Path) -> list[str]:
         json.dumps(trainer),
         *([] if args.lora else ["--peft-config", "{}"]),
         "--strategy",
-        "fsdp",
+        args.strategy,
         "--num-processes",
         str(args.processes),
         "--output",
@@ -68,6 +72,7 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=256)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--processes", type=int, default=1, help="one per GPU (a CPU dry run: 2, gloo)")
+    parser.add_argument("--strategy", default="fsdp", choices=("fsdp", "ddp"), help="ddp: the CPU dry run")
     parser.add_argument("--lora", action="store_true", help="train the template's LoRA adapters, not every weight")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -82,9 +87,12 @@ def main() -> None:
             sys.exit(f"tuneloom train failed (exit {done.returncode}); its output is above")
         metrics = json.loads(done.stdout)["metrics"]
         manifest = json.loads((work / "version" / "tuneloom.json").read_text())
+    if args.strategy == "fsdp" and not manifest["distributed"]["sharded"]:
+        sys.exit(f"the run was not sharded (manifest: {manifest['distributed']}): FSDP did not take effect")
     figures = summarize(args, metrics, manifest, wall)
     print_table(
-        f"FSDP training, {MODEL} {'LoRA' if args.lora else 'full fine-tune'}, {args.examples} examples, "
+        f"{args.strategy.upper()} training, {MODEL} {'LoRA' if args.lora else 'full fine-tune'}, "
+        f"{args.examples} examples, "
         f"batch {args.batch} × {args.processes} process(es) ({device_name()})",
         ["tokens/s", "train runtime s", "wall s (load, launch, save)", "steps", "mean loss"],
         [
@@ -113,6 +121,7 @@ def summarize(
         "examples": args.examples,
         "per_device_batch": args.batch,
         "processes": args.processes,
+        "strategy": args.strategy,
         "tokens_per_s": metrics["train_tokens_per_second"],
         "train_runtime_s": metrics["train_runtime_s"],
         "wall_s": round(wall, 1),

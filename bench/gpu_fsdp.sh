@@ -6,7 +6,7 @@
 #
 #   bash bench/gpu_prepare.sh        # here, once: wheels the device lacks -> .gpucarry/ (git-ignored)
 #   device tool: run(command="bash bench/gpu_fsdp.sh", carry=[".gpucarry"], timeout_s=420)
-#   bash bench/gpu_fsdp.sh --dry-run # here, on the CPU: tiny shape, two processes over gloo
+#   bash bench/gpu_fsdp.sh --dry-run # here, on the CPU: tiny shape, two processes over gloo, DDP (FSDP needs GPUs)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +15,7 @@ mkdir -p "$OUT"
 if [ "${1:-}" = "--dry-run" ]; then
   PY=${PYTHON:-.venv/bin/python}
   export BENCH_TINY=1
-  ARGS=(--examples 16 --batch 4 --processes 2)
+  ARGS=(--examples 16 --batch 4 --processes 2 --strategy ddp)
   SCRATCH=$(mktemp -d)
 else
   PY=${PYTHON:-python3}

@@ -2,7 +2,8 @@
 
 The two-process run goes through the real `tuneloom train --num-processes 2`, which starts
 `accelerate launch` exactly as a worker does; it must match a one-process run at the same
-effective batch (per-device batch halved) step for step.
+effective batch (per-device batch halved) step for step. FSDP and ZeRO shard over GPUs only, so a CPU
+machine refuses them (on a GPU: bench/gpu_fsdp.sh).
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import run_cli
+import torch
+from tests.conftest import run_cli, sentiment_lines
 
 from tuneloom.cli import main
 from tuneloom.errors import SettingsError
 from tuneloom.model_version import open_version
 from tuneloom.templates import resolve_settings
+from tuneloom.templates.requirements import job_requirement
+from tuneloom.templates.settings_distributed import SHARDED_STRATEGIES
 from tuneloom.train.launch import launch_command
 from tuneloom.train.recipe import TrainJob, run_training
 
@@ -98,19 +102,25 @@ def test_cli_flags_reach_the_setting_and_bad_ones_are_one_line(
     assert "Traceback" not in err and not (tmp_path / "v").exists()
 
 
-def test_ddp_on_two_cpu_processes_matches_one_process(sentiment_file: Path, tmp_path: Path) -> None:
-    one = run_training(
-        TrainJob(
-            data=sentiment_file,
-            output=tmp_path / "one",
-            template="tiny-random",
-            settings={"trainer_config": {**TRAIN, "per_device_train_batch_size": 8}},
-        )
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """The data file, and the metrics of one process at batch 8: what every two-process run must match."""
+    folder = tmp_path_factory.mktemp("one-process")
+    data = folder / "data.txt"
+    data.write_text("\n".join(sentiment_lines()) + "\n", encoding="utf-8")
+    settings = {"trainer_config": {**TRAIN, "per_device_train_batch_size": 8}}
+    return data, run_training(
+        TrainJob(data=data, output=folder / "one", template="tiny-random", settings=settings)
     ).metrics
 
+
+def test_ddp_on_two_cpu_processes_matches_one_process(one_process: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    """Same effective batch, same losses step for step, one ordinary version that generates."""
+    strategy = "ddp"
+    data, one = one_process
     out = tmp_path / "two"
     config = json.dumps({**TRAIN, "per_device_train_batch_size": 4})  # 2 × 4 = the same effective batch of 8
-    args = ["train", str(sentiment_file), "--template", "tiny-random", "--output", str(out)]
+    args = ["train", str(data), "--template", "tiny-random", "--output", str(out), "--strategy", strategy]
     result = run_cli(*args, "--trainer-config", config, "--num-processes", "2", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     two = json.loads(result.stdout)["metrics"]
@@ -118,14 +128,36 @@ def test_ddp_on_two_cpu_processes_matches_one_process(sentiment_file: Path, tmp_
     assert two["steps"] == one["steps"] > 1
     losses = [(a["loss"], b["loss"]) for a, b in zip(one["loss_curve"], two["loss_curve"], strict=True)]
     figures = {k: (round(one[k], 4), round(two[k], 4)) for k in ("train_loss", "eval_loss")}
-    print(f"\nloss, 1 process × batch 8 vs 2 processes × batch 4: per step {losses}; {figures}")
+    print(f"\n{strategy}, 1 process × batch 8 vs 2 processes × batch 4: per step {losses}; {figures}")
     assert all(abs(a - b) < 0.01 for a, b in losses), losses
     assert two["train_loss"] == pytest.approx(one["train_loss"], abs=0.005)
     assert two["eval_loss"] == pytest.approx(one["eval_loss"], abs=0.005)
 
     version = open_version(out)  # an ordinary, checksum-verified model-version directory
-    assert version.manifest["distributed"] == {"strategy": "ddp", "processes": 2}
+    assert version.manifest["distributed"] == {"strategy": strategy, "processes": 2, "sharded": False}
     assert version.manifest["settings"]["distributed"]["num_processes"] == 2
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert not out.with_name("two.partial").exists()
     assert result.stderr.count("Saving model version") == 1  # rank 0 alone reports progress
+    generated = run_cli("generate", str(out), "great product, works well", "--max-tokens", "4", "--json")
+    assert generated.returncode == 0 and json.loads(generated.stdout), generated.stderr[-2000:]
+
+
+@pytest.mark.parametrize("strategy", SHARDED_STRATEGIES)
+def test_sharded_strategies_on_a_cpu_machine_are_refused_before_any_process_starts(
+    strategy: str, one_process: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """accelerate shards only over GPUs: on CPUs it ran 'fsdp' as plain DDP and the version said 'fsdp'."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    data, _ = one_process
+    args = ["train", str(data), "--template", "tiny-random", "--output", str(tmp_path / "v"), "--strategy", strategy]
+    result = run_cli(*args, "--num-processes", "2")
+    assert result.returncode == 1
+    assert f"distributed.strategy '{strategy}' shards the model over GPUs; this machine has none" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "v").exists() and not (tmp_path / "v.partial").exists()
+    # A worker queue places such a run on a GPU worker only, saying why while it waits.
+    settings = resolve_settings("tiny-random", {"distributed": {"strategy": strategy, "num_processes": 2}})
+    need = job_requirement("tiny-random", settings.to_dict())
+    assert need.cuda and need.cuda_why == "distributed.strategy"

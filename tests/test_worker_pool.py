@@ -124,7 +124,7 @@ def test_a_worker_trains_and_cancels_two_process_runs(processes: Processes) -> N
     points = httpx.get(f"{run}/metrics", headers=headers).json()
     assert [p["step"] for p in points if p["loss"] is not None] == list(range(1, 21))  # rank 0's, once each
     version = open_version(processes.data_dir / "model-versions" / run.rsplit("/", 1)[-1])
-    assert version.manifest["distributed"] == {"strategy": "ddp", "processes": 2}
+    assert version.manifest["distributed"] == {"strategy": "ddp", "processes": 2, "sharded": False}
 
     long_run = submit(model, headers, dataset_version, steps=100000, distributed=DDP)
     wait_for(lambda: (state(long_run, headers)["progress"]["step"] or 0) >= 3, "the long run to make progress")

@@ -29,7 +29,7 @@ from typing import Any
 
 from tuneloom.errors import SettingsError
 from tuneloom.templates.catalogue import DEFAULT_TEMPLATE, SETTING_NAMES, TEMPLATES, Template, get_template
-from tuneloom.templates.settings_distributed import DISTRIBUTED, check_distributed
+from tuneloom.templates.settings_distributed import DISTRIBUTED, SHARDED_STRATEGIES, check_distributed
 from tuneloom.templates.settings_fields import (
     apply_aliases,
     check_setting,
@@ -259,9 +259,22 @@ def _bf16_on_cpu(settings: TrainingSettings) -> tuple[str, str] | None:
     )
 
 
+def _sharding_on_cpu(settings: TrainingSettings) -> tuple[str, str] | None:
+    """accelerate shards only over GPUs: on CPUs it would quietly run FSDP or ZeRO as plain DDP."""
+    strategy = settings.distributed.get("strategy")
+    if strategy not in SHARDED_STRATEGIES:
+        return None
+    return (
+        f"distributed.strategy '{strategy}' shards the model over GPUs; this machine has none, and on CPUs "
+        "accelerate would run it unsharded. Use 'ddp' (every process holds the whole model), or train on a GPU.",
+        "distributed.strategy",
+    )
+
+
 GPU_ONLY_RULES: tuple[Callable[[TrainingSettings], tuple[str, str] | None], ...] = (
     _quantization_on_cpu,
     _gpu_attention_on_cpu,
     _tf32_on_cpu,
     _bf16_on_cpu,
+    _sharding_on_cpu,
 )

@@ -29,6 +29,7 @@ from tuneloom.templates.settings_rules import INT, STR, Range, kind_of
 
 DISTRIBUTED = "distributed"
 STRATEGIES = ("ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3", "none")
+SHARDED_STRATEGIES = ("fsdp", "deepspeed_zero2", "deepspeed_zero3")  # accelerate runs these on GPUs only
 DEFAULTS: dict[str, Any] = {
     "strategy": "ddp",
     "num_processes": 1,

@@ -42,7 +42,7 @@ from tuneloom.errors import (
     TuneloomError,
 )
 from tuneloom.model_version import open_version
-from tuneloom.templates import resolve_settings
+from tuneloom.templates import require_supported_hardware, resolve_settings
 from tuneloom.train.events import EventSink, TrainEvent, ignore_events
 from tuneloom.train.recipe import TrainingInterrupted, TrainJob, TrainOutcome, check_output, run_training
 
@@ -70,9 +70,11 @@ def train(
     job: TrainJob, *, on_event: EventSink = ignore_events, stop: threading.Event | None = None
 ) -> TrainOutcome | None:
     """Train `job`; None only on a machine other than machine_rank 0 (that one writes the model version)."""
-    distributed = resolve_settings(job.template, job.settings).distributed
+    settings = resolve_settings(job.template, job.settings)
+    distributed = settings.distributed
     if not distributed:
         return run_training(job, on_event=on_event, stop=stop)
+    require_supported_hardware(settings, cuda_available=torch.cuda.is_available())  # once, before N ranks start
     check_output(job)
     command = launch_command(distributed)
     with tempfile.TemporaryDirectory(prefix="tuneloom-launch-") as tmp:

@@ -175,7 +175,11 @@ def train_rank(
         "summary": {k: metrics[k] for k in ("train_loss", "eval_loss", "perplexity") if k in metrics},
     }
     if settings.distributed:
-        manifest["distributed"] = {"strategy": settings.distributed["strategy"], "processes": trainer.args.world_size}
+        manifest["distributed"] = {
+            "strategy": settings.distributed["strategy"],
+            "processes": trainer.args.world_size,
+            "sharded": weights_state is not None,  # what the Trainer really ran: its weights were gathered
+        }
     try:
         _stage_artifacts(staging / weights, model, tokenizer, metrics, report, held_examples, weights_state)
         version = finalize(staging, job.output, manifest, overwrite=job.overwrite)
