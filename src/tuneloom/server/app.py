@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
@@ -34,6 +33,7 @@ from tuneloom.server.limits import BodySizeLimit, GenerationSlots, LimitExceeded
 from tuneloom.server.remote_inference import GenerationNodeUnavailable
 from tuneloom.server.routes import apps, datasets, models, nodes, openai_compat, predict
 from tuneloom.server.security import SecurityHeaders
+from tuneloom.server.validation import describe
 from tuneloom.store.db import is_disk_full, is_unavailable
 from tuneloom.store.nodes import live_nodes
 from tuneloom.store.shared import ArtifactIntegrityError, ArtifactStoreError
@@ -139,14 +139,9 @@ def create_app(ctx: ServerContext) -> FastAPI:
         return JSONResponse(body, status_code=err.status_code, headers=err.headers)
 
     @app.exception_handler(RequestValidationError)
-    def invalid_request(_: Request, err: RequestValidationError) -> JSONResponse:
-        """A body or query that does not fit its schema: every problem named, the first one's field as `key`."""
-        errors = jsonable_encoder(err.errors())
-        fields = [".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")) for e in errors]
-        named = zip(fields, errors, strict=True)
-        message = "; ".join(f"{field or 'request'}: {e.get('msg', 'invalid')}" for field, e in named)
-        details = {"key": fields[0] if fields and fields[0] else None, "errors": errors}
-        return JSONResponse({"code": "INVALID_REQUEST", "message": message, "details": details}, status_code=422)
+    def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
+        """A body or query that does not fit its schema: its problems named (20 at most), the first as `key`."""
+        return JSONResponse(describe(list(err.errors()), request.headers.get("content-type")), status_code=422)
 
     @app.exception_handler(LimitExceeded)
     def limit_exceeded(_: Request, err: LimitExceeded) -> JSONResponse:

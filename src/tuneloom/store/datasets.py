@@ -23,6 +23,7 @@ from tuneloom.store.ids import NotFoundError, check_id, new_id
 from tuneloom.store.models import Dataset, DatasetVersion, Input, Upload, utcnow
 
 INSERT_CHUNK = 1000
+DELETE_CHUNK = 1000  # input numbers per DELETE statement
 MAX_PAGE = 1000
 
 
@@ -151,14 +152,20 @@ def count_inputs(db: Database, app_id: str, dataset_id: str) -> int:
 def delete_inputs(db: Database, app_id: str, dataset_id: str, seqs: Sequence[int] | None = None) -> int:
     """Delete the inputs numbered `seqs`, or all of them when `seqs` is None; returns how many went.
 
-    Versions already made are snapshots and keep their examples.
+    Versions already made are snapshots and keep their examples. The numbers go `DELETE_CHUNK` to a
+    statement: one bound parameter each, and PostgreSQL takes at most 65,535 in one statement.
     """
     with db.write() as session:
         dataset = find_dataset(session, app_id, dataset_id, lock=True)
         query = delete(Input).where(Input.dataset_pk == dataset.pk)
-        if seqs is not None:
-            query = query.where(Input.seq.in_([int(s) for s in seqs]))
-        return int(session.execute(query).rowcount or 0)  # type: ignore[attr-defined]
+        if seqs is None:
+            return int(session.execute(query).rowcount or 0)  # type: ignore[attr-defined]
+        numbers = sorted({int(s) for s in seqs})
+        deleted = 0
+        for start in range(0, len(numbers), DELETE_CHUNK):
+            chunk = query.where(Input.seq.in_(numbers[start : start + DELETE_CHUNK]))
+            deleted += int(session.execute(chunk).rowcount or 0)  # type: ignore[attr-defined]
+        return deleted
 
 
 def iter_examples(session: Session, dataset_pk: int, batch: int = INSERT_CHUNK) -> Iterator[tuple[str, str]]:

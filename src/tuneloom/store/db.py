@@ -32,6 +32,10 @@ POSTGRES_CONNECT_TIMEOUT_S = 5  # an unreachable database answers 503 in seconds
 _BEGIN_MODE = "tuneloom_sqlite_begin"
 SQLITE_FULL = 13  # "database or disk is full"
 POSTGRES_DISK_FULL = "53100"  # SQLSTATE disk_full
+# What an `Integer` column holds on PostgreSQL (int4): a number past it in a query is a DataError
+# there (and past 2**63 an OverflowError on SQLite), so the API refuses it as a 422 naming the field.
+MIN_INTEGER = -(2**31)
+MAX_INTEGER = 2**31 - 1
 
 Row = TypeVar("Row")
 

@@ -34,6 +34,7 @@ from tuneloom.server.schemas import (
     UploadReport,
 )
 from tuneloom.store import dataset_versions, datasets
+from tuneloom.store.db import MAX_INTEGER
 from tuneloom.store.ids import new_id
 from tuneloom.templates import get_template, resolve_settings
 from tuneloom.templates.loading import load_tokenizer
@@ -144,7 +145,7 @@ def list_inputs(
     dataset_id: str,
     ctx: Context,
     limit: Annotated[int, Query(ge=1, le=datasets.MAX_PAGE)] = 100,
-    after: Annotated[int | None, Query(ge=0)] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_INTEGER)] = None,
 ) -> InputPageOut:
     page = datasets.list_inputs(ctx.db, app_id, dataset_id, limit=limit, after=after)
     return InputPageOut(

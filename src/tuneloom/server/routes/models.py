@@ -29,6 +29,7 @@ from tuneloom.server.schemas.models import (
     TrainRequest,
 )
 from tuneloom.store import jobs, registry, telemetry, workers
+from tuneloom.store.db import MAX_INTEGER, MIN_INTEGER
 from tuneloom.store.models import ModelVersion, TrainingStatus
 from tuneloom.store.shared import ArtifactIntegrityError, ArtifactStoreError
 from tuneloom.templates import DEFAULT_TEMPLATE, TEMPLATES, get_template, resolve_settings
@@ -121,7 +122,11 @@ def delete_version(app_id: AppId, model_id: str, version_id: str, ctx: Context, 
 
 @router.get("/{model_id}/versions/{version_id}/metrics")
 def metrics(
-    app_id: AppId, model_id: str, version_id: str, ctx: Context, after_step: int | None = None
+    app_id: AppId,
+    model_id: str,
+    version_id: str,
+    ctx: Context,
+    after_step: Annotated[int | None, Query(ge=MIN_INTEGER, le=MAX_INTEGER)] = None,
 ) -> list[MetricPointOut]:
     registry.get_model_version(ctx.db, app_id, model_id, version_id)
     return [MetricPointOut.model_validate(p) for p in telemetry.list_metrics(ctx.db, version_id, after_step=after_step)]
@@ -133,7 +138,7 @@ def logs(
     model_id: str,
     version_id: str,
     ctx: Context,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_INTEGER)] = 0,
     limit: Annotated[int, Query(ge=1, le=telemetry.MAX_PAGE)] = 200,
 ) -> list[LogLineOut]:
     registry.get_model_version(ctx.db, app_id, model_id, version_id)

@@ -67,6 +67,7 @@ from tuneloom.server.schemas.openai import (
     Usage,
     finish_reason,
 )
+from tuneloom.server.validation import field_of, message_of
 from tuneloom.store.db import Database
 from tuneloom.store.models import ApiKey, Model, ModelVersion, TrainingStatus
 
@@ -97,8 +98,8 @@ class OpenAIRoute(APIRoute):
                 return await handler(request)
             except RequestValidationError as err:
                 first = err.errors()[0] if err.errors() else {}
-                param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
-                return openai_error(400, f"{param or 'body'}: {first.get('msg', 'invalid request')}", param=param)
+                message = message_of(first, request.headers.get("content-type"))
+                return openai_error(400, message, param=field_of(first))
             except HTTPException as err:
                 return openai_error(err.status_code, str(err.detail), headers=err.headers)
             except TuneloomError as err:
@@ -166,13 +167,21 @@ def inference_params(
     limit: int,
     system_prompt: str | None = None,
 ) -> InferenceParams:
-    """OpenAI's knobs as tuneloom's validated InferenceParams (OpenAI's defaults where unset), capped at `limit`."""
+    """OpenAI's knobs as tuneloom's validated InferenceParams (OpenAI's defaults where unset), capped at `limit`.
+
+    A refused token count names the field the client sent (`max_completion_tokens` is chat's newer name).
+    """
     temperature = 1.0 if body.temperature is None else body.temperature
     values = {"max_tokens": max_tokens, "temperature": temperature, "top_p": body.top_p, "stop": body.stop or None}
-    params = InferenceParams.from_dict({**values, "system_prompt": system_prompt})
-    named = body.model_fields_set & {"max_tokens", "max_completion_tokens"}
-    key = "max_completion_tokens" if "max_completion_tokens" in named else "max_tokens"
-    return cap_max_tokens(params, limit, asked=bool(named) and max_tokens is not None, key=key)
+    key = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) is not None else "max_tokens"
+    try:
+        params = InferenceParams.from_dict({**values, "system_prompt": system_prompt})
+    except SettingsError as err:
+        if err.key != "max_tokens" or key == "max_tokens":
+            raise
+        raise SettingsError(err.message.replace("'max_tokens'", f"'{key}'"), key=key) from None
+    asked = bool(body.model_fields_set & {"max_tokens", "max_completion_tokens"}) and max_tokens is not None
+    return cap_max_tokens(params, limit, asked=asked, key=key)
 
 
 def check_n(n: int | None) -> None:
@@ -218,7 +227,7 @@ async def chat_completions(
         raise SettingsError("messages must include a user message", key="messages")
     check_inputs(users[-1:], key="messages")
     system = "\n".join(m.text() for m in body.messages if m.role in ("system", "developer")) or None
-    max_tokens = body.max_completion_tokens or body.max_tokens
+    max_tokens = body.max_tokens if body.max_completion_tokens is None else body.max_completion_tokens  # 0 is refused
     params = inference_params(body, max_tokens, ctx.max_tokens_limit, system)
     version = await run_in_threadpool(resolve_model, ctx, key, body.model)
     await admit(ctx, service, version)

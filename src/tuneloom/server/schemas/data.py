@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from tuneloom.store.db import MAX_INTEGER, MIN_INTEGER
+
+# An input number as the database can compare it: a bigger one is a 422 naming it, not a database error.
+InputNumber = Annotated[int, Field(ge=MIN_INTEGER, le=MAX_INTEGER)]
 
 
 class AppCreate(BaseModel):
@@ -83,7 +88,7 @@ class InputPageOut(BaseModel):
 class InputsDelete(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    seqs: list[int] | None = Field(default=None, description="input numbers; omit to delete every input")
+    seqs: list[InputNumber] | None = Field(default=None, description="input numbers; omit to delete every input")
 
 
 class DatasetVersionOut(BaseModel):
