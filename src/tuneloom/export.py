@@ -15,14 +15,14 @@ from pathlib import Path
 
 from tuneloom.errors import ModelVersionError
 from tuneloom.generate.loading import load_for_inference
-from tuneloom.model_version import open_version
+from tuneloom.model_version import make_folder, open_version
 
 
 def export_version(version_dir: Path, out: Path, *, merged: bool = False) -> Path:
     version = open_version(version_dir)
     if out.exists():
         raise ModelVersionError(f"{out} already exists; choose another folder.")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out.parent, f"cannot export to {out}")
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         staging = Path(tmp) / "export"
         if merged or not version.is_adapter:

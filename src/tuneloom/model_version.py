@@ -113,7 +113,7 @@ def open_version(path: Path, *, verify: bool = True, label: str | None = None) -
     where = label or str(path)
     manifest_path = path / MANIFEST
     if not path.is_dir():
-        raise ModelVersionError(f"{where} is not a model-version directory (it does not exist).")
+        raise ModelVersionError(f"{where} is not a model-version directory ({_why_missing(path)}).")
     if not manifest_path.is_file():
         partial = " It looks like an unfinished training run." if path.name.endswith(".partial") else ""
         raise ModelVersionError(f"{where} has no {MANIFEST}: not a complete model version.{partial}")
@@ -129,6 +129,44 @@ def open_version(path: Path, *, verify: bool = True, label: str | None = None) -
             if sha256_file(file) != expected:
                 raise ModelVersionError(f"{where}: file {name} is damaged (checksum mismatch).", details={"file": name})
     return ModelVersion(path, manifest)
+
+
+def make_folder(folder: Path, purpose: str) -> None:
+    """`mkdir -p folder`, refused as one ModelVersionError that names the part of the path at fault.
+
+    The OS's own message ("File exists: 'runs'") names neither what was being made nor why it failed.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        culprit = first_non_folder(folder)
+        reason = f"{culprit} is a file, not a folder" if culprit else f"{err.strerror or err} ({err.filename})"
+        raise ModelVersionError(f"{purpose}: {reason}", details={"path": str(folder)}) from None
+
+
+def first_non_folder(path: Path) -> Path | None:
+    """The first part of `path`, from the root down, that exists but is not a folder (None: all fine)."""
+    return next((p for p in (*reversed(path.parents), path) if p.exists() and not p.is_dir()), None)
+
+
+def partial_dir(path: Path) -> Path:
+    """Where `tuneloom train --output path` keeps checkpoints and staging until the version is complete."""
+    return path.with_name(path.name + ".partial")
+
+
+def _why_missing(path: Path) -> str:
+    """Why `path` is no version: a file, an interrupted run (its checkpoint beside it), or nothing there.
+
+    The checkpoint folder is named, not its full path: behind a server's `label` the data dir stays hidden.
+    """
+    if path.exists():
+        return "it is a file, not a directory"
+    if partial_dir(path).is_dir():
+        return (
+            f"it does not exist: training into it stopped before it was written; {partial_dir(path).name} beside "
+            "it holds the checkpoint, and the same train command with --resume finishes it"
+        )
+    return "it does not exist"
 
 
 def _fsync_tree(root: Path) -> None:

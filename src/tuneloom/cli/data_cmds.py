@@ -28,6 +28,7 @@ def register(commands: Any) -> None:
 
     template = commands.add_parser("csv-template", help="write the CSV template with example rows")
     template.add_argument("path", type=Path, nargs="?", default=Path("tuneloom-template.csv"))
+    template.add_argument("--overwrite", action="store_true", help="replace the file if it exists")
     template.set_defaults(run=run_csv_template)
 
     templates = commands.add_parser("templates", help="list templates, or show one's default settings")
@@ -80,7 +81,10 @@ def run_validate(args: argparse.Namespace) -> int:
 
 def run_csv_template(args: argparse.Namespace) -> int:
     from tuneloom.data import write_csv_template
+    from tuneloom.errors import DataFileError
 
+    if args.path.is_file() and not args.overwrite:  # likely the user's own data, named like the template's
+        raise DataFileError(f"{args.path} already exists; choose another path or pass --overwrite.")
     write_csv_template(args.path)
     console.print(f"Wrote the CSV template to {escape(str(args.path))}")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from tuneloom.cli.render import console, metrics_table, print_json
+from tuneloom.cli.render import console, console_err, metrics_table, print_json
 from tuneloom.errors import DataFileError
 
 
@@ -28,7 +29,12 @@ def register(commands: Any) -> None:
     gen.add_argument("--return-full-text", action="store_true", default=None)
     gen.add_argument("--system-prompt")
     gen.add_argument("--prompt-template", help="must contain {prompt}; may contain {system_prompt}")
-    gen.add_argument("--stop", action="append", help="stop string (repeatable); '###' always stops")
+    gen.add_argument(
+        "--stop",
+        action="append",
+        type=_unescape,
+        help="stop string (repeatable; \\n, \\t as escapes); '###' always stops",
+    )
     gen.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     gen.add_argument("--json", action="store_true")
     gen.set_defaults(run=run_generate)
@@ -66,18 +72,42 @@ def _inference_params(args: argparse.Namespace) -> Any:
     return InferenceParams.from_dict({k: getattr(args, k, None) for k in keys})
 
 
+# What a user types for a stop string in a shell, where "\n" arrives as a backslash and an n.
+_ESCAPES = {"\\n": "\n", "\\t": "\t", "\\r": "\r", "\\\\": "\\"}
+
+
+def _unescape(text: str) -> str:
+    """`--stop "\\n"` means a newline (as the README shows it): a literal backslash-n would never match."""
+    return re.sub(r"\\[ntr\\]", lambda m: _ESCAPES[m.group(0)], text)
+
+
 def _inputs(args: argparse.Namespace) -> list[str]:
     if args.file is not None:
-        try:
-            lines = args.file.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as err:
-            raise DataFileError(f"{args.file}: cannot read inputs: {err}") from None
-        return [line for line in lines if line.strip()]
+        return _file_inputs(args.file)
     if args.text is not None:
         return [args.text]
     if not sys.stdin.isatty():
         return [sys.stdin.read().strip()]
     raise SystemExit("tuneloom generate: give a TEXT, --file F, or pipe the input on stdin")
+
+
+def _file_inputs(path: Path) -> list[str]:
+    """The non-blank lines of `path`, refused before the model loads when there are none or too many."""
+    from tuneloom.generate.params import MAX_INPUTS
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataFileError(f"{path}: cannot read inputs: {err}") from None
+    texts = [line for line in lines if line.strip()]
+    if not texts:
+        raise DataFileError(f"{path}: no inputs (the file is empty or holds only blank lines)")
+    if len(texts) > MAX_INPUTS:
+        raise DataFileError(
+            f"{path}: {len(texts)} inputs, more than the {MAX_INPUTS} one call takes; split the file",
+            details={"limit": MAX_INPUTS},
+        )
+    return texts
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -120,13 +150,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from tuneloom.generate.loading import load_for_inference
     from tuneloom.generate.params import InferenceParams
 
+    params = InferenceParams.from_dict({"max_tokens": args.max_tokens}) if args.max_tokens is not None else None
     parsed = parse_file(args.data, format=args.format)
+    if not parsed.examples:
+        raise DataFileError(
+            f"{args.data}: no valid examples to evaluate on ({parsed.report.invalid_rows} invalid rows)",
+            details={"report": parsed.report.to_dict()},
+        )
     loaded = load_for_inference(args.model)
-    params = InferenceParams(max_tokens=args.max_tokens) if args.max_tokens else None
     result = evaluate_examples(loaded, parsed.examples, params=params)
     if args.json:
         print_json({**result.to_dict(), "data_report": parsed.report.to_dict()})
         return 0
+    if parsed.report.invalid_rows:
+        console_err.print(
+            f"[yellow]{parsed.report.invalid_rows} invalid rows skipped[/]; "
+            f"run `tuneloom validate {escape(str(args.data))}` to see them."
+        )
     console.print(metrics_table(f"{escape(loaded.name)} on {escape(str(args.data))}", {"value": result.metrics}))
     print_evaluation_rows(result.rows)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import threading
@@ -16,9 +17,9 @@ def register(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run the platform server (REST API) and its training workers")
     _storage_args(serve)
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--max-upload-mb", type=int, default=200, help="largest accepted upload")
-    serve.add_argument("--model-cache-mb", type=int, default=4096, help="memory for loaded model versions")
+    serve.add_argument("--port", type=_port, default=8000)
+    serve.add_argument("--max-upload-mb", type=_positive, default=200, help="largest accepted upload")
+    serve.add_argument("--model-cache-mb", type=_positive, default=4096, help="memory for loaded model versions")
     serve.add_argument(
         "--backend",
         choices=["auto", "transformers", "vllm", "remote"],
@@ -58,6 +59,32 @@ def _positive(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    """A TCP port a client can be told (0 would bind a random one, and the banner would print :0)."""
+    value = int(text) if text.strip().isdigit() else 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    """A whole number of at least 0 (`--workers 0`: none); a negative one was silently taken as 0."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 0, got {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds: a lease or checkpoint interval of 0 or less never makes sense."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+    return value
+
+
 def _limit_args(serve: argparse.ArgumentParser) -> None:
     from tuneloom.generate.params import MAX_TOKENS_LIMIT
     from tuneloom.server.limits import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_GENERATIONS_PER_KEY, DEFAULT_MAX_JSON_BYTES
@@ -85,8 +112,19 @@ def _limit_args(serve: argparse.ArgumentParser) -> None:
     )
 
 
+def data_dir(text: str) -> Path:
+    """A folder, or a path where one can be made: a file on the way was an internal error (FileExistsError)."""
+    from tuneloom.model_version import first_non_folder
+
+    path = Path(text)
+    culprit = first_non_folder(path)
+    if culprit is not None:
+        raise argparse.ArgumentTypeError(f"{culprit} is a file, not a folder")
+    return path
+
+
 def _storage_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", type=Path, default=Path("tuneloom-data"), help="artifacts (and SQLite)")
+    parser.add_argument("--data-dir", type=data_dir, default=Path("tuneloom-data"), help="artifacts (and SQLite)")
     parser.add_argument("--database-url", default=None, help="e.g. postgresql://… (default: SQLite in the data dir)")
 
 
@@ -99,9 +137,9 @@ def _artifact_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def _worker_args(parser: argparse.ArgumentParser, *, default_help: str) -> None:
-    parser.add_argument("--workers", type=int, default=None, help=default_help)
-    parser.add_argument("--lease-seconds", type=float, default=60.0, help="a silent worker loses its job after this")
-    parser.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between timed checkpoints")
+    parser.add_argument("--workers", type=_count, default=None, help=default_help)
+    parser.add_argument("--lease-seconds", type=_seconds, default=60.0, help="a silent worker loses its job after this")
+    parser.add_argument("--checkpoint-every", type=_seconds, default=300.0, help="seconds between timed checkpoints")
 
 
 def run_serve(args: argparse.Namespace) -> int:

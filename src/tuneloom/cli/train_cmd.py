@@ -65,7 +65,7 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         if raw is None:
             continue
         if raw.startswith("@"):
-            raw = _read_settings_file(Path(raw[1:]), name)
+            raw = _read_settings_file(raw[1:], name)
         overrides[name] = parse_settings_json(raw, name)
     if args.tolerance is not None:
         overrides["invalid_data_tolerance_percent"] = args.tolerance
@@ -80,15 +80,19 @@ def _distributed_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
     raw = getattr(args, "distributed", None)
     if raw is not None and raw.startswith("@"):
-        raw = _read_settings_file(Path(raw[1:]), "distributed")
+        raw = _read_settings_file(raw[1:], "distributed")
     given = parse_settings_json(raw, "distributed") if raw is not None else {}
     flags = {key: getattr(args, f"dist_{key}", None) for key in DISTRIBUTED_FLAGS}
     return {**given, **{k: v for k, v in flags.items() if v is not None}}
 
 
-def _read_settings_file(path: Path, name: str) -> str:
+def _read_settings_file(where: str, name: str) -> str:
+    """The text of `@where`; a bare `@` names no file (it would otherwise read as the current folder)."""
     from tuneloom.errors import SettingsError
 
+    if not where.strip():
+        raise SettingsError(f"{name}: '@' must be followed by a JSON file's path, e.g. @{name}.json", key=name)
+    path = Path(where)
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
@@ -109,6 +113,7 @@ def run_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         overwrite=args.overwrite,
     )
+    _note_missing_checkpoint(job)
     stop = threading.Event()
     outcome = with_progress(lambda sink: train(job, on_event=sink, stop=stop), stop)
     if outcome is None:
@@ -131,6 +136,16 @@ def run_train(args: argparse.Namespace) -> int:
             + f", {m['train_tokens_per_second']} tokens/s"
         )
     return 0
+
+
+def _note_missing_checkpoint(job: Any) -> None:
+    """`--resume` with nothing to resume from trains from the start (as a worker's first try does); say so."""
+    from tuneloom.train.recipe import latest_checkpoint, workdir_for
+
+    if job.resume and latest_checkpoint(workdir_for(job)) is None:
+        console_err.print(
+            f"[yellow]--resume: no checkpoint in {escape(str(workdir_for(job)))}[/]; training from the start."
+        )
 
 
 def with_progress(work: Any, stop: threading.Event) -> Any:

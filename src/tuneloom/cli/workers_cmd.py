@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloom.cli.render import console, print_json
+from tuneloom.cli.server_cmds import data_dir
 
 
 def register(commands: Any) -> None:
@@ -15,7 +16,7 @@ def register(commands: Any) -> None:
         "workers",
         help="list training workers (host, capacity, heartbeat, current run), runs none can take, generation nodes",
     )
-    workers.add_argument("--data-dir", type=Path, default=Path("tuneloom-data"), help="for the SQLite database")
+    workers.add_argument("--data-dir", type=data_dir, default=Path("tuneloom-data"), help="for the SQLite database")
     workers.add_argument("--database-url", default=None, help="e.g. postgresql://… (default: SQLite in the data dir)")
     workers.add_argument("--json", action="store_true", help="machine-readable output")
     workers.set_defaults(run=run_workers)

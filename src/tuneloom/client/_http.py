@@ -106,7 +106,24 @@ class Transport:
             raise TuneloomConnectionError(self.base_url, err) from err
         if response.is_error:
             raise error_from_response(response)
-        return response.json() if response.content else None
+        return self._decoded(response)
+
+    def _decoded(self, response: httpx.Response) -> Any:
+        """The JSON body; a success that is not JSON comes from something other than tuneloom (a proxy, a
+        login page, another service on that port), and a bare JSONDecodeError would name neither."""
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            text = response.text.strip()[:200]
+            where = f"{response.request.method} {response.request.url}"
+            raise TuneloomAPIError(
+                response.status_code,
+                "NOT_JSON",
+                f"{where} answered HTTP {response.status_code} with something that is not JSON: is "
+                f"{self.base_url} a tuneloom server? The answer began: {text!r}",
+            ) from None
 
     def events(self, path: str, body: Any) -> Iterator[tuple[str, Any]]:
         """POST, then (event, decoded data) for each server-sent event as it arrives."""

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneloom.model_version import open_version
+from tuneloom.errors import SettingsError
+from tuneloom.model_version import open_version, partial_dir
 from tuneloom.templates import get_template, resolve_settings
 from tuneloom.templates.loading import load_model, load_tokenizer, pick_device
 from tuneloom.templates.prompting import PROMPT_SLOT, PromptFormat
@@ -35,11 +36,24 @@ def load_for_inference(
     path = Path(target)
     if path.is_dir():
         return _load_version(path, label)
-    template = get_template(str(target))
+    try:
+        template = get_template(str(target))
+    except SettingsError:
+        if _names_a_path(path):
+            open_version(path, label=label)  # raises, naming the path (and an interrupted run's checkpoint)
+        raise
     settings = resolve_settings(template, overrides or {})
     tokenizer = load_tokenizer(settings.model_config, settings.tokenizer_config)
     model = load_model(settings.model_config, settings.quantization_config)
     return InferenceModel(template.id, _ready(model, tokenizer), tokenizer, UNTRAINED_FORMAT)
+
+
+def _names_a_path(path: Path) -> bool:
+    """`runs/tickets`, an existing file, or a run interrupted before its version was written: not a template id.
+
+    Such a target gets the model-version message ("does not exist", "--resume"), not a list of templates.
+    """
+    return len(path.parts) > 1 or path.exists() or partial_dir(path).is_dir()
 
 
 def version_tokenizer(path: Path) -> Any:

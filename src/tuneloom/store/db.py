@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from tuneloom.errors import NotFoundError
+from tuneloom.errors import NotFoundError, TuneloomError
 from tuneloom.store.ids import check_id
 
 DB_FILE = "tuneloom.db"
@@ -38,6 +38,19 @@ MIN_INTEGER = -(2**31)
 MAX_INTEGER = 2**31 - 1
 
 Row = TypeVar("Row")
+SUPPORTED_BACKENDS = ("sqlite", "postgresql")
+
+
+class InvalidDatabaseUrlError(TuneloomError):
+    """`--database-url` is not a URL, or names a database tuneloom does not run on."""
+
+    code = "INVALID_DATABASE_URL"
+
+
+class DatabaseUnavailableError(TuneloomError):
+    """The database could not be reached when opening it (down, wrong host or port, wrong credentials)."""
+
+    code = "DATABASE_UNAVAILABLE"
 
 
 def fetch(session: Session, model: type[Row], object_id: str, what: str, *, lock: bool = False) -> Row:
@@ -141,12 +154,48 @@ def open_database(url: str | None = None, *, data_dir: Path | None = None, migra
     if migrate:
         from tuneloom.store.migrations import upgrade_database
 
-        upgrade_database(db)
+        try:
+            upgrade_database(db)
+        except (OperationalError, InterfaceError) as err:  # the first connection: a start-up error, not a 503
+            db.dispose()
+            reason = str(err.orig or err).strip().splitlines()[0]
+            raise DatabaseUnavailableError(
+                f"cannot open the database at {shown_url(url)}: {reason}", details={"url": shown_url(url)}
+            ) from None
     return db
 
 
+def parse_url(url: str) -> URL:
+    """The URL parsed and checked to name SQLite or PostgreSQL, the two databases tuneloom runs on.
+
+    Anything else failed deep inside SQLAlchemy (a missing MySQL driver, "Could not parse") with no
+    word of which setting was wrong.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise InvalidDatabaseUrlError(
+            "the database URL (--database-url) is not a URL: use postgresql://user:password@host:port/database, "
+            "or leave it out for SQLite in the data dir"
+        ) from None
+    if parsed.get_backend_name() not in SUPPORTED_BACKENDS:
+        raise InvalidDatabaseUrlError(
+            f"the database URL (--database-url) {shown_url(url)} names a {parsed.get_backend_name()!r} database: "
+            "tuneloom runs on postgresql://… or on SQLite (no URL)"
+        )
+    return parsed
+
+
+def shown_url(url: str) -> str:
+    """The URL as it may be printed: the password masked."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(unparsable URL)"
+
+
 def _make_engine(url: str, *, echo: bool) -> Engine:
-    parsed = make_url(url)
+    parsed = parse_url(url)
     if parsed.get_backend_name() != "sqlite":
         connect_args = {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S}
         return create_engine(url, echo=echo, pool_pre_ping=True, future=True, connect_args=connect_args)

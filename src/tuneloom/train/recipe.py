@@ -21,7 +21,7 @@ from transformers.trainer_callback import PrinterCallback
 
 from tuneloom.data.types import DataReport, Example
 from tuneloom.errors import ModelVersionError, TuneloomError
-from tuneloom.model_version import ModelVersion, finalize, open_version, write_json
+from tuneloom.model_version import ModelVersion, finalize, make_folder, open_version, partial_dir, write_json
 from tuneloom.templates import (
     TOKENIZER_EXTENSIONS,
     TRAINER_EXTENSIONS,
@@ -224,13 +224,14 @@ def _build_model(settings: TrainingSettings, start_from: Path | None) -> Any:
 
 def workdir_for(job: TrainJob) -> Path:
     """Checkpoints and staging: `job.workdir`, or `<output>.partial` beside the output."""
-    return job.workdir or job.output.with_name(job.output.name + ".partial")
+    return job.workdir or partial_dir(job.output)
 
 
 def check_output(job: TrainJob) -> None:
-    """Refuse an existing output before hours of training, not after."""
+    """Refuse an existing output, or one that cannot be created, before hours of training, not after."""
     if job.output.exists() and not job.overwrite:
         raise ModelVersionError(f"{job.output} already exists; choose another --output or pass --overwrite.")
+    make_folder(job.output.parent, f"cannot write --output {job.output}")  # checkpoints go beside it from step 1
 
 
 def _stage_artifacts(

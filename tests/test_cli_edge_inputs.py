@@ -1,0 +1,176 @@
+"""Odd but plausible input to the CLI and the SDK: one clear message naming what is at fault, never a traceback.
+
+Each case here once printed an internal error (FileExistsError, OverflowError, ModuleNotFoundError,
+psycopg's OperationalError, JSONDecodeError), answered a wrong question ("Unknown template" for a
+run directory), or finished with exit code 0 having done nothing. All are refused before a model
+loads, so the file stays fast; the real command runs in a subprocess for the main cases, and
+in-process (`main`, the same code, the imports paid once) for their variants.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.conftest import run_cli, sentiment_lines
+
+from tuneloom.cli import build_parser, main
+from tuneloom.client import Client, TuneloomAPIError
+
+
+def refused(result: subprocess.CompletedProcess[str], *names: str, code: int = 1) -> None:
+    """Exit `code`, no traceback, and every one of `names` (the file, flag, key or limit) in the message."""
+    assert result.returncode == code, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr, result.stderr
+    for name in names:
+        assert name in result.stderr, (name, result.stderr)
+
+
+def in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """`tuneloom ARGS` through `main`: its exit code and what it printed to stderr."""
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+def test_generate_file_with_no_inputs(tmp_path: Path) -> None:
+    inputs = tmp_path / "inputs.txt"
+    inputs.write_text("\n  \n", encoding="utf-8")
+    refused(run_cli("generate", "tiny-random", "--file", str(inputs)), str(inputs), "no inputs")
+
+
+def test_generate_file_with_too_many_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inputs = tmp_path / "inputs.txt"
+    inputs.write_text("a line\n" * 10_000, encoding="utf-8")
+    code, err = in_process(capsys, "generate", "tiny-random", "--file", str(inputs))
+    assert code == 1 and str(inputs) in err and "10000 inputs" in err and "128" in err
+
+
+def test_generate_on_an_interrupted_run_points_at_resume(tmp_path: Path) -> None:
+    (tmp_path / "tickets.partial" / "checkpoints").mkdir(parents=True)
+    run = tmp_path / "tickets"
+    result = run_cli("generate", str(run), "hello")
+    refused(result, str(run), "tickets.partial", "--resume")
+    assert "Unknown template" not in result.stderr
+
+
+def test_evaluate_on_a_file_of_only_invalid_rows(tmp_path: Path) -> None:
+    data = tmp_path / "heldout.txt"
+    data.write_text("no sections here\n### Human: no answer\n", encoding="utf-8")
+    refused(run_cli("evaluate", "tiny-random", str(data)), str(data), "no valid examples", "no sections here")
+
+
+@pytest.mark.parametrize("max_tokens", ["0", "-1"])
+def test_evaluate_max_tokens_is_checked_not_ignored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], max_tokens: str
+) -> None:
+    data = tmp_path / "heldout.txt"
+    data.write_text("\n".join(sentiment_lines(1)) + "\n", encoding="utf-8")
+    code, err = in_process(capsys, "evaluate", "tiny-random", str(data), "--max-tokens", max_tokens)
+    assert code == 1 and "'max_tokens'" in err and "4096" in err
+
+
+def test_export_below_a_file(tmp_path: Path) -> None:
+    version = tmp_path / "v"
+    version.mkdir()
+    (version / "tuneloom.json").write_text(json.dumps({"weights": "adapter", "files": {}}), encoding="utf-8")
+    (tmp_path / "notes").write_text("a user's file", encoding="utf-8")
+    refused(run_cli("export", str(version), str(tmp_path / "notes" / "out")), "notes is a file, not a folder")
+
+
+def test_train_output_below_a_file(tmp_path: Path) -> None:
+    """Refused before the model loads; `--resume` with no checkpoint to resume from says so, too."""
+    data = tmp_path / "data.txt"
+    data.write_text("\n".join(sentiment_lines(1)) + "\n", encoding="utf-8")
+    (tmp_path / "runs").write_text("", encoding="utf-8")
+    output = str(tmp_path / "runs" / "v")
+    result = run_cli("train", str(data), "--template", "tiny-random", "--output", output, "--resume")
+    refused(result, "--output", "runs is a file, not a folder", "--resume: no checkpoint")
+
+
+def test_settings_at_sign_without_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = in_process(capsys, "train", "data.txt", "--output", str(tmp_path / "v"), "--peft-config", "@")
+    assert code == 1 and "peft_config" in err and "'@' must be followed" in err
+
+
+def test_csv_template_does_not_overwrite_a_file(tmp_path: Path) -> None:
+    mine = tmp_path / "my-data.csv"
+    mine.write_text("a user's data\n", encoding="utf-8")
+    refused(run_cli("csv-template", str(mine)), str(mine), "--overwrite")
+    assert mine.read_text(encoding="utf-8") == "a user's data\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["serve", "--port", "70000"], "--port"),
+        (["serve", "--workers", "-1"], "--workers"),
+        (["worker", "--lease-seconds", "-5"], "--lease-seconds"),
+        (["serve", "--max-upload-mb", "-1"], "--max-upload-mb"),
+    ],
+)
+def test_server_numbers_out_of_range_are_usage_errors(
+    args: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(args)
+    assert exit_.value.code == 2 and expected in capsys.readouterr().err
+
+
+def test_data_dir_that_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "data").write_text("", encoding="utf-8")
+    refused(run_cli("keys", "create", "--data-dir", str(tmp_path / "data" / "sub")), "--data-dir", "is a file", code=2)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("mysql://root:hunter2@db/tuneloom", "'mysql'"),
+        ("not a url", "not a URL"),
+        ("postgresql://nobody:hunter2@127.0.0.1:1/tuneloom", "127.0.0.1:1"),
+    ],
+)
+def test_unusable_database_url(tmp_path: Path, url: str, expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = in_process(capsys, "keys", "list", "--data-dir", str(tmp_path), "--database-url", url)
+    assert code == 1 and "database" in err and expected in err
+    assert "hunter2" not in err and "internal error" not in err
+
+
+def test_stop_escapes_mean_what_the_readme_shows() -> None:
+    args = build_parser().parse_args(["generate", "x", "hi", "--stop", "\\n", "--stop", "a\\\\n"])
+    assert args.stop == ["\n", "a\\n"]
+
+
+@pytest.fixture
+def not_tuneloom() -> Iterator[str]:
+    """A web server on a loopback port that answers 200 with an HTML page, as a login portal would."""
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<html>sign in to the network</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_sdk_names_a_server_that_is_not_tuneloom(not_tuneloom: str) -> None:
+    with Client(not_tuneloom, api_key="k") as client, pytest.raises(TuneloomAPIError) as err:
+        client.list_apps()
+    assert err.value.code == "NOT_JSON" and not_tuneloom in str(err.value) and "sign in" in str(err.value)
