@@ -10,6 +10,7 @@ import pytest
 from tests.conftest import run_cli
 from tests.process_helpers import interrupt_training
 
+from tuneloom.errors import SettingsError
 from tuneloom.train.events import TrainEvent
 from tuneloom.train.recipe import TrainingInterrupted, TrainJob, run_training
 
@@ -31,6 +32,13 @@ def test_stop_checkpoints_and_resume_finishes(sentiment_file: Path, tmp_path: Pa
     checkpoints = list((tmp_path / "version.partial" / "checkpoints").glob("checkpoint-*"))
     assert [c.name for c in checkpoints] == ["checkpoint-3"]
 
+    # Settings that end before the checkpoint: refused (it trained no step and wrote a loss of 0), checkpoint kept.
+    shorter = {"trainer_config": {**SETTINGS["trainer_config"], "max_steps": 2}}
+    with pytest.raises(SettingsError, match=r"checkpoint is at step 3, past the 2 steps") as refused:
+        run_training(TrainJob(data=sentiment_file, output=out, template="tiny-random", settings=shorter, resume=True))
+    assert refused.value.key == "trainer_config.num_train_epochs"
+    assert not out.exists() and (tmp_path / "version.partial" / "checkpoints" / "checkpoint-3").is_dir()
+
     steps: list[int] = []
     job.resume = True
     outcome = run_training(job, on_event=lambda e: steps.append(e.step) if e.kind == "step" else None)
@@ -38,6 +46,9 @@ def test_stop_checkpoints_and_resume_finishes(sentiment_file: Path, tmp_path: Pa
     total = outcome.metrics["steps"]
     assert steps[-1] == total
     assert json.loads((out / "tuneloom.json").read_text())["template"] == "tiny-random"
+    # The version's loss is the whole run's (the Trainer's own covers only the steps after the resume).
+    losses = [point["loss"] for point in outcome.metrics["loss_curve"]]
+    assert len(losses) == total and outcome.metrics["train_loss"] == pytest.approx(sum(losses) / total)
 
 
 def test_ctrl_c_in_the_cli_leaves_a_resumable_checkpoint(sentiment_file: Path, tmp_path: Path) -> None:

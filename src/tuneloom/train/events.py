@@ -10,6 +10,8 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from tuneloom.errors import SettingsError
+
 
 @dataclass(frozen=True)
 class TrainEvent:
@@ -120,6 +122,28 @@ class CheckpointEvery(TrainerCallback):
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
         self.last = time.monotonic()
+
+
+class ResumePoint(TrainerCallback):
+    """Where this call of `train()` started: step 0, or the step and epoch of the checkpoint it resumed.
+
+    A checkpoint past the end the settings now give (fewer epochs than the interrupted run had) is
+    refused: the Trainer would train no step and report a loss of 0 and millions of tokens/s.
+    """
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.epoch = 0.0
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
+        self.step, self.epoch = state.global_step, float(state.epoch or 0.0)
+        if state.global_step > state.max_steps:
+            raise SettingsError(
+                f"--resume: the checkpoint is at step {state.global_step}, past the {state.max_steps} steps these "
+                "settings train; raise trainer_config.num_train_epochs (or max_steps) to continue that run, "
+                "or train without --resume",
+                key="trainer_config.num_train_epochs",
+            )
 
 
 def any_rank(flag: bool) -> bool:

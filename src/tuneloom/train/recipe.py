@@ -39,6 +39,7 @@ from tuneloom.train.events import (
     CheckpointEvery,
     EventSink,
     ProgressReporter,
+    ResumePoint,
     StopOnRequest,
     TrainEvent,
     ignore_events,
@@ -125,7 +126,8 @@ def train_rank(
         use_varlen_attention(model)
 
     workdir = workdir_for(job)
-    callbacks = [ProgressReporter(on_event), StopOnRequest(stop or threading.Event())]
+    start = ResumePoint()
+    callbacks = [ProgressReporter(on_event), StopOnRequest(stop or threading.Event()), start]
     if job.checkpoint_every_s:
         callbacks.append(CheckpointEvery(job.checkpoint_every_s))
     train_set, eval_set = ExampleDataset(train_rows), ExampleDataset(held_out)
@@ -150,7 +152,7 @@ def train_rank(
         )
 
     eval_loss = trainer.evaluate()["eval_loss"] if len(eval_set) else None
-    metrics = _metrics(trainer, result.metrics, eval_loss, train_set.token_count)
+    metrics = _metrics(trainer, result.metrics, eval_loss, train_set.token_count, start)
     on_event(TrainEvent("stage", "Saving model version"))
     restore_attention(model)
     weights_state = _gathered_weights(trainer)
@@ -329,14 +331,25 @@ def latest_checkpoint(workdir: Path) -> Path | None:
     return max(complete, key=lambda p: int(p.name.rsplit("-", 1)[-1]), default=None)
 
 
-def _metrics(trainer: Trainer, train_metrics: dict[str, Any], eval_loss: float | None, tokens: int) -> dict[str, Any]:
+def _metrics(
+    trainer: Trainer, train_metrics: dict[str, Any], eval_loss: float | None, tokens: int, start: ResumePoint
+) -> dict[str, Any]:
+    """The version's metrics. The Trainer's loss and runtime cover this call of `train()` only: after a
+    resume, the loss is the whole run's (the mean of every logged loss, the checkpoint's included) and
+    tokens/s counts the epochs trained in this call."""
     history = trainer.state.log_history
     runtime = float(train_metrics.get("train_runtime", 0.0)) or float("nan")
     epochs = float(trainer.state.epoch or 0.0)
+    losses = [float(h["loss"]) for h in history if "loss" in h]
+    train_loss = train_metrics.get("train_loss")
+    if start.step and losses:
+        train_loss = sum(losses) / len(losses)
+    epochs_now = epochs - start.epoch
+    per_second = round(tokens * epochs_now / runtime, 1) if runtime == runtime and epochs_now else None
     metrics: dict[str, Any] = {
-        "train_loss": train_metrics.get("train_loss"),
+        "train_loss": train_loss,
         "train_runtime_s": round(runtime, 2),
-        "train_tokens_per_second": round(tokens * epochs / runtime, 1) if runtime == runtime else None,
+        "train_tokens_per_second": per_second,
         "steps": trainer.state.global_step,
         "epochs": epochs,
         "loss_curve": [
