@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.server
 import json
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,6 +112,7 @@ def test_csv_template_does_not_overwrite_a_file(tmp_path: Path) -> None:
         (["serve", "--workers", "-1"], "--workers"),
         (["worker", "--lease-seconds", "-5"], "--lease-seconds"),
         (["serve", "--max-upload-mb", "-1"], "--max-upload-mb"),
+        (["validate", "data.txt", "--preview", "-1"], "--preview"),
     ],
 )
 def test_server_numbers_out_of_range_are_usage_errors(
@@ -138,6 +140,23 @@ def test_unusable_database_url(tmp_path: Path, url: str, expected: str, capsys: 
     code, err = in_process(capsys, "keys", "list", "--data-dir", str(tmp_path), "--database-url", url)
     assert code == 1 and "database" in err and expected in err
     assert "hunter2" not in err and "internal error" not in err
+
+
+@pytest.mark.parametrize("command", [["keys", "list"], ["keys", "revoke", "k"], ["workers"]])
+def test_reading_commands_on_a_data_dir_without_a_database(
+    tmp_path: Path, command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped --data-dir made a new, empty database there and answered "no keys" / "no workers"."""
+    missing = tmp_path / "tuneloom-dat"
+    code, err = in_process(capsys, *command, "--data-dir", str(missing))
+    assert code == 1 and f"{missing} holds no tuneloom database" in err and "--database-url" in err
+    assert not missing.exists()
+
+
+def test_generate_from_an_empty_stdin(tmp_path: Path) -> None:
+    """`producer | tuneloom generate RUN` where the producer printed nothing generated from an empty prompt."""
+    command = [sys.executable, "-m", "tuneloom.cli", "generate", "tiny-random"]
+    refused(subprocess.run(command, input="\n", capture_output=True, text=True, timeout=300), "stdin was empty")
 
 
 def test_stop_escapes_mean_what_the_readme_shows() -> None:

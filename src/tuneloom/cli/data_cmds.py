@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from tuneloom.cli.arg_types import count
 from tuneloom.cli.render import console, print_json, print_report
 
 USABLE, NOT_USABLE = 0, 1
@@ -22,7 +23,7 @@ def register(commands: Any) -> None:
     validate.add_argument("--template", default=None, help="tokenize with this template's tokenizer (default: smollm2)")
     validate.add_argument("--no-tokenize", action="store_true", help="parse only (fastest; no token statistics)")
     validate.add_argument("--invalid-data-tolerance-percent", type=float, default=5.0, dest="tolerance")
-    validate.add_argument("--preview", type=int, default=0, metavar="N", help="show N examples as tokenized")
+    validate.add_argument("--preview", type=count, default=0, metavar="N", help="show N examples as tokenized")
     validate.add_argument("--json", action="store_true")
     validate.set_defaults(run=run_validate)
 

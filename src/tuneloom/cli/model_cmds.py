@@ -87,7 +87,10 @@ def _inputs(args: argparse.Namespace) -> list[str]:
     if args.text is not None:
         return [args.text]
     if not sys.stdin.isatty():
-        return [sys.stdin.read().strip()]
+        text = sys.stdin.read().strip()
+        if not text:  # `… | tuneloom generate RUN` from a command that printed nothing
+            raise DataFileError("no input: stdin was empty; give a TEXT, --file F, or pipe the input on stdin")
+        return [text]
     raise SystemExit("tuneloom generate: give a TEXT, --file F, or pipe the input on stdin")
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import signal
 import threading
 from pathlib import Path
 from typing import Any
 
+from tuneloom.cli.arg_types import count, data_dir, port, positive, seconds
 from tuneloom.cli.render import console, console_err
 
 
@@ -17,9 +17,9 @@ def register(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run the platform server (REST API) and its training workers")
     _storage_args(serve)
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=_port, default=8000)
-    serve.add_argument("--max-upload-mb", type=_positive, default=200, help="largest accepted upload")
-    serve.add_argument("--model-cache-mb", type=_positive, default=4096, help="memory for loaded model versions")
+    serve.add_argument("--port", type=port, default=8000)
+    serve.add_argument("--max-upload-mb", type=positive, default=200, help="largest accepted upload")
+    serve.add_argument("--model-cache-mb", type=positive, default=4096, help="memory for loaded model versions")
     serve.add_argument(
         "--backend",
         choices=["auto", "transformers", "vllm", "remote"],
@@ -52,75 +52,31 @@ def register(commands: Any) -> None:
     keys.set_defaults(run=run_keys)
 
 
-def _positive(text: str) -> int:
-    value = int(text) if text.strip().isdigit() else 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    """A TCP port a client can be told (0 would bind a random one, and the banner would print :0)."""
-    value = int(text) if text.strip().isdigit() else 0
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    """A whole number of at least 0 (`--workers 0`: none); a negative one was silently taken as 0."""
-    if not text.strip().isdigit():
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 0, got {text!r}")
-    return int(text)
-
-
-def _seconds(text: str) -> float:
-    """A positive, finite number of seconds: a lease or checkpoint interval of 0 or less never makes sense."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
-    return value
-
-
 def _limit_args(serve: argparse.ArgumentParser) -> None:
     from tuneloom.generate.params import MAX_TOKENS_LIMIT
     from tuneloom.server.limits import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_GENERATIONS_PER_KEY, DEFAULT_MAX_JSON_BYTES
 
     serve.add_argument(
-        "--max-json-kb", type=_positive, default=DEFAULT_MAX_JSON_BYTES // 1024, help="largest JSON request body"
+        "--max-json-kb", type=positive, default=DEFAULT_MAX_JSON_BYTES // 1024, help="largest JSON request body"
     )
     serve.add_argument(
         "--max-concurrent-generations-per-key",
-        type=_positive,
+        type=positive,
         default=DEFAULT_MAX_GENERATIONS_PER_KEY,
         help="generations one key may run at once; more are refused with 429",
     )
     serve.add_argument(
         "--max-tokens-limit",
-        type=_positive,
+        type=positive,
         default=MAX_TOKENS_LIMIT,
         help=f"the most tokens a request may ask to generate (at most {MAX_TOKENS_LIMIT})",
     )
     serve.add_argument(
         "--max-batch-tokens",
-        type=_positive,
+        type=positive,
         default=DEFAULT_MAX_BATCH_TOKENS,
         help="the most inputs × (prompt + max_tokens) tokens one request may hold; more is refused with 422",
     )
-
-
-def data_dir(text: str) -> Path:
-    """A folder, or a path where one can be made: a file on the way was an internal error (FileExistsError)."""
-    from tuneloom.model_version import first_non_folder
-
-    path = Path(text)
-    culprit = first_non_folder(path)
-    if culprit is not None:
-        raise argparse.ArgumentTypeError(f"{culprit} is a file, not a folder")
-    return path
 
 
 def _storage_args(parser: argparse.ArgumentParser) -> None:
@@ -137,9 +93,9 @@ def _artifact_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def _worker_args(parser: argparse.ArgumentParser, *, default_help: str) -> None:
-    parser.add_argument("--workers", type=_count, default=None, help=default_help)
-    parser.add_argument("--lease-seconds", type=_seconds, default=60.0, help="a silent worker loses its job after this")
-    parser.add_argument("--checkpoint-every", type=_seconds, default=300.0, help="seconds between timed checkpoints")
+    parser.add_argument("--workers", type=count, default=None, help=default_help)
+    parser.add_argument("--lease-seconds", type=seconds, default=60.0, help="a silent worker loses its job after this")
+    parser.add_argument("--checkpoint-every", type=seconds, default=300.0, help="seconds between timed checkpoints")
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -268,6 +224,10 @@ def run_keys(args: argparse.Namespace) -> int:
         console_err.print("Error: `keys revoke` takes one key id (or key); `create` and `list` take none")
         return 2
     # Listing and revoking work from any data dir; only a new key needs the database's own pepper.
+    if args.action != "create":
+        from tuneloom.store.db import require_existing_database
+
+        require_existing_database(args.database_url, args.data_dir)
     ctx = ServerContext.open(args.data_dir, args.database_url, checked_pepper=args.action == "create")
     return {"create": _create_key, "list": _list_keys, "revoke": _revoke_key}[args.action](ctx, args)
 

@@ -160,13 +160,13 @@ def with_progress(work: Any, stop: threading.Event) -> Any:
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     with progress_bar() as bar:
-        task = bar.add_task("training", total=None, status="")
+        task = bar.add_task("training", total=None, status="", visible=False)  # shown from the first step
 
         def sink(event: TrainEvent) -> None:
             if event.kind == "stage":
                 bar.console.print(f"[dim]•[/] {escape(event.message)}")
             elif event.kind == "step":
-                bar.update(task, total=event.total_steps, completed=event.step)
+                bar.update(task, total=event.total_steps, completed=event.step, visible=True)
             elif event.loss is not None:
                 bar.update(task, status=f"loss {event.loss:.4f}")
             elif event.eval_loss is not None:

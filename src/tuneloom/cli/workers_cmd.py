@@ -7,8 +7,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from tuneloom.cli.arg_types import data_dir
 from tuneloom.cli.render import console, print_json
-from tuneloom.cli.server_cmds import data_dir
 
 
 def register(commands: Any) -> None:
@@ -24,10 +24,11 @@ def register(commands: Any) -> None:
 
 def run_workers(args: argparse.Namespace) -> int:
     from tuneloom.store import workers
-    from tuneloom.store.db import open_database
+    from tuneloom.store.db import open_database, require_existing_database
     from tuneloom.store.models import utcnow
     from tuneloom.store.nodes import live_nodes
 
+    require_existing_database(args.database_url, args.data_dir)
     db = open_database(args.database_url, data_dir=args.data_dir)
     now = utcnow()
     found = workers.list_workers(db, now=now)

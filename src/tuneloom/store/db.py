@@ -165,6 +165,17 @@ def open_database(url: str | None = None, *, data_dir: Path | None = None, migra
     return db
 
 
+def require_existing_database(url: str | None, data_dir: Path) -> None:
+    """Refuse a data dir without a database, for commands that only read or revoke (`keys list`,
+    `workers`): a mistyped --data-dir must not become a new, empty database answering "no keys"."""
+    if url is None and not (data_dir / DB_FILE).is_file():
+        raise NotFoundError(
+            f"{data_dir} holds no tuneloom database ({DB_FILE}): give the --data-dir that `tuneloom serve` "
+            "uses, or its --database-url",
+            details={"data_dir": str(data_dir)},
+        )
+
+
 def parse_url(url: str) -> URL:
     """The URL parsed and checked to name SQLite or PostgreSQL, the two databases tuneloom runs on.
 

@@ -1,0 +1,55 @@
+"""argparse types for the CLI's numbers and folders: a bad value is a usage error naming the flag (exit 2).
+
+Plain `int`/`float`/`Path` took `--port 70000`, `--workers -1` or a file as `--data-dir`, and failed
+later with a traceback, or not at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+
+def positive(text: str) -> int:
+    value = int(text) if text.strip().isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
+
+
+def port(text: str) -> int:
+    """A TCP port a client can be told (0 would bind a random one, and the banner would print :0)."""
+    value = int(text) if text.strip().isdigit() else 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {text!r}")
+    return value
+
+
+def count(text: str) -> int:
+    """A whole number of at least 0 (`--workers 0`: none); a negative one was silently taken as 0."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 0, got {text!r}")
+    return int(text)
+
+
+def seconds(text: str) -> float:
+    """A positive, finite number of seconds: a lease or checkpoint interval of 0 or less never makes sense."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+    return value
+
+
+def data_dir(text: str) -> Path:
+    """A folder, or a path where one can be made: a file on the way was an internal error (FileExistsError)."""
+    from tuneloom.model_version import first_non_folder
+
+    path = Path(text)
+    culprit = first_non_folder(path)
+    if culprit is not None:
+        raise argparse.ArgumentTypeError(f"{culprit} is a file, not a folder")
+    return path
