@@ -136,6 +136,8 @@ def test_empty_dataset_version_fails_with_a_message(db: Database, ds: str, artif
 def test_deleting_a_dataset_returns_its_files(db: Database, ds: str, artifacts: Artifacts) -> None:
     _upload(db, examples(2))
     version = _version(db, artifacts)
-    assert datasets.delete_dataset(db, "a", ds) == [version.artifact_path]
+    [upload] = datasets.list_uploads(db, "a", ds)
+    # the raw upload goes too, found from its id and the user's file name ("../../etc/passwd": no extension)
+    assert datasets.delete_dataset(db, "a", ds) == [version.artifact_path, f"uploads/{upload.id}"]
     with pytest.raises(NotFoundError):
         dataset_versions.get_version_by_id(db, version.id)

@@ -183,6 +183,9 @@ def test_finish_records_the_outcome_for_the_lease_holder_only(db: Database, dsv:
         jobs.finish(db, job.id, S.MODEL_TRAINING_FAILED, worker_id="w")
     again = _enqueue(db, dsv, resume_from=job.id)
     assert again.resume_from == job.id
+    with pytest.raises(ConflictError, match=again.id):  # a queued run's starting point stays
+        registry.delete_model_version(db, "a", "m", job.id)
+    jobs.request_cancel(db, again.id)
     assert registry.delete_model_version(db, "a", "m", job.id) == [path, f"checkpoints/{job.id}"]
     assert registry.get_model_version_by_id(db, again.id).resume_from is None
 
@@ -197,5 +200,5 @@ def test_metrics_and_logs_round_trip(db: Database, dsv: str) -> None:
     assert telemetry.append_logs(db, job.id, [("error", "end")]) == 3
     logs = telemetry.list_logs(db, job.id, after_seq=1)
     assert [(line.seq, line.level, len(line.message)) for line in logs] == [(2, "info", 4000), (3, "error", 3)]
-    with pytest.raises(NotFoundError):
+    with pytest.raises(jobs.RunDeletedError):  # only workers write here: their run was deleted
         telemetry.append_logs(db, "nojob", [("info", "x")])

@@ -7,14 +7,14 @@ have lost files).
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tuneloom.store.artifacts import CHECKPOINTS
+from tuneloom.store.artifacts import CHECKPOINTS, kept_upload
 from tuneloom.store.db import Database, fetch
 from tuneloom.store.ids import ConflictError, check_id, new_id
-from tuneloom.store.models import App, Dataset, DatasetVersion, Model, ModelVersion
+from tuneloom.store.models import App, Dataset, DatasetVersion, Model, ModelVersion, Upload
 
 
 def create_app(db: Database, name: str, app_id: str | None = None) -> App:
@@ -73,4 +73,12 @@ def _artifact_paths(session: Session, app_id: str) -> list[str]:
         .where(Model.app_id == app_id)
     )
     model_paths = [p for run_id, artifact in runs for p in (artifact, f"{CHECKPOINTS}/{run_id}")]
-    return [p for p in [*dataset_files, *model_paths] if p]
+    datasets = select(Dataset.pk).where(Dataset.app_id == app_id)
+    uploads = raw_uploads(session, Upload.dataset_pk.in_(datasets))
+    return [p for p in [*dataset_files, *model_paths, *uploads] if p]
+
+
+def raw_uploads(session: Session, condition: ColumnElement[bool]) -> list[str]:
+    """The kept files of the uploads matching `condition`: a deleted dataset's data must not stay on disk."""
+    rows = session.execute(select(Upload.id, Upload.source_file).where(condition))
+    return [kept_upload(upload_id, source) for upload_id, source in rows]

@@ -5,7 +5,8 @@
   tuneloom.db                      the embedded SQLite database (db.default_url)
   secrets/key-pepper               server-side pepper for API-key hashes (keys.load_pepper)
   uploads/<upload_id>.<ext>        an upload as received: .part while it streams in, then the extension
-                                   of the user's file name (letters and digits only) for format detection
+                                   of the user's file name (letters and digits only; none when it has
+                                   none) for format detection (kept_upload)
   dataset-versions/<id>.jsonl      a dataset version's examples, one {"prompt", "completion"} per line
   model-versions/<id>/             a finished model-version directory (tuneloom.model_version)
   checkpoints/<id>/                a training run's checkpoints, kept until it finishes
@@ -19,6 +20,7 @@ would land outside the data dir — a `../` id, an absolute path, a symlink poin
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -35,6 +37,7 @@ DATASET_VERSIONS = "dataset-versions"
 MODEL_VERSIONS = "model-versions"
 CHECKPOINTS = "checkpoints"
 TMP = "tmp"
+PLAIN_EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,10}$")
 
 
 class UnsafePathError(TuneloomError):
@@ -92,6 +95,7 @@ class Artifacts:
         return resolved.relative_to(self.root).as_posix()
 
     def upload_file(self, upload_id: str) -> Path:
+        """Where an upload streams in; `.part` until it is complete (crash recovery deletes what is left so)."""
         return self.resolve(f"{UPLOADS}/{check_id(upload_id, 'upload id')}.part")
 
     def dataset_version_file(self, version_id: str) -> Path:
@@ -148,3 +152,18 @@ class Artifacts:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
+
+
+def kept_upload(upload_id: str, filename: str) -> str:
+    """The data-dir path a complete upload is kept at: its id, with the extension of the user's file name.
+
+    Format detection breaks ties by extension (a CSV whose header names no known column, a .jsonl
+    whose first row is not an object), so the server must see the one `tuneloom validate` sees.
+    Only a short run of letters and digits is taken from the name: it never shapes the path otherwise.
+    Never `.part`, even for a name without an extension: that is what crash recovery deletes.
+    The same function finds the file again from the stored upload (id and file name) when its
+    dataset is deleted.
+    """
+    extension = PLAIN_EXTENSION.search(filename)
+    suffix = extension.group().lower() if extension else ""
+    return f"{UPLOADS}/{check_id(upload_id, 'upload id')}{suffix}"

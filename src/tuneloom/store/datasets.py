@@ -17,10 +17,11 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from tuneloom.data.types import DataReport, Example
-from tuneloom.store.apps import add_under_app
+from tuneloom.store.apps import add_under_app, raw_uploads
 from tuneloom.store.db import Database
-from tuneloom.store.ids import NotFoundError, check_id, new_id
-from tuneloom.store.models import Dataset, DatasetVersion, Input, Upload, utcnow
+from tuneloom.store.ids import ConflictError, NotFoundError, check_id, new_id
+from tuneloom.store.models import Dataset, DatasetVersion, Input, ModelVersion, Upload, utcnow
+from tuneloom.store.registry import unfinished_run
 
 INSERT_CHUNK = 1000
 DELETE_CHUNK = 1000  # input numbers per DELETE statement
@@ -54,15 +55,27 @@ def list_datasets(db: Database, app_id: str) -> list[Dataset]:
 
 
 def delete_dataset(db: Database, app_id: str, dataset_id: str) -> list[str]:
-    """Delete a dataset, its inputs and versions; returns version artifact paths for the caller to remove."""
+    """Delete a dataset, its inputs and versions; returns version artifact paths for the caller to remove.
+
+    Refused (409) while a queued or training run uses one of its versions: that run would fail later
+    (or, mid-training, lose its data file), far from the request that caused it.
+    """
     with db.write() as session:
-        dataset = find_dataset(session, app_id, dataset_id)
+        dataset = find_dataset(session, app_id, dataset_id, lock=True)
+        versions = select(DatasetVersion.id).where(DatasetVersion.dataset_pk == dataset.pk)
+        using = unfinished_run(session, ModelVersion.dataset_version_id.in_(versions))
+        if using is not None:
+            raise ConflictError(
+                f"dataset '{dataset_id}' has version '{using.dataset_version_id}' that run '{using.id}' "
+                f"({using.status}) trains on; cancel that run before deleting the dataset",
+                details={"model_version_id": using.id},
+            )
         paths = session.scalars(
             select(DatasetVersion.artifact_path).where(
                 DatasetVersion.dataset_pk == dataset.pk, DatasetVersion.artifact_path.is_not(None)
             )
         )
-        removed = [p for p in paths if p]
+        removed = [p for p in paths if p] + raw_uploads(session, Upload.dataset_pk == dataset.pk)
         session.delete(dataset)
     return removed
 
@@ -75,14 +88,16 @@ def add_upload(
     examples: Iterable[Example],
     *,
     source_file: str | None = None,
+    upload_id: str | None = None,
 ) -> Upload:
     """Store an upload's report and its valid examples, in one transaction (all or nothing).
 
     `source_file` is the user's file name, kept only as text for display; it never names a file.
+    `upload_id` is the id the raw file was kept under (`artifacts.kept_upload`), so that it goes with the dataset.
     """
     source = (source_file or report.source or "")[:255]
     upload = Upload(
-        id=new_id(),
+        id=check_id(upload_id or new_id(), "upload id"),
         source_file=source,
         format=report.format,
         valid_rows=report.valid_rows,

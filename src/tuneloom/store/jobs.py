@@ -43,6 +43,17 @@ class LeaseLostError(TuneloomError):
     code = "LEASE_LOST"
 
 
+class RunDeletedError(LeaseLostError):
+    """The job's row is gone (the run, its model or its app was deleted while it ran): stop and drop its files.
+
+    Unlike a lease taken over by another worker, nobody will ever resume it, and its checkpoints and
+    output are nobody's: the API removed them already, but the training process may have written more
+    before its worker noticed.
+    """
+
+    code = "RUN_DELETED"
+
+
 def enqueue(
     db: Database,
     app_id: str,
@@ -174,7 +185,9 @@ def release(db: Database, job_id: str, worker_id: str, message: str | None = Non
     """
     with db.write() as session:
         job = session.get(ModelVersion, check_id(job_id, "model version id"), with_for_update=True)
-        if job is None or job.status != RUNNING or job.worker_id != worker_id:
+        if job is None:
+            raise RunDeletedError(f"model version '{job_id}' was deleted while worker {worker_id} held it")
+        if job.status != RUNNING or job.worker_id != worker_id:
             raise LeaseLostError(f"worker {worker_id} no longer holds model version '{job_id}'")
         if job.cancel_requested:
             _end(job, TrainingStatus.MODEL_TRAINING_CANCELLED, "cancelled", utcnow())
@@ -263,8 +276,11 @@ def _compare_and_set(session: Session, job_id: str, worker_id: str, values: dict
         )
         .values(**values)
     ).rowcount  # type: ignore[attr-defined]
-    if not changed:
-        raise LeaseLostError(f"worker {worker_id} no longer holds model version '{job_id}'")
+    if changed:
+        return
+    if session.get(ModelVersion, job_id) is None:
+        raise RunDeletedError(f"model version '{job_id}' was deleted while worker {worker_id} held it")
+    raise LeaseLostError(f"worker {worker_id} no longer holds model version '{job_id}'")
 
 
 def _check_dataset_version(session: Session, app_id: str, version_id: str) -> None:

@@ -7,7 +7,7 @@ Deletes return the artifact paths to remove once the transaction has committed.
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from tuneloom.errors import SettingsError
@@ -15,7 +15,7 @@ from tuneloom.store.apps import add_under_app
 from tuneloom.store.artifacts import CHECKPOINTS
 from tuneloom.store.db import Database, fetch
 from tuneloom.store.ids import ConflictError, NotFoundError, check_id, new_id
-from tuneloom.store.models import Model, ModelVersion, TrainingStatus
+from tuneloom.store.models import QUEUED, RUNNING, Model, ModelVersion, TrainingStatus
 
 MODEL_TYPES = ("text-to-text",)
 
@@ -90,9 +90,27 @@ def delete_model_version(db: Database, app_id: str, model_id: str, version_id: s
         version = find_model_version(session, app_id, model_id, version_id, lock=True)
         if version.status == TrainingStatus.MODEL_TRAINING.name:
             raise ConflictError(f"model version '{version_id}' is training; cancel it before deleting it")
+        waiting = unfinished_run(session, ModelVersion.resume_from == version.id)
+        if waiting is not None:
+            raise ConflictError(
+                f"model version '{version_id}' is the starting point of run '{waiting.id}' ({waiting.status}); "
+                "cancel that run before deleting it",
+                details={"model_version_id": waiting.id},
+            )
         paths = [p for p in (version.artifact_path, f"{CHECKPOINTS}/{version.id}") if p]
         session.delete(version)
     return paths
+
+
+def unfinished_run(session: Session, condition: ColumnElement[bool]) -> ModelVersion | None:
+    """A queued or training run matching `condition` (the oldest), or None.
+
+    What such a run was created from must outlive it: the foreign keys would quietly set its dataset
+    version or starting point to NULL, and a run whose starting point vanished trains from the base
+    model instead, as if the user had asked for that. Deletes that would do so are refused (409).
+    """
+    query = select(ModelVersion).where(ModelVersion.status.in_((QUEUED, RUNNING)), condition)
+    return session.scalar(query.order_by(ModelVersion.created_at, ModelVersion.id).limit(1))
 
 
 def find_model(session: Session, app_id: str, model_id: str) -> Model:

@@ -15,8 +15,9 @@ from typing import Any
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from tuneloom.store.db import Database, fetch
+from tuneloom.store.db import Database
 from tuneloom.store.ids import check_id
+from tuneloom.store.jobs import RunDeletedError
 from tuneloom.store.models import LogLine, MetricPoint, ModelVersion, utcnow
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -85,7 +86,13 @@ def list_logs(db: Database, job_id: str, *, after_seq: int = 0, limit: int = 200
 
 
 def _lock_job(session: Session, job_id: str) -> None:
-    fetch(session, ModelVersion, job_id, "model version", lock=True)
+    """Lock the run's row (log lines are numbered under it).
+
+    Only workers write here, so a run that is gone was deleted while it trained (its model or app
+    deleted): RunDeletedError tells the worker to stop it, where a NotFoundError ended the worker's thread.
+    """
+    if session.get(ModelVersion, check_id(job_id, "model version id"), with_for_update=True) is None:
+        raise RunDeletedError(f"model version '{job_id}' was deleted while it was training")
 
 
 def _float(value: Any) -> float | None:

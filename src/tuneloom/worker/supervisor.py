@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError
 
-from tuneloom.errors import ModelVersionError, TuneloomError
+from tuneloom.errors import ModelVersionError, NotFoundError, TuneloomError
 from tuneloom.model_version import open_version
 from tuneloom.store import dataset_versions, jobs, telemetry
 from tuneloom.store.artifacts import Artifacts
@@ -104,10 +104,30 @@ class WorkerSlot:
         job = jobs.claim_next(self.db, self.worker_id, self.config.lease_s, capacity=self.capacity)
         if job is None:
             return False
-        # LeaseLostError: deleted, or taken over after a stall; the new owner decides what happens to it.
-        with contextlib.suppress(jobs.LeaseLostError):
+        try:
             self._run(job)
+        except jobs.RunDeletedError:  # its child is dead (`_run`); what it wrote since the delete is nobody's
+            self._drop_files(job)
+        except jobs.LeaseLostError:  # taken over after a stall: the new owner decides what happens to it
+            pass
+        except DBAPIError as err:
+            if is_unavailable(err):
+                raise  # `run_forever` waits for the database; the lease expires and the job is requeued
+            self._fail_unexpectedly(job, err)
+        except Exception as err:
+            self._fail_unexpectedly(job, err)
         return True
+
+    def _fail_unexpectedly(self, job: ModelVersion, err: Exception) -> None:
+        """One job's bug must not end this slot's thread: the queue would stop, its job stuck in MODEL_TRAINING."""
+        log.exception("worker %s: model version %s failed unexpectedly", self.worker_id, job.id)
+        message = f"the worker failed while running this job: {type(err).__name__}: {self._public(str(err))}"
+        with contextlib.suppress(jobs.LeaseLostError):
+            jobs.finish(self.db, job.id, TrainingStatus.MODEL_TRAINING_FAILED, message, worker_id=self.worker_id)
+
+    def _drop_files(self, job: ModelVersion) -> None:
+        for folder in (self.artifacts.checkpoint_dir(job.id), self.artifacts.model_version_dir(job.id)):
+            self.artifacts.remove(self.artifacts.relative(folder))
 
     def _run(self, job: ModelVersion) -> None:
         spec = self._spec(job)
@@ -250,7 +270,10 @@ class WorkerSlot:
                 "a run over several machines is started with `tuneloom train --num-machines N` on each machine; "
                 "a worker trains on its own machine (num_machines 1, any num_processes)"
             )
-        data = dataset_versions.get_version_by_id(self.db, job.dataset_version_id)
+        try:  # deleted since the claim read the job (the delete's check and the claim can interleave)
+            data = dataset_versions.get_version_by_id(self.db, job.dataset_version_id)
+        except NotFoundError:
+            return "the dataset version this run was created with has been deleted"
         snapshot = data.artifact_path
         if snapshot is None:
             return f"dataset version '{data.id}' has no snapshot file"
@@ -261,7 +284,10 @@ class WorkerSlot:
             return err.message
         start_from = None
         if job.resume_from is not None:
-            weights = get_model_version_by_id(self.db, job.resume_from).artifact_path
+            try:
+                weights = get_model_version_by_id(self.db, job.resume_from).artifact_path
+            except NotFoundError:
+                return f"model version '{job.resume_from}' to continue from has been deleted"
             if weights is None:
                 return f"model version '{job.resume_from}' to continue from has no trained weights"
             try:

@@ -34,6 +34,7 @@ from tuneloom.server.schemas import (
     UploadReport,
 )
 from tuneloom.store import dataset_versions, datasets
+from tuneloom.store.artifacts import kept_upload
 from tuneloom.store.db import MAX_INTEGER
 from tuneloom.store.ids import new_id
 from tuneloom.templates import get_template, resolve_settings
@@ -42,7 +43,6 @@ from tuneloom.templates.loading import load_tokenizer
 router = APIRouter(prefix="/api/apps/{app_id}/datasets", tags=["datasets"])
 STATS_TEMPLATE = "tiny-random"
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
-PLAIN_EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,10}$")
 Context = Annotated[ServerContext, Depends(context)]
 AppId = Annotated[str, Depends(require_app)]
 
@@ -81,7 +81,8 @@ async def upload(
     if CONTROL_CHARS.search(filename):  # display text only; PostgreSQL cannot even store a NUL
         raise SettingsError("filename must not contain control characters", key="filename")
     await run_in_threadpool(datasets.get_dataset, ctx.db, app_id, dataset_id)  # 404 before reading a byte
-    path = ctx.artifacts.upload_file(new_id())
+    upload_id = new_id()  # the file's name and the upload's id: deleting the dataset finds the file
+    path = ctx.artifacts.upload_file(upload_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     size = 0
     with path.open("wb") as handle:
@@ -92,16 +93,25 @@ async def upload(
                 path.unlink(missing_ok=True)
                 raise upload_too_large(ctx.max_upload_bytes)
             handle.write(chunk)
-    path = keep_extension(path, filename)
+    path = keep_upload(ctx, path, upload_id, filename)
     try:
         parsed = await run_in_threadpool(parse_file, path, format=format)
     except TuneloomError as error:
         path.unlink(missing_ok=True)  # refused as a whole: nothing was stored, keep no orphan file
         raise name_upload(error, path, filename) from None
     parsed.report.source = filename
-    stored = await run_in_threadpool(
-        datasets.add_upload, ctx.db, app_id, dataset_id, parsed.report, parsed.examples, source_file=filename
-    )
+    try:
+        stored = await run_in_threadpool(
+            functools.partial(datasets.add_upload, upload_id=upload_id, source_file=filename),
+            ctx.db,
+            app_id,
+            dataset_id,
+            parsed.report,
+            parsed.examples,
+        )
+    except TuneloomError:
+        path.unlink(missing_ok=True)  # e.g. the dataset was deleted meanwhile: no upload row will name it
+        raise
     report = parsed.report
     return UploadReport(
         upload_id=stored.id,
@@ -115,19 +125,11 @@ async def upload(
     )
 
 
-def keep_extension(path: Path, filename: str) -> Path:
-    """Rename the streamed `.part` file to carry the extension of the user's file name.
-
-    Format detection breaks ties by extension (a CSV whose header names no known column, a .jsonl
-    whose first row is not an object), so the server must see the one `tuneloom validate` sees.
-    Only a short run of letters and digits is taken from the name: it never shapes the path otherwise.
-    """
-    extension = PLAIN_EXTENSION.search(filename)
-    if extension is None:
-        return path
-    named = path.with_suffix(extension.group().lower())
-    path.rename(named)
-    return named
+def keep_upload(ctx: ServerContext, path: Path, upload_id: str, filename: str) -> Path:
+    """Rename the streamed `.part` file to where a complete upload is kept (`artifacts.kept_upload`)."""
+    kept = ctx.artifacts.resolve(kept_upload(upload_id, filename))
+    path.rename(kept)
+    return kept
 
 
 def name_upload(error: TuneloomError, path: Path, filename: str) -> TuneloomError:

@@ -1,0 +1,116 @@
+"""Lifecycle edges a real client reaches over the API: deleting what a run trains on or from, deleting a
+model while it trains, and what happens to an upload's raw file — against a real server and worker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from tests.conftest import api_key, sentiment_lines
+from tests.process_helpers import ended, state, trained, wait_for
+
+from tuneloom.store.artifacts import Artifacts
+from tuneloom.store.recovery import remove_partial_files
+
+Api = tuple[str, dict[str, str], Path]  # app URL, headers, data dir
+
+
+@pytest.fixture(scope="module")
+def api(server: tuple[str, Path]) -> Api:
+    url, data_dir = server
+    headers = {"Authorization": f"Key {api_key(data_dir)}"}
+    assert httpx.post(f"{url}/api/apps", json={"id": "life"}, headers=headers).status_code == 201
+    return f"{url}/api/apps/life", headers, data_dir
+
+
+def dataset_version(api: Api, dataset: str) -> str:
+    app, headers, _ = api
+    assert httpx.post(f"{app}/datasets", json={"id": dataset}, headers=headers).status_code == 201
+    body = ("\n".join(sentiment_lines(1)) + "\n").encode()
+    assert httpx.post(f"{app}/datasets/{dataset}/uploads", content=body, headers=headers).status_code == 201
+    version = httpx.post(f"{app}/datasets/{dataset}/versions", headers=headers, timeout=60).json()
+    assert version["state"] == "READY", version
+    return str(version["id"])
+
+
+def model(api: Api, model_id: str) -> str:
+    app, headers, _ = api
+    assert httpx.post(f"{app}/models", json={"id": model_id}, headers=headers).status_code == 201
+    return f"{app}/models/{model_id}"
+
+
+def queue(api: Api, model_url: str, data: str, steps: int, **body: str) -> str:
+    request = {"dataset_version_id": data, "template": "tiny-random", "trainer_config": {"max_steps": steps}, **body}
+    answer = httpx.post(f"{model_url}/versions", json=request, headers=api[1], timeout=60)
+    assert answer.status_code == 201, answer.text
+    return str(answer.json()["id"])
+
+
+def training(api: Api, version_url: str) -> None:
+    """Wait until the run has trained a step (its worker has heartbeaten progress)."""
+    wait_for(lambda: (state(version_url, api[1])["progress"] or {}).get("step"), "the run to train a step")
+
+
+def test_deleting_a_model_while_it_trains_stops_the_run_and_the_queue_goes_on(api: Api) -> None:
+    _, headers, data_dir = api
+    data = dataset_version(api, "busy")
+    doomed = model(api, "doomed")
+    run = queue(api, doomed, data, steps=5000)
+    training(api, f"{doomed}/versions/{run}")
+    assert httpx.delete(doomed, headers=headers).status_code == 204
+    assert httpx.get(f"{doomed}/versions/{run}", headers=headers).status_code == 404
+
+    # the worker's next heartbeat finds its run gone: it must stop it and take the next job, not die
+    survivor = model(api, "survivor")
+    trained(survivor, headers, queue(api, survivor, data, steps=2))
+    assert not (data_dir / "checkpoints" / run).exists() and not (data_dir / "model-versions" / run).exists()
+
+
+def test_what_a_waiting_run_needs_cannot_be_deleted_until_it_is_cancelled(api: Api) -> None:
+    _, headers, _ = api
+    data = dataset_version(api, "needed")
+    chain = model(api, "chain")
+    first = trained(chain, headers, queue(api, chain, data, steps=2))
+    blocker = queue(api, model(api, "blocker"), data, steps=5000)  # holds the worker: the next run waits
+    blocker_url = f"{api[0]}/models/blocker/versions/{blocker}"
+    training(api, blocker_url)
+    follow_up = queue(api, chain, data, steps=2, resume_from_model=first)
+
+    starting_point = httpx.delete(f"{chain}/versions/{first}", headers=headers)
+    assert starting_point.status_code == 409 and follow_up in starting_point.json()["message"]
+    in_use = httpx.delete(f"{api[0]}/datasets/needed", headers=headers)
+    assert in_use.status_code == 409 and blocker in in_use.json()["message"]
+    follow = state(f"{chain}/versions/{follow_up}", headers)
+    assert (follow["resume_from_model"], follow["dataset_version_id"]) == (first, data)
+
+    for url in (f"{chain}/versions/{follow_up}", blocker_url):
+        assert httpx.post(f"{url}/cancel", headers=headers).status_code == 200
+        assert ended(url, headers)["status"]["name"] == "MODEL_TRAINING_CANCELLED"
+    assert httpx.delete(f"{chain}/versions/{first}", headers=headers).status_code == 204
+    assert httpx.delete(f"{api[0]}/datasets/needed", headers=headers).status_code == 204
+
+
+def test_an_upload_is_kept_under_its_id_until_its_dataset_or_app_is_deleted(api: Api) -> None:
+    app, headers, data_dir = api
+    body = ("\n".join(sentiment_lines(1)) + "\n").encode()
+    kept: list[Path] = []
+    for dataset, name in (("raw", None), ("raw-csv", "rows.TXT")):
+        assert httpx.post(f"{app}/datasets", json={"id": dataset}, headers=headers).status_code == 201
+        params = {"filename": name} if name else {}
+        answer = httpx.post(f"{app}/datasets/{dataset}/uploads", content=body, params=params, headers=headers)
+        assert answer.status_code == 201, answer.text
+        kept.append(data_dir / "uploads" / (answer.json()["upload_id"] + (".txt" if name else "")))
+    remove_partial_files(Artifacts(data_dir))  # what a restart tidies: a complete upload is not a partial file
+    assert all(path.is_file() for path in kept), sorted(p.name for p in (data_dir / "uploads").iterdir())
+
+    assert httpx.delete(f"{app}/datasets/raw", headers=headers).status_code == 204
+    assert not kept[0].exists() and kept[1].exists()
+    url = app.rsplit("/api/", 1)[0]
+    assert httpx.post(f"{url}/api/apps", json={"id": "gone"}, headers=headers).status_code == 201
+    assert httpx.post(f"{url}/api/apps/gone/datasets", json={"id": "d"}, headers=headers).status_code == 201
+    answer = httpx.post(f"{url}/api/apps/gone/datasets/d/uploads", content=body, headers=headers)
+    raw = data_dir / "uploads" / answer.json()["upload_id"]
+    assert raw.is_file()
+    assert httpx.delete(f"{url}/api/apps/gone", headers=headers).status_code == 204
+    assert not raw.exists()
