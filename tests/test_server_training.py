@@ -85,6 +85,8 @@ def test_train_watch_and_inspect_a_run(api: Api) -> None:
     logs = httpx.get(f"{version_url}/logs", headers=headers).json()
     assert logs[0]["message"].startswith("attempt 1 of 3") and "model version saved" in logs[-1]["message"]
     assert [line["seq"] for line in logs] == list(range(1, len(logs) + 1))
+    reading = next(line["message"] for line in logs if line["message"].startswith("Reading "))
+    assert reading.startswith("Reading <data dir>/dataset-versions/"), reading  # not the server's own path
     listed = httpx.get(f"{model}/versions", headers=headers).json()
     assert [v["id"] for v in listed] == [queued["id"]]
 

@@ -210,8 +210,8 @@ class WorkerSlot:
         if state.metrics:
             telemetry.add_metrics(self.db, job.id, state.metrics)
             state.metrics = []
-        if state.logs:
-            telemetry.append_logs(self.db, job.id, state.logs)
+        if state.logs:  # "Reading <data dir>/dataset-versions/…": API users see logs, not this machine's paths
+            telemetry.append_logs(self.db, job.id, [(level, self._public(text)) for level, text in state.logs])
             state.logs = []
 
     def _cancel(self, job: ModelVersion, child: Any) -> None:
