@@ -261,8 +261,9 @@ def test_overlapping_streams_and_predictions_answer_as_each_does_alone(deployed:
 
 @pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # generation does not touch the database
 def test_a_disconnected_stream_frees_its_slot(deployed: Deployed) -> None:
-    # This greedy answer runs to 1,500 tokens (no EOS, no stop string): seconds of generating per stream.
-    payload = {"input": "I love it", "inference_params": {"max_tokens": 1500, "temperature": 0}}
+    # This greedy answer runs to 1,000 tokens (no EOS, no stop string; within tiny-random's context of
+    # 1,024 with its prompt): seconds of generating per stream.
+    payload = {"input": "I love it", "inference_params": {"max_tokens": 1000, "temperature": 0}}
     with httpx.Client(headers=deployed.headers, timeout=60) as client, contextlib.ExitStack() as open_streams:
         responses, readers = [], []
         for _ in range(CAP):  # every slot of the key taken by a stream that is generating
@@ -283,14 +284,15 @@ def test_a_disconnected_stream_frees_its_slot(deployed: Deployed) -> None:
 
 @pytest.mark.parametrize("server", ["sqlite"], indirect=True)
 def test_a_batch_too_large_for_memory_is_422_naming_the_limit_and_figure(deployed: Deployed) -> None:
-    """16 inputs × (prompt + 4,096 max_tokens) is over the default --max-batch-tokens of 65,536."""
-    answer = predict(deployed, ["I love it"] * 16, {"max_tokens": 4096, "temperature": 0})
+    """128 inputs × (prompt + 600 max_tokens) is over the default --max-batch-tokens of 65,536 (each row fits
+    tiny-random's context of 1,024)."""
+    answer = predict(deployed, ["I love it"] * 128, {"max_tokens": 600, "temperature": 0})
     assert answer.status_code == 422, answer.text
     body = answer.json()
     assert body["details"]["key"] == "max_batch_tokens" and body["details"]["limit"] == 65_536
     figure = body["details"]["batch_tokens"]
     assert figure > 65_536 and f"{figure:,}" in body["message"] and "--max-batch-tokens" in body["message"]
-    openai = {"model": f"{deployed.app_id}/{deployed.model_id}", "prompt": ["I love it"] * 16, "max_tokens": 4096}
+    openai = {"model": f"{deployed.app_id}/{deployed.model_id}", "prompt": ["I love it"] * 128, "max_tokens": 600}
     refused = httpx.post(f"{deployed.url}/v1/completions", json=openai, headers=deployed.headers)
     assert refused.status_code == 400 and "--max-batch-tokens" in refused.json()["error"]["message"]
     assert predict(deployed, ["I love it"] * 15, {"max_tokens": 1, "temperature": 0}).status_code == 200

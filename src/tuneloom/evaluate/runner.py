@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from tuneloom.data.tokenized import IGNORE_INDEX, tokenize_examples
 from tuneloom.data.types import Example
+from tuneloom.errors import DataFileError
 from tuneloom.evaluate.metrics import per_example, score
-from tuneloom.generate.generator import generate
+from tuneloom.generate.generator import context_length, count_prompt_tokens, generate, render_prompt
 from tuneloom.generate.loading import InferenceModel
 from tuneloom.generate.params import MAX_INPUTS, InferenceParams
 from tuneloom.train.packing import PackedCollator, packed_causal_lm_loss
@@ -46,7 +47,8 @@ def evaluate_examples(
     predictions: list[str] = []
     for start in range(0, len(examples), MAX_INPUTS):
         chunk = examples[start : start + MAX_INPUTS]
-        predictions += [g.text for g in generate(loaded, [e.prompt for e in chunk], params)]
+        fitted = _fitted(loaded, chunk, params)
+        predictions += [g.text for g in generate(loaded, [e.prompt for e in chunk], fitted)]
         if on_progress:
             on_progress(len(predictions), len(examples))
     references = [e.completion for e in examples]
@@ -58,6 +60,27 @@ def evaluate_examples(
         for e, p, m in zip(examples, predictions, matches, strict=True)
     ]
     return EvaluationResult(loaded.name, metrics, rows)
+
+
+def _fitted(loaded: InferenceModel, chunk: Sequence[Example], params: InferenceParams) -> InferenceParams:
+    """`params` with max_tokens lowered so that the chunk's longest prompt leaves room in the context.
+
+    A held-out set is the user's data, not a request: a long example shortens what is generated for
+    its chunk instead of refusing the whole evaluation. A prompt that fills the context on its own
+    cannot be evaluated, and the error names its line.
+    """
+    context = context_length(loaded)
+    if context is None:
+        return params
+    tokens = [count_prompt_tokens(loaded, render_prompt(loaded, e.prompt, params)) for e in chunk]
+    longest = max(range(len(chunk)), key=lambda i: tokens[i])
+    if tokens[longest] >= context:
+        raise DataFileError(
+            f"line {chunk[longest].line}: the prompt is {tokens[longest]} tokens and this model's context is "
+            f"{context}, so nothing can be generated for it; shorten it or leave it out of the evaluation",
+            details={"line": chunk[longest].line, "limit": context},
+        )
+    return replace(params, max_tokens=min(params.max_tokens, context - tokens[longest]))
 
 
 def _enough_tokens(loaded: InferenceModel, examples: Sequence[Example]) -> int:

@@ -44,6 +44,7 @@ def generate(loaded: InferenceModel, texts: Sequence[str], params: InferencePara
     if len(texts) > MAX_INPUTS:
         raise SettingsError(f"at most {MAX_INPUTS} inputs per call, got {len(texts)}", key="inputs")
     prompts = [render_prompt(loaded, t, params) for t in texts]
+    check_context(loaded, [count_prompt_tokens(loaded, p) for p in prompts], params)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: dict[int, Generation] = {}
     for start in range(0, len(order), BATCH_SIZE):
@@ -61,7 +62,12 @@ def stream(loaded: InferenceModel, text: str, params: InferenceParams) -> Iterat
     """
     from transformers import TextIteratorStreamer
 
+    if params.num_beams > 1:  # transformers streams no beam search: the answer comes in one piece
+        (generation,) = generate(loaded, [text], params)
+        yield generation.text
+        return
     prompt = render_prompt(loaded, text, params)
+    check_context(loaded, [count_prompt_tokens(loaded, prompt)], params, key="input")
     stops = stop_strings(params)
     streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
     cancel = threading.Event()
@@ -120,6 +126,60 @@ class HasPromptFormat(Protocol):
 
 def render_prompt(loaded: HasPromptFormat, text: str, params: InferenceParams) -> str:
     return loaded.prompt_format.render(text, system_prompt=params.system_prompt, prompt_template=params.prompt_template)
+
+
+CONTEXT_ATTRIBUTES = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
+
+
+def context_length(loaded: InferenceModel) -> int | None:
+    """How many positions (prompt + new tokens) the model was built for; None where its config does not say.
+
+    Past it a model with learned position embeddings (GPT-2, GPT-Neo) fails with an index error, and
+    one with rotary positions (Llama, SmolLM2) goes on producing text it was never trained to produce.
+    """
+    config = getattr(loaded.model, "config", None)
+    for name in CONTEXT_ATTRIBUTES:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def count_prompt_tokens(loaded: InferenceModel, prompt: str) -> int:
+    """Tokens of a rendered prompt as the model reads it (special tokens included, as when generating)."""
+    return len(loaded.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+
+
+def check_context(
+    loaded: InferenceModel, prompt_tokens: Sequence[int], params: InferenceParams, key: str = "inputs"
+) -> None:
+    """Refuse a request whose longest prompt + max_tokens does not fit the model's context.
+
+    Checked before anything is generated: one input past the context would otherwise fail (or
+    derail) every request sharing its batch, long after the client was told nothing of it.
+    """
+    context = context_length(loaded)
+    if context is None or not prompt_tokens:
+        return
+    index = max(range(len(prompt_tokens)), key=lambda i: prompt_tokens[i])
+    longest = prompt_tokens[index]
+    which = f"input {index}" if len(prompt_tokens) > 1 else "the input"
+    details = {"limit": context, "prompt_tokens": longest, "max_tokens": params.max_tokens}
+    if longest >= context:
+        raise SettingsError(
+            f"{which} is {longest} tokens as prompted, and this model's context is {context} tokens "
+            "(prompt + max_tokens); shorten it",
+            key=key,
+            details=details,
+        )
+    if longest + params.max_tokens > context:
+        raise SettingsError(
+            f"{which} is {longest} tokens as prompted, and with max_tokens {params.max_tokens} needs "
+            f"{longest + params.max_tokens}, beyond this model's context of {context} tokens; "
+            f"ask for at most {context - longest} max_tokens or shorten the input",
+            key="max_tokens",
+            details=details,
+        )
 
 
 def finish_generation(prompt: str, decoded: str, tokens: int, ended: bool, params: InferenceParams) -> Generation:

@@ -13,6 +13,9 @@ from tuneloom.templates.prompting import check_prompt_template
 MAX_TOKENS_LIMIT = 4096  # a prediction can never ask for more than this
 MAX_INPUTS = 128
 MAX_STOP_STRINGS = 16
+# Characters per stop string. transformers' stop-string criterion (beam search, the CLI) costs memory
+# and time with the longest string: 16 of 1,000 characters took 24 s and GBs on a 50k vocabulary.
+MAX_STOP_CHARS = 128
 
 
 @dataclass(frozen=True)
@@ -110,5 +113,12 @@ def _check_ranges(params: InferenceParams) -> None:
             )
     if len(params.stop) > MAX_STOP_STRINGS:
         raise SettingsError(f"at most {MAX_STOP_STRINGS} stop strings are allowed", key="stop")
+    longest = max((len(s) for s in params.stop), default=0)
+    if longest > MAX_STOP_CHARS:
+        raise SettingsError(
+            f"a stop string may be at most {MAX_STOP_CHARS} characters, got one of {longest:,}",
+            key="stop",
+            details={"limit": MAX_STOP_CHARS},
+        )
     if params.prompt_template is not None:
         check_prompt_template(params.prompt_template)

@@ -110,11 +110,17 @@ class Job:
     def create(
         cls, loaded: InferenceModel, texts: list[str], params: InferenceParams, stream: TextStream | None
     ) -> Job:
-        """Render and count the prompts (worker thread); a stream with return_full_text starts with its prompt."""
+        """Render and count the prompts (worker thread); a stream with return_full_text starts with its prompt.
+
+        A prompt that leaves no room for max_tokens in the model's context is refused here, before the
+        request joins a batch whose other requests it would fail.
+        """
         from tuneloom.generate.continuous import Row, supports_continuous
+        from tuneloom.generate.generator import check_context
 
         rows = [Row.create(loaded, text, params) for text in texts]
         counts = [count_tokens(loaded, row.prompt) for row in rows]
+        check_context(loaded, counts, params, key="inputs" if stream is None else "input")
         continuous = supports_continuous(loaded, params)
         if stream is not None and continuous and params.return_full_text:
             stream._put("piece", rows[0].prompt + " ")

@@ -14,8 +14,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -47,6 +47,7 @@ from tuneloom.server.routes.predict import (
     check_inputs,
     stream_in_slot,
     trained_version,
+    unless_disconnected,
     version_dir,
 )
 from tuneloom.server.schemas.openai import (
@@ -72,6 +73,7 @@ from tuneloom.store.db import Database
 from tuneloom.store.models import ApiKey, Model, ModelVersion, TrainingStatus
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 ERROR_CODES = {
     401: "invalid_api_key",
     404: "model_not_found",
@@ -189,11 +191,41 @@ def check_n(n: int | None) -> None:
         raise SettingsError("only n=1 is supported", key="n")
 
 
+def check_supported(body: CompletionRequest | ChatCompletionRequest) -> None:
+    """Refuse, by name, what would change what the answer holds and is not implemented here.
+
+    Ignored, `logprobs` would come back null to a client that reads them, `echo` would leave the
+    prompt out of the text, and `best_of` would return one sample as if it were the best of several.
+    """
+    check_n(body.n)
+    if isinstance(body, CompletionRequest):
+        unsupported = {
+            "logprobs": body.logprobs is not None,
+            "echo": bool(body.echo),
+            "best_of": (body.best_of or 1) > 1,
+        }
+    else:
+        unsupported = {"logprobs": bool(body.logprobs), "top_logprobs": bool(body.top_logprobs)}
+    for name, asked in unsupported.items():
+        if asked:
+            raise SettingsError(f"'{name}' is not supported by this server; leave it out", key=name)
+
+
+async def named(work: Awaitable[T], param: str) -> T:
+    """`work`, with a refusal of the request's inputs (too long for the model) naming OpenAI's field for them."""
+    try:
+        return await work
+    except SettingsError as err:
+        if err.key not in ("inputs", "input"):
+            raise
+        raise SettingsError(err.message, key=param, details={**err.details, "key": param}) from None
+
+
 @router.post("/completions", response_model=Completion)
 async def completions(
-    body: CompletionRequest, key: Key, ctx: Context, service: Service, slots: Slots
+    body: CompletionRequest, key: Key, ctx: Context, service: Service, slots: Slots, request: Request
 ) -> Response | Completion:
-    check_n(body.n)
+    check_supported(body)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     check_inputs(prompts, key="prompt")
     params = inference_params(body, body.max_tokens, ctx.max_tokens_limit)
@@ -203,11 +235,13 @@ async def completions(
     if body.stream:
         if len(prompts) != 1:
             raise SettingsError("streaming takes one prompt", key="prompt")
-        pieces, done = await stream_in_slot(service, slots, key, version, version_dir(ctx, version), prompts[0], params)
+        started = stream_in_slot(service, slots, key, version, version_dir(ctx, version), prompts[0], params)
+        pieces, done = await named(started, "prompt")
         usage = bool(body.stream_options and body.stream_options.include_usage)
         return _streaming(_completion_chunks(pieces, head, usage), done)
     async with slots.hold(key.id):
-        predictions = await service.predict(version.id, version_dir(ctx, version), prompts, params)
+        work = named(service.predict(version.id, version_dir(ctx, version), prompts, params), "prompt")
+        predictions = await unless_disconnected(request, work)
     choices = [
         CompletionChoice(index=i, text=p.generation.text, finish_reason=finish_reason(p.generation.finish_reason))
         for i, p in enumerate(predictions)
@@ -218,10 +252,10 @@ async def completions(
 
 @router.post("/chat/completions", response_model=ChatCompletion)
 async def chat_completions(
-    body: ChatCompletionRequest, key: Key, ctx: Context, service: Service, slots: Slots
+    body: ChatCompletionRequest, key: Key, ctx: Context, service: Service, slots: Slots, request: Request
 ) -> Response | ChatCompletion:
     """System messages become the system prompt; the last user message is the input (one turn)."""
-    check_n(body.n)
+    check_supported(body)
     users = [m.text() for m in body.messages if m.role == "user"]
     if not users:
         raise SettingsError("messages must include a user message", key="messages")
@@ -233,11 +267,13 @@ async def chat_completions(
     await admit(ctx, service, version)
     head = ResponseHead(id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=body.model)
     if body.stream:
-        pieces, done = await stream_in_slot(service, slots, key, version, version_dir(ctx, version), users[-1], params)
+        started = stream_in_slot(service, slots, key, version, version_dir(ctx, version), users[-1], params)
+        pieces, done = await named(started, "messages")
         usage = bool(body.stream_options and body.stream_options.include_usage)
         return _streaming(_chat_chunks(pieces, head, usage), done)
     async with slots.hold(key.id):
-        (prediction,) = await service.predict(version.id, version_dir(ctx, version), users[-1:], params)
+        work = named(service.predict(version.id, version_dir(ctx, version), users[-1:], params), "messages")
+        (prediction,) = await unless_disconnected(request, work)
     generation = prediction.generation
     choice = ChatChoice(
         index=0, message=ChatMessageOut(content=generation.text), finish_reason=finish_reason(generation.finish_reason)

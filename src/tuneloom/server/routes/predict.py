@@ -7,14 +7,15 @@ cache, one engine thread per model running a continuous batch); nothing blocking
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -39,6 +40,9 @@ Key = Annotated[ApiKey, Depends(api_key)]  # the same record require_app checked
 Slots = Annotated[GenerationSlots, Depends(generation_slots)]
 MICRO_BATCH_ENV = "TUNELOOM_MICRO_BATCH"  # "0" turns request merging off (the benchmark's baseline)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+DISCONNECT_POLL_S = 0.25  # how often a running /predict looks whether its client is still there
+CLIENT_GONE = 499  # nginx's "client closed request": nobody reads it, the log shows why the request ended
+T = TypeVar("T")
 
 
 async def inference(request: Request) -> GenerationService:
@@ -116,16 +120,42 @@ def local_copy(ctx: ServerContext, version: ModelVersion) -> Path:
     return version_dir(ctx, version)
 
 
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """`work`'s result; or, once the client has gone, `work` cancelled and a 499 that nobody reads.
+
+    Starlette cancels nothing when the client of a plain (not streaming) response leaves, so a
+    /predict of 128 inputs × 4,096 tokens would otherwise run to its end for nobody, holding one of
+    the key's generation slots all along. A cancelled prediction's rows leave the batch at its next step.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if not task.done() and await request.is_disconnected():
+                raise HTTPException(CLIENT_GONE, "the client closed the request before its answer was ready")
+        return task.result()
+    finally:
+        task.cancel()  # a no-op once it is done
+
+
 @router.post("/predict")
 async def predict(
-    app_id: AppId, model_id: str, body: PredictRequest, ctx: Context, service: Service, key: Key, slots: Slots
+    app_id: AppId,
+    model_id: str,
+    body: PredictRequest,
+    ctx: Context,
+    service: Service,
+    key: Key,
+    slots: Slots,
+    request: Request,
 ) -> PredictResponse:
     params = request_params(ctx, body.inference_params)
     check_inputs(body.inputs)
     version = await run_in_threadpool(trained_version, ctx, app_id, model_id, body.version)
     await admit(ctx, service, version)
     async with slots.hold(key.id):
-        predictions = await service.predict(version.id, version_dir(ctx, version), body.inputs, params)
+        work = service.predict(version.id, version_dir(ctx, version), body.inputs, params)
+        predictions = await unless_disconnected(request, work)
     outputs = [
         PredictionOut(text=g.text, finish_reason=finish_reason(g.finish_reason), tokens=g.tokens)
         for g in (p.generation for p in predictions)

@@ -2,14 +2,16 @@
 
 Only what tuneloom can honour is accepted with meaning; fields the official client may send that
 change nothing here (user, seed, penalties, …) are accepted and ignored, as OpenAI-compatible
-servers commonly do. `n` must be 1.
+servers commonly do. `n` must be 1. Fields that would change what the answer holds (logprobs, echo,
+best_of, content parts other than text) are declared here so that they are refused by name:
+ignored, the client would read an answer that is not the one it asked for.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal, TypedDict
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 FinishReason = Literal["stop", "length"]
 
@@ -48,6 +50,9 @@ class SamplingRequest(BaseModel):
 class CompletionRequest(SamplingRequest):
     prompt: str | list[str]
     max_tokens: int | None = 16  # OpenAI's default for completions
+    logprobs: int | None = None  # not supported: refused unless null
+    echo: bool | None = None  # not supported: refused when true
+    best_of: int | None = None  # not supported: refused above 1
 
 
 class ChatMessage(BaseModel):
@@ -56,17 +61,30 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
 
+    @field_validator("content")
+    @classmethod
+    def text_parts_only(cls, content: str | list[dict[str, Any]] | None) -> str | list[dict[str, Any]] | None:
+        """An image or audio part dropped silently would leave the model answering another question."""
+        for part in content if isinstance(content, list) else ():
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise ValueError(
+                    f"only text content parts ({{'type': 'text', 'text': …}}) are supported, got {part.get('type')!r}"
+                )
+        return content
+
     def text(self) -> str:
-        """The message's text; a list of content parts is joined (only text parts are supported)."""
+        """The message's text; a list of (text) content parts is joined."""
         if self.content is None or isinstance(self.content, str):
             return self.content or ""
-        return "".join(str(part.get("text", "")) for part in self.content if part.get("type") == "text")
+        return "".join(str(part["text"]) for part in self.content)
 
 
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
+    logprobs: bool | None = None  # not supported: refused when true
+    top_logprobs: int | None = None  # not supported: refused unless null or 0
 
 
 class Usage(BaseModel):

@@ -1,0 +1,149 @@
+"""Generation requests at the edges: past the model's context, beam search streamed, long stop strings,
+OpenAI fields that would change the answer, and a /predict whose client leaves before the answer.
+
+Each of these once crashed, ran away or silently answered something else; tiny-random's context is
+1,024 positions (`max_position_embeddings`), so a prompt of ~1,200 words is past it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tests.server_helpers import Deployed, deploy
+
+from tuneloom.data.types import Example
+from tuneloom.errors import DataFileError, SettingsError
+from tuneloom.evaluate.runner import evaluate_examples
+from tuneloom.generate.generator import context_length, generate, stream
+from tuneloom.generate.loading import load_for_inference
+from tuneloom.generate.params import MAX_STOP_CHARS, InferenceParams
+
+LONG = "word " * 1200  # ~1,220 tokens as prompted: past tiny-random's 1,024
+NEAR = "word " * 900  # ~920 tokens: room for 100 new ones, not for 300
+# One generation at a time per key: a slot held for a client that left shows at once.
+SERVER_ARGS = ["--max-concurrent-generations-per-key", "1"]
+
+
+@pytest.fixture(scope="module")
+def loaded() -> Any:
+    return load_for_inference("tiny-random")
+
+
+@pytest.fixture(scope="module")
+def deployed(server: tuple[str, Path]) -> Deployed:
+    return deploy(*server)
+
+
+def predict(deployed: Deployed, inputs: list[str], params: dict[str, Any], timeout: float = 120) -> httpx.Response:
+    body = {"inputs": inputs, "inference_params": params}
+    return httpx.post(f"{deployed.model_url}/predict", json=body, headers=deployed.headers, timeout=timeout)
+
+
+def v1(deployed: Deployed, path: str, **body: Any) -> httpx.Response:
+    body = {"model": f"{deployed.app_id}/{deployed.model_id}", **body}
+    return httpx.post(f"{deployed.url}/v1/{path}", json=body, headers=deployed.headers, timeout=120)
+
+
+def test_a_prompt_past_the_context_is_refused_before_generating(loaded: Any) -> None:
+    assert context_length(loaded) == 1024
+    greedy = InferenceParams(max_tokens=20)
+    with pytest.raises(SettingsError) as alone:
+        generate(loaded, ["short", LONG], greedy)
+    assert alone.value.key == "inputs" and alone.value.details["limit"] == 1024
+    assert "input 1" in alone.value.message
+    with pytest.raises(SettingsError) as streamed:
+        list(stream(loaded, LONG, greedy))
+    assert streamed.value.key == "input"
+    with pytest.raises(SettingsError) as room:
+        generate(loaded, [NEAR], InferenceParams(max_tokens=300))
+    assert room.value.key == "max_tokens" and "at most" in room.value.message
+    (fits,) = generate(loaded, [NEAR], InferenceParams(max_tokens=100))
+    assert fits.tokens == 100
+
+
+def test_evaluation_fits_long_held_out_examples_and_names_one_that_cannot_fit(loaded: Any) -> None:
+    """A held-out set is the user's data: a long example shortens its chunk's answers, not the whole run."""
+    near = Example(prompt=NEAR, completion="positive", line=7)
+    result = evaluate_examples(loaded, [Example(prompt="I love it", completion="positive", line=3), near],
+                               params=InferenceParams(max_tokens=300))  # fmt: skip
+    assert [row["line"] for row in result.rows] == [3, 7]
+    with pytest.raises(DataFileError, match=r"^line 9: the prompt is \d+ tokens and this model's context is 1024"):
+        evaluate_examples(loaded, [near, Example(prompt=LONG, completion="positive", line=9)])
+
+
+def test_beam_search_streams_its_answer_in_one_piece(loaded: Any) -> None:
+    """transformers cannot stream beam search: `tuneloom generate --stream --num-beams 3` raised ValueError."""
+    beams = InferenceParams(max_tokens=12, num_beams=3)
+    (expected,) = generate(loaded, ["I love it"], beams)
+    assert "".join(stream(loaded, "I love it", beams)) == expected.text
+
+
+def test_long_stop_strings_are_refused_naming_the_limit() -> None:
+    InferenceParams.from_dict({"stop": ["x" * MAX_STOP_CHARS]})
+    with pytest.raises(SettingsError) as refused:
+        InferenceParams.from_dict({"stop": ["ok", "x" * 5000]})
+    assert refused.value.key == "stop" and refused.value.details["limit"] == MAX_STOP_CHARS
+
+
+def test_the_server_refuses_past_the_context_on_every_route(deployed: Deployed) -> None:
+    long = predict(deployed, ["I love it", LONG], {"max_tokens": 20})
+    assert long.status_code == 422, long.text
+    assert long.json()["details"]["key"] == "inputs" and long.json()["details"]["limit"] == 1024
+    room = predict(deployed, [NEAR], {"max_tokens": 300})
+    assert room.status_code == 422 and room.json()["details"]["key"] == "max_tokens"
+    body = {"input": LONG, "inference_params": {"max_tokens": 5}}
+    streamed = httpx.post(f"{deployed.model_url}/generate", json=body, headers=deployed.headers, timeout=120)
+    assert streamed.status_code == 422 and streamed.json()["details"]["key"] == "input"
+    completion = v1(deployed, "completions", prompt=LONG, stream=True)
+    assert completion.status_code == 400 and completion.json()["error"]["param"] == "prompt"
+    chat = v1(deployed, "chat/completions", messages=[{"role": "user", "content": LONG}])
+    assert chat.status_code == 400 and chat.json()["error"]["param"] == "messages"
+    assert predict(deployed, ["I love it"], {"max_tokens": 3}).status_code == 200  # the engine is unharmed
+
+
+@pytest.mark.parametrize(
+    ("path", "field", "body"),
+    [
+        ("completions", "logprobs", {"prompt": "I love it", "logprobs": 2}),
+        ("completions", "echo", {"prompt": "I love it", "echo": True}),
+        ("completions", "best_of", {"prompt": "I love it", "best_of": 3}),
+        ("chat/completions", "logprobs", {"messages": [{"role": "user", "content": "x"}], "logprobs": True}),
+        ("chat/completions", "top_logprobs", {"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}),
+        (
+            "chat/completions",
+            "messages.0.content",
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x"}}]}]},
+        ),
+    ],
+)
+def test_openai_fields_that_would_change_the_answer_are_refused(
+    deployed: Deployed, path: str, field: str, body: dict[str, Any]
+) -> None:
+    """Ignored, they answered 200 with logprobs null, no echoed prompt, or an image dropped from the question."""
+    answer = v1(deployed, path, max_tokens=2, **body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["param"] == field
+
+
+def test_openai_defaults_of_those_fields_are_accepted(deployed: Deployed) -> None:
+    plain = v1(deployed, "completions", prompt="I love it", max_tokens=2, echo=False, best_of=1, logprobs=None)
+    assert plain.status_code == 200, plain.text
+    parts = [{"type": "text", "text": "I love "}, {"type": "text", "text": "it"}]
+    chat = v1(deployed, "chat/completions", max_tokens=2, logprobs=False, messages=[{"role": "user", "content": parts}])
+    assert chat.status_code == 200, chat.text
+
+
+def test_a_predict_whose_client_left_frees_its_slot(deployed: Deployed) -> None:
+    """A plain response is not cancelled when its client goes: the generation ran on, the key's one slot held."""
+    big = {"max_tokens": 500, "temperature": 0}
+    with pytest.raises(httpx.TimeoutException):
+        predict(deployed, ["I love it"] * 120, big, timeout=1)
+    deadline = time.monotonic() + 5
+    while (answer := predict(deployed, ["I love it"], {"max_tokens": 2})).status_code == 429:
+        assert time.monotonic() < deadline, "the slot of the abandoned /predict was not freed"
+        time.sleep(0.2)
+    assert answer.status_code == 200, answer.text
