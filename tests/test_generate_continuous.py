@@ -15,10 +15,9 @@ import pytest
 import torch
 
 from tuneloom.generate.continuous import ContinuousBatch, Row, pick_tokens, supports_continuous
-from tuneloom.generate.generator import _encode, generate
+from tuneloom.generate.generator import _encode, count_prompt_tokens, generate
 from tuneloom.generate.loading import load_for_inference
 from tuneloom.generate.params import InferenceParams
-from tuneloom.server.engine import count_tokens
 
 TEXTS = ["great product, works well", "broke after a day", "I love it", "awful quality", "ok", "hello there, friend"]
 
@@ -94,7 +93,7 @@ def test_a_batch_encodes_whole_while_other_threads_count_tokens(loaded: Any) -> 
 
     def count() -> None:
         while time.monotonic() < deadline:
-            count_tokens(loaded, "count me please " * 3)
+            count_prompt_tokens(loaded, "count me please " * 3)
 
     threads = [threading.Thread(target=encode_batches), threading.Thread(target=count), threading.Thread(target=count)]
     for thread in threads:

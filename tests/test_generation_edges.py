@@ -21,6 +21,7 @@ from tuneloom.evaluate.runner import evaluate_examples
 from tuneloom.generate.generator import context_length, generate, stream
 from tuneloom.generate.loading import load_for_inference
 from tuneloom.generate.params import MAX_STOP_CHARS, InferenceParams
+from tuneloom.server.limits import refuse_above
 
 LONG = "word " * 1200  # ~1,220 tokens as prompted: past tiny-random's 1,024
 NEAR = "word " * 900  # ~920 tokens: room for 100 new ones, not for 300
@@ -147,3 +148,10 @@ def test_a_predict_whose_client_left_frees_its_slot(deployed: Deployed) -> None:
         assert time.monotonic() < deadline, "the slot of the abandoned /predict was not freed"
         time.sleep(0.2)
     assert answer.status_code == 200, answer.text
+
+
+def test_beam_search_counts_each_beam_against_the_batch_limit() -> None:
+    """Beam search holds num_beams rows per input: 20 inputs × 4 beams × 1,024 tokens is past 65,536."""
+    refuse_above(65_536, 20, 24, 1000)  # 20,480 batch tokens without beams
+    with pytest.raises(SettingsError, match=r"20 input\(s\) × 4 beams × \(24 prompt tokens \+ 1000 max_tokens\)"):
+        refuse_above(65_536, 20, 24, 1000, beams=4)

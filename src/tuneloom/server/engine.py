@@ -38,14 +38,9 @@ class Prediction:
     prompt_tokens: int
 
 
-def count_tokens(loaded: InferenceModel, text: str) -> int:
-    """Tokens of `text` as the model reads it (special tokens included, as when generating)."""
-    return len(loaded.tokenizer(text, add_special_tokens=True)["input_ids"])
-
-
-def batch_tokens(inputs: int, longest_prompt: int, max_tokens: int) -> int:
-    """What a request can hold in memory at once: its rows × (longest prompt + max_tokens) tokens."""
-    return inputs * (longest_prompt + max_tokens)
+def batch_tokens(inputs: int, longest_prompt: int, max_tokens: int, beams: int = 1) -> int:
+    """What a request can hold in memory at once: its rows (× beams) × (longest prompt + max_tokens) tokens."""
+    return inputs * beams * (longest_prompt + max_tokens)
 
 
 class TextStream:
@@ -116,10 +111,10 @@ class Job:
         request joins a batch whose other requests it would fail.
         """
         from tuneloom.generate.continuous import Row, supports_continuous
-        from tuneloom.generate.generator import check_context
+        from tuneloom.generate.generator import check_context, count_prompt_tokens
 
         rows = [Row.create(loaded, text, params) for text in texts]
-        counts = [count_tokens(loaded, row.prompt) for row in rows]
+        counts = [count_prompt_tokens(loaded, row.prompt) for row in rows]
         check_context(loaded, counts, params, key="inputs" if stream is None else "input")
         continuous = supports_continuous(loaded, params)
         if stream is not None and continuous and params.return_full_text:
@@ -128,7 +123,7 @@ class Job:
 
     @property
     def batch_tokens(self) -> int:
-        return batch_tokens(len(self.rows), max(self.prompt_tokens), self.params.max_tokens)
+        return batch_tokens(len(self.rows), max(self.prompt_tokens), self.params.max_tokens, self.params.num_beams)
 
     def abandoned(self) -> bool:
         return self.stream.cancelled if self.stream is not None else self.future is None or self.future.done()

@@ -27,14 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from tuneloom.server.engine import Engine, Job, Prediction, TextStream, count_tokens
+from tuneloom.server.engine import Engine, Job, Prediction, TextStream
 from tuneloom.server.limits import refuse_above
 
 if TYPE_CHECKING:
     from tuneloom.generate.loading import InferenceModel
     from tuneloom.generate.params import InferenceParams
 
-__all__ = ["Inference", "ModelCache", "Prediction", "TextStream", "count_tokens", "load_model", "model_bytes"]
+__all__ = ["Inference", "ModelCache", "Prediction", "TextStream", "load_model", "model_bytes"]
 T = TypeVar("T")
 DEFAULT_CACHE_BYTES = 4 * 1024**3
 DEFAULT_BATCH_WINDOW_S = 0.005
@@ -186,7 +186,7 @@ class Inference:
         loaded = self.cache.get(version_id, path)
         job = Job.create(loaded, texts, params, stream)
         if self.max_batch_tokens is not None:
-            refuse_above(self.max_batch_tokens, len(texts), max(job.prompt_tokens), params.max_tokens)
+            refuse_above(self.max_batch_tokens, len(texts), max(job.prompt_tokens), params.max_tokens, params.num_beams)
         return job
 
     def _engine(self, version_id: str) -> Engine:

@@ -274,21 +274,24 @@ def check_batch_tokens(loaded: Any, texts: Sequence[str], params: InferenceParam
     `loaded` is what the generation service's cache holds for the version: anything with the
     version's `tokenizer` and `prompt_format`.
     """
-    from tuneloom.generate.generator import render_prompt
-    from tuneloom.server.engine import count_tokens
+    from tuneloom.generate.generator import count_prompt_tokens, render_prompt
 
-    longest = max(count_tokens(loaded, render_prompt(loaded, text, params)) for text in texts)
-    refuse_above(limit, len(texts), longest, params.max_tokens)
+    longest = max(count_prompt_tokens(loaded, render_prompt(loaded, text, params)) for text in texts)
+    refuse_above(limit, len(texts), longest, params.max_tokens, params.num_beams)
 
 
-def refuse_above(limit: int, inputs: int, longest_prompt: int, max_tokens: int) -> None:
-    """The 422 for a request over `--max-batch-tokens`, naming its figure; for prompts already counted."""
+def refuse_above(limit: int, inputs: int, longest_prompt: int, max_tokens: int, beams: int = 1) -> None:
+    """The 422 for a request over `--max-batch-tokens`, naming its figure; for prompts already counted.
+
+    Beam search keeps `num_beams` rows per input, so it counts that many times.
+    """
     from tuneloom.server.engine import batch_tokens
 
-    figure = batch_tokens(inputs, longest_prompt, max_tokens)
+    figure = batch_tokens(inputs, longest_prompt, max_tokens, beams)
     if figure > limit:
+        rows = f"{inputs} input(s) × {beams} beams" if beams > 1 else f"{inputs} input(s)"
         raise SettingsError(
-            f"this request needs {inputs} input(s) × ({longest_prompt} prompt tokens + {max_tokens} max_tokens) "
+            f"this request needs {rows} × ({longest_prompt} prompt tokens + {max_tokens} max_tokens) "
             f"= {figure:,} batch tokens, above this server's limit of {limit:,} (--max-batch-tokens); "
             "send fewer inputs or ask for fewer max_tokens",
             key="max_batch_tokens",
