@@ -27,6 +27,8 @@ LONG = "word " * 1200  # ~1,220 tokens as prompted: past tiny-random's 1,024
 NEAR = "word " * 900  # ~920 tokens: room for 100 new ones, not for 300
 # One generation at a time per key: a slot held for a client that left shows at once.
 SERVER_ARGS = ["--max-concurrent-generations-per-key", "1"]
+# Generation never touches the database: the server runs on SQLite only (as in test_server_predict.py).
+ON_SQLITE = pytest.mark.parametrize("server", ["sqlite"], indirect=True)
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +92,7 @@ def test_long_stop_strings_are_refused_naming_the_limit() -> None:
     assert refused.value.key == "stop" and refused.value.details["limit"] == MAX_STOP_CHARS
 
 
+@ON_SQLITE
 def test_the_server_refuses_past_the_context_on_every_route(deployed: Deployed) -> None:
     long = predict(deployed, ["I love it", LONG], {"max_tokens": 20})
     assert long.status_code == 422, long.text
@@ -106,6 +109,7 @@ def test_the_server_refuses_past_the_context_on_every_route(deployed: Deployed) 
     assert predict(deployed, ["I love it"], {"max_tokens": 3}).status_code == 200  # the engine is unharmed
 
 
+@ON_SQLITE
 @pytest.mark.parametrize(
     ("path", "field", "body"),
     [
@@ -130,6 +134,7 @@ def test_openai_fields_that_would_change_the_answer_are_refused(
     assert answer.json()["error"]["param"] == field
 
 
+@ON_SQLITE
 def test_openai_defaults_of_those_fields_are_accepted(deployed: Deployed) -> None:
     plain = v1(deployed, "completions", prompt="I love it", max_tokens=2, echo=False, best_of=1, logprobs=None)
     assert plain.status_code == 200, plain.text
@@ -138,6 +143,7 @@ def test_openai_defaults_of_those_fields_are_accepted(deployed: Deployed) -> Non
     assert chat.status_code == 200, chat.text
 
 
+@ON_SQLITE
 def test_a_predict_whose_client_left_frees_its_slot(deployed: Deployed) -> None:
     """A plain response is not cancelled when its client goes: the generation ran on, the key's one slot held."""
     big = {"max_tokens": 500, "temperature": 0}

@@ -335,6 +335,19 @@ def test_without_a_key_nothing_of_any_app_is_shown(
     assert not errors, "\n".join(errors)
 
 
+def app_on_sqlite(
+    server: tuple[str, Path], request: pytest.FixtureRequest, app_id: str, *, why: str
+) -> tuple[str, str]:
+    """The server's URL and an admin key, with app `app_id` made; skipped on PostgreSQL, saying `why`."""
+    if request.node.callspec.params["server"] != "sqlite":
+        pytest.skip(f"{why}: SQLite covers it")
+    url, data_dir = server
+    key = api_key(data_dir)
+    response = httpx.post(f"{url}/api/apps", json={"id": app_id}, headers={"Authorization": f"Key {key}"})
+    assert response.status_code == 201, response.text
+    return url, key
+
+
 # Through the browser: what each file must make the dataset page show (a message, or its report).
 WEB_FILES = {
     "noise.bin": "looks binary",
@@ -352,12 +365,8 @@ def test_uploader_shows_each_hostile_files_verdict_and_keeps_its_text_as_text(
     request: pytest.FixtureRequest,
 ) -> None:
     """A few files of tests/hostile/ through the dataset page: its message or its report, and no script runs."""
-    if request.node.callspec.params["server"] != "sqlite":
-        pytest.skip("the uploader's verdicts do not depend on the database: SQLite covers them")
-    url, data_dir = server
-    key = api_key(data_dir)
+    url, key = app_on_sqlite(server, request, "hostile", why="the uploader's verdicts do not depend on the database")
     headers = {"Authorization": f"Key {key}"}
-    assert httpx.post(f"{url}/api/apps", json={"id": "hostile"}, headers=headers).status_code == 201
     assert httpx.post(f"{url}/api/apps/hostile/datasets", json={"id": "web"}, headers=headers).status_code == 201
     page = browser_page
     errors = watch_errors(page, expected_statuses=(413, 422))
@@ -400,12 +409,7 @@ def test_template_defaults_never_overwrite_a_later_choice_or_typing(
 ) -> None:
     """The editors stay read-only until the chosen template's defaults arrive, and a slower answer
     for the template chosen before never replaces them (CI once typed into an editor mid-load)."""
-    if request.node.callspec.params["server"] != "sqlite":
-        pytest.skip("the form's loading order does not depend on the database: SQLite covers it")
-    url, data_dir = server
-    key = api_key(data_dir)
-    headers = {"Authorization": f"Key {key}"}
-    assert httpx.post(f"{url}/api/apps", json={"id": "order"}, headers=headers).status_code == 201
+    url, key = app_on_sqlite(server, request, "order", why="the form's loading order does not depend on the database")
     page = browser_page
     errors = watch_errors(page)
     held: list[Route] = []
