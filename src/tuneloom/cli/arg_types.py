@@ -12,6 +12,7 @@ from pathlib import Path
 
 
 def positive(text: str) -> int:
+    """A whole number of at least 1: a size or a limit, where 0 or less would refuse everything."""
     value = int(text) if text.strip().isdigit() else 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
