@@ -126,8 +126,12 @@ class WorkerSlot:
             jobs.finish(self.db, job.id, TrainingStatus.MODEL_TRAINING_FAILED, message, worker_id=self.worker_id)
 
     def _drop_files(self, job: ModelVersion) -> None:
-        for folder in (self.artifacts.checkpoint_dir(job.id), self.artifacts.model_version_dir(job.id)):
-            self.artifacts.remove(self.artifacts.relative(folder))
+        self._remove(self.artifacts.checkpoint_dir(job.id))
+        self._remove(self.artifacts.model_version_dir(job.id))
+
+    def _remove(self, folder: Path) -> None:
+        """Delete one of a run's folders in the data dir (missing is fine)."""
+        self.artifacts.remove(self.artifacts.relative(folder))
 
     def _run(self, job: ModelVersion) -> None:
         spec = self._spec(job)
@@ -165,7 +169,7 @@ class WorkerSlot:
         if state.result is not None and state.result[0] == "error":
             # A failed run never resumes: free its checkpoints before writing (after a full disk, the
             # database on that disk may need the space to record the failure; it would wait forever).
-            self.artifacts.remove(self.artifacts.relative(self.artifacts.checkpoint_dir(job.id)))
+            self._remove(self.artifacts.checkpoint_dir(job.id))
         self._until_database_answers(lambda: self._report(job, state))  # the last progress, before the final status
         self._until_database_answers(lambda: self._record(job, state.result, child))
 
@@ -220,7 +224,7 @@ class WorkerSlot:
             self.db, job.id, TrainingStatus.MODEL_TRAINING_CANCELLED, "cancelled by the user", worker_id=self.worker_id
         )
         telemetry.append_logs(self.db, job.id, [("warning", "cancelled by the user; training stopped")])
-        self.artifacts.remove(self.artifacts.relative(self.artifacts.checkpoint_dir(job.id)))
+        self._remove(self.artifacts.checkpoint_dir(job.id))
 
     def _record(self, job: ModelVersion, result: tuple[str, dict[str, Any]] | None, child: Any) -> None:
         """The run's end, as the database keeps it."""
@@ -240,7 +244,7 @@ class WorkerSlot:
                 worker_id=self.worker_id,
             )
             telemetry.append_logs(self.db, job.id, [("info", "training finished; model version saved")])
-            self.artifacts.remove(self.artifacts.relative(self.artifacts.checkpoint_dir(job.id)))
+            self._remove(self.artifacts.checkpoint_dir(job.id))
         elif kind == "stopped" or (kind == "crashed" and self.shutdown.is_set()):
             message = "worker shut down; the run resumes from its checkpoint"
             telemetry.append_logs(self.db, job.id, [("warning", message)])
