@@ -2,7 +2,8 @@
 
 Found by probing every route: `NaN`/`Infinity` literals (Python's `json.dumps` writes them), numbers past
 what the database's integer columns hold, more input numbers than one SQL statement can bind, a body
-that is not JSON or was sent as a form, and chat's `max_completion_tokens` refused under another name.
+that is not JSON or was sent as a form, chat's `max_completion_tokens` refused under another name, blank
+inputs generated from, `stop: ""` dropped on /v1, and union fields named `stop.str`.
 None of it needs a trained model: each request is refused before one is looked up.
 """
 
@@ -142,6 +143,72 @@ def test_max_completion_tokens_is_refused_under_its_own_name(
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == "max_completion_tokens" and "'max_completion_tokens'" in error["message"], error
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        (f"/api/apps/{APP}/models/m/predict", {"inputs": ["ok", "fine", " \n\t"]}, "inputs.2"),
+        (f"/api/apps/{APP}/models/m/generate", {"input": ""}, "input"),
+        ("/v1/completions", {"prompt": "  "}, "prompt"),
+        ("/v1/completions", {"prompt": ["ok", ""]}, "prompt.1"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": None}]}, "messages.0.content"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                          {"role": "user", "content": [{"type": "text", "text": " "}]}]},
+            "messages.2.content",
+        ),
+    ],
+    ids=["predict", "generate", "completion", "completion-list", "chat-null", "chat-parts"],
+)  # fmt: skip
+def test_an_empty_input_is_refused_naming_it(
+    server: tuple[str, Path], admin: dict[str, str], path: str, body: dict[str, Any], field: str
+) -> None:
+    """A blank input was generated from the bare prompt template: an answer to nothing, given as if to the input."""
+    openai = path.startswith("/v1/")
+    response = httpx.post(f"{server[0]}{path}", json={"model": f"{APP}/m", **body} if openai else body, headers=admin)
+    if openai:
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"] == field and "empty" in response.json()["error"]["message"]
+    else:
+        assert response.status_code == 422, response.text
+        assert response.json()["details"]["key"] == field and f"'{field}' is empty" in response.json()["message"]
+
+
+@pytest.mark.parametrize("path", ["completions", "chat/completions"])
+def test_an_empty_stop_string_is_refused_on_v1_as_on_predict(
+    server: tuple[str, Path], admin: dict[str, str], path: str
+) -> None:
+    """/v1 dropped `stop: ""` and generated on past where the client meant it to stop; /predict refuses it."""
+    predict = {"inputs": ["hi"], "inference_params": {"stop": ""}}
+    refused = httpx.post(f"{server[0]}/api/apps/{APP}/models/m/predict", json=predict, headers=admin)
+    assert refused.status_code == 422 and refused.json()["details"]["key"] == "stop", refused.text
+    question = {"prompt": "hi"} if path == "completions" else {"messages": [{"role": "user", "content": "hi"}]}
+    response = httpx.post(f"{server[0]}/v1/{path}", json={"model": f"{APP}/m", "stop": "", **question}, headers=admin)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["message"]) == ("stop", refused.json()["message"]), error
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"prompt": "hi", "stop": 5}, "stop"),
+        ({"prompt": "hi", "stop": [1]}, "stop"),
+        ({"prompt": 5}, "prompt"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
+    ],
+)
+def test_a_field_of_several_shapes_is_named_as_sent(
+    server: tuple[str, Path], admin: dict[str, str], body: dict[str, Any], field: str
+) -> None:
+    """pydantic locates a union's error by the member it tried: the client read `stop.str` or `stop.list[str]`."""
+    path = "chat/completions" if "messages" in body else "completions"
+    response = httpx.post(f"{server[0]}/v1/{path}", json={"model": f"{APP}/m", **body}, headers=admin)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == field and error["message"].startswith(f"{field}: "), error
 
 
 def test_a_refused_input_is_echoed_abridged(server: tuple[str, Path], admin: dict[str, str]) -> None:

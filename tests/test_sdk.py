@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from tests.conftest import api_key, sentiment_lines
+from tests.server_helpers import server_database, unfinished_version
 
 from tuneloom import Client, TuneloomAPIError
 from tuneloom.client import App, Dataset, DatasetVersion, Model, ModelVersion, TrainingStatus, TuneloomConnectionError
@@ -158,11 +159,32 @@ def test_wait_times_out_naming_the_status_then_cancel_ends_the_run(flow: Flow) -
         flow.model.wait(long_run, timeout=0)
     flow.model.cancel(long_run)
     assert flow.model.wait(long_run, timeout=120, poll=0.2).name == "MODEL_TRAINING_CANCELLED"
+    with pytest.raises(TuneloomAPIError) as again:
+        flow.model.cancel(long_run)
+    assert again.value.status == 409 and again.value.details == {"status": "MODEL_TRAINING_CANCELLED"}
     with pytest.raises(TuneloomAPIError) as untrained:
         flow.model.predict(PROMPT, version=long_run.id)
     assert untrained.value.status == 409 and "MODEL_TRAINING_CANCELLED" in untrained.value.message
     flow.model.delete_version(long_run)
     assert [v.id for v in flow.model.list_versions()] == [flow.trained.id]
+
+
+def test_cancelling_a_run_that_has_ended_is_409_naming_its_status(flow: Flow, server: tuple[str, Path]) -> None:
+    """It answered 200 and changed nothing: a script read a trained or failed run as cancelled."""
+    ended = flow.app.create_model("ended")
+    db = server_database(server[1])
+    try:
+        failed = unfinished_version(db, ended.app_id, ended.id, flow.version.id, fail=True)
+    finally:
+        db.dispose()
+    runs = [(flow.model, flow.trained.id, "MODEL_TRAINED"), (ended, failed, "MODEL_TRAINING_FAILED")]
+    for model, version, status in runs:
+        with pytest.raises(TuneloomAPIError) as refused:
+            model.cancel(version)
+        assert (refused.value.status, refused.value.code) == (409, "CONFLICT")
+        assert refused.value.details == {"status": status}
+        assert f"'{version}' has already ended as {status}" in str(refused.value)
+        assert model.training_status(version).name == status
 
 
 def test_apps_list_get_delete(server: tuple[str, Path]) -> None:

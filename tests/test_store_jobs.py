@@ -152,7 +152,9 @@ def test_cancel_round_trip(db: Database, dsv: str) -> None:
     assert jobs.heartbeat(db, running.id, "w", 60, step=1) is True
     done = jobs.finish(db, running.id, S.MODEL_TRAINING_CANCELLED, "cancelled by the user", worker_id="w")
     assert done.status == "MODEL_TRAINING_CANCELLED" and done.finished_at is not None
-    assert jobs.request_cancel(db, running.id).status == "MODEL_TRAINING_CANCELLED"  # finished: no-op
+    with pytest.raises(ConflictError, match="already ended as MODEL_TRAINING_CANCELLED") as ended:
+        jobs.request_cancel(db, running.id)
+    assert ended.value.details == {"status": "MODEL_TRAINING_CANCELLED"}
 
 
 def test_cancel_of_a_dead_workers_job_ends_it_on_requeue(db: Database, dsv: str) -> None:

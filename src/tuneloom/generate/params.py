@@ -39,8 +39,12 @@ class InferenceParams:
         return {**asdict(self), "stop": list(self.stop)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> InferenceParams:
-        """Validate a JSON-ish dict: unknown keys, types and ranges are refused naming the key."""
+    def from_dict(cls, data: Mapping[str, Any] | None, *, sent_as: Mapping[str, str] | None = None) -> InferenceParams:
+        """Validate a JSON-ish dict: unknown keys, types and ranges are refused naming the key.
+
+        `sent_as` maps a parameter to the field a request sent it as (OpenAI's `max_completion_tokens`
+        is `max_tokens` here), so that a refusal names what the client wrote.
+        """
         if data is not None and not isinstance(data, Mapping):
             raise SettingsError(f"inference parameters must be an object ({{...}}), not {type(data).__name__}")
         data = dict(data or {})
@@ -52,9 +56,10 @@ class InferenceParams:
                 near = difflib.get_close_matches(key, sorted(names), n=1)
                 hint = f" Did you mean '{near[0]}'?" if near else ""
                 raise SettingsError(f"inference parameter '{key}' is unknown.{hint}", key=key)
-        values = {k: _coerce(k, v) for k, v in data.items() if v is not None}
+        sent_as = sent_as or {}
+        values = {k: _coerce(k, v, sent_as.get(k, k)) for k, v in data.items() if v is not None}
         params = cls(**values)
-        _check_ranges(params)
+        _check_ranges(params, sent_as)
         return params
 
 
@@ -65,33 +70,34 @@ _BOOLS = {"do_sample", "return_full_text"}
 _STRINGS = {"system_prompt", "prompt_template"}
 
 
-def _coerce(key: str, value: Any) -> Any:
+def _coerce(key: str, value: Any, name: str) -> Any:
+    """`value` as parameter `key` holds it; `name` is what the request called it, for the refusal."""
     if key in _RANGES and isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _HUGE:
         low, high = _RANGES[key]
         raise SettingsError(
-            f"inference parameter '{key}' must be between {low:g} and {high:g}, got a number beyond 2^63", key=key
+            f"inference parameter '{name}' must be between {low:g} and {high:g}, got a number beyond 2^63", key=name
         )
     if key in _INTS:
         whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())  # not inf/nan
         if isinstance(value, bool) or not whole:
-            raise SettingsError(f"inference parameter '{key}' must be an integer, got {value!r}", key=key)
+            raise SettingsError(f"inference parameter '{name}' must be an integer, got {value!r}", key=name)
         return int(value)
     if key in _FLOATS:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise SettingsError(f"inference parameter '{key}' must be a number, got {value!r}", key=key)
+            raise SettingsError(f"inference parameter '{name}' must be a number, got {value!r}", key=name)
         return float(value)
     if key in _BOOLS:
         if not isinstance(value, bool):
-            raise SettingsError(f"inference parameter '{key}' must be true or false, got {value!r}", key=key)
+            raise SettingsError(f"inference parameter '{name}' must be true or false, got {value!r}", key=name)
         return value
     if key in _STRINGS:
         if not isinstance(value, str):
-            raise SettingsError(f"inference parameter '{key}' must be a string", key=key)
+            raise SettingsError(f"inference parameter '{name}' must be a string", key=name)
         return value
     # stop: a string or a list of strings
     stops = [value] if isinstance(value, str) else value
     if not isinstance(stops, list | tuple) or not all(isinstance(s, str) and s for s in stops):
-        raise SettingsError("inference parameter 'stop' must be a non-empty string or a list of them", key="stop")
+        raise SettingsError(f"inference parameter '{name}' must be a non-empty string or a list of them", key=name)
     return tuple(stops)
 
 
@@ -104,20 +110,21 @@ _RANGES: dict[str, tuple[float, float]] = {
 }
 
 
-def _check_ranges(params: InferenceParams) -> None:
+def _check_ranges(params: InferenceParams, sent_as: Mapping[str, str]) -> None:
     for key, (low, high) in _RANGES.items():
-        value = getattr(params, key)
+        value, name = getattr(params, key), sent_as.get(key, key)
         if not low <= value <= high:
             raise SettingsError(
-                f"inference parameter '{key}' must be between {low:g} and {high:g}, got {value:g}", key=key
+                f"inference parameter '{name}' must be between {low:g} and {high:g}, got {value:g}", key=name
             )
+    stop = sent_as.get("stop", "stop")
     if len(params.stop) > MAX_STOP_STRINGS:
-        raise SettingsError(f"at most {MAX_STOP_STRINGS} stop strings are allowed", key="stop")
+        raise SettingsError(f"at most {MAX_STOP_STRINGS} stop strings are allowed", key=stop)
     longest = max((len(s) for s in params.stop), default=0)
     if longest > MAX_STOP_CHARS:
         raise SettingsError(
             f"a stop string may be at most {MAX_STOP_CHARS} characters, got one of {longest:,}",
-            key="stop",
+            key=stop,
             details={"limit": MAX_STOP_CHARS},
         )
     if params.prompt_template is not None:

@@ -33,7 +33,7 @@ from tuneloom.server.limits import BodySizeLimit, GenerationSlots, LimitExceeded
 from tuneloom.server.remote_inference import GenerationNodeUnavailable
 from tuneloom.server.routes import apps, datasets, models, nodes, openai_compat, predict
 from tuneloom.server.security import SecurityHeaders
-from tuneloom.server.validation import describe
+from tuneloom.server.validation import as_sent, describe
 from tuneloom.store.db import is_disk_full, is_unavailable
 from tuneloom.store.nodes import live_nodes
 from tuneloom.store.shared import ArtifactIntegrityError, ArtifactStoreError
@@ -141,7 +141,8 @@ def create_app(ctx: ServerContext) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
         """A body or query that does not fit its schema: its problems named (20 at most), the first as `key`."""
-        return JSONResponse(describe(list(err.errors()), request.headers.get("content-type")), status_code=422)
+        errors = as_sent(list(err.errors()), request)
+        return JSONResponse(describe(errors, request.headers.get("content-type")), status_code=422)
 
     @app.exception_handler(LimitExceeded)
     def limit_exceeded(_: Request, err: LimitExceeded) -> JSONResponse:

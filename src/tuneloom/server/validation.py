@@ -1,6 +1,6 @@
 """Requests that do not fit their schema, described for people: the field at fault, and why, in JSON.
 
-FastAPI's own descriptions need three corrections before a client sees them:
+FastAPI's own descriptions need four corrections before a client sees them:
 - a body that is not JSON is located at the character where parsing stopped (`["body", 7]`),
   which reads as a field named "7"; it is the body as a whole that is wrong, and the message says where;
 - a body that is not an object says only "Input should be a valid dictionary or object to extract
@@ -8,15 +8,21 @@ FastAPI's own descriptions need three corrections before a client sees them:
   does not parse at all, so the message names the header;
 - each error echoes its input, and Python's `json` reads `NaN`, `Infinity` and `1e999` as floats
   that no JSON response can hold: the answer itself would fail, as a 500. An echoed input is also
-  abridged, so that a megabyte refused comes back as a few hundred bytes that still show what it was.
+  abridged, so that a megabyte refused comes back as a few hundred bytes that still show what it was;
+- a field that takes one of several shapes (`stop: str | list[str]`) is located with the shape pydantic
+  tried (`stop.str`, `stop.list[str].0`), a field no client sent; the location drops it (`stop`, `stop.0`),
+  found by following the location through the route's body model, not by the look of the name.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+import types
+from typing import Annotated, Any, Union, get_args, get_origin
 
+from fastapi import Request
 from fastapi.encoders import jsonable_encoder
+from pydantic import BaseModel
 
 BODY = "body"
 _LOCATIONS = ("body", "query", "path", "header")
@@ -30,6 +36,53 @@ def describe(errors: list[Any], content_type: str | None) -> dict[str, Any]:
         message += f"; and {len(errors) - len(shown):,} more"
     details = {"key": field_of(shown[0]) if shown else None, "errors": shown, "error_count": len(errors)}
     return {"code": "INVALID_REQUEST", "message": message, "details": details}
+
+
+def as_sent(errors: list[Any], request: Request) -> list[Any]:
+    """FastAPI's `errors` for `request`, each located by the fields the client sent (no union member)."""
+    field = getattr(request.scope.get("route"), "body_field", None)
+    model = field.field_info.annotation if field is not None else None
+    return [{**error, "loc": _without_union_members(tuple(error.get("loc", ())), model)} for error in errors]
+
+
+def _without_union_members(loc: tuple[Any, ...], model: Any) -> tuple[Any, ...]:
+    """`loc` less each part that names which member of a union pydantic tried: the part after a union field."""
+    if loc[:1] != (BODY,):
+        return loc
+    kept: list[Any] = [BODY]
+    annotation = model
+    for part in loc[1:]:
+        members = _members(annotation)
+        if len(members) > 1 and isinstance(part, str):
+            annotation = None  # which member it was is pydantic's choice; the parts below are the client's again
+            continue
+        kept.append(part)
+        annotation = _inner(members[0], part) if members else None
+    return tuple(kept)
+
+
+def _members(annotation: Any) -> list[Any]:
+    """The types a value of `annotation` may have (None left out, as pydantic names no member for it)."""
+    if annotation is None:
+        return []
+    if get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if get_origin(annotation) in (Union, types.UnionType):
+        return [member for member in get_args(annotation) if member is not type(None)]
+    return [annotation]
+
+
+def _inner(annotation: Any, part: Any) -> Any:
+    """The annotation of `part` (a field name, list index or dict key) within a value of `annotation`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        fields = annotation.model_fields.items()
+        return next((f.annotation for name, f in fields if (f.alias or name) == part), None)
+    args = get_args(annotation)
+    if get_origin(annotation) in (list, set, frozenset) and args:
+        return args[0]
+    if get_origin(annotation) is dict and len(args) == 2:
+        return args[1]
+    return None
 
 
 def field_of(error: dict[str, Any]) -> str | None:

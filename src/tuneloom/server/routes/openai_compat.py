@@ -68,7 +68,7 @@ from tuneloom.server.schemas.openai import (
     Usage,
     finish_reason,
 )
-from tuneloom.server.validation import field_of, message_of
+from tuneloom.server.validation import as_sent, field_of, message_of
 from tuneloom.store.db import Database
 from tuneloom.store.models import ApiKey, Model, ModelVersion, TrainingStatus
 
@@ -99,7 +99,7 @@ class OpenAIRoute(APIRoute):
             try:
                 return await handler(request)
             except RequestValidationError as err:
-                first = err.errors()[0] if err.errors() else {}
+                first = (as_sent(list(err.errors()), request) or [{}])[0]
                 message = message_of(first, request.headers.get("content-type"))
                 return openai_error(400, message, param=field_of(first))
             except HTTPException as err:
@@ -171,17 +171,13 @@ def inference_params(
 ) -> InferenceParams:
     """OpenAI's knobs as tuneloom's validated InferenceParams (OpenAI's defaults where unset), capped at `limit`.
 
-    A refused token count names the field the client sent (`max_completion_tokens` is chat's newer name).
+    A refused token count names the field the client sent (`max_completion_tokens` is chat's newer name);
+    an empty stop string is refused as on /predict, not dropped (the client asked for a stop it would not get).
     """
     temperature = 1.0 if body.temperature is None else body.temperature
-    values = {"max_tokens": max_tokens, "temperature": temperature, "top_p": body.top_p, "stop": body.stop or None}
+    values = {"max_tokens": max_tokens, "temperature": temperature, "top_p": body.top_p, "stop": body.stop}
     key = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) is not None else "max_tokens"
-    try:
-        params = InferenceParams.from_dict({**values, "system_prompt": system_prompt})
-    except SettingsError as err:
-        if err.key != "max_tokens" or key == "max_tokens":
-            raise
-        raise SettingsError(err.message.replace("'max_tokens'", f"'{key}'"), key=key) from None
+    params = InferenceParams.from_dict({**values, "system_prompt": system_prompt}, sent_as={"max_tokens": key})
     asked = bool(body.model_fields_set & {"max_tokens", "max_completion_tokens"}) and max_tokens is not None
     return cap_max_tokens(params, limit, asked=asked, key=key)
 
@@ -227,7 +223,7 @@ async def completions(
 ) -> Response | Completion:
     check_supported(body)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-    check_inputs(prompts, key="prompt")
+    check_inputs(prompts, key="prompt", listed=not isinstance(body.prompt, str))
     params = inference_params(body, body.max_tokens, ctx.max_tokens_limit)
     version = await run_in_threadpool(resolve_model, ctx, key, body.model)
     await admit(ctx, service, version)
@@ -256,10 +252,11 @@ async def chat_completions(
 ) -> Response | ChatCompletion:
     """System messages become the system prompt; the last user message is the input (one turn)."""
     check_supported(body)
-    users = [m.text() for m in body.messages if m.role == "user"]
+    users = [index for index, m in enumerate(body.messages) if m.role == "user"]
     if not users:
         raise SettingsError("messages must include a user message", key="messages")
-    check_inputs(users[-1:], key="messages")
+    question = body.messages[users[-1]].text()
+    check_inputs([question], key=f"messages.{users[-1]}.content", listed=False)
     system = "\n".join(m.text() for m in body.messages if m.role in ("system", "developer")) or None
     max_tokens = body.max_tokens if body.max_completion_tokens is None else body.max_completion_tokens  # 0 is refused
     params = inference_params(body, max_tokens, ctx.max_tokens_limit, system)
@@ -267,12 +264,12 @@ async def chat_completions(
     await admit(ctx, service, version)
     head = ResponseHead(id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=body.model)
     if body.stream:
-        started = stream_in_slot(service, slots, key, version, version_dir(ctx, version), users[-1], params)
+        started = stream_in_slot(service, slots, key, version, version_dir(ctx, version), question, params)
         pieces, done = await named(started, "messages")
         usage = bool(body.stream_options and body.stream_options.include_usage)
         return _streaming(_chat_chunks(pieces, head, usage), done)
     async with slots.hold(key.id):
-        work = named(service.predict(version.id, version_dir(ctx, version), users[-1:], params), "messages")
+        work = named(service.predict(version.id, version_dir(ctx, version), [question], params), "messages")
         (prediction,) = await unless_disconnected(request, work)
     generation = prediction.generation
     choice = ChatChoice(

@@ -95,12 +95,21 @@ def request_params(ctx: ServerContext, given: dict[str, Any]) -> InferenceParams
     return cap_max_tokens(params, ctx.max_tokens_limit, asked=asked, key="inference_params.max_tokens")
 
 
-def check_inputs(inputs: list[str], key: str = "inputs") -> None:
+def check_inputs(inputs: list[str], key: str = "inputs", *, listed: bool = True) -> None:
+    """1 to MAX_INPUTS texts, none too long and none blank; `listed`: name a text by its index (`inputs.2`).
+
+    An empty or whitespace-only text would generate from the bare prompt template: an answer to
+    nothing, returned as if to the question.
+    """
     if not 1 <= len(inputs) <= MAX_INPUTS:
         raise SettingsError(f"'{key}' must hold 1 to {MAX_INPUTS} texts, got {len(inputs)}", key=key)
     longest = max(len(text) for text in inputs)
     if longest > MAX_INPUT_CHARS:
-        raise SettingsError(f"each of '{key}' may be at most {MAX_INPUT_CHARS:,} characters", key=key)
+        raise SettingsError(f"'{key}': a text may be at most {MAX_INPUT_CHARS:,} characters", key=key)
+    blank = next((index for index, text in enumerate(inputs) if not text.strip()), None)
+    if blank is not None:
+        where = f"{key}.{blank}" if listed else key
+        raise SettingsError(f"'{where}' is empty or only whitespace: give a text to generate from", key=where)
 
 
 async def admit(ctx: ServerContext, service: GenerationService, version: ModelVersion) -> None:
@@ -169,7 +178,7 @@ async def generate(
 ) -> StreamingResponse:
     """Server-sent events: `data: {"text"}` per piece, then `event: done` (or `event: error`)."""
     params = request_params(ctx, body.inference_params)
-    check_inputs([body.input], key="input")
+    check_inputs([body.input], key="input", listed=False)
     version = await run_in_threadpool(trained_version, ctx, app_id, model_id, body.version)
     await admit(ctx, service, version)
     pieces, slot = await stream_in_slot(service, slots, key, version, version_dir(ctx, version), body.input, params)
