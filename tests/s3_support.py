@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -16,17 +17,21 @@ BUCKET = "tuneloom-test"
 
 
 @contextlib.contextmanager
-def moto_s3() -> Iterator[str]:
+def moto_s3(*, check_credentials: bool = False) -> Iterator[str]:
     """Yield `s3://BUCKET/shared` on a fresh moto server; the AWS variables point at it meanwhile.
 
     Processes started inside the block inherit the variables, so a `tuneloom serve` or `tuneloom
-    worker` reaches the same server through s3fs.
+    worker` reaches the same server through s3fs. With `check_credentials` the server refuses every
+    request, as S3 does keys it does not know (moto's IAM checks on; the test keys are no user's),
+    and so no bucket is made.
     """
     port = _free_port()
+    auth = {"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if check_credentials else {}
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, **auth},
     )
     endpoint = f"http://127.0.0.1:{port}"
     with pytest.MonkeyPatch.context() as env:
@@ -39,7 +44,8 @@ def moto_s3() -> Iterator[str]:
             env.setenv(name, value)
         try:
             _wait_for(endpoint, proc)
-            httpx.put(f"{endpoint}/{BUCKET}").raise_for_status()
+            if not check_credentials:
+                httpx.put(f"{endpoint}/{BUCKET}").raise_for_status()
             yield f"s3://{BUCKET}/shared"
         finally:
             proc.terminate()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -111,6 +112,7 @@ def test_csv_template_does_not_overwrite_a_file(tmp_path: Path) -> None:
         (["serve", "--port", "70000"], "--port"),
         (["serve", "--workers", "-1"], "--workers"),
         (["worker", "--lease-seconds", "-5"], "--lease-seconds"),
+        (["worker", "--workers", "0"], "--workers"),  # a worker with no slots exited at once, saying nothing
         (["serve", "--max-upload-mb", "-1"], "--max-upload-mb"),
         (["validate", "data.txt", "--preview", "-1"], "--preview"),
     ],
@@ -126,6 +128,44 @@ def test_server_numbers_out_of_range_are_usage_errors(
 def test_data_dir_that_is_a_file(tmp_path: Path) -> None:
     (tmp_path / "data").write_text("", encoding="utf-8")
     refused(run_cli("keys", "create", "--data-dir", str(tmp_path / "data" / "sub")), "--data-dir", "is a file", code=2)
+
+
+@pytest.fixture
+def locked(tmp_path: Path) -> Iterator[Path]:
+    """A folder nobody may write in: mode 555, and immutable (`chattr +i`) for root, who ignores modes."""
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o555)
+    as_root = os.geteuid() == 0
+    if as_root and subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        folder.chmod(0o755)
+        pytest.skip("running as root, where only an immutable folder refuses writes, and chattr +i failed")
+    try:
+        yield folder
+    finally:
+        if as_root:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["serve", "--workers", "0", "--backend", "transformers"],
+        ["worker", "--workers", "1"],  # 0 is a usage error: a worker with no slots would do nothing
+        ["keys", "create"],
+    ],
+)
+@pytest.mark.parametrize("below", [True, False], ids=["cannot-create", "cannot-write"])
+def test_a_data_dir_that_cannot_be_written(
+    locked: Path, command: list[str], below: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was `internal error: OSError` (serve, worker, keys create), or SQLite's bare "unable to open database file"."""
+    data_dir = locked / "data" if below else locked
+    code, err = in_process(capsys, *command, "--data-dir", str(data_dir))
+    message = " ".join(err.split())
+    assert code == 1 and f"the data dir (--data-dir) {data_dir} cannot be created or written: " in message, err
+    assert "internal error" not in err and not (locked / "data").exists()
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -10,10 +12,11 @@ from tests.test_store_support import examples, make_db_fixture, report_for
 
 from tuneloom.data.types import Example, InvalidRow
 from tuneloom.store import apps, dataset_versions, datasets
-from tuneloom.store.artifacts import Artifacts
+from tuneloom.store.artifacts import UPLOADS, Artifacts
 from tuneloom.store.db import Database
 from tuneloom.store.ids import ConflictError, NotFoundError
 from tuneloom.store.models import DatasetVersion, DatasetVersionState
+from tuneloom.store.recovery import ORPHAN_GRACE_S, recover_after_crash
 
 db = make_db_fixture()
 
@@ -141,3 +144,26 @@ def test_deleting_a_dataset_returns_its_files(db: Database, ds: str, artifacts: 
     assert datasets.delete_dataset(db, "a", ds) == [version.artifact_path, f"uploads/{upload.id}"]
     with pytest.raises(NotFoundError):
         dataset_versions.get_version_by_id(db, version.id)
+
+
+def test_a_restart_removes_raw_uploads_no_upload_names_and_only_those(
+    db: Database, ds: str, artifacts: Artifacts
+) -> None:
+    """Datasets deleted before deletion took their raw files along left them in uploads/ for good."""
+    datasets.add_upload(db, "a", ds, report_for(examples(2)), examples(2), source_file="rows.csv", upload_id="live1")
+    uploads = artifacts.root / UPLOADS
+    uploads.mkdir(parents=True)
+    live = uploads / "live1.csv"  # the dataset still has this upload
+    orphans = [uploads / "gone1.csv", uploads / "gone2"]  # with and without the file name's extension
+    fresh = uploads / "storing1.txt"  # kept a moment ago: another server is storing its upload row
+    foreign = uploads / "Notes.txt"  # no upload id: not tuneloom's file
+    for path in (live, *orphans, fresh, foreign):
+        path.write_text("prompt ### completion\n", encoding="utf-8")
+    long_ago = time.time() - 2 * ORPHAN_GRACE_S
+    for path in (live, *orphans, foreign):
+        os.utime(path, (long_ago, long_ago))
+
+    recovered = recover_after_crash(db, artifacts)
+    assert sorted(recovered.orphaned_uploads) == ["uploads/gone1.csv", "uploads/gone2"]
+    assert not any(path.exists() for path in orphans)
+    assert live.is_file() and fresh.is_file() and foreign.is_file()

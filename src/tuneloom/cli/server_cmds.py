@@ -6,6 +6,7 @@ import argparse
 import os
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ def register(commands: Any) -> None:
     worker = commands.add_parser("worker", help="run training workers only, sharing a server's database and data")
     _storage_args(worker)
     _artifact_arg(worker)
-    _worker_args(worker, default_help="slots, one job each (default: one per GPU, or 1)")
+    _worker_args(worker, default_help="slots, one job each (default: one per GPU, or 1)", slots=positive)
     worker.set_defaults(run=run_worker)
 
     keys = commands.add_parser("keys", help="manage API keys: create, list, revoke")
@@ -92,8 +93,9 @@ def _artifact_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _worker_args(parser: argparse.ArgumentParser, *, default_help: str) -> None:
-    parser.add_argument("--workers", type=count, default=None, help=default_help)
+def _worker_args(parser: argparse.ArgumentParser, *, default_help: str, slots: Callable[[str], int] = count) -> None:
+    """`slots`: how --workers is read; `serve --workers 0` trains nothing, `worker --workers 0` would do nothing."""
+    parser.add_argument("--workers", type=slots, default=None, help=default_help)
     parser.add_argument("--lease-seconds", type=seconds, default=60.0, help="a silent worker loses its job after this")
     parser.add_argument("--checkpoint-every", type=seconds, default=300.0, help="seconds between timed checkpoints")
 
@@ -168,6 +170,8 @@ def _recover(ctx: Any) -> None:
         console_err.print(f"dataset versions interrupted by a crash, marked FAILURE: {names}")
     if recovered.removed_files:
         console_err.print(f"removed {len(recovered.removed_files)} partial file(s) left by a crash")
+    if recovered.orphaned_uploads:
+        console_err.print(f"removed {len(recovered.orphaned_uploads)} raw upload file(s) of deleted datasets")
 
 
 def _warm_up() -> None:
@@ -178,10 +182,10 @@ def _warm_up() -> None:
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from tuneloom.store.artifacts import Artifacts
+    from tuneloom.store.artifacts import Artifacts, prepare_data_dir
     from tuneloom.store.db import open_database
 
-    db = open_database(args.database_url, data_dir=args.data_dir)
+    db = open_database(args.database_url, data_dir=prepare_data_dir(args.data_dir))
     artifacts = Artifacts(args.data_dir)
     _share(artifacts, args)
     pool = _start_workers(db, artifacts, args)
@@ -200,8 +204,9 @@ def _share(artifacts: Any, args: argparse.Namespace) -> None:
     """Publish to and fetch from `--artifact-url` (checked reachable now, not at the first training run)."""
     from tuneloom.store.shared import share
 
-    if share(artifacts, args.artifact_url) is not None:
-        console_err.print(f"artifacts shared through {args.artifact_url} (the data dir is this machine's cache)")
+    store = share(artifacts, args.artifact_url)
+    if store is not None:
+        console_err.print(f"artifacts shared through {store.url} (the data dir is this machine's cache)")
 
 
 def _start_workers(db: Any, artifacts: Any, args: argparse.Namespace) -> Any:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tuneloom.generate.params import MAX_TOKENS_LIMIT
 from tuneloom.server.limits import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_GENERATIONS_PER_KEY, DEFAULT_MAX_JSON_BYTES
-from tuneloom.store.artifacts import Artifacts
+from tuneloom.store.artifacts import Artifacts, prepare_data_dir
 from tuneloom.store.db import Database, open_database
 from tuneloom.store.keys import check_pepper, load_pepper
 
@@ -45,9 +45,10 @@ class ServerContext:
     ) -> ServerContext:
         """Open (and migrate) the database; the pepper and artifacts live in the data dir.
 
-        `checked_pepper=False` skips `check_pepper`, for what never hashes a key (listing, revoking).
+        `checked_pepper=False` skips `check_pepper`, for what never hashes a key (listing, revoking); those
+        only read, so a read-only data dir serves them.
         """
-        data_dir.mkdir(parents=True, exist_ok=True)
+        prepare_data_dir(data_dir, writable=checked_pepper)
         db = open_database(database_url, data_dir=data_dir)
         limits = (max_json_bytes, max_generations_per_key, max_tokens_limit)
         pepper = check_pepper(db, data_dir) if checked_pepper else load_pepper(data_dir)

@@ -46,6 +46,35 @@ class UnsafePathError(TuneloomError):
     code = "UNSAFE_PATH"
 
 
+class DataDirError(TuneloomError):
+    """The data dir cannot be created or written (a read-only disk, a folder owned by someone else)."""
+
+    code = "DATA_DIR_UNUSABLE"
+
+
+def prepare_data_dir(data_dir: Path, *, writable: bool = True) -> Path:
+    """Create the data dir and, with `writable`, prove a file can be written in it, before anything else does.
+
+    An unusable folder otherwise surfaced as an internal error (the OSError of the first mkdir) or as
+    SQLite's bare "unable to open database file", neither naming the folder. The probe is an empty
+    hidden file, deleted at once.
+    """
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        if writable:
+            probe = data_dir / f".write-check-{new_id()}"
+            probe.touch()
+            probe.unlink()
+    except OSError as err:
+        parent = err.filename and not Path(err.filename).is_relative_to(data_dir)  # a folder above it failed
+        where = f" ({err.filename})" if parent else ""
+        raise DataDirError(
+            f"the data dir (--data-dir) {data_dir} cannot be created or written: {err.strerror or err}{where}",
+            details={"data_dir": str(data_dir)},
+        ) from None
+    return data_dir
+
+
 class Artifacts:
     """Path arithmetic and atomic writes for one data dir."""
 

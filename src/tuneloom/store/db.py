@@ -24,6 +24,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, Operationa
 from sqlalchemy.orm import Session, sessionmaker
 
 from tuneloom.errors import NotFoundError, TuneloomError
+from tuneloom.store.artifacts import prepare_data_dir
 from tuneloom.store.ids import check_id
 
 DB_FILE = "tuneloom.db"
@@ -148,7 +149,7 @@ def open_database(url: str | None = None, *, data_dir: Path | None = None, migra
     if url is None:
         if data_dir is None:
             raise ValueError("open_database needs a database URL or a data dir")
-        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        prepare_data_dir(Path(data_dir))  # SQLite writes beside its file (WAL) even to read: say so by name
         url = default_url(Path(data_dir))
     db = Database(url)
     if migrate:

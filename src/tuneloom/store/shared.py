@@ -12,11 +12,13 @@ downloads into the data dir's staging area, checks every file against the index,
 place only when all match; a mismatch raises `ArtifactIntegrityError` naming the file.
 
 Credentials and endpoints come from the environment, as the libraries define them
-(`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL` for S3-compatible stores).
+(`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL` for S3-compatible stores). Messages
+show the URL with any password or query value masked (`masked_url`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
@@ -24,12 +26,20 @@ import shutil
 import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from tuneloom.errors import TuneloomError
 from tuneloom.model_version import sha256_file
 from tuneloom.store.artifacts import Artifacts
+from tuneloom.store.ids import new_id
 
 INDEX_SUFFIX = ".sha256.json"
+S3_SCHEMES = ("s3", "s3a")
+UNPARSABLE = "(unparsable URL)"
+# botocore's defaults (a 60 s connect timeout, up to 5 attempts) made an unreachable endpoint a
+# minute-long hang at start-up and on every request; these make it an error in seconds.
+S3_CONNECT_TIMEOUT_S = 3
+S3_MAX_ATTEMPTS = 2
 
 
 class ArtifactIntegrityError(TuneloomError):
@@ -45,21 +55,83 @@ class ArtifactStoreError(TuneloomError):
 
 
 def share(artifacts: Artifacts, url: str | None) -> ArtifactStore | None:
-    """Back `artifacts` with the shared location at `url` (`--artifact-url`); checked reachable now.
+    """Back `artifacts` with the shared location at `url` (`--artifact-url`); checked writable now.
 
     After this, `artifacts.publish` and `artifacts.fetch` go through the store. None without a URL.
     """
     if not url:
         return None
-    try:
-        store = ArtifactStore(artifacts, url)
-        store._fs.makedirs(store._root, exist_ok=True)
-    except ImportError as err:
-        raise ArtifactStoreError(f"artifact URL {url}: {err} (for s3:// install tuneloom[s3])") from None
-    except Exception as err:  # fsspec and its backends raise their own kinds: name the URL and what happened
-        raise ArtifactStoreError(f"artifact URL {url} cannot be used: {_describe(err)}") from None
+    store = ArtifactStore(artifacts, url)
+    store.check()
     artifacts.shared = store
     return store
+
+
+def masked_url(url: str) -> str:
+    """`url` as it may be printed: a password in it, and every query value (tokens, keys), masked."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return UNPARSABLE
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if ":" not in userinfo and not parts.query:
+        return url  # nothing to hide (and urlunsplit would turn `s3://` into `s3:`)
+    userinfo = userinfo.split(":", 1)[0] + ":***" if ":" in userinfo else userinfo
+    query = "&".join(f"{key}=***" for key, _ in parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit(parts._replace(netloc=f"{userinfo}{at}{host}", query=query))
+
+
+def open_location(url: str) -> tuple[Any, str]:
+    """The fsspec file system and root path `url` names; ArtifactStoreError saying what is wrong with it.
+
+    A plain path, a relative `file://` URL or a bucket-less `s3://` were taken as-is and wrote below
+    the working directory or the bucket's top; a typo in the scheme was fsspec's bare "Protocol not known".
+    """
+    from fsspec.core import url_to_fs
+
+    shown = masked_url(url)
+    example = "s3://bucket/prefix, gs://bucket/prefix or file:///absolute/path"
+    if "://" not in url or shown == UNPARSABLE:
+        raise ArtifactStoreError(f"artifact URL {shown} is not a URL: use {example}")
+    parts = urlsplit(url)
+    if parts.scheme == "file" and parts.netloc not in ("", "localhost"):
+        raise ArtifactStoreError(f"artifact URL {shown}: a file URL takes an absolute path, file:///{parts.netloc}…")
+    if parts.scheme in S3_SCHEMES and parts.username:
+        raise ArtifactStoreError(
+            f"artifact URL {shown}: S3 credentials go in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, not the URL"
+        )
+    try:
+        fs, root = url_to_fs(_without_trailing_slash(url), **_options(parts.scheme))
+    except ImportError as err:
+        hint = " (pip install 'tuneloom[s3]')" if parts.scheme in S3_SCHEMES else ""
+        raise ArtifactStoreError(f"artifact URL {shown} needs a package that is not installed: {err}{hint}") from None
+    except ValueError as err:
+        if "Protocol not known" in str(err):
+            unknown = f"unknown scheme '{parts.scheme}://'"
+            raise ArtifactStoreError(f"artifact URL {shown}: {unknown}; use {example}") from None
+        raise ArtifactStoreError(f"artifact URL {shown} cannot be used: {_describe(err)}") from None
+    if not str(root).strip("/"):
+        raise ArtifactStoreError(f"artifact URL {shown} names no bucket or folder: use {example}")
+    return fs, str(root)
+
+
+def _without_trailing_slash(url: str) -> str:
+    """`s3://bucket/prefix/` as `s3://bucket/prefix`; `s3://` stays itself (stripped it became a local path)."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rstrip('/')}"
+
+
+def _options(scheme: str) -> dict[str, Any]:
+    """Storage options for `url_to_fs`: S3 gets a short connect timeout and few retries (see S3_MAX_ATTEMPTS);
+    AWS_MAX_ATTEMPTS, where set, still decides the retries."""
+    if scheme not in S3_SCHEMES:
+        return {}
+    config: dict[str, Any] = {"connect_timeout": S3_CONNECT_TIMEOUT_S}
+    if "AWS_MAX_ATTEMPTS" not in os.environ:
+        config["retries"] = {"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"}
+    # fsspec's instance cache is keyed on these options, not on the environment the endpoint and the
+    # credentials come from: a cached client could talk to another endpoint than the one now configured.
+    return {"config_kwargs": config, "skip_instance_cache": True}
 
 
 class ArtifactStore:
@@ -67,17 +139,36 @@ class ArtifactStore:
 
     def __init__(self, artifacts: Artifacts, url: str | None = None):
         self.artifacts = artifacts
-        self.url = url.rstrip("/") if url else None
+        self.url = masked_url(_without_trailing_slash(url)) if url else None  # for messages: never a secret
         self._fs: Any = None
         self._root = ""
-        if self.url:
-            from fsspec.core import url_to_fs
-
-            self._fs, self._root = url_to_fs(self.url)
+        if url:
+            self._fs, self._root = open_location(url)
 
     @property
     def shared(self) -> bool:
         return self._fs is not None
+
+    def check(self) -> None:
+        """Write and delete a small object now, so a missing bucket, wrong credentials or an unreachable
+        endpoint stop `serve`/`worker` at start with the reason, not the first run that publishes.
+
+        `makedirs` was the check before: on S3 it created a missing bucket (a typo made a new one) and
+        proved nothing about writing. A local folder is still created, as the data dir is.
+        """
+        from fsspec.implementations.local import LocalFileSystem
+
+        local = isinstance(self._fs, LocalFileSystem)
+        probe = self._remote(f".tuneloom-write-check-{new_id()}")
+        try:
+            if local:
+                self._fs.makedirs(self._root, exist_ok=True)
+            self._fs.pipe_file(probe, b"")
+            self._fs.rm_file(probe)
+        except Exception as err:  # fsspec and its backends raise their own kinds: name the URL and what happened
+            hint = " (check the credentials: for S3 AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+            why = _describe(err) + (hint if isinstance(err, PermissionError) and not local else "")
+            raise ArtifactStoreError(f"artifact URL {self.url} cannot be used: {why}") from None
 
     def publish(self, relative: str) -> None:
         """Copy the file or directory at `relative` (in the data dir) to the shared location; index last."""
@@ -158,7 +249,7 @@ class ArtifactStore:
         remote = self._remote(relative)
         try:
             for path in (remote + INDEX_SUFFIX, remote):
-                if self._fs.exists(path):
+                with contextlib.suppress(FileNotFoundError):  # not `exists`: on S3 it says False when unreachable
                     self._fs.rm(path, recursive=True)
         except Exception as err:
             raise ArtifactStoreError(f"could not delete {relative} from {self.url}: {_describe(err)}") from None
@@ -197,7 +288,13 @@ def _lock_for(relative: str) -> threading.Lock:
 
 
 def _describe(err: Exception) -> str:
-    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+    """What went wrong, in one line: the backend's messages run to regexes and request ids."""
+    text = (str(err).strip().splitlines() or [""])[0][:300]
+    if isinstance(err, PermissionError):
+        return f"access denied: {text}"
+    if isinstance(err, FileNotFoundError):
+        return f"not found: {text}"
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def _files(local: Path) -> dict[str, Path]:
