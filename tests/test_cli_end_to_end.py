@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert result.returncode == 0, result.stderr
     assert "1 invalid rows dropped" in result.stderr
+    (root / "stderr.txt").write_text(result.stderr)
     return out
 
 
@@ -56,6 +58,15 @@ def test_train_writes_a_complete_verified_version(trained: Path) -> None:
     report = json.loads((trained / "data_report.json").read_text())
     assert report["invalid_rows"] == 1 and report["invalid"][0]["line"] == 6
     assert not trained.with_name(trained.name + ".partial").exists()
+
+
+def test_the_held_out_set_is_evaluated_once_per_reported_step(trained: Path) -> None:
+    """The final eval loss is the Trainer's last evaluation, not a second pass over the held-out set."""
+    printed = re.findall(r"step (\d+): eval loss", (trained.parent / "stderr.txt").read_text())
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert printed and len(printed) == len(set(printed)), printed
+    assert int(printed[-1]) == metrics["steps"]
+    assert metrics["eval_loss"] == metrics["eval_curve"][-1]["eval_loss"]
 
 
 def test_training_lowers_the_loss(trained: Path) -> None:

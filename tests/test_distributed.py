@@ -26,6 +26,7 @@ from tuneloom.train.launch import launch_command
 from tuneloom.train.recipe import TrainJob, run_training
 
 TRAIN = {"num_train_epochs": 1, "learning_rate": 0.05, "seed": 7}
+TWO_MACHINES = {"num_processes": 2, "num_machines": 2}
 
 
 def distributed(value: Any) -> dict[str, Any]:
@@ -55,6 +56,8 @@ def test_one_process_is_the_plain_run_and_other_values_are_stored_in_full() -> N
     assert resolve_settings("tiny-random", stored).distributed == two  # the normal form is a fixed point
     nodes = distributed({"num_processes": 16, "num_machines": 2, "machine_rank": 1, "main_process_ip": "10.0.0.5"})
     assert nodes["main_process_port"] == 29500
+    for host in ("fd00::1", "node-1.cluster.local", "trainer_0"):  # IPv6 and compose-style names were refused
+        assert distributed({"num_processes": 2, "num_machines": 2, "main_process_ip": host})["main_process_ip"] == host
 
 
 @pytest.mark.parametrize(
@@ -69,6 +72,9 @@ def test_one_process_is_the_plain_run_and_other_values_are_stored_in_full() -> N
         ({"machine_rank": 1}, "distributed.machine_rank", "below num_machines (1)"),
         ({"main_process_port": 70000}, "distributed.main_process_port", "between 0 and 65_535"),
         ({"main_process_ip": "a b"}, "distributed.main_process_ip", "host name or IP"),
+        (TWO_MACHINES | {"main_process_ip": "10.0.0.1:29500"}, "distributed.main_process_ip", "as main_process_port"),
+        (TWO_MACHINES | {"main_process_ip": "999.1.1.1"}, "distributed.main_process_ip", "host name or IP"),
+        (TWO_MACHINES | {"main_process_ip": "a..b"}, "distributed.main_process_ip", "host name or IP"),
         ({"main_process_ip": "10.0.0.5"}, "distributed.main_process_ip", "only for runs over several machines"),
         ("ddp", "distributed", "must be an object"),
     ],
@@ -99,6 +105,28 @@ def test_cli_flags_reach_the_setting_and_bad_ones_are_one_line(
     err = capsys.readouterr().err
     assert code == 1
     assert "distributed.num_processes must be between 1 and 4096 (got 0)" in err
+    assert "Traceback" not in err and not (tmp_path / "v").exists()
+
+
+def test_what_only_this_machine_can_tell_is_checked_before_any_process_starts(
+    sentiment_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rank 0's address must resolve here, and each process needs a GPU of its own where there are GPUs.
+
+    An unknown name was retried by every rank until torch's rendezvous timed out; two ranks on one
+    GPU fail in NCCL. (No GPU here: the device count is the one thing faked.)
+    """
+    train = ["train", str(sentiment_file), "--template", "tiny-random", "--output", str(tmp_path / "v")]
+    nowhere = ["--num-machines", "2", "--num-processes", "2", "--machine-rank", "1"]
+    assert main([*train, *nowhere, "--main-process-ip", "no-such-host.invalid"]) == 1
+    err = capsys.readouterr().err
+    assert "distributed.main_process_ip 'no-such-host.invalid' cannot be resolved on this machine" in err
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert main([*train, "--num-processes", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "distributed.num_processes: 2 processes on this machine need a GPU each, and it has 1" in err
     assert "Traceback" not in err and not (tmp_path / "v").exists()
 
 

@@ -3,11 +3,16 @@ model while it trains, and what happens to an upload's raw file — against a re
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import httpx
 import pytest
-from tests.conftest import api_key, sentiment_lines
+from tests.conftest import DATABASE_URL_FILE, api_key, sentiment_lines
 from tests.process_helpers import ended, state, trained, wait_for
 
 from tuneloom.store.artifacts import Artifacts
@@ -91,6 +96,59 @@ def test_what_a_waiting_run_needs_cannot_be_deleted_until_it_is_cancelled(api: A
     assert httpx.delete(f"{api[0]}/datasets/needed", headers=headers).status_code == 204
 
 
+RACES = 14  # pairs of requests fired at once
+GPU_RUN = {"template": "tiny-random", "trainer_config": {"bf16": True}}  # no CPU worker takes it: it stays queued
+
+
+def race(
+    queue_run: Callable[[], httpx.Response], delete: Callable[[], httpx.Response], delay: float
+) -> tuple[httpx.Response, httpx.Response]:
+    """Fire both requests at once (the delete `delay` seconds later); their answers."""
+    start = threading.Barrier(2)
+
+    def at_once(request: Callable[[], httpx.Response], delay: float) -> httpx.Response:
+        start.wait()
+        time.sleep(delay)
+        return request()
+
+    with ThreadPoolExecutor(2) as pool:
+        answers = [pool.submit(at_once, queue_run, 0.0), pool.submit(at_once, delete, delay)]
+        return answers[0].result(), answers[1].result()
+
+
+def postgresql_only(data_dir: Path) -> None:
+    if not (data_dir / DATABASE_URL_FILE).is_file():
+        pytest.skip("SQLite runs one write transaction at a time (BEGIN IMMEDIATE): nothing to race")
+
+
+def test_queueing_a_run_while_its_dataset_is_deleted_never_lets_both_succeed(api: Api) -> None:
+    """Either the delete is a 409 (the run was queued first) or the run is refused (the dataset went first).
+
+    The check that no unfinished run uses the dataset and the insert of a run were not serialised: on
+    PostgreSQL both could commit, leaving a queued run whose dataset version was gone (or the insert
+    failed on the foreign key, a 500).
+    """
+    app, headers, data_dir = api
+    postgresql_only(data_dir)
+    target = model(api, "racer")
+    delay, step = 0.0, 0.004  # the delete's lag, steered to where the train request's transaction runs
+    for attempt in range(RACES):
+        data = dataset_version(api, f"race-{attempt}")
+        queued, deleted = race(
+            partial(httpx.post, f"{target}/versions", json={**GPU_RUN, "dataset_version_id": data}, headers=headers),
+            partial(httpx.delete, f"{app}/datasets/race-{attempt}", headers=headers),
+            delay,
+        )
+        codes = (queued.status_code, deleted.status_code)
+        assert codes in ((201, 409), (404, 204)), (codes, queued.text)
+        if codes[0] == 201:
+            run = f"{target}/versions/{queued.json()['id']}"
+            assert state(run, headers)["dataset_version_id"] == data
+            assert httpx.post(f"{run}/cancel", headers=headers).status_code == 200
+        step = max(0.001, step * 0.8)
+        delay = max(0.0, delay + (step if codes[0] == 404 else -step))  # the delete went first: start it later
+
+
 def test_an_upload_is_kept_under_its_id_until_its_dataset_or_app_is_deleted(api: Api) -> None:
     app, headers, data_dir = api
     body = ("\n".join(sentiment_lines(1)) + "\n").encode()
@@ -114,3 +172,30 @@ def test_an_upload_is_kept_under_its_id_until_its_dataset_or_app_is_deleted(api:
     assert raw.is_file()
     assert httpx.delete(f"{url}/api/apps/gone", headers=headers).status_code == 204
     assert not raw.exists()
+
+
+def test_deleting_an_app_while_a_run_is_queued_in_it_is_never_an_error(api: Api) -> None:
+    """The run is queued and deleted with its app, or the app went first and the run is a 404: no 500.
+
+    The app's delete removed its datasets and models in the database's order while a queued run locked
+    its model, then its dataset: on PostgreSQL the two could wait on each other until one was killed.
+    """
+    _, headers, data_dir = api
+    postgresql_only(data_dir)
+    root = api[0].rsplit("/", 1)[0]
+    delay, step = 0.0, 0.004
+    for attempt in range(RACES):
+        app = f"{root}/doomed-{attempt}"
+        assert httpx.post(root, json={"id": f"doomed-{attempt}"}, headers=headers).status_code == 201
+        data = dataset_version((app, headers, data_dir), "data")
+        target = model((app, headers, data_dir), "m")
+        queued, deleted = race(
+            partial(httpx.post, f"{target}/versions", json={**GPU_RUN, "dataset_version_id": data}, headers=headers),
+            partial(httpx.delete, app, headers=headers),
+            delay,
+        )
+        codes = (queued.status_code, deleted.status_code)
+        assert codes in ((201, 204), (404, 204)), (codes, queued.text, deleted.text)
+        assert httpx.get(app, headers=headers).status_code == 404
+        step = max(0.001, step * 0.8)
+        delay = max(0.0, delay + (step if codes[0] == 404 else -step))

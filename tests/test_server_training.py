@@ -100,6 +100,12 @@ def test_invalid_settings_are_refused_before_queueing(api: Api) -> None:
         ({"invalid_data_tolerance_percent": 150}, "invalid_data_tolerance_percent"),
         ({"template": "gpt-neo-999"}, "template"),
         ({"model_config": {"trust_remote_code": True}}, "model_config.trust_remote_code"),
+        ({"distributed": {"num_processes": 0}}, "distributed.num_processes"),
+        # a worker trains on its own machine: a run over two was queued, then failed on the worker
+        (
+            {"distributed": {"num_processes": 2, "num_machines": 2, "main_process_ip": "10.0.0.1"}},
+            "distributed.num_machines",
+        ),
     ]
     for body, key in cases:
         request = {"dataset_version_id": dataset_version, "template": "tiny-random", **body}

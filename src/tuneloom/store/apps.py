@@ -55,10 +55,22 @@ def list_apps(db: Database, app_ids: list[str] | None = None) -> list[App]:
 def delete_app(db: Database, app_id: str) -> list[str]:
     """Delete the app and everything under it; returns the artifact paths the caller should remove."""
     with db.write() as session:
-        app = fetch(session, App, app_id, "app")
+        app = fetch(session, App, app_id, "app", lock=True)
+        _lock_models_then_datasets(session, app_id)
         paths = _artifact_paths(session, app_id)
         session.delete(app)
     return paths
+
+
+def _lock_models_then_datasets(session: Session, app_id: str) -> None:
+    """Lock the app's rows in the order `jobs.enqueue` locks a run's model and dataset.
+
+    The cascade deletes them in the database's own order; a run being queued in the app at that moment
+    held its model and waited for its dataset while the cascade held the dataset and waited for the
+    model, and PostgreSQL broke the deadlock by failing one of the two requests.
+    """
+    for table in (Model, Dataset):
+        session.execute(select(table.pk).where(table.app_id == app_id).order_by(table.pk).with_for_update()).all()
 
 
 def _artifact_paths(session: Session, app_id: str) -> list[str]:

@@ -33,6 +33,7 @@ from tuneloom.store.registry import find_model
 from tuneloom.store.workers import Capacity, live_capacities
 from tuneloom.templates.requirements import job_requirement
 from tuneloom.templates.settings import TrainingSettings
+from tuneloom.templates.settings_distributed import check_queueable
 
 DEFAULT_MAX_ATTEMPTS = 3
 
@@ -68,13 +69,17 @@ def enqueue(
     """Queue a training run. `settings` are already validated (`resolve_settings(...).to_dict()`).
 
     Checked here as well, because a bad job would only fail later on a worker: the six settings
-    keys are present, the dataset version is READY and in the same app, and `resume_from` is a
-    trained version of the same model.
+    keys are present, the run is on one machine, the dataset version is READY and in the same app,
+    and `resume_from` is a trained version of the same model. The model, the dataset and
+    `resume_from` are locked while the run is inserted (`FOR UPDATE`; on SQLite the writer lock), as
+    their deletes lock them: a delete either sees this run (a dataset's or a starting point's is then
+    refused, a model's deletes the run with it) or commits first and this run is refused.
     """
     stored = TrainingSettings.from_dict(settings).to_dict()
+    check_queueable(stored.get("distributed") or {})
     needs = job_requirement(template, stored)
     with db.write() as session:
-        model = find_model(session, app_id, model_id)
+        model = find_model(session, app_id, model_id, lock=True)
         _check_dataset_version(session, model.app_id, dataset_version_id)
         if resume_from is not None:
             _check_resume_from(session, model.pk, resume_from, template)
@@ -254,7 +259,8 @@ def queue_position(db: Database, job_id: str, *, now: datetime | None = None) ->
 def request_cancel(db: Database, job_id: str, *, now: datetime | None = None) -> ModelVersion:
     """Cancel: a queued job ends at once; a training one is flagged and its worker stops at its next heartbeat.
 
-    A finished job is left as it is (cancelling it is a no-op, not an error).
+    A job that has already ended is a ConflictError naming its status (in `details["status"]`): a 200
+    would tell the caller the run was stopped when it had trained, failed or been cancelled before.
     """
     with db.write() as session:
         job = fetch(session, ModelVersion, job_id, "model version", lock=True)
@@ -262,6 +268,12 @@ def request_cancel(db: Database, job_id: str, *, now: datetime | None = None) ->
             _end(job, TrainingStatus.MODEL_TRAINING_CANCELLED, "cancelled before training started", now or utcnow())
         elif job.status == RUNNING:
             job.cancel_requested = True
+        else:
+            raise ConflictError(
+                f"model version '{job_id}' has already ended as {job.status}; only a queued or training run can "
+                "be cancelled",
+                details={"status": job.status},
+            )
     return job
 
 
@@ -284,20 +296,21 @@ def _compare_and_set(session: Session, job_id: str, worker_id: str, values: dict
 
 
 def _check_dataset_version(session: Session, app_id: str, version_id: str) -> None:
-    app_of_version = session.scalar(
-        select(Dataset.app_id)
+    """The version is READY and in the app; its dataset's row stays locked (`delete_dataset` locks it too)."""
+    found = session.execute(
+        select(Dataset.app_id, DatasetVersion.state)
         .join(DatasetVersion, DatasetVersion.dataset_pk == Dataset.pk)
         .where(DatasetVersion.id == check_id(version_id, "dataset version id"))
-    )
-    if app_of_version != app_id:
+        .with_for_update(of=Dataset)
+    ).first()
+    if found is None or found.app_id != app_id:
         raise NotFoundError(f"dataset version '{version_id}' not found in app '{app_id}'")
-    state = session.scalar(select(DatasetVersion.state).where(DatasetVersion.id == version_id))
-    if state != "READY":
-        raise ConflictError(f"dataset version '{version_id}' is {state}; only a READY version can be trained on")
+    if found.state != "READY":
+        raise ConflictError(f"dataset version '{version_id}' is {found.state}; only a READY version can be trained on")
 
 
 def _check_resume_from(session: Session, model_pk: int, version_id: str, template: str) -> None:
-    earlier = session.get(ModelVersion, check_id(version_id, "resume_from"))
+    earlier = session.get(ModelVersion, check_id(version_id, "resume_from"), with_for_update=True)
     if earlier is None or earlier.model_pk != model_pk:
         raise SettingsError(f"resume_from '{version_id}' is not a version of this model", key="resume_from")
     if earlier.status != TrainingStatus.MODEL_TRAINED.name:

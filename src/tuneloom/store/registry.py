@@ -46,7 +46,7 @@ def list_models(db: Database, app_id: str) -> list[Model]:
 def delete_model(db: Database, app_id: str, model_id: str) -> list[str]:
     """Delete a model and all its versions; a worker training one of them loses its lease (see jobs)."""
     with db.write() as session:
-        model = find_model(session, app_id, model_id)
+        model = find_model(session, app_id, model_id, lock=True)  # a run being queued now waits, then is refused
         runs = session.execute(
             select(ModelVersion.id, ModelVersion.artifact_path).where(ModelVersion.model_pk == model.pk)
         ).all()
@@ -113,9 +113,9 @@ def unfinished_run(session: Session, condition: ColumnElement[bool]) -> ModelVer
     return session.scalar(query.order_by(ModelVersion.created_at, ModelVersion.id).limit(1))
 
 
-def find_model(session: Session, app_id: str, model_id: str) -> Model:
+def find_model(session: Session, app_id: str, model_id: str, *, lock: bool = False) -> Model:
     query = select(Model).where(Model.app_id == check_id(app_id, "app id"), Model.id == check_id(model_id, "model id"))
-    model = session.scalar(query)
+    model = session.scalar(query.with_for_update() if lock else query)
     if model is None:
         raise NotFoundError(f"model '{model_id}' not found in app '{app_id}'")
     return model

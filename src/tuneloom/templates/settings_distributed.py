@@ -20,7 +20,9 @@ key filled in.
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from tuneloom.errors import SettingsError
@@ -44,7 +46,11 @@ _RANGES = {
     "machine_rank": Range(0, 1023),
     "main_process_port": Range(0, 65535),
 }
-_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.\-:]{0,252}[A-Za-z0-9])?$")
+_LABEL = re.compile(r"^[A-Za-z0-9]([\w\-]{0,61}[A-Za-z0-9])?$", re.ASCII)  # a host name's part (RFC 1123, and `_`)
+ONE_MACHINE = (
+    "a worker trains on its own machine (num_machines 1, any num_processes); a run over several machines "
+    "is started with `tuneloom train --num-machines N` on each machine"
+)
 
 
 def check_distributed(value: Any) -> dict[str, Any]:
@@ -73,10 +79,7 @@ def _check_value(path: str, key: str, value: Any) -> Any:
     if key == "strategy":
         return pick_choice(path, coerce(path, value, STR), STRATEGIES)
     if key == "main_process_ip":
-        host = coerce(path, value, STR).strip()
-        if not _HOST.match(host):
-            raise SettingsError(f"{path} must be a host name or IP address (got {value!r})", key=path)
-        return host
+        return _check_host(path, coerce(path, value, STR).strip())
     number = int(coerce(path, value, INT))
     if not _RANGES[key].contains(number):
         raise SettingsError(f"{path} must be {_RANGES[key].describe()} (got {value})", key=path)
@@ -116,4 +119,34 @@ def _check_together(d: dict[str, Any]) -> None:
             f"{DISTRIBUTED}.main_process_ip is required with {machines} machines: the address of the "
             "machine with machine_rank 0, where the others meet",
             key=f"{DISTRIBUTED}.main_process_ip",
+        )
+
+
+def _check_host(path: str, host: str) -> str:
+    """An IP address or a host name; rank 0's port is its own key, so `host:port` is refused by name.
+
+    Anything else reached torchrun, whose ranks retried the address until its rendezvous timed out.
+    """
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    labels = host.split(".")
+    if len(host) <= 253 and all(_LABEL.match(label) for label in labels) and not labels[-1].isdigit():
+        return host
+    if host.count(":") == 1 and host.rsplit(":", 1)[1].isdigit():
+        raise SettingsError(
+            f"{path} must be an address without a port (got {host!r}); give the port as main_process_port",
+            key=path,
+        )
+    raise SettingsError(f"{path} must be a host name or IP address (got {host!r})", key=path)
+
+
+def check_queueable(distributed: Mapping[str, Any]) -> None:
+    """A queued run trains on the machine of the one worker that claims it: refuse several machines up front."""
+    machines = int(distributed.get("num_machines", 1))
+    if machines > 1:
+        raise SettingsError(
+            f"{DISTRIBUTED}.num_machines must be 1 for a queued run (got {machines}): {ONE_MACHINE}",
+            key=f"{DISTRIBUTED}.num_machines",
         )

@@ -23,6 +23,7 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -75,6 +76,7 @@ def train(
     if not distributed:
         return run_training(job, on_event=on_event, stop=stop)
     require_supported_hardware(settings, cuda_available=torch.cuda.is_available())  # once, before N ranks start
+    check_this_machine(distributed)
     check_output(job)
     command = launch_command(distributed)
     with tempfile.TemporaryDirectory(prefix="tuneloom-launch-") as tmp:
@@ -83,6 +85,32 @@ def train(
         returncode = _run_launcher([*command, str(channel)], channel, on_event, stop or threading.Event())
         result = _read_result(channel)
     return _outcome(job, distributed, result, returncode)
+
+
+def check_this_machine(distributed: dict[str, Any]) -> None:
+    """What only this machine can tell, checked before any rank starts (else each rank fails, or waits, alone).
+
+    A GPU per process: NCCL refuses two ranks on one device. Rank 0's address must resolve here: a
+    name that does not was retried by every rank until torch's rendezvous timed out.
+    """
+    per_machine = distributed["num_processes"] // distributed["num_machines"]
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus and per_machine > gpus:
+        raise SettingsError(
+            f"distributed.num_processes: {per_machine} processes on this machine need a GPU each, and it has "
+            f"{gpus}; run at most {gpus} per machine",
+            key="distributed.num_processes",
+        )
+    host = distributed["main_process_ip"]
+    if host:
+        try:
+            socket.getaddrinfo(host, distributed["main_process_port"], type=socket.SOCK_STREAM)
+        except OSError as err:
+            raise SettingsError(
+                f"distributed.main_process_ip '{host}' cannot be resolved on this machine ({err.strerror or err}); "
+                "give the IP address of the machine with machine_rank 0",
+                key="distributed.main_process_ip",
+            ) from None
 
 
 def launch_command(distributed: dict[str, Any]) -> list[str]:

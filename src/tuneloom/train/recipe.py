@@ -151,7 +151,7 @@ def train_rank(
             details={"checkpoint_dir": str(workdir)},
         )
 
-    eval_loss = trainer.evaluate()["eval_loss"] if len(eval_set) else None
+    eval_loss = _final_eval_loss(trainer) if len(eval_set) else None
     metrics = _metrics(trainer, result.metrics, eval_loss, train_set.token_count, start)
     on_event(TrainEvent("stage", "Saving model version"))
     restore_attention(model)
@@ -329,6 +329,15 @@ def latest_checkpoint(workdir: Path) -> Path | None:
     """
     complete = [p for p in (workdir / "checkpoints").glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
     return max(complete, key=lambda p: int(p.name.rsplit("-", 1)[-1]), default=None)
+
+
+def _final_eval_loss(trainer: Trainer) -> float:
+    """The held-out loss of the trained weights, reusing the Trainer's own evaluation when its last
+    one ran at the final step (the usual case), so the held-out set is not run through twice."""
+    evaluations = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
+    if evaluations and evaluations[-1].get("step") == trainer.state.global_step:
+        return float(evaluations[-1]["eval_loss"])
+    return float(trainer.evaluate()["eval_loss"])
 
 
 def _metrics(

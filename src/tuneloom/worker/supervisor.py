@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError
 
-from tuneloom.errors import ModelVersionError, NotFoundError, TuneloomError
+from tuneloom.errors import ModelVersionError, NotFoundError, SettingsError, TuneloomError
 from tuneloom.model_version import open_version
 from tuneloom.store import dataset_versions, jobs, telemetry
 from tuneloom.store.artifacts import Artifacts
@@ -37,6 +37,7 @@ from tuneloom.store.db import Database, is_unavailable
 from tuneloom.store.models import ModelVersion, TrainingStatus
 from tuneloom.store.registry import get_model_version_by_id
 from tuneloom.store.workers import Capacity
+from tuneloom.templates.settings_distributed import check_queueable
 from tuneloom.train.recipe import latest_checkpoint
 from tuneloom.worker.child import RunSpec, run_child
 
@@ -269,11 +270,10 @@ class WorkerSlot:
         """The child's instructions, or why the job cannot run at all."""
         if job.dataset_version_id is None:
             return "the dataset version this run was created with has been deleted"
-        if int((job.settings.get("distributed") or {}).get("num_machines", 1)) > 1:
-            return (
-                "a run over several machines is started with `tuneloom train --num-machines N` on each machine; "
-                "a worker trains on its own machine (num_machines 1, any num_processes)"
-            )
+        try:  # queued by an older tuneloom, which did not refuse it
+            check_queueable(job.settings.get("distributed") or {})
+        except SettingsError as err:
+            return err.message
         try:  # deleted since the claim read the job (the delete's check and the claim can interleave)
             data = dataset_versions.get_version_by_id(self.db, job.dataset_version_id)
         except NotFoundError:
