@@ -4,7 +4,8 @@ A real `tuneloom serve` is killed while an upload is still streaming in (a slow 
 while a dataset version's snapshot is being written (a dataset big enough for that to take a
 while). After a restart: the dataset holds only what was stored before, every listed version is
 READY with a snapshot matching its content hash or FAILURE with a reason (never left PENDING or
-IN_PROGRESS), no partial file is left, and the same upload and version succeed when retried.
+IN_PROGRESS), no partial file past the hour's grace is left, and the same upload and version succeed
+when retried.
 Both backends run in `make soak` (three server starts are too slow for `make test`).
 """
 
@@ -29,6 +30,7 @@ from tests.test_store_support import POSTGRES_URL
 from tuneloom.store import dataset_versions
 from tuneloom.store.artifacts import Artifacts
 from tuneloom.store.models import DatasetVersionState
+from tuneloom.store.recovery import ORPHAN_GRACE_S
 
 BIG_ROWS = 15_000  # enough for a snapshot to take a second or more on a 2-core machine
 UPLOAD_ROWS = 4_000
@@ -92,6 +94,10 @@ def start_with_dataset(processes: Processes) -> tuple[Any, str, dict[str, str]]:
 
 
 def restart(processes: Processes) -> tuple[Any, str]:
+    """Restart once the kill's partial files are past the grace: younger ones may be another server's."""
+    long_ago = time.time() - 2 * ORPHAN_GRACE_S
+    for path in (*processes.data_dir.glob("uploads/*.part"), *processes.data_dir.glob("tmp/*")):
+        os.utime(path, (long_ago, long_ago))
     server, url = processes.serve("--workers", "0", "--max-upload-mb", "64")
     return server, f"{url}/api/apps/shop/datasets/reviews"
 

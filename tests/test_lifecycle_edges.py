@@ -159,7 +159,7 @@ def test_an_upload_is_kept_under_its_id_until_its_dataset_or_app_is_deleted(api:
         answer = httpx.post(f"{app}/datasets/{dataset}/uploads", content=body, params=params, headers=headers)
         assert answer.status_code == 201, answer.text
         kept.append(data_dir / "uploads" / (answer.json()["upload_id"] + (".txt" if name else "")))
-    remove_partial_files(Artifacts(data_dir))  # what a restart tidies: a complete upload is not a partial file
+    remove_partial_files(Artifacts(data_dir), grace_s=0)  # what a restart tidies: a complete upload is not partial
     assert all(path.is_file() for path in kept), sorted(p.name for p in (data_dir / "uploads").iterdir())
 
     assert httpx.delete(f"{app}/datasets/raw", headers=headers).status_code == 204

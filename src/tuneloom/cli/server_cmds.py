@@ -6,6 +6,7 @@ import argparse
 import os
 import signal
 import threading
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,10 @@ def _recover(ctx: Any) -> None:
         console_err.print(f"removed {len(recovered.removed_files)} partial file(s) left by a crash")
     if recovered.orphaned_uploads:
         console_err.print(f"removed {len(recovered.orphaned_uploads)} raw upload file(s) of deleted datasets")
+    if recovered.orphaned_versions:
+        where = Counter(path.partition("/")[0] for path in recovered.orphaned_versions)
+        counts = ", ".join(f"{count} in {folder}/" for folder, count in sorted(where.items()))
+        console_err.print(f"removed the files of deleted dataset and model versions: {counts}")
 
 
 def _warm_up() -> None:

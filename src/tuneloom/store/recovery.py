@@ -3,50 +3,111 @@
 A dataset version is built inside one request: PENDING → IN_PROGRESS → READY or FAILURE. A server
 killed in between leaves the row unfinished forever and perhaps its snapshot file renamed into
 place but never declared READY; an upload killed while streaming leaves its `.part` file, and an
-atomic write its temporary file in `tmp/`. None of these is ever visible as data: the versions are
-marked FAILURE with the reason (their files removed), the half files are deleted, and the same
-upload or version can simply be made again.
+atomic write or a shared-store fetch its staging file or folder in `tmp/`. None of these is ever
+visible as data: the versions are marked FAILURE with the reason (their files removed), the half
+files are deleted (once past the grace below), and the same upload or version can simply be made again.
 
-This assumes one API server per database and data dir (workers never build versions or take
-uploads): at its start, nothing can still be building.
+Files whose row is gone are deleted too: raw uploads, dataset-version snapshots, model-version
+folders and checkpoint folders left by a crash between the delete's commit and the file's removal,
+by a delete of an older version that left raw uploads behind, or by a crash between keeping an
+upload and storing its row. Only an entry named by a well-formed id that no row has is removed,
+never a symlink, and only from the local data dir: with `--artifact-url` it is this machine's cache,
+and the shared store is never swept (`store.shared`).
 
-Kept uploads whose upload row is gone are deleted too: their dataset or app was deleted by a version
-that left raw uploads behind, or a crash came between keeping the file and storing its upload. Only
-a file named by a well-formed upload id that no row has is removed, and only once it is older than
-`ORPHAN_GRACE_S`, so an upload another server on the same data dir is just storing keeps its file.
+Several servers may share one data dir: generation nodes (`serve --advertise-url`) and the
+`--backend remote` server in front of them are full API servers, and `tests/test_remote_generation.py`
+runs two nodes (and the API server) on one data dir and database, beside `tuneloom worker`s that stage
+writes and fetches in `tmp/`. Any of them may be streaming an upload, staging a file or storing an
+upload row while another one starts. So every file removed here must also be older than
+`ORPHAN_GRACE_S`: a live upload or fetch keeps writing to its file, a folder counts
+as changed when anything inside it did, and a crash's leftover goes at the first start an hour after.
+The ids are read after the entries are listed, so a row stored meanwhile is seen. A version's or a
+run's row exists before any of its files (a queued or training run's checkpoints and model-version
+folder always have theirs); an upload's file is kept a moment before its row, which the grace covers.
+
+Failing unfinished versions still assumes that no other server on the database is building one at
+this start: a second server restarting during a build would fail that build.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import shutil
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import InstrumentedAttribute
 
-from tuneloom.store.artifacts import TMP, UPLOADS, Artifacts
+from tuneloom.store.artifacts import CHECKPOINTS, DATASET_VERSIONS, MODEL_VERSIONS, TMP, UPLOADS, Artifacts
 from tuneloom.store.db import Database
 from tuneloom.store.ids import ID_PATTERN
-from tuneloom.store.models import DatasetVersion, Upload, utcnow
+from tuneloom.store.models import DatasetVersion, ModelVersion, Upload, utcnow
 from tuneloom.store.models import DatasetVersionState as State
 
 INTERRUPTED = "interrupted: the server stopped while this version was being built; create a new version"
-ORPHAN_GRACE_S = 3600.0  # far longer than parsing and storing one upload takes
+ORPHAN_GRACE_S = 3600.0  # far longer than a live upload, fetch or row insert goes without writing
+KEPT_UPLOAD_NAME = re.compile(r"(?P<id>[^.]+)(\.[a-z0-9]{1,10})?")  # `artifacts.kept_upload`
+QUERY_SLICE = 500  # ids per query: a query takes a bounded number of parameters
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Kept:
+    """One kind of entry the data dir keeps per row: its folder, the column holding the row ids, and
+    `id_of`, which gives the id an entry is named by (None: not such an entry, never removed)."""
+
+    folder: str
+    id_column: InstrumentedAttribute[str]
+    id_of: Callable[[Path], str | None]
+
+
+def _upload_id(path: Path) -> str | None:
+    """`<upload id>` or `<upload id>.<ext>` (a kept upload); never `.part`, which is a partial file."""
+    name = KEPT_UPLOAD_NAME.fullmatch(path.name)
+    return name["id"] if name and path.suffix != ".part" and path.is_file() else None
+
+
+def _named(suffix: str, *, folder: bool) -> Callable[[Path], str | None]:
+    """The rule for entries named `<id><suffix>` that are folders (or, without `folder`, files)."""
+
+    def id_of(path: Path) -> str | None:
+        kind = path.is_dir() if folder else path.is_file()
+        return path.name.removesuffix(suffix) if kind and path.name.endswith(suffix) else None
+
+    return id_of
+
+
+UPLOAD_FILES = Kept(UPLOADS, Upload.id, _upload_id)
+VERSION_ARTIFACTS = (
+    Kept(DATASET_VERSIONS, DatasetVersion.id, _named(".jsonl", folder=False)),  # `dataset_version_file`
+    Kept(MODEL_VERSIONS, ModelVersion.id, _named("", folder=True)),  # `model_version_dir`
+    Kept(CHECKPOINTS, ModelVersion.id, _named("", folder=True)),  # `checkpoint_dir`: named by its run
+)
 
 
 @dataclass
 class Recovered:
-    """What was tidied, for the start-up log."""
+    """What was tidied, for the start-up log (paths relative to the data dir)."""
 
     failed_versions: list[str] = field(default_factory=list)
     removed_files: list[str] = field(default_factory=list)
     orphaned_uploads: list[str] = field(default_factory=list)
+    orphaned_versions: list[str] = field(default_factory=list)  # snapshots, model versions, checkpoints
 
 
-def recover_after_crash(db: Database, artifacts: Artifacts) -> Recovered:
+def recover_after_crash(db: Database, artifacts: Artifacts, *, grace_s: float = ORPHAN_GRACE_S) -> Recovered:
     recovered = Recovered(failed_versions=fail_unfinished_versions(db, artifacts))
-    recovered.removed_files = remove_partial_files(artifacts)
-    recovered.orphaned_uploads = remove_orphaned_uploads(db, artifacts)
+    recovered.removed_files = remove_partial_files(artifacts, grace_s=grace_s)
+    recovered.orphaned_uploads = remove_orphans(db, artifacts, UPLOAD_FILES, grace_s=grace_s)
+    for kept in VERSION_ARTIFACTS:
+        recovered.orphaned_versions += remove_orphans(db, artifacts, kept, grace_s=grace_s)
     return recovered
 
 
@@ -65,48 +126,78 @@ def fail_unfinished_versions(db: Database, artifacts: Artifacts) -> list[str]:
     return [version.id for version in versions]
 
 
-def remove_partial_files(artifacts: Artifacts) -> list[str]:
-    """Delete uploads that never finished streaming and temporary files of interrupted atomic writes."""
-    leftovers = [*artifacts.root.joinpath(UPLOADS).glob("*.part"), *artifacts.root.joinpath(TMP).glob("*")]
-    removed = []
-    for path in leftovers:
-        if path.is_file() and not path.is_symlink():
-            path.unlink(missing_ok=True)
-            removed.append(artifacts.relative(path))
-    return removed
-
-
-def remove_orphaned_uploads(db: Database, artifacts: Artifacts, *, grace_s: float = ORPHAN_GRACE_S) -> list[str]:
-    """Delete kept upload files that no upload row names (see the module docstring for when they arise).
-
-    The files are listed before the ids are read, so a file kept after the query cannot be taken for
-    an orphan; a symlink, a name that is no upload id, or a file younger than `grace_s` is left alone.
-    """
-    folder = artifacts.root / UPLOADS
-    if not folder.is_dir():
-        return []
+def remove_partial_files(artifacts: Artifacts, *, grace_s: float = ORPHAN_GRACE_S) -> list[str]:
+    """Delete uploads that never finished streaming and the staging files and folders of interrupted
+    writes and fetches, once older than `grace_s` (younger ones may be another process's, in flight)."""
     cutoff = time.time() - grace_s
-    candidates = {path: upload_id for path in folder.iterdir() if (upload_id := _old_upload_id(path, cutoff))}
-    if not candidates:
+    leftovers = [*_entries(artifacts, UPLOADS, "*.part"), *_entries(artifacts, TMP, "*")]
+    return [f"{path.parent.name}/{path.name}" for path in leftovers if _unchanged_since(path, cutoff) and _delete(path)]
+
+
+def remove_orphans(db: Database, artifacts: Artifacts, kept: Kept, *, grace_s: float = ORPHAN_GRACE_S) -> list[str]:
+    """Delete the entries of `kept.folder` named by an id no row has, once older than `grace_s`.
+
+    The entries are listed before the ids are read (see the module docstring for why that order).
+    """
+    cutoff = time.time() - grace_s
+    candidates = {
+        path: row_id
+        for path in _entries(artifacts, kept.folder, "*")
+        if (row_id := kept.id_of(path)) and ID_PATTERN.fullmatch(row_id) and _unchanged_since(path, cutoff)
+    }
+    known = _existing_ids(db, kept.id_column, set(candidates.values()))
+    return [
+        f"{kept.folder}/{path.name}" for path, row_id in candidates.items() if row_id not in known and _delete(path)
+    ]
+
+
+def _entries(artifacts: Artifacts, folder: str, pattern: str) -> list[Path]:
+    """The entries of one data-dir folder matching `pattern`, symlinks left out (a linked folder too)."""
+    where = artifacts.root / folder
+    if where.is_symlink() or not where.is_dir():
         return []
-    ids = sorted(set(candidates.values()))
-    with db.read() as session:  # in slices: a query takes a bounded number of parameters
-        known = {
-            found
-            for start in range(0, len(ids), 500)
-            for found in session.scalars(select(Upload.id).where(Upload.id.in_(ids[start : start + 500])))
-        }
-    removed = []
-    for path, upload_id in candidates.items():
-        if upload_id not in known:
+    return [path for path in where.glob(pattern) if not path.is_symlink()]
+
+
+def _existing_ids(db: Database, column: InstrumentedAttribute[str], ids: Iterable[str]) -> set[str]:
+    wanted = sorted(ids)
+    found: set[str] = set()
+    with db.read() as session:
+        for start in range(0, len(wanted), QUERY_SLICE):
+            found.update(session.scalars(select(column).where(column.in_(wanted[start : start + QUERY_SLICE]))))
+    return found
+
+
+def _unchanged_since(path: Path, cutoff: float) -> bool:
+    """Whether nothing about `path` changed after `cutoff`: the entry itself and, for a folder,
+    everything inside it (links not followed). An entry that vanished meanwhile counts as changed."""
+    try:
+        if path.lstat().st_mtime >= cutoff:
+            return False
+        for folder, subfolders, files in os.walk(path):
+            for name in (*subfolders, *files):
+                if os.lstat(os.path.join(folder, name)).st_mtime >= cutoff:
+                    return False
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _delete(path: Path) -> bool:
+    """Remove a file or a folder (links inside it removed, never followed); False, with a warning, if
+    it could not be (a start-up tidy must not stop the server)."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, onerror=_unless_missing)
+        else:
             path.unlink(missing_ok=True)
-            removed.append(artifacts.relative(path))
-    return removed
+    except OSError as err:
+        log.warning("could not remove %s: %s", path, err.strerror or err)
+        return False
+    return True
 
 
-def _old_upload_id(path: Path, cutoff: float) -> str | None:
-    """The upload id a kept file is named by (`artifacts.kept_upload`), if it is one older than `cutoff`."""
-    upload_id, _, extension = path.name.partition(".")
-    if extension == "part" or not ID_PATTERN.fullmatch(upload_id) or path.is_symlink() or not path.is_file():
-        return None
-    return upload_id if path.stat().st_mtime < cutoff else None
+def _unless_missing(function: Any, name: str, exc_info: Any) -> None:
+    """For `rmtree`: an entry already gone (removed by someone else meanwhile) is no error."""
+    if not isinstance(exc_info[1], FileNotFoundError):
+        raise exc_info[1]
