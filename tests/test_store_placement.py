@@ -14,6 +14,8 @@ from tuneloom.store.models import ModelVersion, utcnow
 from tuneloom.store.workers import Capacity
 from tuneloom.templates import resolve_settings
 from tuneloom.templates.requirements import job_requirement
+from tuneloom.worker.child import visible_devices
+from tuneloom.worker.pool import slot_gpus
 
 db = make_db_fixture()
 CPU = Capacity(gpu_count=0, gpu_memory_mb=0, cpu_memory_mb=16_000)
@@ -131,3 +133,71 @@ def test_a_worker_row_shows_the_run_it_trains(db: Database, dsv: str) -> None:
     jobs.claim_next(db, "box:1:0", 60, capacity=CPU)
     (info,) = workers.list_workers(db)
     assert (info.job_id, info.capacity, info.live) == (run.id, CPU, True)
+
+
+FOUR_PROCESSES = {"strategy": "ddp", "num_processes": 4}
+ONE_GPU_SLOT = Capacity(gpu_count=1, gpu_memory_mb=80_000, cpu_memory_mb=256_000)  # one of four slots on a box
+FOUR_GPU_SLOT = Capacity(gpu_count=4, gpu_memory_mb=80_000, cpu_memory_mb=256_000)  # `--workers 1` on that box
+
+
+def test_a_run_takes_one_gpu_per_process_on_its_machine() -> None:
+    def gpus(**overrides: dict[str, object]) -> int:
+        return job_requirement("tiny-random", resolve_settings("tiny-random", overrides).to_dict()).gpus
+
+    assert gpus() == 1
+    assert gpus(distributed=FOUR_PROCESSES) == 4
+    assert gpus(distributed={"num_processes": 8, "num_machines": 2, "main_process_ip": "10.0.0.1"}) == 4
+
+
+def test_a_multi_process_run_waits_for_a_slot_with_a_gpu_per_process(db: Database, dsv: str) -> None:
+    """A slot with fewer GPUs than processes would fail the run at launch; it takes the run behind instead."""
+    wide = _enqueue(db, dsv, "tiny-random", distributed=FOUR_PROCESSES)
+    narrow = _enqueue(db, dsv, "tiny-random")
+    assert jobs.claim_next(db, "box:1:0", 60, capacity=ONE_GPU_SLOT).id == narrow.id  # type: ignore[union-attr]
+    assert jobs.claim_next(db, "box:1:1", 60, capacity=BIG_GPU) is None  # 2 GPUs < 4 processes
+    assert jobs.claim_next(db, "box:2:0", 60, capacity=FOUR_GPU_SLOT).id == wide.id  # type: ignore[union-attr]
+
+
+def test_a_multi_process_run_that_can_train_on_cpus_goes_to_a_cpu_worker(db: Database, dsv: str) -> None:
+    """Without GPUs the processes share the CPUs (gloo), so a CPU slot is not one with too few GPUs."""
+    wide = _enqueue(db, dsv, "tiny-random", distributed=FOUR_PROCESSES)
+    assert jobs.claim_next(db, "box:1:0", 60, capacity=ONE_GPU_SLOT) is None
+    assert jobs.claim_next(db, "cpu:1:0", 60, capacity=CPU).id == wide.id  # type: ignore[union-attr]
+
+
+def test_a_waiting_multi_process_run_names_the_gpus_it_needs(db: Database, dsv: str) -> None:
+    wide = _enqueue(db, dsv, "tiny-random", distributed=FOUR_PROCESSES)
+    gptq = _enqueue(db, dsv, "llama-2-7b-chat-gptq-lora", distributed=FOUR_PROCESSES)
+    now = utcnow()
+    for slot in range(4):  # a four-GPU box run with the default one slot per GPU
+        workers.beat(db, f"box:1:{slot}", ONE_GPU_SLOT, lease_s=30, now=now)
+    live = "live workers: 4, 1 GPU × 80,000 MiB, 256,000 MiB CPU"
+    hint = "a worker's slots split its GPUs: `tuneloom worker --workers 1` gives its one slot all of them"
+    assert workers.waiting_reason(db, wide, now=now) == (
+        "waiting for a worker with at least 4 GPUs or none (each of its 4 processes needs a GPU of its own where "
+        f"there are any) and at least 2 MiB of memory for the weights ({live}; {hint})"
+    )
+    assert workers.waiting_reason(db, gptq, now=now) == (
+        "waiting for a worker with at least 4 CUDA GPUs (quantization_config needs CUDA, and each of its 4 processes "
+        f"a GPU of its own) and at least 3,338 MiB of GPU memory for the weights ({live}; {hint})"
+    )
+    assert [job.id for job, _ in workers.stuck_jobs(db, now=now)] == [wide.id, gptq.id]
+    assert jobs.queue_position(db, wide.id, now=now) == 1  # no live slot can take either: nobody is ahead
+    workers.beat(db, "big:2:0", FOUR_GPU_SLOT, lease_s=30, now=now)
+    assert workers.waiting_reason(db, wide, now=now) is None
+    assert workers.stuck_jobs(db, now=now) == []
+    assert jobs.queue_position(db, gptq.id, now=now) == 2
+
+
+def test_a_workers_slots_split_its_gpus_and_a_run_sees_only_its_slots_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a slot advertises is what its runs get: no two slots hand the same GPU to a multi-process run."""
+    assert [slot_gpus(i, 4, 4) for i in range(4)] == [(0,), (1,), (2,), (3,)]  # the default: one slot per GPU
+    assert slot_gpus(0, 1, 4) == (0, 1, 2, 3)  # --workers 1: all of them
+    assert [slot_gpus(i, 2, 4) for i in range(2)] == [(0, 2), (1, 3)]
+    assert [slot_gpus(i, 3, 2) for i in range(3)] == [(0,), (1,), (0,)]  # more slots than GPUs share them
+    assert slot_gpus(0, 1, 0) == ()
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert visible_devices((1, 3), {}) == "1"  # a one-process run: the slot's first GPU
+    assert visible_devices((0, 1, 2, 3), {"num_processes": 2, "num_machines": 1}) == "0,1"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")  # the worker itself was given GPUs 4-7
+    assert visible_devices((1, 3), {"num_processes": 2, "num_machines": 1}) == "5,7"

@@ -93,6 +93,7 @@ def enqueue(
             max_attempts=max(1, int(max_attempts)),
             needs_cuda=needs.cuda,
             needs_memory_mb=needs.memory_mb,
+            needs_gpu_count=needs.gpus,
         )
         _set_status(job, TrainingStatus.MODEL_QUEUED_FOR_TRAINING)
         session.add(job)

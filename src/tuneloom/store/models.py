@@ -232,6 +232,7 @@ class ModelVersion(Base):
     # What the run needs from its worker (tuneloom.templates.requirements), matched when claiming.
     needs_cuda: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     needs_memory_mb: Mapped[int | None]
+    needs_gpu_count: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # one per process
 
     @property
     def status_enum(self) -> TrainingStatus:

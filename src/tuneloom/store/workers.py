@@ -5,8 +5,12 @@ then every few seconds (`beat`); a row whose `heartbeat_at` is older than its `l
 that is gone. `claim_next` (in `jobs`) takes only runs that `fits` the claiming slot's capacity, in
 the same SQL as the claim, so a run that one worker cannot take does not stop it from taking the
 ones behind. A run that no live worker can take stays queued, and `waiting_reason` says why, for
-the API and the CLI ("waiting for a worker with a CUDA GPU (quantization_config needs one; live
-workers: 1, CPU only)").
+the API and the CLI ("waiting for a worker with a CUDA GPU (quantization_config needs one) (live
+workers: 1, CPU only, 15,990 MiB)").
+
+GPUs are counted per slot: a worker's slots split its GPUs (`tuneloom.worker.pool`), and a run over
+N processes takes N of its slot's GPUs, so it waits for a slot with N (or, when it can train on
+CPUs, for one with none) rather than fail on one with fewer.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, or_, select, true
+from sqlalchemy import ColumnElement, and_, delete, or_, select
 from sqlalchemy.orm import Session
 
 from tuneloom.errors import TuneloomError
@@ -30,7 +34,7 @@ FORGET_AFTER = timedelta(days=1)  # rows of workers gone this long are deleted
 class Capacity:
     """What one worker slot offers a training run."""
 
-    gpu_count: int = 0
+    gpu_count: int = 0  # the GPUs this slot may use (its share of the machine's)
     gpu_memory_mb: int = 0  # the smallest of its GPUs
     cpu_memory_mb: int = 0
 
@@ -39,21 +43,29 @@ class Capacity:
         """Where the weights live while training: the GPU's memory when there is one, else the machine's."""
         return self.gpu_memory_mb if self.gpu_count else self.cpu_memory_mb
 
-    def fits(self, needs_cuda: bool, needs_memory_mb: int | None) -> bool:
-        """The same test as `fits_clause`, for a run already read."""
-        memory_ok = needs_memory_mb is None or needs_memory_mb <= self.training_memory_mb
-        return (self.gpu_count > 0 or not needs_cuda) and memory_ok
+    def fits(self, job: ModelVersion) -> bool:
+        """The same test as `fits_clause`, for a run already read.
+
+        With GPUs, a run takes one per process, so it needs that many; without, its processes share
+        the CPUs, which any run that does not need CUDA can do (`train.launch.check_this_machine`).
+        """
+        gpus_ok = job.needs_gpu_count <= self.gpu_count if self.gpu_count else not job.needs_cuda
+        memory_ok = job.needs_memory_mb is None or job.needs_memory_mb <= self.training_memory_mb
+        return gpus_ok and memory_ok
 
     def fits_clause(self) -> ColumnElement[bool]:
         """SQL: the queued runs this capacity can take."""
-        cuda_ok = true() if self.gpu_count else ModelVersion.needs_cuda.is_(False)
+        gpus_ok = (
+            ModelVersion.needs_gpu_count <= self.gpu_count if self.gpu_count else ModelVersion.needs_cuda.is_(False)
+        )
         memory_ok = or_(ModelVersion.needs_memory_mb.is_(None), ModelVersion.needs_memory_mb <= self.training_memory_mb)
-        return and_(cuda_ok, memory_ok)
+        return and_(gpus_ok, memory_ok)
 
     def describe(self) -> str:
         if not self.gpu_count:
             return f"CPU only, {self.cpu_memory_mb:,} MiB"
-        return f"{self.gpu_count} GPU × {self.gpu_memory_mb:,} MiB, {self.cpu_memory_mb:,} MiB CPU"
+        gpus = f"{self.gpu_count} GPU{'s' if self.gpu_count > 1 else ''}"
+        return f"{gpus} × {self.gpu_memory_mb:,} MiB, {self.cpu_memory_mb:,} MiB CPU"
 
 
 @dataclass(frozen=True)
@@ -132,17 +144,35 @@ def stuck_jobs(db: Database, *, now: datetime | None = None, limit: int = 100) -
 
 
 def _reason(job: ModelVersion, live: list[Capacity]) -> str | None:
-    if any(c.fits(job.needs_cuda, job.needs_memory_mb) for c in live):
+    if any(c.fits(job) for c in live):
         return None
     requirement = _requirement(job)
-    need = ""
-    if job.needs_cuda:
-        need = f" with a CUDA GPU ({requirement.cuda_why or 'its settings'} needs one)"
-    if job.needs_memory_mb:
-        where = "GPU memory" if job.needs_cuda else "memory"
-        amount = f"at least {job.needs_memory_mb:,} MiB of {where} for {requirement.memory_what}"
-        need += f"{' and' if need else ' with'} {amount}"
-    return f"waiting for a worker{need} (live workers: {_summary(live)})"
+    needs = [need for need in (_gpu_need(job, requirement), _memory_need(job, requirement)) if need]
+    wanted = f" with {' and '.join(needs)}" if needs else ""
+    return f"waiting for a worker{wanted} (live workers: {_summary(live)}{_split_hint(job, live)})"
+
+
+def _gpu_need(job: ModelVersion, requirement: Requirement) -> str | None:
+    gpus, why = job.needs_gpu_count, requirement.cuda_why or "its settings"
+    if gpus > 1 and job.needs_cuda:
+        return f"at least {gpus} CUDA GPUs ({why} needs CUDA, and each of its {gpus} processes a GPU of its own)"
+    if gpus > 1:
+        return f"at least {gpus} GPUs or none (each of its {gpus} processes needs a GPU of its own where there are any)"
+    return f"a CUDA GPU ({why} needs one)" if job.needs_cuda else None
+
+
+def _memory_need(job: ModelVersion, requirement: Requirement) -> str | None:
+    if not job.needs_memory_mb:
+        return None
+    where = "GPU memory" if job.needs_cuda else "memory"
+    return f"at least {job.needs_memory_mb:,} MiB of {where} for {requirement.memory_what}"
+
+
+def _split_hint(job: ModelVersion, live: list[Capacity]) -> str:
+    """Where the GPUs are there but split among slots, how to put them together."""
+    if not any(0 < c.gpu_count < job.needs_gpu_count for c in live):
+        return ""
+    return "; a worker's slots split its GPUs: `tuneloom worker --workers 1` gives its one slot all of them"
 
 
 def _requirement(job: ModelVersion) -> Requirement:

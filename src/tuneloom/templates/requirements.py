@@ -1,11 +1,14 @@
 """What a training run needs from the machine that trains it, derived from its template and settings.
 
 Used for placement: a queued run is claimed only by a worker that can run it, instead of failing on
-the first worker that happens to be free. Two things are derived:
+the first worker that happens to be free. Three things are derived:
 
 * `cuda`: the run cannot train without an NVIDIA GPU — the template is marked GPU-only, or a
   setting needs one (GPTQ or bitsandbytes quantization, flash attention, tf32, bf16 without
   use_cpu: the same rules `require_supported_hardware` enforces where the run trains).
+* `gpus`: how many GPUs the run takes on a worker that has any — one per process on the machine
+  (`distributed.num_processes` over `num_machines`), the rule `train.launch.check_this_machine`
+  enforces where the run trains. On a worker without GPUs the processes share its CPUs instead.
 * `memory_mb`: a lower bound per GPU (or per machine without one). The base model's weights
   (parameters × bytes per parameter, from the template's parameter count, the quantization bits or
   `torch_dtype`; `auto` counts as 16 bits, what nearly every published checkpoint stores). A full
@@ -27,6 +30,7 @@ from typing import Any
 from tuneloom.errors import SettingsError
 from tuneloom.templates.catalogue import get_template
 from tuneloom.templates.settings import GPU_ONLY_RULES, TrainingSettings
+from tuneloom.templates.settings_distributed import processes_per_machine
 
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMB])\s*$", re.IGNORECASE)
 _SCALE = {"K": 1e3, "M": 1e6, "B": 1e9}
@@ -39,24 +43,27 @@ class Requirement:
     cuda_why: str | None = None  # what needs the GPU: a settings key ('quantization_config') or the template
     memory_mb: int | None = None  # a lower bound per GPU (see the module's docstring); None when unknown
     memory_what: str = "the weights"  # what the bound counts, for the waiting message
+    gpus: int = 1  # GPUs it takes on a worker with GPUs (one per process); a CPU worker runs it without
 
 
 def job_requirement(template_id: str, settings: Mapping[str, Any]) -> Requirement:
     """The requirement of a run of `template_id` with stored (validated) `settings`."""
     parsed = TrainingSettings.from_dict(settings)
     why = next((problem[1] for rule in GPU_ONLY_RULES if (problem := rule(parsed))), None)
+    gpus = processes_per_machine(parsed.distributed)
     try:
         template = get_template(template_id)
     except SettingsError:  # not in this catalogue (a stored run's template since renamed): the settings decide
-        return Requirement(cuda=why is not None, cuda_why=why)
+        return Requirement(cuda=why is not None, cuda_why=why, gpus=gpus)
     if why is None and template.requires_gpu:
         why = f"template {template.id}"
     params = parameter_count(template.parameters)
     same_model = parsed.model_config.get("pretrained_model_name_or_path") == template.base_model
     if params is None or not same_model:
-        return Requirement(cuda=why is not None, cuda_why=why)
+        return Requirement(cuda=why is not None, cuda_why=why, gpus=gpus)
     memory, what = _training_memory(parsed, params)
-    return Requirement(cuda=why is not None, cuda_why=why, memory_mb=math.ceil(memory / 2**20), memory_what=what)
+    megabytes = math.ceil(memory / 2**20)
+    return Requirement(cuda=why is not None, cuda_why=why, memory_mb=megabytes, memory_what=what, gpus=gpus)
 
 
 def _training_memory(settings: TrainingSettings, params: float) -> tuple[float, str]:

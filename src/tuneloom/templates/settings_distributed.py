@@ -150,3 +150,8 @@ def check_queueable(distributed: Mapping[str, Any]) -> None:
             f"{DISTRIBUTED}.num_machines must be 1 for a queued run (got {machines}): {ONE_MACHINE}",
             key=f"{DISTRIBUTED}.num_machines",
         )
+
+
+def processes_per_machine(distributed: Mapping[str, Any]) -> int:
+    """The processes a run starts on each machine (one GPU each where there are GPUs); 1 for `{}`."""
+    return max(1, int(distributed.get("num_processes", 1)) // max(1, int(distributed.get("num_machines", 1))))

@@ -44,6 +44,7 @@ from tuneloom.errors import (
 )
 from tuneloom.model_version import open_version
 from tuneloom.templates import require_supported_hardware, resolve_settings
+from tuneloom.templates.settings_distributed import processes_per_machine
 from tuneloom.train.events import EventSink, TrainEvent, ignore_events
 from tuneloom.train.recipe import TrainingInterrupted, TrainJob, TrainOutcome, check_output, run_training
 
@@ -93,7 +94,7 @@ def check_this_machine(distributed: dict[str, Any]) -> None:
     A GPU per process: NCCL refuses two ranks on one device. Rank 0's address must resolve here: a
     name that does not was retried by every rank until torch's rendezvous timed out.
     """
-    per_machine = distributed["num_processes"] // distributed["num_machines"]
+    per_machine = processes_per_machine(distributed)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if gpus and per_machine > gpus:
         raise SettingsError(

@@ -38,19 +38,33 @@ class RunSpec:
     settings: dict[str, Any]
     start_from: str | None = None
     checkpoint_every_s: float | None = None
-    cuda_device: int | None = None
+    cuda_devices: tuple[int, ...] = ()  # the slot's GPUs (`pool.slot_gpus`); () on a machine without
 
 
 def run_child(spec: RunSpec, conn: Connection) -> None:
     """Process entry point (multiprocessing: forked from the supervisor's forkserver)."""
     die_with_parent()
-    if spec.cuda_device is not None and not spec.settings.get("distributed"):
-        # a multi-process run takes every GPU of its machine (README: such a worker runs with --workers 1)
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(spec.cuda_device)
+    if spec.cuda_devices:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible_devices(spec.cuda_devices, spec.settings.get("distributed") or {})
     stop = threading.Event()
     threading.Thread(target=_listen_for_stop, args=(conn, stop), daemon=True).start()
     conn.send(_train(spec, stop, conn))
     conn.close()
+
+
+def visible_devices(slot_gpus: tuple[int, ...], distributed: dict[str, Any]) -> str:
+    """CUDA_VISIBLE_DEVICES for a run on a slot: one of the slot's GPUs per process, never another slot's.
+
+    The indices count the GPUs this worker sees, so under a CUDA_VISIBLE_DEVICES of its own they pick
+    from that list (index 0 of "2,3" is GPU 2). A run with more processes than the slot has GPUs gets
+    them all, and `train.launch.check_this_machine` refuses it naming both counts.
+    """
+    from tuneloom.templates.settings_distributed import processes_per_machine
+
+    inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
+    names = [name.strip() for name in inherited.split(",")] if inherited else None
+    mine = slot_gpus[: processes_per_machine(distributed)]
+    return ",".join(names[i] if names else str(i) for i in mine)
 
 
 def _train(spec: RunSpec, stop: threading.Event, conn: Connection) -> tuple[str, dict[str, Any]]:

@@ -1,11 +1,14 @@
 """A worker process's slots: one thread per device, each supervising one training child at a time.
 
-Beside them, one thread keeps every slot's row in the `workers` table fresh (capacity and a
-heartbeat), which is how the queue knows which runs a live worker can take.
+The slots split the machine's GPUs (`slot_gpus`) and each advertises only its share, so a run over
+N processes (one GPU each) is claimed only by a slot with N GPUs of its own, never one whose
+neighbours train on the same GPUs. Beside them, one thread keeps every slot's row in the `workers`
+table fresh (capacity and a heartbeat), which is how the queue knows which runs a live worker can take.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import threading
@@ -29,17 +32,24 @@ def default_slot_count() -> int:
     return max(1, torch.cuda.device_count())
 
 
+def slot_gpus(slot: int, slots: int, gpus: int) -> tuple[int, ...]:
+    """The GPUs (indices) that slot `slot` of `slots` trains on: its share of the machine's `gpus`.
+
+    With fewer slots than GPUs, slot i takes GPUs i, i + slots, … (one slot: all of them, for a
+    multi-process run); otherwise one each, slots beyond the GPU count sharing them round-robin.
+    """
+    return tuple(range(slot % gpus, gpus, slots)) if gpus else ()
+
+
 class WorkerPool:
     def __init__(self, db: Database, artifacts: Artifacts, slots: int, config: WorkerConfig | None = None):
         self.db = db
-        self.capacity = detect_capacity()
-        gpus = self.capacity.gpu_count
-        self.slots = [
-            WorkerSlot(
-                db, artifacts, slot=i, config=config, cuda_device=(i % gpus) if gpus else None, capacity=self.capacity
-            )
-            for i in range(slots)
-        ]
+        machine = detect_capacity()
+        self.slots = []
+        for i in range(slots):
+            mine = slot_gpus(i, slots, machine.gpu_count)
+            capacity = dataclasses.replace(machine, gpu_count=len(mine))
+            self.slots.append(WorkerSlot(db, artifacts, slot=i, config=config, cuda_devices=mine, capacity=capacity))
         self.threads: list[threading.Thread] = []
         self._stopped = threading.Event()
 
@@ -70,7 +80,8 @@ class WorkerPool:
 
     def _beat(self) -> None:
         for slot in self.slots:
-            self._quietly(functools.partial(workers.beat, self.db, slot.worker_id, self.capacity, slot.config.lease_s))
+            assert slot.capacity is not None  # every pool slot is given its share in __init__
+            self._quietly(functools.partial(workers.beat, self.db, slot.worker_id, slot.capacity, slot.config.lease_s))
 
     def _quietly(self, write: Callable[[], None]) -> None:
         """A heartbeat lost to a database outage is retried by the next one; the slots keep training."""

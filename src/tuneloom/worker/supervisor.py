@@ -75,13 +75,13 @@ class WorkerSlot:
         *,
         slot: int = 0,
         config: WorkerConfig | None = None,
-        cuda_device: int | None = None,
+        cuda_devices: tuple[int, ...] = (),
         capacity: Capacity | None = None,
     ):
         self.db = db
         self.artifacts = artifacts
         self.config = config or WorkerConfig()
-        self.cuda_device = cuda_device
+        self.cuda_devices = cuda_devices  # this slot's share of the machine's GPUs
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{slot}"
         self.shutdown = threading.Event()
         self.capacity = capacity  # what this slot offers a run; None claims any job
@@ -311,7 +311,7 @@ class WorkerSlot:
             settings=job.settings,
             start_from=start_from,
             checkpoint_every_s=self.config.checkpoint_every_s,
-            cuda_device=self.cuda_device,
+            cuda_devices=self.cuda_devices,
         )
 
     def _publish(self, job: ModelVersion, output: Path) -> str | None:
