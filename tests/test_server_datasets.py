@@ -50,7 +50,8 @@ def test_whole_file_problems_and_oversize_uploads_are_4xx(app_url: tuple[str, di
 def test_versions_are_immutable_snapshots(app_url: tuple[str, dict[str, str], Path]) -> None:
     base, headers, data_dir = app_url
     first = httpx.post(f"{base}/versions", headers=headers).json()
-    assert first["state"] == "READY" and first["example_count"] == 16 and len(first["content_hash"]) == 64
+    assert first["state"] == "READY", first
+    assert first["example_count"] == 16 and len(first["content_hash"]) == 64
     deleted = httpx.post(f"{base}/inputs/delete", json={"seqs": [1, 2]}, headers=headers).json()
     assert deleted == {"deleted": 2}
     second = httpx.post(f"{base}/versions", headers=headers).json()

@@ -2,21 +2,31 @@
 
 Several servers and workers may share one data dir, so nothing changed within `ORPHAN_GRACE_S` is
 touched: it may be another process's upload, fetch or run in flight (see `tuneloom.store.recovery`).
+Likewise only abandoned dataset-version builds are failed, never another live server's.
 Raw uploads whose row is gone are covered in tests/test_store_datasets.py.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
+from sqlalchemy import update
 from tests.test_store_support import SETTINGS, make_artifacts_fixture, make_db_fixture, ready_dataset_version
 
+from tuneloom.server.builds import BuildLeases
 from tuneloom.store import dataset_versions, jobs
 from tuneloom.store.artifacts import Artifacts
+from tuneloom.store.builders import BUILD_LEASE_S, THIS_PROCESS, is_gone
 from tuneloom.store.db import Database
-from tuneloom.store.recovery import ORPHAN_GRACE_S, recover_after_crash
+from tuneloom.store.models import DatasetVersion, utcnow
+from tuneloom.store.recovery import INTERRUPTED, ORPHAN_GRACE_S, fail_abandoned_versions, recover_after_crash
 from tuneloom.store.shared import INDEX_SUFFIX, share
 
 db = make_db_fixture()
@@ -119,3 +129,135 @@ def test_with_a_shared_store_only_this_machines_copy_is_swept(
     assert recovered.orphaned_versions == ["dataset-versions/gone5.jsonl"] and not cached.exists()
     assert (store / "dataset-versions/gone5.jsonl").is_file()
     assert (store / f"dataset-versions/gone5.jsonl{INDEX_SUFFIX}").is_file()
+
+
+def builder_on_this_machine(pid: int, instance: str) -> str:
+    """A builder id as the process `pid` on this machine would have it (see `tuneloom.store.builders`)."""
+    host, scope, _, _ = THIS_PROCESS.rsplit(":", 3)
+    return f"{host}:{scope}:{pid}:{instance}"
+
+
+ANOTHER_SERVER = builder_on_this_machine(os.getppid(), "other")  # a live process: pytest's parent
+ANOTHER_MACHINE = "gpu-2:0123456789ab:4242:other"
+
+
+class BlockedBuild:
+    """A build by `builder`, in a thread, held at its first example until `finish()`."""
+
+    def __init__(self, db: Database, artifacts: Artifacts, builder: str) -> None:
+        self.version_id = dataset_versions.create_version(db, "a", "ds").id
+        self.started, self.go = threading.Event(), threading.Event()
+        self._pool = ThreadPoolExecutor(1)
+        self._built = self._pool.submit(
+            dataset_versions.build_version, db, artifacts, self.version_id, builder=builder, token_length=self._count
+        )
+        assert self.started.wait(10), "the build never reached its first example"
+
+    def _count(self, prompt: str, completion: str) -> int:
+        self.started.set()
+        self.go.wait(10)
+        return 1
+
+    def finish(self) -> DatasetVersion:
+        self.go.set()
+        try:
+            return self._built.result(timeout=10)
+        finally:
+            self._pool.shutdown()
+
+
+def state_of(db: Database, version_id: str) -> tuple[str, str | None]:
+    version = dataset_versions.get_version_by_id(db, version_id)
+    return version.state, version.message
+
+
+def test_a_server_starting_while_another_builds_a_version_leaves_that_build_alone(
+    db: Database, artifacts: Artifacts
+) -> None:
+    """Generation nodes and the API server share one database: one starting must not fail another's build."""
+    ready_dataset_version(db, artifacts.root)
+    here, elsewhere = BlockedBuild(db, artifacts, ANOTHER_SERVER), BlockedBuild(db, artifacts, ANOTHER_MACHINE)
+
+    recovered = recover_after_crash(db, artifacts)  # this process starting as a second server
+
+    assert recovered.failed_versions == []
+    assert state_of(db, here.version_id) == state_of(db, elsewhere.version_id) == ("IN_PROGRESS", None)
+    for build in (here, elsewhere):
+        built = build.finish()
+        assert built.state == "READY" and built.artifact_path
+        dataset_versions.verify_snapshot(artifacts, built)  # its file is there, whole
+
+
+def test_a_build_silent_past_its_lease_is_failed_and_its_late_result_discarded(
+    db: Database, artifacts: Artifacts
+) -> None:
+    """Its server stopped beating (hung, cut off): any server fails it, and the late finish cannot undo that."""
+    ready_dataset_version(db, artifacts.root)
+    build = BlockedBuild(db, artifacts, ANOTHER_SERVER)
+    later = utcnow() + timedelta(seconds=BUILD_LEASE_S + 1)
+
+    assert fail_abandoned_versions(db, artifacts, now=later) == [build.version_id]
+    assert state_of(db, build.version_id) == ("FAILURE", INTERRUPTED)
+
+    built = build.finish()
+    assert (built.state, built.message, built.artifact_path) == ("FAILURE", INTERRUPTED, None)
+    assert state_of(db, build.version_id) == ("FAILURE", INTERRUPTED)
+    assert not artifacts.dataset_version_file(build.version_id).exists()
+
+
+CRASHING_BUILD = """
+import os, sys
+from tuneloom.store import dataset_versions
+from tuneloom.store.artifacts import Artifacts
+from tuneloom.store.db import Database
+
+crash = lambda prompt, completion: os._exit(9)
+dataset_versions.build_version(Database(sys.argv[1]), Artifacts(sys.argv[2]), sys.argv[3], token_length=crash)
+"""
+
+
+def test_a_server_restarting_after_its_crash_fails_its_builds_at_once(db: Database, artifacts: Artifacts) -> None:
+    """No wait for the lease: the row names a process on this machine that is no longer running."""
+    ready_dataset_version(db, artifacts.root)
+    crashed = dataset_versions.create_version(db, "a", "ds").id
+    script = [sys.executable, "-c", CRASHING_BUILD, db.url, str(artifacts.root), crashed]
+    assert subprocess.run(script, timeout=60).returncode == 9  # killed mid-build
+    assert state_of(db, crashed) == ("IN_PROGRESS", None)
+    leftover = make(artifacts.dataset_version_file(crashed))  # as if it died after renaming the file in
+    pending = dataset_versions.create_version(db, "a", "ds").id  # about to be built by a live server
+
+    recovered = recover_after_crash(db, artifacts)
+
+    assert recovered.failed_versions == [crashed]
+    assert state_of(db, crashed) == ("FAILURE", INTERRUPTED) and not leftover.exists()
+    assert state_of(db, pending) == ("PENDING", None)
+
+
+def test_only_a_builder_certainly_gone_is_failed_before_its_lease() -> None:
+    """Same pid as this process under another instance: a restart that got its old pid (a container's)."""
+    assert is_gone(builder_on_this_machine(os.getpid(), "before-the-crash"))
+    assert not is_gone(THIS_PROCESS)
+    assert not is_gone(ANOTHER_SERVER)
+    assert not is_gone(ANOTHER_MACHINE)  # another boot or PID namespace: its pids mean nothing here
+    assert not is_gone("not a builder id")
+
+
+def test_a_server_keeps_its_builds_alive_and_fails_a_stopped_servers_in_its_own_beat(
+    db: Database, artifacts: Artifacts
+) -> None:
+    """A server that crashed for good leaves no build IN_PROGRESS past the lease, restart or not."""
+    ready_dataset_version(db, artifacts.root)
+    leases = BuildLeases(db, artifacts, builder=builder_on_this_machine(os.getppid(), "this-server"))
+    ours, theirs = BlockedBuild(db, artifacts, leases.builder), BlockedBuild(db, artifacts, ANOTHER_MACHINE)
+    both = DatasetVersion.id.in_([ours.version_id, theirs.version_id])
+    with db.write() as session:  # both silent for longer than the lease, as after a long stall
+        long_ago = utcnow() - timedelta(seconds=BUILD_LEASE_S + 1)
+        session.execute(update(DatasetVersion).where(both).values(heartbeat_at=long_ago))
+
+    with leases.building(ours.version_id):
+        leases.beat()
+        assert state_of(db, ours.version_id) == ("IN_PROGRESS", None)
+        assert state_of(db, theirs.version_id) == ("FAILURE", INTERRUPTED)
+        assert ours.finish().state == "READY"
+    assert theirs.finish().state == "FAILURE"
+    assert not artifacts.dataset_version_file(theirs.version_id).exists()

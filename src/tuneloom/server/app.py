@@ -28,6 +28,7 @@ from tuneloom.errors import (
     SettingsError,
     TuneloomError,
 )
+from tuneloom.server.builds import BuildLeases
 from tuneloom.server.context import ServerContext
 from tuneloom.server.limits import BodySizeLimit, GenerationSlots, LimitExceeded, SharedSlots
 from tuneloom.server.remote_inference import GenerationNodeUnavailable
@@ -72,18 +73,22 @@ CODE_BY_STATUS = {
 def create_app(ctx: ServerContext) -> FastAPI:
     # No /docs or /redoc: their pages load scripts from a CDN, and tuneloom runs offline.
     slots = GenerationSlots(ctx.max_generations_per_key, None if ctx.db.is_sqlite else SharedSlots(ctx.db))
+    builds = BuildLeases(ctx.db, ctx.artifacts)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         slots.start()
+        builds.start()
         try:
             yield
         finally:
+            await run_in_threadpool(builds.stop)
             await run_in_threadpool(slots.stop)
 
     app = FastAPI(title="tuneloom", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.context = ctx
     app.state.generation_slots = slots
+    app.state.builds = builds
     app.add_middleware(BodySizeLimit, limit=ctx.max_json_bytes)
     app.add_middleware(SecurityHeaders)  # added last: the outermost of the two
     app.include_router(apps.router)

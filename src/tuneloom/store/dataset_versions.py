@@ -7,6 +7,11 @@ a message. The file is written to a temporary name and renamed, then made read-o
 published to the shared artifact store, when there is one, before it is READY); a READY
 row refuses any change (an ORM guard in `models`), so a training run always sees exactly what was versioned.
 
+Several servers may share the database and data dir, so a build is owned: claiming it records its
+builder and a heartbeat (`store.builders`), and it ends READY or FAILURE only by a compare-and-set
+on (IN_PROGRESS, builder). A build failed meanwhile as abandoned (`store.recovery`: its heartbeat
+went stale, or its builder looked gone) keeps that FAILURE; its result is discarded, file included.
+
 The content hash is SHA-256 over the ordered (prompt, completion) pairs, each encoded as a compact
 JSON array plus a newline: unambiguous (no separator can be forged inside a field) and independent
 of ids, times and file layout, so two versions with the same examples have the same hash.
@@ -16,10 +21,13 @@ bit, an edited line) fails the run with the file named instead of training on ch
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -27,7 +35,8 @@ from sqlalchemy.orm import Session
 
 from tuneloom.data.types import Example
 from tuneloom.errors import TuneloomError
-from tuneloom.store.artifacts import Artifacts
+from tuneloom.store.artifacts import DATASET_VERSIONS, Artifacts
+from tuneloom.store.builders import THIS_PROCESS
 from tuneloom.store.datasets import find_dataset, iter_examples
 from tuneloom.store.db import Database
 from tuneloom.store.ids import ConflictError, NotFoundError, check_id, new_id
@@ -35,6 +44,7 @@ from tuneloom.store.models import DatasetVersion, utcnow
 from tuneloom.store.models import DatasetVersionState as State
 
 TokenLength = Callable[[str, str], int]
+log = logging.getLogger(__name__)
 
 
 class DamagedSnapshotError(TuneloomError):
@@ -53,7 +63,7 @@ def content_hash(pairs: Iterable[tuple[str, str]]) -> str:
 def create_version(db: Database, app_id: str, dataset_id: str) -> DatasetVersion:
     with db.write() as session:
         dataset = find_dataset(session, app_id, dataset_id)
-        version = DatasetVersion(id=new_id(), dataset_pk=dataset.pk, state=State.PENDING.value)
+        version = DatasetVersion(id=new_id(), dataset_pk=dataset.pk, state=State.PENDING.value, heartbeat_at=utcnow())
         session.add(version)
     return version
 
@@ -78,46 +88,74 @@ def list_versions(db: Database, app_id: str, dataset_id: str) -> list[DatasetVer
 
 
 def build_version(
-    db: Database, artifacts: Artifacts, version_id: str, *, token_length: TokenLength | None = None
+    db: Database,
+    artifacts: Artifacts,
+    version_id: str,
+    *,
+    builder: str = THIS_PROCESS,
+    token_length: TokenLength | None = None,
 ) -> DatasetVersion:
     """Snapshot the inputs into the version's file and mark it READY (or FAILURE, with why).
 
     Only a PENDING version is built; a second caller finds it IN_PROGRESS and gets ConflictError.
+    `builder` owns the build: a server keeps its heartbeat fresh meanwhile (`renew_builds`). If the
+    build was failed as abandoned before it ended, the version is returned as that FAILURE.
     """
     with db.write() as session:
         claimed = session.execute(
             update(DatasetVersion)
             .where(DatasetVersion.id == check_id(version_id, "dataset version id"))
             .where(DatasetVersion.state == State.PENDING.value)
-            .values(state=State.IN_PROGRESS.value)
+            .values(state=State.IN_PROGRESS.value, builder=builder, heartbeat_at=utcnow())
         ).rowcount  # type: ignore[attr-defined]
     if not claimed:
         raise ConflictError(f"dataset version '{version_id}' is not PENDING (already built or being built)")
     target = artifacts.dataset_version_file(version_id)
     stats = _Stats(token_length)
+    finish = functools.partial(_finish, db, artifacts, version_id, builder)
     try:
         with db.read(snapshot=True) as session:
             dataset_pk = _find(session, version_id).dataset_pk
             artifacts.write_atomic(target, stats.lines(iter_examples(session, dataset_pk)))
     except (OSError, UnicodeError, ValueError) as err:
-        return _finish(db, version_id, State.FAILURE, message=f"could not write the snapshot: {err}")
+        return finish(State.FAILURE, message=f"could not write the snapshot: {err}")
     if stats.count == 0:
         target.unlink(missing_ok=True)
-        return _finish(db, version_id, State.FAILURE, message="the dataset has no inputs to version")
+        return finish(State.FAILURE, message="the dataset has no inputs to version")
     os.chmod(target, 0o444)
     try:  # on the shared store before anyone sees READY: a worker elsewhere fetches it from there
         artifacts.publish(artifacts.relative(target))
     except TuneloomError as err:
-        return _finish(db, version_id, State.FAILURE, message=err.message)
-    return _finish(
-        db,
-        version_id,
+        return finish(State.FAILURE, message=err.message)
+    return finish(
         State.READY,
         content_hash=stats.digest.hexdigest(),
         example_count=stats.count,
         stats=stats.to_dict(),
         artifact_path=artifacts.relative(target),
     )
+
+
+def renew_builds(db: Database, builder: str, version_ids: Collection[str], *, now: datetime | None = None) -> None:
+    """Refresh the heartbeat of the builds `builder` still runs (one failed as abandoned stays failed)."""
+    if not version_ids:
+        return
+    with db.write() as session:
+        session.execute(
+            update(DatasetVersion)
+            .where(DatasetVersion.id.in_(list(version_ids)), DatasetVersion.builder == builder)
+            .where(DatasetVersion.state == State.IN_PROGRESS.value)
+            .values(heartbeat_at=now or utcnow())
+        )
+
+
+def discard_snapshot(artifacts: Artifacts, version_id: str) -> None:
+    """Remove an unfinished version's snapshot, here and on the shared store: no READY row will name it."""
+    relative = f"{DATASET_VERSIONS}/{check_id(version_id, 'dataset version id')}.jsonl"  # a link there: not followed
+    try:
+        artifacts.delete(relative)
+    except TuneloomError as err:  # a copy left on the shared store is logged, never a failed request or start
+        log.warning("could not remove %s: %s", relative, err.message)
 
 
 def read_snapshot(artifacts: Artifacts, version: DatasetVersion) -> Iterator[Example]:
@@ -158,14 +196,20 @@ def _snapshot_pair(raw: bytes, where: str) -> tuple[str, str]:
     return prompt, completion
 
 
-def _finish(db: Database, version_id: str, state: State, **values: Any) -> DatasetVersion:
+def _finish(
+    db: Database, artifacts: Artifacts, version_id: str, builder: str, state: State, **values: Any
+) -> DatasetVersion:
+    """End the build as `state` if `builder` still owns it; else discard its result and return the row as it is."""
     with db.write() as session:
-        version = _find(session, version_id)
-        for key, value in values.items():
-            setattr(version, key, value)
-        version.state = state.value
-        version.finished_at = utcnow()
-    return version
+        owned = session.execute(
+            update(DatasetVersion)
+            .where(DatasetVersion.id == version_id, DatasetVersion.builder == builder)
+            .where(DatasetVersion.state == State.IN_PROGRESS.value)
+            .values(state=state.value, finished_at=utcnow(), **values)
+        ).rowcount  # type: ignore[attr-defined]
+    if not owned:
+        discard_snapshot(artifacts, version_id)
+    return get_version_by_id(db, version_id)
 
 
 def _find(session: Session, version_id: str, dataset_pk: int | None = None) -> DatasetVersion:

@@ -187,6 +187,9 @@ class DatasetVersion(Base):
     artifact_path: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
+    # Who builds it and its last sign of life, while unfinished (`tuneloom.store.builders`).
+    builder: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[datetime | None]
 
 
 class Model(Base):

@@ -1,11 +1,11 @@
 """What `tuneloom serve` tidies on start after a crash (a `kill -9`, a power cut), before it answers anyone.
 
 A dataset version is built inside one request: PENDING → IN_PROGRESS → READY or FAILURE. A server
-killed in between leaves the row unfinished forever and perhaps its snapshot file renamed into
-place but never declared READY; an upload killed while streaming leaves its `.part` file, and an
-atomic write or a shared-store fetch its staging file or folder in `tmp/`. None of these is ever
-visible as data: the versions are marked FAILURE with the reason (their files removed), the half
-files are deleted (once past the grace below), and the same upload or version can simply be made again.
+killed in between leaves the row unfinished and perhaps its snapshot file renamed into place but
+never declared READY; an upload killed while streaming leaves its `.part` file, and an atomic write
+or a shared-store fetch its staging file or folder in `tmp/`. None of these is ever visible as data:
+abandoned versions are marked FAILURE with the reason (their files removed), the half files are
+deleted (once past the grace below), and the same upload or version can simply be made again.
 
 Files whose row is gone are deleted too: raw uploads, dataset-version snapshots, model-version
 folders and checkpoint folders left by a crash between the delete's commit and the file's removal,
@@ -25,8 +25,11 @@ The ids are read after the entries are listed, so a row stored meanwhile is seen
 run's row exists before any of its files (a queued or training run's checkpoints and model-version
 folder always have theirs); an upload's file is kept a moment before its row, which the grace covers.
 
-Failing unfinished versions still assumes that no other server on the database is building one at
-this start: a second server restarting during a build would fail that build.
+An unfinished version may likewise be another live server's build, so only abandoned ones are
+failed (`fail_abandoned_versions`): silent for longer than `BUILD_LEASE_S`, or built by a process
+that is certainly gone (`store.builders`: a server restarting after its own crash fails its builds
+at once). Every server also runs that check periodically (`tuneloom.server.builds`), so a crashed
+server's builds end within the lease even if it never restarts.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +49,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import InstrumentedAttribute
 
 from tuneloom.store.artifacts import CHECKPOINTS, DATASET_VERSIONS, MODEL_VERSIONS, TMP, UPLOADS, Artifacts
+from tuneloom.store.builders import BUILD_LEASE_S, THIS_PROCESS, is_gone
+from tuneloom.store.dataset_versions import discard_snapshot
 from tuneloom.store.db import Database
 from tuneloom.store.ids import ID_PATTERN
 from tuneloom.store.models import DatasetVersion, ModelVersion, Upload, utcnow
 from tuneloom.store.models import DatasetVersionState as State
 
 INTERRUPTED = "interrupted: the server stopped while this version was being built; create a new version"
+UNFINISHED = (State.PENDING.value, State.IN_PROGRESS.value)
 ORPHAN_GRACE_S = 3600.0  # far longer than a live upload, fetch or row insert goes without writing
 KEPT_UPLOAD_NAME = re.compile(r"(?P<id>[^.]+)(\.[a-z0-9]{1,10})?")  # `artifacts.kept_upload`
 QUERY_SLICE = 500  # ids per query: a query takes a bounded number of parameters
@@ -103,7 +110,7 @@ class Recovered:
 
 
 def recover_after_crash(db: Database, artifacts: Artifacts, *, grace_s: float = ORPHAN_GRACE_S) -> Recovered:
-    recovered = Recovered(failed_versions=fail_unfinished_versions(db, artifacts))
+    recovered = Recovered(failed_versions=fail_abandoned_versions(db, artifacts))
     recovered.removed_files = remove_partial_files(artifacts, grace_s=grace_s)
     recovered.orphaned_uploads = remove_orphans(db, artifacts, UPLOAD_FILES, grace_s=grace_s)
     for kept in VERSION_ARTIFACTS:
@@ -111,19 +118,40 @@ def recover_after_crash(db: Database, artifacts: Artifacts, *, grace_s: float = 
     return recovered
 
 
-def fail_unfinished_versions(db: Database, artifacts: Artifacts) -> list[str]:
-    """Mark versions left PENDING or IN_PROGRESS as FAILURE and remove any snapshot file they left."""
-    unfinished = (State.PENDING.value, State.IN_PROGRESS.value)
+def fail_abandoned_versions(
+    db: Database,
+    artifacts: Artifacts,
+    *,
+    me: str = THIS_PROCESS,
+    lease_s: float = BUILD_LEASE_S,
+    now: datetime | None = None,
+) -> list[str]:
+    """Mark FAILURE the PENDING or IN_PROGRESS versions nobody builds any more, remove their snapshots,
+    and return their ids. Live builds, this server's and others', are left alone.
+
+    The rows are locked as they are read (`FOR UPDATE`; SQLite's write lock), so a build that beats
+    or ends meanwhile is judged on its newest row, and its own end then finds the FAILURE (`_finish`).
+    """
+    now = now or utcnow()
+    silent_since = now - timedelta(seconds=lease_s)
     with db.write() as session:
-        versions = list(session.scalars(select(DatasetVersion).where(DatasetVersion.state.in_(unfinished))))
+        unfinished = select(DatasetVersion).where(DatasetVersion.state.in_(UNFINISHED)).with_for_update()
+        versions = [v for v in session.scalars(unfinished) if _abandoned(v, silent_since, me)]
         for version in versions:
             version.state = State.FAILURE.value
             version.message = INTERRUPTED
-            version.finished_at = utcnow()
+            version.finished_at = now
             version.artifact_path = None
     for version in versions:
-        artifacts.dataset_version_file(version.id).unlink(missing_ok=True)
+        discard_snapshot(artifacts, version.id)
     return [version.id for version in versions]
+
+
+def _abandoned(version: DatasetVersion, silent_since: datetime, me: str) -> bool:
+    """No sign of life since `silent_since` (none at all: made before builds were owned), or a gone builder."""
+    if version.heartbeat_at is None or version.heartbeat_at < silent_since:
+        return True
+    return version.builder is not None and is_gone(version.builder, me=me)
 
 
 def remove_partial_files(artifacts: Artifacts, *, grace_s: float = ORPHAN_GRACE_S) -> list[str]:

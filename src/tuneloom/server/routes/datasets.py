@@ -163,16 +163,20 @@ def delete_inputs(app_id: AppId, dataset_id: str, body: InputsDelete, ctx: Conte
 
 
 @router.post("/{dataset_id}/versions", status_code=201)
-def create_version(app_id: AppId, dataset_id: str, ctx: Context, template: str = STATS_TEMPLATE) -> DatasetVersionOut:
+def create_version(
+    app_id: AppId, dataset_id: str, ctx: Context, request: Request, template: str = STATS_TEMPLATE
+) -> DatasetVersionOut:
     """Snapshot the dataset's current inputs (READY), or say why not (FAILURE, with a message).
 
     Token lengths in the stats are counted with `template`'s tokenizer (default: the GPT-2 BPE of
-    tiny-random, available offline), as training will see them: prompt, completion and EOS.
+    tiny-random, available offline), as training will see them: prompt, completion and EOS. The
+    build's heartbeat is kept fresh meanwhile (`server.builds`), so other servers leave it alone.
     """
     count = token_counter(get_template(template).id)
     datasets.get_dataset(ctx.db, app_id, dataset_id)
     version = dataset_versions.create_version(ctx.db, app_id, dataset_id)
-    built = dataset_versions.build_version(ctx.db, ctx.artifacts, version.id, token_length=count)
+    with request.app.state.builds.building(version.id) as builder:
+        built = dataset_versions.build_version(ctx.db, ctx.artifacts, version.id, builder=builder, token_length=count)
     return DatasetVersionOut.model_validate(built)
 
 
