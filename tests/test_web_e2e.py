@@ -22,13 +22,12 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, Route, expect
+from playwright.sync_api import Browser, Page, Route, expect
 from tests.conftest import INSTRUCTION, api_key, sentiment_lines
 from tests.hostile.corpus import get
 from tests.test_store_support import BACKENDS
-from tests.web_support import PHONE_VIEWPORT, NetworkLog, Screenshots, cold_load
+from tests.web_support import KEY_STORAGE, PHONE_VIEWPORT, NetworkLog, Screenshots, cold_load, watch_errors
 
-KEY_STORAGE = "tuneloom.apiKey"  # where the console keeps the key (static/app.js)
 pytestmark = pytest.mark.parametrize("server", BACKENDS, indirect=True)
 
 BROKEN = [
@@ -47,20 +46,6 @@ def upload_file(folder: Path) -> Path:
     path = folder / "reviews.txt"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
-
-
-def watch_errors(page: Page, expected_statuses: tuple[int, ...] = (422,)) -> list[str]:
-    """JavaScript errors and failed requests, to assert none happened (bar the statuses a step provokes)."""
-    errors: list[str] = []
-    allowed = tuple(f"the server responded with a status of {status}" for status in expected_statuses)
-
-    def on_console(msg: ConsoleMessage) -> None:
-        if msg.type == "error" and not any(text in msg.text for text in allowed):
-            errors.append(f"console.{msg.type}: {msg.text}")
-
-    page.on("pageerror", lambda err: errors.append(f"pageerror: {err}"))
-    page.on("console", on_console)
-    return errors
 
 
 def set_trainer_config(page: Page, **overrides: Any) -> None:
@@ -195,6 +180,13 @@ def test_whole_flow_in_chromium(
     expect(page.get_by_test_id("gen-error")).to_contain_text("'temperature' must be between 0 and 5")
     expect(page.get_by_label("temperature", exact=True)).to_have_attribute("aria-invalid", "true")
     page.get_by_label("temperature", exact=True).fill("0")
+    # An input blank to the server (U+001F is whitespace to Python): its line named, the box marked.
+    page.get_by_label("Inputs", exact=True).fill("great product\n\n\x1f\nawful quality")
+    page.get_by_test_id("generate").click()
+    expect(page.get_by_test_id("gen-error")).to_contain_text("'inputs.1' is empty or only whitespace")
+    expect(page.get_by_test_id("gen-error")).to_contain_text("(line 3 of Inputs)")
+    expect(page.get_by_label("Inputs", exact=True)).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_label("temperature", exact=True)).not_to_have_attribute("aria-invalid", "true")
 
     # A long stream stopped half way with the Stop button.
     page.get_by_label("Inputs", exact=True).fill(PROMPT)

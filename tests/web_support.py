@@ -26,8 +26,9 @@ from urllib.parse import urlsplit
 import pytest
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page, Request, Response
+    from playwright.sync_api import Browser, ConsoleMessage, Page, Request, Response
 
+KEY_STORAGE = "tuneloom.apiKey"  # where the console keeps the key (static/app.js)
 CHROMIUM = Path("/usr/bin/chromium")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "screenshots"
@@ -177,3 +178,22 @@ def network(browser_page: Page) -> NetworkLog:
     log = NetworkLog()
     log.attach(browser_page)
     return log
+
+
+def watch_errors(page: Page, expected_statuses: tuple[int, ...] = (422,)) -> list[str]:
+    """JavaScript errors and failed requests, to assert none happened (bar the statuses a step provokes)."""
+    errors: list[str] = []
+    allowed = tuple(f"the server responded with a status of {status}" for status in expected_statuses)
+
+    def on_console(msg: ConsoleMessage) -> None:
+        if msg.type == "error" and not any(text in msg.text for text in allowed):
+            errors.append(f"console.{msg.type}: {msg.text}")
+
+    page.on("pageerror", lambda err: errors.append(f"pageerror: {err}"))
+    page.on("console", on_console)
+    return errors
+
+
+def signed_in(page: Page, key: str) -> None:
+    """Every page `page` loads from now on starts signed in with `key` (as the sign-in form leaves it)."""
+    page.context.add_init_script(f"sessionStorage.setItem({KEY_STORAGE!r}, {key!r});")

@@ -1,5 +1,6 @@
 /**
- * tuneloom web console: hash router, API helper, DOM helper. No build step, no third-party code.
+ * tuneloom web console: hash router and API helper (the DOM helpers are in ./dom.js, re-exported
+ * here). No build step, no third-party code.
  *
  * Page modules live in ./pages/*.js, import what they need from this module and call
  * `registerPage(pattern, render)`. PAGE_MODULES below says which module serves which pattern; a
@@ -43,6 +44,24 @@
  *   Generate / Compare: see pages/generate.js and pages/compare.js.
  */
 
+import { enc, errorBox, fill, h, link, pageHeader, toast } from "./dom.js";
+
+export {
+  appPath,
+  enc,
+  errorBox,
+  fill,
+  fmtDate,
+  fmtDuration,
+  fmtNum,
+  h,
+  link,
+  pageHeader,
+  table,
+  toast,
+  whileBusy,
+} from "./dom.js";
+
 const KEY_STORAGE = "tuneloom.apiKey";
 const routes = [];
 let current = null; // {controller}
@@ -54,13 +73,32 @@ export const clearKey = () => sessionStorage.removeItem(KEY_STORAGE);
 /** An API error: `message` is the server's, with `status`, `code`, `key` (the bad setting) and `details`. */
 export class ApiError extends Error {
   constructor(status, body) {
-    const message = (body && body.message) || `HTTP ${status}`;
+    const message = (body && typeof body.message === "string" && body.message) || unexplained(status);
     const key = (body && body.details && body.details.key) || null;
     super(message);
     this.status = status;
     this.code = (body && body.code) || null;
     this.key = key;
     this.details = (body && body.details) || null;
+  }
+}
+
+/** What to tell the user when an error answer carries no message (a proxy's HTML page, a crash). */
+function unexplained(status) {
+  if (status === 413) return "The request is larger than the server, or a proxy in front of it, accepts (HTTP 413).";
+  if (status >= 500) return `The server failed to answer (HTTP ${status}); its log says why. Try again in a moment.`;
+  return `The server refused the request (HTTP ${status}) without saying why.`;
+}
+
+export const UNREACHABLE = "The server could not be reached: check that tuneloom serve is running and the network is up, then try again.";
+
+/** fetch, with a network failure said in plain words (the browser's own is "Failed to fetch"). */
+export async function request(path, init) {
+  try {
+    return await fetch(path, init);
+  } catch (err) {
+    if (err.name === "AbortError") throw err;
+    throw new Error(UNREACHABLE);
   }
 }
 
@@ -91,7 +129,7 @@ export async function api(path, { method = "GET", body, signal, raw = false } = 
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
-  const response = await fetch(path, init);
+  const response = await request(path, init);
   if (!response.ok) throw await failure(response);
   if (raw) return response;
   if (response.status === 204) return null;
@@ -109,7 +147,7 @@ export async function streamSSE(path, { method = "GET", body, signal, onEvent })
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
-  const response = await fetch(path, init);
+  const response = await request(path, init);
   if (!response.ok) throw await failure(response);
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
@@ -173,112 +211,11 @@ export function upload(path, file, { onProgress, signal } = {}) {
       if (xhr.status >= 200 && xhr.status < 300) resolve(body);
       else reject(new ApiError(xhr.status, body));
     };
-    xhr.onerror = () => reject(new Error("the upload failed: the server could not be reached"));
+    xhr.onerror = () => reject(new Error(UNREACHABLE));
     xhr.onabort = () => reject(new DOMException("aborted", "AbortError"));
     if (signal) signal.addEventListener("abort", () => xhr.abort());
     xhr.send(file);
   });
-}
-
-/** Create an element: h("button", {type: "button", onclick, dataset: {testid: "x"}}, "Text", child…). */
-export function h(tag, attrs = {}, ...children) {
-  const svg = tag.startsWith("svg:");
-  const el = svg ? document.createElementNS("http://www.w3.org/2000/svg", tag.slice(4)) : document.createElement(tag);
-  for (const [name, value] of Object.entries(attrs || {})) {
-    if (value === undefined || value === null || value === false) continue;
-    if (name.startsWith("on") && typeof value === "function") el.addEventListener(name.slice(2), value);
-    else if (name === "dataset") Object.assign(el.dataset, value);
-    else if (name === "style" && typeof value === "object") Object.assign(el.style, value);
-    else if (name === "testid") el.setAttribute("data-testid", value);
-    else if (!svg && name in el && typeof value !== "string" && name !== "list") el[name] = value;
-    else if (!svg && (name === "value" || name === "checked" || name === "disabled")) el[name] = value;
-    else el.setAttribute(name === "className" ? "class" : name, value === true ? "" : String(value));
-  }
-  append(el, children);
-  return el;
-}
-
-function append(el, children) {
-  for (const child of children.flat(Infinity)) {
-    if (child === null || child === undefined || child === false) continue;
-    el.append(child instanceof Node ? child : String(child));
-  }
-}
-
-/** Replace an element's children. */
-export function fill(el, ...children) {
-  el.replaceChildren();
-  append(el, children);
-  return el;
-}
-
-/** A message box for an error (role=alert) — empty when `err` is null. */
-export function errorBox(err, testid = "error") {
-  if (!err) return h("div", { testid, hidden: true });
-  const text = err.key && !String(err.message).includes(err.key) ? `${err.message} (key '${err.key}')` : err.message;
-  return h("div", { className: "error", role: "alert", testid }, text);
-}
-
-export function toast(text) {
-  const box = document.getElementById("toast");
-  if (!box) return;
-  box.textContent = text;
-  box.classList.add("show");
-  clearTimeout(toast.timer);
-  toast.timer = setTimeout(() => box.classList.remove("show"), 4000);
-}
-
-export const enc = encodeURIComponent;
-export const appPath = (app) => `/api/apps/${enc(app)}`;
-
-export function fmtDate(iso) {
-  if (!iso) return "—";
-  const d = new Date(iso.endsWith("Z") || /[+-]\d\d:\d\d$/.test(iso) ? iso : `${iso}Z`);
-  return Number.isNaN(d.getTime()) ? iso : d.toLocaleString();
-}
-
-export function fmtNum(x, digits = 4) {
-  if (x === null || x === undefined || x === "") return "—";
-  if (typeof x !== "number") return String(x);
-  if (Number.isInteger(x)) return x.toLocaleString();
-  return Math.abs(x) >= 1000 ? x.toFixed(0) : Number(x.toPrecision(digits)).toString();
-}
-
-export function fmtDuration(s) {
-  if (s === null || s === undefined) return "—";
-  s = Math.round(s);
-  if (s < 60) return `${s} s`;
-  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
-  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
-}
-
-/** A simple table: columns [{label, cell: (row) => node|string, className?}]. */
-export function table(rows, columns, { caption, testid, empty = "Nothing here yet." } = {}) {
-  if (!rows.length) return h("p", { className: "muted", testid: testid && `${testid}-empty` }, empty);
-  return h(
-    "div",
-    { className: "table-wrap" },
-    h(
-      "table",
-      { testid },
-      caption ? h("caption", {}, caption) : null,
-      h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col", className: c.className }, c.label)))),
-      h(
-        "tbody",
-        {},
-        rows.map((row) => h("tr", {}, columns.map((c) => h("td", { className: c.className }, c.cell(row))))),
-      ),
-    ),
-  );
-}
-
-export function link(href, text, attrs = {}) {
-  return h("a", { href, ...attrs }, text);
-}
-
-export function pageHeader(title, ...actions) {
-  document.title = `${title} · tuneloom`;
-  return h("div", { className: "page-head" }, h("h1", {}, title), actions.length ? h("div", { className: "actions" }, actions) : null);
 }
 
 /**
@@ -441,6 +378,7 @@ async function route() {
   } catch (err) {
     if (err.name === "AbortError" || controller.signal.aborted) return;
     console.error(err);
+    if (!main.querySelector("h1")) main.append(pageHeader(err.status === 404 ? "Not found" : "Something went wrong"));
     main.append(errorBox(err, "page-error"));
   }
 }
@@ -451,5 +389,12 @@ function focusMain() {
   if (main && document.activeElement === document.body) main.focus({ preventScroll: true });
 }
 
+/** "Skip to content" moves the focus; following its `#main` would route to a page named "main". */
+function skipToMain(e) {
+  e.preventDefault();
+  document.getElementById("main").focus();
+}
+
+document.querySelector(".skip").addEventListener("click", skipToMain);
 window.addEventListener("hashchange", () => route().then(focusMain));
 route();

@@ -1,9 +1,10 @@
 // Apps: list, create, delete.
-import { api, errorBox, fill, fmtDate, h, link, navigate, pageHeader, registerPage, table, enc } from "../app.js";
+import { api, errorBox, fill, fmtDate, h, link, navigate, pageHeader, registerPage, table, enc, whileBusy } from "../app.js";
 
 registerPage("/apps", async ({ main, signal }) => {
   const list = h("div", { "aria-live": "polite" });
   const formError = h("div");
+  const listError = h("div"); // a failed delete, above the table it was asked from
   const id = h("input", { id: "app-id", name: "id", required: true, testid: "app-id", pattern: "[a-z0-9][a-z0-9_\\-]*", autocomplete: "off", "aria-describedby": "app-id-help" });
   const name = h("input", { id: "app-name", name: "name", testid: "app-name", autocomplete: "off" });
   const create = h("button", { type: "submit", testid: "create-app" }, "Create app");
@@ -30,12 +31,13 @@ registerPage("/apps", async ({ main, signal }) => {
                   "aria-label": `Delete ${a.id}`,
                   onclick: async () => {
                     if (!confirm(`Delete app '${a.id}' with all its datasets and models?`)) return;
+                    fill(listError);
                     try {
                       await api(`/api/apps/${enc(a.id)}`, { method: "DELETE" });
-                      await load();
                     } catch (err) {
-                      fill(formError, errorBox(err));
+                      fill(listError, errorBox(err, "delete-app-error"));
                     }
+                    await load(); // also after a refusal: a 404 means another tab deleted it already
                   },
                 },
                 "Delete",
@@ -55,15 +57,15 @@ registerPage("/apps", async ({ main, signal }) => {
         className: "panel",
         onsubmit: async (e) => {
           e.preventDefault();
-          create.disabled = true;
           fill(formError);
-          try {
-            const app = await api("/api/apps", { method: "POST", body: { id: id.value.trim(), name: name.value.trim() } });
-            navigate(`/apps/${enc(app.id)}/datasets`);
-          } catch (err) {
-            fill(formError, errorBox(err, "create-app-error"));
-            create.disabled = false;
-          }
+          await whileBusy(create, async () => {
+            try {
+              const app = await api("/api/apps", { method: "POST", body: { id: id.value.trim(), name: name.value.trim() } });
+              navigate(`/apps/${enc(app.id)}/datasets`);
+            } catch (err) {
+              fill(formError, errorBox(err, "create-app-error"));
+            }
+          });
         },
       },
       h("h2", {}, "New app"),
@@ -77,6 +79,7 @@ registerPage("/apps", async ({ main, signal }) => {
       h("p", { className: "field-help", id: "app-id-help" }, "App id: lowercase letters, digits, '_' or '-'. The name is optional."),
       formError,
     ),
+    listError,
     list,
   );
   await load();

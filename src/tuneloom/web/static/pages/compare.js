@@ -14,7 +14,7 @@
  *   · button "Generate with each" ("compare-generate") · output per version ("compare-output-<version id>")
  */
 import { lineChart, PALETTE } from "../chart.js";
-import { api, appPath, enc, errorBox, fill, fmtDate, fmtNum, h, link, pageHeader, registerPage } from "../app.js";
+import { api, appPath, enc, errorBox, fill, fmtDate, fmtNum, h, link, pageHeader, registerPage, whileBusy } from "../app.js";
 import { useStyles } from "./playground_styles.js";
 
 const SETTINGS = ["model_config", "quantization_config", "peft_config", "tokenizer_config", "trainer_config"];
@@ -354,33 +354,33 @@ registerPage("/apps/:app/compare", async ({ main, params, query, signal }) => {
     generation = controller;
     signal.addEventListener("abort", () => controller.abort());
     const inference_params = { max_tokens: Number(maxTokens.value) || 32, temperature: 0 };
-    generateButton.disabled = true;
     renderOutputsPlaceholders();
-    await Promise.all(
-      selected.map(async (v) => {
-        const box = outputs.querySelector(`[data-testid="compare-output-${v.id}"]`);
-        if (v.status.name !== "MODEL_TRAINED") return;
-        const pre = box.querySelector("pre");
-        pre.textContent = "Generating…";
-        try {
-          const result = await api(`${appPath(app)}/models/${enc(v.model_id)}/predict`, {
-            method: "POST",
-            body: { inputs: [text], version: v.id, inference_params },
-            signal: controller.signal,
-          });
-          const out = result.outputs[0];
-          pre.className = "";
-          pre.textContent = out.text;
-          box.dataset.done = "true";
-          box.append(h("p", { className: "muted" }, `${out.tokens} tokens · finish reason: ${out.finish_reason}`));
-        } catch (err) {
-          if (err.name === "AbortError") return;
-          pre.replaceWith(errorBox(err));
-        }
-      }),
+    await whileBusy(generateButton, () =>
+      Promise.all(
+        selected.map(async (v) => {
+          const box = outputs.querySelector(`[data-testid="compare-output-${v.id}"]`);
+          if (v.status.name !== "MODEL_TRAINED") return;
+          const pre = box.querySelector("pre");
+          pre.textContent = "Generating…";
+          try {
+            const result = await api(`${appPath(app)}/models/${enc(v.model_id)}/predict`, {
+              method: "POST",
+              body: { inputs: [text], version: v.id, inference_params },
+              signal: controller.signal,
+            });
+            const out = result.outputs[0];
+            pre.className = "";
+            pre.textContent = out.text;
+            box.dataset.done = "true";
+            box.append(h("p", { className: "muted" }, `${out.tokens} tokens · finish reason: ${out.finish_reason}`));
+          } catch (err) {
+            if (err.name === "AbortError") return;
+            pre.replaceWith(errorBox(err));
+          }
+        }),
+      ),
     );
     if (generation === controller) generation = null;
-    generateButton.disabled = false;
   }
 
   onlyDiffs.addEventListener("change", renderSettings);

@@ -14,6 +14,7 @@ import {
   table,
   toast,
   upload,
+  whileBusy,
 } from "../app.js";
 
 const DEFAULT_TOLERANCE = 5;
@@ -100,6 +101,13 @@ function range(r) {
   return r ? `${fmtNum(r.min)} / ${fmtNum(r.mean)} / ${fmtNum(r.max)}` : "—";
 }
 
+/** `err` with the refused file named, when its message does not say which (a size limit, a lost connection). */
+function naming(file, err) {
+  if (String(err.message).includes(file.name)) return err;
+  const why = String(err.message).replace(/^The /, "the ");
+  return { message: `'${file.name}' was not uploaded: ${why}`, key: err.key };
+}
+
 async function downloadTemplate(e) {
   e.preventDefault();
   try {
@@ -134,8 +142,23 @@ registerPage("/apps/:app/datasets/:dataset", async ({ main, params, signal }) =>
     testid: "upload-input",
   });
 
+  // One upload at a time: every upload adds its rows to the dataset, so a second drop or choice
+  // while one is in flight (a double drop, an impatient re-pick) would add the rows twice.
+  let uploading = null; // the file in flight
+
+  function setUploading(file) {
+    uploading = file;
+    fileInput.disabled = Boolean(file);
+    drop.setAttribute("aria-busy", file ? "true" : "false");
+  }
+
   async function send(file) {
     if (!file) return;
+    if (uploading) {
+      toast(`'${uploading.name}' is still uploading: add the next file when it is done.`);
+      return;
+    }
+    setUploading(file);
     fill(uploadError);
     progress.hidden = false;
     progress.value = 0;
@@ -158,9 +181,10 @@ registerPage("/apps/:app/datasets/:dataset", async ({ main, params, signal }) =>
       if (err.name === "AbortError") return;
       progress.hidden = true;
       fill(progressText);
-      fill(uploadError, errorBox(err, "upload-error"));
+      fill(uploadError, errorBox(naming(file, err), "upload-error"));
     } finally {
       fileInput.value = "";
+      setUploading(null);
     }
   }
 
@@ -227,19 +251,18 @@ registerPage("/apps/:app/datasets/:dataset", async ({ main, params, signal }) =>
 
   const createButton = h("button", { type: "button", testid: "create-version" }, "Create version");
   const versionError = h("div");
-  createButton.addEventListener("click", async () => {
-    createButton.disabled = true;
-    fill(versionError);
-    try {
-      const v = await api(`${base}/versions`, { method: "POST", signal });
-      toast(`Version ${v.id}: ${v.state}`);
-      await loadVersions();
-    } catch (err) {
-      fill(versionError, errorBox(err, "create-version-error"));
-    } finally {
-      createButton.disabled = false;
-    }
-  });
+  createButton.addEventListener("click", () =>
+    whileBusy(createButton, async () => {
+      fill(versionError);
+      try {
+        const v = await api(`${base}/versions`, { method: "POST", signal });
+        toast(`Version ${v.id}: ${v.state}`);
+        await loadVersions();
+      } catch (err) {
+        fill(versionError, errorBox(err, "create-version-error"));
+      }
+    }),
+  );
 
   main.append(
     pageHeader(

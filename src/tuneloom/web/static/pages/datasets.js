@@ -1,5 +1,5 @@
 // Datasets of an app: list and create. The app's landing page.
-import { api, appPath, enc, errorBox, fill, fmtDate, h, link, navigate, pageHeader, registerPage, table } from "../app.js";
+import { api, appPath, enc, errorBox, fill, fmtDate, h, link, navigate, pageHeader, registerPage, table, whileBusy } from "../app.js";
 
 async function render({ main, params, signal }) {
   const base = `${appPath(params.app)}/datasets`;
@@ -15,15 +15,15 @@ async function render({ main, params, signal }) {
         className: "panel",
         onsubmit: async (e) => {
           e.preventDefault();
-          create.disabled = true;
           fill(formError);
-          try {
-            const ds = await api(base, { method: "POST", body: { id: id.value.trim() } });
-            navigate(`/apps/${enc(params.app)}/datasets/${enc(ds.id)}`);
-          } catch (err) {
-            fill(formError, errorBox(err, "create-dataset-error"));
-            create.disabled = false;
-          }
+          await whileBusy(create, async () => {
+            try {
+              const ds = await api(base, { method: "POST", body: { id: id.value.trim() } });
+              navigate(`/apps/${enc(params.app)}/datasets/${enc(ds.id)}`);
+            } catch (err) {
+              fill(formError, errorBox(err, "create-dataset-error"));
+            }
+          });
         },
       },
       h("h2", {}, "New dataset"),

@@ -175,27 +175,49 @@ registerPage("/apps/:app/generate", async ({ main, params, query, signal }) => {
   }
 
   function setRunning(controller) {
+    // Keyboard users keep their place: Generate → Stop while it runs, and back when it ends.
+    const hadFocus = document.activeElement === generateButton || document.activeElement === stopButton;
     running = controller;
     generateButton.disabled = Boolean(controller);
     stopButton.disabled = !controller;
     generateButton.setAttribute("aria-busy", controller ? "true" : "false");
+    if (hadFocus) (controller ? stopButton : generateButton).focus();
+  }
+
+  let inputLines = []; // the line of the Inputs box each sent input came from, to point at it on error
+
+  /** The form field a server error names: a parameter, or the Inputs box (`input`, `inputs`, `inputs.N`). */
+  function fieldOf(key) {
+    if (/^inputs?(\.\d+)?$/.test(key)) return inputs;
+    return form.querySelector(`[name="${key.replace(/^inference_params\./, "")}"]`);
   }
 
   function showError(err) {
-    fill(errorSlot, errorBox(err, "gen-error"));
-    if (err && err.key) {
-      const field = form.querySelector(`[name="${err.key}"]`);
-      if (field) {
-        field.setAttribute("aria-invalid", "true");
-        field.focus();
-      }
+    const index = /^inputs\.(\d+)$/.exec((err && err.key) || "");
+    const line = index && inputLines[Number(index[1])];
+    fill(errorSlot, errorBox(line ? { message: `${err.message} (line ${line} of Inputs)` } : err, "gen-error"));
+    const field = err && err.key ? fieldOf(err.key) : null;
+    if (field) {
+      field.setAttribute("aria-invalid", "true");
+      field.focus();
     }
   }
 
+  function clearMarks() {
+    fill(errorSlot);
+    for (const field of form.querySelectorAll('[aria-invalid="true"]')) field.removeAttribute("aria-invalid");
+  }
+
+  /** The inputs to send, noting the line each came from (blank lines are skipped). */
   function collectInputs() {
     const text = inputs.value;
-    if (oneInput.checked) return text.trim() ? [text] : [];
-    return text.split("\n").filter((line) => line.trim() !== "");
+    if (oneInput.checked) {
+      inputLines = [1];
+      return text.trim() ? [text] : [];
+    }
+    const lines = text.split("\n").map((line, i) => [line, i + 1]).filter(([line]) => line.trim() !== "");
+    inputLines = lines.map(([, number]) => number);
+    return lines.map(([line]) => line);
   }
 
   async function streamOne(model, body, controller) {
@@ -271,15 +293,14 @@ registerPage("/apps/:app/generate", async ({ main, params, query, signal }) => {
   }
 
   async function run() {
-    fill(errorSlot);
+    clearMarks();
     const list = collectInputs();
     if (!list.length) {
-      showError({ message: "Type an input first (one per line for several)." });
-      inputs.focus();
+      showError({ message: "Type an input first (one per line for several).", key: "input" });
       return;
     }
     if (list.length > MAX_INPUTS) {
-      showError({ message: `At most ${MAX_INPUTS} inputs at once; there are ${list.length}.` });
+      showError({ message: `At most ${MAX_INPUTS} inputs at once; there are ${list.length}.`, key: "inputs" });
       return;
     }
     const model = modelSelect.value;

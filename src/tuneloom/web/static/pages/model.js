@@ -1,5 +1,5 @@
 // One model: its versions (training runs) with status, code, dates and a metrics summary.
-import { api, appPath, enc, fill, fmtDate, fmtNum, h, link, pageHeader, registerPage, table, toast, navigate } from "../app.js";
+import { api, appPath, enc, errorBox, fill, fmtDate, fmtNum, h, link, pageHeader, registerPage, table, navigate } from "../app.js";
 
 export const FINAL = new Set([
   "MODEL_TRAINED",
@@ -30,13 +30,15 @@ registerPage("/apps/:app/models/:model", async ({ main, params, signal }) => {
   const list = h("div");
   const model = await api(base, { signal });
   const remove = h("button", { type: "button", className: "danger", testid: "delete-model" }, "Delete model");
+  const removeError = h("div");
   remove.addEventListener("click", async () => {
     if (!confirm(`Delete model '${model.id}' and all its versions?`)) return;
+    fill(removeError);
     try {
       await api(base, { method: "DELETE" });
       navigate(`/apps/${enc(params.app)}/models`);
     } catch (err) {
-      toast(err.message);
+      fill(removeError, errorBox(err, "delete-model-error"));
     }
   });
   main.append(
@@ -45,6 +47,7 @@ registerPage("/apps/:app/models/:model", async ({ main, params, signal }) => {
       link(`#/apps/${enc(params.app)}/models/new?model=${enc(model.id)}`, "Train a new version", { className: "button", testid: "train-new-version" }),
       remove,
     ),
+    removeError,
     h("p", { className: "muted" }, `Text Generator (${model.model_type_id}), created ${fmtDate(model.created_at)}.`),
     list,
   );

@@ -1,10 +1,17 @@
 // Add a model and train it: type → model id, dataset version, tolerance, template, the five settings
 // (JSON editors pre-filled with the template's defaults, checked by the server as you type), Train.
-import { ApiError, api, appPath, enc, errorBox, fill, h, navigate, pageHeader, registerPage } from "../app.js";
+import { api, appPath, enc, errorBox, fill, h, navigate, pageHeader, registerPage, whileBusy } from "../app.js";
 
 export const SETTINGS = ["model_config", "quantization_config", "peft_config", "tokenizer_config", "trainer_config"];
 const TOLERANCE = "invalid_data_tolerance_percent";
 const DEBOUNCE_MS = 300;
+
+/** What a JSON value is, in JSON's words ("an array", "a number"…). */
+function jsonKind(value) {
+  if (value === null) return "null";
+  if (Array.isArray(value)) return "an array";
+  return { string: "a string", number: "a number", boolean: "a boolean" }[typeof value] || typeof value;
+}
 
 function field(id, labelText, control, help) {
   return h(
@@ -152,30 +159,42 @@ registerPage("/apps/:app/models/new", async ({ main, params, query, signal }) =>
     for (const name of SETTINGS) {
       const text = editors[name].value.trim();
       if (!text) continue;
+      let problem = null;
       try {
         const value = JSON.parse(text);
-        if (value === null || typeof value !== "object" || Array.isArray(value)) throw new Error("must be a JSON object");
-        body[name] = value;
+        if (value === null || typeof value !== "object" || Array.isArray(value)) problem = `Must be a JSON object ({…}), not ${jsonKind(value)}.`;
+        else body[name] = value;
       } catch (err) {
+        problem = `Not valid JSON: ${err.message}`;
+      }
+      if (problem) {
         ok = false;
         editors[name].setAttribute("aria-invalid", "true");
-        fill(editorErrors[name], `Not valid JSON: ${err.message}`);
+        fill(editorErrors[name], problem);
       }
     }
     if (tolerance.value.trim() !== "") body[TOLERANCE] = Number(tolerance.value);
     return ok ? body : null;
   }
 
+  /** Show a refusal by the field it names; returns that field (null when it names none on this form). */
   function showError(err) {
     const key = err.key || "";
     const name = SETTINGS.find((n) => key === n || key.startsWith(`${n}.`));
     if (name) {
       editors[name].setAttribute("aria-invalid", "true");
       fill(editorErrors[name], err.message);
-    } else if (key === TOLERANCE) {
+      return editors[name];
+    }
+    if (key === TOLERANCE) {
       tolerance.setAttribute("aria-invalid", "true");
       fill(toleranceError, err.message);
-    } else fill(formError, errorBox(err, "form-error-message"));
+      return tolerance;
+    }
+    fill(formError, errorBox(err, "form-error-message"));
+    const field = { "model id": modelId, model_id: modelId, dataset_version_id: version }[key] || null;
+    if (field) field.setAttribute("aria-invalid", "true");
+    return field;
   }
 
   let timer = null;
@@ -224,27 +243,34 @@ registerPage("/apps/:app/models/new", async ({ main, params, query, signal }) =>
       onsubmit: async (e) => {
         e.preventDefault();
         clearTimeout(timer);
-        train.disabled = true;
-        try {
-          clearErrors();
-          const body = collect();
-          if (!body) return;
-          if (!version.value) throw new Error("Choose a dataset and one of its READY versions.");
-          const id = modelId.value.trim();
-          await ensureModel(id);
-          const run = await api(`${app}/models/${enc(id)}/versions`, {
-            method: "POST",
-            body: { ...body, dataset_version_id: version.value, ...(resumeFrom ? { resume_from_model: resumeFrom } : {}) },
-            signal,
-          });
-          navigate(`/apps/${enc(params.app)}/models/${enc(id)}/versions/${enc(run.id)}`);
-        } catch (err) {
-          if (err.name === "AbortError") return;
-          if (err instanceof ApiError) showError(err);
-          else fill(formError, errorBox(err, "form-error-message"));
-        } finally {
-          train.disabled = false;
-        }
+        let invalid = null; // the field to take the focus when the run is refused
+        await whileBusy(train, async () => {
+          try {
+            clearErrors();
+            const body = collect();
+            if (!body) {
+              invalid = SETTINGS.map((n) => editors[n]).find((el) => el.getAttribute("aria-invalid") === "true");
+              return;
+            }
+            if (!version.value) {
+              fill(formError, errorBox({ message: "Choose a dataset and one of its READY versions." }, "form-error-message"));
+              invalid = dataset.value ? version : dataset;
+              return;
+            }
+            const id = modelId.value.trim();
+            await ensureModel(id);
+            const run = await api(`${app}/models/${enc(id)}/versions`, {
+              method: "POST",
+              body: { ...body, dataset_version_id: version.value, ...(resumeFrom ? { resume_from_model: resumeFrom } : {}) },
+              signal,
+            });
+            navigate(`/apps/${enc(params.app)}/models/${enc(id)}/versions/${enc(run.id)}`);
+          } catch (err) {
+            if (err.name === "AbortError") return;
+            invalid = showError(err);
+          }
+        });
+        if (invalid) invalid.focus();
       },
     },
     h("h2", {}, "Text Generator"),

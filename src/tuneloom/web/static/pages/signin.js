@@ -1,5 +1,5 @@
 // Sign-in: the API key is kept in sessionStorage (this tab only) and checked against the API first.
-import { ApiError, clearKey, errorBox, fill, h, navigate, registerPage, setKey } from "../app.js";
+import { ApiError, clearKey, errorBox, fill, h, navigate, registerPage, request, setKey } from "../app.js";
 
 registerPage("/", ({ main }) => {
   document.title = "Sign in · tuneloom";
@@ -25,7 +25,7 @@ registerPage("/", ({ main }) => {
         button.disabled = true;
         setKey(key);
         try {
-          const response = await fetch("/api/apps", { headers: { Authorization: `Key ${key}` } });
+          const response = await request("/api/apps", { headers: { Authorization: `Key ${key}` } });
           if (!response.ok) {
             let body = null;
             try {

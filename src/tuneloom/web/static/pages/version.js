@@ -65,6 +65,7 @@ registerPage("/apps/:app/models/:model/versions/:version", async ({ main, params
   const seenLogs = new Set();
   let state = first;
   let resultsShown = false;
+  let cancelRequested = false; // a training run stops within a heartbeat: until then, say so
 
   function drawChart() {
     const steps = [...points.keys()].sort((a, b) => a - b);
@@ -118,8 +119,11 @@ registerPage("/apps/:app/models/:model/versions/:version", async ({ main, params
     if (!final && p.eta_s !== null && p.eta_s !== undefined) parts.push(`about ${fmtDuration(p.eta_s)} left`);
     if (v.status.name === "MODEL_QUEUED_FOR_TRAINING") parts.push(v.queue_position ? `number ${v.queue_position} in the queue` : "waiting for a worker");
     if (final && v.finished_at) parts.push(`finished ${fmtDate(v.finished_at)}`);
+    if (cancelRequested && !final) parts.push("cancel requested: the worker stops the run within a few seconds");
     fill(progressText, parts.join(" · ") || "—");
     cancel.hidden = final;
+    cancel.disabled = cancelRequested && !final;
+    fill(cancel, cancel.disabled ? "Cancelling…" : "Cancel training");
     again.hidden = !trained;
     fill(
       details,
@@ -204,12 +208,17 @@ registerPage("/apps/:app/models/:model/versions/:version", async ({ main, params
     cancel.disabled = true;
     fill(actionError);
     try {
-      showStatus(await api(`${base}/cancel`, { method: "POST", signal }));
+      const v = await api(`${base}/cancel`, { method: "POST", signal });
+      cancelRequested = true;
+      showStatus(v);
     } catch (err) {
+      if (err.name === "AbortError") return;
       fill(actionError, errorBox(err, "cancel-error"));
-    } finally {
-      cancel.disabled = false;
+      // 409: the run ended meanwhile (details.status says how); show that instead of a stale "training".
+      const ended = err.status === 409 && err.details && err.details.status;
+      showStatus(ended ? await api(base, { signal }).catch(() => state) : state);
     }
+    if (document.activeElement === document.body) (cancel.hidden || cancel.disabled ? main : cancel).focus();
   });
 
   main.append(
