@@ -170,8 +170,9 @@ def test_two_real_servers_on_one_database_hold_one_keys_cap_between_them(tmp_pat
         small = {"inputs": ["hi"], "inference_params": {"max_tokens": 2}}
         for url in (model, on_other):  # both load the version now, so that the refusal below is quick
             assert httpx.post(f"{url}/predict", json=small, headers=headers, timeout=60).status_code == 200
-        # Long enough to be caught running (~4 s on an idle 2-core machine): 2 sampled answers of 400 tokens.
-        long = {"inputs": ["hi"] * 2, "inference_params": {"max_tokens": 400, "temperature": 1.0}}
+        # Long enough to be caught running (~4 s on an idle 2-core machine): 2 sampled answers of 400 tokens,
+        # near-uniform over the vocabulary so that neither ends early on EOS.
+        long = {"inputs": ["hi"] * 2, "inference_params": {"max_tokens": 400, "temperature": 5.0}}
         database = Database(procs.extra[1])
         try:
             with ThreadPoolExecutor(1) as pool:

@@ -246,7 +246,8 @@ def test_one_key_cannot_run_more_generations_than_its_limit(deployed: Deployed, 
     """While the key's one slot streams, /predict, /generate and the OpenAI routes get 429; other keys do not."""
     d = deployed
     other = admin  # another key that may use the app
-    sampled = {"max_tokens": 1000, "temperature": 1.0}
+    # Near-uniform sampling over the vocabulary: the held stream does not end on EOS before the refusals are checked.
+    sampled = {"max_tokens": 1000, "temperature": 5.0}
     openai = {"model": f"{d.app_id}/{d.model_id}", "prompt": PROMPT, "max_tokens": 5}
     predict = {"inputs": ["hi"], "inference_params": {"max_tokens": 2}}
     with (
