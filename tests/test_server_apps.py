@@ -36,6 +36,9 @@ def test_admin_creates_apps_and_scoped_keys_see_only_their_own(server: tuple[str
 
     assert httpx.delete(f"{url}/api/apps/beta", headers=admin).status_code == 204
     assert httpx.get(f"{url}/api/apps/beta", headers=admin).status_code == 404
+    for children in ("datasets", "models"):  # a deleted or mistyped app has no empty lists: it is not there
+        listing = httpx.get(f"{url}/api/apps/beta/{children}", headers=admin)
+        assert listing.status_code == 404 and "app 'beta'" in listing.json()["message"], listing.text
     assert {a["id"] for a in httpx.get(f"{url}/api/apps", headers=admin).json()} >= {"alpha"}
 
 

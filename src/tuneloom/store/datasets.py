@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 
 from tuneloom.data.types import DataReport, Example
 from tuneloom.store.apps import add_under_app, raw_uploads
-from tuneloom.store.db import Database
+from tuneloom.store.db import Database, fetch
 from tuneloom.store.ids import ConflictError, NotFoundError, check_id, new_id
-from tuneloom.store.models import Dataset, DatasetVersion, Input, ModelVersion, Upload, utcnow
+from tuneloom.store.models import App, Dataset, DatasetVersion, Input, ModelVersion, Upload, utcnow
 from tuneloom.store.registry import unfinished_run
 
 INSERT_CHUNK = 1000
@@ -51,6 +51,7 @@ def get_dataset(db: Database, app_id: str, dataset_id: str) -> Dataset:
 def list_datasets(db: Database, app_id: str) -> list[Dataset]:
     query = select(Dataset).where(Dataset.app_id == check_id(app_id, "app id")).order_by(Dataset.created_at, Dataset.id)
     with db.read() as session:
+        fetch(session, App, app_id, "app")  # a mistyped app is a 404, not "no datasets yet"
         return list(session.scalars(query))
 
 

@@ -15,7 +15,7 @@ from tuneloom.store.apps import add_under_app
 from tuneloom.store.artifacts import CHECKPOINTS
 from tuneloom.store.db import Database, fetch
 from tuneloom.store.ids import ConflictError, NotFoundError, check_id, new_id
-from tuneloom.store.models import QUEUED, RUNNING, Model, ModelVersion, TrainingStatus
+from tuneloom.store.models import QUEUED, RUNNING, App, Model, ModelVersion, TrainingStatus
 
 MODEL_TYPES = ("text-to-text",)
 
@@ -40,6 +40,7 @@ def get_model(db: Database, app_id: str, model_id: str) -> Model:
 def list_models(db: Database, app_id: str) -> list[Model]:
     query = select(Model).where(Model.app_id == check_id(app_id, "app id")).order_by(Model.created_at, Model.id)
     with db.read() as session:
+        fetch(session, App, app_id, "app")  # a mistyped app is a 404, not "no models yet"
         return list(session.scalars(query))
 
 
