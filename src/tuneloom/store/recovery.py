@@ -129,14 +129,20 @@ def fail_abandoned_versions(
     """Mark FAILURE the PENDING or IN_PROGRESS versions nobody builds any more, remove their snapshots,
     and return their ids. Live builds, this server's and others', are left alone.
 
-    The rows are locked as they are read (`FOR UPDATE`; SQLite's write lock), so a build that beats
-    or ends meanwhile is judged on its newest row, and its own end then finds the FAILURE (`_finish`).
+    Every server runs this every few seconds, so a plain read decides first whether any build looks
+    abandoned; only then are the rows locked and judged again (`FOR UPDATE`; SQLite's write lock, which
+    a read of nothing to do would otherwise take from uploads and training telemetry each time), so a
+    build that beats or ends meanwhile is judged on its newest row, and its own end then finds the
+    FAILURE (`_finish`).
     """
     now = now or utcnow()
     silent_since = now - timedelta(seconds=lease_s)
+    unfinished = select(DatasetVersion).where(DatasetVersion.state.in_(UNFINISHED))
+    with db.read() as session:
+        if not any(_abandoned(v, silent_since, me) for v in session.scalars(unfinished)):
+            return []
     with db.write() as session:
-        unfinished = select(DatasetVersion).where(DatasetVersion.state.in_(UNFINISHED)).with_for_update()
-        versions = [v for v in session.scalars(unfinished) if _abandoned(v, silent_since, me)]
+        versions = [v for v in session.scalars(unfinished.with_for_update()) if _abandoned(v, silent_since, me)]
         for version in versions:
             version.state = State.FAILURE.value
             version.message = INTERRUPTED
