@@ -165,6 +165,23 @@ def test_a_multi_process_run_that_can_train_on_cpus_goes_to_a_cpu_worker(db: Dat
     assert jobs.claim_next(db, "cpu:1:0", 60, capacity=CPU).id == wide.id  # type: ignore[union-attr]
 
 
+def test_a_cpu_worker_must_hold_every_process_copy_of_a_multi_process_run(db: Database, dsv: str) -> None:
+    """On GPUs each process's copy lives on its own card; on a CPU machine all copies share its memory."""
+    full = {"peft_config": {}, "distributed": {"strategy": "ddp", "num_processes": 2}}  # 2,060 MiB per process
+    wide = _enqueue(db, dsv, "smollm2-135m-instruct-lora", **full)
+    three_gb = Capacity(gpu_count=0, gpu_memory_mb=0, cpu_memory_mb=3_000)
+    two_small_gpus = Capacity(gpu_count=2, gpu_memory_mb=3_000, cpu_memory_mb=3_000)
+    assert three_gb.fits(wide) is False and two_small_gpus.fits(wide) is True
+    assert jobs.claim_next(db, "small-box:1:0", 60, capacity=three_gb) is None  # 2 × 2,060 MiB > 3,000 MiB
+    workers.beat(db, "small-box:1:0", three_gb, lease_s=30)
+    assert workers.waiting_reason(db, wide) == (
+        "waiting for a worker with at least 2 GPUs or none (each of its 2 processes needs a GPU of its own where there "
+        "are any) and at least 2,060 MiB of memory per process (2 processes) for the weights, gradients and optimizer "
+        "state (live workers: 1, CPU only, 3,000 MiB)"
+    )
+    assert jobs.claim_next(db, "box:1:0", 60, capacity=CPU).id == wide.id  # type: ignore[union-attr]
+
+
 def test_a_waiting_multi_process_run_names_the_gpus_it_needs(db: Database, dsv: str) -> None:
     wide = _enqueue(db, dsv, "tiny-random", distributed=FOUR_PROCESSES)
     gptq = _enqueue(db, dsv, "llama-2-7b-chat-gptq-lora", distributed=FOUR_PROCESSES)
@@ -175,11 +192,12 @@ def test_a_waiting_multi_process_run_names_the_gpus_it_needs(db: Database, dsv: 
     hint = "a worker's slots split its GPUs: `tuneloom worker --workers 1` gives its one slot all of them"
     assert workers.waiting_reason(db, wide, now=now) == (
         "waiting for a worker with at least 4 GPUs or none (each of its 4 processes needs a GPU of its own where "
-        f"there are any) and at least 2 MiB of memory for the weights ({live}; {hint})"
+        f"there are any) and at least 2 MiB of memory per process (4 processes) for the weights ({live}; {hint})"
     )
     assert workers.waiting_reason(db, gptq, now=now) == (
         "waiting for a worker with at least 4 CUDA GPUs (quantization_config needs CUDA, and each of its 4 processes "
-        f"a GPU of its own) and at least 3,338 MiB of GPU memory for the weights ({live}; {hint})"
+        f"a GPU of its own) and at least 3,338 MiB of GPU memory per process (4 processes) for the weights "
+        f"({live}; {hint})"
     )
     assert [job.id for job, _ in workers.stuck_jobs(db, now=now)] == [wide.id, gptq.id]
     assert jobs.queue_position(db, wide.id, now=now) == 1  # no live slot can take either: nobody is ahead

@@ -38,28 +38,35 @@ class Capacity:
     gpu_memory_mb: int = 0  # the smallest of its GPUs
     cpu_memory_mb: int = 0
 
-    @property
-    def training_memory_mb(self) -> int:
-        """Where the weights live while training: the GPU's memory when there is one, else the machine's."""
-        return self.gpu_memory_mb if self.gpu_count else self.cpu_memory_mb
-
     def fits(self, job: ModelVersion) -> bool:
         """The same test as `fits_clause`, for a run already read.
 
-        With GPUs, a run takes one per process, so it needs that many; without, its processes share
-        the CPUs, which any run that does not need CUDA can do (`train.launch.check_this_machine`).
+        With GPUs, a run takes one per process, so it needs that many, and each process's share of
+        the weights lives on its own GPU. Without, its processes share the CPUs, which any run that
+        does not need CUDA can do (`train.launch.check_this_machine`), and the machine's memory,
+        which must then hold every process's copy.
         """
-        gpus_ok = job.needs_gpu_count <= self.gpu_count if self.gpu_count else not job.needs_cuda
-        memory_ok = job.needs_memory_mb is None or job.needs_memory_mb <= self.training_memory_mb
-        return gpus_ok and memory_ok
+        if self.gpu_count:
+            gpus_ok, memory_mb = job.needs_gpu_count <= self.gpu_count, job.needs_memory_mb
+        else:
+            gpus_ok = not job.needs_cuda
+            memory_mb = None if job.needs_memory_mb is None else job.needs_memory_mb * job.needs_gpu_count
+        return gpus_ok and (memory_mb is None or memory_mb <= self._memory_mb)
 
     def fits_clause(self) -> ColumnElement[bool]:
-        """SQL: the queued runs this capacity can take."""
-        gpus_ok = (
-            ModelVersion.needs_gpu_count <= self.gpu_count if self.gpu_count else ModelVersion.needs_cuda.is_(False)
-        )
-        memory_ok = or_(ModelVersion.needs_memory_mb.is_(None), ModelVersion.needs_memory_mb <= self.training_memory_mb)
-        return and_(gpus_ok, memory_ok)
+        """SQL: the queued runs this capacity can take (see `fits`)."""
+        if self.gpu_count:
+            gpus_ok = ModelVersion.needs_gpu_count <= self.gpu_count
+            memory_ok = ModelVersion.needs_memory_mb <= self._memory_mb
+        else:
+            gpus_ok = ModelVersion.needs_cuda.is_(False)
+            memory_ok = ModelVersion.needs_memory_mb * ModelVersion.needs_gpu_count <= self._memory_mb
+        return and_(gpus_ok, or_(ModelVersion.needs_memory_mb.is_(None), memory_ok))
+
+    @property
+    def _memory_mb(self) -> int:
+        """Where the weights live while training: the GPUs' memory when there are any, else the machine's."""
+        return self.gpu_memory_mb if self.gpu_count else self.cpu_memory_mb
 
     def describe(self) -> str:
         if not self.gpu_count:
@@ -165,7 +172,8 @@ def _memory_need(job: ModelVersion, requirement: Requirement) -> str | None:
     if not job.needs_memory_mb:
         return None
     where = "GPU memory" if job.needs_cuda else "memory"
-    return f"at least {job.needs_memory_mb:,} MiB of {where} for {requirement.memory_what}"
+    each = f" per process ({job.needs_gpu_count} processes)" if job.needs_gpu_count > 1 else ""
+    return f"at least {job.needs_memory_mb:,} MiB of {where}{each} for {requirement.memory_what}"
 
 
 def _split_hint(job: ModelVersion, live: list[Capacity]) -> str:
