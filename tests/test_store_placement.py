@@ -14,6 +14,7 @@ from tuneloom.store.models import ModelVersion, utcnow
 from tuneloom.store.workers import Capacity
 from tuneloom.templates import resolve_settings
 from tuneloom.templates.requirements import job_requirement
+from tuneloom.worker.capacity import Machine
 from tuneloom.worker.child import visible_devices
 from tuneloom.worker.pool import slot_gpus
 
@@ -219,3 +220,12 @@ def test_a_workers_slots_split_its_gpus_and_a_run_sees_only_its_slots_share(monk
     assert visible_devices((0, 1, 2, 3), {"num_processes": 2, "num_machines": 1}) == "0,1"
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")  # the worker itself was given GPUs 4-7
     assert visible_devices((1, 3), {"num_processes": 2, "num_machines": 1}) == "5,7"
+
+
+def test_a_slot_advertises_the_memory_of_its_own_gpus() -> None:
+    """On a machine with mixed cards, a slot on the big ones is not held to the smallest card's memory."""
+    machine = Machine(gpu_memory_mb=(24_000, 81_000, 24_000, 81_000), cpu_memory_mb=256_000)
+    slots = [machine.slot_capacity(slot_gpus(i, 2, 4)) for i in range(2)]
+    assert slots == [Capacity(2, 24_000, 256_000), Capacity(2, 81_000, 256_000)]
+    assert machine.slot_capacity(slot_gpus(0, 1, 4)) == Capacity(4, 24_000, 256_000)
+    assert Machine(gpu_memory_mb=(), cpu_memory_mb=16_000).slot_capacity(()) == CPU

@@ -8,7 +8,6 @@ table fresh (capacity and a heartbeat), which is how the queue knows which runs 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import threading
@@ -19,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from tuneloom.store import workers
 from tuneloom.store.artifacts import Artifacts
 from tuneloom.store.db import Database, is_unavailable
-from tuneloom.worker.capacity import detect_capacity
+from tuneloom.worker.capacity import detect_machine
 from tuneloom.worker.supervisor import WorkerConfig, WorkerSlot
 
 log = logging.getLogger("tuneloom.worker")
@@ -44,11 +43,11 @@ def slot_gpus(slot: int, slots: int, gpus: int) -> tuple[int, ...]:
 class WorkerPool:
     def __init__(self, db: Database, artifacts: Artifacts, slots: int, config: WorkerConfig | None = None):
         self.db = db
-        machine = detect_capacity()
+        machine = detect_machine()
         self.slots = []
         for i in range(slots):
-            mine = slot_gpus(i, slots, machine.gpu_count)
-            capacity = dataclasses.replace(machine, gpu_count=len(mine))
+            mine = slot_gpus(i, slots, len(machine.gpu_memory_mb))
+            capacity = machine.slot_capacity(mine)
             self.slots.append(WorkerSlot(db, artifacts, slot=i, config=config, cuda_devices=mine, capacity=capacity))
         self.threads: list[threading.Thread] = []
         self._stopped = threading.Event()
