@@ -14,7 +14,9 @@ import httpx
 import pytest
 from tests.conftest import DATABASE_URL_FILE, api_key, sentiment_lines
 from tests.process_helpers import ended, state, trained, wait_for
+from tests.server_helpers import server_database
 
+from tuneloom.store import dataset_versions
 from tuneloom.store.artifacts import Artifacts
 from tuneloom.store.recovery import remove_partial_files
 
@@ -96,6 +98,59 @@ def test_what_a_waiting_run_needs_cannot_be_deleted_until_it_is_cancelled(api: A
     assert httpx.delete(f"{api[0]}/datasets/needed", headers=headers).status_code == 204
 
 
+def test_a_dataset_version_in_use_is_refused_and_once_deleted_its_trained_models_keep_working(api: Api) -> None:
+    app, headers, data_dir = api
+    data = dataset_version(api, "versioned")
+    kept = httpx.post(f"{app}/datasets/versioned/versions", headers=headers, timeout=60).json()["id"]
+    made = model(api, "made-from-it")
+    first = trained(made, headers, queue(api, made, data, steps=2))
+    waiting = httpx.post(f"{made}/versions", json={**GPU_RUN, "dataset_version_id": data}, headers=headers)
+    assert waiting.status_code == 201, waiting.text  # no CPU worker takes it: it stays queued
+    run = waiting.json()["id"]
+
+    version_url = f"{app}/datasets/versioned/versions/{data}"
+    in_use = httpx.delete(version_url, headers=headers)
+    assert in_use.status_code == 409 and run in in_use.json()["message"], in_use.text
+    assert in_use.json()["details"]["model_version_id"] == run
+    assert httpx.post(f"{made}/versions/{run}/cancel", headers=headers).status_code == 200
+
+    snapshot = data_dir / "dataset-versions" / f"{data}.jsonl"
+    assert snapshot.is_file()
+    assert httpx.delete(version_url, headers=headers).status_code == 204
+    assert not snapshot.exists() and (data_dir / "dataset-versions" / f"{kept}.jsonl").is_file()
+    assert httpx.get(version_url, headers=headers).status_code == 404
+    again = httpx.delete(version_url, headers=headers)
+    assert again.status_code == 404 and data in again.json()["message"]
+    left = httpx.get(f"{app}/datasets/versioned/versions", headers=headers).json()
+    assert [v["id"] for v in left] == [kept]
+
+    # the trained version holds its own weights: it still answers, and says its data is gone
+    assert (state(f"{made}/versions/{first}", headers)["dataset_version_id"], first) == (None, first)
+    body = {"inputs": ["great product"], "version": first, "inference_params": {"max_tokens": 2}}
+    answer = httpx.post(f"{made}/predict", json=body, headers=headers, timeout=120)
+    assert answer.status_code == 200 and len(answer.json()["outputs"]) == 1, answer.text
+
+
+def test_a_dataset_version_still_building_or_of_another_dataset_cannot_be_deleted(api: Api) -> None:
+    app, headers, data_dir = api
+    other = dataset_version(api, "elsewhere")
+    db = server_database(data_dir)
+    try:
+        building = dataset_versions.create_version(db, "life", "elsewhere").id  # PENDING: nothing builds it here
+    finally:
+        db.engine.dispose()
+    versions = f"{app}/datasets/elsewhere/versions"
+    refused = httpx.delete(f"{versions}/{building}", headers=headers)
+    assert refused.status_code == 409 and "still being built (PENDING)" in refused.json()["message"], refused.text
+    assert httpx.get(f"{versions}/{building}", headers=headers).json()["state"] == "PENDING"
+
+    assert httpx.post(f"{app}/datasets", json={"id": "neighbour"}, headers=headers).status_code == 201
+    wrong_dataset = httpx.delete(f"{app}/datasets/neighbour/versions/{other}", headers=headers)
+    assert wrong_dataset.status_code == 404 and other in wrong_dataset.json()["message"]
+    assert httpx.get(f"{versions}/{other}", headers=headers).json()["state"] == "READY"
+    assert httpx.delete(f"{app}/datasets/nowhere/versions/{other}", headers=headers).status_code == 404
+
+
 RACES = 14  # pairs of requests fired at once
 GPU_RUN = {"template": "tiny-random", "trainer_config": {"bf16": True}}  # no CPU worker takes it: it stays queued
 
@@ -121,22 +176,26 @@ def postgresql_only(data_dir: Path) -> None:
         pytest.skip("SQLite runs one write transaction at a time (BEGIN IMMEDIATE): nothing to race")
 
 
-def test_queueing_a_run_while_its_dataset_is_deleted_never_lets_both_succeed(api: Api) -> None:
-    """Either the delete is a 409 (the run was queued first) or the run is refused (the dataset went first).
+@pytest.mark.parametrize("deleting", ["dataset", "version"])
+def test_queueing_a_run_while_its_data_is_deleted_never_lets_both_succeed(api: Api, deleting: str) -> None:
+    """Either the delete is a 409 (the run was queued first) or the run is refused (the data went first).
 
     The check that no unfinished run uses the dataset and the insert of a run were not serialised: on
     PostgreSQL both could commit, leaving a queued run whose dataset version was gone (or the insert
-    failed on the foreign key, a 500).
+    failed on the foreign key, a 500). A version's delete locks its dataset's row without deleting it,
+    so the run must read the version again once it holds that lock (it read it before waiting).
     """
     app, headers, data_dir = api
     postgresql_only(data_dir)
-    target = model(api, "racer")
+    target = model(api, f"racer-{deleting}")
     delay, step = 0.0, 0.004  # the delete's lag, steered to where the train request's transaction runs
     for attempt in range(RACES):
-        data = dataset_version(api, f"race-{attempt}")
+        dataset = f"race-{deleting}-{attempt}"
+        data = dataset_version(api, dataset)
+        doomed = f"{app}/datasets/{dataset}" + (f"/versions/{data}" if deleting == "version" else "")
         queued, deleted = race(
             partial(httpx.post, f"{target}/versions", json={**GPU_RUN, "dataset_version_id": data}, headers=headers),
-            partial(httpx.delete, f"{app}/datasets/race-{attempt}", headers=headers),
+            partial(httpx.delete, doomed, headers=headers),
             delay,
         )
         codes = (queued.status_code, deleted.status_code)

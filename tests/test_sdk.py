@@ -76,9 +76,16 @@ def test_datasets_and_versions_through_handles(flow: Flow) -> None:
     scratch.upload_file(flow.upload_path)
     assert scratch.delete_inputs([1, 2]) == 2
     assert len(list(scratch.list_inputs())) == 46
+    ready = scratch.create_version()
     assert scratch.delete_inputs() == 46
     empty = scratch.create_version()
     assert empty.state == "FAILURE" and empty.message
+    scratch.delete_version(ready)
+    scratch.delete_version(empty.id)
+    assert scratch.list_versions() == []
+    with pytest.raises(TuneloomAPIError) as gone:
+        scratch.delete_version(ready)
+    assert gone.value.status == 404 and ready.id in gone.value.message
     assert {d.id for d in flow.app.list_datasets()} == {"sentiment", "scratch"}
     flow.app.delete_dataset("scratch")
     with pytest.raises(TuneloomAPIError) as missing:

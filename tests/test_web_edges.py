@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Page, Route, expect
+from playwright.sync_api import Dialog, Page, Route, expect
 from tests.conftest import api_key, sentiment_lines
 from tests.server_helpers import WORKER_ID, ready_dataset_version, server_database, unfinished_version
 from tests.web_support import PHONE_VIEWPORT, signed_in, watch_errors
@@ -23,6 +23,7 @@ from tuneloom.store.models import TrainingStatus
 
 pytestmark = pytest.mark.parametrize("server", ["sqlite"], indirect=True)
 
+KEEP_WORKING = "Models already trained on it keep working."  # the dataset version delete's confirm says so
 LONG_ID = "a-dataset-id-of-the-longest-kind-sixty-four-characters-no-spaces"  # 64, the limit
 DROP_FILE = """([name, text]) => {
   const files = new DataTransfer();
@@ -57,6 +58,21 @@ def edges(server: tuple[str, Path]) -> Edges:
     dataset_version_id = ready_dataset_version(url, headers, "edges")
     assert httpx.post(f"{url}/api/apps/edges/models", json={"id": "router"}, headers=headers).status_code == 201
     return Edges(url, data_dir, key, dataset_version_id)
+
+
+def answer_confirms(page: Page, *answers: bool) -> list[str]:
+    """Answer the page's next confirm()s with `answers` (True: OK), any later one "Cancel"; returns the questions."""
+    asked: list[str] = []
+
+    def answer(dialog: Dialog) -> None:
+        asked.append(dialog.message)
+        if len(asked) <= len(answers) and answers[len(asked) - 1]:
+            dialog.accept()
+        else:
+            dialog.dismiss()
+
+    page.on("dialog", answer)
+    return asked
 
 
 def page_width(page: Page) -> int:
@@ -150,4 +166,64 @@ def test_cancel_says_it_is_cancelling_and_a_run_that_ended_meanwhile_shows_how(
     expect(page.get_by_test_id("status-name")).to_have_text("MODEL_TRAINING_FAILED")
     expect(page.get_by_test_id("status-message")).to_have_text("ran out of memory (test)")
     expect(page.get_by_test_id("cancel")).to_be_hidden()
+    assert not errors, "\n".join(errors)
+
+
+def test_a_dataset_version_a_run_trains_on_is_refused_naming_the_run_then_run_and_version_are_deleted(
+    edges: Edges, browser_page: Page
+) -> None:
+    db = server_database(edges.data_dir)
+    data = ready_dataset_version(edges.url, edges.headers, edges.app_id, "in-use")
+    run = unfinished_version(db, edges.app_id, edges.model_id, data, fail=False)  # held MODEL_TRAINING by the test
+    page = browser_page
+    errors = watch_errors(page, expected_statuses=(409,))
+    asked = answer_confirms(page, True, True, True, True)
+    signed_in(page, edges.key)
+    page.goto(f"{edges.url}/#/apps/{edges.app_id}/datasets/in-use")
+    page.get_by_role("button", name=f"Delete version {data}").click()
+    expect(page.get_by_test_id("delete-version-error")).to_contain_text(f"run '{run}' (MODEL_TRAINING) trains on")
+    expect(page.get_by_test_id(f"delete-version-{data}")).to_be_enabled()
+    assert asked == [f"Delete version '{data}' of dataset 'in-use' and its snapshot? {KEEP_WORKING}"]
+
+    # the run's own page refuses too while it trains; once it ended, its delete goes back to the model's list
+    page.goto(f"{edges.url}/#/apps/{edges.app_id}/models/{edges.model_id}/versions/{run}")
+    page.get_by_test_id("delete-version").click()
+    expect(page.get_by_test_id("delete-version-error")).to_contain_text("is training; cancel it before deleting it")
+    jobs.finish(db, run, TrainingStatus.MODEL_TRAINING_CANCELLED, "cancelled by the user", worker_id=WORKER_ID)
+    expect(page.get_by_test_id("status-name")).to_have_text("MODEL_TRAINING_CANCELLED")
+    page.get_by_test_id("delete-version").click()
+    expect(page).to_have_url(re.compile(rf"#/apps/{edges.app_id}/models/{edges.model_id}$"))
+    expect(page.get_by_test_id("delete-model")).to_be_visible()  # the model's page, its versions listed below
+    expect(page.locator('[data-testid^="model-versions-table"]')).to_be_visible()
+    expect(page.get_by_role("link", name=run)).to_have_count(0)
+    assert asked[-1] == f"Delete version '{run}' of model '{edges.model_id}' with its trained weights and checkpoints?"
+
+    page.goto(f"{edges.url}/#/apps/{edges.app_id}/datasets/in-use")
+    page.get_by_test_id(f"delete-version-{data}").click()
+    expect(page.get_by_test_id("versions-table-empty")).to_be_visible()
+    expect(page.get_by_test_id("delete-version-error")).to_have_count(0)
+    versions = f"{edges.url}/api/apps/{edges.app_id}/datasets/in-use/versions"
+    assert httpx.get(f"{versions}/{data}", headers=edges.headers).status_code == 404
+    assert not (edges.data_dir / "dataset-versions" / f"{data}.jsonl").exists()
+    assert not errors, "\n".join(errors)
+
+
+def test_deleting_a_dataset_asks_first_and_goes_back_to_the_datasets(edges: Edges, browser_page: Page) -> None:
+    ready_dataset_version(edges.url, edges.headers, edges.app_id, "mistake")
+    page = browser_page
+    errors = watch_errors(page)
+    signed_in(page, edges.key)
+    page.goto(f"{edges.url}/#/apps/{edges.app_id}/datasets/mistake")
+    dataset = f"{edges.url}/api/apps/{edges.app_id}/datasets/mistake"
+
+    asked = answer_confirms(page, False, True)
+    page.get_by_test_id("delete-dataset").click()  # "Cancel" in the dialog: nothing goes
+    assert httpx.get(dataset, headers=edges.headers).status_code == 200
+    expect(page.get_by_test_id("delete-dataset")).to_be_enabled()
+    page.get_by_test_id("delete-dataset").click()
+    expect(page).to_have_url(re.compile(rf"#/apps/{edges.app_id}/datasets$"))
+    expect(page.get_by_test_id("datasets-table")).to_be_visible()
+    expect(page.get_by_role("link", name="mistake", exact=True)).to_have_count(0)
+    assert asked == ["Delete dataset 'mistake' with its inputs, uploaded files and all its versions?"] * 2
+    assert httpx.get(dataset, headers=edges.headers).status_code == 404
     assert not errors, "\n".join(errors)

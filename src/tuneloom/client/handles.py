@@ -166,6 +166,13 @@ class Dataset:
     def get_version(self, version_id: str) -> DatasetVersion:
         return build(DatasetVersion, self._t.request("GET", f"{self.path}/versions/{_seg(version_id)}"))
 
+    def delete_version(self, version: str | DatasetVersion) -> None:
+        """Delete a version and its snapshot; 409 while a queued or training run trains on it or it is being built.
+
+        Models already trained on it keep working: they hold their own weights.
+        """
+        self._t.request("DELETE", f"{self.path}/versions/{_seg(_id(version))}")
+
 
 @dataclass
 class Model:

@@ -40,8 +40,9 @@ from tuneloom.store.builders import THIS_PROCESS
 from tuneloom.store.datasets import find_dataset, iter_examples
 from tuneloom.store.db import Database
 from tuneloom.store.ids import ConflictError, NotFoundError, check_id, new_id
-from tuneloom.store.models import DatasetVersion, utcnow
+from tuneloom.store.models import DatasetVersion, ModelVersion, utcnow
 from tuneloom.store.models import DatasetVersionState as State
+from tuneloom.store.registry import unfinished_run
 
 TokenLength = Callable[[str, str], int]
 log = logging.getLogger(__name__)
@@ -85,6 +86,35 @@ def list_versions(db: Database, app_id: str, dataset_id: str) -> list[DatasetVer
         dataset = find_dataset(session, app_id, dataset_id)
         query = select(DatasetVersion).where(DatasetVersion.dataset_pk == dataset.pk)
         return list(session.scalars(query.order_by(DatasetVersion.created_at, DatasetVersion.id)))
+
+
+def delete_version(db: Database, app_id: str, dataset_id: str, version_id: str) -> list[str]:
+    """Delete a finished version; returns its snapshot's path for the caller to remove once committed.
+
+    Refused (409) while a queued or training run trains on it (that run would fail later, or lose its
+    data file mid-training) and while it is being built (the build would finish into a missing row).
+    The dataset's row is locked as `delete_dataset` and `jobs.enqueue` lock it, so a `train` call
+    naming this version either is seen here or finds the version gone. Trained versions made from
+    it keep their weights; their `dataset_version_id` becomes null.
+    """
+    with db.write() as session:
+        dataset = find_dataset(session, app_id, dataset_id, lock=True)
+        version = _find(session, version_id, dataset.pk)
+        if version.state in (State.PENDING.value, State.IN_PROGRESS.value):
+            raise ConflictError(
+                f"dataset version '{version_id}' is still being built ({version.state}); "
+                "delete it once it is READY or FAILURE"
+            )
+        using = unfinished_run(session, ModelVersion.dataset_version_id == version.id)
+        if using is not None:
+            raise ConflictError(
+                f"dataset version '{version_id}' is what run '{using.id}' ({using.status}) trains on; "
+                "cancel that run before deleting the version",
+                details={"model_version_id": using.id},
+            )
+        paths = [version.artifact_path] if version.artifact_path else []
+        session.delete(version)
+    return paths
 
 
 def build_version(

@@ -297,17 +297,24 @@ def _compare_and_set(session: Session, job_id: str, worker_id: str, values: dict
 
 
 def _check_dataset_version(session: Session, app_id: str, version_id: str) -> None:
-    """The version is READY and in the app; its dataset's row stays locked (`delete_dataset` locks it too)."""
+    """The version is READY and in the app; its dataset's row stays locked (the dataset's and the version's
+    deletes lock it too).
+
+    The version is read again once the lock is held: a version delete locks the dataset's row without
+    changing it, so the locking read still returns the version as it was before waiting (READ COMMITTED),
+    and the run's insert would then fail on the foreign key.
+    """
     found = session.execute(
-        select(Dataset.app_id, DatasetVersion.state)
+        select(Dataset.app_id)
         .join(DatasetVersion, DatasetVersion.dataset_pk == Dataset.pk)
         .where(DatasetVersion.id == check_id(version_id, "dataset version id"))
         .with_for_update(of=Dataset)
     ).first()
-    if found is None or found.app_id != app_id:
+    state = session.scalar(select(DatasetVersion.state).where(DatasetVersion.id == version_id))
+    if found is None or found.app_id != app_id or state is None:
         raise NotFoundError(f"dataset version '{version_id}' not found in app '{app_id}'")
-    if found.state != "READY":
-        raise ConflictError(f"dataset version '{version_id}' is {found.state}; only a READY version can be trained on")
+    if state != "READY":
+        raise ConflictError(f"dataset version '{version_id}' is {state}; only a READY version can be trained on")
 
 
 def _check_resume_from(session: Session, model_pk: int, version_id: str, template: str) -> None:

@@ -200,3 +200,10 @@ def list_versions(app_id: AppId, dataset_id: str, ctx: Context) -> list[DatasetV
 @router.get("/{dataset_id}/versions/{version_id}")
 def get_version(app_id: AppId, dataset_id: str, version_id: str, ctx: Context) -> DatasetVersionOut:
     return DatasetVersionOut.model_validate(dataset_versions.get_version(ctx.db, app_id, dataset_id, version_id))
+
+
+@router.delete("/{dataset_id}/versions/{version_id}", status_code=204)
+def delete_version(app_id: AppId, dataset_id: str, version_id: str, ctx: Context, request: Request) -> Response:
+    """Delete a READY or FAILURE version and its snapshot; 409 while a run trains on it or it is being built."""
+    remove_artifacts(request, dataset_versions.delete_version(ctx.db, app_id, dataset_id, version_id))
+    return Response(status_code=204)

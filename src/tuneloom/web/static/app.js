@@ -29,6 +29,7 @@
  *             · link "Download CSV template" ("csv-template") · preview ("preview", each example "example";
  *               prompt part ".prompt" labelled "Prompt — masked from the loss", completion ".completion" labelled "Completion — trained")
  *             · button "Create version" ("create-version") · table "Versions" ("versions-table")
+ *             · button "Delete dataset" ("delete-dataset") · per version, button "Delete version <id>" ("delete-version-<id>")
  *   Models:   link "Add model" ("add-model") · table ("models-table", rows link by model id)
  *   New model: button "Text Generator (text-to-text)" ("type-text-to-text") · label "Model id" ("model-id")
  *             · label "Dataset" ("dataset") · label "Dataset version" ("dataset-version")
@@ -40,6 +41,7 @@
  *   Version:  status ("status-name", "status-code", "status-message") · <progress> ("train-progress"), "progress-text"
  *             · chart ("loss-chart", an <svg> with a path per series; series "train loss", "eval loss")
  *             · logs ("logs") · button "Cancel training" ("cancel") · metrics ("metrics")
+ *             · button "Delete version" ("delete-version"); a refused delete shows in "delete-<what>-error"
  *             · table "Evaluation" ("evaluation-table": Example, Expected, Generated, Match)
  *   Generate / Compare: see pages/generate.js and pages/compare.js.
  */
@@ -56,6 +58,7 @@ export {
   fmtNum,
   h,
   link,
+  onDelete,
   pageHeader,
   table,
   toast,

@@ -119,3 +119,24 @@ export async function whileBusy(button, work) {
     if (hadFocus && button.isConnected && document.activeElement === document.body) button.focus();
   }
 }
+
+/**
+ * Make `button` delete something: confirm(`question`) — naming what goes — then `remove()` with the
+ * button busy (whileBusy), then `done()` (back to the parent list). A refusal, such as a 409 naming
+ * the run that still uses it, is shown in `errorHolder` under `errorTestid`, and nothing moves.
+ */
+export function onDelete(button, question, { remove, done, errorHolder, errorTestid }) {
+  button.addEventListener("click", () => {
+    if (!confirm(question)) return;
+    fill(errorHolder);
+    whileBusy(button, async () => {
+      try {
+        await remove();
+        await done();
+      } catch (err) {
+        fill(errorHolder, errorBox(err, errorTestid));
+      }
+    });
+  });
+  return button;
+}

@@ -1,5 +1,5 @@
 // One dataset: upload (drag-and-drop or file picker, with progress), the validation report,
-// a preview of the examples (prompt masked from the loss vs completion trained), versions.
+// a preview of the examples (prompt masked from the loss vs completion trained), versions; deletes.
 import {
   api,
   appPath,
@@ -9,6 +9,8 @@ import {
   fmtDate,
   fmtNum,
   h,
+  navigate,
+  onDelete,
   pageHeader,
   registerPage,
   table,
@@ -240,6 +242,7 @@ registerPage("/apps/:app/datasets/:dataset", async ({ main, params, signal }) =>
           { label: "Tokens min / mean / max", cell: (v) => range(v.stats && v.stats.tokens) },
           { label: "Content hash", cell: (v) => (v.content_hash ? h("code", { title: v.content_hash }, v.content_hash.slice(0, 12)) : "—") },
           { label: "Created", cell: (v) => fmtDate(v.created_at) },
+          { label: "Actions", cell: deleteVersionButton },
         ],
         { caption: "Versions", testid: "versions-table", empty: "No versions yet. Create one to train on this data." },
       ),
@@ -249,8 +252,30 @@ registerPage("/apps/:app/datasets/:dataset", async ({ main, params, signal }) =>
     }
   }
 
+  const versionError = h("div"); // a refused create or delete (a 409 naming the run that trains on it)
+  function deleteVersionButton(v) {
+    const attrs = { type: "button", className: "danger", testid: `delete-version-${v.id}`, "aria-label": `Delete version ${v.id}` };
+    return onDelete(h("button", attrs, "Delete"), `Delete version '${v.id}' of dataset '${params.dataset}' and its snapshot? Models already trained on it keep working.`, {
+      remove: () => api(`${base}/versions/${enc(v.id)}`, { method: "DELETE" }),
+      done: loadVersions,
+      errorHolder: versionError,
+      errorTestid: "delete-version-error",
+    });
+  }
+
+  const removeError = h("div");
+  const remove = onDelete(
+    h("button", { type: "button", className: "danger", testid: "delete-dataset" }, "Delete dataset"),
+    `Delete dataset '${params.dataset}' with its inputs, uploaded files and all its versions?`,
+    {
+      remove: () => api(base, { method: "DELETE" }),
+      done: () => navigate(`/apps/${enc(params.app)}/datasets`),
+      errorHolder: removeError,
+      errorTestid: "delete-dataset-error",
+    },
+  );
+
   const createButton = h("button", { type: "button", testid: "create-version" }, "Create version");
-  const versionError = h("div");
   createButton.addEventListener("click", () =>
     whileBusy(createButton, async () => {
       fill(versionError);
@@ -268,7 +293,9 @@ registerPage("/apps/:app/datasets/:dataset", async ({ main, params, signal }) =>
     pageHeader(
       `Dataset ${params.dataset}`,
       h("a", { href: "/api/csv-template", className: "button secondary", testid: "csv-template", onclick: downloadTemplate }, "Download CSV template"),
+      remove,
     ),
+    removeError,
     h("section", { className: "panel", "aria-labelledby": "upload-title" }, h("h2", { id: "upload-title" }, "Upload"), drop, progress, progressText, uploadError),
     reportBox,
     previewBox,

@@ -1,5 +1,5 @@
 // One model: its versions (training runs) with status, code, dates and a metrics summary.
-import { api, appPath, enc, errorBox, fill, fmtDate, fmtNum, h, link, pageHeader, registerPage, table, navigate } from "../app.js";
+import { api, appPath, enc, fill, fmtDate, fmtNum, h, link, onDelete, pageHeader, registerPage, table, navigate } from "../app.js";
 
 export const FINAL = new Set([
   "MODEL_TRAINED",
@@ -29,18 +29,17 @@ registerPage("/apps/:app/models/:model", async ({ main, params, signal }) => {
   const base = `${appPath(params.app)}/models/${enc(params.model)}`;
   const list = h("div");
   const model = await api(base, { signal });
-  const remove = h("button", { type: "button", className: "danger", testid: "delete-model" }, "Delete model");
   const removeError = h("div");
-  remove.addEventListener("click", async () => {
-    if (!confirm(`Delete model '${model.id}' and all its versions?`)) return;
-    fill(removeError);
-    try {
-      await api(base, { method: "DELETE" });
-      navigate(`/apps/${enc(params.app)}/models`);
-    } catch (err) {
-      fill(removeError, errorBox(err, "delete-model-error"));
-    }
-  });
+  const remove = onDelete(
+    h("button", { type: "button", className: "danger", testid: "delete-model" }, "Delete model"),
+    `Delete model '${model.id}' and all its versions?`,
+    {
+      remove: () => api(base, { method: "DELETE" }),
+      done: () => navigate(`/apps/${enc(params.app)}/models`),
+      errorHolder: removeError,
+      errorTestid: "delete-model-error",
+    },
+  );
   main.append(
     pageHeader(
       `Model ${model.id}`,

@@ -1,5 +1,5 @@
 // One model version (a training run), live: status and code, progress with ETA, the loss chart
-// (train and eval loss per step), logs, cancel; once trained, its metrics and an evaluation table.
+// (train and eval loss per step), logs, cancel, delete; once trained, its metrics and an evaluation table.
 import { lineChart } from "../chart.js";
 import {
   api,
@@ -12,6 +12,8 @@ import {
   fmtNum,
   h,
   link,
+  navigate,
+  onDelete,
   pageHeader,
   registerPage,
   streamSSE,
@@ -55,6 +57,16 @@ registerPage("/apps/:app/models/:model/versions/:version", async ({ main, params
     { className: "button", testid: "train-again", hidden: true },
   );
   const actionError = h("div");
+  const remove = onDelete(
+    h("button", { type: "button", className: "danger", testid: "delete-version" }, "Delete version"),
+    `Delete version '${params.version}' of model '${params.model}' with its trained weights and checkpoints?`,
+    {
+      remove: () => api(base, { method: "DELETE" }),
+      done: () => navigate(`/apps/${enc(params.app)}/models/${enc(params.model)}`),
+      errorHolder: actionError,
+      errorTestid: "delete-version-error",
+    },
+  );
   const chart = lineChart({ title: "Loss per step", xLabel: "step", yLabel: "loss", testid: "loss-chart" });
   const logs = h("pre", { className: "logs", testid: "logs", tabindex: "0", "aria-label": "Training logs" });
   const resultBox = h("div");
@@ -133,7 +145,7 @@ registerPage("/apps/:app/models/:model/versions/:version", async ({ main, params
         h("dt", {}, "Template"),
         h("dd", {}, v.template),
         h("dt", {}, "Dataset version"),
-        h("dd", {}, h("code", {}, v.dataset_version_id)),
+        h("dd", {}, v.dataset_version_id ? h("code", {}, v.dataset_version_id) : "— (deleted since; this version keeps its weights)"),
         v.resume_from_model ? [h("dt", {}, "Resumed from"), h("dd", {}, h("code", {}, v.resume_from_model))] : null,
         h("dt", {}, "Created"),
         h("dd", {}, fmtDate(v.created_at)),
@@ -222,7 +234,7 @@ registerPage("/apps/:app/models/:model/versions/:version", async ({ main, params
   });
 
   main.append(
-    pageHeader(`Version ${params.version}`, cancel, again),
+    pageHeader(`Version ${params.version}`, cancel, again, remove),
     h(
       "section",
       { className: "panel", "aria-labelledby": "status-title" },
