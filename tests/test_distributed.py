@@ -73,6 +73,16 @@ def test_one_process_is_the_plain_run_and_other_values_are_stored_in_full() -> N
         ({"main_process_port": 70000}, "distributed.main_process_port", "between 0 and 65_535"),
         ({"main_process_ip": "a b"}, "distributed.main_process_ip", "host name or IP"),
         (TWO_MACHINES | {"main_process_ip": "10.0.0.1:29500"}, "distributed.main_process_ip", "as main_process_port"),
+        (
+            TWO_MACHINES | {"main_process_ip": "[::1]:29500"},
+            "distributed.main_process_ip",
+            "without brackets (got '[::1]:29500'): write '::1' and give the port (29500) as main_process_port",
+        ),
+        (
+            TWO_MACHINES | {"main_process_ip": "[fd00::1]"},
+            "distributed.main_process_ip",
+            "without brackets (got '[fd00::1]'): write 'fd00::1'",
+        ),
         (TWO_MACHINES | {"main_process_ip": "999.1.1.1"}, "distributed.main_process_ip", "host name or IP"),
         (TWO_MACHINES | {"main_process_ip": "a..b"}, "distributed.main_process_ip", "host name or IP"),
         ({"main_process_ip": "10.0.0.5"}, "distributed.main_process_ip", "only for runs over several machines"),

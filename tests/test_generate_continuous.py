@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
 import torch
 
 from tuneloom.generate.continuous import ContinuousBatch, Row, pick_tokens, supports_continuous
-from tuneloom.generate.generator import _encode, count_prompt_tokens, generate
+from tuneloom.generate.generator import _encode, count_prompt_tokens, generate, stream
 from tuneloom.generate.loading import load_for_inference
 from tuneloom.generate.params import InferenceParams
 
 TEXTS = ["great product, works well", "broke after a day", "I love it", "awful quality", "ok", "hello there, friend"]
+NEVER = "\u2603" * 100  # a stop string of 100 characters (128 are allowed) that tiny-random does not write
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +119,41 @@ def test_the_stop_string_criterion_is_built_once_and_still_stops(loaded: Any) ->
     assert bool(stop_criterion(loaded.tokenizer, ["###"])(ids, None).all())  # ends with a stop string: stop
     ids = torch.tensor([loaded.tokenizer.encode("an answer")])
     assert not bool(stop_criterion(loaded.tokenizer, ["###"])(ids, None).any())
+
+
+def pieces_per_token(loaded: Any, text: str, params: InferenceParams, seed: int = 0) -> tuple[list[str], Any]:
+    """What a streamed row shows after each of its tokens ("" where it holds text back), and its Generation."""
+    torch.manual_seed(seed)  # a sampled row draws the same tokens each time, whatever its stop strings
+    row = Row.create(loaded, text, params)
+    batch = ContinuousBatch(loaded)
+    batch.add([row])
+    pieces = [row.piece]
+    while not row.finished:
+        batch.step()
+        pieces.append(row.piece)
+    return pieces, row.generation(loaded)
+
+
+def test_a_long_stop_string_that_never_occurs_holds_nothing_back(loaded: Any) -> None:
+    """Streams held back as many characters as the longest stop string less one, though none could start it:
+    with a stop string of 100 characters, the first ~99 characters came at once, long after they were made."""
+    plain = InferenceParams(max_tokens=30, temperature=0)
+    produced, _ = pieces_per_token(loaded, "I love it", plain)
+    assert produced[0] and NEVER[0] not in "".join(produced)
+    streamed, generation = pieces_per_token(loaded, "I love it", replace(plain, stop=(NEVER,)))
+    assert streamed == produced  # each token's text as soon as it is made, the first with the first token
+    (expected,) = generate(loaded, ["I love it"], replace(plain, stop=(NEVER,)))
+    assert "".join(streamed) == generation.text == expected.text
+    cli = list(stream(loaded, "I love it", replace(plain, stop=(NEVER,))))  # `tuneloom generate --stream`
+    assert cli == list(stream(loaded, "I love it", plain)) and "".join(cli) == expected.text
+
+
+def test_a_stop_string_split_across_tokens_is_never_sent(loaded: Any) -> None:
+    sampled = InferenceParams(max_tokens=30, temperature=1.0)
+    produced, _ = pieces_per_token(loaded, "I love it", sampled)
+    boundary = next(i for i in range(8, len(produced)) if len(produced[i - 1]) >= 3 and len(produced[i]) >= 3)
+    split = produced[boundary - 1][-3:] + produced[boundary][:3]  # the end of one token and the start of the next
+    full = "".join(produced)
+    streamed, generation = pieces_per_token(loaded, "I love it", replace(sampled, stop=(NEVER, split)))
+    assert generation.finish_reason == "stop" and split not in "".join(streamed)
+    assert "".join(streamed) == generation.text == full[: full.find(split)].strip() != ""

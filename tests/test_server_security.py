@@ -306,6 +306,18 @@ def test_max_tokens_above_the_servers_limit_is_refused_naming_it(deployed: Deplo
     assert httpx.post(f"{d.model_url}/predict", json=at_limit, headers=d.headers, timeout=60).status_code == 200
 
 
+@pytest.mark.parametrize("route", ["predict", "generate"])
+def test_max_new_tokens_above_the_servers_limit_is_refused_under_its_own_name(
+    server: tuple[str, Path], admin: dict[str, str], route: str
+) -> None:
+    """The cap is checked before the model is looked up; it named 'inference_params.max_tokens', never sent."""
+    question = {"inputs": ["hi"]} if route == "predict" else {"input": "hi"}
+    body = {**question, "inference_params": {"max_new_tokens": 1001}}
+    over = httpx.post(f"{server[0]}/api/apps/shop/models/m/{route}", json=body, headers=admin)
+    assert over.status_code == 422, over.text
+    assert over.json()["details"]["key"] == "inference_params.max_new_tokens" and "limit of 1000" in over.text
+
+
 def test_a_symlinked_held_out_file_is_not_read_through(deployed: Deployed, tmp_path: Path) -> None:
     """The evaluation page reads held_out.json from the version folder: a link out of the data dir is refused."""
     d = deployed

@@ -205,17 +205,33 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
+def stop_prefix_length(text: str, stops: Sequence[str]) -> int:
+    """The length of the longest end of `text` that begins some stop string: what may still become one.
+
+    Runs for every token of every streamed row, so each stop string costs a search of the tail for its
+    first character, not a comparison per possible length.
+    """
+    longest = 0
+    for stop in stops:
+        start = text.find(stop[0], max(len(text) - len(stop) + 1, 0))
+        while start >= 0 and not stop.startswith(text[start:]):
+            start = text.find(stop[0], start + 1)
+        if start >= 0:
+            longest = max(longest, len(text) - start)
+    return longest
+
+
 class VisibleText:
     """How much of a growing completion may be shown yet, so that streamed pieces add up to the final text.
 
-    The final text is the completion cut at its first stop string and stripped. While it grows, a
-    tail that could still be the start of a stop string is held back, and so are trailing spaces
-    (the end strips them) and an unfinished multi-byte character (decoded as U+FFFD for now).
+    The final text is the completion cut at its first stop string and stripped. While it grows, the
+    tail that could still be the start of a stop string is held back (no more: text that starts no
+    stop string is shown at once, however long the stop strings), and so are trailing spaces (the end
+    strips them) and an unfinished multi-byte character (decoded as U+FFFD for now).
     """
 
     def __init__(self, stops: Sequence[str]):
         self.stops = list(stops)
-        self.hold = max(len(s) for s in self.stops) - 1
         self.emitted = 0
         self.text = ""
 
@@ -223,7 +239,8 @@ class VisibleText:
         """The newly showable piece of `text` (the whole completion so far); whether a stop string ended it."""
         self.text = text
         visible, stopped = cut_at_stop(text.lstrip(), self.stops)
-        limit = len(visible.rstrip()) if stopped else min(len(visible) - self.hold, len(visible.rstrip()))
+        held = stop_prefix_length(visible, self.stops)
+        limit = len(visible.rstrip()) if stopped else min(len(visible) - held, len(visible.rstrip()))
         unfinished = visible.find("\ufffd", self.emitted)
         if unfinished >= 0 and not stopped:
             limit = min(limit, unfinished)

@@ -43,24 +43,42 @@ class InferenceParams:
         """Validate a JSON-ish dict: unknown keys, types and ranges are refused naming the key.
 
         `sent_as` maps a parameter to the field a request sent it as (OpenAI's `max_completion_tokens`
-        is `max_tokens` here), so that a refusal names what the client wrote.
+        is `max_tokens` here), so that a refusal names what the client wrote; one sent under an alias
+        (`max_new_tokens`) is named by that alias.
         """
         if data is not None and not isinstance(data, Mapping):
             raise SettingsError(f"inference parameters must be an object ({{...}}), not {type(data).__name__}")
         data = dict(data or {})
         names = {f.name for f in fields(cls)}
-        if "max_new_tokens" in data and "max_tokens" not in data:
-            data["max_tokens"] = data.pop("max_new_tokens")
+        sent_as = {**sent_names(data), **(sent_as or {})}
+        data = _without_aliases(data)
         for key in data:
             if key not in names:
                 near = difflib.get_close_matches(key, sorted(names), n=1)
                 hint = f" Did you mean '{near[0]}'?" if near else ""
                 raise SettingsError(f"inference parameter '{key}' is unknown.{hint}", key=key)
-        sent_as = sent_as or {}
         values = {k: _coerce(k, v, sent_as.get(k, k)) for k, v in data.items() if v is not None}
         params = cls(**values)
         _check_ranges(params, sent_as)
         return params
+
+
+ALIASES = {"max_new_tokens": "max_tokens"}  # transformers' name, accepted as well
+
+
+def sent_names(data: Mapping[str, Any]) -> dict[str, str]:
+    """Each parameter that `data` sends under an alias, mapped to that alias: what a refusal must call it."""
+    return {name: alias for alias, name in ALIASES.items() if alias in data and name not in data}
+
+
+def _without_aliases(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with each alias renamed to its parameter; both names at once are refused, as neither would win."""
+    for alias, name in ALIASES.items():
+        if alias in data and name in data:
+            raise SettingsError(f"'{alias}' is another name for '{name}': send one of them", key=alias)
+        if alias in data:
+            data[name] = data.pop(alias)
+    return data
 
 
 _HUGE = 2**63  # past every range below; JSON integers can be longer than a float can hold

@@ -139,7 +139,26 @@ def _check_host(path: str, host: str) -> str:
             f"{path} must be an address without a port (got {host!r}); give the port as main_process_port",
             key=path,
         )
+    _refuse_bracketed(path, host)
     raise SettingsError(f"{path} must be a host name or IP address (got {host!r})", key=path)
+
+
+_BRACKETED = re.compile(r"^\[(?P<address>[^\]]*)\](:(?P<port>\d+))?$")  # a URL's IPv6 form: [::1]:29500
+
+
+def _refuse_bracketed(path: str, host: str) -> None:
+    """Refuse `[IPv6]` and `[IPv6]:port`, saying what to write: URLs bracket IPv6 addresses, this key does not."""
+    bracketed = _BRACKETED.match(host)
+    if bracketed is None:
+        return
+    try:
+        address = str(ipaddress.IPv6Address(bracketed["address"]))
+    except ValueError:
+        return
+    port = f" and give the port ({bracketed['port']}) as main_process_port" if bracketed["port"] else ""
+    raise SettingsError(
+        f"{path} takes an IPv6 address without brackets (got {host!r}): write {address!r}{port}", key=path
+    )
 
 
 def check_queueable(distributed: Mapping[str, Any]) -> None:

@@ -21,7 +21,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from tuneloom.errors import ConflictError, NotFoundError, SettingsError, TuneloomError
-from tuneloom.generate.params import MAX_INPUTS, InferenceParams
+from tuneloom.generate.params import MAX_INPUTS, InferenceParams, sent_names
 from tuneloom.server.auth import api_key, context, require_app
 from tuneloom.server.backends import GenerationService, PieceStream, make_service
 from tuneloom.server.context import ServerContext
@@ -89,10 +89,14 @@ def version_dir(ctx: ServerContext, version: ModelVersion) -> Path:
 
 
 def request_params(ctx: ServerContext, given: dict[str, Any]) -> InferenceParams:
-    """A request's `inference_params`, validated and within the server's max_tokens cap."""
+    """A request's `inference_params`, validated and within the server's max_tokens cap.
+
+    A refusal names the token count as the request sent it (`max_tokens`, or `max_new_tokens`).
+    """
     params = InferenceParams.from_dict(given)
-    asked = given.get("max_tokens", given.get("max_new_tokens")) is not None
-    return cap_max_tokens(params, ctx.max_tokens_limit, asked=asked, key="inference_params.max_tokens")
+    sent = sent_names(given).get("max_tokens", "max_tokens")
+    asked = given.get(sent) is not None
+    return cap_max_tokens(params, ctx.max_tokens_limit, asked=asked, key=f"inference_params.{sent}")
 
 
 def check_inputs(inputs: list[str], key: str = "inputs", *, listed: bool = True) -> None:
