@@ -36,6 +36,7 @@ from tuneloom.store.artifacts import Artifacts
 from tuneloom.store.db import Database, is_unavailable
 from tuneloom.store.models import ModelVersion, TrainingStatus
 from tuneloom.store.registry import get_model_version_by_id
+from tuneloom.store.shared import ArtifactStoreError
 from tuneloom.store.workers import Capacity
 from tuneloom.templates.settings_distributed import check_queueable
 from tuneloom.train.recipe import latest_checkpoint
@@ -53,6 +54,9 @@ class WorkerConfig:
     heartbeat_s: float = 2.0  # progress reaches the database (and cancels reach the worker) this often
     poll_s: float = 1.0  # an idle worker looks for work this often
     checkpoint_every_s: float = 300.0
+    # A trained model is shared again after each pause (about 8 minutes in all): a store's outage or a
+    # full bucket should not cost hours of training. A wrong URL or key never gets here (`check()` at start).
+    publish_retry_s: tuple[float, ...] = (5.0, 15.0, 30.0, 60.0, 120.0, 240.0)
 
 
 @dataclass
@@ -315,13 +319,32 @@ class WorkerSlot:
         )
 
     def _publish(self, job: ModelVersion, output: Path) -> str | None:
-        """Put the trained version on the shared store before it is MODEL_TRAINED; why not, if it failed."""
+        """Put the trained version on the shared store before it is MODEL_TRAINED; why not, if it never could.
+
+        Each failure is logged on the run and tried again after a pause (`publish_retry_s`), holding
+        the lease meanwhile; a worker shutting down stops waiting and tries once more.
+        """
         if self.artifacts.shared is None:
             return None
+        relative = self.artifacts.relative(output)
+        problem = self._try_publish(job, relative)
+        for pause in self.config.publish_retry_s:
+            if problem is None:
+                return None
+            retrying = f"could not share the model version, trying again in {pause:g} s: {problem}"
+            telemetry.append_logs(self.db, job.id, [("warning", retrying)])
+            self._with_lease(job, functools.partial(self.shutdown.wait, pause))
+            problem = self._try_publish(job, relative)
+        if problem is None:
+            return None
+        where = f"its files stay in <data dir>/{relative} on worker {self.worker_id}"
+        return f"training finished but the model version could not be shared: {problem} ({where})"
+
+    def _try_publish(self, job: ModelVersion, relative: str) -> str | None:
         try:
-            self._with_lease(job, lambda: self.artifacts.publish(self.artifacts.relative(output)))
-        except TuneloomError as err:
-            return f"training finished but the model version could not be shared: {err.message}"
+            self._with_lease(job, functools.partial(self.artifacts.publish, relative))
+        except ArtifactStoreError as err:
+            return err.message
         return None
 
     def _with_lease(self, job: ModelVersion, transfer: Callable[[], T]) -> T:
