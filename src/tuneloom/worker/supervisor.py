@@ -15,14 +15,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import multiprocessing
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,6 +40,7 @@ from tuneloom.store.workers import Capacity
 from tuneloom.templates.settings_distributed import check_queueable
 from tuneloom.train.recipe import latest_checkpoint
 from tuneloom.worker.child import RunSpec, run_child
+from tuneloom.worker.child_link import RunState, describe_exit, kill, process_context, receive, send
 
 STOP_GRACE_S = 120.0  # a checkpoint of a big model takes a while; after this the child is killed
 DB_RETRY_S = 2.0  # while the database is unavailable, try again this often
@@ -57,18 +57,6 @@ class WorkerConfig:
     # A trained model is shared again after each pause (about 8 minutes in all): a store's outage or a
     # full bucket should not cost hours of training. A wrong URL or key never gets here (`check()` at start).
     publish_retry_s: tuple[float, ...] = (5.0, 15.0, 30.0, 60.0, 120.0, 240.0)
-
-
-@dataclass
-class _RunState:
-    """What the child reported since the last heartbeat, waiting to be written."""
-
-    step: int | None = None
-    total: int | None = None
-    eta_s: float | None = None
-    metrics: list[dict[str, Any]] = field(default_factory=list)
-    logs: list[tuple[str, str]] = field(default_factory=list)
-    result: tuple[str, dict[str, Any]] | None = None
 
 
 class WorkerSlot:
@@ -144,7 +132,7 @@ class WorkerSlot:
             jobs.finish(self.db, job.id, TrainingStatus.MODEL_TRAINING_FAILED, spec, worker_id=self.worker_id)
             return
         telemetry.append_logs(self.db, job.id, [("info", self._start_message(job))])
-        context = _process_context()
+        context = process_context()
         ours, theirs = context.Pipe()
         child = context.Process(target=run_child, args=(spec, theirs), name=f"train-{job.id}", daemon=True)
         child.start()
@@ -153,17 +141,17 @@ class WorkerSlot:
             self._supervise(job, child, ours)
         finally:
             ours.close()
-            _kill(child)
+            kill(child)
 
     def _supervise(self, job: ModelVersion, child: Any, conn: Connection) -> None:
-        state = _RunState()
+        state = RunState()
         next_beat = time.monotonic() + self.config.heartbeat_s
         stopping_since: float | None = None
         while state.result is None and (child.is_alive() or conn.poll()):
-            _receive(conn, state, timeout=0.2)
+            receive(conn, state, timeout=0.2)
             if self.shutdown.is_set() and stopping_since is None:
                 stopping_since = time.monotonic()
-                _send(conn, "stop")
+                send(conn, "stop")
             if stopping_since is not None and time.monotonic() - stopping_since > STOP_GRACE_S:
                 break
             if time.monotonic() >= next_beat:
@@ -178,7 +166,7 @@ class WorkerSlot:
         self._until_database_answers(lambda: self._report(job, state))  # the last progress, before the final status
         self._until_database_answers(lambda: self._record(job, state.result, child))
 
-    def _beat(self, job: ModelVersion, state: _RunState) -> bool:
+    def _beat(self, job: ModelVersion, state: RunState) -> bool:
         """Write what arrived, extend the lease; True when the user asked to cancel.
 
         While the database is unavailable the run goes on: what arrived is kept for the next beat.
@@ -191,7 +179,7 @@ class WorkerSlot:
             log.warning("worker %s: database unavailable during %s: %s", self.worker_id, job.id, err.orig)
             return False
 
-    def _report(self, job: ModelVersion, state: _RunState) -> bool:
+    def _report(self, job: ModelVersion, state: RunState) -> bool:
         """Write what arrived and the progress, extending the lease; True when the user asked to cancel."""
         self._flush(job, state)
         return jobs.heartbeat(
@@ -215,7 +203,7 @@ class WorkerSlot:
                 log.warning("worker %s: database unavailable, retrying: %s", self.worker_id, err.orig)
                 time.sleep(DB_RETRY_S)
 
-    def _flush(self, job: ModelVersion, state: _RunState) -> None:
+    def _flush(self, job: ModelVersion, state: RunState) -> None:
         if state.metrics:
             telemetry.add_metrics(self.db, job.id, state.metrics)
             state.metrics = []
@@ -224,7 +212,7 @@ class WorkerSlot:
             state.logs = []
 
     def _cancel(self, job: ModelVersion, child: Any) -> None:
-        _kill(child)
+        kill(child)
         jobs.finish(
             self.db, job.id, TrainingStatus.MODEL_TRAINING_CANCELLED, "cancelled by the user", worker_id=self.worker_id
         )
@@ -262,7 +250,7 @@ class WorkerSlot:
             telemetry.append_logs(self.db, job.id, [("error", message)])
         else:
             child.join(timeout=5)
-            message = f"the training process exited unexpectedly ({_describe_exit(child.exitcode)})"
+            message = f"the training process exited unexpectedly ({describe_exit(child.exitcode)})"
             jobs.finish(self.db, job.id, TrainingStatus.MODEL_TRAINING_FAILED, message, worker_id=self.worker_id)
             telemetry.append_logs(self.db, job.id, [("error", message)])
 
@@ -357,7 +345,7 @@ class WorkerSlot:
         try:
             moving = mover.submit(transfer)
             while not wait([moving], timeout=self.config.heartbeat_s).done:
-                self._beat(job, _RunState())  # nothing new to report: only the lease is extended
+                self._beat(job, RunState())  # nothing new to report: only the lease is extended
             return moving.result()
         finally:
             mover.shutdown(wait=False)  # a lost lease (LeaseLostError) does not wait for the transfer
@@ -366,61 +354,3 @@ class WorkerSlot:
         checkpoint = latest_checkpoint(self.artifacts.checkpoint_dir(job.id))
         resumed = f"; resuming from {checkpoint.name}" if checkpoint else ""
         return f"attempt {job.attempts} of {job.max_attempts} on worker {self.worker_id}{resumed}"
-
-
-@functools.cache
-def _process_context() -> Any:
-    """Training children fork from a fresh server process that has already imported torch and transformers.
-
-    A forkserver starts clean (no threads, no CUDA), so forking from it is safe where forking the
-    worker itself is not, and a run starts in a fraction of a second instead of re-importing the
-    libraries for every job. The children die with it, and it dies with the worker.
-    """
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["tuneloom.worker.child", "tuneloom.train.recipe"])
-    return context
-
-
-def _receive(conn: Connection, state: _RunState, *, timeout: float) -> None:
-    """Take every message waiting (up to `timeout` for the first) into `state`."""
-    try:
-        while conn.poll(timeout):
-            timeout = 0
-            kind, payload = conn.recv()
-            if kind == "event":
-                _absorb(state, payload)
-            else:
-                state.result = (kind, payload)
-                return
-    except (EOFError, OSError):
-        return
-
-
-def _absorb(state: _RunState, event: dict[str, Any]) -> None:
-    kind = event["kind"]
-    if event.get("total_steps"):
-        state.step, state.total, state.eta_s = event["step"], event["total_steps"], event.get("eta_s")
-    if kind == "stage":
-        state.logs.append(("info", event["message"]))
-    elif kind in ("log", "eval"):
-        state.metrics.append({k: event.get(k) for k in ("step", "loss", "eval_loss", "learning_rate")})
-        value = f"loss {event['loss']:.4f}" if kind == "log" else f"eval loss {event['eval_loss']:.4f}"
-        state.logs.append(("info", f"step {event['step']}/{event['total_steps']}: {value}"))
-
-
-def _send(conn: Connection, message: str) -> None:
-    with contextlib.suppress(BrokenPipeError, OSError):
-        conn.send(message)
-
-
-def _kill(child: Any) -> None:
-    if child.is_alive():
-        child.kill()
-    child.join(timeout=10)
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is not None and code < 0:
-        name = {-9: "SIGKILL, often the out-of-memory killer", -11: "SIGSEGV", -15: "SIGTERM"}.get(code, "a signal")
-        return f"killed by {name}"
-    return f"exit code {code}"
