@@ -42,7 +42,7 @@ from tuneloom.store.db import Database
 from tuneloom.store.ids import ConflictError, NotFoundError, check_id, new_id
 from tuneloom.store.models import DatasetVersion, ModelVersion, utcnow
 from tuneloom.store.models import DatasetVersionState as State
-from tuneloom.store.registry import unfinished_run
+from tuneloom.store.registry import refuse_while_a_run_needs
 
 TokenLength = Callable[[str, str], int]
 log = logging.getLogger(__name__)
@@ -105,13 +105,8 @@ def delete_version(db: Database, app_id: str, dataset_id: str, version_id: str) 
                 f"dataset version '{version_id}' is still being built ({version.state}); "
                 "delete it once it is READY or FAILURE"
             )
-        using = unfinished_run(session, ModelVersion.dataset_version_id == version.id)
-        if using is not None:
-            raise ConflictError(
-                f"dataset version '{version_id}' is what run '{using.id}' ({using.status}) trains on; "
-                "cancel that run before deleting the version",
-                details={"model_version_id": using.id},
-            )
+        needs = f"dataset version '{version_id}' is what {{run}} trains on"
+        refuse_while_a_run_needs(session, ModelVersion.dataset_version_id == version.id, needs, "the version")
         paths = [version.artifact_path] if version.artifact_path else []
         session.delete(version)
     return paths

@@ -19,9 +19,9 @@ from sqlalchemy.orm import Session
 from tuneloom.data.types import DataReport, Example
 from tuneloom.store.apps import add_under_app, raw_uploads
 from tuneloom.store.db import Database, fetch
-from tuneloom.store.ids import ConflictError, NotFoundError, check_id, new_id
+from tuneloom.store.ids import NotFoundError, check_id, new_id
 from tuneloom.store.models import App, Dataset, DatasetVersion, Input, ModelVersion, Upload, utcnow
-from tuneloom.store.registry import unfinished_run
+from tuneloom.store.registry import refuse_while_a_run_needs
 
 INSERT_CHUNK = 1000
 DELETE_CHUNK = 1000  # input numbers per DELETE statement
@@ -64,13 +64,8 @@ def delete_dataset(db: Database, app_id: str, dataset_id: str) -> list[str]:
     with db.write() as session:
         dataset = find_dataset(session, app_id, dataset_id, lock=True)
         versions = select(DatasetVersion.id).where(DatasetVersion.dataset_pk == dataset.pk)
-        using = unfinished_run(session, ModelVersion.dataset_version_id.in_(versions))
-        if using is not None:
-            raise ConflictError(
-                f"dataset '{dataset_id}' has version '{using.dataset_version_id}' that run '{using.id}' "
-                f"({using.status}) trains on; cancel that run before deleting the dataset",
-                details={"model_version_id": using.id},
-            )
+        needs = f"dataset '{dataset_id}' has version '{{version}}' that {{run}} trains on"
+        refuse_while_a_run_needs(session, ModelVersion.dataset_version_id.in_(versions), needs, "the dataset")
         paths = session.scalars(
             select(DatasetVersion.artifact_path).where(
                 DatasetVersion.dataset_pk == dataset.pk, DatasetVersion.artifact_path.is_not(None)

@@ -91,27 +91,26 @@ def delete_model_version(db: Database, app_id: str, model_id: str, version_id: s
         version = find_model_version(session, app_id, model_id, version_id, lock=True)
         if version.status == TrainingStatus.MODEL_TRAINING.name:
             raise ConflictError(f"model version '{version_id}' is training; cancel it before deleting it")
-        waiting = unfinished_run(session, ModelVersion.resume_from == version.id)
-        if waiting is not None:
-            raise ConflictError(
-                f"model version '{version_id}' is the starting point of run '{waiting.id}' ({waiting.status}); "
-                "cancel that run before deleting it",
-                details={"model_version_id": waiting.id},
-            )
+        needs = f"model version '{version_id}' is the starting point of {{run}}"
+        refuse_while_a_run_needs(session, ModelVersion.resume_from == version.id, needs, "it")
         paths = [p for p in (version.artifact_path, f"{CHECKPOINTS}/{version.id}") if p]
         session.delete(version)
     return paths
 
 
-def unfinished_run(session: Session, condition: ColumnElement[bool]) -> ModelVersion | None:
-    """A queued or training run matching `condition` (the oldest), or None.
+def refuse_while_a_run_needs(session: Session, condition: ColumnElement[bool], needs: str, deleting: str) -> None:
+    """Refuse (409, naming it) a delete while a queued or training run matching `condition` needs what goes.
 
     What such a run was created from must outlive it: the foreign keys would quietly set its dataset
     version or starting point to NULL, and a run whose starting point vanished trains from the base
-    model instead, as if the user had asked for that. Deletes that would do so are refused (409).
+    model instead, as if the user had asked for that. `needs` says how the run needs it, with
+    `{run}` for the run (the oldest such) and `{version}` for its dataset version.
     """
     query = select(ModelVersion).where(ModelVersion.status.in_((QUEUED, RUNNING)), condition)
-    return session.scalar(query.order_by(ModelVersion.created_at, ModelVersion.id).limit(1))
+    run = session.scalar(query.order_by(ModelVersion.created_at, ModelVersion.id).limit(1))
+    if run is not None:
+        why = needs.format(run=f"run '{run.id}' ({run.status})", version=run.dataset_version_id)
+        raise ConflictError(f"{why}; cancel that run before deleting {deleting}", details={"model_version_id": run.id})
 
 
 def find_model(session: Session, app_id: str, model_id: str, *, lock: bool = False) -> Model:
