@@ -2,8 +2,9 @@
 
 Found by probing every route: `NaN`/`Infinity` literals (Python's `json.dumps` writes them), numbers past
 what the database's integer columns hold, more input numbers than one SQL statement can bind, a body
-that is not JSON or was sent as a form, chat's `max_completion_tokens` refused under another name, blank
-inputs generated from, `stop: ""` dropped on /v1, and union fields named `stop.str`.
+that is not JSON or was sent as a form, chat's `max_completion_tokens` and /predict's `max_new_tokens`
+refused under another name, blank inputs generated from, `stop: ""` dropped on /v1, union fields named
+`stop.str`, and chat content of a shape not accepted refused with the error of one shape pydantic tried.
 None of it needs a trained model: each request is refused before one is looked up.
 """
 
@@ -145,6 +146,30 @@ def test_max_completion_tokens_is_refused_under_its_own_name(
     assert error["param"] == "max_completion_tokens" and "'max_completion_tokens'" in error["message"], error
 
 
+@pytest.mark.parametrize("value", [0, -1, "x", 5000])
+@pytest.mark.parametrize("route", ["predict", "generate"])
+def test_max_new_tokens_is_refused_under_its_own_name(
+    server: tuple[str, Path], admin: dict[str, str], route: str, value: Any
+) -> None:
+    """`max_new_tokens` stands for `max_tokens`; refused, it was named 'max_tokens', a key the client never sent."""
+    question = {"inputs": ["hi"]} if route == "predict" else {"input": "hi"}
+    body = {**question, "inference_params": {"max_new_tokens": value}}
+    response = httpx.post(f"{server[0]}/api/apps/{APP}/models/m/{route}", json=body, headers=admin)
+    assert response.status_code == 422, response.text
+    assert response.json()["details"]["key"] == "max_new_tokens", response.text
+    assert "'max_new_tokens'" in response.json()["message"] and "'max_tokens'" not in response.json()["message"]
+
+
+def test_max_tokens_under_both_names_is_refused_as_one_parameter(
+    server: tuple[str, Path], admin: dict[str, str]
+) -> None:
+    """Both names at once were refused as "'max_new_tokens' is unknown", a name the API documents."""
+    body = {"inputs": ["hi"], "inference_params": {"max_tokens": 4, "max_new_tokens": 5}}
+    response = httpx.post(f"{server[0]}/api/apps/{APP}/models/m/predict", json=body, headers=admin)
+    assert response.status_code == 422 and response.json()["details"]["key"] == "max_new_tokens", response.text
+    assert "another name for 'max_tokens'" in response.json()["message"]
+
+
 @pytest.mark.parametrize(
     ("path", "body", "field"),
     [
@@ -152,7 +177,6 @@ def test_max_completion_tokens_is_refused_under_its_own_name(
         (f"/api/apps/{APP}/models/m/generate", {"input": ""}, "input"),
         ("/v1/completions", {"prompt": "  "}, "prompt"),
         ("/v1/completions", {"prompt": ["ok", ""]}, "prompt.1"),
-        ("/v1/chat/completions", {"messages": [{"role": "user", "content": None}]}, "messages.0.content"),
         (
             "/v1/chat/completions",
             {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
@@ -160,7 +184,7 @@ def test_max_completion_tokens_is_refused_under_its_own_name(
             "messages.2.content",
         ),
     ],
-    ids=["predict", "generate", "completion", "completion-list", "chat-null", "chat-parts"],
+    ids=["predict", "generate", "completion", "completion-list", "chat-parts"],
 )  # fmt: skip
 def test_an_empty_input_is_refused_naming_it(
     server: tuple[str, Path], admin: dict[str, str], path: str, body: dict[str, Any], field: str
@@ -209,6 +233,33 @@ def test_a_field_of_several_shapes_is_named_as_sent(
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == field and error["message"].startswith(f"{field}: "), error
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ([{"type": "image_url", "image_url": {"url": "x"}}], "part 0 is of type 'image_url'"),
+        (5, "got a number"),
+        ([{"type": "text"}], 'part 0 has no "text" string'),
+        (None, "a user message needs content"),
+        ({"type": "text", "text": "hi"}, "got an object"),
+    ],
+    ids=["image", "number", "text-missing", "null", "object"],
+)
+def test_chat_content_of_a_shape_not_accepted_says_which_are(
+    server: tuple[str, Path], admin: dict[str, str], content: Any, problem: str
+) -> None:
+    """content is a string or text parts: pydantic's error named its first shape ("Input should be a valid string")
+    or said "only text content parts … got 'text'" of a text part without its text."""
+    messages = [{"role": "assistant", "content": None}, {"role": "user", "content": content}]  # an answer may be null
+    response = httpx.post(f"{server[0]}/v1/chat/completions", json={"model": f"{APP}/m", "messages": messages},
+                          headers=admin)  # fmt: skip
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["type"]) == ("messages.1.content", "invalid_request_error"), error
+    assert error["message"].startswith(f"messages.1.content: {problem}; "), error["message"]
+    assert 'a string, or a list of {"type": "text", "text": "…"} parts' in error["message"]
+    assert "images and other parts are not supported" in error["message"]
 
 
 def test_a_refused_input_is_echoed_abridged(server: tuple[str, Path], admin: dict[str, str]) -> None:

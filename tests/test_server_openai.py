@@ -45,6 +45,10 @@ def predicted(deployed: Deployed, text: str, **params: Any) -> dict[str, Any]:
 def test_models_lists_trained_versions_of_the_keys_apps(deployed: Deployed, client: OpenAI) -> None:
     ids = [m.id for m in client.models.list()]
     assert ids == [name(deployed), name(deployed, version=True)]
+    assert [client.models.retrieve(model).id for model in ids] == ids
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.models.retrieve(f"{deployed.app_id}/no-such-model")
+    assert unknown.value.code == "model_not_found"
     admin = {"Authorization": f"Bearer {api_key(deployed.data_dir)}"}
     assert httpx.post(f"{deployed.url}/api/apps", json={"id": "rival"}, headers=admin).status_code == 201
     rival = OpenAI(base_url=f"{deployed.url}/v1", api_key=api_key(deployed.data_dir, "--app", "rival"), max_retries=0)
@@ -85,6 +89,33 @@ def test_a_list_of_prompts_answers_in_order(deployed: Deployed, client: OpenAI) 
     assert [c.text for c in answer.choices] == [predicted(deployed, p, max_tokens=6)["text"] for p in prompts]
 
 
+def test_n_answers_each_prompt_n_times_counting_each_prompt_once(deployed: Deployed, client: OpenAI) -> None:
+    """`n: 2` was refused; OpenAI orders the choices prompt by prompt, and usage counts a prompt once for its n."""
+    prompts = ["great product", INPUT]
+    answer = client.completions.create(model=name(deployed), prompt=prompts, n=2, max_tokens=4, temperature=0)
+    expected = [predicted(deployed, p, max_tokens=4)["text"] for p in prompts]
+    assert [(c.index, c.text) for c in answer.choices] == list(enumerate([expected[0]] * 2 + [expected[1]] * 2))
+    alone = [client.completions.create(model=name(deployed), prompt=p, max_tokens=1).usage for p in prompts]
+    assert answer.usage is not None and answer.usage.prompt_tokens == sum(u.prompt_tokens for u in alone if u)
+    assert answer.usage.completion_tokens == 16
+    chat = client.chat.completions.create(
+        model=name(deployed), messages=[{"role": "user", "content": INPUT}], n=3, max_tokens=4, temperature=0
+    )
+    assert [c.index for c in chat.choices] == [0, 1, 2] and {c.message.content for c in chat.choices} == {expected[1]}
+    assert chat.usage is not None and chat.usage.completion_tokens == 12
+
+
+def test_echo_returns_the_prompt_before_the_completion(deployed: Deployed, client: OpenAI) -> None:
+    expected = INPUT + predicted(deployed, INPUT, max_tokens=5)["text"]
+    answer = client.completions.create(model=name(deployed), prompt=INPUT, max_tokens=5, temperature=0, echo=True)
+    assert answer.choices[0].text == expected
+    stream = client.completions.create(
+        model=name(deployed), prompt=INPUT, max_tokens=5, temperature=0, echo=True, stream=True
+    )
+    chunks = [c.choices[0].text for c in stream if c.choices]
+    assert chunks[0] == INPUT and "".join(chunks) == expected
+
+
 def test_chat_plain_and_streamed(deployed: Deployed, client: OpenAI) -> None:
     system = "Answer in one word."
     expected = predicted(deployed, INPUT, max_tokens=10, system_prompt=system)
@@ -121,7 +152,7 @@ def test_stop_strings_are_honoured_and_never_returned(deployed: Deployed, client
 
 def test_errors_come_in_openais_shape(deployed: Deployed, client: OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        client.completions.create(model=name(deployed), prompt=INPUT, n=2)
+        client.completions.create(model=name(deployed), prompt=INPUT, n=2, stream=True)
     assert caught.value.param == "n"
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="shop/no-such-model", messages=[{"role": "user", "content": "hi"}])
@@ -139,3 +170,49 @@ def test_errors_come_in_openais_shape(deployed: Deployed, client: OpenAI) -> Non
         headers=deployed.headers,
     ).json()["error"]
     assert bad["param"] == "temperature" and bad["type"] == "invalid_request_error"
+
+
+MESSAGES: Any = [{"role": "user", "content": INPUT}]
+REFUSED: list[tuple[str, dict[str, Any]]] = [
+    ("presence_penalty", {"presence_penalty": 0.5}),
+    ("frequency_penalty", {"frequency_penalty": -1}),
+    ("logit_bias", {"logit_bias": {"50256": -100}}),
+    ("seed", {"seed": 7}),  # sampling (temperature 1): not reproducible here
+    ("tools", {"tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]}),
+    ("tool_choice", {"tool_choice": "required"}),
+    ("response_format", {"response_format": {"type": "json_object"}}),
+    ("modalities", {"modalities": ["text", "audio"]}),
+    ("top_k", {"extra_body": {"top_k": 5}}),  # not OpenAI's: refused as OpenAI refuses it
+]
+
+
+def test_fields_that_would_change_the_answer_are_refused_by_name(deployed: Deployed, client: OpenAI) -> None:
+    """Each was answered 200 as if it had been applied: penalties, logit_bias, tools, JSON mode, seed, top_k."""
+    for param, fields in REFUSED:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model=name(deployed), messages=MESSAGES, max_tokens=2, **fields)
+        assert caught.value.param == param, caught.value.message
+        assert "not supported" in caught.value.message or "unrecognized" in caught.value.message
+    for param, value in (("suffix", "end."), ("best_of", 3), ("prompt", [[1, 2, 3]])):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.completions.create(model=name(deployed), **{"prompt": INPUT, "max_tokens": 2, param: value})
+        assert caught.value.param == param and "not supported" in caught.value.message, caught.value.message
+    # The control: what clients send by default or for bookkeeping, and the neutral values of those fields.
+    answer = client.chat.completions.create(
+        model=name(deployed),
+        messages=MESSAGES,
+        max_completion_tokens=6,
+        temperature=0,
+        seed=7,  # greedy: the same answer with any seed
+        user="u-1",
+        n=1,
+        presence_penalty=0,
+        logit_bias={},
+        tool_choice="none",
+        response_format={"type": "text"},
+        metadata={"run": "ci"},
+        store=False,
+        parallel_tool_calls=False,
+        stream_options={"include_usage": True},
+    )
+    assert answer.choices[0].message.content == predicted(deployed, INPUT, max_tokens=6)["text"]

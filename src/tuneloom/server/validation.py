@@ -106,7 +106,7 @@ def message_of(error: dict[str, Any], content_type: str | None = None) -> str:
         if not is_json(content_type):
             sent = f"Content-Type: {content_type}"
             return f"{BODY}: send a JSON object with 'Content-Type: application/json' (this request has '{sent}')"
-        return f"{BODY}: must be a JSON object, got {_kind(error.get('input'))}"
+        return f"{BODY}: must be a JSON object, got {json_kind(error.get('input'))}"
     return f"{field_of(error) or BODY}: {error.get('msg', 'invalid')}"
 
 
@@ -118,8 +118,10 @@ def is_json(content_type: str | None) -> bool:
     return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
 
 
-def _kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
     """What a JSON value is, in JSON's words."""
+    if isinstance(value, dict):
+        return "an object"
     if isinstance(value, list):
         return "an array"
     if isinstance(value, str):

@@ -34,11 +34,11 @@ from tuneloom.errors import (
     SettingsError,
     TuneloomError,
 )
-from tuneloom.generate.params import InferenceParams
 from tuneloom.server.auth import api_key, context
 from tuneloom.server.backends import PieceStream
 from tuneloom.server.context import ServerContext
-from tuneloom.server.limits import cap_max_tokens
+from tuneloom.server.engine import Prediction
+from tuneloom.server.openai_params import check_supported, choices_per_prompt, inference_params
 from tuneloom.server.routes.predict import (
     SSE_HEADERS,
     Service,
@@ -138,6 +138,14 @@ async def list_models(key: Key, ctx: Context) -> ModelList:
     return ModelList(data=list(data.values()))
 
 
+@router.get("/models/{model:path}")
+async def retrieve_model(model: str, key: Key, ctx: Context) -> ModelObject:
+    """One model by its name (`client.models.retrieve`), as /v1/models lists it; 404 as for any unknown name."""
+    version = await run_in_threadpool(resolve_model, ctx, key, model)
+    created = int(version.finished_at.timestamp()) if version.finished_at else 0
+    return ModelObject(id=model, created=created, owned_by=model.split("/")[0])
+
+
 def trained_versions(db: Database, app_id: str | None) -> list[tuple[str, str, str, Any]]:
     """(app, model, version, finished_at) of every MODEL_TRAINED version, in one query."""
     query = (
@@ -163,50 +171,6 @@ def resolve_model(ctx: ServerContext, key: ApiKey, name: str) -> ModelVersion:
         raise NotFoundError(f"model '{name}' not found") from None
 
 
-def inference_params(
-    body: CompletionRequest | ChatCompletionRequest,
-    max_tokens: int | None,
-    limit: int,
-    system_prompt: str | None = None,
-) -> InferenceParams:
-    """OpenAI's knobs as tuneloom's validated InferenceParams (OpenAI's defaults where unset), capped at `limit`.
-
-    A refused token count names the field the client sent (`max_completion_tokens` is chat's newer name);
-    an empty stop string is refused as on /predict, not dropped (the client asked for a stop it would not get).
-    """
-    temperature = 1.0 if body.temperature is None else body.temperature
-    values = {"max_tokens": max_tokens, "temperature": temperature, "top_p": body.top_p, "stop": body.stop}
-    key = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) is not None else "max_tokens"
-    params = InferenceParams.from_dict({**values, "system_prompt": system_prompt}, sent_as={"max_tokens": key})
-    asked = bool(body.model_fields_set & {"max_tokens", "max_completion_tokens"}) and max_tokens is not None
-    return cap_max_tokens(params, limit, asked=asked, key=key)
-
-
-def check_n(n: int | None) -> None:
-    if n not in (None, 1):
-        raise SettingsError("only n=1 is supported", key="n")
-
-
-def check_supported(body: CompletionRequest | ChatCompletionRequest) -> None:
-    """Refuse, by name, what would change what the answer holds and is not implemented here.
-
-    Ignored, `logprobs` would come back null to a client that reads them, `echo` would leave the
-    prompt out of the text, and `best_of` would return one sample as if it were the best of several.
-    """
-    check_n(body.n)
-    if isinstance(body, CompletionRequest):
-        unsupported = {
-            "logprobs": body.logprobs is not None,
-            "echo": bool(body.echo),
-            "best_of": (body.best_of or 1) > 1,
-        }
-    else:
-        unsupported = {"logprobs": bool(body.logprobs), "top_logprobs": bool(body.top_logprobs)}
-    for name, asked in unsupported.items():
-        if asked:
-            raise SettingsError(f"'{name}' is not supported by this server; leave it out", key=name)
-
-
 async def named(work: Awaitable[T], param: str) -> T:
     """`work`, with a refusal of the request's inputs (too long for the model) naming OpenAI's field for them."""
     try:
@@ -224,6 +188,7 @@ async def completions(
     check_supported(body)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     check_inputs(prompts, key="prompt", listed=not isinstance(body.prompt, str))
+    n = choices_per_prompt(body, len(prompts))
     params = inference_params(body, body.max_tokens, ctx.max_tokens_limit)
     version = await run_in_threadpool(resolve_model, ctx, key, body.model)
     await admit(ctx, service, version)
@@ -234,16 +199,21 @@ async def completions(
         started = stream_in_slot(service, slots, key, version, version_dir(ctx, version), prompts[0], params)
         pieces, done = await named(started, "prompt")
         usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _streaming(_completion_chunks(pieces, head, usage), done)
+        echoed = prompts[0] if body.echo else ""
+        return _streaming(_completion_chunks(pieces, head, usage, echoed), done)
+    texts = [prompt for prompt in prompts for _ in range(n)]  # OpenAI's order: each prompt's n choices together
     async with slots.hold(key.id):
-        work = named(service.predict(version.id, version_dir(ctx, version), prompts, params), "prompt")
+        work = named(service.predict(version.id, version_dir(ctx, version), texts, params), "prompt")
         predictions = await unless_disconnected(request, work)
     choices = [
-        CompletionChoice(index=i, text=p.generation.text, finish_reason=finish_reason(p.generation.finish_reason))
+        CompletionChoice(
+            index=i,
+            text=(texts[i] if body.echo else "") + p.generation.text,
+            finish_reason=finish_reason(p.generation.finish_reason),
+        )
         for i, p in enumerate(predictions)
     ]
-    used = _usage(sum(p.prompt_tokens for p in predictions), sum(p.generation.tokens for p in predictions))
-    return Completion(**head, choices=choices, usage=used)
+    return Completion(**head, choices=choices, usage=_usage_of(predictions, n))
 
 
 @router.post("/chat/completions", response_model=ChatCompletion)
@@ -259,6 +229,7 @@ async def chat_completions(
     check_inputs([question], key=f"messages.{users[-1]}.content", listed=False)
     system = "\n".join(m.text() for m in body.messages if m.role in ("system", "developer")) or None
     max_tokens = body.max_tokens if body.max_completion_tokens is None else body.max_completion_tokens  # 0 is refused
+    n = choices_per_prompt(body, 1)
     params = inference_params(body, max_tokens, ctx.max_tokens_limit, system)
     version = await run_in_threadpool(resolve_model, ctx, key, body.model)
     await admit(ctx, service, version)
@@ -269,13 +240,19 @@ async def chat_completions(
         usage = bool(body.stream_options and body.stream_options.include_usage)
         return _streaming(_chat_chunks(pieces, head, usage), done)
     async with slots.hold(key.id):
-        work = named(service.predict(version.id, version_dir(ctx, version), [question], params), "messages")
-        (prediction,) = await unless_disconnected(request, work)
-    generation = prediction.generation
-    choice = ChatChoice(
-        index=0, message=ChatMessageOut(content=generation.text), finish_reason=finish_reason(generation.finish_reason)
-    )
-    return ChatCompletion(**head, choices=[choice], usage=_usage(prediction.prompt_tokens, generation.tokens))
+        work = named(service.predict(version.id, version_dir(ctx, version), [question] * n, params), "messages")
+        predictions = await unless_disconnected(request, work)
+    choices = [
+        ChatChoice(index=i, message=ChatMessageOut(content=g.text), finish_reason=finish_reason(g.finish_reason))
+        for i, g in enumerate(p.generation for p in predictions)
+    ]
+    return ChatCompletion(**head, choices=choices, usage=_usage_of(predictions, n))
+
+
+def _usage_of(predictions: list[Prediction], n: int) -> Usage:
+    """OpenAI's counts: each prompt once (its `n` choices share it), every choice's completion tokens."""
+    prompt_tokens = sum(p.prompt_tokens for p in predictions[::n])
+    return _usage(prompt_tokens, sum(p.generation.tokens for p in predictions))
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
@@ -299,11 +276,15 @@ def _data(chunk: BaseModel | dict[str, Any] | str) -> str:
     return f"data: {text}\n\n"
 
 
-async def _completion_chunks(pieces: PieceStream, head: ResponseHead, usage: bool) -> AsyncIterator[str]:
+async def _completion_chunks(pieces: PieceStream, head: ResponseHead, usage: bool, echoed: str) -> AsyncIterator[str]:
+    """The completion's chunks; `echoed` (the prompt, with `echo`) comes first, as OpenAI sends it."""
+
     def chunk(text: str, finish: str | None = None) -> Completion:
         choice = CompletionChoice(index=0, text=text, finish_reason=None if finish is None else finish_reason(finish))
         return Completion(**head, choices=[choice])
 
+    if echoed:
+        yield _data(chunk(echoed))
     try:
         async for piece in pieces:
             yield _data(chunk(piece))

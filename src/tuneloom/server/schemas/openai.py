@@ -1,17 +1,19 @@
 """The OpenAI-compatible routes' bodies, in OpenAI's own shapes, so the `openai` package works unchanged.
 
-Only what tuneloom can honour is accepted with meaning; fields the official client may send that
-change nothing here (user, seed, penalties, …) are accepted and ignored, as OpenAI-compatible
-servers commonly do. `n` must be 1. Fields that would change what the answer holds (logprobs, echo,
-best_of, content parts other than text) are declared here so that they are refused by name:
-ignored, the client would read an answer that is not the one it asked for.
+Every field of OpenAI's API that a client may send is declared here; `server.openai_params` decides
+which are honoured, which change nothing here (user, metadata, …) and which are refused by name
+because ignoring them would change what the answer holds (logprobs, tools, penalties, …). A field
+OpenAI's API does not have is refused too, as OpenAI itself does ("Unrecognized request argument").
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal, TypedDict
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+from tuneloom.server.validation import json_kind
 
 FinishReason = Literal["stop", "length"]
 
@@ -34,42 +36,58 @@ class StreamOptions(BaseModel):
 
 
 class SamplingRequest(BaseModel):
-    """What completions and chat completions share; unknown OpenAI fields are accepted and ignored."""
+    """What completions and chat completions share; fields OpenAI's API lacks are kept apart, to be refused."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
 
     model: str = Field(description="'<app_id>/<model_id>' (latest trained) or '<app_id>/<model_id>/<version_id>'")
     temperature: float | None = None
     top_p: float | None = None
-    n: int | None = 1
+    n: int | None = Field(1, ge=1)
     stop: str | list[str] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
+    seed: int | None = None  # honoured by greedy decoding only: refused with sampling
+    presence_penalty: float | None = None  # not supported: refused unless 0
+    frequency_penalty: float | None = None  # not supported: refused unless 0
+    logit_bias: dict[str, float] | None = None  # not supported: refused unless empty
+    user: str | None = None  # changes nothing here
 
 
 class CompletionRequest(SamplingRequest):
     prompt: str | list[str]
     max_tokens: int | None = 16  # OpenAI's default for completions
     logprobs: int | None = None  # not supported: refused unless null
-    echo: bool | None = None  # not supported: refused when true
-    best_of: int | None = None  # not supported: refused above 1
+    echo: bool | None = None
+    best_of: int | None = None  # refused unless equal to n: samples are not ranked here
+    suffix: str | None = None  # not supported: refused unless empty
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def text_prompts_only(cls, prompt: Any) -> Any:
+        """OpenAI also takes token ids; said so, where pydantic would say only "Input should be a valid string"."""
+        if isinstance(prompt, list) and any(type(item) in (int, list) for item in prompt):
+            raise PydanticCustomError("prompt_text", "token-id prompts are not supported; send the prompt as text")
+        return prompt
+
+
+CHAT_CONTENT = 'a string, or a list of {"type": "text", "text": "…"} parts (images and other parts are not supported)'
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[dict[str, Any]] | None = Field(default=None, validate_default=True)
 
-    @field_validator("content")
+    @field_validator("content", mode="before")
     @classmethod
-    def text_parts_only(cls, content: str | list[dict[str, Any]] | None) -> str | list[dict[str, Any]] | None:
-        """An image or audio part dropped silently would leave the model answering another question."""
-        for part in content if isinstance(content, list) else ():
-            if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise ValueError(
-                    f"only text content parts ({{'type': 'text', 'text': …}}) are supported, got {part.get('type')!r}"
-                )
+    def text_content_only(cls, content: Any, info: ValidationInfo) -> Any:
+        """One error that says what content may be, where pydantic would report its union's first member only
+        ("Input should be a valid string"); an image part dropped silently would change the question."""
+        problem = content_problem(content, info.data.get("role"))
+        if problem is not None:
+            raise PydanticCustomError("chat_content", f"{problem}; content must be {CHAT_CONTENT}")
         return content
 
     def text(self) -> str:
@@ -79,12 +97,51 @@ class ChatMessage(BaseModel):
         return "".join(str(part["text"]) for part in self.content)
 
 
+def content_problem(content: Any, role: str | None) -> str | None:
+    """What is wrong with a chat message's `content` (None: nothing); only a user message needs content."""
+    if content is None:
+        return "a user message needs content" if role == "user" else None
+    if isinstance(content, str):
+        return None
+    if not isinstance(content, list):
+        return f"got {json_kind(content)}"
+    for index, part in enumerate(content):
+        if not isinstance(part, dict):
+            return f"part {index} is {json_kind(part)}, not an object"
+        if part.get("type") != "text":
+            return f"part {index} is of type {part.get('type')!r}"
+        if not isinstance(part.get("text"), str):
+            return f'part {index} has no "text" string'
+    return None
+
+
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     logprobs: bool | None = None  # not supported: refused when true
     top_logprobs: int | None = None  # not supported: refused unless null or 0
+    response_format: dict[str, Any] | None = None  # only {"type": "text"}
+    tools: list[Any] | None = None  # not supported: refused unless empty
+    tool_choice: str | dict[str, Any] | None = None  # "none" or "auto" (no tools, so no call)
+    functions: list[Any] | None = None  # tools' older name
+    function_call: str | dict[str, Any] | None = None  # tool_choice's older name
+    audio: Any = None  # not supported: refused unless null
+    modalities: list[str] | None = None  # only ["text"]
+    web_search_options: Any = None  # not supported: refused unless null
+    moderation: Any = None  # not supported: refused unless null
+    # These change nothing in what a tuneloom model answers: accepted and ignored.
+    parallel_tool_calls: bool | None = None
+    prediction: Any = None
+    metadata: Any = None
+    store: bool | None = None
+    service_tier: str | None = None
+    reasoning_effort: str | None = None
+    verbosity: str | None = None
+    prompt_cache_key: Any = None
+    prompt_cache_options: Any = None
+    prompt_cache_retention: Any = None
+    safety_identifier: Any = None
 
 
 class Usage(BaseModel):

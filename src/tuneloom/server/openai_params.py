@@ -1,0 +1,106 @@
+"""Which fields of an OpenAI request tuneloom honours, which change nothing here, and which it refuses.
+
+A client reads the answer as the one it asked for, so a field that would change that answer and that
+tuneloom does not implement is a 400 naming it (OpenAI's `param`), never dropped: ignored, `n: 3`
+would come back as one choice, `logprobs` as null, `tools` as plain text, `response_format: json_object`
+as whatever the model says. Fields that change nothing in what a tuneloom model answers (`user`,
+`metadata`, `store`, …) are accepted, as OpenAI accepts them; a field OpenAI's API does not have is
+refused, as OpenAI refuses it ("Unrecognized request argument supplied").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from tuneloom.errors import SettingsError
+from tuneloom.generate.params import MAX_INPUTS, InferenceParams
+from tuneloom.server.limits import cap_max_tokens
+from tuneloom.server.schemas.openai import ChatCompletionRequest, CompletionRequest
+
+OpenAIRequest = CompletionRequest | ChatCompletionRequest
+NO_TOOL_CALL = (None, "none", "auto")  # with no tools, "auto" calls none either
+UNSUPPORTED = "is not supported by this server"
+
+
+def inference_params(
+    body: OpenAIRequest, max_tokens: int | None, limit: int, system_prompt: str | None = None
+) -> InferenceParams:
+    """OpenAI's knobs as tuneloom's validated InferenceParams (OpenAI's defaults where unset), capped at `limit`.
+
+    A refused token count names the field the client sent (`max_completion_tokens` is chat's newer name);
+    an empty stop string is refused as on /predict, not dropped (the client asked for a stop it would not get).
+    A `seed` is honoured only where nothing is drawn at random: a sampled answer here is not reproducible.
+    """
+    temperature = 1.0 if body.temperature is None else body.temperature
+    values = {"max_tokens": max_tokens, "temperature": temperature, "top_p": body.top_p, "stop": body.stop}
+    key = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) is not None else "max_tokens"
+    params = InferenceParams.from_dict({**values, "system_prompt": system_prompt}, sent_as={"max_tokens": key})
+    if body.seed is not None and params.sampling:
+        raise SettingsError(
+            "'seed' is not supported with sampling (temperature > 0): this server cannot make a sampled answer "
+            "reproducible; leave seed out, or send temperature 0 (greedy: the same answer every time)",
+            key="seed",
+        )
+    asked = bool(body.model_fields_set & {"max_tokens", "max_completion_tokens"}) and max_tokens is not None
+    return cap_max_tokens(params, limit, asked=asked, key=key)
+
+
+def check_supported(body: OpenAIRequest) -> None:
+    """Refuse, by name, the first field that is not OpenAI's or that would change the answer and is not implemented."""
+    for name in body.model_extra or {}:
+        raise SettingsError(
+            f"unrecognized request argument '{name}': it is not a parameter of OpenAI's API; leave it out", key=name
+        )
+    for name, why in refusals(body):
+        raise SettingsError(f"'{name}' {why}", key=name)
+
+
+def choices_per_prompt(body: OpenAIRequest, prompts: int) -> int:
+    """`n`: how many answers to each prompt; all of them run as one batch of at most MAX_INPUTS."""
+    n = body.n or 1
+    if n * prompts > MAX_INPUTS:
+        raise SettingsError(
+            f"'n' asks for {n * prompts} answers ({n} per prompt × {prompts}); at most {MAX_INPUTS} per request",
+            key="n",
+        )
+    return n
+
+
+def refusals(body: OpenAIRequest) -> Iterator[tuple[str, str]]:
+    """(field, why) for each field sent with a value this server would otherwise answer wrongly."""
+    if (body.n or 1) > 1 and body.stream:
+        yield "n", "above 1 is not supported with stream: true (one choice is streamed); stream n=1, or do not stream"
+    for name in ("presence_penalty", "frequency_penalty"):
+        if getattr(body, name):
+            yield name, f"{UNSUPPORTED} (only 0); leave it out"
+    if body.logit_bias:
+        yield "logit_bias", f"{UNSUPPORTED} (only {{}}); leave it out"
+    yield from completion_refusals(body) if isinstance(body, CompletionRequest) else chat_refusals(body)
+
+
+def completion_refusals(body: CompletionRequest) -> Iterator[tuple[str, str]]:
+    if body.logprobs is not None:
+        yield "logprobs", f"{UNSUPPORTED}; leave it out"
+    if body.best_of is not None and body.best_of != (body.n or 1):
+        yield "best_of", "other than n is not supported: this server returns every answer it makes, unranked; send n"
+    if body.suffix:
+        yield "suffix", f"{UNSUPPORTED} (no insertion: text is only generated after the prompt); leave it out"
+
+
+def chat_refusals(body: ChatCompletionRequest) -> Iterator[tuple[str, str]]:
+    for name in ("logprobs", "top_logprobs"):
+        if getattr(body, name):
+            yield name, f"{UNSUPPORTED}; leave it out"
+    if (body.response_format or {}).get("type", "text") != "text":
+        yield "response_format", f"{UNSUPPORTED} (only {{'type': 'text'}}: the output is not constrained)"
+    for name in ("tools", "functions"):
+        if getattr(body, name):
+            yield name, f"{UNSUPPORTED} (its models answer in text and call no tools); leave it out"
+    for name in ("tool_choice", "function_call"):
+        if getattr(body, name) not in NO_TOOL_CALL:
+            yield name, f"{UNSUPPORTED}: only 'none' or 'auto' (no tool is ever called)"
+    if body.audio is not None or any(kind != "text" for kind in body.modalities or ()):
+        yield "audio" if body.audio is not None else "modalities", f"{UNSUPPORTED} (text only)"
+    for name in ("web_search_options", "moderation"):
+        if getattr(body, name) is not None:
+            yield name, f"{UNSUPPORTED}; leave it out"
