@@ -170,6 +170,17 @@ def test_errors_come_in_openais_shape(deployed: Deployed, client: OpenAI) -> Non
         headers=deployed.headers,
     ).json()["error"]
     assert bad["param"] == "temperature" and bad["type"] == "invalid_request_error"
+    with pytest.raises(openai.NotFoundError) as caught:  # an endpoint tuneloom does not have, in OpenAI's shape
+        client.embeddings.create(model=name(deployed), input="hi")
+    assert caught.value.body == {
+        "message": "Invalid URL (POST /v1/embeddings)",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": None,
+    }
+    wrong_method = httpx.get(f"{deployed.url}/v1/completions", headers=deployed.headers)
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["error"]["message"] == "Invalid URL (GET /v1/completions)"
 
 
 MESSAGES: Any = [{"role": "user", "content": INPUT}]

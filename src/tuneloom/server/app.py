@@ -137,8 +137,16 @@ def create_app(ctx: ServerContext) -> FastAPI:
         return JSONResponse(err.to_dict(), status_code=status)
 
     @app.exception_handler(HTTPException)
-    def http_error(_: Request, err: HTTPException) -> JSONResponse:
-        """A missing key, an unknown route: the same {code, message} shape as every other error."""
+    def http_error(request: Request, err: HTTPException) -> JSONResponse:
+        """A missing key, an unknown route: the same {code, message} shape as every other error.
+
+        Under /v1 (an unknown endpoint such as /v1/embeddings, a wrong method) OpenAI's shape instead,
+        as there: an OpenAI client reads only that one.
+        """
+        if request.url.path.startswith(f"{openai_compat.router.prefix}/"):
+            unknown = err.status_code in (404, 405) and err.detail in ("Not Found", "Method Not Allowed")
+            message = f"Invalid URL ({request.method} {request.url.path})" if unknown else str(err.detail)
+            return openai_compat.openai_error(err.status_code, message, headers=err.headers, coded=not unknown)
         code = CODE_BY_STATUS.get(err.status_code, f"HTTP_{err.status_code}")
         body = {"code": code, "message": str(err.detail)}
         return JSONResponse(body, status_code=err.status_code, headers=err.headers)

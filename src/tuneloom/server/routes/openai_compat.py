@@ -83,9 +83,12 @@ ERROR_CODES = {
 }
 
 
-def openai_error(status: int, message: str, *, param: str | None = None, headers: Any = None) -> JSONResponse:
+def openai_error(
+    status: int, message: str, *, param: str | None = None, headers: Any = None, coded: bool = True
+) -> JSONResponse:
+    """OpenAI's error body; `coded=False` leaves `code` null, as OpenAI does for an unknown URL."""
     kind = "server_error" if status >= 500 else "invalid_request_error"
-    body = {"message": message, "type": kind, "param": param, "code": ERROR_CODES.get(status)}
+    body = {"message": message, "type": kind, "param": param, "code": ERROR_CODES.get(status) if coded else None}
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
