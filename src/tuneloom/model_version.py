@@ -57,7 +57,13 @@ class ModelVersion:
         return self.manifest["weights"] == "adapter"
 
     def read_json(self, name: str) -> Any:
-        return json.loads((self.path / name).read_text())
+        """A JSON file of the version (`metrics.json`, …); one the manifest does not cover may still be
+        missing or hand-edited, and that is a ModelVersionError naming it, not an OSError."""
+        try:
+            return json.loads((self.path / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            reason = "is missing" if isinstance(err, FileNotFoundError) else f"is damaged: {err}"
+            raise ModelVersionError(f"{self.path}: file {name} {reason}", details={"file": name}) from None
 
 
 def sha256_file(path: Path) -> str:

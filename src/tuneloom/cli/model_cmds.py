@@ -6,13 +6,20 @@ import argparse
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.table import Table
 
-from tuneloom.cli.render import console, console_err, metrics_table, print_json
+from tuneloom.cli.render import console, console_err, metrics_table, print_json, progress_bar
 from tuneloom.errors import DataFileError
+
+if TYPE_CHECKING:
+    from tuneloom.data.parse import ParsedFile
+    from tuneloom.data.types import Example
+    from tuneloom.evaluate.runner import EvaluationResult
+    from tuneloom.generate.loading import InferenceModel
+    from tuneloom.generate.params import InferenceParams
 
 
 def register(commands: Any) -> None:
@@ -148,31 +155,58 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from tuneloom.data import parse_file
-    from tuneloom.evaluate.runner import evaluate_examples
     from tuneloom.generate.loading import load_for_inference
-    from tuneloom.generate.params import InferenceParams
 
-    params = InferenceParams.from_dict({"max_tokens": args.max_tokens}) if args.max_tokens is not None else None
-    parsed = parse_file(args.data, format=args.format)
-    if not parsed.examples:
-        raise DataFileError(
-            f"{args.data}: no valid examples to evaluate on ({parsed.report.invalid_rows} invalid rows)",
-            details={"report": parsed.report.to_dict()},
-        )
+    params = evaluation_params(args.max_tokens)
+    parsed = read_heldout(args.data, args.format)
     loaded = load_for_inference(args.model)
-    result = evaluate_examples(loaded, parsed.examples, params=params)
+    result = evaluate_with_progress(loaded, parsed.examples, params)
     if args.json:
         print_json({**result.to_dict(), "data_report": parsed.report.to_dict()})
         return 0
-    if parsed.report.invalid_rows:
-        console_err.print(
-            f"[yellow]{parsed.report.invalid_rows} invalid rows skipped[/]; "
-            f"run `tuneloom validate {escape(str(args.data))}` to see them."
-        )
     console.print(metrics_table(f"{escape(loaded.name)} on {escape(str(args.data))}", {"value": result.metrics}))
     print_evaluation_rows(result.rows)
     return 0
+
+
+def evaluation_params(max_tokens: int | None) -> InferenceParams | None:
+    """`--max-tokens` checked before any model loads; None lets the evaluation fit the expected completions."""
+    from tuneloom.generate.params import InferenceParams
+
+    return InferenceParams.from_dict({"max_tokens": max_tokens}) if max_tokens is not None else None
+
+
+def read_heldout(path: Path, data_format: str) -> ParsedFile:
+    """The held-out file parsed before any model loads; no valid example is an error, skipped rows a note."""
+    from tuneloom.data import parse_file
+
+    parsed = parse_file(path, format=data_format)
+    if not parsed.examples:
+        raise DataFileError(
+            f"{path}: no valid examples to evaluate on ({parsed.report.invalid_rows} invalid rows)",
+            details={"report": parsed.report.to_dict()},
+        )
+    if parsed.report.invalid_rows:
+        console_err.print(
+            f"[yellow]{parsed.report.invalid_rows} invalid rows skipped[/]; "
+            f"run `tuneloom validate {escape(str(path))}` to see them."
+        )
+    return parsed
+
+
+def evaluate_with_progress(
+    loaded: InferenceModel, examples: list[Example], params: InferenceParams | None
+) -> EvaluationResult:
+    """`evaluate_examples` under a progress bar on stderr (generation is the slow part of an evaluation)."""
+    from tuneloom.evaluate.runner import evaluate_examples
+
+    with progress_bar() as bar:
+        task = bar.add_task(f"evaluating {escape(loaded.name)}", total=len(examples), status="")
+
+        def advance(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return evaluate_examples(loaded, examples, params=params, on_progress=advance)
 
 
 def print_evaluation_rows(rows: list[dict[str, Any]], limit: int = 8) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -67,16 +68,38 @@ def print_report(report: DataReport, tolerance: float) -> None:
     print_invalid_rows([{"line": r.line, "reason": r.reason, "excerpt": r.excerpt} for r in report.invalid])
 
 
-def metrics_table(title: str, columns: dict[str, dict[str, Any]]) -> Table:
-    """One row per metric, one column per model (e.g. before / after)."""
-    table = Table(title=title, title_justify="left")
+def metrics_table(
+    title: str,
+    columns: dict[str, dict[str, Any]],
+    *,
+    ranked: Mapping[str, tuple[str | None, Sequence[bool]]] | None = None,
+) -> Table:
+    """One row per metric, one column per model (e.g. before / after).
+
+    With `ranked` (metric → which way is better, and which columns hold its best value; see
+    tuneloom.evaluate.compare) a "better" column says lower or higher and each best value gets a ★,
+    which still reads when the output is piped and loses its colour.
+    """
+    table = Table(title=title, title_justify="left", caption=f"{BEST} best of the row" if ranked else None)
     table.add_column("metric")
+    if ranked is not None:
+        table.add_column("better")
     for name in columns:
-        table.add_column(name, justify="right")
+        table.add_column(escape(name), justify="right", overflow="fold")  # a long path wraps, never cut
     keys = [k for k in dict.fromkeys(k for m in columns.values() for k in m) if k != "count"]
     for key in keys:
-        table.add_row(key, *(_fmt(m.get(key)) for m in columns.values()))
+        better, best = ranked.get(key, (None, ())) if ranked is not None else (None, ())
+        cells = [_fmt(m.get(key)) for m in columns.values()]
+        cells = [_best(cell) if i < len(best) and best[i] else cell for i, cell in enumerate(cells)]
+        table.add_row(key, *([better or ""] if ranked is not None else []), *cells)
     return table
+
+
+BEST = "★"
+
+
+def _best(text: str) -> str:
+    return f"[bold green]{text} {BEST}[/]"
 
 
 def _fmt(value: Any) -> str:
