@@ -6,6 +6,7 @@ The command's output is checked against the runs' own files and against `tuneloo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -99,6 +100,8 @@ def test_json_holds_every_setting_and_the_best_of_each_metric(
     assert settings["peft_config.r"] == {"key": "peft_config.r", "values": [8, 8], "differs": False}
     overview = {row["key"]: row["values"] for row in data["overview"]}
     assert overview["data.valid_rows"] == [32, 32] and overview["base_model"] == ["tuneloom/tiny-random"] * 2
+    trained_on = hashlib.sha256(Path("train.txt").read_bytes()).hexdigest()  # the path may hold other data later
+    assert overview["data.sha256"] == [trained_on] * 2 and "data.validation_sha256" not in overview
     stored = [json.loads((run / "metrics.json").read_text()) for run in runs]
     rows = {row["key"]: row for row in data["metrics"]}
     assert list(rows)[:3] == ["train_loss", "eval_loss", "perplexity"]

@@ -160,6 +160,7 @@ def _overview(run: Run) -> dict[str, Any]:
     if manifest.get("started_from"):
         row["started_from"] = manifest["started_from"]
     row.update({f"data.{key}": data.get(key) for key in ("file", "format")})
+    row.update({f"data.{key}": data[key] for key in ("sha256", "validation_sha256") if key in data})  # newer runs
     row.update({f"data.{key}": report.get(key) for key in ("total_rows", "valid_rows", "invalid_rows")})
     row.update({f"data.{key}": data.get(key) for key in ("train_examples", "held_out_examples")})
     return row

@@ -21,7 +21,15 @@ from transformers.trainer_callback import PrinterCallback
 
 from tuneloom.data.types import DataReport, Example
 from tuneloom.errors import ModelVersionError, TuneloomError
-from tuneloom.model_version import ModelVersion, finalize, make_folder, open_version, partial_dir, write_json
+from tuneloom.model_version import (
+    ModelVersion,
+    finalize,
+    make_folder,
+    open_version,
+    partial_dir,
+    sha256_file,
+    write_json,
+)
 from tuneloom.templates import (
     TOKENIZER_EXTENSIONS,
     TRAINER_EXTENSIONS,
@@ -170,9 +178,11 @@ def train_rank(
         "prompt_format": prompt_format.to_dict(),
         "data": {
             "file": str(job.data),
+            "sha256": sha256_file(job.data),  # what the path held then: the same name may hold other data later
             "format": report.format,
             "train_examples": len(train_set),
             "held_out_examples": len(eval_set),
+            **({"validation_sha256": sha256_file(job.validation)} if job.validation else {}),
         },
         "summary": {k: metrics[k] for k in ("train_loss", "eval_loss", "perplexity") if k in metrics},
     }
