@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 
+from tuneloom.errors import SettingsError
 from tuneloom.generate.continuous import ContinuousBatch, Row, pick_tokens, supports_continuous
 from tuneloom.generate.generator import _encode, count_prompt_tokens, generate, stream
 from tuneloom.generate.loading import load_for_inference
@@ -157,3 +158,40 @@ def test_a_stop_string_split_across_tokens_is_never_sent(loaded: Any) -> None:
     streamed, generation = pieces_per_token(loaded, "I love it", replace(sampled, stop=(NEVER, split)))
     assert generation.finish_reason == "stop" and split not in "".join(streamed)
     assert "".join(streamed) == generation.text == full[: full.find(split)].strip() != ""
+
+
+HOT = InferenceParams(max_tokens=6, temperature=1.5)  # tiny-random samples all over its vocabulary
+
+
+def test_a_seed_gives_its_text_whatever_shares_the_batch(loaded: Any) -> None:
+    """Sampling drew from torch's one global generator: no answer could be reproduced, and a row's draws
+    depended on every other row's. A seeded row draws from a generator of its own."""
+    seeded = replace(HOT, seed=7)
+    (alone,) = generate(loaded, ["I love it"], seeded)
+    assert generate(loaded, ["I love it"], replace(HOT, seed=8))[0].text != alone.text
+    rows = [
+        Row.create(loaded, TEXTS[0], replace(HOT, max_tokens=30)),  # unseeded: draws from the global generator
+        Row.create(loaded, "I love it", seeded),
+        Row.create(loaded, TEXTS[5], replace(HOT, seed=3, max_tokens=5)),
+    ]
+    batch = ContinuousBatch(loaded)
+    batch.add(rows[:1])
+    batch.step()
+    batch.add(rows[1:2])  # joins a batch that is mid-generation, with another prompt length
+    batch.step()
+    batch.add(rows[2:])
+    while not rows[1].finished:
+        batch.step()
+    assert rows[1].generation(loaded) == alone
+    listed = generate(loaded, [TEXTS[1], "I love it"], replace(HOT, seed=6))  # input i samples with seed + i
+    assert listed[1] == alone and listed[0].text != alone.text
+    assert "".join(stream(loaded, "I love it", seeded)) == alone.text  # `tuneloom generate --stream --seed`
+
+
+def test_a_seed_that_cannot_be_honoured_is_refused_by_name(loaded: Any) -> None:
+    """Beam sampling runs in transformers' generate(), which draws from the generator every request shares."""
+    with pytest.raises(SettingsError) as beams:
+        generate(loaded, ["I love it"], replace(HOT, num_beams=2, seed=1))
+    assert beams.value.key == "seed" and "num_beams" in beams.value.message
+    greedy = InferenceParams(max_tokens=8, temperature=0)
+    assert generate(loaded, ["I love it"], replace(greedy, seed=1)) == generate(loaded, ["I love it"], greedy)

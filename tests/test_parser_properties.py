@@ -166,6 +166,7 @@ def test_inference_params_are_in_range_and_round_trip_or_a_settings_error(data: 
         return
     assert 1 <= params.max_tokens <= MAX_TOKENS_LIMIT and params.num_beams >= 1 and params.top_k >= 0
     assert math.isfinite(params.temperature) and 0 < params.top_p <= 1
+    assert params.seed is None or 0 <= params.seed < 2**63  # what torch.Generator and vLLM take
     assert InferenceParams.from_dict(json.loads(json.dumps(params.to_dict()))) == params
 
 

@@ -130,6 +130,18 @@ def test_predict_one_and_many_and_generate_agrees(flow: Flow) -> None:
     assert pieces and "".join(pieces) == one
 
 
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # generation does not touch the database
+def test_a_seed_passes_through_and_reproduces_sampled_predictions(flow: Flow) -> None:
+    hot = {"max_tokens": 6, "temperature": 1.5, "seed": 3}
+    one = flow.model.predict(PROMPT, inference_params=hot)
+    many = flow.model.predict([PROMPT, PROMPT], inference_params=hot)
+    assert many[0] == one != many[1]  # input i samples with seed + i
+    assert "".join(flow.model.generate(PROMPT, inference_params=hot)) == one
+    with pytest.raises(TuneloomAPIError) as bad:
+        flow.model.predict(PROMPT, inference_params={**hot, "seed": -1})
+    assert bad.value.status == 422 and bad.value.key == "seed"
+
+
 def test_invalid_settings_are_422_naming_the_key(flow: Flow) -> None:
     with pytest.raises(TuneloomAPIError) as bad_train:
         flow.model.train(flow.version, TEMPLATE, trainer_config={"learning_rat": 0.1})

@@ -22,6 +22,7 @@ from tests.conftest import api_key, run_cli
 from tests.server_helpers import Deployed, deploy, server_database, unfinished_version
 from tests.test_soak import assert_held, run_soak
 
+from tuneloom.cli import main
 from tuneloom.generate.params import InferenceParams
 from tuneloom.server.inference import Inference, ModelCache, load_model, model_bytes
 from tuneloom.store import registry
@@ -296,3 +297,53 @@ def test_a_batch_too_large_for_memory_is_422_naming_the_limit_and_figure(deploye
     refused = httpx.post(f"{deployed.url}/v1/completions", json=openai, headers=deployed.headers)
     assert refused.status_code == 400 and "--max-batch-tokens" in refused.json()["error"]["message"]
     assert predict(deployed, ["I love it"] * 15, {"max_tokens": 1, "temperature": 0}).status_code == 200
+
+
+HOT = {"max_tokens": 6, "temperature": 1.5}  # tiny-random then samples all over its vocabulary
+
+
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # generation does not touch the database
+def test_a_seed_reproduces_a_sampled_answer_whatever_shares_its_batch(deployed: Deployed) -> None:
+    """`seed` was an unknown parameter, and every sampled row drew from the one generator all requests share:
+    no sampled answer could be reproduced, nor stay the same beside other requests."""
+    seeded = {**HOT, "seed": 11}
+    alone = predicted(deployed, "I love it", seeded)
+    assert predicted(deployed, "I love it", {**HOT, "seed": 12})["text"] != alone["text"]
+    with ThreadPoolExecutor(10) as pool:
+        again = [pool.submit(predicted, deployed, "I love it", seeded) for _ in range(2)]
+        again += [pool.submit(streamed, deployed, "I love it", seeded) for _ in range(2)]
+        others = [pool.submit(predicted, deployed, text, {**HOT, "max_tokens": 16}) for text in INPUTS[:3]]
+        others += [pool.submit(predicted, deployed, text, {**HOT, "seed": 5}) for text in INPUTS[3:]]
+        answers = [f.result() for f in again]
+        assert all(f.result()["text"] for f in others)
+    assert answers == [alone] * 4
+    listed = predict(deployed, ["broke after a day", "I love it"], {**HOT, "seed": 10}).json()["outputs"]
+    assert listed[1] == alone and listed[0] != alone  # input i samples with seed + i
+
+
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)
+def test_the_cli_seed_gives_the_servers_answer(
+    deployed: Deployed, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tuneloom generate --seed` samples as the server does (input i with seed + i), batched or streamed."""
+    inputs = ["broke after a day", "I love it"]
+    (tmp_path / "inputs.txt").write_text("\n".join(inputs) + "\n", encoding="utf-8")
+    args = ["generate", str(deployed.version_dir), "--file", str(tmp_path / "inputs.txt"), "--max-tokens", "6"]
+    args += ["--temperature", "1.5", "--seed", "10"]
+    assert main([*args, "--json"]) == 0
+    texts = [g["text"] for g in json.loads(capsys.readouterr().out)]
+    served = predict(deployed, inputs, {**HOT, "seed": 10}).json()["outputs"]
+    assert texts == [o["text"] for o in served] and texts[0] != texts[1]
+    assert main([*args, "--stream"]) == 0
+    assert capsys.readouterr().out.splitlines() == texts
+    assert main([*args[:-1], "-1"]) == 1 and "'seed' must be between 0 and" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args[:-1], "x"])
+    assert "--seed: invalid int value" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)
+def test_invalid_seeds_are_422_naming_seed(deployed: Deployed) -> None:
+    for seed in (-1, "x", 2**64, 1.5, True):
+        answer = predict(deployed, ["I love it"], {**HOT, "seed": seed})
+        assert answer.status_code == 422 and answer.json()["details"]["key"] == "seed", (seed, answer.text)

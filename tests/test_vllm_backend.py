@@ -252,6 +252,7 @@ def test_inference_params_map_onto_sampling_params() -> None:
     sampled = sampling_kwargs(InferenceParams(temperature=0.7, top_p=0.9, top_k=40), None)
     assert (sampled["temperature"], sampled["top_p"], sampled["top_k"]) == (0.7, 0.9, 40)
     assert sampled["max_tokens"] == 128 and sampled["stop"] == ["###"] and "stop_token_ids" not in sampled
+    assert "seed" not in sampled and sampling_kwargs(InferenceParams(temperature=0.7, seed=9), None)["seed"] == 9
     assert sampling_kwargs(InferenceParams(do_sample=True, temperature=0.0), None)["temperature"] == 0.0
     with pytest.raises(SettingsError) as beams:
         sampling_kwargs(InferenceParams(num_beams=4), None)
@@ -469,3 +470,7 @@ def test_routes_serve_each_version_as_its_adapter_on_one_engine(vllm_server: Any
     refused = httpx.post(f"{model}/predict", json={"inputs": ["TOO LONG"]}, headers=headers, timeout=30)
     assert refused.status_code == 422
     assert refused.json()["code"] == "INVALID_PARAMS" and "maximum model length" in refused.json()["message"]
+
+    seeded = {"inputs": ["a", "b", "c"], "version": first, "inference_params": {"temperature": 1.0, "seed": 40}}
+    assert httpx.post(f"{model}/predict", json=seeded, headers=headers, timeout=30).status_code == 200
+    assert [c.params.seed for c in engine.calls[-3:]] == [40, 41, 42]  # input i samples with seed + i

@@ -42,6 +42,9 @@ def register(commands: Any) -> None:
         type=_unescape,
         help="stop string (repeatable; \\n, \\t as escapes); '###' always stops",
     )
+    gen.add_argument(
+        "--seed", type=int, help="sample reproducibly: the same seed gives the same text (input i uses seed + i)"
+    )
     gen.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     gen.add_argument("--json", action="store_true")
     gen.set_defaults(run=run_generate)
@@ -75,6 +78,7 @@ def _inference_params(args: argparse.Namespace) -> Any:
         "system_prompt",
         "prompt_template",
         "stop",
+        "seed",
     )
     return InferenceParams.from_dict({k: getattr(args, k, None) for k in keys})
 
@@ -128,8 +132,8 @@ def run_generate(args: argparse.Namespace) -> int:
     texts = _inputs(args)
     loaded = load_for_inference(args.model)
     if args.stream:
-        for text in texts:
-            for piece in stream(loaded, text, params):
+        for i, text in enumerate(texts):
+            for piece in stream(loaded, text, params.for_input(i)):  # as `generate` would sample input i
                 sys.stdout.write(piece)
                 sys.stdout.flush()
             sys.stdout.write("\n")

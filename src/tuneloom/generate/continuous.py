@@ -14,17 +14,33 @@ not apply, need `generate()` itself: `supports_continuous` says which.
 The decoding rules are `generate()`'s, so a greedy row gives the same text, token count and finish
 reason as the batched path: positions count real tokens only (left padding is masked), a row ends
 at EOS, at the first stop string in its decoded text, or after `max_tokens`.
+
+A sampling row with a `seed` draws from its own `torch.Generator`, seeded with it, and from nothing
+else: its tokens do not depend on which rows share the batch or on what they draw. `generate()` and
+`stream()` run seeded sampling through this loop too (`generate_seeded`, `stream_seeded`), since
+transformers' `generate()` draws from torch's one global generator; so a seed gives the same text
+on the command line as on the server. Rows without a seed draw from the global generator, as before.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from tuneloom.generate.generator import Generation, VisibleText, _encode, finish_generation, render_prompt, stop_strings
+from tuneloom.errors import SettingsError
+from tuneloom.generate.generator import (
+    BATCH_SIZE,
+    Generation,
+    VisibleText,
+    _encode,
+    finish_generation,
+    render_prompt,
+    stop_strings,
+)
 from tuneloom.generate.loading import InferenceModel
 from tuneloom.generate.params import InferenceParams
 
@@ -50,6 +66,22 @@ def supports_continuous(loaded: InferenceModel, params: InferenceParams) -> bool
     return all(getattr(config, name, default) in (default, None) for name, default in _UNSUPPORTED_DEFAULTS.items())
 
 
+def check_seedable(loaded: InferenceModel, params: InferenceParams) -> None:
+    """Refuse a seed this loop cannot honour. What it cannot run goes to transformers' `generate()`, which
+    draws from torch's global generator: the one every other request draws from too."""
+    if not params.seeded_sampling or supports_continuous(loaded, params):
+        return
+    if params.num_beams > 1:
+        why, fix = "with num_beams > 1 (beam sampling)", "leave seed out, or set num_beams to 1"
+    else:
+        why, fix = "for this model (its generation config asks for a repetition penalty or the like)", "leave seed out"
+    raise SettingsError(
+        f"inference parameter 'seed' is not supported with sampling {why}: such a generation draws from the "
+        f"random stream every other request shares, so it cannot be reproduced; {fix}",
+        key="seed",
+    )
+
+
 @dataclass(eq=False)
 class Row:
     """One generation in a batch: its prompt, its parameters, and the tokens it has produced so far."""
@@ -62,10 +94,24 @@ class Row:
     finished: bool = False
     cancelled: bool = False  # set from another thread: the row leaves at the next step
     piece: str = ""  # text made visible by the latest token (for streams)
+    _generator: torch.Generator | None = field(default=None, repr=False)
 
     @classmethod
     def create(cls, loaded: InferenceModel, text: str, params: InferenceParams) -> Row:
-        return cls(render_prompt(loaded, text, params), params, VisibleText(stop_strings(params)))
+        return cls.rendered(render_prompt(loaded, text, params), params)
+
+    @classmethod
+    def rendered(cls, prompt: str, params: InferenceParams) -> Row:
+        return cls(prompt, params, VisibleText(stop_strings(params)))
+
+    def generator(self, device: torch.device) -> torch.Generator | None:
+        """This row's own random stream (seeded sampling rows only), made on the device of its first draw."""
+        if not self.params.seeded_sampling:
+            return None
+        if self._generator is None:
+            assert self.params.seed is not None  # seeded_sampling
+            self._generator = torch.Generator(device=device).manual_seed(self.params.seed)
+        return self._generator
 
     def generation(self, loaded: InferenceModel) -> Generation:
         """The finished row as `generate()` would have returned it (trailing padding is not part of it)."""
@@ -164,7 +210,8 @@ class ContinuousBatch:
             old.values = torch.cat([_pad_left(old.values, width, 2), _pad_left(new.values, width, 2)])
 
     def _accept(self, rows: list[Row], logits: torch.Tensor) -> None:
-        tokens = pick_tokens(logits, [row.params for row in rows])
+        generators = [row.generator(logits.device) for row in rows]
+        tokens = pick_tokens(logits, [row.params for row in rows], generators)
         start = len(self.rows) - len(rows)
         self._last = torch.cat([self._last[:start], tokens])
         for row, token in zip(rows, tokens.tolist(), strict=True):
@@ -180,11 +227,16 @@ def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
 
 
-def pick_tokens(logits: torch.Tensor, params: list[InferenceParams]) -> torch.Tensor:
+def pick_tokens(
+    logits: torch.Tensor,
+    params: list[InferenceParams],
+    generators: Sequence[torch.Generator | None] | None = None,
+) -> torch.Tensor:
     """The next token per row: argmax for greedy rows; for sampling rows, temperature → top-k → top-p → draw.
 
     The order and rules are those of `generate()`'s logits warpers (top-p keeps the most likely
     tokens until their mass reaches `top_p`, at least one), applied row by row with each row's values.
+    A row with a generator (`generators[i]`) draws from it alone; the others from torch's global one.
     """
     greedy = logits.argmax(dim=-1)
     sampling = torch.tensor([p.sampling for p in params], device=logits.device)
@@ -199,5 +251,50 @@ def pick_tokens(logits: torch.Tensor, params: list[InferenceParams]) -> torch.Te
     before = probs.cumsum(dim=-1) - probs  # mass of the more likely tokens
     top_p = torch.tensor([p.top_p for p in params], device=logits.device)
     scores = scores.masked_fill((before >= top_p[:, None]) & (rank > 0), float("-inf"))
-    drawn = order.gather(1, torch.multinomial(scores.softmax(dim=-1), 1)).squeeze(1)
+    drawn = order.gather(1, _draw(scores.softmax(dim=-1), generators)).squeeze(1)
     return torch.where(sampling, drawn, greedy)
+
+
+def _draw(probs: torch.Tensor, generators: Sequence[torch.Generator | None] | None) -> torch.Tensor:
+    """One index per row, (rows, 1): each seeded row from its own generator, the other rows together."""
+    own = list(generators or [None] * len(probs))
+    free = [i for i, generator in enumerate(own) if generator is None]
+    if len(free) == len(own):
+        return torch.multinomial(probs, 1)
+    drawn = torch.zeros(len(own), 1, dtype=torch.long, device=probs.device)
+    if free:
+        drawn[free] = torch.multinomial(probs[free], 1)
+    for i, generator in enumerate(own):
+        if generator is not None:
+            drawn[i] = torch.multinomial(probs[i], 1, generator=generator)
+    return drawn
+
+
+def run_alone(loaded: InferenceModel, rows: list[Row]) -> Iterator[None]:
+    """Run `rows` to their end in a batch of their own, pausing after the prefill and after every step."""
+    batch = ContinuousBatch(loaded)
+    batch.add(rows)
+    yield
+    while not all(row.finished for row in rows):
+        batch.step()
+        yield
+
+
+def generate_seeded(loaded: InferenceModel, prompts: Sequence[str], params: InferenceParams) -> list[Generation]:
+    """`generate()` for seeded sampling: prompt `i` is a row drawing with seed + i (`for_input`), as on the server."""
+    check_seedable(loaded, params)
+    rows = [Row.rendered(prompt, params.for_input(i)) for i, prompt in enumerate(prompts)]
+    for start in range(0, len(rows), BATCH_SIZE):
+        for _ in run_alone(loaded, rows[start : start + BATCH_SIZE]):
+            pass
+    return [row.generation(loaded) for row in rows]
+
+
+def stream_seeded(loaded: InferenceModel, prompt: str, params: InferenceParams) -> Iterator[str]:
+    """`stream()` for seeded sampling: the same pieces a seeded /generate stream sends."""
+    check_seedable(loaded, params)
+    row = Row.rendered(prompt, params)
+    for _ in run_alone(loaded, [row]):
+        if row.piece:
+            yield row.piece
+            row.piece = ""

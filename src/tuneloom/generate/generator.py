@@ -45,6 +45,10 @@ def generate(loaded: InferenceModel, texts: Sequence[str], params: InferencePara
         raise SettingsError(f"at most {MAX_INPUTS} inputs per call, got {len(texts)}", key="inputs")
     prompts = [render_prompt(loaded, t, params) for t in texts]
     check_context(loaded, [count_prompt_tokens(loaded, p) for p in prompts], params)
+    if params.seeded_sampling:  # transformers would draw from torch's global generator
+        from tuneloom.generate.continuous import generate_seeded
+
+        return generate_seeded(loaded, prompts, params)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: dict[int, Generation] = {}
     for start in range(0, len(order), BATCH_SIZE):
@@ -68,6 +72,13 @@ def stream(loaded: InferenceModel, text: str, params: InferenceParams) -> Iterat
         return
     prompt = render_prompt(loaded, text, params)
     check_context(loaded, [count_prompt_tokens(loaded, prompt)], params, key="input")
+    if params.return_full_text:
+        yield prompt + " "
+    if params.seeded_sampling:
+        from tuneloom.generate.continuous import stream_seeded
+
+        yield from stream_seeded(loaded, prompt, params)
+        return
     stops = stop_strings(params)
     streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
     cancel = threading.Event()
@@ -87,8 +98,6 @@ def stream(loaded: InferenceModel, text: str, params: InferenceParams) -> Iterat
 
     worker = threading.Thread(target=run, daemon=True)
     worker.start()
-    if params.return_full_text:
-        yield prompt + " "
     visible, text = VisibleText(stops), ""
     try:
         for piece in streamer:

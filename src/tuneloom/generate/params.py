@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from tuneloom.errors import SettingsError
@@ -16,6 +16,7 @@ MAX_STOP_STRINGS = 16
 # Characters per stop string. transformers' stop-string criterion (beam search, the CLI) costs memory
 # and time with the longest string: 16 of 1,000 characters took 24 s and GBs on a 50k vocabulary.
 MAX_STOP_CHARS = 128
+MAX_SEED = 2**63 - 1  # OpenAI's seed is an int64; vLLM and torch.Generator take every non-negative one
 
 
 @dataclass(frozen=True)
@@ -30,10 +31,27 @@ class InferenceParams:
     system_prompt: str | None = None
     prompt_template: str | None = None
     stop: tuple[str, ...] = ()
+    seed: int | None = None  # sampling draws from a generator seeded with it: the same request, the same answer
 
     @property
     def sampling(self) -> bool:
         return self.do_sample if self.do_sample is not None else self.temperature > 0
+
+    @property
+    def seeded_sampling(self) -> bool:
+        """Sampling with a seed: drawn from a generator of its own, not from torch's global one (greedy needs none)."""
+        return self.seed is not None and self.sampling
+
+    def for_input(self, index: int) -> InferenceParams:
+        """The parameters input `index` of a request is generated with: its seed is `seed + index`.
+
+        One seed for a list of inputs (or OpenAI's `n` choices, which are repeated inputs) must not
+        give every input the same draws: identical inputs would come back identical. Input `index`
+        alone with seed `seed + index` gives the same answer (wrapping past MAX_SEED to 0).
+        """
+        if self.seed is None or index == 0:
+            return self
+        return replace(self, seed=(self.seed + index) % (MAX_SEED + 1))
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "stop": list(self.stop)}
@@ -82,7 +100,7 @@ def _without_aliases(data: dict[str, Any]) -> dict[str, Any]:
 
 
 _HUGE = 2**63  # past every range below; JSON integers can be longer than a float can hold
-_INTS = {"max_tokens", "top_k", "num_beams"}
+_INTS = {"max_tokens", "top_k", "num_beams", "seed"}
 _FLOATS = {"temperature", "top_p"}
 _BOOLS = {"do_sample", "return_full_text"}
 _STRINGS = {"system_prompt", "prompt_template"}
@@ -93,7 +111,8 @@ def _coerce(key: str, value: Any, name: str) -> Any:
     if key in _RANGES and isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _HUGE:
         low, high = _RANGES[key]
         raise SettingsError(
-            f"inference parameter '{name}' must be between {low:g} and {high:g}, got a number beyond 2^63", key=name
+            f"inference parameter '{name}' must be between {_shown(low)} and {_shown(high)}, got a number beyond 2^63",
+            key=name,
         )
     if key in _INTS:
         whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())  # not inf/nan
@@ -125,15 +144,22 @@ _RANGES: dict[str, tuple[float, float]] = {
     "top_p": (1e-6, 1.0),
     "top_k": (0, 10_000),
     "num_beams": (1, 16),
+    "seed": (0, MAX_SEED),
 }
+
+
+def _shown(number: float) -> str:
+    """A bound or value as a refusal writes it: integers below 2^63 in full (the seed's bound is no 9.22337e+18)."""
+    return str(number) if isinstance(number, int) and abs(number) < _HUGE else f"{number:g}"
 
 
 def _check_ranges(params: InferenceParams, sent_as: Mapping[str, str]) -> None:
     for key, (low, high) in _RANGES.items():
         value, name = getattr(params, key), sent_as.get(key, key)
-        if not low <= value <= high:
+        if value is not None and not low <= value <= high:
             raise SettingsError(
-                f"inference parameter '{name}' must be between {low:g} and {high:g}, got {value:g}", key=name
+                f"inference parameter '{name}' must be between {_shown(low)} and {_shown(high)}, got {_shown(value)}",
+                key=name,
             )
     stop = sent_as.get("stop", "stop")
     if len(params.stop) > MAX_STOP_STRINGS:

@@ -131,7 +131,8 @@ def sampling_kwargs(params: InferenceParams, eos_token_id: int | None) -> dict[s
     """tuneloom's inference parameters as `SamplingParams` fields, with transformers' meaning kept.
 
     Greedy (temperature 0, or do_sample false) is vLLM's temperature 0; sampling knobs apply only
-    when sampling, as in `generate`. Stop strings are `###` plus the request's; the version's EOS
+    when sampling, as in `generate`. A seed is vLLM's per-request `seed` (a generator of the request's
+    own, as in the transformers batch). Stop strings are `###` plus the request's; the version's EOS
     token ends generation even when it is not the base model's.
     """
     if params.num_beams > 1:
@@ -143,6 +144,8 @@ def sampling_kwargs(params: InferenceParams, eos_token_id: int | None) -> dict[s
     kwargs: dict[str, Any] = {"max_tokens": params.max_tokens, "stop": stop_strings(params), "n": 1}
     if params.sampling and params.temperature > 0:  # sampling at temperature 0 is greedy on transformers too
         kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
+        if params.seed is not None:
+            kwargs["seed"] = params.seed
     else:
         kwargs.update(temperature=0.0, top_p=1.0, top_k=0)
     if eos_token_id is not None:

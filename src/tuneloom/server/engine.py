@@ -108,12 +108,14 @@ class Job:
         """Render and count the prompts (worker thread); a stream with return_full_text starts with its prompt.
 
         A prompt that leaves no room for max_tokens in the model's context is refused here, before the
-        request joins a batch whose other requests it would fail.
+        request joins a batch whose other requests it would fail; so is a seed the batch cannot honour.
+        Input i samples with seed + i (`InferenceParams.for_input`).
         """
-        from tuneloom.generate.continuous import Row, supports_continuous
+        from tuneloom.generate.continuous import Row, check_seedable, supports_continuous
         from tuneloom.generate.generator import check_context, count_prompt_tokens
 
-        rows = [Row.create(loaded, text, params) for text in texts]
+        check_seedable(loaded, params)
+        rows = [Row.create(loaded, text, params.for_input(i)) for i, text in enumerate(texts)]
         counts = [count_prompt_tokens(loaded, row.prompt) for row in rows]
         check_context(loaded, counts, params, key="inputs" if stream is None else "input")
         continuous = supports_continuous(loaded, params)

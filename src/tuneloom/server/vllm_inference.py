@@ -139,11 +139,13 @@ class VllmInference:
         """Every input submitted at once; vLLM batches them with whatever else is running."""
         version = await self._admitted(version_id, path, texts, params)
         eos = version.tokenizer.eos_token_id
-        request = sampling_params(params, eos, stream=False)  # refused parameters fail before any work
+        # Refused parameters fail before any work; input i samples with seed + i, as on transformers.
+        requests = [sampling_params(params.for_input(i), eos, stream=False) for i in range(len(texts))]
         entry = await self._acquire(version.plan)
         try:
             assert entry.engine is not None
-            runs = (self._complete(entry.engine, version, text, params, request) for text in texts)
+            pairs = zip(texts, requests, strict=True)
+            runs = (self._complete(entry.engine, version, text, params, request) for text, request in pairs)
             results = await asyncio.gather(*runs, return_exceptions=True)  # none left running on a failure
         finally:
             await self._release(entry)
