@@ -63,22 +63,27 @@ def deploy(
     model_id: str = "sentiment-gen",
     *,
     trainer_config: dict[str, Any] = TRAIN_FAST,
+    lines: list[str] | None = None,
 ) -> Deployed:
-    """An app, its key, a READY dataset version and a trained version (`trainer_config`: how long it trains)."""
+    """An app, its key, a READY dataset version (of `lines`; default: the sectioned sentiment lines) and a
+    trained version (`trainer_config`: how long it trains)."""
     admin = {"Authorization": f"Key {api_key(data_dir)}"}
     assert httpx.post(f"{url}/api/apps", json={"id": app_id}, headers=admin).status_code == 201
     headers = {"Authorization": f"Key {api_key(data_dir, '--app', app_id)}"}
-    dataset_version = ready_dataset_version(url, headers, app_id)
+    dataset_version = ready_dataset_version(url, headers, app_id, lines=lines)
     models = f"{url}/api/apps/{app_id}/models"
     assert httpx.post(models, json={"id": model_id}, headers=headers).status_code == 201
     version_id = train_version(f"{models}/{model_id}", headers, dataset_version, trainer_config=trainer_config)
     return Deployed(url, data_dir, headers, app_id, model_id, version_id, dataset_version)
 
 
-def ready_dataset_version(url: str, headers: dict[str, str], app_id: str, dataset_id: str = "reviews") -> str:
+def ready_dataset_version(
+    url: str, headers: dict[str, str], app_id: str, dataset_id: str = "reviews", lines: list[str] | None = None
+) -> str:
+    """A READY snapshot of a dataset holding `lines` (default: the sectioned sentiment lines)."""
     base = f"{url}/api/apps/{app_id}/datasets"
     assert httpx.post(base, json={"id": dataset_id}, headers=headers).status_code == 201
-    body = ("\n".join(sentiment_lines()) + "\n").encode()
+    body = ("\n".join(sentiment_lines() if lines is None else lines) + "\n").encode()
     assert httpx.post(f"{base}/{dataset_id}/uploads", content=body, headers=headers).status_code == 201
     version = httpx.post(f"{base}/{dataset_id}/versions", headers=headers).json()
     assert version["state"] == "READY", version

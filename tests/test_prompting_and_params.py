@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from tuneloom.data.sections import parse_sectioned_line
 from tuneloom.data.types import Example
 from tuneloom.errors import SettingsError
 from tuneloom.generate.generator import cut_at_stop
 from tuneloom.generate.params import MAX_TOKENS_LIMIT, InferenceParams
-from tuneloom.templates.prompting import PromptFormat, derive_prompt_format
+from tuneloom.templates.prompting import PromptFormat, Turn, derive_prompt_format
 
 INSTR = "### Instruction: Classify {a/b}."
 
@@ -60,6 +61,60 @@ def test_system_prompt_and_prompt_template() -> None:
 def test_format_round_trips_through_a_manifest() -> None:
     fmt = derive_prompt_format(_examples("x", "y"))
     assert PromptFormat.from_dict(fmt.to_dict()) == fmt
+
+
+THREE_TURNS = [Turn("user", "q1"), Turn("assistant", "a1"), Turn("user", "q2"), Turn("assistant", "a2"),
+               Turn("user", "q3")]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("one_turn", "training_line"),
+    [
+        (f"{INSTR} ### Human: HUMAN ### Assistant:",
+         f"{INSTR} ### Human: q1 ### Assistant: a1 ### Human: q2 ### Assistant: a2 ### Human: q3 ### Assistant: a3"),
+        ("### Human: HUMAN ### Response:",
+         "### Human: q1 ### Response: a1 ### Human: q2 ### Response: a2 ### Human: q3 ### Response: a3"),
+        ("Be kind. ### Context: shop ### Input: HUMAN ### Output:",
+         "Be kind. ### Context: shop ### Input: q1 ### Output: a1 ### Input: q2 ### Output: a2 "
+         "### Input: q3 ### Output: a3"),
+    ],
+    ids=["instruction", "bare", "preamble"],
+)  # fmt: skip
+def test_a_conversation_renders_as_its_multi_turn_training_line(one_turn: str, training_line: str) -> None:
+    """Chat answered the last message alone; the history goes in the sections the model learned, as the
+    training data parser reads a multi-turn line (the prompt of its last answer)."""
+    fmt = derive_prompt_format([Example(one_turn.replace("HUMAN", h), "a", i) for i, h in enumerate(("x", "y"), 1)])
+    expected = parse_sectioned_line(training_line, 1)
+    assert isinstance(expected, Example) and fmt.render_turns(THREE_TURNS) == expected.prompt
+
+
+def test_a_conversation_keeps_fixed_sections_after_the_slot_after_its_last_message() -> None:
+    fmt = PromptFormat(template="### Human: {prompt} ### Note: be brief ### Assistant:")
+    expected = "### Human: q2 ### Assistant: a2 ### Human: q3 ### Note: be brief ### Assistant:"
+    assert fmt.render_turns(THREE_TURNS[2:]) == expected
+
+
+def test_consecutive_messages_are_one_turn_and_the_system_prompt_goes_where_render_puts_it() -> None:
+    fmt = derive_prompt_format(_examples("x", "y"))
+    turns = [Turn("user", "hello"), Turn("user", "q1"), Turn("assistant", "a1"), Turn("user", "q2")]
+    expected = f"Be brief. {INSTR} ### Human: hello\nq1 ### Assistant: a1 ### Human: q2 ### Assistant:"
+    assert fmt.render_turns(turns, system_prompt="Be brief.") == expected
+    slotted = PromptFormat(template="### System: {system_prompt} ### Human: {prompt} ### Assistant:")
+    assert slotted.render_turns(THREE_TURNS[2:], system_prompt="S") == (
+        "### System: S ### Human: q2 ### Assistant: a2 ### Human: q3 ### Assistant:"
+    )
+    assert fmt.render_turns([Turn("user", "t")], system_prompt="S") == fmt.render("t", system_prompt="S")
+
+
+def test_a_format_without_sections_cannot_show_earlier_turns() -> None:
+    plain = PromptFormat(template="{prompt}", response_header=None)
+    assert plain.turn_layout() is None
+    assert PromptFormat(template="### Human: Q: {prompt} ### Assistant:").turn_layout() is None  # not a whole section
+    assert plain.render_turns([Turn("user", "a"), Turn("user", "b")]) == "a\nb"
+    with pytest.raises(ValueError, match="earlier turns"):
+        plain.render_turns(THREE_TURNS)
+    with pytest.raises(ValueError, match="end with a user message"):
+        derive_prompt_format(_examples("x", "y")).render_turns(THREE_TURNS[:2])
 
 
 def test_inference_params_cast_and_refuse() -> None:

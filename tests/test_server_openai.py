@@ -6,6 +6,7 @@ compatibility layer must translate, never change what the model says.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,11 @@ import httpx
 import openai
 import pytest
 from openai import OpenAI
-from tests.conftest import api_key
+from tests.conftest import INSTRUCTION, NEGATIVE, POSITIVE, api_key
 from tests.server_helpers import Deployed, deploy
 
 INPUT = "I love it"
+ONE_STEP = {"max_steps": 1, "per_device_train_batch_size": 8}  # what it learns does not matter, only its format
 
 
 @pytest.fixture(scope="module")
@@ -117,18 +119,21 @@ def test_echo_returns_the_prompt_before_the_completion(deployed: Deployed, clien
 
 
 def test_chat_plain_and_streamed(deployed: Deployed, client: OpenAI) -> None:
+    """The earlier turns are part of the input, in the sections of a multi-turn training line (they were dropped)."""
     system = "Answer in one word."
-    expected = predicted(deployed, INPUT, max_tokens=10, system_prompt=system)
+    as_trained = f"### Instruction: {INSTRUCTION} ### Human: an earlier turn ### Assistant: negative ### Human: {INPUT}"
+    expected = predicted(deployed, as_trained, max_tokens=10, system_prompt=system)
     messages: list[Any] = [
         {"role": "system", "content": system},
         {"role": "user", "content": "an earlier turn"},
-        {"role": "assistant", "content": "ignored"},
+        {"role": "assistant", "content": "negative"},
         {"role": "user", "content": INPUT},
     ]
     answer = client.chat.completions.create(model=name(deployed), messages=messages, max_tokens=10, temperature=0)
     assert answer.object == "chat.completion"
     message = answer.choices[0].message
-    assert (message.role, message.content, answer.choices[0].finish_reason) == ("assistant", expected["text"], "length")
+    finish = answer.choices[0].finish_reason
+    assert (message.role, message.content, finish) == ("assistant", expected["text"], expected["finish_reason"])
     assert answer.usage is not None and answer.usage.completion_tokens == expected["tokens"]
     stream = client.chat.completions.create(
         model=name(deployed), messages=messages, max_tokens=10, temperature=0, stream=True
@@ -136,7 +141,77 @@ def test_chat_plain_and_streamed(deployed: Deployed, client: OpenAI) -> None:
     chunks = list(stream)
     assert {c.object for c in chunks} == {"chat.completion.chunk"} and chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected["text"]
-    assert chunks[-1].choices[0].finish_reason == "length"
+    assert chunks[-1].choices[0].finish_reason == expected["finish_reason"]
+
+
+THREE_TURNS: Any = [
+    {"role": "user", "content": "awful quality"},
+    {"role": "assistant", "content": "negative"},
+    {"role": "user", "content": "great product"},
+    {"role": "user", "content": "works well"},  # two in a row: one turn, joined by a newline
+    {"role": "assistant", "content": "positive"},
+    {"role": "user", "content": INPUT},
+]
+AS_TRAINED = (
+    f"### Instruction: {INSTRUCTION} ### Human: awful quality ### Assistant: negative ### Human: great product\n"
+    f"works well ### Assistant: positive ### Human: {INPUT} ### Assistant:"
+)
+
+
+def test_chat_history_is_prompted_as_a_multi_turn_training_line(deployed: Deployed, client: OpenAI) -> None:
+    """The answer and its prompt tokens are those of the conversation as training text, not of its last message."""
+    chat = client.chat.completions.create(model=name(deployed), messages=THREE_TURNS, max_tokens=6, temperature=0)
+    same = client.completions.create(model=name(deployed), prompt=AS_TRAINED, max_tokens=6, temperature=0)
+    assert chat.choices[0].message.content == same.choices[0].text
+    assert chat.usage is not None and same.usage is not None
+    assert chat.usage.prompt_tokens == same.usage.prompt_tokens
+    last_alone = client.chat.completions.create(model=name(deployed), messages=MESSAGES, max_tokens=1).usage
+    assert last_alone is not None and chat.usage.prompt_tokens > last_alone.prompt_tokens + 15
+
+
+def test_chat_messages_that_cannot_be_shown_to_the_model_are_refused_by_name(
+    client: OpenAI, deployed: Deployed
+) -> None:
+    """A tool result, or an assistant message after the last user message, was dropped without a word."""
+    tool = [*THREE_TURNS[:2], {"role": "tool", "content": "42", "tool_call_id": "c1"}, THREE_TURNS[2]]
+    trailing = [*THREE_TURNS[:2]]
+    for messages, param in ((tool, "messages.2.role"), (trailing, "messages.1.role")):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model=name(deployed), messages=messages, max_tokens=2)
+        assert caught.value.param == param, caught.value.message
+    assert "not supported" in caught.value.message and "end with a user message" in caught.value.message
+
+
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # what the model learned decides, not the database
+def test_a_model_trained_without_sections_refuses_history_by_name(deployed: Deployed) -> None:
+    """Plain prompt/completion data has no form for earlier turns: they were dropped, now they are refused."""
+    lines = [json.dumps({"prompt": f"Review: {text}", "completion": "ok"}) for text in POSITIVE + NEGATIVE]
+    plain = deploy(deployed.url, deployed.data_dir, "plainchat", "plain", trainer_config=ONE_STEP, lines=lines)
+    client = OpenAI(base_url=f"{plain.url}/v1", api_key=plain.key, max_retries=0, timeout=120)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=name(plain), messages=THREE_TURNS, max_tokens=2)
+    assert caught.value.param == "messages" and "plain prompt/completion data" in caught.value.message
+    assert "send the conversation as one user message" in caught.value.message
+    two_parts: Any = [{"role": "user", "content": "Review: great"}, {"role": "user", "content": "product"}]
+    joined = client.completions.create(model=name(plain), prompt="Review: great\nproduct", max_tokens=4, temperature=0)
+    answer = client.chat.completions.create(model=name(plain), messages=two_parts, max_tokens=4, temperature=0)
+    assert answer.choices[0].message.content == joined.choices[0].text  # one turn: answered, not refused
+
+
+def test_a_conversation_past_the_context_says_how_long_it_is_and_what_fits(client: OpenAI, deployed: Deployed) -> None:
+    """Each message fits; the rendered history does not (tiny-random: 1,024 positions), and the client is told
+    how many tokens it is and how many fit, to drop earlier turns by."""
+    history: Any = [{"role": "user", "content": "word " * 300}, {"role": "assistant", "content": "word " * 300}] * 2
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=name(deployed), messages=[*history, *MESSAGES], max_tokens=24)
+    message = caught.value.body["message"]  # type: ignore[index]
+    assert caught.value.param == "messages" and message.startswith("the conversation is too long: "), message
+    assert "this model's context is 1024 tokens" in message and "at most 1000 tokens fit" in message
+    with pytest.raises(openai.BadRequestError) as room:
+        client.chat.completions.create(
+            model=name(deployed), messages=[*history[2:], *MESSAGES], max_completion_tokens=600
+        )
+    assert room.value.param == "max_completion_tokens" and "at most 424 tokens fit" in room.value.message
 
 
 def test_stop_strings_are_honoured_and_never_returned(deployed: Deployed, client: OpenAI) -> None:
@@ -188,7 +263,6 @@ REFUSED: list[tuple[str, dict[str, Any]]] = [
     ("presence_penalty", {"presence_penalty": 0.5}),
     ("frequency_penalty", {"frequency_penalty": -1}),
     ("logit_bias", {"logit_bias": {"50256": -100}}),
-    ("seed", {"seed": 7}),  # sampling (temperature 1): not reproducible here
     ("tools", {"tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]}),
     ("tool_choice", {"tool_choice": "required"}),
     ("response_format", {"response_format": {"type": "json_object"}}),
@@ -198,7 +272,7 @@ REFUSED: list[tuple[str, dict[str, Any]]] = [
 
 
 def test_fields_that_would_change_the_answer_are_refused_by_name(deployed: Deployed, client: OpenAI) -> None:
-    """Each was answered 200 as if it had been applied: penalties, logit_bias, tools, JSON mode, seed, top_k."""
+    """Each was answered 200 as if it had been applied: penalties, logit_bias, tools, JSON mode, top_k."""
     for param, fields in REFUSED:
         with pytest.raises(openai.BadRequestError) as caught:
             client.chat.completions.create(model=name(deployed), messages=MESSAGES, max_tokens=2, **fields)
@@ -227,3 +301,21 @@ def test_fields_that_would_change_the_answer_are_refused_by_name(deployed: Deplo
         stream_options={"include_usage": True},
     )
     assert answer.choices[0].message.content == predicted(deployed, INPUT, max_tokens=6)["text"]
+
+
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # generation does not touch the database
+def test_a_seed_reproduces_sampled_choices_and_the_n_choices_differ(deployed: Deployed, client: OpenAI) -> None:
+    """`seed` while sampling was a 400: a sampled answer could not be reproduced. Choice i samples with seed + i,
+    so OpenAI's `n` choices are n different samples, each the /predict answer for its seed."""
+    ask: Any = {"model": name(deployed), "prompt": INPUT, "max_tokens": 6, "temperature": 1.5, "seed": 21}
+    texts = [c.text for c in client.completions.create(**ask, n=3).choices]
+    assert len(set(texts)) == 3
+    assert [c.text for c in client.completions.create(**ask, n=3).choices] == texts
+    assert texts == [predicted(deployed, INPUT, max_tokens=6, temperature=1.5, seed=21 + i)["text"] for i in range(3)]
+    chat = client.chat.completions.create(
+        model=name(deployed), messages=MESSAGES, max_tokens=6, temperature=1.5, seed=21
+    )
+    assert chat.choices[0].message.content == texts[0]
+    for seed in (-1, "x", 2**64):
+        raw = httpx.post(f"{deployed.url}/v1/completions", json={**ask, "seed": seed}, headers=deployed.headers)
+        assert raw.status_code == 400 and raw.json()["error"]["param"] == "seed", (seed, raw.text)

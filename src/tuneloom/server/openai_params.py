@@ -29,18 +29,14 @@ def inference_params(
 
     A refused token count names the field the client sent (`max_completion_tokens` is chat's newer name);
     an empty stop string is refused as on /predict, not dropped (the client asked for a stop it would not get).
-    A `seed` is honoured only where nothing is drawn at random: a sampled answer here is not reproducible.
+    A `seed` makes a sampled answer reproducible; choice i (the inputs `n` repeats) samples with seed + i.
     """
     temperature = 1.0 if body.temperature is None else body.temperature
     values = {"max_tokens": max_tokens, "temperature": temperature, "top_p": body.top_p, "stop": body.stop}
     key = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) is not None else "max_tokens"
-    params = InferenceParams.from_dict({**values, "system_prompt": system_prompt}, sent_as={"max_tokens": key})
-    if body.seed is not None and params.sampling:
-        raise SettingsError(
-            "'seed' is not supported with sampling (temperature > 0): this server cannot make a sampled answer "
-            "reproducible; leave seed out, or send temperature 0 (greedy: the same answer every time)",
-            key="seed",
-        )
+    params = InferenceParams.from_dict(
+        {**values, "seed": body.seed, "system_prompt": system_prompt}, sent_as={"max_tokens": key}
+    )
     asked = bool(body.model_fields_set & {"max_tokens", "max_completion_tokens"}) and max_tokens is not None
     return cap_max_tokens(params, limit, asked=asked, key=key)
 

@@ -5,13 +5,15 @@ is the commonest reason a fine-tune "does not work". So the format is derived fr
 data itself: sections whose content is the same on every example (a fixed instruction) are kept,
 and the varying section (the human input) becomes the `{prompt}` slot. A bare text sent for
 generation is wrapped in that format; a text that already has `###` sections is used as written.
+A conversation (earlier turns and the last user message) is rendered in the same sections, as a
+multi-turn training line holds it (`PromptFormat.render_turns`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 from tuneloom.data.sections import normalize_header, render_sections, split_sections
 from tuneloom.data.types import Example
@@ -20,6 +22,25 @@ from tuneloom.errors import SettingsError
 PROMPT_SLOT = "{prompt}"
 SYSTEM_SLOT = "{system_prompt}"
 SECTION_STOP = "###"
+Section = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message of a conversation: who said it and what."""
+
+    role: Literal["user", "assistant"]
+    text: str
+
+
+@dataclass(frozen=True)
+class TurnLayout:
+    """A sectioned template around its `{prompt}` section: what comes once before it, and after it."""
+
+    preamble: str
+    before: list[Section]  # fixed sections ahead of the slot (an instruction): once, at the start
+    slot_header: str  # the header of the section the user's text fills ("Human")
+    after: list[Section]  # fixed sections between the slot and the response header: after the last message
 
 
 @dataclass(frozen=True)
@@ -44,8 +65,56 @@ class PromptFormat:
             rendered = self._complete_sections(text)
         else:
             rendered = _fill(self.template, text.strip(), system_prompt or "")
+        return self._with_system(rendered, system_prompt)
+
+    def render_turns(self, turns: Sequence[Turn], *, system_prompt: str | None = None) -> str:
+        """The prompt for a conversation, exactly as a multi-turn training line of this format looks.
+
+        Training lines keep earlier turns as sections (`### Human: q1 ### Assistant: a1 ### Human: q2
+        ### Assistant: a2`: the model learns the last answer with the history in view), so history is
+        shown in the sections the model learned, never dropped: the template's fixed sections once (the
+        instruction), each earlier message in the slot's header (user) or the response header
+        (assistant), the last user message in the slot's header, any fixed sections the template puts
+        after its slot, then the response header. Consecutive messages of one role are one turn
+        (`merge_turns`). A conversation of one user message renders as `render` renders it.
+
+        Raises ValueError for what the caller must refuse first: a conversation that does not end with
+        a user message, or earlier turns in a format without a `turn_layout` (plain prompt/completion
+        data has no section to show them in).
+        """
+        merged = merge_turns(turns)
+        if not merged or merged[-1].role != "user":
+            raise ValueError("a conversation must end with a user message")
+        if len(merged) == 1:
+            return self.render(merged[0].text, system_prompt=system_prompt)
+        layout = self.turn_layout()
+        if layout is None or self.response_header is None:
+            raise ValueError("this prompt format has no sections to show earlier turns in")
+        said = [(layout.slot_header if t.role == "user" else self.response_header, t.text) for t in merged]
+        system = system_prompt or ""
+        fixed = [(h, c.replace(SYSTEM_SLOT, system)) for h, c in layout.before]
+        after = [(h, c.replace(SYSTEM_SLOT, system)) for h, c in layout.after]
+        preamble = layout.preamble.replace(SYSTEM_SLOT, system)
+        rendered = render_sections(preamble, [*fixed, *said, *after, (self.response_header, "")])
+        return self._with_system(rendered, system_prompt)
+
+    def turn_layout(self) -> TurnLayout | None:
+        """Where a conversation's messages go in this format; None where earlier turns have no section the
+        model learned: plain prompt/completion data, or a template whose `{prompt}` is not a whole section."""
+        if self.response_header is None:
+            return None
+        preamble, sections = split_sections(self.template)
+        slots = [i for i, (_, content) in enumerate(sections) if content == PROMPT_SLOT]
+        last_header, last_content = sections[-1] if sections else ("", "")
+        if len(slots) != 1 or last_content or normalize_header(last_header) != normalize_header(self.response_header):
+            return None
+        slot = slots[0]
+        return TurnLayout(preamble, sections[:slot], sections[slot][0], sections[slot + 1 : -1])
+
+    def _with_system(self, rendered: str, system_prompt: str | None) -> str:
+        """A system prompt the template has no `{system_prompt}` slot for goes first."""
         if system_prompt and SYSTEM_SLOT not in self.template:
-            rendered = f"{system_prompt.strip()} {rendered}"
+            return f"{system_prompt.strip()} {rendered}"
         return rendered
 
     def _complete_sections(self, text: str) -> str:
@@ -56,6 +125,21 @@ class PromptFormat:
         if normalize_header(header) == normalize_header(self.response_header) and not content:
             return render_sections(preamble, sections)
         return render_sections(preamble, [*sections, (self.response_header, "")])
+
+
+def merge_turns(turns: Sequence[Turn]) -> list[Turn]:
+    """Consecutive messages of one role as one turn, their texts joined by a newline.
+
+    A training line alternates human and response sections; two user messages in a row (a question
+    sent in two parts) are one human section there, not two, so the model reads them as it learned to.
+    """
+    merged: list[Turn] = []
+    for turn in turns:
+        if merged and merged[-1].role == turn.role:
+            merged[-1] = Turn(turn.role, f"{merged[-1].text}\n{turn.text}")
+        else:
+            merged.append(turn)
+    return merged
 
 
 def check_prompt_template(template: str) -> None:

@@ -38,6 +38,7 @@ from tuneloom.server.auth import api_key, context
 from tuneloom.server.backends import PieceStream
 from tuneloom.server.context import ServerContext
 from tuneloom.server.engine import Prediction
+from tuneloom.server.openai_chat import chat_input, conversation, said_of_the_conversation
 from tuneloom.server.openai_params import check_supported, choices_per_prompt, inference_params
 from tuneloom.server.routes.predict import (
     SSE_HEADERS,
@@ -223,28 +224,25 @@ async def completions(
 async def chat_completions(
     body: ChatCompletionRequest, key: Key, ctx: Context, service: Service, slots: Slots, request: Request
 ) -> Response | ChatCompletion:
-    """System messages become the system prompt; the last user message is the input (one turn)."""
+    """The whole conversation is the input, in the sections the version was trained with (`openai_chat`)."""
     check_supported(body)
-    users = [index for index, m in enumerate(body.messages) if m.role == "user"]
-    if not users:
-        raise SettingsError("messages must include a user message", key="messages")
-    question = body.messages[users[-1]].text()
-    check_inputs([question], key=f"messages.{users[-1]}.content", listed=False)
-    system = "\n".join(m.text() for m in body.messages if m.role in ("system", "developer")) or None
+    turns, system = conversation(body.messages)
     max_tokens = body.max_tokens if body.max_completion_tokens is None else body.max_completion_tokens  # 0 is refused
+    max_tokens_key = "max_tokens" if body.max_completion_tokens is None else "max_completion_tokens"
     n = choices_per_prompt(body, 1)
     params = inference_params(body, max_tokens, ctx.max_tokens_limit, system)
     version = await run_in_threadpool(resolve_model, ctx, key, body.model)
     await admit(ctx, service, version)
+    text, params = await run_in_threadpool(chat_input, ctx, version, turns, params)
     head = ResponseHead(id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=body.model)
     if body.stream:
-        started = stream_in_slot(service, slots, key, version, version_dir(ctx, version), question, params)
-        pieces, done = await named(started, "messages")
+        started = stream_in_slot(service, slots, key, version, version_dir(ctx, version), text, params)
+        pieces, done = await said_of_the_conversation(started, max_tokens_key)
         usage = bool(body.stream_options and body.stream_options.include_usage)
         return _streaming(_chat_chunks(pieces, head, usage), done)
     async with slots.hold(key.id):
-        work = named(service.predict(version.id, version_dir(ctx, version), [question] * n, params), "messages")
-        predictions = await unless_disconnected(request, work)
+        predicted = service.predict(version.id, version_dir(ctx, version), [text] * n, params)
+        predictions = await unless_disconnected(request, said_of_the_conversation(predicted, max_tokens_key))
     choices = [
         ChatChoice(index=i, message=ChatMessageOut(content=g.text), finish_reason=finish_reason(g.finish_reason))
         for i, g in enumerate(p.generation for p in predictions)

@@ -47,7 +47,7 @@ class SamplingRequest(BaseModel):
     stop: str | list[str] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    seed: int | None = None  # honoured by greedy decoding only: refused with sampling
+    seed: int | None = None  # reproducible sampling; validated by InferenceParams (0 to 2^63 - 1)
     presence_penalty: float | None = None  # not supported: refused unless 0
     frequency_penalty: float | None = None  # not supported: refused unless 0
     logit_bias: dict[str, float] | None = None  # not supported: refused unless empty
@@ -77,7 +77,7 @@ CHAT_CONTENT = 'a string, or a list of {"type": "text", "text": "…"} parts (im
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]  # tool, function: refused
     content: str | list[dict[str, Any]] | None = Field(default=None, validate_default=True)
 
     @field_validator("content", mode="before")
