@@ -16,10 +16,11 @@ import pytest
 import torch
 
 from tuneloom.errors import SettingsError
-from tuneloom.generate.continuous import ContinuousBatch, Row, pick_tokens, supports_continuous
+from tuneloom.generate.continuous import ContinuousBatch, Row, supports_continuous
 from tuneloom.generate.generator import _encode, count_prompt_tokens, generate, stream
 from tuneloom.generate.loading import load_for_inference
 from tuneloom.generate.params import InferenceParams
+from tuneloom.generate.sampling import pick_tokens
 
 TEXTS = ["great product, works well", "broke after a day", "I love it", "awful quality", "ok", "hello there, friend"]
 NEVER = "\u2603" * 100  # a stop string of 100 characters (128 are allowed) that tiny-random does not write

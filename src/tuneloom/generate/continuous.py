@@ -7,7 +7,7 @@ running one (left-padded to a common length), `step` decodes one token for every
 that hits EOS, a stop string or its `max_tokens` (or is cancelled) leaves the batch at once.
 
 Each row keeps its own parameters: greedy and sampling rows, different temperatures, top-p, top-k,
-stop strings and `max_tokens` share one forward pass (sampling is done per row). Only beam search
+stop strings and `max_tokens` share one forward pass (`sampling.pick_tokens` draws per row). Only beam search
 (`num_beams > 1`), and a model whose generation config asks for logits processors this loop does
 not apply, need `generate()` itself: `supports_continuous` says which.
 
@@ -43,6 +43,7 @@ from tuneloom.generate.generator import (
 )
 from tuneloom.generate.loading import InferenceModel
 from tuneloom.generate.params import InferenceParams
+from tuneloom.generate.sampling import pick_tokens
 
 # Generation-config settings that `generate()` would turn into logits processors this loop lacks.
 _UNSUPPORTED_DEFAULTS: dict[str, Any] = {
@@ -225,49 +226,6 @@ def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     shape = list(t.shape)
     shape[dim] = missing
     return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
-
-
-def pick_tokens(
-    logits: torch.Tensor,
-    params: list[InferenceParams],
-    generators: Sequence[torch.Generator | None] | None = None,
-) -> torch.Tensor:
-    """The next token per row: argmax for greedy rows; for sampling rows, temperature → top-k → top-p → draw.
-
-    The order and rules are those of `generate()`'s logits warpers (top-p keeps the most likely
-    tokens until their mass reaches `top_p`, at least one), applied row by row with each row's values.
-    A row with a generator (`generators[i]`) draws from it alone; the others from torch's global one.
-    """
-    greedy = logits.argmax(dim=-1)
-    sampling = torch.tensor([p.sampling for p in params], device=logits.device)
-    if not bool(sampling.any()):
-        return greedy
-    temperature = torch.tensor([max(p.temperature, 1e-5) for p in params], device=logits.device)
-    scores, order = (logits / temperature[:, None]).sort(dim=-1, descending=True)
-    rank = torch.arange(scores.shape[1], device=logits.device)[None, :]
-    top_k = torch.tensor([p.top_k or scores.shape[1] for p in params], device=logits.device)
-    scores = scores.masked_fill(rank >= top_k[:, None], float("-inf"))
-    probs = scores.softmax(dim=-1)
-    before = probs.cumsum(dim=-1) - probs  # mass of the more likely tokens
-    top_p = torch.tensor([p.top_p for p in params], device=logits.device)
-    scores = scores.masked_fill((before >= top_p[:, None]) & (rank > 0), float("-inf"))
-    drawn = order.gather(1, _draw(scores.softmax(dim=-1), generators)).squeeze(1)
-    return torch.where(sampling, drawn, greedy)
-
-
-def _draw(probs: torch.Tensor, generators: Sequence[torch.Generator | None] | None) -> torch.Tensor:
-    """One index per row, (rows, 1): each seeded row from its own generator, the other rows together."""
-    own = list(generators or [None] * len(probs))
-    free = [i for i, generator in enumerate(own) if generator is None]
-    if len(free) == len(own):
-        return torch.multinomial(probs, 1)
-    drawn = torch.zeros(len(own), 1, dtype=torch.long, device=probs.device)
-    if free:
-        drawn[free] = torch.multinomial(probs[free], 1)
-    for i, generator in enumerate(own):
-        if generator is not None:
-            drawn[i] = torch.multinomial(probs[i], 1, generator=generator)
-    return drawn
 
 
 def run_alone(loaded: InferenceModel, rows: list[Row]) -> Iterator[None]:

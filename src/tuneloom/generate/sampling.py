@@ -1,0 +1,114 @@
+"""The next token of every row of a batch, each row with its own sampling parameters (and seed).
+
+The rules are those of `generate()`'s logits warpers, in their order: temperature, then top-k, then
+top-p (the most likely tokens until their mass reaches `top_p`, at least one), then a draw. What
+differs is the cost. Sorting the whole vocabulary for every row at every step took longer than the
+model's own step for a 135M model on a CPU, so a row sorts only what its parameters can keep:
+- plain temperature sampling sorts nothing: the draw walks the vocabulary in index order;
+- with top-k, only the k best are taken (`topk`);
+- with top-p alone, the best `CANDIDATES` are taken, which hold the nucleus unless the distribution
+  is very flat; a row whose nucleus is wider is sorted in full.
+
+A draw is one uniform number per row turned into a token by the row's cumulative probabilities
+(inverse CDF). A seeded row takes its number from its own generator, and the tokens it walks and
+their order depend on its own parameters only, so its token does not depend on what else is in the
+batch: the same request and seed give the same text alone or among others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from tuneloom.generate.params import InferenceParams
+
+CANDIDATES = 256  # taken before sorting in full, for a top-p row without top-k
+
+
+def pick_tokens(
+    logits: torch.Tensor,
+    params: list[InferenceParams],
+    generators: Sequence[torch.Generator | None] | None = None,
+) -> torch.Tensor:
+    """The next token per row: argmax for greedy rows, a draw for sampling rows (`generators[i]` for row i)."""
+    tokens = logits.argmax(dim=-1)
+    own = list(generators or [None] * len(params))
+    sampling = [i for i, p in enumerate(params) if p.sampling]
+    if not sampling:
+        return tokens
+    plain = [i for i in sampling if not params[i].top_k and params[i].top_p >= 1.0]
+    ranked = [i for i in sampling if params[i].top_k or params[i].top_p < 1.0]
+    for rows, draw in ((plain, _draw_plain), (ranked, _draw_ranked)):
+        if rows:
+            scaled = logits[rows].float() / _column([max(params[i].temperature, 1e-5) for i in rows], logits)
+            uniform = _uniforms([own[i] for i in rows], logits.device)
+            tokens[rows] = draw(scaled, [params[i] for i in rows], uniform)
+    return tokens
+
+
+def _draw_plain(scaled: torch.Tensor, _: list[InferenceParams], uniform: torch.Tensor) -> torch.Tensor:
+    """Temperature only: the whole vocabulary, in index order."""
+    return _inverse_cdf(scaled.softmax(dim=-1), uniform)
+
+
+def _draw_ranked(scaled: torch.Tensor, params: list[InferenceParams], uniform: torch.Tensor) -> torch.Tensor:
+    """Top-k and/or top-p: the kept tokens, most likely first."""
+    vocabulary = scaled.shape[1]
+    top_k = [p.top_k if 0 < p.top_k < vocabulary else vocabulary for p in params]
+    width = min(vocabulary, max(k if k < vocabulary else CANDIDATES for k in top_k))
+    kept, ids, complete = _nucleus(scaled, top_k, [p.top_p for p in params], width)
+    if not bool(complete.all()):  # a nucleus wider than the candidates: sort those rows in full
+        wide = (~complete).nonzero().flatten().tolist()
+        kept_wide, ids_wide, _ = _nucleus(
+            scaled[wide], [top_k[i] for i in wide], [params[i].top_p for i in wide], vocabulary
+        )
+        picked = ids.gather(1, _inverse_cdf(kept, uniform)[:, None]).squeeze(1)
+        picked[wide] = ids_wide.gather(1, _inverse_cdf(kept_wide, uniform[wide])[:, None]).squeeze(1)
+        return picked
+    return ids.gather(1, _inverse_cdf(kept, uniform)[:, None]).squeeze(1)
+
+
+def _nucleus(
+    scaled: torch.Tensor, top_k: list[int], top_p: list[float], width: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The `width` best tokens per row with their probabilities after top-k and top-p (0 where dropped),
+    their ids, and per row whether its nucleus surely lies within them."""
+    vocabulary = scaled.shape[1]
+    probs, ids = scaled.softmax(dim=-1).topk(width, dim=-1)  # most likely first
+    rank = torch.arange(width, device=scaled.device)[None, :]
+    k = _column(top_k, scaled)
+    probs = probs.masked_fill(rank >= k, 0.0)
+    limited = k < vocabulary  # top-k: its k tokens are the whole distribution
+    probs = torch.where(limited, probs / probs.sum(dim=-1, keepdim=True), probs)
+    before = probs.cumsum(dim=-1) - probs  # the mass of the more likely tokens
+    p = _column(top_p, scaled)
+    probs = probs.masked_fill((before >= p) & (rank > 0), 0.0)
+    complete = limited.squeeze(1) | (probs.sum(dim=-1) >= p.squeeze(1)) | (width == vocabulary)
+    return probs, ids, complete
+
+
+def _inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Per row, the first position whose cumulative probability passes `uniform` × the row's total.
+
+    A position with no probability is never chosen (its cumulative equals its predecessor's), except
+    past the end when rounding lifts the target to the total: the last position with any is taken then.
+    """
+    cumulative = probs.cumsum(dim=-1)
+    target = (uniform * cumulative[:, -1]).unsqueeze(1)
+    position = torch.searchsorted(cumulative, target, right=True).squeeze(1)
+    return torch.minimum(position, (cumulative < cumulative[:, -1:]).sum(dim=-1))
+
+
+def _uniforms(generators: Sequence[torch.Generator | None], device: torch.device) -> torch.Tensor:
+    """One number in [0, 1) per row: a seeded row's from its generator, the others' from torch's global one."""
+    numbers = torch.rand(len(generators), device=device)
+    for i, generator in enumerate(generators):
+        if generator is not None:
+            numbers[i] = torch.rand(1, generator=generator, device=generator.device)[0]
+    return numbers
+
+
+def _column(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    """`values` as a column on `like`'s device, to broadcast over the vocabulary."""
+    return torch.tensor(values, device=like.device)[:, None]
