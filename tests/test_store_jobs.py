@@ -204,3 +204,39 @@ def test_metrics_and_logs_round_trip(db: Database, dsv: str) -> None:
     assert [(line.seq, line.level, len(line.message)) for line in logs] == [(2, "info", 4000), (3, "error", 3)]
     with pytest.raises(jobs.RunDeletedError):  # only workers write here: their run was deleted
         telemetry.append_logs(db, "nojob", [("info", "x")])
+
+
+def test_a_long_curve_is_downsampled_keeping_its_spikes_ends_and_eval_points(db: Database, dsv: str) -> None:
+    job = _enqueue(db, dsv)
+    points = [{"step": s, "loss": 2.0 + (s % 10) / 100} for s in range(1, 5001)]
+    points[2999]["loss"] = 9.0  # a spike at step 3000, and a dip at step 4000
+    points[3999]["loss"] = 0.01
+    points[-1]["loss"] = 1.234567  # the last point, exact
+    telemetry.add_metrics(db, job.id, points)
+    telemetry.add_metrics(db, job.id, [{"step": s, "eval_loss": 3.0 - s / 5000} for s in range(100, 5001, 100)])
+
+    curve = telemetry.downsampled_metrics(db, job.id, 100)
+    loss = [(p["step"], p["loss"]) for p in curve if p["loss"] is not None]
+    assert len(loss) <= 100
+    assert loss[0] == (1, 2.01) and loss[-1] == (5000, 1.234567)
+    assert (3000, 9.0) in loss and (4000, 0.01) in loss
+    assert [p["step"] for p in curve] == sorted(p["step"] for p in curve)
+    evals = [p["step"] for p in curve if p["eval_loss"] is not None]
+    assert evals == list(range(100, 5001, 100))  # 50 eval points: fewer than 100, all kept
+    assert all(p["at"] is not None for p in curve)
+    assert len([p for p in telemetry.downsampled_metrics(db, job.id, 10_000) if p["loss"] is not None]) == 5000
+    later = telemetry.downsampled_metrics(db, job.id, 2, after_step=4000)
+    assert [(p["step"], p["loss"]) for p in later if p["loss"] is not None] == [(4001, 2.01), (5000, 1.234567)]
+
+
+def test_the_log_tail_is_its_last_lines_oldest_first(db: Database, dsv: str) -> None:
+    job = _enqueue(db, dsv)
+    telemetry.append_logs(db, job.id, [("info", f"line {n}") for n in range(1, 2501)])
+    tail = telemetry.list_logs(db, job.id, limit=3, tail=True)
+    assert [(line.seq, line.message) for line in tail] == [
+        (2498, "line 2498"),
+        (2499, "line 2499"),
+        (2500, "line 2500"),
+    ]
+    assert [line.seq for line in telemetry.list_logs(db, job.id, after_seq=2499, limit=3, tail=True)] == [2500]
+    assert [line.seq for line in telemetry.list_logs(db, job.id, limit=2)] == [1, 2]

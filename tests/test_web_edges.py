@@ -156,7 +156,9 @@ def test_cancel_says_it_is_cancelling_and_a_run_that_ended_meanwhile_shows_how(
     expect(page.get_by_test_id("cancel")).to_be_hidden()
 
     # A page that missed the end (no live updates) is told how it ended, and shows that.
-    page.route(re.compile(r"/events$"), lambda route: route.fulfill(status=503, json={"message": "a proxy hiccup"}))
+    page.route(
+        re.compile(r"/events(\?|$)"), lambda route: route.fulfill(status=503, json={"message": "a proxy hiccup"})
+    )
     run = unfinished_version(db, edges.app_id, edges.model_id, edges.dataset_version_id, fail=False)
     page.goto(f"{version_page}/{run}")
     expect(page.get_by_test_id("status-name")).to_have_text("MODEL_TRAINING")

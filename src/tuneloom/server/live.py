@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tuneloom.store import telemetry
 from tuneloom.store.db import Database
-from tuneloom.store.models import TrainingStatus
+from tuneloom.store.models import LogLine, TrainingStatus
 
 POLL_SECONDS = 1.0
 
@@ -31,22 +31,34 @@ def sse(event: str, data: Any) -> str:
 
 
 async def training_events(
-    db: Database, version_id: str, snapshot: Callable[[], Any], request: Request
+    db: Database,
+    version_id: str,
+    snapshot: Callable[[], Any],
+    request: Request,
+    *,
+    after_step: int | None = None,
+    after_seq: int = 0,
 ) -> AsyncIterator[str]:
+    """The run's events after `after_step` and `after_seq` (None and 0: all of them), until it ends.
+
+    Points at the last step sent are read again (an eval point may join a loss point there); only
+    their ids are remembered, so a stream that lasts days holds no more than one step's worth.
+    """
     last_status = ""
-    last_step: int | None = None  # points at the last step are re-read: an eval point may join a loss point
-    sent: set[int] = set()
-    last_seq = 0
+    last_step = after_step
+    sent_at_last_step: set[int] = set()
+    last_seq = after_seq
     while True:
         current = await run_in_threadpool(snapshot)  # read first: what it says happened is sent below
         after = None if last_step is None else last_step - 1
         for point in await run_in_threadpool(telemetry.list_metrics, db, version_id, after_step=after):
-            if point.pk in sent:
+            if point.pk in sent_at_last_step:
                 continue
-            sent.add(point.pk)
-            last_step = point.step
+            if point.step != last_step:
+                last_step, sent_at_last_step = point.step, set()
+            sent_at_last_step.add(point.pk)
             yield sse("metric", {"step": point.step, "loss": point.loss, "eval_loss": point.eval_loss})
-        for line in await run_in_threadpool(telemetry.list_logs, db, version_id, after_seq=last_seq):
+        async for line in _new_lines(db, version_id, last_seq):
             last_seq = line.seq
             yield sse("log", {"seq": line.seq, "level": line.level, "message": line.message, "at": line.at})
         status_json = current.model_dump_json()
@@ -56,3 +68,16 @@ async def training_events(
         if TrainingStatus[current.status.name].is_final or await request.is_disconnected():
             return
         await asyncio.sleep(POLL_SECONDS)
+
+
+async def _new_lines(db: Database, version_id: str, after_seq: int) -> AsyncIterator[LogLine]:
+    """Every line after `after_seq`, a page at a time: a run logging faster than a page a poll never falls behind."""
+    while True:
+        page = await run_in_threadpool(
+            telemetry.list_logs, db, version_id, after_seq=after_seq, limit=telemetry.MAX_PAGE
+        )
+        for line in page:
+            yield line
+        if len(page) < telemetry.MAX_PAGE:
+            return
+        after_seq = page[-1].seq

@@ -127,8 +127,14 @@ def metrics(
     version_id: str,
     ctx: Context,
     after_step: Annotated[int | None, Query(ge=MIN_INTEGER, le=MAX_INTEGER)] = None,
+    max_points: Annotated[int | None, Query(ge=2, le=MAX_INTEGER)] = None,
 ) -> list[MetricPointOut]:
+    """Every point after `after_step`; with `max_points`, at most that many per series, the curve's
+    shape and last point kept (`telemetry.downsampled_metrics`: what a chart needs of a long run)."""
     registry.get_model_version(ctx.db, app_id, model_id, version_id)
+    if max_points is not None:
+        points = telemetry.downsampled_metrics(ctx.db, version_id, max_points, after_step=after_step)
+        return [MetricPointOut.model_validate(p) for p in points]
     return [MetricPointOut.model_validate(p) for p in telemetry.list_metrics(ctx.db, version_id, after_step=after_step)]
 
 
@@ -140,20 +146,36 @@ def logs(
     ctx: Context,
     after: Annotated[int, Query(ge=0, le=MAX_INTEGER)] = 0,
     limit: Annotated[int, Query(ge=1, le=telemetry.MAX_PAGE)] = 200,
+    tail: bool = False,
 ) -> list[LogLineOut]:
+    """Lines after `after`, oldest first: the first `limit`, or with `tail=true` the last `limit`."""
     registry.get_model_version(ctx.db, app_id, model_id, version_id)
     return [
         LogLineOut.model_validate(line)
-        for line in telemetry.list_logs(ctx.db, version_id, after_seq=after, limit=limit)
+        for line in telemetry.list_logs(ctx.db, version_id, after_seq=after, limit=limit, tail=tail)
     ]
 
 
 @router.get("/{model_id}/versions/{version_id}/events", response_class=StreamingResponse)
-def events(app_id: AppId, model_id: str, version_id: str, ctx: Context, request: Request) -> StreamingResponse:
-    """Server-sent events: `status` on every change, each new `metric` and `log`, until the run ends."""
+def events(
+    app_id: AppId,
+    model_id: str,
+    version_id: str,
+    ctx: Context,
+    request: Request,
+    after_step: Annotated[int | None, Query(ge=MIN_INTEGER + 1, le=MAX_INTEGER)] = None,
+    after_seq: Annotated[int, Query(ge=0, le=MAX_INTEGER)] = 0,
+) -> StreamingResponse:
+    """Server-sent events: `status` on every change, each new `metric` and `log`, until the run ends.
+
+    A client that already read the curve and the log (`/metrics`, `/logs?tail=true`) starts after
+    them: `after_step` (its points at that step are sent again, as an eval point may join them) and
+    `after_seq`. Without them every point and line so far is sent first.
+    """
     registry.get_model_version(ctx.db, app_id, model_id, version_id)
     snapshot = lambda: _out(ctx, registry.get_model_version(ctx.db, app_id, model_id, version_id), model_id)  # noqa: E731
-    return StreamingResponse(training_events(ctx.db, version_id, snapshot, request), media_type="text/event-stream")
+    stream = training_events(ctx.db, version_id, snapshot, request, after_step=after_step, after_seq=after_seq)
+    return StreamingResponse(stream, media_type="text/event-stream")
 
 
 def _out(ctx: ServerContext, version: ModelVersion, model_id: str) -> ModelVersionOut:

@@ -27,7 +27,8 @@
  *               verdict ("tolerance-verdict", text "Within tolerance" / "Over tolerance"),
  *               table "Invalid rows" ("invalid-rows": Line, Reason, Excerpt)
  *             · link "Download CSV template" ("csv-template") · preview ("preview", each example "example";
- *               prompt part ".prompt" labelled "Prompt — masked from the loss", completion ".completion" labelled "Completion — trained")
+ *               prompt part ".prompt" labelled "Prompt — masked from the loss", completion ".completion" labelled "Completion — trained"),
+ *               five at a time: "Examples 1–5 of N." ("preview-range"), buttons "Previous", "Next" ("preview-previous", "preview-next")
  *             · button "Create version" ("create-version") · table "Versions" ("versions-table")
  *             · button "Delete dataset" ("delete-dataset") · per version, button "Delete version <id>" ("delete-version-<id>")
  *   Models:   link "Add model" ("add-model") · table ("models-table", rows link by model id)
@@ -37,10 +38,12 @@
  *             · labels "model_config", "quantization_config", "peft_config", "tokenizer_config", "trainer_config"
  *               (textareas, testid "setting-<name>", each with an error line "setting-<name>-error")
  *             · button "Train" ("train") · form error ("form-error")
- *   Model:    table "Versions" ("model-versions-table", rows link by version id) · link "Train a new version"
+ *   Model:    table "Versions" ("model-versions-table", rows link by version id, newest first) · link "Train a new version"
+ *             · past ten versions, label "Filter versions" ("versions-filter") and a count ("versions-count")
  *   Version:  status ("status-name", "status-code", "status-message") · <progress> ("train-progress"), "progress-text"
  *             · chart ("loss-chart", an <svg> with a path per series; series "train loss", "eval loss")
- *             · logs ("logs") · button "Cancel training" ("cancel") · metrics ("metrics")
+ *             · logs ("logs", the newest 1,000 lines), "The last N of M lines." ("logs-note"), button "Download the whole log"
+ *               ("download-logs") · details "Settings" ("settings-details") · button "Cancel training" ("cancel") · metrics ("metrics")
  *             · button "Delete version" ("delete-version"); a refused delete shows in "delete-<what>-error"
  *             · table "Evaluation" ("evaluation-table": Example, Expected, Generated, Match)
  *   Generate / Compare: see pages/generate.js and pages/compare.js.
@@ -53,13 +56,16 @@ export {
   enc,
   errorBox,
   fill,
+  filterBox,
   fmtDate,
   fmtDuration,
   fmtNum,
   h,
   link,
+  matches,
   onDelete,
   pageHeader,
+  streamedText,
   table,
   toast,
   whileBusy,

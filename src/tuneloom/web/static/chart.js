@@ -7,10 +7,14 @@
  *   chart.update([{ name: "train loss", points: [[1, 2.3], [2, 2.1]] }, { name: "eval loss", points: [...] }]);
  *
  * Each series is drawn as a <path data-series="name"> (plus a dot per point when it has few
- * points); the <svg> has role="img" and an aria-label summarising the series.
+ * points) and named in the legend by its `label` (else its name) unless it says `legend: false` (a
+ * series sharing another's colour and entry); the <svg> has role="img" and an aria-label summarising the series. Long series are
+ * downsampled by whoever reads them (the API's `max_points`): every point given is drawn.
  */
 
 const SVG = "http://www.w3.org/2000/svg";
+/** Points per series worth reading for a chart (about two per pixel of its width): pass it as the API's `max_points`. */
+export const CHART_POINTS = 1000;
 export const PALETTE = ["#1f5fbf", "#c2410c", "#15803d", "#7e22ce", "#be123c", "#0e7490", "#4d5562", "#a16207"];
 const W = 640;
 const H = 300;
@@ -41,6 +45,17 @@ function label(v) {
   return String(Number(v.toPrecision(4)));
 }
 
+/** [min, max] of coordinate `i` of `points` (a loop: spreading 100,000 arguments overflows the stack). */
+function extent(points, i) {
+  let lo = Infinity;
+  let hi = -Infinity;
+  for (const p of points) {
+    if (p[i] < lo) lo = p[i];
+    if (p[i] > hi) hi = p[i];
+  }
+  return [lo, hi];
+}
+
 export function lineChart({ title = "", xLabel = "step", yLabel = "", testid, height = H } = {}) {
   const root = document.createElement("figure");
   root.className = "chart";
@@ -68,8 +83,8 @@ export function lineChart({ title = "", xLabel = "step", yLabel = "", testid, he
       svg.setAttribute("aria-label", `${title || "chart"}: no points yet`);
       return;
     }
-    let [x0, x1] = [Math.min(...all.map((p) => p[0])), Math.max(...all.map((p) => p[0]))];
-    let [y0, y1] = [Math.min(...all.map((p) => p[1])), Math.max(...all.map((p) => p[1]))];
+    let [x0, x1] = extent(all, 0);
+    let [y0, y1] = extent(all, 1);
     if (x1 === x0) [x0, x1] = [x0 - 1, x1 + 1];
     if (y1 === y0) [y0, y1] = [y0 - Math.abs(y0 || 1) * 0.1, y1 + Math.abs(y1 || 1) * 0.1];
     const pad = (y1 - y0) * 0.05;
@@ -116,11 +131,12 @@ export function lineChart({ title = "", xLabel = "step", yLabel = "", testid, he
         summary.push(`${s.name}: ${pts.length} points, last ${label(last[1])} at ${xLabel} ${last[0]}`);
       }
       svg.append(g);
+      if (s.legend === false) return;
       const item = document.createElement("li");
       const sw = document.createElement("span");
       sw.className = "swatch";
       sw.style.background = color;
-      item.append(sw, s.name);
+      item.append(sw, s.label || s.name);
       legend.append(item);
     });
     svg.setAttribute("aria-label", `${title || "chart"}. ${summary.join("; ")}`);

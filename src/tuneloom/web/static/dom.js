@@ -96,6 +96,52 @@ export function table(rows, columns, { caption, testid, empty = "Nothing here ye
   );
 }
 
+/**
+ * Text that arrives in pieces (a streamed generation, hundreds a second) shown in `box` once a
+ * frame: appended to one text node before `before`, the box kept scrolled to its end unless the
+ * reader scrolled up, then `onShown(pieces so far)`. `flush()` shows what is pending at once (when
+ * the stream ends, finished or not).
+ */
+export function streamedText(box, before, onShown) {
+  const text = document.createTextNode("");
+  box.insertBefore(text, before);
+  let pending = "";
+  let pieces = 0;
+  let frame = null;
+  function flush() {
+    if (frame) cancelAnimationFrame(frame);
+    frame = null;
+    if (!pending) return;
+    const following = box.scrollHeight - box.scrollTop - box.clientHeight < 24;
+    text.appendData(pending);
+    pending = "";
+    onShown(pieces);
+    if (following) box.scrollTop = box.scrollHeight;
+  }
+  function add(piece) {
+    pending += piece;
+    pieces += 1;
+    if (!frame) frame = requestAnimationFrame(flush);
+  }
+  return { add, flush };
+}
+
+/** Whether `text` holds every word of `query`, ignoring case: how the console's filter boxes match. */
+export function matches(text, query) {
+  const haystack = String(text).toLowerCase();
+  return query.toLowerCase().split(/\s+/).every((word) => haystack.includes(word));
+}
+
+/**
+ * A filter box for a long list (a model's versions): `onFilter(query)` runs as the user types.
+ * Returns {el, input}; the input is a labelled search field with the testid `id`.
+ */
+export function filterBox(id, label, onFilter) {
+  const input = h("input", { type: "search", id, testid: id, autocomplete: "off", placeholder: "id, template, status or date" });
+  input.addEventListener("input", () => onFilter(input.value.trim()));
+  return { el: h("div", { className: "filter" }, h("label", { for: id }, label), input), input };
+}
+
 export function link(href, text, attrs = {}) {
   return h("a", { href, ...attrs }, text);
 }

@@ -6,15 +6,18 @@
  * comparison can be bookmarked or shared). Without it the two newest trained versions are picked.
  *
  * Stable names for tests (accessible name → data-testid):
- *   checkboxes, one per version, labelled by the version id ("pick-<version id>") · hint ("compare-hint")
+ *   checkboxes, one per version, labelled by the version id ("pick-<version id>"), each model's newest
+ *   first, in a list that scrolls past a screenful · with more than FILTER_FROM versions, label
+ *   "Filter versions" ("compare-filter"; checked versions stay shown) · hint ("compare-hint")
  *   · table "Settings" ("compare-settings"; a row per dotted key, cells that differ have class "diff",
  *     such rows class "differs") · checkbox "Only rows that differ" ("only-diffs")
  *   · table "Metrics" ("compare-metrics") · chart ("compare-chart", one <path> per version and loss kind)
  *   · label "Prompt" ("compare-prompt") · label "max_tokens" ("compare-max-tokens")
  *   · button "Generate with each" ("compare-generate") · output per version ("compare-output-<version id>")
  */
-import { lineChart, PALETTE } from "../chart.js";
-import { api, appPath, enc, errorBox, fill, fmtDate, fmtNum, h, link, pageHeader, registerPage, whileBusy } from "../app.js";
+import { CHART_POINTS, lineChart, PALETTE } from "../chart.js";
+import { api, appPath, enc, errorBox, fill, filterBox, fmtNum, h, link, pageHeader, registerPage, whileBusy } from "../app.js";
+import { FILTER_FROM, versionChecklist } from "./version_pickers.js";
 import { useStyles } from "./playground_styles.js";
 
 const SETTINGS = ["model_config", "quantization_config", "peft_config", "tokenizer_config", "trainer_config"];
@@ -117,44 +120,26 @@ registerPage("/apps/:app/compare", async ({ main, params, query, signal }) => {
   }
 
   const hint = h("p", { className: "muted", testid: "compare-hint", role: "status" });
+  const filter = filterBox("compare-filter", "Filter versions", filterPicks);
+  filter.el.hidden = all.length <= FILTER_FROM;
+  const checklist = versionChecklist(perModel, chosen, (key, checked) => {
+    if (checked) chosen.add(key);
+    else chosen.delete(key);
+    refresh();
+  });
   const picker = h(
     "fieldset",
     { className: "panel", "aria-labelledby": "compare-versions-title" },
     h("h2", { id: "compare-versions-title" }, "Versions to compare"),
-    perModel.map(([m, vs]) =>
-      vs.length
-        ? [
-            h("p", { className: "pick-model" }, m.id),
-            h(
-              "ul",
-              { className: "pick-list" },
-              vs.map((v) => {
-                const key = `${m.id}/${v.id}`;
-                const id = `pick-${v.id}`;
-                const box = h("input", { type: "checkbox", id, testid: id, value: key, checked: chosen.has(key) });
-                box.addEventListener("change", () => {
-                  if (box.checked) chosen.add(key);
-                  else chosen.delete(key);
-                  refresh();
-                });
-                const state = v.status.name === "MODEL_TRAINED" ? "trained" : v.status.name;
-                return h(
-                  "li",
-                  {},
-                  h(
-                    "label",
-                    { for: id },
-                    box,
-                    h("span", {}, h("code", {}, v.id), " ", h("span", { className: "muted" }, `${v.template} · ${state} · ${fmtDate(v.created_at)}`)),
-                  ),
-                );
-              }),
-            ),
-          ]
-        : null,
-    ),
+    filter.el,
+    checklist.el,
     hint,
   );
+
+  function filterPicks(query) {
+    const shown = checklist.filter(query);
+    refreshHint(query ? ` Showing ${shown} of ${all.length} versions.` : "");
+  }
 
   const onlyDiffs = h("input", { type: "checkbox", id: "only-diffs", testid: "only-diffs" });
   const settingsSlot = h("div");
@@ -274,7 +259,7 @@ registerPage("/apps/:app/compare", async ({ main, params, query, signal }) => {
   async function metricsOf(v) {
     const key = vkey(v);
     if (!metricsCache.has(key)) {
-      const url = `${appPath(app)}/models/${enc(v.model_id)}/versions/${enc(v.id)}/metrics`;
+      const url = `${appPath(app)}/models/${enc(v.model_id)}/versions/${enc(v.id)}/metrics?max_points=${CHART_POINTS}`;
       metricsCache.set(
         key,
         api(url, { signal }).catch((err) => {
@@ -298,8 +283,9 @@ registerPage("/apps/:app/compare", async ({ main, params, query, signal }) => {
       const rows = points[i] || [];
       const train = rows.filter((p) => typeof p.loss === "number").map((p) => [p.step, p.loss]);
       const evalPts = rows.filter((p) => typeof p.eval_loss === "number").map((p) => [p.step, p.eval_loss]);
-      series.push({ name: `${shortName(v)} train`, points: train, color });
-      if (evalPts.length) series.push({ name: `${shortName(v)} eval`, points: evalPts, color, dash: true, dots: true });
+      // One legend entry per version (its colour); solid and dashed are said in the chart's title.
+      series.push({ name: `${shortName(v)} train`, label: shortName(v), points: train, color });
+      if (evalPts.length) series.push({ name: `${shortName(v)} eval`, points: evalPts, color, dash: true, dots: true, legend: false });
     });
     chart.update(series);
     const empty = drawn.filter((v, i) => !(points[i] || []).length);
@@ -324,17 +310,20 @@ registerPage("/apps/:app/compare", async ({ main, params, query, signal }) => {
     );
   }
 
+  let filterNote = "";
+  function refreshHint(note = filterNote) {
+    filterNote = note;
+    const picked = selected.length < 2 ? `Pick at least two versions (${selected.length} picked).` : `${selected.length} versions picked.`;
+    fill(hint, picked + filterNote);
+  }
+
   function refresh() {
     selected = all.filter((v) => chosen.has(vkey(v)));
     history.replaceState(null, "", `#/apps/${enc(app)}/compare?versions=${[...chosen].join(",")}`);
     if (generation) generation.abort();
-    if (selected.length < 2) {
-      fill(hint, `Pick at least two versions (${selected.length} picked).`);
-      results.hidden = true;
-      return;
-    }
-    fill(hint, `${selected.length} versions picked.`);
-    results.hidden = false;
+    refreshHint();
+    results.hidden = selected.length < 2;
+    if (results.hidden) return;
     renderSettings();
     renderMetrics();
     renderOutputsPlaceholders();

@@ -94,6 +94,10 @@ function exampleView(item) {
   );
 }
 
+function toastError(err) {
+  if (err.name !== "AbortError") toast(err.message);
+}
+
 function stateBadge(state) {
   const kind = state === "READY" ? "ok" : state === "FAILURE" ? "bad" : "run";
   return h("span", { className: `badge ${kind}` }, state);
@@ -211,22 +215,40 @@ registerPage("/apps/:app/datasets/:dataset", async ({ main, params, signal }) =>
     if (file) send(file);
   });
 
-  async function loadPreview() {
-    const page = await api(`${base}/inputs?limit=${PREVIEW}`, { signal });
-    fill(
-      previewBox,
-      h("h2", {}, "Preview"),
-      page.items.length
-        ? [
-            h(
-              "p",
-              { className: "muted" },
-              `The first ${page.items.length} of ${fmtNum(page.total)} examples. The prompt is context only (masked from the loss); the model learns to write the completion.`,
-            ),
-            page.items.map(exampleView),
-          ]
-        : h("p", { className: "muted" }, "No examples yet: upload a file."),
-    );
+  // The preview pages through the inputs PREVIEW at a time (a dataset may hold millions): `pages`
+  // holds the `after` cursor of each page up to the one shown, so Previous steps back one.
+  const previewRange = h("span", { testid: "preview-range" });
+  const previewList = h("div");
+  const previewEmpty = h("p", { className: "muted" }, "No examples yet: upload a file.");
+  const previous = h("button", { type: "button", className: "secondary", testid: "preview-previous" }, "Previous");
+  const next = h("button", { type: "button", className: "secondary", testid: "preview-next" }, "Next");
+  const previewFilled = h(
+    "div",
+    { hidden: true },
+    h("p", { className: "muted" }, previewRange, " The prompt is context only (masked from the loss); the model learns to write the completion."),
+    previewList,
+    h("div", { className: "actions", role: "group", "aria-label": "Pages of examples" }, previous, next),
+  );
+  fill(previewBox, h("h2", {}, "Preview"), previewEmpty, previewFilled);
+  let pages = [null];
+  let nextAfter = null;
+  previous.addEventListener("click", () => loadPreview(pages.slice(0, -1)).catch(toastError));
+  next.addEventListener("click", () => loadPreview([...pages, nextAfter]).catch(toastError));
+
+  async function loadPreview(cursors = [null]) {
+    const after = cursors[cursors.length - 1];
+    const page = await api(`${base}/inputs?limit=${PREVIEW}${after === null ? "" : `&after=${after}`}`, { signal });
+    pages = cursors;
+    nextAfter = page.next_after;
+    const first = (pages.length - 1) * PREVIEW + 1;
+    fill(previewRange, `Examples ${fmtNum(first)}–${fmtNum(first + page.items.length - 1)} of ${fmtNum(page.total)}.`);
+    fill(previewList, page.items.map(exampleView));
+    previewEmpty.hidden = page.items.length > 0;
+    previewFilled.hidden = !page.items.length;
+    const focused = document.activeElement;
+    previous.disabled = pages.length < 2;
+    next.disabled = nextAfter === null;
+    if (focused && focused.disabled) (focused === next ? previous : next).focus(); // the first or last page: keep the keyboard's place
   }
 
   async function loadVersions() {

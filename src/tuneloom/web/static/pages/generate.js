@@ -8,7 +8,8 @@
  * URL: #/apps/:app/generate?model=ID&version=ID (both optional; version defaults to the latest trained).
  *
  * Stable names for tests (accessible name → data-testid):
- *   label "Model" ("gen-model") · label "Version" ("gen-version", first option "Latest trained")
+ *   label "Model" ("gen-model") · label "Version" ("gen-version", first option "Latest trained", then
+ *     newest first) · with more than FILTER_FROM versions, label "Filter versions" ("gen-version-filter")
  *   · label "Inputs" ("gen-inputs", one input per line) · checkbox "Send the whole text as one input" ("gen-one-input")
  *   · parameters: labels "max_tokens", "temperature", "top_p", "top_k", "num_beams", "do_sample",
  *     "return_full_text", "system_prompt", "stop" (testid "param-<name>")
@@ -16,7 +17,8 @@
  *   · streamed output ("gen-output", aria-live) · results table ("gen-results": Input, Output, Finish, Tokens)
  *   · error ("gen-error")
  */
-import { api, appPath, enc, errorBox, fill, fmtDate, h, link, pageHeader, registerPage, streamSSE, table } from "../app.js";
+import { api, appPath, enc, errorBox, fill, filterBox, fmtDate, h, link, pageHeader, registerPage, streamedText, streamSSE, table } from "../app.js";
+import { FILTER_FROM, filterOptions, versionText } from "./version_pickers.js";
 import { useStyles } from "./playground_styles.js";
 
 const MAX_INPUTS = 128; // the server's limit for one /predict
@@ -127,6 +129,8 @@ registerPage("/apps/:app/generate", async ({ main, params, query, signal }) => {
   const versionSelect = h("select", { id: "gen-version", testid: "gen-version" });
   const versionNote = h("p", { className: "field-help", id: "gen-version-help" });
   versionSelect.setAttribute("aria-describedby", "gen-version-help");
+  const versionFilter = filterBox("gen-version-filter", "Filter versions", filterVersions);
+  let versionTexts = new Map(); // option value → what the filter matches
   const inputs = h("textarea", {
     id: "gen-inputs",
     testid: "gen-inputs",
@@ -165,13 +169,24 @@ registerPage("/apps/:app/generate", async ({ main, params, query, signal }) => {
     if (wanted && trained.some((v) => v.id === wanted) && model === (query.get("model") || model)) {
       versionSelect.value = wanted;
     }
-    fill(
-      versionNote,
-      trained.length
-        ? `${trained.length} trained version${trained.length === 1 ? "" : "s"}; versions still training or failed cannot be picked.`
-        : "No trained version of this model yet: train one on the model's page.",
-    );
+    versionTexts = new Map(versions.map((v) => [v.id, versionText(v)]));
+    versionFilter.el.hidden = versions.length <= FILTER_FROM;
+    versionFilter.input.value = "";
+    fill(versionNote, trainedNote(trained.length));
     generateButton.disabled = !trained.length;
+  }
+
+  function trainedNote(count) {
+    return count
+      ? `${count} trained version${count === 1 ? "" : "s"}, newest first; versions still training or failed cannot be picked.`
+      : "No trained version of this model yet: train one on the model's page.";
+  }
+
+  function filterVersions(query) {
+    const found = filterOptions(versionSelect, versionTexts, query);
+    const picked = found.picked ? `: ${found.picked} is picked` : "";
+    const trained = [...versionSelect.options].filter((o) => versionTexts.has(o.value) && !o.disabled).length;
+    fill(versionNote, query ? `${found.shown} of ${found.of} versions match${picked}.` : trainedNote(trained));
   }
 
   function setRunning(controller) {
@@ -221,33 +236,37 @@ registerPage("/apps/:app/generate", async ({ main, params, query, signal }) => {
   }
 
   async function streamOne(model, body, controller) {
-    const pre = h("pre", { className: "gen-output", testid: "gen-output", "aria-live": "polite", "aria-busy": "true" });
+    const pre = h("pre", { className: "gen-output", testid: "gen-output", "aria-live": "polite", "aria-busy": "true", tabindex: "0" });
     const cursor = h("span", { className: "cursor", "aria-hidden": "true" });
     pre.append(cursor);
     fill(output, h("h2", {}, "Output"), pre);
-    let pieces = 0;
+    const shown = streamedText(pre, cursor, (pieces) => {
+      pre.dataset.pieces = String(pieces);
+      fill(status, `Generating… ${pieces} piece${pieces === 1 ? "" : "s"}`);
+    });
     let finished = null;
     const started = performance.now();
     fill(status, "Generating…");
-    await streamSSE(`${appPath(app)}/models/${enc(model)}/generate`, {
-      method: "POST",
-      body,
-      signal: controller.signal,
-      onEvent: (event, data) => {
-        if (event === "message" && data && typeof data.text === "string") {
-          cursor.before(data.text);
-          pieces += 1;
-          pre.dataset.pieces = String(pieces);
-          fill(status, `Generating… ${pieces} piece${pieces === 1 ? "" : "s"}`);
-        } else if (event === "done") {
-          finished = data;
-        } else if (event === "error") {
-          const err = new Error((data && data.message) || "generation failed");
-          err.code = data && data.code;
-          throw err;
-        }
-      },
-    });
+    try {
+      await streamSSE(`${appPath(app)}/models/${enc(model)}/generate`, {
+        method: "POST",
+        body,
+        signal: controller.signal,
+        onEvent: (event, data) => {
+          if (event === "message" && data && typeof data.text === "string") {
+            shown.add(data.text);
+          } else if (event === "done") {
+            finished = data;
+          } else if (event === "error") {
+            const err = new Error((data && data.message) || "generation failed");
+            err.code = data && data.code;
+            throw err;
+          }
+        },
+      });
+    } finally {
+      shown.flush(); // what arrived is shown, whether it finished, stopped or failed
+    }
     cursor.remove();
     pre.setAttribute("aria-busy", "false");
     const seconds = ((performance.now() - started) / 1000).toFixed(1);
@@ -362,7 +381,7 @@ registerPage("/apps/:app/generate", async ({ main, params, query, signal }) => {
         "div",
         { className: "grid2" },
         h("div", {}, h("label", { for: "gen-model" }, "Model"), modelSelect),
-        h("div", {}, h("label", { for: "gen-version" }, "Version"), versionSelect, versionNote),
+        h("div", {}, h("label", { for: "gen-version" }, "Version"), versionSelect, versionNote, versionFilter.el),
       ),
     ),
     h(

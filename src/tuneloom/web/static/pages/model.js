@@ -1,5 +1,7 @@
-// One model: its versions (training runs) with status, code, dates and a metrics summary.
-import { api, appPath, enc, fill, fmtDate, fmtNum, h, link, onDelete, pageHeader, registerPage, table, navigate } from "../app.js";
+// One model: its versions (training runs), newest first, with status, code, dates and a metrics
+// summary; past FILTER_FROM versions a filter box narrows them (by id, status, template or date).
+import { api, appPath, enc, fill, filterBox, fmtDate, fmtNum, h, link, matches, onDelete, pageHeader, registerPage, table, navigate } from "../app.js";
+import { FILTER_FROM, versionText } from "./version_pickers.js";
 
 export const FINAL = new Set([
   "MODEL_TRAINED",
@@ -40,6 +42,10 @@ registerPage("/apps/:app/models/:model", async ({ main, params, signal }) => {
       errorTestid: "delete-model-error",
     },
   );
+  let versions = [];
+  let query = "";
+  const filter = filterBox("versions-filter", "Filter versions", (q) => ((query = q), render()));
+  const count = h("p", { className: "muted", testid: "versions-count", "aria-live": "polite" });
   main.append(
     pageHeader(
       `Model ${model.id}`,
@@ -48,14 +54,18 @@ registerPage("/apps/:app/models/:model", async ({ main, params, signal }) => {
     ),
     removeError,
     h("p", { className: "muted" }, `Text Generator (${model.model_type_id}), created ${fmtDate(model.created_at)}.`),
+    filter.el,
+    count,
     list,
   );
-  async function load() {
-    const versions = await api(`${base}/versions`, { signal });
+  function render() {
+    const shown = versions.filter((v) => matches(versionText(v), query));
+    filter.el.hidden = count.hidden = versions.length <= FILTER_FROM;
+    fill(count, query ? `${shown.length} of ${versions.length} versions match.` : `${versions.length} versions, newest first.`);
     fill(
       list,
       table(
-        versions,
+        shown,
         [
           { label: "Version", cell: (v) => link(`#/apps/${enc(params.app)}/models/${enc(params.model)}/versions/${enc(v.id)}`, v.id) },
           { label: "Status", cell: (v) => statusBadge(v.status) },
@@ -65,9 +75,13 @@ registerPage("/apps/:app/models/:model", async ({ main, params, signal }) => {
           { label: "Created", cell: (v) => fmtDate(v.created_at) },
           { label: "Metrics", cell: (v) => metricsSummary(v.metrics) },
         ],
-        { caption: "Versions", testid: "model-versions-table", empty: "No versions yet: train one." },
+        { caption: "Versions", testid: "model-versions-table", empty: query ? "No version matches the filter." : "No versions yet: train one." },
       ),
     );
+  }
+  async function load() {
+    versions = await api(`${base}/versions`, { signal });
+    render();
     if (versions.some((v) => !FINAL.has(v.status.name))) setTimeout(() => signal.aborted || load().catch(() => {}), 2000);
   }
   await load();

@@ -1,6 +1,8 @@
 // One model version (a training run), live: status and code, progress with ETA, the loss chart
 // (train and eval loss per step), logs, cancel, delete; once trained, its metrics and an evaluation table.
-import { lineChart } from "../chart.js";
+//
+// A run may last days and log millions of lines: the page opens on the curve downsampled and the
+// log's tail, then listens for what comes after them only, holding a bounded amount (./run_live.js).
 import {
   api,
   appPath,
@@ -20,8 +22,8 @@ import {
   table,
 } from "../app.js";
 import { FINAL, statusBadge } from "./model.js";
+import { liveCurve, liveLog } from "./run_live.js";
 
-const MAX_LOG_LINES = 2000; // the newest; the full log stays available from the API's /logs
 const METRIC_LABELS = {
   train_loss: "Train loss",
   eval_loss: "Eval loss",
@@ -39,6 +41,28 @@ function metricsList(metrics) {
     { className: "kv", testid: "metrics" },
     entries.map(([k, v]) => [h("dt", {}, METRIC_LABELS[k] || k.replace(/_/g, " ")), h("dd", {}, fmtNum(v))]),
   );
+}
+
+/** What a run was made from: built once, so an open "Settings" stays open while the run reports. */
+function detailsView(v, startedCell, attemptsCell) {
+  return [
+    h(
+      "dl",
+      { className: "kv" },
+      h("dt", {}, "Template"),
+      h("dd", {}, v.template),
+      h("dt", {}, "Dataset version"),
+      h("dd", {}, v.dataset_version_id ? h("code", {}, v.dataset_version_id) : "— (deleted since; this version keeps its weights)"),
+      v.resume_from_model ? [h("dt", {}, "Resumed from"), h("dd", {}, h("code", {}, v.resume_from_model))] : null,
+      h("dt", {}, "Created"),
+      h("dd", {}, fmtDate(v.created_at)),
+      h("dt", {}, "Started"),
+      startedCell,
+      h("dt", {}, "Attempts"),
+      attemptsCell,
+    ),
+    h("details", { testid: "settings-details" }, h("summary", {}, "Settings"), h("pre", { className: "logs", testid: "settings-json" }, JSON.stringify(v.settings, null, 2))),
+  ];
 }
 
 registerPage("/apps/:app/models/:model/versions/:version", async ({ main, params, signal }) => {
@@ -67,51 +91,16 @@ registerPage("/apps/:app/models/:model/versions/:version", async ({ main, params
       errorTestid: "delete-version-error",
     },
   );
-  const chart = lineChart({ title: "Loss per step", xLabel: "step", yLabel: "loss", testid: "loss-chart" });
-  const logs = h("pre", { className: "logs", testid: "logs", tabindex: "0", "aria-label": "Training logs" });
+  const curve = liveCurve(base, signal);
+  const log = liveLog(base, `${params.model}-${params.version}.log`, signal);
   const resultBox = h("div");
-  const details = h("div");
+  const startedCell = h("dd");
+  const attemptsCell = h("dd");
   const liveNote = h("p", { className: "muted", testid: "live-note" });
 
-  const points = new Map(); // step → {loss, eval_loss}
-  const seenLogs = new Set();
   let state = first;
   let resultsShown = false;
   let cancelRequested = false; // a training run stops within a heartbeat: until then, say so
-
-  function drawChart() {
-    const steps = [...points.keys()].sort((a, b) => a - b);
-    const train = steps.filter((s) => points.get(s).loss !== null && points.get(s).loss !== undefined).map((s) => [s, points.get(s).loss]);
-    const evals = steps.filter((s) => points.get(s).eval_loss !== null && points.get(s).eval_loss !== undefined).map((s) => [s, points.get(s).eval_loss]);
-    chart.update([
-      { name: "train loss", points: train },
-      { name: "eval loss", points: evals, dash: true, dots: true },
-    ]);
-  }
-
-  function addPoint(p) {
-    const old = points.get(p.step) || {};
-    points.set(p.step, {
-      loss: p.loss !== null && p.loss !== undefined ? p.loss : old.loss,
-      eval_loss: p.eval_loss !== null && p.eval_loss !== undefined ? p.eval_loss : old.eval_loss,
-    });
-  }
-
-  function addLog(line) {
-    if (seenLogs.has(line.seq)) return;
-    seenLogs.add(line.seq);
-    const atBottom = logs.scrollHeight - logs.scrollTop - logs.clientHeight < 20;
-    const level = (line.level || "info").toLowerCase();
-    logs.append(
-      h(
-        "span",
-        { className: level === "error" ? "error-line" : level === "warning" ? "warning" : "" },
-        `${line.at ? new Date(line.at).toLocaleTimeString() : ""} ${level.toUpperCase()} ${line.message}\n`,
-      ),
-    );
-    while (logs.childElementCount > MAX_LOG_LINES) logs.firstElementChild.remove();
-    if (atBottom) logs.scrollTop = logs.scrollHeight;
-  }
 
   function showStatus(v) {
     state = v;
@@ -137,25 +126,8 @@ registerPage("/apps/:app/models/:model/versions/:version", async ({ main, params
     cancel.disabled = cancelRequested && !final;
     fill(cancel, cancel.disabled ? "Cancelling…" : "Cancel training");
     again.hidden = !trained;
-    fill(
-      details,
-      h(
-        "dl",
-        { className: "kv" },
-        h("dt", {}, "Template"),
-        h("dd", {}, v.template),
-        h("dt", {}, "Dataset version"),
-        h("dd", {}, v.dataset_version_id ? h("code", {}, v.dataset_version_id) : "— (deleted since; this version keeps its weights)"),
-        v.resume_from_model ? [h("dt", {}, "Resumed from"), h("dd", {}, h("code", {}, v.resume_from_model))] : null,
-        h("dt", {}, "Created"),
-        h("dd", {}, fmtDate(v.created_at)),
-        h("dt", {}, "Started"),
-        h("dd", {}, fmtDate(v.started_at)),
-        h("dt", {}, "Attempts"),
-        h("dd", {}, String(v.attempts)),
-      ),
-      h("details", {}, h("summary", {}, "Settings"), h("pre", { className: "logs", testid: "settings-json" }, JSON.stringify(v.settings, null, 2))),
-    );
+    fill(startedCell, fmtDate(v.started_at));
+    fill(attemptsCell, String(v.attempts));
     if (trained && !resultsShown) {
       resultsShown = true;
       showResults(v).catch((err) => resultBox.append(errorBox(err, "evaluation-error")));
@@ -245,28 +217,26 @@ registerPage("/apps/:app/models/:model/versions/:version", async ({ main, params
       actionError,
     ),
     resultBox,
-    h("section", { className: "panel", "aria-labelledby": "chart-title" }, h("h2", { id: "chart-title" }, "Loss"), chart.el, liveNote),
-    h("section", { className: "panel", "aria-labelledby": "logs-title" }, h("h2", { id: "logs-title" }, "Logs"), logs),
-    h("section", { className: "panel", "aria-labelledby": "details-title" }, h("h2", { id: "details-title" }, "Details"), details),
+    h("section", { className: "panel", "aria-labelledby": "chart-title" }, h("h2", { id: "chart-title" }, "Loss"), curve.el, liveNote),
+    h("section", { className: "panel", "aria-labelledby": "logs-title" }, h("h2", { id: "logs-title" }, "Logs"), log.el),
+    h("section", { className: "panel", "aria-labelledby": "details-title" }, h("h2", { id: "details-title" }, "Details"), detailsView(first, startedCell, attemptsCell)),
   );
   showStatus(first);
-  drawChart();
+  curve.draw();
+  await Promise.all([curve.read(), log.read()]);
 
-  // Live: the events stream replays every metric and log, then sends changes until a final status.
-  let redraw = null;
-  const scheduleDraw = () => {
-    if (!redraw) redraw = requestAnimationFrame(() => ((redraw = null), drawChart()));
-  };
+  // Live: the events stream sends what comes after the curve and the log read above (and after what
+  // an earlier connection sent), until a final status.
   for (let attempt = 0; !signal.aborted; attempt++) {
     fill(liveNote, FINAL.has(state.status.name) ? "" : "Live: updates as the worker reports (every few seconds).");
+    const after = new URLSearchParams({ after_seq: String(log.lastSeq) });
+    if (curve.lastStep !== null) after.set("after_step", String(curve.lastStep));
     try {
-      await streamSSE(`${base}/events`, {
+      await streamSSE(`${base}/events?${after}`, {
         signal,
         onEvent: (name, data) => {
-          if (name === "metric") {
-            addPoint(data);
-            scheduleDraw();
-          } else if (name === "log") addLog(data);
+          if (name === "metric") curve.add(data);
+          else if (name === "log") log.add(data);
           else if (name === "status") showStatus(data);
         },
       });
@@ -277,7 +247,6 @@ registerPage("/apps/:app/models/:model/versions/:version", async ({ main, params
         return;
       }
     }
-    drawChart();
     if (FINAL.has(state.status.name)) {
       fill(liveNote);
       return;
