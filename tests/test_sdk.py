@@ -119,6 +119,10 @@ def test_metrics_and_logs(flow: Flow) -> None:
     assert flow.model.metrics(flow.trained, after_step=points[-1].step) == []
     lines = flow.model.logs(flow.trained)
     assert all(line.message for line in lines)
+    assert flow.model.logs(flow.trained, limit=2, tail=True) == lines[-2:]  # the newest two, oldest first
+    losses = [p for p in points if p.loss is not None]
+    drawn = [p for p in flow.model.metrics(flow.trained, max_points=2) if p.loss is not None]
+    assert len(losses) > 2 and [p.step for p in drawn] == [losses[0].step, losses[-1].step]  # the ends exact
 
 
 def test_predict_one_and_many_and_generate_agrees(flow: Flow) -> None:

@@ -239,14 +239,29 @@ class Model:
     def delete_version(self, version: str | ModelVersion) -> None:
         self._t.request("DELETE", self._version_path(version))
 
-    def metrics(self, version: str | ModelVersion, after_step: int | None = None) -> list[MetricPoint]:
-        """Loss and learning rate per logged step, oldest first (only those after `after_step`)."""
-        points = self._t.request("GET", f"{self._version_path(version)}/metrics", params={"after_step": after_step})
-        return [MetricPoint.from_dict(p) for p in points]
+    def metrics(
+        self, version: str | ModelVersion, after_step: int | None = None, max_points: int | None = None
+    ) -> list[MetricPoint]:
+        """Loss and learning rate per logged step, oldest first (only those after `after_step`).
 
-    def logs(self, version: str | ModelVersion, after: int | None = None, limit: int | None = None) -> list[LogLine]:
-        lines = self._t.request("GET", f"{self._version_path(version)}/logs", params={"after": after, "limit": limit})
-        return [LogLine.from_dict(line) for line in lines]
+        `max_points` bounds each series for a chart of a long run: first and last points exact,
+        the lowest and highest of each stretch in between.
+        """
+        params = {"after_step": after_step, "max_points": max_points}
+        return [
+            MetricPoint.from_dict(p)
+            for p in self._t.request("GET", f"{self._version_path(version)}/metrics", params=params)
+        ]
+
+    def logs(
+        self, version: str | ModelVersion, after: int | None = None, limit: int | None = None, tail: bool = False
+    ) -> list[LogLine]:
+        """Log lines after `after`, oldest first: the first `limit` (200 by default), or with `tail` the last."""
+        params = {"after": after, "limit": limit, "tail": tail or None}
+        return [
+            LogLine.from_dict(line)
+            for line in self._t.request("GET", f"{self._version_path(version)}/logs", params=params)
+        ]
 
     def wait(self, version: str | ModelVersion, timeout: float = 3600.0, poll: float = 2.0) -> TrainingStatus:
         """Poll until training reaches a final status (trained, failed, cancelled) and return it.
