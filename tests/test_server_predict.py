@@ -214,11 +214,12 @@ def test_concurrent_predictions_with_equal_params_share_a_batch(deployed: Deploy
 def test_mixed_load_while_training_gets_no_5xx_and_the_job_finishes(deployed: Deployed) -> None:
     """Predictions, streams, uploads and polls from concurrent clients while the worker trains (tests/test_soak.py).
 
-    The job is sized to last the window at the trained version's own speed (job size 1.0). That speed was
-    measured while the other test worker ran too, so it can be low by half: at 0.75 a job once finished
-    after 44% of the window (fresh-clone CI); at 1.0 the test takes at most a few seconds longer.
+    The job is sized from the trained version's own speed, measured while the other test worker ran too, so
+    that speed can be low several times over: at job size 0.75 a job once finished after 44% of the window,
+    at 1.0 after 22% (fresh-clone CI, 2.3 steps/s measured, about 11 run). At 2.0 it trains through at least
+    a fifth of the window even then (2 s, hundreds of requests beside it); the 60 s soak keeps a half.
     """
-    assert_held(run_soak(deployed, seconds=10, clients=8, job_size=1.0))
+    assert_held(run_soak(deployed, seconds=10, clients=8, job_size=2.0), beside_training=0.2)
 
 
 # Mixed load: streams and predictions share the version's continuous batch (tuneloom.server.engine),

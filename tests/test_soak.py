@@ -45,8 +45,9 @@ def run_soak(deployed: Deployed, seconds: float, clients: int, job_size: float =
     return figures
 
 
-def assert_held(figures: dict[str, Any]) -> None:
-    """Zero 5xx (and no other failure), every kind served, memory under the bound, the job trained."""
+def assert_held(figures: dict[str, Any], *, beside_training: float = 0.5) -> None:
+    """Zero 5xx (and no other failure), every kind served, memory under the bound, the job trained, and the
+    job training during at least `beside_training` of the load's window."""
     outcomes = {kind: figures["kinds"][kind]["outcomes"] for kind in KINDS}
     assert figures["server_errors_5xx"] == 0, outcomes
     assert figures["not_ok"] == 0, outcomes
@@ -57,7 +58,7 @@ def assert_held(figures: dict[str, Any]) -> None:
     assert job["status_at_load_start"] == "MODEL_TRAINING", job
     assert job["final_status"] == "MODEL_TRAINED", job
     assert job["polls_seeing_training"] > 0, job
-    assert job["training_fraction_of_window"] >= 0.5, job  # the load really ran beside training
+    assert job["training_fraction_of_window"] >= beside_training, job  # the load really ran beside training
 
 
 @pytest.mark.soak
