@@ -155,10 +155,10 @@ def _run_each(
         return results, answers
     from tuneloom.cli.model_cmds import evaluate_with_progress
     from tuneloom.generate.generator import generate
-    from tuneloom.generate.loading import load_for_inference
+    from tuneloom.generate.loading import load_version
 
     for run in runs:
-        loaded = load_for_inference(run.version.path)
+        loaded = load_version(run.version)  # verified by open_run already
         if parsed is not None:
             results.append(evaluate_with_progress(loaded, parsed.examples, eval_params))
         if prompts:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloom.errors import SettingsError
-from tuneloom.model_version import open_version, partial_dir
+from tuneloom.model_version import ModelVersion, open_version, partial_dir
 from tuneloom.templates import get_template, resolve_settings
 from tuneloom.templates.loading import load_model, load_tokenizer, pick_device
 from tuneloom.templates.prompting import PROMPT_SLOT, PromptFormat
@@ -67,7 +67,12 @@ def version_tokenizer(path: Path) -> Any:
 
 
 def _load_version(path: Path, label: str | None) -> InferenceModel:
-    version = open_version(path, label=label)
+    return load_version(open_version(path, label=label))
+
+
+def load_version(version: ModelVersion) -> InferenceModel:
+    """A version already opened (its checksums verified), ready to generate: not verified a second time."""
+    path = version.path
     settings = version.settings
     tokenizer = version_tokenizer(path)
     if version.is_adapter:

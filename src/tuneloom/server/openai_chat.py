@@ -13,6 +13,7 @@ to show earlier turns in: more than one turn is refused naming `messages`, never
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Awaitable, Sequence
 from typing import TypeVar
@@ -24,6 +25,7 @@ from tuneloom.server.context import ServerContext
 from tuneloom.server.routes.predict import check_inputs
 from tuneloom.server.schemas.inference import MAX_INPUT_CHARS
 from tuneloom.server.schemas.openai import ChatMessage
+from tuneloom.store.artifacts import Artifacts
 from tuneloom.store.models import ModelVersion
 from tuneloom.templates.prompting import PromptFormat, Turn, merge_turns
 
@@ -105,12 +107,19 @@ def stored_prompt_format(ctx: ServerContext, version: ModelVersion) -> PromptFor
     """The prompt format the version was trained with, read from its manifest alone: the engines read the
     same one, and a `--backend remote` server, which loads no weights, can read it too."""
     assert version.artifact_path is not None  # resolve_model only returns trained versions
+    return _prompt_format(ctx.artifacts, version.id, version.artifact_path)
+
+
+@functools.lru_cache(maxsize=256)
+def _prompt_format(artifacts: Artifacts, version_id: str, artifact_path: str) -> PromptFormat:
+    """Read once per version: a trained version's manifest never changes, and every chat request with
+    history needs it (a shared store would otherwise be asked on each one)."""
     try:
-        manifest = json.loads(ctx.artifacts.read_member(version.artifact_path, MANIFEST))
+        manifest = json.loads(artifacts.read_member(artifact_path, MANIFEST))
         return PromptFormat.from_dict(manifest["prompt_format"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ModelVersionError(
-            f"model version '{version.id}': file {MANIFEST} is missing or damaged ({type(err).__name__})",
+            f"model version '{version_id}': file {MANIFEST} is missing or damaged ({type(err).__name__})",
             details={"file": MANIFEST},
         ) from None
 
