@@ -17,7 +17,10 @@ Variants (`--variants`, comma-separated; default all but `static`):
 - `ttft`: tuneloom's stream, time to the first piece of text;
 - `static`: `model.generate` at batch 1 with a static KV cache; on CUDA transformers then compiles
   the decode step (`torch.compile`, mode "reduce-overhead": CUDA graphs). Warmed up on the longest
-  prompt first, so the timed calls reuse one compiled graph. On a CPU it runs eagerly (no compile).
+  prompt first, so the timed calls reuse one compiled graph. On a CPU it runs eagerly (no compile);
+- `compiled`: tuneloom's `generate` one request per call with `--compile` (generate/compiled.py: the
+  static cache rounded up to a 1,024-position bucket, so one graph serves every request), warmed up
+  the same way. Only on CUDA (elsewhere `--compile` does nothing).
 On a known GPU the bandwidth floor is reported too: bytes of weights / HBM bandwidth = the most
 batch-1 tokens/s any decoder could reach (KV-cache reads not counted).
 """
@@ -44,12 +47,13 @@ from bench.common import (
 )
 
 TEMPLATES = MODEL_TEMPLATES
-VARIANTS = ("baseline", "single", "batched", "ttft", "static")
+VARIANTS = ("baseline", "single", "batched", "ttft", "static", "compiled")
 LABELS = {
     "baseline": "model.generate, one at a time (batch 1)",
     "single": "tuneloom generate, one request per call",
     "batched": "tuneloom generate, all requests batched",
     "static": "model.generate batch 1, static cache + compile",
+    "compiled": "tuneloom generate --compile, one request per call",
 }
 
 
@@ -117,6 +121,21 @@ def static_decode(loaded: Any, texts: list[str], max_tokens: int) -> dict[str, f
     return timed(lambda: one_at_a_time(loaded, texts, max_tokens, cache_implementation="static"))
 
 
+def compiled_decode(loaded: Any, texts: list[str], max_tokens: int) -> dict[str, float] | None:
+    """tuneloom's one-request path with the compiled decode step, after the same warm-up as `static`."""
+    from tuneloom.generate.compiled import compile_decode
+
+    if not compile_decode(loaded):
+        return None
+    try:
+        longest = max(texts, key=len)
+        for _ in range(3):
+            tuneloom_generate(loaded, [longest], max_tokens)
+        return timed(lambda: sum(tuneloom_generate(loaded, [t], max_tokens) for t in texts))
+    finally:
+        loaded.compiled_decode = False
+
+
 def run_variants(loaded: Any, args: argparse.Namespace, variants: list[str]) -> dict[str, Any]:
     texts = prompts(args.requests)
     single = texts[: args.one_at_a_time]
@@ -133,6 +152,8 @@ def run_variants(loaded: Any, args: argparse.Namespace, variants: list[str]) -> 
         figures["ttft_s"] = time_to_first_token(loaded, texts[0], args.max_tokens)
     if "static" in variants:
         figures["static"] = static_decode(loaded, single, args.max_tokens)
+    if "compiled" in variants and (compiled := compiled_decode(loaded, single, args.max_tokens)) is not None:
+        figures["compiled"] = compiled
     return figures
 
 
@@ -201,7 +222,7 @@ def main() -> None:
         ["run", "output tokens/s", "new tokens", "seconds", "× model.generate", "of floor"],
         table_rows(figures),
     )
-    suffix = "" if variants != ["static"] else "-static"
+    suffix = "" if not set(variants) <= {"static", "compiled"} else "-static"
     out = args.out or RESULTS_DIR / f"generate-{args.model}{suffix}-{device_tag()}.json"
     write_result(
         out,

@@ -3,16 +3,19 @@
 #   1. training: bench.train on SmolLM2-135M's shape and on a Llama-1.1B shape (random weights, bf16),
 #      Trainer + peft (dynamic padding) vs tuneloom: real tokens/s, peak GPU memory, mean loss, MFU;
 #   2. batch-1 decode of the 1.1B shape: model.generate vs tuneloom's path vs a static KV cache with the
-#      decode step compiled (torch.compile "reduce-overhead", CUDA graphs), against the bandwidth floor;
+#      decode step compiled (torch.compile "reduce-overhead", CUDA graphs) — model.generate's and
+#      `tuneloom generate --compile`'s — against the bandwidth floor;
 #   3. 32 requests batched by tuneloom vs one at a time;
-#   4. (optional, only where `import vllm` works) vLLM batch-1 and 32-concurrent decode of the 1.1B shape
+#   4. issue 7: the same shape trained through `tuneloom train --strategy fsdp` (bench/fsdp.py);
+#   5. the 1.1B LoRA at batch 64 (more tokens per step: the MFU the recipe reaches with larger matmuls);
+#   6. (optional, only where `import vllm` works) vLLM batch-1 and 32-concurrent decode of the 1.1B shape
 #      vs model.generate, and tuneloom's vLLM serving backend on a LoRA version of it (bench/vllm_decode.py).
 # Each step runs in its own process under its own time limit; a failing step prints its error and the
 # others go on. Result JSON goes to $OUT (named with the card, e.g. train-llama-1.1b-random-h100.json);
 # the last thing printed is one table of everything.
 #
 #   bash bench/gpu_prepare.sh    # here, once: wheels the device lacks -> .gpucarry/ (git-ignored)
-#   device tool: run(command="bash bench/gpu.sh", carry=[".gpucarry"], timeout_s=480)
+#   device tool: run(command="bash bench/gpu.sh", carry=[".gpucarry"], timeout_s=540)
 #   bash bench/gpu.sh --dry-run  # here, on the CPU: the same steps with tiny shapes (about 3 minutes)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,18 +24,22 @@ DRY=0
 [ "${1:-}" = "--dry-run" ] && DRY=1
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
-BUDGET_S=${GPU_BUDGET_S:-450}  # the whole script; run it with timeout_s=480 (the device tool kills at timeout_s)
+BUDGET_S=${GPU_BUDGET_S:-500}  # the whole script; run it with timeout_s=540 (the device tool kills at timeout_s)
 START=$SECONDS
 
 if [ $DRY = 1 ]; then
   PY=${PYTHON:-.venv/bin/python}
   export BENCH_TINY=1
   TRAIN_ARGS=(--examples 16 --batch 8)
+  BIG_TRAIN_ARGS=(--examples 32 --batch 16)
+  FSDP_ARGS=(--examples 16 --batch 4 --processes 2 --strategy ddp)
   GEN_ARGS=(--requests 8 --one-at-a-time 2 --max-tokens 8)
   SCRATCH=$(mktemp -d)
 else
   PY=${PYTHON:-python3}
   TRAIN_ARGS=(--examples 768 --batch 16)
+  BIG_TRAIN_ARGS=(--examples 1536 --batch 64)
+  FSDP_ARGS=(--examples 512 --batch 8 --processes 1)
   GEN_ARGS=(--requests 32 --one-at-a-time 8 --max-tokens 64)
   SCRATCH=/tmp/tuneloom-gpu
 fi
@@ -85,12 +92,18 @@ step() {
 }
 
 steps() {
-step "train smollm2-135m-random" 120 $PY -m bench.train --model smollm2-135m-random "${TRAIN_ARGS[@]}"
-step "train llama-1.1b-random" 180 $PY -m bench.train --model llama-1.1b-random "${TRAIN_ARGS[@]}"
-step "decode llama-1.1b-random" 120 $PY -m bench.generate --model llama-1.1b-random "${GEN_ARGS[@]}" \
+# In order of what the issues need most: a step that would overrun the budget is skipped, not the run.
+step "train smollm2-135m-random" 100 $PY -m bench.train --model smollm2-135m-random "${TRAIN_ARGS[@]}"
+step "train llama-1.1b-random" 150 $PY -m bench.train --model llama-1.1b-random "${TRAIN_ARGS[@]}"
+step "decode llama-1.1b-random" 100 $PY -m bench.generate --model llama-1.1b-random "${GEN_ARGS[@]}" \
   --variants baseline,single,batched,ttft
-step "decode llama-1.1b-random, static cache + compile" 150 $PY -m bench.generate --model llama-1.1b-random \
-  "${GEN_ARGS[@]}" --variants static
+# Issue 7 on one GPU: tuneloom train --strategy fsdp (bench/gpu_fsdp.sh runs it alone).
+step "train llama-1.1b-random, FSDP" 150 $PY -m bench.fsdp "${FSDP_ARGS[@]}"
+step "decode llama-1.1b-random, static cache + compile" 200 $PY -m bench.generate --model llama-1.1b-random \
+  "${GEN_ARGS[@]}" --variants static,compiled
+# More tokens per step: what MFU the same recipe reaches when the matmuls are larger.
+step "train llama-1.1b-random, batch 64" 120 $PY -m bench.train --model llama-1.1b-random "${BIG_TRAIN_ARGS[@]}" \
+  --out "$OUT/train-llama-1.1b-random-batch64.json"
 # Optional: only where vLLM is installed (tuneloom[vllm]); the device machine usually lacks it.
 if $PY -c "import vllm" >/dev/null 2>&1; then
   step "decode llama-1.1b-random, vLLM + tuneloom vLLM backend" 240 $PY -m bench.vllm_decode \

@@ -19,6 +19,7 @@ DECODE_LABELS = {
     "baseline": "model.generate, one at a time (batch 1)",
     "single": "tuneloom, one request per call",
     "static": "static cache + compile, batch 1",
+    "compiled": "tuneloom --compile, one request per call",
     "batched": "tuneloom, {requests} requests batched",
 }
 
@@ -38,7 +39,17 @@ def train_rows(results: list[dict[str, Any]]) -> list[list[str]]:
             mfu = f"{r['mfu']:.1%}" if "mfu" in r else "–"
             ratio = f"{f['speedup_tokens_per_s']:.2f}×" if run == "tuneloom" else ""
             loss = f"{r['mean_loss']:.4f}" + (f" (Δ {f['loss_rel_diff']:.2%})" if run == "tuneloom" else "")
-            rows.append([f"train {f['model']}", run, f"{r['tokens_per_s']:.0f}", ratio, f"{memory:.0f}", loss, mfu])
+            rows.append(
+                [
+                    f"train {f['model']} b{f['batch']}",
+                    run,
+                    f"{r['tokens_per_s']:.0f}",
+                    ratio,
+                    f"{memory:.0f}",
+                    loss,
+                    mfu,
+                ]
+            )
     rows += [[f"train {m}", "NOT MEASURED (step failed)", "", "", "", "", ""] for m in EXPECTED_TRAIN if m not in seen]
     return rows
 
@@ -95,15 +106,29 @@ def vllm_rows(results: list[dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
+def fsdp_rows(results: list[dict[str, Any]]) -> list[list[str]]:
+    """bench/fsdp.py's run: tuneloom's FSDP path on one GPU (issue 7); tokens/s, no baseline."""
+    if not results:
+        return [["train FSDP", "NOT MEASURED (step failed or skipped)", "", "", "", "", ""]]
+    rows = []
+    for result in results:
+        f = result["figures"]
+        label = f"{f['strategy']} × {f['processes']}, {f['weights']}, batch {f['per_device_batch']}"
+        rows.append([f"train {f['model']}", label, f"{f['tokens_per_s']:.0f}", "", "", f"{f['train_loss']:.4f}", ""])
+    return rows
+
+
 def main() -> None:
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else ".")
-    train = load(folder, "train-*.json")
+    runs = load(folder, "train-*.json")
+    train = [r for r in runs if r["benchmark"] == "train"]
+    fsdp = [r for r in runs if r["benchmark"] == "train-fsdp"]
     decode = load(folder, "generate-*.json")
     device = next((r["device"] for r in train + decode), "no result")
     print_table(
         f"bench/gpu.sh — {device}",
         ["measurement", "run", "tokens/s", "× baseline", "peak MiB", "mean loss", "MFU / floor"],
-        train_rows(train) + decode_rows(decode) + vllm_rows(load(folder, "vllm-*.json")),
+        train_rows(train) + fsdp_rows(fsdp) + decode_rows(decode) + vllm_rows(load(folder, "vllm-*.json")),
     )
 
 

@@ -46,6 +46,12 @@ def register(commands: Any) -> None:
         "--seed", type=int, help="sample reproducibly: the same seed gives the same text (input i uses seed + i)"
     )
     gen.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    gen.add_argument(
+        "--compile",
+        action="store_true",
+        help="on a GPU, decode single inputs through a compiled step (static KV cache, CUDA graphs): "
+        "tens of seconds to compile once, then several times faster per token",
+    )
     gen.add_argument("--json", action="store_true")
     gen.set_defaults(run=run_generate)
 
@@ -125,12 +131,15 @@ def _file_inputs(path: Path) -> list[str]:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from tuneloom.generate.compiled import compile_decode
     from tuneloom.generate.generator import generate, stream
     from tuneloom.generate.loading import load_for_inference
 
     params = _inference_params(args)
     texts = _inputs(args)
     loaded = load_for_inference(args.model)
+    if args.compile and not compile_decode(loaded):
+        console_err.print("[yellow]--compile has no effect without a GPU; generating as usual.[/yellow]")
     if args.stream:
         for i, text in enumerate(texts):
             for piece in stream(loaded, text, params.for_input(i)):  # as `generate` would sample input i

@@ -56,7 +56,11 @@ def register(commands: Any) -> None:
 
 def _limit_args(serve: argparse.ArgumentParser) -> None:
     from tuneloom.generate.params import MAX_TOKENS_LIMIT
-    from tuneloom.server.limits import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_GENERATIONS_PER_KEY, DEFAULT_MAX_JSON_BYTES
+    from tuneloom.server.limit_defaults import (
+        DEFAULT_MAX_BATCH_TOKENS,
+        DEFAULT_MAX_GENERATIONS_PER_KEY,
+        DEFAULT_MAX_JSON_BYTES,
+    )
 
     serve.add_argument(
         "--max-json-kb", type=positive, default=DEFAULT_MAX_JSON_BYTES // 1024, help="largest JSON request body"

@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU, CHRF
 
 __all__ = ["is_label_set", "normalise", "per_example", "score"]
@@ -137,6 +136,8 @@ def _macro_f1(predictions: Sequence[str], references: Sequence[str]) -> tuple[fl
 
 @lru_cache(maxsize=1)
 def _rouge_scorer() -> Any:
+    from rouge_score import rouge_scorer  # imported on first use: loading it pulls in nltk's stemmer and absl
+
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
 

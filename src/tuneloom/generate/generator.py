@@ -19,6 +19,7 @@ from transformers import StoppingCriteria
 
 from tuneloom.data.tokenized import completion_text
 from tuneloom.errors import SettingsError
+from tuneloom.generate.compiled import static_cache_kwargs
 from tuneloom.generate.loading import InferenceModel
 from tuneloom.generate.params import MAX_INPUTS, InferenceParams
 from tuneloom.templates.prompting import SECTION_STOP, PromptFormat
@@ -30,11 +31,28 @@ _CRITERIA_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token with its log-probability, and the most likely tokens at its place with theirs.
+
+    The distribution is the one the token was drawn from (`sampling.token_logprobs` says which). A
+    token's text is what it decodes to alone; `offset` is where it starts in the completion as
+    generated (leading whitespace dropped, as the returned text drops it; a token past a stop string
+    starts at or past the end of the returned text).
+    """
+
+    token: str
+    logprob: float
+    offset: int
+    top: tuple[tuple[str, float], ...] = ()  # most likely first; tokens top-k / top-p dropped are left out
+
+
+@dataclass(frozen=True)
 class Generation:
     prompt: str  # the prompt text as the model saw it
     text: str  # the generated completion (or prompt + completion with return_full_text)
     tokens: int  # new tokens generated
     finish_reason: str  # "stop" (EOS or stop string) or "length"
+    logprobs: tuple[TokenLogprob, ...] | None = None  # one per new token, where they were asked for
 
 
 def generate(loaded: InferenceModel, texts: Sequence[str], params: InferenceParams) -> list[Generation]:
@@ -87,9 +105,11 @@ def stream(loaded: InferenceModel, text: str, params: InferenceParams) -> Iterat
     def run() -> None:
         try:
             with torch.inference_mode():
+                inputs = _encode(loaded, [prompt])
                 loaded.model.generate(
-                    **_encode(loaded, [prompt]),
+                    **inputs,
                     **_generate_kwargs(loaded, params, StopWhenSet(cancel)),
+                    **_cache_kwargs(loaded, inputs, params),
                     streamer=streamer,
                 )
         except BaseException as err:  # surfaced in the consumer's thread below
@@ -300,6 +320,11 @@ def _generate_kwargs(loaded: InferenceModel, params: InferenceParams, *also: Sto
     return kwargs
 
 
+def _cache_kwargs(loaded: InferenceModel, inputs: dict[str, torch.Tensor], params: InferenceParams) -> dict[str, Any]:
+    rows, width = inputs["input_ids"].shape
+    return static_cache_kwargs(loaded.compiled_decode, rows, width, params, context_length(loaded))
+
+
 def stop_criterion(tokenizer: Any, stops: Sequence[str]) -> StoppingCriteria:
     """transformers' stop-string criterion for `stops`, built once per tokenizer and set of strings.
 
@@ -326,7 +351,9 @@ def stop_criterion(tokenizer: Any, stops: Sequence[str]) -> StoppingCriteria:
 @torch.inference_mode()
 def _generate_batch(loaded: InferenceModel, prompts: list[str], params: InferenceParams) -> list[Generation]:
     inputs = _encode(loaded, prompts)
-    output = loaded.model.generate(**inputs, **_generate_kwargs(loaded, params))
+    output = loaded.model.generate(
+        **inputs, **_generate_kwargs(loaded, params), **_cache_kwargs(loaded, inputs, params)
+    )
     new_tokens = output[:, inputs["input_ids"].shape[1] :]
     eos, pad = loaded.tokenizer.eos_token_id, loaded.tokenizer.pad_token_id
     results = []

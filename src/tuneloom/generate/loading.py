@@ -23,6 +23,7 @@ class InferenceModel:
     model: Any
     tokenizer: Any
     prompt_format: PromptFormat
+    compiled_decode: bool = False  # one-input calls decode through a compiled step (generate/compiled.py)
 
 
 def load_for_inference(

@@ -6,7 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneloom.generate.params import MAX_TOKENS_LIMIT
-from tuneloom.server.limits import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_GENERATIONS_PER_KEY, DEFAULT_MAX_JSON_BYTES
+from tuneloom.server.limit_defaults import (
+    DEFAULT_MAX_BATCH_TOKENS,
+    DEFAULT_MAX_GENERATIONS_PER_KEY,
+    DEFAULT_MAX_JSON_BYTES,
+)
 from tuneloom.store.artifacts import Artifacts, prepare_data_dir
 from tuneloom.store.db import Database, open_database
 from tuneloom.store.keys import check_pepper, load_pepper

@@ -38,14 +38,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tuneloom.errors import SettingsError
 from tuneloom.generate.params import InferenceParams
 from tuneloom.server.heartbeat import Heartbeat
+from tuneloom.server.limit_defaults import (
+    DEFAULT_MAX_GENERATIONS_PER_KEY,
+    DEFAULT_MAX_JSON_BYTES,
+)
 from tuneloom.store import generation_slots as generation_slots_store
 from tuneloom.store.db import Database
 
 log = logging.getLogger("tuneloom.server")
 
-DEFAULT_MAX_JSON_BYTES = 1024 * 1024
-DEFAULT_MAX_GENERATIONS_PER_KEY = 4
-DEFAULT_MAX_BATCH_TOKENS = 65_536  # e.g. 128 inputs × 512 tokens, or 16 × 4,096; ~3 GiB of KV cache for SmolLM2
 UPLOAD_PATH = re.compile(r"^/api/apps/[^/]+/datasets/[^/]+/uploads/?$")
 
 

@@ -1,0 +1,6 @@
+"""The server limits' defaults, apart from `limits.py` so that the CLI can show them in `--help`
+without importing FastAPI and the store (about half a second on every `tuneloom` command)."""
+
+DEFAULT_MAX_JSON_BYTES = 1024 * 1024
+DEFAULT_MAX_GENERATIONS_PER_KEY = 4
+DEFAULT_MAX_BATCH_TOKENS = 65_536  # e.g. 128 inputs × 512 tokens, or 16 × 4,096; ~3 GiB of KV cache for SmolLM2
