@@ -103,6 +103,8 @@ def test_an_api_server_with_backend_remote_generates_on_the_nodes(procs: Process
     chat = {"model": f"shop/m/{version}", "messages": [{"role": "user", "content": "great results"}], "max_tokens": 4}
     answer = httpx.post(f"{front}/v1/chat/completions", json=chat, headers=headers, timeout=120)
     assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] > 0, answer.text
+    asked = httpx.post(f"{front}/v1/chat/completions", json={**chat, "logprobs": True}, headers=headers, timeout=120)
+    assert asked.status_code == 400 and asked.json()["error"]["param"] == "logprobs"  # not answered without them
 
     user_key = headers["Authorization"].removeprefix("Key ")
     internal = {"version_id": version, "inputs": ["x"]}

@@ -8,7 +8,7 @@ import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from tuneloom.generate.params import InferenceParams
-from tuneloom.generate.sampling import CANDIDATES, pick_tokens
+from tuneloom.generate.sampling import CANDIDATES, pick_tokens, token_logprobs
 
 DRAWS = 60_000
 
@@ -23,16 +23,16 @@ def _warped(logits: torch.Tensor, params: InferenceParams) -> torch.Tensor:
     return warpers(None, logits[None].clone())[0].softmax(dim=-1)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(
-    "setting",
-    [
-        {"temperature": 1.0},
-        {"temperature": 0.7, "top_p": 0.8},
-        {"temperature": 1.3, "top_k": 5, "top_p": 0.9},
-        {"temperature": 0.9, "top_k": 40},
-        {"temperature": 4.0, "top_p": 0.95},  # a flat distribution: the nucleus is wider than the candidates
-    ],
-)
+SETTINGS = [
+    {"temperature": 1.0},
+    {"temperature": 0.7, "top_p": 0.8},
+    {"temperature": 1.3, "top_k": 5, "top_p": 0.9},
+    {"temperature": 0.9, "top_k": 40},
+    {"temperature": 4.0, "top_p": 0.95},  # a flat distribution: the nucleus is wider than the candidates
+]
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
 def test_draws_follow_the_distribution_of_generates_warpers(setting: dict[str, float]) -> None:
     vocabulary = 4 * CANDIDATES
     logits = torch.randn(vocabulary, generator=torch.Generator().manual_seed(1))
@@ -55,3 +55,17 @@ def test_a_seeded_row_draws_the_same_token_alone_or_beside_others() -> None:
     beside = pick_tokens(logits, [mine, *others], [torch.Generator().manual_seed(5), None, None])
     assert alone == [alone[0]] * 3 and int(beside[0]) == alone[0]
     assert int(beside[2]) == int(logits[2].argmax())  # the greedy row beside it is untouched
+
+
+def test_logprobs_are_those_of_the_distribution_each_row_draws_from() -> None:
+    """What `logprobs` reports: the warped distribution a sampling row draws from (what the test above checks
+    the draws against), and a greedy row's model distribution, each row in a batch of mixed parameters."""
+    logits = torch.randn(len(SETTINGS) + 1, 4 * CANDIDATES, generator=torch.Generator().manual_seed(3))
+    params = [InferenceParams.from_dict({**setting, "do_sample": True}) for setting in SETTINGS] + [InferenceParams()]
+    tokens = pick_tokens(logits, params)
+    chosen, values, ids = token_logprobs(logits, tokens, params, top_n=logits.shape[1])
+    for row, p in enumerate(params):
+        expected = _warped(logits[row], p) if p.sampling else logits[row].softmax(dim=-1)
+        reported = torch.zeros_like(expected).scatter(0, ids[row], values[row].exp())
+        assert torch.allclose(reported, expected, atol=1e-6), p
+        assert float(chosen[row]) == pytest.approx(float(expected[tokens[row]].log()), abs=1e-5)

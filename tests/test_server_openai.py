@@ -267,12 +267,12 @@ REFUSED: list[tuple[str, dict[str, Any]]] = [
     ("tool_choice", {"tool_choice": "required"}),
     ("response_format", {"response_format": {"type": "json_object"}}),
     ("modalities", {"modalities": ["text", "audio"]}),
-    ("top_k", {"extra_body": {"top_k": 5}}),  # not OpenAI's: refused as OpenAI refuses it
+    ("repetition_penalty", {"extra_body": {"repetition_penalty": 1.2}}),  # not OpenAI's: refused as OpenAI does
 ]
 
 
 def test_fields_that_would_change_the_answer_are_refused_by_name(deployed: Deployed, client: OpenAI) -> None:
-    """Each was answered 200 as if it had been applied: penalties, logit_bias, tools, JSON mode, top_k."""
+    """Each was answered 200 as if it had been applied: penalties, logit_bias, tools, JSON mode, unknown fields."""
     for param, fields in REFUSED:
         with pytest.raises(openai.BadRequestError) as caught:
             client.chat.completions.create(model=name(deployed), messages=MESSAGES, max_tokens=2, **fields)
@@ -319,3 +319,69 @@ def test_a_seed_reproduces_sampled_choices_and_the_n_choices_differ(deployed: De
     for seed in (-1, "x", 2**64):
         raw = httpx.post(f"{deployed.url}/v1/completions", json={**ask, "seed": seed}, headers=deployed.headers)
         assert raw.status_code == 400 and raw.json()["error"]["param"] == "seed", (seed, raw.text)
+
+
+def test_logprobs_are_the_chosen_tokens_streamed_or_not(deployed: Deployed, client: OpenAI) -> None:
+    """`logprobs` was refused. Greedy: each token is the most likely at its place, one per completion token,
+    in OpenAI's shapes (validated by the SDK's own models); a stream carries the same, chunk by chunk."""
+    ask: Any = {"model": name(deployed), "max_tokens": 8, "temperature": 0}
+    answer = client.completions.create(**ask, prompt=INPUT, logprobs=3)
+    assert type(answer).model_validate(answer.to_dict()) == answer
+    (choice,), usage = answer.choices, answer.usage
+    lp = choice.logprobs
+    assert lp is not None and lp.tokens and lp.token_logprobs and lp.top_logprobs and lp.text_offset is not None
+    assert usage is not None and len(lp.tokens) == len(lp.token_logprobs) == usage.completion_tokens == 8
+    assert choice.text == predicted(deployed, INPUT, max_tokens=8)["text"] == "".join(lp.tokens).strip()
+    for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
+        assert logprob <= 0 and max(top, key=top.__getitem__) == token and top[token] == logprob and len(top) == 3
+    assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
+    streamed = [c.choices[0].logprobs for c in client.completions.create(**ask, prompt=INPUT, logprobs=3, stream=True)]
+    assert [t for chunk in streamed if chunk for t in chunk.tokens or ()] == lp.tokens
+
+    chat = client.chat.completions.create(**ask, messages=MESSAGES, logprobs=True, top_logprobs=2)
+    assert type(chat).model_validate(chat.to_dict()) == chat
+    content = chat.choices[0].logprobs and chat.choices[0].logprobs.content
+    assert content and chat.usage and len(content) == chat.usage.completion_tokens == 8
+    assert [t.token for t in content] == lp.tokens and [t.logprob for t in content] == pytest.approx(lp.token_logprobs)
+    for token in content:
+        assert token.top_logprobs[0].token == token.token and len(token.top_logprobs) == 2
+        assert token.bytes == list(token.token.encode()) and token.top_logprobs[0].logprob == token.logprob
+    chunks = list(client.chat.completions.create(**ask, messages=MESSAGES, logprobs=True, stream=True))
+    content_streamed = [
+        t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content or ()
+    ]
+    assert [(t.token, t.top_logprobs) for t in content_streamed] == [(t.token, []) for t in content]
+    plain = client.chat.completions.create(**ask, messages=MESSAGES)
+    assert plain.choices[0].logprobs is None  # not asked for: not computed
+
+
+def test_top_k_applies_as_tuneloom_s_own(deployed: Deployed, client: OpenAI) -> None:
+    """`top_k` (vLLM's extension, sent in `extra_body`) was refused: top_k 1 samples the greedy text, and the
+    log-probabilities are of the distribution drawn from, where that one token has all the mass."""
+    greedy = predicted(deployed, INPUT, max_tokens=6)["text"]
+    ask: Any = {"model": name(deployed), "max_tokens": 6, "temperature": 1.0, "extra_body": {"top_k": 1}}
+    sampled = client.completions.create(**ask, prompt=INPUT, logprobs=2)
+    assert sampled.choices[0].text == greedy and sampled.choices[0].logprobs is not None
+    assert sampled.choices[0].logprobs.token_logprobs == [0.0] * 6
+    chat = client.chat.completions.create(**ask, messages=MESSAGES)
+    assert chat.choices[0].message.content == greedy
+
+
+REFUSED_VALUES: list[tuple[str, str, dict[str, Any]]] = [
+    ("completions", "top_k", {"top_k": -2}),
+    ("completions", "top_k", {"top_k": 10_001}),
+    ("chat/completions", "top_k", {"top_k": 2.5}),
+    ("completions", "logprobs", {"logprobs": 6}),
+    ("completions", "logprobs", {"logprobs": -1}),
+    ("completions", "logprobs", {"logprobs": 2, "echo": True}),  # the prompt's tokens have none
+    ("chat/completions", "top_logprobs", {"logprobs": True, "top_logprobs": 21}),
+    ("chat/completions", "top_logprobs", {"top_logprobs": 2}),  # without logprobs: true
+]
+
+
+def test_bad_top_k_and_logprobs_are_refused_by_name(deployed: Deployed) -> None:
+    for route, param, fields in REFUSED_VALUES:
+        body = {"model": name(deployed), "max_tokens": 2, **fields}
+        body.update({"prompt": INPUT} if route == "completions" else {"messages": MESSAGES})
+        answer = httpx.post(f"{deployed.url}/v1/{route}", json=body, headers=deployed.headers, timeout=60)
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == param, (fields, answer.text)

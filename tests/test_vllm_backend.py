@@ -466,6 +466,8 @@ def test_routes_serve_each_version_as_its_adapter_on_one_engine(vllm_server: Any
     assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == f"{first} answers"
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "length"
     assert chunks[-1]["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    asked = httpx.post(f"{url}/v1/completions", json={**body, "logprobs": 1}, headers=headers, timeout=30)
+    assert asked.status_code == 400 and asked.json()["error"]["param"] == "logprobs"  # not answered without them
 
     refused = httpx.post(f"{model}/predict", json={"inputs": ["TOO LONG"]}, headers=headers, timeout=30)
     assert refused.status_code == 422

@@ -15,6 +15,10 @@ The decoding rules are `generate()`'s, so a greedy row gives the same text, toke
 reason as the batched path: positions count real tokens only (left padding is masked), a row ends
 at EOS, at the first stop string in its decoded text, or after `max_tokens`.
 
+A row may ask for its tokens' log-probabilities (`top_logprobs`: how many alternatives with each);
+they are computed only for the rows that ask (`sampling.token_logprobs`), so a batch where none
+asks costs what it did.
+
 A sampling row with a `seed` draws from its own `torch.Generator`, seeded with it, and from nothing
 else: its tokens do not depend on which rows share the batch or on what they draw. `generate()` and
 `stream()` run seeded sampling through this loop too (`generate_seeded`, `stream_seeded`), since
@@ -24,7 +28,9 @@ on the command line as on the server. Rows without a seed draw from the global g
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +41,7 @@ from tuneloom.errors import SettingsError
 from tuneloom.generate.generator import (
     BATCH_SIZE,
     Generation,
+    TokenLogprob,
     VisibleText,
     _encode,
     finish_generation,
@@ -43,7 +50,9 @@ from tuneloom.generate.generator import (
 )
 from tuneloom.generate.loading import InferenceModel
 from tuneloom.generate.params import InferenceParams
-from tuneloom.generate.sampling import pick_tokens
+from tuneloom.generate.sampling import pick_tokens, token_logprobs
+
+Reported = tuple[float, list[tuple[int, float]]]  # a token's log-probability; the alternatives' ids and theirs
 
 # Generation-config settings that `generate()` would turn into logits processors this loop lacks.
 _UNSUPPORTED_DEFAULTS: dict[str, Any] = {
@@ -95,15 +104,18 @@ class Row:
     finished: bool = False
     cancelled: bool = False  # set from another thread: the row leaves at the next step
     piece: str = ""  # text made visible by the latest token (for streams)
+    top_logprobs: int | None = None  # alternatives reported with each token's log-probability; None: none
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per token of `ids`, when asked for
+    logprobs_sent: int = 0  # how many of them a stream has passed on
     _generator: torch.Generator | None = field(default=None, repr=False)
 
     @classmethod
-    def create(cls, loaded: InferenceModel, text: str, params: InferenceParams) -> Row:
-        return cls.rendered(render_prompt(loaded, text, params), params)
+    def create(cls, loaded: InferenceModel, text: str, params: InferenceParams, top_logprobs: int | None = None) -> Row:
+        return cls.rendered(render_prompt(loaded, text, params), params, top_logprobs)
 
     @classmethod
-    def rendered(cls, prompt: str, params: InferenceParams) -> Row:
-        return cls(prompt, params, VisibleText(stop_strings(params)))
+    def rendered(cls, prompt: str, params: InferenceParams, top_logprobs: int | None = None) -> Row:
+        return cls(prompt, params, VisibleText(stop_strings(params)), top_logprobs=top_logprobs)
 
     def generator(self, device: torch.device) -> torch.Generator | None:
         """This row's own random stream (seeded sampling rows only), made on the device of its first draw."""
@@ -120,14 +132,25 @@ class Row:
         while ids and ids[-1] == pad and pad != loaded.tokenizer.eos_token_id:
             ids.pop()
         decoded = loaded.tokenizer.decode(ids, skip_special_tokens=True)
-        return finish_generation(self.prompt, decoded, len(ids), self.ended_on_eos, self.params)
+        generation = finish_generation(self.prompt, decoded, len(ids), self.ended_on_eos, self.params)
+        if self.top_logprobs is None:
+            return generation
+        return dataclasses.replace(generation, logprobs=tuple(self.logprobs[: len(ids)]))
 
-    def accept(self, token: int, tokenizer: Any) -> None:
-        """Take one new token: end at EOS, at a stop string, or at max_tokens; note the text it reveals."""
+    def unsent_logprobs(self) -> list[TokenLogprob]:
+        """The log-probabilities of the tokens since the last call: what a stream's next piece carries."""
+        fresh, self.logprobs_sent = self.logprobs[self.logprobs_sent :], len(self.logprobs)
+        return fresh
+
+    def accept(self, token: int, tokenizer: Any, reported: Reported | None = None) -> None:
+        """Take one new token: end at EOS, at a stop string, or at max_tokens; note the text it reveals
+        (and its log-probability, `reported` where the row asked: EOS, which ends the text, has none)."""
         if token == tokenizer.eos_token_id:
             self.ended_on_eos = self.finished = True
             self.piece = self.visible.rest()
             return
+        if reported is not None:
+            self.logprobs.append(token_logprob(tokenizer, token, reported, len(self.visible.text.lstrip())))
         self.ids.append(token)
         self.piece, stopped = self.visible.update(tokenizer.decode(self.ids, skip_special_tokens=True))
         if stopped or len(self.ids) >= self.params.max_tokens:
@@ -214,9 +237,34 @@ class ContinuousBatch:
         generators = [row.generator(logits.device) for row in rows]
         tokens = pick_tokens(logits, [row.params for row in rows], generators)
         start = len(self.rows) - len(rows)
-        self._last = torch.cat([self._last[:start], tokens])
-        for row, token in zip(rows, tokens.tolist(), strict=True):
-            row.accept(int(token), self.loaded.tokenizer)
+        self._last = torch.cat([self._last[:start].to(tokens.device), tokens])  # the first add: from the CPU
+        reported = _reported(rows, logits, tokens)
+        for row, token, its in zip(rows, tokens.tolist(), reported, strict=True):
+            row.accept(int(token), self.loaded.tokenizer, its)
+
+
+def _reported(rows: list[Row], logits: torch.Tensor, tokens: torch.Tensor) -> list[Reported | None]:
+    """Per row, its token's log-probability and its `top_logprobs` alternatives; None for rows that did not ask.
+    Only the rows that ask are computed: a batch where none does costs nothing more."""
+    asking = [i for i, row in enumerate(rows) if row.top_logprobs is not None]
+    reported: list[Reported | None] = [None] * len(rows)
+    if not asking:
+        return reported
+    wanted = [rows[i].top_logprobs or 0 for i in asking]
+    params = [rows[i].params for i in asking]
+    chosen, values, ids = token_logprobs(logits[asking], tokens[asking], params, max(wanted))
+    for i, n, logprob, top_values, top_ids in zip(
+        asking, wanted, chosen.tolist(), values.tolist(), ids.tolist(), strict=True
+    ):
+        reported[i] = (logprob, [(t, v) for t, v in zip(top_ids[:n], top_values[:n], strict=True) if v > -math.inf])
+    return reported
+
+
+def token_logprob(tokenizer: Any, token: int, reported: Reported, offset: int) -> TokenLogprob:
+    """A token's log-probability with its text, and its alternatives' (a special token shows as itself)."""
+    logprob, top = reported
+    alternatives = tuple((tokenizer.decode([t]), value) for t, value in top)
+    return TokenLogprob(tokenizer.decode([token]), logprob, offset, alternatives)
 
 
 def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:

@@ -13,6 +13,9 @@ A draw is one uniform number per row turned into a token by the row's cumulative
 (inverse CDF). A seeded row takes its number from its own generator, and the tokens it walks and
 their order depend on its own parameters only, so its token does not depend on what else is in the
 batch: the same request and seed give the same text alone or among others.
+
+`token_logprobs` reports, for the rows that ask, the distribution a row's token was drawn from, by
+the same rules (computed only for those rows: no other row pays for it).
 """
 
 from __future__ import annotations
@@ -52,10 +55,62 @@ def _draw_plain(scaled: torch.Tensor, _: list[InferenceParams], uniform: torch.T
     return _inverse_cdf(scaled.softmax(dim=-1), uniform)
 
 
+def token_logprobs(
+    logits: torch.Tensor, tokens: torch.Tensor, params: list[InferenceParams], top_n: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row: the log-probability of its token, and the `top_n` most likely tokens' log-probabilities and ids.
+
+    They are those of the distribution the token was drawn from, as OpenAI reports them (vLLM's
+    `processed_logprobs`, not its default raw ones): the model's, after the row's temperature, top-k
+    and top-p, renormalized over the tokens these keep, so a token they drop has none (-inf) and a
+    row with `top_k` 1 reports 0 for its one token. A greedy row takes the most likely token of the
+    model's own distribution (unscaled, unfiltered), and reports that distribution.
+    """
+    logprobs = logits.float().log_softmax(dim=-1)
+    sampling = [i for i, p in enumerate(params) if p.sampling]
+    if sampling:
+        scaled = logits[sampling].float() / _column([max(params[i].temperature, 1e-5) for i in sampling], logits)
+        logprobs[sampling] = _kept_logprobs(scaled, [params[i] for i in sampling])
+    chosen = logprobs.gather(1, tokens[:, None]).squeeze(1)
+    top = logprobs.topk(min(top_n, logprobs.shape[1]), dim=-1)
+    return chosen, top.values, top.indices
+
+
+def _kept_logprobs(scaled: torch.Tensor, params: list[InferenceParams]) -> torch.Tensor:
+    """Log-probabilities over the tokens top-k and top-p keep (-inf elsewhere), as `pick_tokens` draws them:
+    a token the draw cannot reach (no probability left after filtering) is not kept."""
+    logprobs = scaled.log_softmax(dim=-1)
+    ranked = [i for i, p in enumerate(params) if p.top_k or p.top_p < 1.0]  # the others draw from all tokens
+    if ranked:
+        filtered = logprobs[ranked].masked_fill(~_kept(scaled[ranked], [params[i] for i in ranked]), float("-inf"))
+        logprobs[ranked] = filtered - filtered.logsumexp(dim=-1, keepdim=True)
+    return logprobs
+
+
+def _kept(scaled: torch.Tensor, params: list[InferenceParams]) -> torch.Tensor:
+    """Per row, which tokens its top-k and top-p keep: those `_draw_ranked` can draw, found as it finds them
+    (the candidates first, the whole vocabulary sorted only for a row whose nucleus is wider)."""
+    vocabulary = scaled.shape[1]
+    top_k, top_p = _top_k(params, vocabulary), [p.top_p for p in params]
+    width = min(vocabulary, max(k if k < vocabulary else CANDIDATES for k in top_k))
+    probs, ids, complete = _nucleus(scaled, top_k, top_p, width)
+    kept = torch.zeros_like(scaled, dtype=torch.bool).scatter(1, ids, probs > 0)
+    if not bool(complete.all()):
+        wide = (~complete).nonzero().flatten().tolist()
+        probs, ids, _ = _nucleus(scaled[wide], [top_k[i] for i in wide], [top_p[i] for i in wide], vocabulary)
+        kept[wide] = torch.zeros_like(probs, dtype=torch.bool).scatter(1, ids, probs > 0)
+    return kept
+
+
+def _top_k(params: list[InferenceParams], vocabulary: int) -> list[int]:
+    """Each row's k, the whole vocabulary where top-k is off (0) or keeps everything."""
+    return [p.top_k if 0 < p.top_k < vocabulary else vocabulary for p in params]
+
+
 def _draw_ranked(scaled: torch.Tensor, params: list[InferenceParams], uniform: torch.Tensor) -> torch.Tensor:
     """Top-k and/or top-p: the kept tokens, most likely first."""
     vocabulary = scaled.shape[1]
-    top_k = [p.top_k if 0 < p.top_k < vocabulary else vocabulary for p in params]
+    top_k = _top_k(params, vocabulary)
     width = min(vocabulary, max(k if k < vocabulary else CANDIDATES for k in top_k))
     kept, ids, complete = _nucleus(scaled, top_k, [p.top_p for p in params], width)
     if not bool(complete.all()):  # a nucleus wider than the candidates: sort those rows in full

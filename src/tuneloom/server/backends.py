@@ -15,9 +15,10 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tuneloom.errors import TuneloomError
+from tuneloom.errors import SettingsError, TuneloomError
 
 if TYPE_CHECKING:
+    from tuneloom.generate.generator import TokenLogprob
     from tuneloom.generate.params import InferenceParams
     from tuneloom.server.inference import Prediction
     from tuneloom.store.db import Database
@@ -37,7 +38,8 @@ class VersionCache(Protocol):
 
 class PieceStream(Protocol):
     """One streamed generation, whichever backend makes it: iterate for text pieces; afterwards the
-    finish reason and token counts are set. `cancel()` (the client left) stops the generation."""
+    finish reason and token counts are set. `cancel()` (the client left) stops the generation.
+    `chunks()`: each piece with the log-probabilities of the tokens since the previous one (if asked for)."""
 
     finish_reason: str | None
     tokens: int
@@ -46,6 +48,8 @@ class PieceStream(Protocol):
     def cancel(self) -> None: ...
 
     def __aiter__(self) -> AsyncIterator[str]: ...
+
+    def chunks(self) -> AsyncIterator[tuple[str, tuple[TokenLogprob, ...]]]: ...
 
 
 class GenerationService(Protocol):
@@ -60,10 +64,32 @@ class GenerationService(Protocol):
         ...
 
     async def predict(
-        self, version_id: str, path: Path, texts: Sequence[str], params: InferenceParams
-    ) -> list[Prediction]: ...
+        self,
+        version_id: str,
+        path: Path,
+        texts: Sequence[str],
+        params: InferenceParams,
+        *,
+        logprobs: int | None = None,
+    ) -> list[Prediction]:
+        """`logprobs` (not None): each token's log-probability, with that many alternatives (the transformers
+        backend only; the others refuse it)."""
+        ...
 
-    async def stream(self, version_id: str, path: Path, text: str, params: InferenceParams) -> PieceStream: ...
+    async def stream(
+        self, version_id: str, path: Path, text: str, params: InferenceParams, *, logprobs: int | None = None
+    ) -> PieceStream: ...
+
+
+def refuse_logprobs(logprobs: int | None, backend: str) -> None:
+    """Log-probabilities come from tuneloom's own decoding loop (`generate.continuous`), which `backend` does not
+    run: asked for there, they are refused by name rather than answered without."""
+    if logprobs is not None:
+        raise SettingsError(
+            f"'logprobs' is not supported by this server's --backend {backend}: only --backend transformers "
+            "reports log-probabilities; leave it out",
+            key="logprobs",
+        )
 
 
 def vllm_missing() -> str | None:

@@ -21,11 +21,12 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from tuneloom.errors import SettingsError
 from tuneloom.generate.params import MAX_INPUTS, InferenceParams
 
 if TYPE_CHECKING:
     from tuneloom.generate.continuous import ContinuousBatch, Row
-    from tuneloom.generate.generator import Generation
+    from tuneloom.generate.generator import Generation, TokenLogprob
     from tuneloom.generate.loading import InferenceModel
 
 MAX_BATCH_ROWS = MAX_INPUTS  # rows decoded together: one request, however many inputs, always fits
@@ -48,6 +49,8 @@ class TextStream:
 
     Pieces arrive from the engine's thread through a queue on the event loop. When the consumer
     stops early (client gone, `cancel()`), the engine drops the generation at its next step.
+    `chunks()` gives each piece with the log-probabilities of the tokens generated since the last
+    one (where they were asked for; tokens whose text is never shown come in a last, empty piece).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
@@ -67,13 +70,26 @@ class TextStream:
 
     async def __aiter__(self) -> AsyncIterator[str]:
         try:
+            async for piece, _ in self.chunks():
+                yield piece
+        finally:
+            self.cancel()
+
+    async def chunks(self) -> AsyncIterator[tuple[str, tuple[TokenLogprob, ...]]]:
+        pending: tuple[TokenLogprob, ...] = ()
+        try:
             while True:
                 kind, value = await self._queue.get()
-                if kind == "piece":
-                    yield value
+                if kind == "logprobs":
+                    pending += tuple(value)
+                elif kind == "piece":
+                    piece, pending = (value, pending), ()
+                    yield piece
                 elif kind == "error":
                     raise value
                 else:
+                    if pending:
+                        yield "", pending
                     return
         finally:
             self.cancel()
@@ -98,30 +114,44 @@ class Job:
     prompt_tokens: list[int]
     continuous: bool  # False: beam search, run alone through generate()
     stream: TextStream | None = None
+    logprobs: int | None = None  # alternatives reported with each token's log-probability; None: none
     future: asyncio.Future[list[Prediction]] | None = None
     loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
 
     @classmethod
     def create(
-        cls, loaded: InferenceModel, texts: list[str], params: InferenceParams, stream: TextStream | None
+        cls,
+        loaded: InferenceModel,
+        texts: list[str],
+        params: InferenceParams,
+        stream: TextStream | None,
+        logprobs: int | None = None,
     ) -> Job:
         """Render and count the prompts (worker thread); a stream with return_full_text starts with its prompt.
 
         A prompt that leaves no room for max_tokens in the model's context is refused here, before the
-        request joins a batch whose other requests it would fail; so is a seed the batch cannot honour.
+        request joins a batch whose other requests it would fail; so is a seed the batch cannot honour,
+        and log-probabilities (`logprobs`: how many alternatives with each token) it cannot report.
         Input i samples with seed + i (`InferenceParams.for_input`).
         """
         from tuneloom.generate.continuous import Row, check_seedable, supports_continuous
         from tuneloom.generate.generator import check_context, count_prompt_tokens
 
         check_seedable(loaded, params)
-        rows = [Row.create(loaded, text, params.for_input(i)) for i, text in enumerate(texts)]
+        continuous = supports_continuous(loaded, params)
+        if logprobs is not None and not continuous:
+            raise SettingsError(
+                "'logprobs' is not supported for this model: its generation config asks for a repetition penalty "
+                "or the like, which only transformers' generate() applies, and that reports no log-probabilities; "
+                "leave logprobs out",
+                key="logprobs",
+            )
+        rows = [Row.create(loaded, text, params.for_input(i), logprobs) for i, text in enumerate(texts)]
         counts = [count_prompt_tokens(loaded, row.prompt) for row in rows]
         check_context(loaded, counts, params, key="inputs" if stream is None else "input")
-        continuous = supports_continuous(loaded, params)
         if stream is not None and continuous and params.return_full_text:
             stream._put("piece", rows[0].prompt + " ")
-        return cls(loaded, texts, params, rows, counts, continuous, stream)
+        return cls(loaded, texts, params, rows, counts, continuous, stream, logprobs)
 
     @property
     def batch_tokens(self) -> int:
@@ -138,6 +168,8 @@ class Job:
             return True
         if self.stream is not None:
             row = self.rows[0]
+            if (row.piece or row.finished) and (fresh := row.unsent_logprobs()):
+                self.stream._put("logprobs", fresh)
             if row.piece:
                 self.stream._put("piece", row.piece)
                 row.piece = ""
@@ -265,11 +297,18 @@ class Engine:
             return taken
 
     def _alone(self, job: Job) -> None:
-        """Beam search: `generate()` for this job alone, between two steps of the batch."""
+        """Beam search: `generate()` for this job alone, between two steps of the batch (one at a time, a job
+        asking for log-probabilities runs in a batch of its own instead: `generate()` reports none)."""
+        from tuneloom.generate.continuous import run_alone
         from tuneloom.generate.generator import generate
 
         self.batches += 1
         try:
+            if job.logprobs is not None and job.continuous:
+                for _ in run_alone(job.loaded, job.rows):
+                    if job.deliver():
+                        return
+                return
             job.complete(generate(job.loaded, job.texts, job.params))
         except Exception as err:
             job.fail(err)

@@ -158,33 +158,48 @@ class Inference:
         return sum(engine.requests for engine in self._engines.values())
 
     async def predict(
-        self, version_id: str, path: Path, texts: Sequence[str], params: InferenceParams
+        self,
+        version_id: str,
+        path: Path,
+        texts: Sequence[str],
+        params: InferenceParams,
+        *,
+        logprobs: int | None = None,
     ) -> list[Prediction]:
-        """Generate for `texts` in this version's running batch; the outputs in input order."""
-        job = await self._run(self._job, version_id, path, list(texts), params, None)
+        """Generate for `texts` in this version's running batch; the outputs in input order (with each token's
+        log-probability and its `logprobs` most likely alternatives', where `logprobs` is not None)."""
+        job = await self._run(self._job, version_id, path, list(texts), params, None, logprobs)
         job.loop = asyncio.get_running_loop()
         future = job.future = job.loop.create_future()
         self._engine(version_id).submit(job)
         return await future
 
-    async def stream(self, version_id: str, path: Path, text: str, params: InferenceParams) -> TextStream:
+    async def stream(
+        self, version_id: str, path: Path, text: str, params: InferenceParams, *, logprobs: int | None = None
+    ) -> TextStream:
         """Start streaming one generation in this version's running batch.
 
         Load errors raise here (before a response has started); errors while generating come out
         of the returned stream. Cancelling the stream (client gone) drops its row at the next step.
         """
         handle = TextStream(asyncio.get_running_loop())
-        job = await self._run(self._job, version_id, path, [text], params, handle)
+        job = await self._run(self._job, version_id, path, [text], params, handle, logprobs)
         self._engine(version_id).submit(job)
         return handle
 
     def _job(
-        self, version_id: str, path: Path, texts: list[str], params: InferenceParams, stream: TextStream | None
+        self,
+        version_id: str,
+        path: Path,
+        texts: list[str],
+        params: InferenceParams,
+        stream: TextStream | None,
+        logprobs: int | None,
     ) -> Job:
         """Worker thread: the loaded version and the request's rows (prompts rendered and counted once,
         for the batch-size limit, admission and usage alike)."""
         loaded = self.cache.get(version_id, path)
-        job = Job.create(loaded, texts, params, stream)
+        job = Job.create(loaded, texts, params, stream, logprobs)
         if self.max_batch_tokens is not None:
             refuse_above(self.max_batch_tokens, len(texts), max(job.prompt_tokens), params.max_tokens, params.num_beams)
         return job

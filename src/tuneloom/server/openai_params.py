@@ -2,10 +2,10 @@
 
 A client reads the answer as the one it asked for, so a field that would change that answer and that
 tuneloom does not implement is a 400 naming it (OpenAI's `param`), never dropped: ignored, `n: 3`
-would come back as one choice, `logprobs` as null, `tools` as plain text, `response_format: json_object`
-as whatever the model says. Fields that change nothing in what a tuneloom model answers (`user`,
-`metadata`, `store`, …) are accepted, as OpenAI accepts them; a field OpenAI's API does not have is
-refused, as OpenAI refuses it ("Unrecognized request argument supplied").
+would come back as one choice, `tools` as plain text, `response_format: json_object` as whatever the
+model says. Fields that change nothing in what a tuneloom model answers (`user`, `metadata`, `store`,
+…) are accepted, as OpenAI accepts them; a field OpenAI's API does not have is refused, as OpenAI
+refuses it ("Unrecognized request argument supplied"), except vLLM's `top_k`, which its users send.
 """
 
 from __future__ import annotations
@@ -32,7 +32,14 @@ def inference_params(
     A `seed` makes a sampled answer reproducible; choice i (the inputs `n` repeats) samples with seed + i.
     """
     temperature = 1.0 if body.temperature is None else body.temperature
-    values = {"max_tokens": max_tokens, "temperature": temperature, "top_p": body.top_p, "stop": body.stop}
+    top_k = 0 if body.top_k == -1 else body.top_k  # vLLM's other spelling of "no top-k"
+    values = {
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "top_p": body.top_p,
+        "top_k": top_k,
+        "stop": body.stop,
+    }
     key = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) is not None else "max_tokens"
     params = InferenceParams.from_dict(
         {**values, "seed": body.seed, "system_prompt": system_prompt}, sent_as={"max_tokens": key}
@@ -49,6 +56,17 @@ def check_supported(body: OpenAIRequest) -> None:
         )
     for name, why in refusals(body):
         raise SettingsError(f"'{name}' {why}", key=name)
+
+
+def requested_logprobs(body: OpenAIRequest) -> int | None:
+    """How many alternatives to report with each token's log-probability; None: no log-probabilities.
+
+    Completions ask with `logprobs: N` (0 to 5), chat with `logprobs: true` and `top_logprobs: N` (0 to 20,
+    default 0). The values are those of the distribution each token was drawn from (`sampling.token_logprobs`).
+    """
+    if isinstance(body, CompletionRequest):
+        return body.logprobs
+    return (body.top_logprobs or 0) if body.logprobs else None
 
 
 def choices_per_prompt(body: OpenAIRequest, prompts: int) -> int:
@@ -75,8 +93,8 @@ def refusals(body: OpenAIRequest) -> Iterator[tuple[str, str]]:
 
 
 def completion_refusals(body: CompletionRequest) -> Iterator[tuple[str, str]]:
-    if body.logprobs is not None:
-        yield "logprobs", f"{UNSUPPORTED}; leave it out"
+    if body.logprobs is not None and body.echo:
+        yield "logprobs", "with echo is not supported (the prompt's tokens get no log-probabilities); leave one out"
     if body.best_of is not None and body.best_of != (body.n or 1):
         yield "best_of", "other than n is not supported: this server returns every answer it makes, unranked; send n"
     if body.suffix:
@@ -84,9 +102,8 @@ def completion_refusals(body: CompletionRequest) -> Iterator[tuple[str, str]]:
 
 
 def chat_refusals(body: ChatCompletionRequest) -> Iterator[tuple[str, str]]:
-    for name in ("logprobs", "top_logprobs"):
-        if getattr(body, name):
-            yield name, f"{UNSUPPORTED}; leave it out"
+    if body.top_logprobs is not None and not body.logprobs:
+        yield "top_logprobs", "needs logprobs: true (it says how many alternatives to report with each token)"
     if (body.response_format or {}).get("type", "text") != "text":
         yield "response_format", f"{UNSUPPORTED} (only {{'type': 'text'}}: the output is not constrained)"
     for name in ("tools", "functions"):

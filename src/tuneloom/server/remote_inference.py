@@ -23,8 +23,9 @@ from typing import Any
 import httpx
 
 from tuneloom.errors import TuneloomError, error_from_dict
-from tuneloom.generate.generator import Generation
+from tuneloom.generate.generator import Generation, TokenLogprob
 from tuneloom.generate.params import InferenceParams
+from tuneloom.server.backends import refuse_logprobs
 from tuneloom.server.engine import Prediction
 from tuneloom.store.db import Database
 from tuneloom.store.nodes import NodeInfo, live_nodes
@@ -73,6 +74,11 @@ class RemoteStream:
             await self._response.aclose()
         raise GenerationNodeUnavailable("the generation node ended the stream without finishing it")
 
+    async def chunks(self) -> AsyncIterator[tuple[str, tuple[TokenLogprob, ...]]]:
+        """The pieces, with no log-probabilities: a remote backend refuses to be asked for them."""
+        async for piece in self:
+            yield piece, ()
+
 
 class NothingLoaded:
     """The remote backend's `cache`: this server loads no version, so there is nothing to look up or drop."""
@@ -97,8 +103,15 @@ class RemoteInference:
         self._unreachable: dict[str, float] = {}  # node id → until when it is tried last
 
     async def predict(
-        self, version_id: str, path: Path, texts: Sequence[str], params: InferenceParams
+        self,
+        version_id: str,
+        path: Path,
+        texts: Sequence[str],
+        params: InferenceParams,
+        *,
+        logprobs: int | None = None,
     ) -> list[Prediction]:
+        refuse_logprobs(logprobs, "remote")
         body = _request_body(version_id, list(texts), params)
         for node in await self._order(version_id):
             try:
@@ -110,8 +123,11 @@ class RemoteInference:
                 return [_prediction(output) for output in response.json()["outputs"]]
         raise await self._none_answered()
 
-    async def stream(self, version_id: str, path: Path, text: str, params: InferenceParams) -> RemoteStream:
+    async def stream(
+        self, version_id: str, path: Path, text: str, params: InferenceParams, *, logprobs: int | None = None
+    ) -> RemoteStream:
         """Start the stream on a node; its refusals (before the first piece) raise here."""
+        refuse_logprobs(logprobs, "remote")
         body = _request_body(version_id, [text], params)
         for node in await self._order(version_id):
             request = self._client.build_request(

@@ -38,6 +38,7 @@ from tuneloom.generate.vllm_engine import (
     sampling_params,
     start_engine,
 )
+from tuneloom.server.backends import refuse_logprobs
 from tuneloom.server.inference import Prediction, TextStream
 from tuneloom.server.limits import check_batch_tokens
 from tuneloom.templates.prompting import PromptFormat
@@ -134,9 +135,16 @@ class VllmInference:
         self._tasks: set[asyncio.Future[Any]] = set()
 
     async def predict(
-        self, version_id: str, path: Path, texts: Sequence[str], params: InferenceParams
+        self,
+        version_id: str,
+        path: Path,
+        texts: Sequence[str],
+        params: InferenceParams,
+        *,
+        logprobs: int | None = None,
     ) -> list[Prediction]:
         """Every input submitted at once; vLLM batches them with whatever else is running."""
+        refuse_logprobs(logprobs, "vllm")
         version = await self._admitted(version_id, path, texts, params)
         eos = version.tokenizer.eos_token_id
         # Refused parameters fail before any work; input i samples with seed + i, as on transformers.
@@ -154,8 +162,11 @@ class VllmInference:
             raise failed
         return [r for r in results if isinstance(r, Prediction)]
 
-    async def stream(self, version_id: str, path: Path, text: str, params: InferenceParams) -> TextStream:
+    async def stream(
+        self, version_id: str, path: Path, text: str, params: InferenceParams, *, logprobs: int | None = None
+    ) -> TextStream:
         """Start one streamed generation; errors before the first token raise here, later ones in the stream."""
+        refuse_logprobs(logprobs, "vllm")
         version = await self._admitted(version_id, path, [text], params)
         request = sampling_params(params, version.tokenizer.eos_token_id, stream=True)
         prompt = render_prompt(version, text, params)

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
@@ -34,12 +34,14 @@ from tuneloom.errors import (
     SettingsError,
     TuneloomError,
 )
+from tuneloom.generate.generator import TokenLogprob
 from tuneloom.server.auth import api_key, context
 from tuneloom.server.backends import PieceStream
 from tuneloom.server.context import ServerContext
 from tuneloom.server.engine import Prediction
 from tuneloom.server.openai_chat import chat_input, conversation, said_of_the_conversation
-from tuneloom.server.openai_params import check_supported, choices_per_prompt, inference_params
+from tuneloom.server.openai_logprobs import chat_logprobs, completion_logprobs
+from tuneloom.server.openai_params import check_supported, choices_per_prompt, inference_params, requested_logprobs
 from tuneloom.server.routes.predict import (
     SSE_HEADERS,
     Service,
@@ -194,25 +196,28 @@ async def completions(
     check_inputs(prompts, key="prompt", listed=not isinstance(body.prompt, str))
     n = choices_per_prompt(body, len(prompts))
     params = inference_params(body, body.max_tokens, ctx.max_tokens_limit)
+    logprobs = requested_logprobs(body)
     version = await run_in_threadpool(resolve_model, ctx, key, body.model)
     await admit(ctx, service, version)
     head = ResponseHead(id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=body.model)
+    path = version_dir(ctx, version)
     if body.stream:
         if len(prompts) != 1:
             raise SettingsError("streaming takes one prompt", key="prompt")
-        started = stream_in_slot(service, slots, key, version, version_dir(ctx, version), prompts[0], params)
+        started = stream_in_slot(service, slots, key, version, path, prompts[0], params, logprobs=logprobs)
         pieces, done = await named(started, "prompt")
         usage = bool(body.stream_options and body.stream_options.include_usage)
         echoed = prompts[0] if body.echo else ""
-        return _streaming(_completion_chunks(pieces, head, usage, echoed), done)
+        return _streaming(_completion_chunks(pieces, head, usage, echoed, logprobs is not None), done)
     texts = [prompt for prompt in prompts for _ in range(n)]  # OpenAI's order: each prompt's n choices together
     async with slots.hold(key.id):
-        work = named(service.predict(version.id, version_dir(ctx, version), texts, params), "prompt")
+        work = named(service.predict(version.id, path, texts, params, logprobs=logprobs), "prompt")
         predictions = await unless_disconnected(request, work)
     choices = [
         CompletionChoice(
             index=i,
             text=(texts[i] if body.echo else "") + p.generation.text,
+            logprobs=completion_logprobs(p.generation.logprobs),
             finish_reason=finish_reason(p.generation.finish_reason),
         )
         for i, p in enumerate(predictions)
@@ -231,20 +236,27 @@ async def chat_completions(
     max_tokens_key = "max_tokens" if body.max_completion_tokens is None else "max_completion_tokens"
     n = choices_per_prompt(body, 1)
     params = inference_params(body, max_tokens, ctx.max_tokens_limit, system)
+    logprobs = requested_logprobs(body)
     version = await run_in_threadpool(resolve_model, ctx, key, body.model)
     await admit(ctx, service, version)
     text, params = await run_in_threadpool(chat_input, ctx, version, turns, params)
     head = ResponseHead(id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=body.model)
+    path = version_dir(ctx, version)
     if body.stream:
-        started = stream_in_slot(service, slots, key, version, version_dir(ctx, version), text, params)
+        started = stream_in_slot(service, slots, key, version, path, text, params, logprobs=logprobs)
         pieces, done = await said_of_the_conversation(started, max_tokens_key)
         usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _streaming(_chat_chunks(pieces, head, usage), done)
+        return _streaming(_chat_chunks(pieces, head, usage, logprobs is not None), done)
     async with slots.hold(key.id):
-        predicted = service.predict(version.id, version_dir(ctx, version), [text] * n, params)
+        predicted = service.predict(version.id, path, [text] * n, params, logprobs=logprobs)
         predictions = await unless_disconnected(request, said_of_the_conversation(predicted, max_tokens_key))
     choices = [
-        ChatChoice(index=i, message=ChatMessageOut(content=g.text), finish_reason=finish_reason(g.finish_reason))
+        ChatChoice(
+            index=i,
+            message=ChatMessageOut(content=g.text),
+            logprobs=chat_logprobs(g.logprobs),
+            finish_reason=finish_reason(g.finish_reason),
+        )
         for i, g in enumerate(p.generation for p in predictions)
     ]
     return ChatCompletion(**head, choices=choices, usage=_usage_of(predictions, n))
@@ -277,18 +289,22 @@ def _data(chunk: BaseModel | dict[str, Any] | str) -> str:
     return f"data: {text}\n\n"
 
 
-async def _completion_chunks(pieces: PieceStream, head: ResponseHead, usage: bool, echoed: str) -> AsyncIterator[str]:
-    """The completion's chunks; `echoed` (the prompt, with `echo`) comes first, as OpenAI sends it."""
+async def _completion_chunks(
+    pieces: PieceStream, head: ResponseHead, usage: bool, echoed: str, reported: bool
+) -> AsyncIterator[str]:
+    """The completion's chunks; `echoed` (the prompt, with `echo`) comes first, as OpenAI sends it.
+    `reported`: each chunk carries the log-probabilities of the tokens generated since the previous one."""
 
-    def chunk(text: str, finish: str | None = None) -> Completion:
-        choice = CompletionChoice(index=0, text=text, finish_reason=None if finish is None else finish_reason(finish))
+    def chunk(text: str, finish: str | None = None, tokens: Sequence[TokenLogprob] | None = None) -> Completion:
+        reason = None if finish is None else finish_reason(finish)
+        choice = CompletionChoice(index=0, text=text, logprobs=completion_logprobs(tokens), finish_reason=reason)
         return Completion(**head, choices=[choice])
 
     if echoed:
         yield _data(chunk(echoed))
     try:
-        async for piece in pieces:
-            yield _data(chunk(piece))
+        async for piece, tokens in pieces.chunks():
+            yield _data(chunk(piece, tokens=tokens if reported else None))
     except Exception as err:
         yield _data(_stream_error(err))
         return
@@ -298,15 +314,20 @@ async def _completion_chunks(pieces: PieceStream, head: ResponseHead, usage: boo
     yield _data("[DONE]")
 
 
-async def _chat_chunks(pieces: PieceStream, head: ResponseHead, usage: bool) -> AsyncIterator[str]:
-    def chunk(delta: ChatDelta, finish: str | None = None) -> ChatCompletionChunk:
-        choice = ChatChunkChoice(index=0, delta=delta, finish_reason=None if finish is None else finish_reason(finish))
+async def _chat_chunks(pieces: PieceStream, head: ResponseHead, usage: bool, reported: bool) -> AsyncIterator[str]:
+    """The answer's chunks; `reported`: each carries the log-probabilities of the tokens since the previous one."""
+
+    def chunk(
+        delta: ChatDelta, finish: str | None = None, tokens: Sequence[TokenLogprob] | None = None
+    ) -> ChatCompletionChunk:
+        reason = None if finish is None else finish_reason(finish)
+        choice = ChatChunkChoice(index=0, delta=delta, logprobs=chat_logprobs(tokens), finish_reason=reason)
         return ChatCompletionChunk(**head, choices=[choice])
 
     yield _data(chunk(ChatDelta(role="assistant", content="")))
     try:
-        async for piece in pieces:
-            yield _data(chunk(ChatDelta(content=piece)))
+        async for piece, tokens in pieces.chunks():
+            yield _data(chunk(ChatDelta(content=piece), tokens=tokens if reported else None))
     except Exception as err:
         yield _data(_stream_error(err))
         return

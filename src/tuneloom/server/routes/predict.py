@@ -199,6 +199,8 @@ async def stream_in_slot(
     path: Path,
     text: str,
     params: Any,
+    *,
+    logprobs: int | None = None,
 ) -> tuple[PieceStream, BackgroundTask]:
     """Start a stream in one of the key's generation slots; the task ends both when the response does.
 
@@ -207,7 +209,7 @@ async def stream_in_slot(
     """
     slot = await slots.take(key.id)
     try:
-        pieces = await service.stream(version.id, path, text, params)
+        pieces = await service.stream(version.id, path, text, params, logprobs=logprobs)
     except BaseException:
         await slot.release()
         raise

@@ -1,9 +1,10 @@
 """The OpenAI-compatible routes' bodies, in OpenAI's own shapes, so the `openai` package works unchanged.
 
-Every field of OpenAI's API that a client may send is declared here; `server.openai_params` decides
-which are honoured, which change nothing here (user, metadata, …) and which are refused by name
-because ignoring them would change what the answer holds (logprobs, tools, penalties, …). A field
-OpenAI's API does not have is refused too, as OpenAI itself does ("Unrecognized request argument").
+Every field of OpenAI's API that a client may send is declared here, and vLLM's `top_k`, which its
+users send (`extra_body`); `server.openai_params` decides which are honoured, which change nothing
+here (user, metadata, …) and which are refused by name because ignoring them would change what the
+answer holds (tools, penalties, …). Any other field is refused, as OpenAI itself refuses it
+("Unrecognized request argument").
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class SamplingRequest(BaseModel):
     model: str = Field(description="'<app_id>/<model_id>' (latest trained) or '<app_id>/<model_id>/<version_id>'")
     temperature: float | None = None
     top_p: float | None = None
+    top_k: int | None = None  # vLLM's extension (OpenAI has none): the k most likely tokens; 0 or -1: all
     n: int | None = Field(1, ge=1)
     stop: str | list[str] | None = None
     stream: bool | None = False
@@ -57,7 +59,7 @@ class SamplingRequest(BaseModel):
 class CompletionRequest(SamplingRequest):
     prompt: str | list[str]
     max_tokens: int | None = 16  # OpenAI's default for completions
-    logprobs: int | None = None  # not supported: refused unless null
+    logprobs: int | None = Field(None, ge=0, le=5)  # each token's, and this many alternatives' (OpenAI's limit)
     echo: bool | None = None
     best_of: int | None = None  # refused unless equal to n: samples are not ranked here
     suffix: str | None = None  # not supported: refused unless empty
@@ -119,8 +121,8 @@ class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
-    logprobs: bool | None = None  # not supported: refused when true
-    top_logprobs: int | None = None  # not supported: refused unless null or 0
+    logprobs: bool | None = None  # each token's log-probability, in choices[i].logprobs.content
+    top_logprobs: int | None = Field(None, ge=0, le=20)  # with logprobs: this many alternatives (OpenAI's limit)
     response_format: dict[str, Any] | None = None  # only {"type": "text"}
     tools: list[Any] | None = None  # not supported: refused unless empty
     tool_choice: str | dict[str, Any] | None = None  # "none" or "auto" (no tools, so no call)
@@ -150,10 +152,20 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class CompletionLogprobs(BaseModel):
+    """/v1/completions' shape: per token its text, log-probability, the alternatives (with the token itself:
+    up to `logprobs` + 1 of them, as OpenAI sends) and where it starts in the choice's text."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReason | None
 
 
@@ -171,10 +183,25 @@ class ChatMessageOut(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None  # the token's UTF-8; null for a part of a character (it decodes to U+FFFD)
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]  # `top_logprobs` of them, most likely first (fewer where top-k/top-p keep fewer)
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob] | None
+    refusal: list[ChatTokenLogprob] | None = None  # tuneloom's models never refuse in a separate channel
+
+
 class ChatChoice(BaseModel):
     index: int
     message: ChatMessageOut
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: FinishReason
 
 
@@ -195,7 +222,7 @@ class ChatDelta(BaseModel):
 class ChatChunkChoice(BaseModel):
     index: int
     delta: ChatDelta
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: FinishReason | None = None
 
 
