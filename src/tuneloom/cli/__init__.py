@@ -15,14 +15,23 @@ from tuneloom import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tuneloom.cli import compare_cmd, data_cmds, demo_cmd, model_cmds, server_cmds, train_cmd, workers_cmd
+    from tuneloom.cli import (
+        compare_cmd,
+        data_cmds,
+        demo_cmd,
+        model_cmds,
+        server_cmds,
+        store_cmds,
+        train_cmd,
+        workers_cmd,
+    )
 
     parser = argparse.ArgumentParser(
         prog="tuneloom", description="Fine-tune text-generation models on '###'-sectioned instruction data."
     )
     parser.add_argument("--version", action="version", version=f"tuneloom {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (data_cmds, train_cmd, model_cmds, compare_cmd, demo_cmd, server_cmds, workers_cmd):
+    for module in (data_cmds, train_cmd, model_cmds, compare_cmd, demo_cmd, server_cmds, workers_cmd, store_cmds):
         module.register(commands)
     return parser
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from pathlib import Path
 
 
@@ -54,3 +55,14 @@ def data_dir(text: str) -> Path:
     if culprit is not None:
         raise argparse.ArgumentTypeError(f"{culprit} is a file, not a folder")
     return path
+
+
+DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def duration(text: str) -> float:
+    """Seconds, from `30s`, `90m`, `24h` or `2d` (a bare number is seconds); 0 or more."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd]?)", text.strip().lower())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"must be a duration such as 90m, 24h or 2d, got {text!r}")
+    return float(match[1]) * DURATION_UNITS[match[2]]

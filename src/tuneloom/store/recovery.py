@@ -11,8 +11,8 @@ Files whose row is gone are deleted too: raw uploads, dataset-version snapshots,
 folders and checkpoint folders left by a crash between the delete's commit and the file's removal,
 by a delete of an older version that left raw uploads behind, or by a crash between keeping an
 upload and storing its row. Only an entry named by a well-formed id that no row has is removed,
-never a symlink, and only from the local data dir: with `--artifact-url` it is this machine's cache,
-and the shared store is never swept (`store.shared`).
+never a symlink, and only from the local data dir: with `--artifact-url` it is this machine's cache;
+the shared store is swept only on request (`tuneloom store sweep`, `store.sweep`).
 
 Several servers may share one data dir: generation nodes (`serve --advertise-url`) and the
 `--backend remote` server in front of them are full API servers, and `tests/test_remote_generation.py`
@@ -39,13 +39,13 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import InstrumentedAttribute
 
 from tuneloom.store.artifacts import CHECKPOINTS, DATASET_VERSIONS, MODEL_VERSIONS, TMP, UPLOADS, Artifacts
@@ -163,13 +163,25 @@ def _abandoned(version: DatasetVersion, silent_since: datetime, me: str) -> bool
 def remove_partial_files(artifacts: Artifacts, *, grace_s: float = ORPHAN_GRACE_S) -> list[str]:
     """Delete uploads that never finished streaming and the staging files and folders of interrupted
     writes and fetches, once older than `grace_s` (younger ones may be another process's, in flight)."""
+    found = find_partial_files(artifacts, grace_s=grace_s)
+    return [f"{path.parent.name}/{path.name}" for path in found if delete_entry(path)]
+
+
+def find_partial_files(artifacts: Artifacts, *, grace_s: float) -> list[Path]:
+    """The `.part` uploads and `tmp/` staging entries unchanged for `grace_s` (what `remove_partial_files` deletes)."""
     cutoff = time.time() - grace_s
     leftovers = [*_entries(artifacts, UPLOADS, "*.part"), *_entries(artifacts, TMP, "*")]
-    return [f"{path.parent.name}/{path.name}" for path in leftovers if _unchanged_since(path, cutoff) and _delete(path)]
+    return [path for path in leftovers if _unchanged_since(path, cutoff)]
 
 
 def remove_orphans(db: Database, artifacts: Artifacts, kept: Kept, *, grace_s: float = ORPHAN_GRACE_S) -> list[str]:
-    """Delete the entries of `kept.folder` named by an id no row has, once older than `grace_s`.
+    """Delete the entries of `kept.folder` named by an id no row has, once older than `grace_s`."""
+    found = find_orphans(db, artifacts, kept, grace_s=grace_s)
+    return [f"{kept.folder}/{path.name}" for path in found if delete_entry(path)]
+
+
+def find_orphans(db: Database, artifacts: Artifacts, kept: Kept, *, grace_s: float) -> list[Path]:
+    """The entries of `kept.folder` named by an id no row has, unchanged for `grace_s`.
 
     The entries are listed before the ids are read (see the module docstring for why that order).
     """
@@ -179,10 +191,8 @@ def remove_orphans(db: Database, artifacts: Artifacts, kept: Kept, *, grace_s: f
         for path in _entries(artifacts, kept.folder, "*")
         if (row_id := kept.id_of(path)) and ID_PATTERN.fullmatch(row_id) and _unchanged_since(path, cutoff)
     }
-    known = _existing_ids(db, kept.id_column, set(candidates.values()))
-    return [
-        f"{kept.folder}/{path.name}" for path, row_id in candidates.items() if row_id not in known and _delete(path)
-    ]
+    known = {row[0] for row in rows_with_ids(db, (kept.id_column,), set(candidates.values()))}
+    return [path for path, row_id in candidates.items() if row_id not in known]
 
 
 def _entries(artifacts: Artifacts, folder: str, pattern: str) -> list[Path]:
@@ -193,12 +203,14 @@ def _entries(artifacts: Artifacts, folder: str, pattern: str) -> list[Path]:
     return [path for path in where.glob(pattern) if not path.is_symlink()]
 
 
-def _existing_ids(db: Database, column: InstrumentedAttribute[str], ids: Iterable[str]) -> set[str]:
-    wanted = sorted(ids)
-    found: set[str] = set()
+def rows_with_ids(db: Database, columns: Sequence[InstrumentedAttribute[Any]], ids: Iterable[str]) -> list[Row[Any]]:
+    """`columns` of the rows whose id (the first of `columns`) is one of `ids`, a slice of ids per query
+    (a query takes a bounded number of parameters)."""
+    id_column, wanted = columns[0], sorted(ids)
+    found: list[Row[Any]] = []
     with db.read() as session:
         for start in range(0, len(wanted), QUERY_SLICE):
-            found.update(session.scalars(select(column).where(column.in_(wanted[start : start + QUERY_SLICE]))))
+            found += session.execute(select(*columns).where(id_column.in_(wanted[start : start + QUERY_SLICE]))).all()
     return found
 
 
@@ -217,7 +229,7 @@ def _unchanged_since(path: Path, cutoff: float) -> bool:
     return True
 
 
-def _delete(path: Path) -> bool:
+def delete_entry(path: Path) -> bool:
     """Remove a file or a folder (links inside it removed, never followed); False, with a warning, if
     it could not be (a start-up tidy must not stop the server)."""
     try:

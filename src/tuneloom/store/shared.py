@@ -34,6 +34,7 @@ from tuneloom.store.artifacts import Artifacts
 from tuneloom.store.ids import new_id
 
 INDEX_SUFFIX = ".sha256.json"
+PROBE_PREFIX = ".tuneloom-write-check-"  # `check()`'s object at the store's top; one a crash left is swept
 S3_SCHEMES = ("s3", "s3a")
 UNPARSABLE = "(unparsable URL)"
 # botocore's defaults (a 60 s connect timeout, up to 5 attempts) made an unreachable endpoint a
@@ -159,7 +160,7 @@ class ArtifactStore:
         from fsspec.implementations.local import LocalFileSystem
 
         local = isinstance(self._fs, LocalFileSystem)
-        probe = self._remote(f".tuneloom-write-check-{new_id()}")
+        probe = self._remote(f"{PROBE_PREFIX}{new_id()}")
         try:
             if local:
                 self._fs.makedirs(self._root, exist_ok=True)
@@ -243,8 +244,11 @@ class ArtifactStore:
     def remove(self, relative: str | None) -> None:
         """Delete from the data dir and the shared location (the index first, so nothing half-deleted is fetched)."""
         self.artifacts.remove(relative)
-        if not (self.shared and relative):
-            return
+        if self.shared and relative:
+            self.remove_shared(relative)
+
+    def remove_shared(self, relative: str) -> None:
+        """Delete `relative` (an artifact and its index) from the shared location only, index first."""
         self.artifacts.resolve(relative)  # the same safety check as local paths
         remote = self._remote(relative)
         try:
@@ -253,6 +257,25 @@ class ArtifactStore:
                     self._fs.rm(path, recursive=True)
         except Exception as err:
             raise ArtifactStoreError(f"could not delete {relative} from {self.url}: {_describe(err)}") from None
+
+    def objects(self, relative: str = "") -> dict[str, dict[str, Any]]:
+        """Every object on the shared location (or at or below `relative`, with its index): its path
+        relative to the store's root, and what the file system says about it (`size`, its time). For
+        `tuneloom store sweep`, which groups them into artifacts."""
+        top = self._remote(relative)
+        try:
+            found = {path: info for path, info in self._fs.find(top, detail=True).items() if info}
+            for single in (top, top + INDEX_SUFFIX) if relative else ():  # `find` gives a lone object no detail
+                with contextlib.suppress(FileNotFoundError):
+                    found.setdefault(single, self._fs.info(single))
+        except Exception as err:
+            raise ArtifactStoreError(f"could not list {self.url}/{relative}: {_describe(err)}") from None
+        prefix = self._root.rstrip("/") + "/"
+        return {
+            str(path).removeprefix(prefix): info
+            for path, info in found.items()
+            if info.get("type", "file") != "directory"
+        }
 
     def _index(self, relative: str) -> dict[str, dict[str, Any]]:
         where = f"{self.url}/{relative}"

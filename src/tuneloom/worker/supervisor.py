@@ -35,6 +35,7 @@ from tuneloom.store.artifacts import Artifacts
 from tuneloom.store.db import Database, is_unavailable
 from tuneloom.store.models import ModelVersion, TrainingStatus
 from tuneloom.store.registry import get_model_version_by_id
+from tuneloom.store.republish import unshared_message
 from tuneloom.store.shared import ArtifactStoreError
 from tuneloom.store.workers import Capacity
 from tuneloom.templates.settings_distributed import check_queueable
@@ -310,7 +311,8 @@ class WorkerSlot:
         """Put the trained version on the shared store before it is MODEL_TRAINED; why not, if it never could.
 
         Each failure is logged on the run and tried again after a pause (`publish_retry_s`), holding
-        the lease meanwhile; a worker shutting down stops waiting and tries once more.
+        the lease meanwhile; a worker shutting down stops waiting and tries once more. After the last
+        try the files stay here, and the message names the command that shares them (`store.republish`).
         """
         if self.artifacts.shared is None:
             return None
@@ -325,8 +327,9 @@ class WorkerSlot:
             problem = self._try_publish(job, relative)
         if problem is None:
             return None
-        where = f"its files stay in <data dir>/{relative} on worker {self.worker_id}"
-        return f"training finished but the model version could not be shared: {problem} ({where})"
+        message = unshared_message(problem, self.db, self.artifacts, job.id, self.worker_id)
+        log.error("worker %s: %s", self.worker_id, message)  # this machine's operator sees its real data dir
+        return self._public(message)
 
     def _try_publish(self, job: ModelVersion, relative: str) -> str | None:
         try:
