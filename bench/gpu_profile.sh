@@ -18,4 +18,4 @@ INSTALL_WHEELS=1
   timeout --kill-after=10 "${PROFILE_LIMIT_S:-300}" $PY -m bench.gpu_profile --model llama-1.1b-random \
     --out "$OUT/profile-llama-1.1b-random.json"
   echo "== exit $?"
-} 2>&1 | grep -v "Loading weights\|Writing model shards" | tee "$OUT/gpu-profile-log.txt"
+} 2>&1 | grep --line-buffered -v "Loading weights\|Writing model shards" | tee "$OUT/gpu-profile-log.txt"

@@ -35,10 +35,14 @@ def train_rows(results: list[dict[str, Any]]) -> list[list[str]]:
         f = result["figures"]
         for run in ("baseline", "tuneloom"):
             r = f[run]
+            if "error" in r:
+                rows.append([f"train {f['model']} b{f['batch']}", f"{run}: FAILED", r["error"][:50], "", "", "", ""])
+                continue
             memory = r.get("peak_gpu_mib", r["peak_rss_mib"])
             mfu = f"{r['mfu']:.1%}" if "mfu" in r else "–"
-            ratio = f"{f['speedup_tokens_per_s']:.2f}×" if run == "tuneloom" else ""
-            loss = f"{r['mean_loss']:.4f}" + (f" (Δ {f['loss_rel_diff']:.2%})" if run == "tuneloom" else "")
+            compared = run == "tuneloom" and f["speedup_tokens_per_s"] is not None
+            ratio = f"{f['speedup_tokens_per_s']:.2f}×" if compared else ""
+            loss = f"{r['mean_loss']:.4f}" + (f" (Δ {f['loss_rel_diff']:.2%})" if compared else "")
             rows.append(
                 [
                     f"train {f['model']} b{f['batch']}",

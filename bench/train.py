@@ -168,13 +168,18 @@ def run_baseline(args: argparse.Namespace, data: Path, work: Path) -> dict[str, 
 
 
 def worker(args: argparse.Namespace) -> None:
+    import torch
+
     work = Path(args.work)
     run = run_tuneloom if args.worker == "tuneloom" else run_baseline
-    result = run(args, work / "data.txt", work)
+    try:
+        result = run(args, work / "data.txt", work)
+    except (MemoryError, torch.OutOfMemoryError) as err:  # a figure of its own: the other run still runs
+        error = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
+        (work / f"{args.worker}.json").write_text(json.dumps(error))
+        return
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if cuda():
-        import torch
-
         result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     result["tokens_per_s"] = result["real_tokens"] / result["runtime_s"]
     (work / f"{args.worker}.json").write_text(json.dumps(result))
@@ -203,26 +208,10 @@ def main() -> None:
             subprocess.run(cmd, check=True)
             results[name] = json.loads((work / f"{name}.json").read_text())
     figures = summarize(args, results, settings)
-    memory = "peak_gpu_mib" if cuda() else "peak_rss_mib"
-    rows = [
-        [n, f"{r['tokens_per_s']:.0f}", f"{r[memory]:.0f}", f"{r['mean_loss']:.4f}", f"{r['runtime_s']:.1f}", mfu(r)]
-        for n, r in results.items()
-    ]
-    ratio = figures["tuneloom"][memory] / figures["baseline"][memory]
-    rows.append(
-        [
-            "tuneloom / baseline",
-            f"{figures['speedup_tokens_per_s']:.2f}×",
-            f"{ratio:.2f}×",
-            f"Δ {figures['loss_rel_diff']:.2%}",
-            "",
-            "",
-        ]
-    )
     print_table(
         f"Training throughput, {args.model} LoRA, {args.examples} examples, batch {args.batch} ({device_name()})",
         ["run", "real tokens/s", "peak GPU MiB" if cuda() else "peak RSS MiB", "mean loss", "runtime s", "MFU"],
-        rows,
+        table_rows(results, figures),
     )
     out = args.out or RESULTS_DIR / f"train-{args.model}-{device_tag()}.json"
     write_result(
@@ -233,6 +222,28 @@ def main() -> None:
         libraries=("tuneloom", "torch", "transformers", "peft", "accelerate"),
     )
     print(f"wrote {out}")
+
+
+def table_rows(results: dict[str, dict[str, Any]], figures: dict[str, Any]) -> list[list[str]]:
+    memory = "peak_gpu_mib" if cuda() else "peak_rss_mib"
+    rows = [
+        [n, "FAILED", r["error"][:60], "", "", ""]
+        if "error" in r
+        else [
+            n,
+            f"{r['tokens_per_s']:.0f}",
+            f"{r[memory]:.0f}",
+            f"{r['mean_loss']:.4f}",
+            f"{r['runtime_s']:.1f}",
+            mfu(r),
+        ]
+        for n, r in results.items()
+    ]
+    if figures["speedup_tokens_per_s"] is not None:
+        ratio = results["tuneloom"][memory] / results["baseline"][memory]
+        speedup, loss = figures["speedup_tokens_per_s"], figures["loss_rel_diff"]
+        rows.append(["tuneloom / baseline", f"{speedup:.2f}×", f"{ratio:.2f}×", f"Δ {loss:.2%}", "", ""])
+    return rows
 
 
 def summarize(args: argparse.Namespace, results: dict[str, dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any]:
@@ -247,11 +258,12 @@ def summarize(args: argparse.Namespace, results: dict[str, dict[str, Any]], sett
     linear, adapters = matmul_parameters(folder, int(lora["r"]), list(lora["target_modules"]))
     per_token = lora_flops_per_token(linear, adapters)
     card = card_for(device_name()) if cuda() else None
-    for result in results.values():
+    for result in (r for r in results.values() if "error" not in r):
         result["flops_per_token"] = per_token
         if card is not None:
             result["mfu"] = result["tokens_per_s"] * per_token / card.bf16_dense_flops
     base, ours = results["baseline"], results["tuneloom"]
+    both = "error" not in base and "error" not in ours
     return {
         "model": args.model,
         "template": TEMPLATES[args.model],
@@ -264,8 +276,8 @@ def summarize(args: argparse.Namespace, results: dict[str, dict[str, Any]], sett
         "peak_bf16_flops": card.bf16_dense_flops if card else None,
         "baseline": base,
         "tuneloom": ours,
-        "speedup_tokens_per_s": ours["tokens_per_s"] / base["tokens_per_s"],
-        "loss_rel_diff": abs(ours["mean_loss"] - base["mean_loss"]) / base["mean_loss"],
+        "speedup_tokens_per_s": ours["tokens_per_s"] / base["tokens_per_s"] if both else None,
+        "loss_rel_diff": abs(ours["mean_loss"] - base["mean_loss"]) / base["mean_loss"] if both else None,
     }
 
 
