@@ -9,7 +9,9 @@ than the arithmetic sets the pace. This measures, on the same packed batches and
   autocast (what `bf16=True` makes the Trainer do), and with a `.item()` sync per step;
 - the same loop compiled (`torch.compile`, dynamic shapes), its compile time apart;
 - tuneloom's own run (`run_training`, the Trainer) on the same examples;
-- a profile of the autocast loop: GPU-busy share of the wall time and the top CPU-side operators.
+- a profile of the autocast loop: GPU-busy share of the wall time and the top CPU-side operators;
+- last, the autocast loop with Liger's Triton kernels for RMSNorm, SwiGLU and RoPE patched in (where
+  `liger_kernel` imports: `bench/gpu_prepare.sh` carries its wheel), fewer and fused kernels per layer.
 
     python -m bench.gpu_profile --model llama-1.1b-random --batch 16 --steps 24   # on a GPU
     BENCH_TINY=1 python -m bench.gpu_profile --model tiny-random --steps 4        # CPU smoke run
@@ -182,7 +184,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--skip", default="", help="comma-separated: trainer,compile,profile")
+    parser.add_argument("--skip", default="", help="comma-separated: trainer,compile,profile,liger")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     skip = set(args.skip.split(","))
@@ -224,6 +226,14 @@ def main() -> None:
                     "s_per_step": seconds / args.steps,
                     "tokens_per_s": tokens / seconds,
                 }
+        if "liger" not in skip:  # last: it patches the model's modules in place
+            with measured("liger"):
+                from liger_kernel.transformers import apply_liger_kernel_to_llama
+
+                base = model.get_base_model() if hasattr(model, "get_base_model") else model
+                apply_liger_kernel_to_llama(model=base, fused_linear_cross_entropy=False, cross_entropy=False)
+                seconds = loop(model, batches, args.steps, autocast=True, item=False)
+                RESULTS["liger"] = {"s_per_step": seconds / args.steps, "tokens_per_s": tokens / seconds}
     rows = [[k, json.dumps(v)[:110]] for k, v in RESULTS.items() if k != "profile"]
     print_table(
         f"Training step anatomy, {args.model} LoRA, batch {args.batch} ({device_name()})", ["what", "figures"], rows
