@@ -138,7 +138,7 @@ def test_a_server_killed_mid_version_and_mid_upload_shows_nothing_half_made_and_
     kill(server)
     thread.join(timeout=30)
     db = server_database(processes.data_dir)
-    left = sorted(v.state for v in dataset_versions.list_versions(db, "shop", "reviews"))
+    left = sorted(v.state for v in dataset_versions.list_versions(db, "shop", "reviews").items)
     db.dispose()
     assert left == [DatasetVersionState.IN_PROGRESS.value, "READY"]  # what the kill left behind
 

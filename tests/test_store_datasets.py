@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 from tests.test_store_support import examples, make_db_fixture, report_for
 
 from tuneloom.data.types import Example, InvalidRow
@@ -63,6 +65,20 @@ def test_paging_is_stable_across_deletes(db: Database, ds: str) -> None:
     assert [i.seq for i in datasets.list_inputs(db, "a", ds, after=7).items] == [8]
     assert datasets.delete_inputs(db, "a", ds) == 6
     assert datasets.list_inputs(db, "a", ds).items == []
+
+
+def test_versions_made_in_the_same_microsecond_page_once_each_newest_first(db: Database, ds: str) -> None:
+    """The cursor is (created_at, id): versions a clock stamped alike are ordered by id, none skipped or repeated."""
+    made = [dataset_versions.create_version(db, "a", ds).id for _ in range(7)]
+    with db.write() as session:
+        session.execute(update(DatasetVersion).values(created_at=datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)))
+    seen, cursor = [], None
+    for size in (3, 3, 1):
+        page = dataset_versions.list_versions(db, "a", ds, limit=3, before=cursor)
+        assert len(page.items) == size
+        seen += [v.id for v in page.items]
+        cursor = page.next_cursor
+    assert cursor is None and seen == sorted(made, reverse=True)
 
 
 def test_datasets_are_scoped_to_their_app(db: Database, ds: str) -> None:

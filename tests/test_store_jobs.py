@@ -229,6 +229,26 @@ def test_a_long_curve_is_downsampled_keeping_its_spikes_ends_and_eval_points(db:
     assert [(p["step"], p["loss"]) for p in later if p["loss"] is not None] == [(4001, 2.01), (5000, 1.234567)]
 
 
+def test_a_resumed_runs_curve_is_what_it_logs_now_not_the_tail_it_went_back_over(db: Database, dsv: str) -> None:
+    job = _enqueue(db, dsv)
+    telemetry.add_metrics(db, job.id, [{"step": s, "loss": 3.0} for s in range(1, 31)])  # attempt 1 to step 30
+    telemetry.add_metrics(db, job.id, [{"step": 20, "eval_loss": 3.5}])
+    telemetry.add_metrics(db, job.id, [{"step": s, "loss": 2.0} for s in range(21, 26)])  # resumed at 20
+    telemetry.add_metrics(db, job.id, [{"step": 25, "eval_loss": 2.5}])  # joins step 25: no going back
+    telemetry.add_metrics(db, job.id, [{"step": s, "loss": 1.0} for s in range(23, 28)])  # resumed at 22
+    expected = [(s, 3.0) for s in range(1, 21)] + [(21, 2.0), (22, 2.0)] + [(s, 1.0) for s in range(23, 28)]
+    curve = telemetry.list_metrics(db, job.id)
+    assert [(p.step, p.loss) for p in curve if p.loss is not None] == expected
+    assert [(p.step, p.eval_loss) for p in curve if p.eval_loss is not None] == [(20, 3.5)]
+    assert [p.step for p in telemetry.list_metrics(db, job.id, after_step=25)] == [26, 27]
+    drawn = telemetry.downsampled_metrics(db, job.id, 1000)
+    assert [(p["step"], p["loss"]) for p in drawn if p["loss"] is not None] == expected
+    assert drawn[-1]["point"] == max(p.pk for p in curve)  # the last recorded: where a live stream goes on
+    every = telemetry.metrics_recorded_after(db, job.id, 0)  # as they came, what a live stream sends
+    assert [p.step for p in every[29:]] == [30, 20, 21, 22, 23, 24, 25, 25, 23, 24, 25, 26, 27]
+    assert [p.pk for p in telemetry.metrics_recorded_after(db, job.id, every[29].pk)] == [p.pk for p in every[30:]]
+
+
 def test_the_log_tail_is_its_last_lines_oldest_first(db: Database, dsv: str) -> None:
     job = _enqueue(db, dsv)
     telemetry.append_logs(db, job.id, [("info", f"line {n}") for n in range(1, 2501)])

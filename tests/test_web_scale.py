@@ -25,7 +25,7 @@ from tests.conftest import api_key, sentiment_lines
 from tests.server_helpers import WORKER_ID, enqueue, ready_dataset_version, server_database, unfinished_version
 from tests.web_support import signed_in, watch_errors
 
-from tuneloom.store import jobs, telemetry
+from tuneloom.store import jobs, registry, telemetry
 from tuneloom.store.db import Database
 from tuneloom.store.models import TrainingStatus
 
@@ -143,6 +143,7 @@ def test_the_inputs_preview_pages_through_fifty_thousand_five_at_a_time(scale: S
 def test_sixty_versions_are_newest_first_and_found_by_a_filter_on_every_page(scale: Scale, browser_page: Page) -> None:
     page = browser_page
     errors = watch_errors(page)
+    requests = api_requests(page)
     signed_in(page, scale.key)
     newest_first, wanted = scale.versions[::-1], scale.versions[17]
 
@@ -150,6 +151,8 @@ def test_sixty_versions_are_newest_first_and_found_by_a_filter_on_every_page(sca
     rows = page.get_by_test_id("model-versions-table").locator("tbody tr")
     expect(rows).to_have_count(VERSIONS)
     assert rows.locator("td:first-child").all_inner_texts() == newest_first
+    pages = [r.url for r in requests if re.search(r"/models/many/versions(\?|$)", r.url)]
+    assert len(pages) == 2 and "before=" in pages[1], pages  # the API's pages of 50, the second by its Link
     page.get_by_label("Filter versions", exact=True).fill(wanted)
     expect(rows).to_have_count(1)
     expect(rows.first).to_contain_text(wanted)
@@ -233,7 +236,7 @@ def test_a_long_run_opens_on_a_downsampled_curve_and_the_log_tail_then_streams_w
     expect(logs.locator("span")).to_have_count(MAX_LOG_LINES)
     expect(page.get_by_test_id("logs-note")).to_have_text("The last 1,000 of 20,000 lines.")
     events = next(r.url for r in requests if "/events" in r.url)
-    assert f"after_seq={LINES}" in events and f"after_step={STEPS}" in events, events
+    assert f"after_seq={LINES}" in events and "after_point=" in events, events
     for request in (r for r in requests if "/events" not in r.url):  # a stream that goes on has no whole body
         response = request.response()
         assert response is not None and len(response.body()) < 300_000, f"{request.url} sent too much"
@@ -264,6 +267,37 @@ def test_a_long_run_opens_on_a_downsampled_curve_and_the_log_tail_then_streams_w
     assert not errors, "\n".join(errors)
 
 
+def test_a_run_resumed_from_its_checkpoint_shows_its_resumed_curve_live_and_after_a_reload(
+    scale: Scale, browser_page: Page
+) -> None:
+    """A retried run resumes from its last checkpoint (step 20 here) and logs steps 21… again. The
+    stream followed the curve by step, so it sent none of them until the run passed its old last
+    step (30), and the chart stood still showing training no model kept."""
+    dataset_version = registry.get_model_version_by_id(scale.db, scale.long_run).dataset_version_id
+    assert dataset_version is not None
+    run = unfinished_version(scale.db, APP, "long", dataset_version, fail=False)
+    telemetry.add_metrics(scale.db, run, [{"step": s, "loss": 3.0} for s in range(1, 31)])
+    page = browser_page
+    errors = watch_errors(page)
+    requests = api_requests(page)
+    signed_in(page, scale.key)
+    with page.expect_request(lambda request: "/events" in request.url):  # live from here on
+        page.goto(f"{scale.url}/#/apps/{APP}/models/long/versions/{run}")
+    chart = page.get_by_test_id("loss-chart").locator("svg")
+    expect(chart).to_have_attribute("aria-label", re.compile("train loss: 30 points, last 3 at step 30"))
+
+    telemetry.add_metrics(scale.db, run, [{"step": s, "loss": 1.5} for s in range(21, 25)])  # attempt 2
+    expect(chart).to_have_attribute("aria-label", re.compile("train loss: 24 points, last 1.5 at step 24"))
+    telemetry.add_metrics(scale.db, run, [{"step": 25, "loss": 1.25}])
+    expect(chart).to_have_attribute("aria-label", re.compile("train loss: 25 points, last 1.25 at step 25"))
+    events = [r.url for r in requests if "/events" in r.url]
+    assert len(events) == 1 and "after_point=" in events[0], events  # one stream followed it all
+
+    page.reload()  # read afresh: the abandoned tail (steps 25-30 of attempt 1) is not drawn either
+    expect(chart).to_have_attribute("aria-label", re.compile("train loss: 25 points, last 1.25 at step 25"))
+    assert not errors, "\n".join(errors)
+
+
 def test_events_start_after_what_the_client_has_and_max_points_is_checked(scale: Scale) -> None:
     version = f"{scale.url}/api/apps/{APP}/models/long/versions/{scale.long_run}"
     last_seq = telemetry.list_logs(scale.db, scale.long_run, limit=1, tail=True)[0].seq
@@ -284,6 +318,8 @@ def test_events_start_after_what_the_client_has_and_max_points_is_checked(scale:
 
     refused = httpx.get(f"{version}/metrics", params={"max_points": 1}, headers=scale.headers)
     assert refused.status_code == 422 and "max_points" in refused.json()["message"], refused.text
+    refused = httpx.get(f"{version}/events", params={"after_point": -1}, headers=scale.headers)
+    assert refused.status_code == 422 and refused.json()["details"]["key"] == "after_point", refused.text
 
 
 def test_a_stream_of_two_thousand_tokens_scrolls_inside_its_box_following_the_end(

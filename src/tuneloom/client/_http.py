@@ -100,13 +100,34 @@ class Transport:
         content: Any = None,
     ) -> Any:
         """The decoded JSON answer (None for an empty one, such as 204 after a delete)."""
+        return self._decoded(self._send(method, path, json=json, params=params, content=content))
+
+    def listed(self, path: str, *, limit: int | None, page_size: int) -> Iterator[Any]:
+        """The items of a paged list in its order, `page_size` a request, the first `limit` (None: all).
+
+        Pages are read as the iteration goes, each following the previous one's `Link: <…>; rel="next"`
+        (the same query with a cursor; `server.paging`); the last page has no such link.
+        """
+        left = limit
+        url: str | None = path
+        params: dict[str, Any] | None = {"limit": page_size if left is None else max(1, min(page_size, left))}
+        while url is not None and (left is None or left > 0):
+            response = self._send("GET", url, params=params)
+            items = self._decoded(response)[:left]
+            yield from items
+            left = None if left is None else left - len(items)
+            url, params = response.links.get("next", {}).get("url"), None  # the link keeps `limit`
+
+    def _send(
+        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None, content: Any = None
+    ) -> httpx.Response:
         try:
             response = self.http.request(method, path, json=json, params=_drop_none(params), content=content)
         except httpx.TransportError as err:
             raise TuneloomConnectionError(self.base_url, err) from err
         if response.is_error:
             raise error_from_response(response)
-        return self._decoded(response)
+        return response
 
     def _decoded(self, response: httpx.Response) -> Any:
         """The JSON body; a success that is not JSON comes from something other than tuneloom (a proxy, a

@@ -28,6 +28,7 @@ from tuneloom.client.records import (
 )
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+PAGE_SIZE = 100  # versions per request when listing; the server takes up to 500
 
 
 def _seg(object_id: str) -> str:
@@ -160,8 +161,10 @@ class Dataset:
         """Snapshot the current inputs; check `.state` (READY, or FAILURE with `.message`)."""
         return build(DatasetVersion, self._t.request("POST", f"{self.path}/versions"))
 
-    def list_versions(self) -> list[DatasetVersion]:
-        return [build(DatasetVersion, v) for v in self._t.request("GET", f"{self.path}/versions")]
+    def list_versions(self, limit: int | None = None, *, page_size: int = PAGE_SIZE) -> list[DatasetVersion]:
+        """Newest first: every version, or the newest `limit`, read `page_size` to a request."""
+        listed = self._t.listed(f"{self.path}/versions", limit=limit, page_size=page_size)
+        return [build(DatasetVersion, v) for v in listed]
 
     def get_version(self, version_id: str) -> DatasetVersion:
         return build(DatasetVersion, self._t.request("GET", f"{self.path}/versions/{_seg(version_id)}"))
@@ -223,9 +226,10 @@ class Model:
         body.update({k: v for k, v in optional.items() if v is not None})
         return ModelVersion.from_dict(self._t.request("POST", f"{self.path}/versions", json=body))
 
-    def list_versions(self) -> list[ModelVersion]:
-        """Newest first."""
-        return [ModelVersion.from_dict(v) for v in self._t.request("GET", f"{self.path}/versions")]
+    def list_versions(self, limit: int | None = None, *, page_size: int = PAGE_SIZE) -> list[ModelVersion]:
+        """Newest first: every version, or the newest `limit`, read `page_size` to a request."""
+        listed = self._t.listed(f"{self.path}/versions", limit=limit, page_size=page_size)
+        return [ModelVersion.from_dict(v) for v in listed]
 
     def get_version(self, version: str | ModelVersion) -> ModelVersion:
         return ModelVersion.from_dict(self._t.request("GET", self._version_path(version)))

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tuneloom.store import telemetry
 from tuneloom.store.db import Database
-from tuneloom.store.models import LogLine, TrainingStatus
+from tuneloom.store.models import LogLine, MetricPoint, TrainingStatus
 
 POLL_SECONDS = 1.0
 
@@ -38,26 +38,32 @@ async def training_events(
     *,
     after_step: int | None = None,
     after_seq: int = 0,
+    after_point: int | None = None,
 ) -> AsyncIterator[str]:
-    """The run's events after `after_step` and `after_seq` (None and 0: all of them), until it ends.
+    """The run's events after `after_point` (or `after_step`) and `after_seq`, until it ends.
 
-    Points at the last step sent are read again (an eval point may join a loss point there); only
-    their ids are remembered, so a stream that lasts days holds no more than one step's worth.
+    Metric points go in the order they were recorded, each once, numbered by `point`. A run retried
+    from its checkpoint logs again steps it had logged past it: those points are sent as they come,
+    step going back, and a client replaces the tail they go back over (`telemetry.abandoned`; the
+    console's chart does). A stream that had been following by step waited, blind, for the resumed
+    run to pass its old last step. `after_point` goes on after a point the client has; without it
+    the run's current curve is sent from `after_step` on (its points at that step again, as an eval
+    point may join them; all of it without `after_step`), then what is recorded after it; a client
+    ahead of the curve (the run went back since it read it) is sent every point again, as recorded.
     """
     last_status = ""
-    last_step = after_step
-    sent_at_last_step: set[int] = set()
     last_seq = after_seq
+    if after_point is None:
+        after = None if after_step is None else after_step - 1
+        caught_up = await run_in_threadpool(telemetry.list_metrics, db, version_id, after_step=after)
+        for point in caught_up:
+            yield _metric(point)
+        after_point = max((point.pk for point in caught_up), default=0)  # the last recorded: its step is the last
     while True:
         current = await run_in_threadpool(snapshot)  # read first: what it says happened is sent below
-        after = None if last_step is None else last_step - 1
-        for point in await run_in_threadpool(telemetry.list_metrics, db, version_id, after_step=after):
-            if point.pk in sent_at_last_step:
-                continue
-            if point.step != last_step:
-                last_step, sent_at_last_step = point.step, set()
-            sent_at_last_step.add(point.pk)
-            yield sse("metric", {"step": point.step, "loss": point.loss, "eval_loss": point.eval_loss})
+        async for point in _new_points(db, version_id, after_point):
+            after_point = point.pk
+            yield _metric(point)
         async for line in _new_lines(db, version_id, last_seq):
             last_seq = line.seq
             yield sse("log", {"seq": line.seq, "level": line.level, "message": line.message, "at": line.at})
@@ -68,6 +74,21 @@ async def training_events(
         if TrainingStatus[current.status.name].is_final or await request.is_disconnected():
             return
         await asyncio.sleep(POLL_SECONDS)
+
+
+def _metric(point: MetricPoint) -> str:
+    return sse("metric", {"point": point.pk, "step": point.step, "loss": point.loss, "eval_loss": point.eval_loss})
+
+
+async def _new_points(db: Database, version_id: str, after_point: int) -> AsyncIterator[MetricPoint]:
+    """Every point recorded after `after_point`, a page at a time (as `_new_lines` reads the log)."""
+    while True:
+        page = await run_in_threadpool(telemetry.metrics_recorded_after, db, version_id, after_point)
+        for point in page:
+            yield point
+        if len(page) < telemetry.MAX_PAGE:
+            return
+        after_point = page[-1].pk
 
 
 async def _new_lines(db: Database, version_id: str, after_seq: int) -> AsyncIterator[LogLine]:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from tuneloom.data.types import Example
@@ -42,6 +42,7 @@ from tuneloom.store.db import Database
 from tuneloom.store.ids import ConflictError, NotFoundError, check_id, new_id
 from tuneloom.store.models import DatasetVersion, ModelVersion, utcnow
 from tuneloom.store.models import DatasetVersionState as State
+from tuneloom.store.paging import DEFAULT_PAGE, Page, newest_first
 from tuneloom.store.registry import refuse_while_a_run_needs
 
 TokenLength = Callable[[str, str], int]
@@ -81,11 +82,14 @@ def get_version_by_id(db: Database, version_id: str) -> DatasetVersion:
         return _find(session, version_id)
 
 
-def list_versions(db: Database, app_id: str, dataset_id: str) -> list[DatasetVersion]:
+def list_versions(
+    db: Database, app_id: str, dataset_id: str, *, limit: int = DEFAULT_PAGE, before: str | None = None
+) -> Page[DatasetVersion]:
+    """Newest first (the one to train on is usually the latest), a page at a time (`store.paging`)."""
     with db.read() as session:
         dataset = find_dataset(session, app_id, dataset_id)
-        query = select(DatasetVersion).where(DatasetVersion.dataset_pk == dataset.pk)
-        return list(session.scalars(query.order_by(DatasetVersion.created_at, DatasetVersion.id)))
+        condition = DatasetVersion.dataset_pk == dataset.pk
+        return newest_first(session, DatasetVersion, condition, limit=limit, before=before)
 
 
 def delete_version(db: Database, app_id: str, dataset_id: str, version_id: str) -> list[str]:

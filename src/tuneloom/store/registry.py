@@ -16,6 +16,7 @@ from tuneloom.store.artifacts import CHECKPOINTS
 from tuneloom.store.db import Database, fetch
 from tuneloom.store.ids import ConflictError, NotFoundError, check_id, new_id
 from tuneloom.store.models import QUEUED, RUNNING, App, Model, ModelVersion, TrainingStatus
+from tuneloom.store.paging import DEFAULT_PAGE, Page, newest_first
 
 MODEL_TYPES = ("text-to-text",)
 
@@ -65,12 +66,13 @@ def get_model_version_by_id(db: Database, version_id: str) -> ModelVersion:
         return fetch(session, ModelVersion, version_id, "model version")
 
 
-def list_model_versions(db: Database, app_id: str, model_id: str) -> list[ModelVersion]:
-    """Newest first, as a user looking at a model's runs expects."""
+def list_model_versions(
+    db: Database, app_id: str, model_id: str, *, limit: int = DEFAULT_PAGE, before: str | None = None
+) -> Page[ModelVersion]:
+    """Newest first, as a user looking at a model's runs expects, a page at a time (`store.paging`)."""
     with db.read() as session:
         model = find_model(session, app_id, model_id)
-        query = select(ModelVersion).where(ModelVersion.model_pk == model.pk)
-        return list(session.scalars(query.order_by(ModelVersion.created_at.desc(), ModelVersion.id.desc())))
+        return newest_first(session, ModelVersion, ModelVersion.model_pk == model.pk, limit=limit, before=before)
 
 
 def latest_trained(db: Database, app_id: str, model_id: str) -> ModelVersion | None:

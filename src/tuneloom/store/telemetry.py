@@ -48,11 +48,56 @@ def add_metrics(db: Database, job_id: str, points: Iterable[Mapping[str, Any]]) 
 
 
 def list_metrics(db: Database, job_id: str, *, after_step: int | None = None) -> list[MetricPoint]:
-    query = select(MetricPoint).where(MetricPoint.model_version_id == check_id(job_id, "model version id"))
+    """The run's curve after `after_step`, by step: the tail a resumed run went back over left out (`abandoned`)."""
+    job = MetricPoint.model_version_id == check_id(job_id, "model version id")
+    query = select(MetricPoint).where(job)
     if after_step is not None:
         query = query.where(MetricPoint.step > after_step)
+    with db.read(snapshot=True) as session:
+        numbers = session.execute(select(MetricPoint.pk, MetricPoint.step, MetricPoint.loss).where(job)).all()
+        dropped = abandoned((pk, step, loss) for pk, step, loss in numbers)
+        return [p for p in session.scalars(query.order_by(MetricPoint.step, MetricPoint.pk)) if p.pk not in dropped]
+
+
+def metrics_recorded_after(db: Database, job_id: str, point: int) -> list[MetricPoint]:
+    """The points recorded after the one numbered `point` (its `pk`), in the order recorded, `MAX_PAGE` at most.
+
+    What a live stream sends: a resumed run's steps go back, and it sends them as they come. The
+    numbers grow as points are recorded, since a run's points are added under its row's lock.
+    """
+    query = select(MetricPoint).where(
+        MetricPoint.model_version_id == check_id(job_id, "model version id"), MetricPoint.pk > point
+    )
     with db.read() as session:
-        return list(session.scalars(query.order_by(MetricPoint.step, MetricPoint.pk)))
+        return list(session.scalars(query.order_by(MetricPoint.pk).limit(MAX_PAGE)))
+
+
+def abandoned(points: Iterable[tuple[int, int, float | None]]) -> set[int]:
+    """The points, given as (pk, step, loss), of the tails that a run resumed from a checkpoint went back over.
+
+    A retried run resumes from its last checkpoint, so it logs again steps it had logged past it:
+    its curve is what it logs now, and the abandoned attempt's tail (its points from the step the
+    run went back to on) was training no model kept. Within one attempt each loss is logged at a
+    later step than the one before (an eval point joins its step, and may be recorded later), so a
+    loss point at or below the step of the loss point recorded before it is where an attempt resumed.
+    """
+    ordered = sorted(points)  # by pk: the order they were recorded in
+    resumed: list[tuple[int, int]] = []  # (pk, step) of each point an attempt resumed at
+    previous: int | None = None
+    for pk, step, loss in ordered:
+        if loss is not None:
+            if previous is not None and step <= previous:
+                resumed.append((pk, step))
+            previous = step
+    dropped: set[int] = set()
+    went_back_to: int | None = None  # the lowest step an attempt recorded later resumed at
+    for pk, step, _ in reversed(ordered):
+        while resumed and resumed[-1][0] > pk:
+            later = resumed.pop()[1]
+            went_back_to = later if went_back_to is None else min(went_back_to, later)
+        if went_back_to is not None and step >= went_back_to:
+            dropped.add(pk)
+    return dropped
 
 
 def downsampled_metrics(
@@ -64,21 +109,24 @@ def downsampled_metrics(
     megabytes and a path the browser redraws slowly. Each series keeps its first and last point
     exactly and, in between, the lowest and the highest value of each of equal runs of points, so
     spikes and the trend stay; a row keeps only the values chosen for it (the other is null). The
-    curve is read as bare numbers and only the rows kept are read whole: 170,000 points take
-    about a second, where reading them all as rows took three.
+    last row (the latest step's) is kept too: its number (`point`) is where a live stream goes on. A
+    resumed run's abandoned tail is left out, as in `list_metrics`. The curve is read as bare
+    numbers and only the rows kept are read whole: 170,000 points take about a second, where
+    reading them all as rows took three.
     """
     query = select(MetricPoint.pk, MetricPoint.step, MetricPoint.loss, MetricPoint.eval_loss).where(
         MetricPoint.model_version_id == check_id(job_id, "model version id")
     )
-    if after_step is not None:
-        query = query.where(MetricPoint.step > after_step)
-    with db.read() as session:
+    with db.read(snapshot=True) as session:
         rows = session.execute(query.order_by(MetricPoint.step, MetricPoint.pk)).all()
+        dropped = abandoned((row.pk, row.step, row.loss) for row in rows)
+        rows = [row for row in rows if row.pk not in dropped and (after_step is None or row.step > after_step)]
         loss, evals = _extremes(rows, "loss", max_points), _extremes(rows, "eval_loss", max_points)
-        kept = sorted(loss | evals)
+        kept = sorted(loss | evals | ({len(rows) - 1} if rows else set()))
         whole = _points_by_pk(session, [rows[i].pk for i in kept])
     return [
         {
+            "point": rows[i].pk,
             "step": rows[i].step,
             "loss": rows[i].loss if i in loss else None,
             "eval_loss": rows[i].eval_loss if i in evals else None,

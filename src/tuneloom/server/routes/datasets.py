@@ -23,6 +23,7 @@ from tuneloom.server.auth import context, require_app
 from tuneloom.server.cleanup import remove_artifacts
 from tuneloom.server.context import ServerContext
 from tuneloom.server.limits import upload_too_large
+from tuneloom.server.paging import PageCursor, PageLimit, link_next
 from tuneloom.server.schemas import (
     DatasetCreate,
     DatasetOut,
@@ -37,6 +38,7 @@ from tuneloom.store import dataset_versions, datasets
 from tuneloom.store.artifacts import kept_upload
 from tuneloom.store.db import MAX_INTEGER
 from tuneloom.store.ids import new_id
+from tuneloom.store.paging import DEFAULT_PAGE
 from tuneloom.templates import get_template, resolve_settings
 from tuneloom.templates.loading import load_tokenizer
 
@@ -193,8 +195,19 @@ def token_counter(template_id: str) -> Callable[[str, str], int]:
 
 
 @router.get("/{dataset_id}/versions")
-def list_versions(app_id: AppId, dataset_id: str, ctx: Context) -> list[DatasetVersionOut]:
-    return [DatasetVersionOut.model_validate(v) for v in dataset_versions.list_versions(ctx.db, app_id, dataset_id)]
+def list_versions(
+    app_id: AppId,
+    dataset_id: str,
+    ctx: Context,
+    request: Request,
+    response: Response,
+    limit: PageLimit = DEFAULT_PAGE,
+    before: PageCursor = None,
+) -> list[DatasetVersionOut]:
+    """Newest first, `limit` at a time; the next page's URL is in the `Link` header (`server.paging`)."""
+    page = dataset_versions.list_versions(ctx.db, app_id, dataset_id, limit=limit, before=before)
+    link_next(request, response, page.next_cursor)
+    return [DatasetVersionOut.model_validate(v) for v in page.items]
 
 
 @router.get("/{dataset_id}/versions/{version_id}")

@@ -19,6 +19,7 @@ from tuneloom.server.auth import api_key, context, require_app
 from tuneloom.server.cleanup import remove_artifacts
 from tuneloom.server.context import ServerContext
 from tuneloom.server.live import training_events
+from tuneloom.server.paging import PageCursor, PageLimit, link_next
 from tuneloom.server.schemas.models import (
     LogLineOut,
     MetricPointOut,
@@ -31,6 +32,7 @@ from tuneloom.server.schemas.models import (
 from tuneloom.store import jobs, registry, telemetry, workers
 from tuneloom.store.db import MAX_INTEGER, MIN_INTEGER
 from tuneloom.store.models import ModelVersion, TrainingStatus
+from tuneloom.store.paging import DEFAULT_PAGE
 from tuneloom.store.shared import ArtifactIntegrityError, ArtifactStoreError
 from tuneloom.templates import DEFAULT_TEMPLATE, TEMPLATES, get_template, resolve_settings
 from tuneloom.templates.settings import TrainingSettings
@@ -97,8 +99,19 @@ def train(app_id: AppId, model_id: str, body: TrainRequest, ctx: Context) -> Mod
 
 
 @router.get("/{model_id}/versions")
-def list_versions(app_id: AppId, model_id: str, ctx: Context) -> list[ModelVersionOut]:
-    return [_out(ctx, v, model_id) for v in registry.list_model_versions(ctx.db, app_id, model_id)]
+def list_versions(
+    app_id: AppId,
+    model_id: str,
+    ctx: Context,
+    request: Request,
+    response: Response,
+    limit: PageLimit = DEFAULT_PAGE,
+    before: PageCursor = None,
+) -> list[ModelVersionOut]:
+    """Newest first, `limit` at a time; the next page's URL is in the `Link` header (`server.paging`)."""
+    page = registry.list_model_versions(ctx.db, app_id, model_id, limit=limit, before=before)
+    link_next(request, response, page.next_cursor)
+    return [_out(ctx, v, model_id) for v in page.items]
 
 
 @router.get("/{model_id}/versions/{version_id}")
@@ -165,16 +178,21 @@ def events(
     request: Request,
     after_step: Annotated[int | None, Query(ge=MIN_INTEGER + 1, le=MAX_INTEGER)] = None,
     after_seq: Annotated[int, Query(ge=0, le=MAX_INTEGER)] = 0,
+    after_point: Annotated[int | None, Query(ge=0, le=MAX_INTEGER)] = None,
 ) -> StreamingResponse:
     """Server-sent events: `status` on every change, each new `metric` and `log`, until the run ends.
 
     A client that already read the curve and the log (`/metrics`, `/logs?tail=true`) starts after
-    them: `after_step` (its points at that step are sent again, as an eval point may join them) and
-    `after_seq`. Without them every point and line so far is sent first.
+    them: `after_point` (the last `point` it has; or `after_step`, whose points are sent again, as
+    an eval point may join them) and `after_seq`. Without them every point and line so far is sent
+    first. Points come in the order recorded: a run resumed from a checkpoint goes back in steps
+    (`server.live.training_events`).
     """
     registry.get_model_version(ctx.db, app_id, model_id, version_id)
     snapshot = lambda: _out(ctx, registry.get_model_version(ctx.db, app_id, model_id, version_id), model_id)  # noqa: E731
-    stream = training_events(ctx.db, version_id, snapshot, request, after_step=after_step, after_seq=after_seq)
+    stream = training_events(
+        ctx.db, version_id, snapshot, request, after_step=after_step, after_seq=after_seq, after_point=after_point
+    )
     return StreamingResponse(stream, media_type="text/event-stream")
 
 

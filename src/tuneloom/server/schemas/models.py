@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from tuneloom.store.models import Model, ModelVersion
 
@@ -143,6 +143,10 @@ class ModelVersionOut(BaseModel):
 class MetricPointOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
+    point: int = Field(
+        validation_alias=AliasChoices("point", "pk"),
+        description="numbers the points in the order recorded (with gaps); events?after_point= goes on after it",
+    )
     step: int
     loss: float | None
     eval_loss: float | None

@@ -146,6 +146,27 @@ export async function api(path, { method = "GET", body, signal, raw = false } = 
 }
 
 /**
+ * Every item of a paged list (a model's or a dataset's versions, newest first): a request per page,
+ * each following the previous page's `Link: <…>; rel="next"` (the last page has none), so a picker
+ * or a filter sees all of them however many pages they take.
+ */
+export async function apiAll(path, { signal } = {}) {
+  const items = [];
+  for (let next = path; next; ) {
+    const response = await api(next, { signal, raw: true });
+    items.push(...(await response.json()));
+    next = nextPage(response.headers.get("Link"));
+  }
+  return items;
+}
+
+/** The URL of a Link header's rel="next" (RFC 8288), or null. */
+function nextPage(header) {
+  const found = /<([^>]*)>\s*;\s*rel="next"/.exec(header || "");
+  return found ? found[1] : null;
+}
+
+/**
  * Read a server-sent-event stream with fetch (EventSource cannot send the Authorization header).
  * `onEvent(name, data)` gets each event ("message" when unnamed; data JSON-parsed when it parses).
  * Resolves when the stream ends; rejects with ApiError on an error status.

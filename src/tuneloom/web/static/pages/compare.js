@@ -16,7 +16,7 @@
  *   · button "Generate with each" ("compare-generate") · output per version ("compare-output-<version id>")
  */
 import { CHART_POINTS, lineChart, PALETTE } from "../chart.js";
-import { api, appPath, enc, errorBox, fill, filterBox, fmtNum, h, link, pageHeader, registerPage, whileBusy } from "../app.js";
+import { api, apiAll, appPath, enc, errorBox, fill, filterBox, fmtNum, h, link, pageHeader, registerPage, whileBusy } from "../app.js";
 import { FILTER_FROM, versionChecklist } from "./version_pickers.js";
 import { useStyles } from "./playground_styles.js";
 
@@ -76,7 +76,7 @@ registerPage("/apps/:app/compare", async ({ main, params, query, signal }) => {
   main.append(pageHeader("Compare"));
   const models = await api(`${appPath(app)}/models`, { signal });
   const perModel = await Promise.all(
-    models.map((m) => api(`${appPath(app)}/models/${enc(m.id)}/versions`, { signal }).then((vs) => [m, vs])),
+    models.map((m) => apiAll(`${appPath(app)}/models/${enc(m.id)}/versions`, { signal }).then((vs) => [m, vs])),
   );
   const all = perModel.flatMap(([m, vs]) => vs.map((v) => ({ ...v, model_id: m.id })));
   if (all.length < 2) {

@@ -2,6 +2,7 @@
 // a preview of the examples (prompt masked from the loss vs completion trained), versions; deletes.
 import {
   api,
+  apiAll,
   appPath,
   enc,
   errorBox,
@@ -252,7 +253,7 @@ registerPage("/apps/:app/datasets/:dataset", async ({ main, params, signal }) =>
   }
 
   async function loadVersions() {
-    const versions = await api(`${base}/versions`, { signal });
+    const versions = await apiAll(`${base}/versions`, { signal });
     fill(
       versionsBox,
       table(

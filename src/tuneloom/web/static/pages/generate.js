@@ -17,7 +17,7 @@
  *   · streamed output ("gen-output", aria-live) · results table ("gen-results": Input, Output, Finish, Tokens)
  *   · error ("gen-error")
  */
-import { api, appPath, enc, errorBox, fill, filterBox, fmtDate, h, link, pageHeader, registerPage, streamedText, streamSSE, table } from "../app.js";
+import { api, apiAll, appPath, enc, errorBox, fill, filterBox, fmtDate, h, link, pageHeader, registerPage, streamedText, streamSSE, table } from "../app.js";
 import { FILTER_FROM, filterOptions, versionText } from "./version_pickers.js";
 import { useStyles } from "./playground_styles.js";
 
@@ -38,7 +38,7 @@ export const PARAMS = [
 
 /** The model's versions, newest first, with the trained ones marked. */
 export async function trainedVersions(app, model, signal) {
-  const versions = await api(`${appPath(app)}/models/${enc(model)}/versions`, { signal });
+  const versions = await apiAll(`${appPath(app)}/models/${enc(model)}/versions`, { signal });
   return versions.map((v) => ({ ...v, trained: v.status && v.status.name === "MODEL_TRAINED" }));
 }
 

@@ -1,6 +1,6 @@
 // One model: its versions (training runs), newest first, with status, code, dates and a metrics
 // summary; past FILTER_FROM versions a filter box narrows them (by id, status, template or date).
-import { api, appPath, enc, fill, filterBox, fmtDate, fmtNum, h, link, matches, onDelete, pageHeader, registerPage, table, navigate } from "../app.js";
+import { api, apiAll, appPath, enc, fill, filterBox, fmtDate, fmtNum, h, link, matches, onDelete, pageHeader, registerPage, table, navigate } from "../app.js";
 import { FILTER_FROM, versionText } from "./version_pickers.js";
 
 export const FINAL = new Set([
@@ -80,7 +80,7 @@ registerPage("/apps/:app/models/:model", async ({ main, params, signal }) => {
     );
   }
   async function load() {
-    versions = await api(`${base}/versions`, { signal });
+    versions = await apiAll(`${base}/versions`, { signal });
     render();
     if (versions.some((v) => !FINAL.has(v.status.name))) setTimeout(() => signal.aborted || load().catch(() => {}), 2000);
   }

@@ -1,6 +1,6 @@
 // Add a model and train it: type → model id, dataset version, tolerance, template, the five settings
 // (JSON editors pre-filled with the template's defaults, checked by the server as you type), Train.
-import { api, appPath, enc, errorBox, fill, h, navigate, pageHeader, registerPage, whileBusy } from "../app.js";
+import { api, apiAll, appPath, enc, errorBox, fill, h, navigate, pageHeader, registerPage, whileBusy } from "../app.js";
 
 export const SETTINGS = ["model_config", "quantization_config", "peft_config", "tokenizer_config", "trainer_config"];
 const TOLERANCE = "invalid_data_tolerance_percent";
@@ -100,7 +100,7 @@ registerPage("/apps/:app/models/new", async ({ main, params, query, signal }) =>
       version.append(h("option", { value: "" }, "Choose a dataset first"));
       return;
     }
-    const versions = await api(`${app}/datasets/${enc(dataset.value)}/versions`, { signal });
+    const versions = await apiAll(`${app}/datasets/${enc(dataset.value)}/versions`, { signal });
     if (mine !== versionsRequest) return;
     const ready = versions.filter((v) => v.state === "READY");
     if (!ready.length) version.append(h("option", { value: "" }, "No READY version: create one on the dataset page"));

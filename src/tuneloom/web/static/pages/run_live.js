@@ -5,6 +5,10 @@
  * last point exact and, between them, the lowest and highest point of each bucket), then the
  * points the events stream sends are added; once they outgrow that read it is read again, so the
  * page holds a few thousand points whether the run has a hundred steps or a million.
+ * A run retried from its checkpoint logs again steps it had logged past it: a streamed loss at or
+ * below the step of the last one replaces the tail from its step on (that attempt's training was
+ * abandoned; `/metrics` leaves it out too, `telemetry.abandoned`), so the chart shows the resumed
+ * curve as it grows.
  * The log is read from its tail (`/logs?tail=true`), then the streamed lines are appended once
  * per frame (one layout, however many lines arrived) and only the newest MAX_LOG_LINES are kept on
  * the page; "Download the whole log" fetches every line, a page at a time.
@@ -20,11 +24,16 @@ const LOG_PAGE = 1000; // lines per request when downloading the whole log (the 
 
 const present = (x) => x !== null && x !== undefined;
 
-/** The loss chart of the run at `base`: `read()` it, `add(point)` from the stream; `lastStep` is where the stream goes on. */
+/**
+ * The loss chart of the run at `base`: `read()` it, `add(point)` from the stream; `lastPoint` (the
+ * number of the last point recorded that it has) is where the stream goes on.
+ */
 export function liveCurve(base, signal) {
   const chart = lineChart({ title: "Loss per step", xLabel: "step", yLabel: "loss", testid: "loss-chart" });
   let points = new Map(); // step → {loss, eval_loss}
-  let lastStep = null;
+  let lastLoss = null; // the step of the last loss point recorded: a loss at or below it is where the run resumed
+  let lastPoint = null;
+  let resumes = 0; // times the stream went back to an earlier step
   let budget = 2 * CHART_POINTS; // points the stream may add before the curve is read again
   let reading = false;
   let frame = null;
@@ -35,7 +44,15 @@ export function liveCurve(base, signal) {
       loss: present(p.loss) ? p.loss : old.loss,
       eval_loss: present(p.eval_loss) ? p.eval_loss : old.eval_loss,
     });
-    if (lastStep === null || p.step > lastStep) lastStep = p.step;
+    if (present(p.loss) && (lastLoss === null || p.step > lastLoss)) lastLoss = p.step;
+    if (present(p.point) && (lastPoint === null || p.point > lastPoint)) lastPoint = p.point;
+  }
+
+  /** The run resumed from a checkpoint at `step`: the tail from there on was abandoned. */
+  function goBack(step) {
+    for (const s of [...points.keys()]) if (s >= step) points.delete(s);
+    lastLoss = null;
+    resumes += 1;
   }
 
   function draw() {
@@ -55,7 +72,9 @@ export function liveCurve(base, signal) {
   async function read() {
     reading = true;
     try {
+      const wentBack = resumes;
       const rows = await api(`${base}/metrics?max_points=${CHART_POINTS}`, { signal });
+      if (resumes !== wentBack) return; // what was read may hold the tail the stream has since replaced
       const fresh = new Map();
       for (const p of rows) merge(fresh, p);
       const upTo = rows.length ? rows[rows.length - 1].step : null;
@@ -69,6 +88,7 @@ export function liveCurve(base, signal) {
   }
 
   function add(point) {
+    if (present(point.loss) && lastLoss !== null && point.step <= lastLoss) goBack(point.step);
     merge(points, point);
     if (points.size > budget && !reading) {
       budget = points.size + 2 * CHART_POINTS; // a failed read is tried again only after as many more points
@@ -82,8 +102,8 @@ export function liveCurve(base, signal) {
     read,
     add,
     draw,
-    get lastStep() {
-      return lastStep;
+    get lastPoint() {
+      return lastPoint;
     },
   };
 }

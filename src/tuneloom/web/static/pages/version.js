@@ -230,7 +230,7 @@ registerPage("/apps/:app/models/:model/versions/:version", async ({ main, params
   for (let attempt = 0; !signal.aborted; attempt++) {
     fill(liveNote, FINAL.has(state.status.name) ? "" : "Live: updates as the worker reports (every few seconds).");
     const after = new URLSearchParams({ after_seq: String(log.lastSeq) });
-    if (curve.lastStep !== null) after.set("after_step", String(curve.lastStep));
+    if (curve.lastPoint !== null) after.set("after_point", String(curve.lastPoint));
     try {
       await streamSSE(`${base}/events?${after}`, {
         signal,
