@@ -12,7 +12,7 @@ INSTALL_WHEELS=1
 {
   nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,utilization.gpu --format=csv
   echo "== smollm2-135m-random"
-  timeout --kill-after=10 60 $PY -m bench.gpu_profile --model smollm2-135m-random --skip compile,trainer \
+  timeout --kill-after=10 90 $PY -m bench.gpu_profile --model smollm2-135m-random --skip compile,trainer \
     --out "$OUT/profile-smollm2-135m-random.json"
   echo "== llama-1.1b-random"
   timeout --kill-after=10 "${PROFILE_LIMIT_S:-300}" $PY -m bench.gpu_profile --model llama-1.1b-random \
