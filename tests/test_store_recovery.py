@@ -103,13 +103,20 @@ def test_partial_files_wait_for_the_grace_as_another_server_may_be_writing_them(
         make(root / "uploads/crashed1.part"),
         make(root / "tmp/crashed2.tmp"),
         make(root / "tmp/crashed3.fetch/adapter_model.safetensors").parent,  # a model version's fetch
+        make(root / ".write-check-crashed4", ""),  # a start killed while checking the data dir
     ]
     age(*crashed)
     streaming = [make(root / "uploads/streaming1.part"), make(root / "tmp/writing2.tmp")]
+    streaming.append(make(root / ".write-check-starting3", ""))
 
     recovered = recover_after_crash(db, artifacts)
 
-    assert sorted(recovered.removed_files) == ["tmp/crashed2.tmp", "tmp/crashed3.fetch", "uploads/crashed1.part"]
+    assert sorted(recovered.removed_files) == [
+        ".write-check-crashed4",
+        "tmp/crashed2.tmp",
+        "tmp/crashed3.fetch",
+        "uploads/crashed1.part",
+    ]
     assert not any(path.exists() for path in crashed)
     assert all(path.is_file() for path in streaming)
 

@@ -1,13 +1,15 @@
 """`tuneloom store sweep`: what no database row accounts for is listed with its size (a dry run) and,
 with `--delete`, removed — in the data dir, on a `file://` store, on S3 (moto's server on loopback).
 Nothing a row names or may still name goes, nor anything younger than the grace period, nor anything
-outside tuneloom's layout; what is kept stays fetchable and verified from another machine.
+outside tuneloom's layout; what is kept stays fetchable and verified from another machine. Deleting a
+run whose publish failed leaves nothing to sweep: its partial upload goes with it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import posixpath
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +26,7 @@ from tuneloom.store.db import Database
 from tuneloom.store.ids import new_id
 from tuneloom.store.models import TrainingStatus
 from tuneloom.store.republish import UNSHARED
-from tuneloom.store.shared import share
+from tuneloom.store.shared import open_location, share
 
 db = make_db_fixture()
 TWO_DAYS_AGO = time.time() - 2 * 86400
@@ -140,15 +142,20 @@ def test_a_data_dir_sweep_removes_what_a_deleted_row_left_and_keeps_a_failed_sha
     _write(data / "checkpoints" / gone / "checkpoint-1" / "state.pt")
     _write(data / "uploads" / f"{gone}.csv", b"a,b\n")
     _write(data / "tmp" / "staged.tmp")
+    _write(data / ".write-check-crashed", b"")  # a start killed between writing and deleting it
     _age(data)
     _write(data / "model-versions" / new_id() / "x")  # young: another process's, perhaps
+    _write(data / ".write-check-starting", b"")  # a start checking the data dir right now
 
     code, report = _sweep(capsys, "--data-dir", str(data), "--database-url", db.url)
     expected = {f"model-versions/{gone}", f"checkpoints/{gone}", f"uploads/{gone}.csv", "tmp/staged.tmp"}
+    expected.add(".write-check-crashed")
     assert code == 0 and _paths(report) == expected
     sizes = {o["path"]: (o["files"], o["size"], o["why"]) for o in report["orphans"]}
     assert sizes[f"model-versions/{gone}"] == (1, 5, "no model version has this id")
     assert sizes["tmp/staged.tmp"][2] == "left by an interrupted upload, write or fetch"
+    probe_why = "a write check left by a command that stopped while checking the data dir"
+    assert sizes[".write-check-crashed"] == (1, 0, probe_why)
     assert (data / "tmp" / "staged.tmp").is_file()
 
     code, report = _sweep(capsys, "--data-dir", str(data), "--database-url", db.url, "--grace", "3d")
@@ -159,6 +166,7 @@ def test_a_data_dir_sweep_removes_what_a_deleted_row_left_and_keeps_a_failed_sha
     assert not any(data.joinpath(path).exists() for path in expected)
     assert (data / "model-versions" / job.id / "adapter" / "w.bin").is_file()
     assert (data / "dataset-versions" / f"{dsv}.jsonl").is_file()
+    assert (data / ".write-check-starting").is_file()
 
 
 def test_a_bad_grace_is_a_usage_error_naming_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
@@ -198,3 +206,42 @@ def test_an_s3_sweep_reads_object_ages_and_removes_only_the_unreferenced(
     share(elsewhere, prefix)
     assert elsewhere.fetch(f"dataset-versions/{dsv}.jsonl").is_file()
     assert server.shared is not None and not server.shared.objects(gone)
+
+
+def _delete_a_run_whose_publish_failed(db: Database, tmp_path: Path, url: str) -> None:
+    """A worker could not share its run (files kept there, a partial upload on the store); the server deletes
+    the run as its DELETE does (`server.cleanup`): the partial upload goes, every other version's files stay."""
+    server = Artifacts(tmp_path / "server")
+    share(server, url)
+    dsv = ready_dataset_version(db, tmp_path / "server")
+    server.publish(dataset_versions.get_version_by_id(db, dsv).artifact_path)  # type: ignore[arg-type]
+    neighbour = _run(db, server, dsv, TrainingStatus.MODEL_TRAINED)
+    job = jobs.enqueue(db, "a", "m", dataset_version_id=dsv, template="tiny-random", settings=SETTINGS)
+    assert jobs.claim_next(db, "gpu-box:1:0", 60.0) is not None
+    fs, root = open_location(url)
+    lookalike = f"{root}/model-versions/{job.id}-2/adapter/w.bin"  # named as if its id began with this one's
+    for path, data in ((f"{root}/model-versions/{job.id}/adapter/w.bin", b"half"), (lookalike, b"someone's")):
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)  # a file system needs it; S3 ignores it
+        fs.pipe_file(path, data)  # the first: a publish cut short (content, no index)
+    jobs.finish(db, job.id, TrainingStatus.MODEL_TRAINING_FAILED, f"{UNSHARED}: store down", worker_id="gpu-box:1:0")
+
+    for path in registry.delete_model_version(db, "a", "m", job.id):
+        server.delete(path)
+
+    assert server.shared is not None and server.shared.objects(f"model-versions/{job.id}") == {}
+    assert fs.cat_file(lookalike) == b"someone's"
+    elsewhere = Artifacts(tmp_path / "another-machine")
+    share(elsewhere, url)
+    assert elsewhere.fetch(f"model-versions/{neighbour}").joinpath("adapter", "w.bin").read_bytes() == b"weights"
+
+
+def test_deleting_a_run_whose_publish_failed_removes_its_partial_upload_from_a_file_store(
+    db: Database, tmp_path: Path
+) -> None:
+    _delete_a_run_whose_publish_failed(db, tmp_path, f"file://{tmp_path / 'store'}")
+
+
+def test_deleting_a_run_whose_publish_failed_removes_its_partial_upload_from_s3(
+    db: Database, s3_url: str, tmp_path: Path
+) -> None:
+    _delete_a_run_whose_publish_failed(db, tmp_path, f"{s3_url}/{new_id()}")

@@ -8,16 +8,16 @@ import signal
 import threading
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from tuneloom.cli.arg_types import count, data_dir, port, positive, seconds
+from tuneloom.cli.arg_types import count, port, positive, seconds
 from tuneloom.cli.render import console, console_err
+from tuneloom.cli.storage_args import add_artifact_arg, add_storage_args
 
 
 def register(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run the platform server (REST API) and its training workers")
-    _storage_args(serve)
+    add_storage_args(serve)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=port, default=8000)
     serve.add_argument("--max-upload-mb", type=positive, default=200, help="largest accepted upload")
@@ -36,20 +36,20 @@ def register(commands: Any) -> None:
         "this URL (env TUNELOOM_ADVERTISE_URL)",
     )
     _limit_args(serve)
-    _artifact_arg(serve)
+    add_artifact_arg(serve)
     _worker_args(serve, default_help="training workers beside the API (default: one per GPU, or 1; 0: none)")
     serve.set_defaults(run=run_serve)
 
     worker = commands.add_parser("worker", help="run training workers only, sharing a server's database and data")
-    _storage_args(worker)
-    _artifact_arg(worker)
+    add_storage_args(worker)
+    add_artifact_arg(worker)
     _worker_args(worker, default_help="slots, one job each (default: one per GPU, or 1)", slots=positive)
     worker.set_defaults(run=run_worker)
 
     keys = commands.add_parser("keys", help="manage API keys: create, list, revoke")
     keys.add_argument("action", choices=["create", "list", "revoke"])
     keys.add_argument("key", nargs="?", help="revoke: the key id (from `keys list`) or the key itself")
-    _storage_args(keys)
+    add_storage_args(keys)
     keys.add_argument("--app", default=None, help="create: scope the key to one app (default: admin); list: one app's")
     keys.set_defaults(run=run_keys)
 
@@ -82,19 +82,6 @@ def _limit_args(serve: argparse.ArgumentParser) -> None:
         type=positive,
         default=DEFAULT_MAX_BATCH_TOKENS,
         help="the most inputs × (prompt + max_tokens) tokens one request may hold; more is refused with 422",
-    )
-
-
-def _storage_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", type=data_dir, default=Path("tuneloom-data"), help="artifacts (and SQLite)")
-    parser.add_argument("--database-url", default=None, help="e.g. postgresql://… (default: SQLite in the data dir)")
-
-
-def _artifact_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--artifact-url",
-        default=os.environ.get("TUNELOOM_ARTIFACT_URL") or None,
-        help="shared artifact store, e.g. s3://bucket/prefix (env TUNELOOM_ARTIFACT_URL); the data dir becomes a cache",
     )
 
 

@@ -16,7 +16,7 @@ from rich.markup import escape
 
 from tuneloom.cli.arg_types import duration
 from tuneloom.cli.render import console, console_err, print_json
-from tuneloom.cli.server_cmds import _artifact_arg, _storage_args
+from tuneloom.cli.storage_args import add_artifact_arg, add_storage_args
 
 DEFAULT_GRACE = "24h"
 
@@ -32,16 +32,16 @@ def register(commands: Any) -> None:
         "MODEL_TRAINED",
     )
     republish.add_argument("model_version_id", metavar="MODEL_VERSION_ID")
-    _storage_args(republish)
-    _artifact_arg(republish)
+    add_storage_args(republish)
+    add_artifact_arg(republish)
     republish.set_defaults(run=run_republish)
 
     sweep = actions.add_parser(
         "sweep",
         help="list files in the data dir and the shared store that no database row accounts for (--delete removes)",
     )
-    _storage_args(sweep)
-    _artifact_arg(sweep)
+    add_storage_args(sweep)
+    add_artifact_arg(sweep)
     sweep.add_argument(
         "--grace",
         type=duration,

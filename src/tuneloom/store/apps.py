@@ -11,7 +11,7 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tuneloom.store.artifacts import CHECKPOINTS, kept_upload
+from tuneloom.store.artifacts import kept_upload, model_version_files
 from tuneloom.store.db import Database, fetch
 from tuneloom.store.ids import ConflictError, check_id, new_id
 from tuneloom.store.models import App, Dataset, DatasetVersion, Model, ModelVersion, Upload
@@ -84,7 +84,7 @@ def _artifact_paths(session: Session, app_id: str) -> list[str]:
         .join(Model, Model.pk == ModelVersion.model_pk)
         .where(Model.app_id == app_id)
     )
-    model_paths = [p for run_id, artifact in runs for p in (artifact, f"{CHECKPOINTS}/{run_id}")]
+    model_paths = [p for run_id, artifact in runs for p in model_version_files(run_id, artifact)]
     datasets = select(Dataset.pk).where(Dataset.app_id == app_id)
     uploads = raw_uploads(session, Upload.dataset_pk.in_(datasets))
     return [p for p in [*dataset_files, *model_paths, *uploads] if p]

@@ -37,6 +37,7 @@ DATASET_VERSIONS = "dataset-versions"
 MODEL_VERSIONS = "model-versions"
 CHECKPOINTS = "checkpoints"
 TMP = "tmp"
+DATA_DIR_PROBE = ".write-check-"  # `prepare_data_dir`'s file at the data dir's top; one a crash left is swept
 PLAIN_EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,10}$")
 
 
@@ -62,7 +63,7 @@ def prepare_data_dir(data_dir: Path, *, writable: bool = True) -> Path:
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         if writable:
-            probe = data_dir / f".write-check-{new_id()}"
+            probe = data_dir / f"{DATA_DIR_PROBE}{new_id()}"
             probe.touch()
             probe.unlink()
     except OSError as err:
@@ -181,6 +182,17 @@ class Artifacts:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
+
+
+def model_version_files(version_id: str, artifact_path: str | None) -> list[str]:
+    """The data-dir paths a deleted model version's files may be at: the artifact its row names, its own
+    folder (named as the worker publishes it) and its checkpoints.
+
+    A run that failed to publish names no artifact, yet its folder may hold a partial upload on the
+    shared store, or its kept files here; a trained run's artifact is that folder, listed once.
+    """
+    folder = f"{MODEL_VERSIONS}/{check_id(version_id, 'model version id')}"
+    return list(dict.fromkeys(p for p in (artifact_path, folder, f"{CHECKPOINTS}/{version_id}") if p))
 
 
 def kept_upload(upload_id: str, filename: str) -> str:

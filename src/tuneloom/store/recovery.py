@@ -5,7 +5,9 @@ killed in between leaves the row unfinished and perhaps its snapshot file rename
 never declared READY; an upload killed while streaming leaves its `.part` file, and an atomic write
 or a shared-store fetch its staging file or folder in `tmp/`. None of these is ever visible as data:
 abandoned versions are marked FAILURE with the reason (their files removed), the half files are
-deleted (once past the grace below), and the same upload or version can simply be made again.
+deleted (once past the grace below), and the same upload or version can simply be made again. A
+start killed between writing and deleting its write check (`prepare_data_dir`) leaves that empty
+file at the data dir's top; it goes the same way.
 
 Files whose row is gone are deleted too: raw uploads, dataset-version snapshots, model-version
 folders and checkpoint folders left by a crash between the delete's commit and the file's removal,
@@ -48,7 +50,15 @@ from typing import Any
 from sqlalchemy import Row, select
 from sqlalchemy.orm import InstrumentedAttribute
 
-from tuneloom.store.artifacts import CHECKPOINTS, DATASET_VERSIONS, MODEL_VERSIONS, TMP, UPLOADS, Artifacts
+from tuneloom.store.artifacts import (
+    CHECKPOINTS,
+    DATA_DIR_PROBE,
+    DATASET_VERSIONS,
+    MODEL_VERSIONS,
+    TMP,
+    UPLOADS,
+    Artifacts,
+)
 from tuneloom.store.builders import BUILD_LEASE_S, THIS_PROCESS, is_gone
 from tuneloom.store.dataset_versions import discard_snapshot
 from tuneloom.store.db import Database
@@ -161,16 +171,22 @@ def _abandoned(version: DatasetVersion, silent_since: datetime, me: str) -> bool
 
 
 def remove_partial_files(artifacts: Artifacts, *, grace_s: float = ORPHAN_GRACE_S) -> list[str]:
-    """Delete uploads that never finished streaming and the staging files and folders of interrupted
-    writes and fetches, once older than `grace_s` (younger ones may be another process's, in flight)."""
+    """Delete uploads that never finished streaming, the staging files and folders of interrupted
+    writes and fetches, and the write checks of interrupted starts, once older than `grace_s` (younger
+    ones may be another process's, in flight)."""
     found = find_partial_files(artifacts, grace_s=grace_s)
-    return [f"{path.parent.name}/{path.name}" for path in found if delete_entry(path)]
+    return [artifacts.relative(path) for path in found if delete_entry(path)]
 
 
 def find_partial_files(artifacts: Artifacts, *, grace_s: float) -> list[Path]:
-    """The `.part` uploads and `tmp/` staging entries unchanged for `grace_s` (what `remove_partial_files` deletes)."""
+    """The `.part` uploads, `tmp/` staging entries and top-level write checks (`prepare_data_dir`)
+    unchanged for `grace_s` (what `remove_partial_files` deletes)."""
     cutoff = time.time() - grace_s
-    leftovers = [*_entries(artifacts, UPLOADS, "*.part"), *_entries(artifacts, TMP, "*")]
+    leftovers = [
+        *_entries(artifacts, UPLOADS, "*.part"),
+        *_entries(artifacts, TMP, "*"),
+        *_entries(artifacts, "", f"{DATA_DIR_PROBE}*"),
+    ]
     return [path for path in leftovers if _unchanged_since(path, cutoff)]
 
 

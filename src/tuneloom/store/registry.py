@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from tuneloom.errors import SettingsError
 from tuneloom.store.apps import add_under_app
-from tuneloom.store.artifacts import CHECKPOINTS
+from tuneloom.store.artifacts import model_version_files
 from tuneloom.store.db import Database, fetch
 from tuneloom.store.ids import ConflictError, NotFoundError, check_id, new_id
 from tuneloom.store.models import QUEUED, RUNNING, App, Model, ModelVersion, TrainingStatus
@@ -53,7 +53,7 @@ def delete_model(db: Database, app_id: str, model_id: str) -> list[str]:
             select(ModelVersion.id, ModelVersion.artifact_path).where(ModelVersion.model_pk == model.pk)
         ).all()
         session.delete(model)
-    return [p for run_id, artifact in runs for p in (artifact, f"{CHECKPOINTS}/{run_id}") if p]
+    return [p for run_id, artifact in runs for p in model_version_files(run_id, artifact)]
 
 
 def get_model_version(db: Database, app_id: str, model_id: str, version_id: str) -> ModelVersion:
@@ -88,14 +88,18 @@ def latest_trained(db: Database, app_id: str, model_id: str) -> ModelVersion | N
 
 
 def delete_model_version(db: Database, app_id: str, model_id: str, version_id: str) -> list[str]:
-    """Delete a finished or queued run; a training one must be cancelled first (its worker holds files)."""
+    """Delete a finished or queued run; a training one must be cancelled first (its worker holds files).
+
+    The paths returned include the run's own folder even when its row names no artifact: a run whose
+    publish failed or was cut short left a partial upload there (`model_version_files`).
+    """
     with db.write() as session:
         version = find_model_version(session, app_id, model_id, version_id, lock=True)
         if version.status == TrainingStatus.MODEL_TRAINING.name:
             raise ConflictError(f"model version '{version_id}' is training; cancel it before deleting it")
         needs = f"model version '{version_id}' is the starting point of {{run}}"
         refuse_while_a_run_needs(session, ModelVersion.resume_from == version.id, needs, "it")
-        paths = [p for p in (version.artifact_path, f"{CHECKPOINTS}/{version.id}") if p]
+        paths = model_version_files(version.id, version.artifact_path)
         session.delete(version)
     return paths
 

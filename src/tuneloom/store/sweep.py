@@ -1,11 +1,12 @@
 """`tuneloom store sweep`: files no database row accounts for, listed (a dry run) or removed.
 
 Two places leak. The data dir keeps what a crash or a failed delete left: partial uploads, staging
-in `tmp/`, and raw uploads, snapshots, model-version and checkpoint folders whose row is gone — what
-a server removes at its start (`store.recovery`), which a worker's data dir never gets. The shared
-store (`--artifact-url`) keeps what nothing ever removes: a version whose delete could not reach it
-(logged, not failed), a publish cut short (a dataset version failed because the store refused its
-snapshot, a run that died publishing or gave up), the write check of a start that stopped half-way.
+in `tmp/`, a start's write check (`.write-check-*`), and raw uploads, snapshots, model-version and
+checkpoint folders whose row is gone — what a server removes at its start (`store.recovery`), which
+a worker's data dir never gets. The shared store (`--artifact-url`) keeps what nothing ever removes:
+a version whose delete could not reach it (logged, not failed), a publish cut short (a dataset
+version failed because the store refused its snapshot, a run that died publishing or gave up), the
+write check of a start that stopped half-way.
 
 Never removed:
 - anything changed within the grace period (default 24 h): an upload, fetch or publish in flight
@@ -32,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tuneloom.store.artifacts import CHECKPOINTS, DATASET_VERSIONS, MODEL_VERSIONS, UPLOADS, Artifacts
+from tuneloom.store.artifacts import CHECKPOINTS, DATA_DIR_PROBE, DATASET_VERSIONS, MODEL_VERSIONS, UPLOADS, Artifacts
 from tuneloom.store.db import Database
 from tuneloom.store.ids import ID_PATTERN
 from tuneloom.store.models import QUEUED, RUNNING, DatasetVersion, ModelVersion
@@ -105,15 +106,18 @@ def sweep(db: Database, artifacts: Artifacts, *, grace_s: float = DEFAULT_GRACE_
 
 def _data_dir_orphans(db: Database, artifacts: Artifacts, grace_s: float) -> list[tuple[Orphan, Path]]:
     """The entries a server's start-up tidy would remove with this grace (`store.recovery`), measured."""
-    found = [
-        (path, "left by an interrupted upload, write or fetch")
-        for path in find_partial_files(artifacts, grace_s=grace_s)
-    ]
+    found = [(path, _why_partial(path)) for path in find_partial_files(artifacts, grace_s=grace_s)]
     for kept in (UPLOAD_FILES, *VERSION_ARTIFACTS):
         why = f"no {ROW_NAMES[kept.folder]} has this id"
         found += [(path, why) for path in find_orphans(db, artifacts, kept, grace_s=grace_s)]
     where = str(artifacts.root)
-    return [(Orphan(where, f"{path.parent.name}/{path.name}", *_measure(path), why), path) for path, why in found]
+    return [(Orphan(where, artifacts.relative(path), *_measure(path), why), path) for path, why in found]
+
+
+def _why_partial(path: Path) -> str:
+    if path.name.startswith(DATA_DIR_PROBE):
+        return "a write check left by a command that stopped while checking the data dir"
+    return "left by an interrupted upload, write or fetch"
 
 
 def _measure(path: Path) -> tuple[int, int, float | None]:

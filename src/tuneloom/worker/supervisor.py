@@ -317,26 +317,19 @@ class WorkerSlot:
         if self.artifacts.shared is None:
             return None
         relative = self.artifacts.relative(output)
-        problem = self._try_publish(job, relative)
-        for pause in self.config.publish_retry_s:
-            if problem is None:
+        for pause in (*self.config.publish_retry_s, None):  # a try now, then one after each pause
+            try:
+                self._with_lease(job, functools.partial(self.artifacts.publish, relative))
                 return None
-            retrying = f"could not share the model version, trying again in {pause:g} s: {problem}"
-            telemetry.append_logs(self.db, job.id, [("warning", retrying)])
-            self._with_lease(job, functools.partial(self.shutdown.wait, pause))
-            problem = self._try_publish(job, relative)
-        if problem is None:
-            return None
+            except ArtifactStoreError as err:
+                problem = err.message
+            if pause is not None:
+                retrying = f"could not share the model version, trying again in {pause:g} s: {problem}"
+                telemetry.append_logs(self.db, job.id, [("warning", retrying)])
+                self._with_lease(job, functools.partial(self.shutdown.wait, pause))
         message = unshared_message(problem, self.db, self.artifacts, job.id, self.worker_id)
         log.error("worker %s: %s", self.worker_id, message)  # this machine's operator sees its real data dir
         return self._public(message)
-
-    def _try_publish(self, job: ModelVersion, relative: str) -> str | None:
-        try:
-            self._with_lease(job, functools.partial(self.artifacts.publish, relative))
-        except ArtifactStoreError as err:
-            return err.message
-        return None
 
     def _with_lease(self, job: ModelVersion, transfer: Callable[[], T]) -> T:
         """`transfer()` (a download or upload) in a thread while the job's lease is extended beside it.
