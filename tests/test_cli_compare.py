@@ -245,7 +245,7 @@ def test_a_heldout_file_without_examples_is_refused(
 
 
 def test_best_marks_follow_the_web_pages_rules() -> None:
-    """compare.js: no mark without a direction or with fewer than two distinct numbers; ties all marked."""
+    """compare_data.js: no mark without a direction or with fewer than two distinct numbers; ties all marked."""
     assert best_marks([1.0, 2.0, 1.0], LOWER) == [True, False, True]
     assert best_marks([1.0, 2.0, None], HIGHER) == [False, True, False]
     assert best_marks([3, 3], LOWER) == [False, False]

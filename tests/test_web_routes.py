@@ -102,9 +102,9 @@ def test_pages_are_light_and_load_nothing_from_elsewhere() -> None:
 
 
 def test_every_page_module_the_router_names_exists() -> None:
-    app_js = (STATIC_DIR / "app.js").read_text(encoding="utf-8")
-    table = re.search(r"const PAGE_MODULES = \{(.*?)\};", app_js, re.S)
-    assert table, "app.js no longer maps patterns to page modules in PAGE_MODULES"
+    router_js = (STATIC_DIR / "router.js").read_text(encoding="utf-8")
+    table = re.search(r"const PAGE_MODULES = \{(.*?)\};", router_js, re.S)
+    assert table, "router.js no longer maps patterns to page modules in PAGE_MODULES"
     pairs = dict(re.findall(r'"([^"]+)": "([a-z_]+)"', table.group(1)))
     assert {"/apps/:app/generate", "/apps/:app/compare", "/apps/:app/models/:model/versions/:version"} <= set(pairs)
     for pattern, name in pairs.items():

@@ -28,7 +28,7 @@ import pytest
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, ConsoleMessage, Page, Request, Response
 
-KEY_STORAGE = "tuneloom.apiKey"  # where the console keeps the key (static/app.js)
+KEY_STORAGE = "tuneloom.apiKey"  # where the console keeps the key (static/api.js)
 CHROMIUM = Path("/usr/bin/chromium")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "screenshots"

@@ -2,7 +2,7 @@
 
 Pure functions over what `tuneloom.model_version.open_version` reads (no model, no torch), so the
 `tuneloom compare` command only renders. The rules are the web console's Compare page
-(`src/tuneloom/web/static/pages/compare.js`), so both answer the same question the same way:
+(`src/tuneloom/web/static/pages/compare_data.js`), so both answer the same question the same way:
 
 * settings are flattened to dotted keys (`trainer_config.learning_rate`), an empty object kept
   visible as `{}`, and a row differs when any version's value (or its absence) differs;
@@ -27,7 +27,7 @@ from tuneloom.model_version import ModelVersion, open_version
 LOWER = "lower"
 HIGHER = "higher"
 
-# The training metrics of metrics.json, in the order and with the direction of METRICS in compare.js.
+# The training metrics of metrics.json, in the order and with the direction of METRICS in compare_data.js.
 TRAINING_METRICS: dict[str, str | None] = {
     "train_loss": LOWER,
     "eval_loss": LOWER,

@@ -14,71 +14,22 @@
  *   · table "Metrics" ("compare-metrics") · chart ("compare-chart", one <path> per version and loss kind)
  *   · label "Prompt" ("compare-prompt") · label "max_tokens" ("compare-max-tokens")
  *   · button "Generate with each" ("compare-generate") · output per version ("compare-output-<version id>")
+ *
+ * The versions, the first pick, settings diffs, best metrics and loss series are worked out in
+ * ./compare_data.js; the tables and output boxes are drawn by ./compare_render.js.
  */
-import { CHART_POINTS, lineChart, PALETTE } from "../chart.js";
-import { api, apiAll, appPath, enc, errorBox, fill, filterBox, fmtNum, h, link, pageHeader, registerPage, whileBusy } from "../app.js";
+import { lineChart } from "../chart.js";
+import { api, appPath, enc, errorBox, fill, filterBox, h, link, pageHeader, registerPage, whileBusy } from "../app.js";
+import { appVersions, firstChoice, lossSeries, metricsReader, shortName, TRAINED, vkey } from "./compare_data.js";
+import { metricsTable, outputBoxes, settingsTable } from "./compare_render.js";
 import { FILTER_FROM, versionChecklist } from "./version_pickers.js";
 import { useStyles } from "./playground_styles.js";
-
-const SETTINGS = ["model_config", "quantization_config", "peft_config", "tokenizer_config", "trainer_config"];
-
-/** Metric rows: [key, label, better ("low" | "high" | null), format]. */
-const METRICS = [
-  ["train_loss", "train loss", "low"],
-  ["eval_loss", "eval loss", "low"],
-  ["perplexity", "perplexity", "low"],
-  ["train_runtime_s", "runtime (s)", "low"],
-  ["train_tokens_per_second", "tokens/s", "high"],
-  ["steps", "steps", null],
-  ["epochs", "epochs", null],
-];
-
-/** {a: {b: 1, c: [1, 2]}} → {"a.b": "1", "a.c": "[1,2]"}; empty objects stay visible as "{}". */
-export function flatten(value, prefix = "", out = {}) {
-  if (value && typeof value === "object" && !Array.isArray(value)) {
-    const keys = Object.keys(value);
-    if (!keys.length && prefix) out[prefix] = "{}";
-    for (const key of keys.sort()) flatten(value[key], prefix ? `${prefix}.${key}` : key, out);
-  } else if (prefix) {
-    out[prefix] = value === undefined ? "—" : JSON.stringify(value);
-  }
-  return out;
-}
-
-/** The settings of each version flattened, and the union of their keys in a stable order. */
-export function settingsRows(versions) {
-  const flat = versions.map((v) => {
-    const s = v.settings || {};
-    const row = {
-      template: JSON.stringify(v.template),
-      dataset_version_id: JSON.stringify(v.dataset_version_id),
-    };
-    if (s.invalid_data_tolerance_percent !== undefined) {
-      row.invalid_data_tolerance_percent = JSON.stringify(s.invalid_data_tolerance_percent);
-    }
-    for (const name of SETTINGS) flatten(s[name] === undefined ? {} : s[name], name, row);
-    return row;
-  });
-  const keys = [];
-  for (const row of flat) for (const key of Object.keys(row)) if (!keys.includes(key)) keys.push(key);
-  return keys.map((key) => {
-    const values = flat.map((row) => (key in row ? row[key] : "—"));
-    return { key, values, differs: new Set(values).size > 1 };
-  });
-}
-
-const vkey = (v) => `${v.model_id}/${v.id}`;
-const shortName = (v) => `${v.model_id} · ${v.id.slice(0, 8)}`;
 
 registerPage("/apps/:app/compare", async ({ main, params, query, signal }) => {
   useStyles();
   const app = params.app;
   main.append(pageHeader("Compare"));
-  const models = await api(`${appPath(app)}/models`, { signal });
-  const perModel = await Promise.all(
-    models.map((m) => apiAll(`${appPath(app)}/models/${enc(m.id)}/versions`, { signal }).then((vs) => [m, vs])),
-  );
-  const all = perModel.flatMap(([m, vs]) => vs.map((v) => ({ ...v, model_id: m.id })));
+  const { perModel, all } = await appVersions(app, signal);
   if (all.length < 2) {
     main.append(
       h(
@@ -93,31 +44,7 @@ registerPage("/apps/:app/compare", async ({ main, params, query, signal }) => {
     return;
   }
 
-  // What to show first: the URL's choice, else the two newest trained versions (else the two newest).
-  // An entry is MODEL/VERSION or a bare version id (ids are unique across models); with fewer than two,
-  // the newest trained versions fill up, those of the first chosen version's model (or ?model=) first.
-  const wanted = (query.get("versions") || "").split(",").filter(Boolean);
-  const chosen = new Set();
-  for (const entry of wanted) {
-    const found = all.find((v) => vkey(v) === entry || v.id === entry);
-    if (found) chosen.add(vkey(found));
-  }
-  if (chosen.size < 2) {
-    const first = all.find((v) => chosen.has(vkey(v)));
-    const model = first ? first.model_id : query.get("model");
-    const byNewest = [...all].sort((a, b) => String(b.created_at).localeCompare(String(a.created_at)));
-    const trained = byNewest.filter((v) => v.status.name === "MODEL_TRAINED");
-    const order = [
-      ...trained.filter((v) => v.model_id === model),
-      ...trained,
-      ...byNewest.filter((v) => v.model_id === model),
-      ...byNewest,
-    ];
-    for (const v of order) {
-      if (chosen.size >= 2) break;
-      chosen.add(vkey(v));
-    }
-  }
+  const chosen = firstChoice(all, query);
 
   const hint = h("p", { className: "muted", testid: "compare-hint", role: "status" });
   const filter = filterBox("compare-filter", "Filter versions", filterPicks);
@@ -152,123 +79,12 @@ registerPage("/apps/:app/compare", async ({ main, params, query, signal }) => {
   const generateButton = h("button", { type: "submit", testid: "compare-generate" }, "Generate with each");
   const outputs = h("div", { className: "cmp-outputs", "aria-live": "polite" });
   const promptError = h("div");
-  const metricsCache = new Map(); // version key → metric points
+  const metricsOf = metricsReader(app, signal);
   let selected = [];
   let generation = null;
 
-  function colorOf(v) {
-    return PALETTE[selected.indexOf(v) % PALETTE.length];
-  }
-
-  function versionHeader(v) {
-    return h(
-      "th",
-      { scope: "col", title: `${v.model_id}/${v.id}` },
-      h("span", { className: "cmp-swatch", style: { background: colorOf(v) } }),
-      link(`#/apps/${enc(app)}/models/${enc(v.model_id)}/versions/${enc(v.id)}`, shortName(v)),
-    );
-  }
-
   function renderSettings() {
-    const rows = settingsRows(selected);
-    const differing = rows.filter((r) => r.differs).length;
-    const shown = onlyDiffs.checked ? rows.filter((r) => r.differs) : rows;
-    fill(
-      settingsSlot,
-      h(
-        "p",
-        { className: "muted", testid: "settings-summary" },
-        `${differing} of ${rows.length} settings differ${differing ? " (highlighted)" : ""}.`,
-      ),
-      h(
-        "div",
-        { className: "table-wrap cmp-wrap" },
-        h(
-          "table",
-          { testid: "compare-settings" },
-          h("caption", {}, "Settings"),
-          h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Setting"), selected.map(versionHeader))),
-          h(
-            "tbody",
-            {},
-            shown.map((r) =>
-              h(
-                "tr",
-                { className: r.differs ? "differs" : null },
-                h("th", { scope: "row" }, r.key),
-                r.values.map((value) =>
-                  h("td", { className: r.differs ? "diff" : null, "aria-label": r.differs ? `${value} (differs)` : null }, value),
-                ),
-              ),
-            ),
-          ),
-        ),
-      ),
-    );
-  }
-
-  function renderMetrics() {
-    fill(
-      metricsSlot,
-      h(
-        "div",
-        { className: "table-wrap cmp-wrap" },
-        h(
-          "table",
-          { testid: "compare-metrics" },
-          h("caption", {}, "Metrics (best in green)"),
-          h(
-            "thead",
-            {},
-            h("tr", {}, h("th", { scope: "col" }, "Metric"), selected.map(versionHeader)),
-          ),
-          h(
-            "tbody",
-            {},
-            h(
-              "tr",
-              {},
-              h("th", { scope: "row" }, "status"),
-              selected.map((v) => h("td", {}, v.status.name)),
-            ),
-            METRICS.map(([key, label, better]) => {
-              const values = selected.map((v) => (v.metrics ? v.metrics[key] : undefined));
-              const numbers = values.filter((x) => typeof x === "number" && Number.isFinite(x));
-              const best =
-                better && new Set(numbers).size > 1 ? (better === "low" ? Math.min(...numbers) : Math.max(...numbers)) : null;
-              return h(
-                "tr",
-                {},
-                h("th", { scope: "row" }, label),
-                values.map((x) =>
-                  h(
-                    "td",
-                    { className: best !== null && x === best ? "num best" : "num" },
-                    fmtNum(x),
-                    best !== null && x === best ? h("span", { className: "visually-hidden" }, " (best)") : null,
-                  ),
-                ),
-              );
-            }),
-          ),
-        ),
-      ),
-    );
-  }
-
-  async function metricsOf(v) {
-    const key = vkey(v);
-    if (!metricsCache.has(key)) {
-      const url = `${appPath(app)}/models/${enc(v.model_id)}/versions/${enc(v.id)}/metrics?max_points=${CHART_POINTS}`;
-      metricsCache.set(
-        key,
-        api(url, { signal }).catch((err) => {
-          metricsCache.delete(key);
-          throw err;
-        }),
-      );
-    }
-    return metricsCache.get(key);
+    fill(settingsSlot, settingsTable(app, selected, onlyDiffs.checked));
   }
 
   let chartRequest = 0; // a slow answer for an earlier selection never redraws over a later one
@@ -277,37 +93,9 @@ registerPage("/apps/:app/compare", async ({ main, params, query, signal }) => {
     const drawn = selected;
     const points = await Promise.all(drawn.map(metricsOf));
     if (mine !== chartRequest) return;
-    const series = [];
-    drawn.forEach((v, i) => {
-      const color = colorOf(v);
-      const rows = points[i] || [];
-      const train = rows.filter((p) => typeof p.loss === "number").map((p) => [p.step, p.loss]);
-      const evalPts = rows.filter((p) => typeof p.eval_loss === "number").map((p) => [p.step, p.eval_loss]);
-      // One legend entry per version (its colour); solid and dashed are said in the chart's title.
-      series.push({ name: `${shortName(v)} train`, label: shortName(v), points: train, color });
-      if (evalPts.length) series.push({ name: `${shortName(v)} eval`, points: evalPts, color, dash: true, dots: true, legend: false });
-    });
-    chart.update(series);
+    chart.update(lossSeries(drawn, points));
     const empty = drawn.filter((v, i) => !(points[i] || []).length);
     fill(chartNote, empty.length ? `No loss points yet for ${empty.map(shortName).join(", ")}.` : "");
-  }
-
-  function renderOutputsPlaceholders() {
-    fill(
-      outputs,
-      selected.map((v) =>
-        h(
-          "section",
-          { className: "cmp-output", testid: `compare-output-${v.id}`, "aria-label": `Output of ${shortName(v)}` },
-          h("h3", {}, h("span", { className: "cmp-swatch", style: { background: colorOf(v) } }), shortName(v)),
-          h(
-            "pre",
-            { className: "muted" },
-            v.status.name === "MODEL_TRAINED" ? "—" : `Not trained (${v.status.name}): nothing to generate.`,
-          ),
-        ),
-      ),
-    );
   }
 
   let filterNote = "";
@@ -325,8 +113,8 @@ registerPage("/apps/:app/compare", async ({ main, params, query, signal }) => {
     results.hidden = selected.length < 2;
     if (results.hidden) return;
     renderSettings();
-    renderMetrics();
-    renderOutputsPlaceholders();
+    fill(metricsSlot, metricsTable(app, selected));
+    fill(outputs, outputBoxes(selected));
     renderChart().catch((err) => !signal.aborted && fill(chartNote, errorBox(err, "chart-error")));
   }
 
@@ -343,12 +131,12 @@ registerPage("/apps/:app/compare", async ({ main, params, query, signal }) => {
     generation = controller;
     signal.addEventListener("abort", () => controller.abort());
     const inference_params = { max_tokens: Number(maxTokens.value) || 32, temperature: 0 };
-    renderOutputsPlaceholders();
+    fill(outputs, outputBoxes(selected));
     await whileBusy(generateButton, () =>
       Promise.all(
         selected.map(async (v) => {
           const box = outputs.querySelector(`[data-testid="compare-output-${v.id}"]`);
-          if (v.status.name !== "MODEL_TRAINED") return;
+          if (v.status.name !== TRAINED) return;
           const pre = box.querySelector("pre");
           pre.textContent = "Generating…";
           try {

@@ -16,25 +16,16 @@
  *   · button "Generate" ("generate") · button "Stop" ("stop") · status line ("gen-status")
  *   · streamed output ("gen-output", aria-live) · results table ("gen-results": Input, Output, Finish, Tokens)
  *   · error ("gen-error")
+ *
+ * The parameter fields are ./generate_params.js; the streamed output and results table, ./generate_output.js.
  */
-import { api, apiAll, appPath, enc, errorBox, fill, filterBox, fmtDate, h, link, pageHeader, registerPage, streamedText, streamSSE, table } from "../app.js";
+import { api, apiAll, appPath, enc, errorBox, fill, filterBox, fmtDate, h, link, pageHeader, registerPage } from "../app.js";
+import { paramFields, readParams } from "./generate_params.js";
+import { markStopped, predictTable, streamOutput } from "./generate_output.js";
 import { FILTER_FROM, filterOptions, versionText } from "./version_pickers.js";
 import { useStyles } from "./playground_styles.js";
 
 const MAX_INPUTS = 128; // the server's limit for one /predict
-
-/** The inference parameters: [name, kind, default, help]. Defaults are the server's. */
-export const PARAMS = [
-  ["max_tokens", "int", 64, "Most new tokens to generate (1–4096)."],
-  ["temperature", "float", 0, "0 is greedy decoding; higher is more random (0–5)."],
-  ["top_p", "float", 1, "Nucleus sampling: keep the smallest set of tokens with this much probability."],
-  ["top_k", "int", 0, "Keep only the k likeliest tokens (0 turns it off)."],
-  ["num_beams", "int", 1, "Beam search width (1 is no beam search)."],
-  ["do_sample", "tristate", "", "Sample instead of picking the likeliest token; automatic samples when temperature > 0."],
-  ["return_full_text", "bool", false, "Return the prompt in front of the generated text."],
-  ["system_prompt", "text", "", "Put in front of every input, as the template's system part."],
-  ["stop", "lines", "", "Stop strings, one per line: generation ends before any of them."],
-];
 
 /** The model's versions, newest first, with the trained ones marked. */
 export async function trainedVersions(app, model, signal) {
@@ -45,68 +36,6 @@ export async function trainedVersions(app, model, signal) {
 export function versionLabel(v) {
   const when = fmtDate(v.finished_at || v.created_at);
   return `${v.id} · ${v.template} · ${v.trained ? when : v.status.name}`;
-}
-
-function paramField(name, kind, value, help) {
-  const id = `param-${name}`;
-  const helpId = `${id}-help`;
-  const common = { id, name, testid: id, "aria-describedby": helpId };
-  let control;
-  if (kind === "bool") {
-    control = h("input", { ...common, type: "checkbox", checked: Boolean(value) });
-    return h(
-      "div",
-      { className: "param param-check" },
-      h("label", { for: id }, control, h("span", {}, name)),
-      h("p", { className: "field-help", id: helpId }, help),
-    );
-  }
-  if (kind === "tristate") {
-    control = h(
-      "select",
-      common,
-      h("option", { value: "" }, "automatic"),
-      h("option", { value: "true" }, "true"),
-      h("option", { value: "false" }, "false"),
-    );
-  } else if (kind === "lines" || kind === "text") {
-    control = h("textarea", { ...common, rows: 2, className: "short" });
-    control.value = value;
-  } else {
-    const attrs = kind === "int" ? { step: 1, min: 0 } : { step: "any", min: 0 };
-    control = h("input", { ...common, type: "number", inputmode: kind === "int" ? "numeric" : "decimal", ...attrs });
-    control.value = String(value);
-  }
-  return h(
-    "div",
-    { className: "param" },
-    h("label", { for: id }, name),
-    control,
-    h("p", { className: "field-help", id: helpId }, help),
-  );
-}
-
-/** Read the parameter form into an inference_params body (empty fields are left to the server). */
-export function readParams(form) {
-  const out = {};
-  for (const [name, kind] of PARAMS) {
-    const el = form.querySelector(`[name="${name}"]`);
-    if (!el) continue;
-    el.removeAttribute("aria-invalid");
-    if (kind === "bool") out[name] = el.checked;
-    else if (kind === "tristate") {
-      if (el.value) out[name] = el.value === "true";
-    } else if (kind === "lines") {
-      const stops = el.value.split("\n").filter((s) => s !== "");
-      if (stops.length) out[name] = stops;
-    } else if (kind === "text") {
-      if (el.value.trim()) out[name] = el.value;
-    } else if (el.value.trim() !== "") {
-      const n = Number(el.value);
-      out[name] = Number.isFinite(n) ? n : el.value; // the server names a bad value
-    }
-  }
-  return out;
 }
 
 registerPage("/apps/:app/generate", async ({ main, params, query, signal }) => {
@@ -145,7 +74,6 @@ registerPage("/apps/:app/generate", async ({ main, params, query, signal }) => {
   const errorSlot = h("div");
   const output = h("div", { className: "gen-output-wrap" });
   const requestView = h("pre", { className: "request-view" });
-  const paramFields = PARAMS.map(([name, kind, value, help]) => paramField(name, kind, value, help));
 
   let running = null; // AbortController of the request in flight
 
@@ -235,82 +163,6 @@ registerPage("/apps/:app/generate", async ({ main, params, query, signal }) => {
     return lines.map(([line]) => line);
   }
 
-  async function streamOne(model, body, controller) {
-    const pre = h("pre", { className: "gen-output", testid: "gen-output", "aria-live": "polite", "aria-busy": "true", tabindex: "0" });
-    const cursor = h("span", { className: "cursor", "aria-hidden": "true" });
-    pre.append(cursor);
-    fill(output, h("h2", {}, "Output"), pre);
-    const shown = streamedText(pre, cursor, (pieces) => {
-      pre.dataset.pieces = String(pieces);
-      fill(status, `Generating… ${pieces} piece${pieces === 1 ? "" : "s"}`);
-    });
-    let finished = null;
-    const started = performance.now();
-    fill(status, "Generating…");
-    try {
-      await streamSSE(`${appPath(app)}/models/${enc(model)}/generate`, {
-        method: "POST",
-        body,
-        signal: controller.signal,
-        onEvent: (event, data) => {
-          if (event === "message" && data && typeof data.text === "string") {
-            shown.add(data.text);
-          } else if (event === "done") {
-            finished = data;
-          } else if (event === "error") {
-            const err = new Error((data && data.message) || "generation failed");
-            err.code = data && data.code;
-            throw err;
-          }
-        },
-      });
-    } finally {
-      shown.flush(); // what arrived is shown, whether it finished, stopped or failed
-    }
-    cursor.remove();
-    pre.setAttribute("aria-busy", "false");
-    const seconds = ((performance.now() - started) / 1000).toFixed(1);
-    if (finished) {
-      const tokens = finished.tokens !== undefined ? `${finished.tokens} tokens · ` : "";
-      fill(
-        status,
-        `Done in ${seconds} s · ${tokens}finish reason: ${finished.finish_reason} · version ${finished.model_version_id}`,
-      );
-      pre.dataset.done = "true";
-    } else {
-      fill(status, `The stream ended after ${seconds} s without a finish.`);
-    }
-  }
-
-  async function predictMany(model, body, controller) {
-    fill(status, `Generating ${body.inputs.length} outputs…`);
-    fill(output);
-    const started = performance.now();
-    const result = await api(`${appPath(app)}/models/${enc(model)}/predict`, {
-      method: "POST",
-      body,
-      signal: controller.signal,
-    });
-    const rows = body.inputs.map((input, i) => ({ input, ...result.outputs[i] }));
-    fill(
-      output,
-      h("h2", {}, "Outputs"),
-      table(
-        rows,
-        [
-          { label: "#", cell: (r) => String(rows.indexOf(r) + 1), className: "num" },
-          { label: "Input", cell: (r) => r.input, className: "text" },
-          { label: "Output", cell: (r) => r.text, className: "text output-cell" },
-          { label: "Finish", cell: (r) => r.finish_reason },
-          { label: "Tokens", cell: (r) => String(r.tokens), className: "num" },
-        ],
-        { caption: `Outputs of version ${result.model_version_id}`, testid: "gen-results" },
-      ),
-    );
-    const seconds = ((performance.now() - started) / 1000).toFixed(1);
-    fill(status, `Done in ${seconds} s · ${rows.length} outputs · version ${result.model_version_id}`);
-  }
-
   async function run() {
     clearMarks();
     const list = collectInputs();
@@ -322,29 +174,23 @@ registerPage("/apps/:app/generate", async ({ main, params, query, signal }) => {
       showError({ message: `At most ${MAX_INPUTS} inputs at once; there are ${list.length}.`, key: "inputs" });
       return;
     }
-    const model = modelSelect.value;
+    const model = `${appPath(app)}/models/${enc(modelSelect.value)}`;
     const inference_params = readParams(form);
     const version = versionSelect.value || null;
     const body =
       list.length === 1 ? { input: list[0], version, inference_params } : { inputs: list, version, inference_params };
-    requestView.textContent = `POST ${appPath(app)}/models/${enc(model)}/${list.length === 1 ? "generate" : "predict"}\n${JSON.stringify(body, null, 2)}`;
+    requestView.textContent = `POST ${model}/${list.length === 1 ? "generate" : "predict"}\n${JSON.stringify(body, null, 2)}`;
     const controller = new AbortController();
     const onLeave = () => controller.abort();
     signal.addEventListener("abort", onLeave);
     setRunning(controller);
+    const into = { signal: controller.signal, output, status };
     try {
-      if (list.length === 1) await streamOne(model, body, controller);
-      else await predictMany(model, body, controller);
+      if (list.length === 1) await streamOutput(model, body, into);
+      else await predictTable(model, body, into);
     } catch (err) {
       if (err.name === "AbortError") {
-        fill(status, "Stopped.");
-        const pre = output.querySelector(".gen-output");
-        if (pre) {
-          pre.setAttribute("aria-busy", "false");
-          pre.dataset.done = "stopped";
-          const cursor = pre.querySelector(".cursor");
-          if (cursor) cursor.remove();
-        }
+        markStopped(output, status);
       } else {
         fill(status, "Failed.");
         showError(err);
@@ -404,7 +250,7 @@ registerPage("/apps/:app/generate", async ({ main, params, query, signal }) => {
       "details",
       { className: "panel params-panel", open: window.matchMedia("(min-width: 721px)").matches },
       h("summary", {}, "Inference parameters"),
-      h("div", { className: "param-grid" }, paramFields),
+      h("div", { className: "param-grid" }, paramFields()),
     ),
     h("details", { className: "panel" }, h("summary", {}, "The request"), requestView),
   );
