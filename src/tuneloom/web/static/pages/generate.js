@@ -28,12 +28,12 @@ import { useStyles } from "./playground_styles.js";
 const MAX_INPUTS = 128; // the server's limit for one /predict
 
 /** The model's versions, newest first, with the trained ones marked. */
-export async function trainedVersions(app, model, signal) {
+async function trainedVersions(app, model, signal) {
   const versions = await apiAll(`${appPath(app)}/models/${enc(model)}/versions`, { signal });
   return versions.map((v) => ({ ...v, trained: v.status && v.status.name === "MODEL_TRAINED" }));
 }
 
-export function versionLabel(v) {
+function versionLabel(v) {
   const when = fmtDate(v.finished_at || v.created_at);
   return `${v.id} · ${v.template} · ${v.trained ? when : v.status.name}`;
 }
