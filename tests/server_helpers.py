@@ -22,6 +22,7 @@ from tuneloom.store.models import ModelVersion, TrainingStatus
 from tuneloom.templates import resolve_settings
 
 TRAIN_FAST = {"num_train_epochs": 3, "per_device_train_batch_size": 8, "learning_rate": 0.05}
+ONE_STEP = {"max_steps": 1, "per_device_train_batch_size": 8}  # a version whose format matters, not what it learned
 WORKER_ID = "tests"
 
 

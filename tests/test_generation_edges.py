@@ -1,5 +1,6 @@
 """Generation requests at the edges: past the model's context, beam search streamed, long stop strings,
-OpenAI fields that would change the answer, and a /predict whose client leaves before the answer.
+OpenAI fields that would change the answer, a /predict or a stream of `n` choices whose client leaves
+before the answer, and a system prompt with a sectioned input.
 
 Each of these once crashed, ran away or silently answered something else; tiny-random's context is
 1,024 positions (`max_position_embeddings`), so a prompt of ~1,200 words is past it.
@@ -13,7 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.server_helpers import Deployed, deploy
+from openai import OpenAI
+from tests.conftest import NEGATIVE, POSITIVE
+from tests.server_helpers import ONE_STEP, Deployed, deploy
 
 from tuneloom.data.types import Example
 from tuneloom.errors import DataFileError, SettingsError
@@ -160,3 +163,73 @@ def test_beam_search_counts_each_beam_against_the_batch_limit() -> None:
     refuse_above(65_536, 20, 24, 1000)  # 20,480 batch tokens without beams
     with pytest.raises(SettingsError, match=r"20 input\(s\) × 4 beams × \(24 prompt tokens \+ 1000 max_tokens\)"):
         refuse_above(65_536, 20, 24, 1000, beams=4)
+
+
+def joined(parts: list[Any], text_of: Any) -> list[str]:
+    """Each choice's text, index by index: the texts of its chunks, joined."""
+    return ["".join(text_of(p) for p in parts if p.index == i) for i in range(max(p.index for p in parts) + 1)]
+
+
+@ON_SQLITE
+def test_streamed_n_choices_interleave_and_join_to_the_unstreamed_ones(deployed: Deployed) -> None:
+    """`n` above 1 with `stream: true` was a 400. OpenAI interleaves the choices' chunks, each naming its choice, each
+    choice ending with its own finish_reason; joined, they are the choices not streamed (seeded: choice i samples
+    with seed + i), and the usage counts every choice and the prompt once. Parsed by the `openai` package."""
+    client = OpenAI(base_url=f"{deployed.url}/v1", api_key=deployed.key, max_retries=0, timeout=120)
+    model = f"{deployed.app_id}/{deployed.model_id}"
+    ask: Any = {"model": model, "prompt": "I love it", "max_tokens": 8, "temperature": 1.5, "seed": 21, "n": 3}
+    whole = client.completions.create(**ask)
+    chunks = list(client.completions.create(**ask, stream=True, stream_options={"include_usage": True}))
+    parts = [chunk.choices[0] for chunk in chunks if chunk.choices]
+    assert joined(parts, lambda p: p.text) == [c.text for c in whole.choices] and len(set(joined(parts, str))) == 3
+    assert chunks[-1].usage == whole.usage and [p.index for p in parts] != sorted(p.index for p in parts)
+    for choice in whole.choices:
+        ends = [p.finish_reason for p in parts if p.index == choice.index]
+        assert ends[-1] == choice.finish_reason and not any(ends[:-1])
+    greedy: Any = {"model": model, "messages": [{"role": "user", "content": "I love it"}], "max_tokens": 6, "n": 2}
+    chat = client.chat.completions.create(**greedy, temperature=0)
+    streamed = [c.choices[0] for c in client.chat.completions.create(**greedy, temperature=0, stream=True) if c.choices]
+    assert [(p.index, p.delta.role) for p in streamed[:2]] == [(0, "assistant"), (1, "assistant")]
+    assert joined(streamed, lambda p: p.delta.content or "") == [c.message.content for c in chat.choices]
+
+
+@ON_SQLITE
+def test_a_streamed_n_whose_client_left_ends_every_choice(deployed: Deployed) -> None:
+    """Each choice is a row of the version's batch, and 128 of them fill it: a /predict of two inputs waits until
+    they leave. Once the client has gone they all leave at the next step (left running, they generate for 11 s
+    here, longer on a busy machine). Streamed or not, `n` counts as n inputs against --max-batch-tokens."""
+    body = {"model": f"{deployed.app_id}/{deployed.model_id}", "prompt": "I love it", "stream": True, "n": 128}
+    too_big = httpx.post(f"{deployed.url}/v1/completions", json={**body, "max_tokens": 600}, headers=deployed.headers)
+    assert too_big.status_code == 400 and "--max-batch-tokens" in too_big.json()["error"]["message"]
+    payload = {**body, "max_tokens": 450, "temperature": 0}
+    with httpx.stream("POST", f"{deployed.url}/v1/completions", json=payload, headers=deployed.headers) as response:
+        assert response.status_code == 200
+        next(line for line in response.iter_lines() if line.startswith("data: "))
+    left = time.monotonic()
+    while (answer := predict(deployed, ["I love it", "ok"], {"max_tokens": 2})).status_code == 429:
+        time.sleep(0.05)  # the key's one slot: freed with the choices
+    assert answer.status_code == 200, answer.text
+    assert time.monotonic() - left < 5, "the choices of the stream whose client left kept generating"
+
+
+SLOTTED = [f"### System: {{system_prompt}} ### Human: {text} ### Assistant: ok" for text in POSITIVE + NEGATIVE]
+
+
+@ON_SQLITE
+def test_a_sectioned_input_gets_the_system_prompt_in_the_section_the_version_has_for_it(deployed: Deployed) -> None:
+    """Trained on `### System: {system_prompt} ### Human: … ### Assistant: …`: a sectioned input (a chat message,
+    or a /predict input) was answered as if no system prompt had been given."""
+    slotted = deploy(deployed.url, deployed.data_dir, "slotted", "chat", trainer_config=ONE_STEP, lines=SLOTTED)
+    system, question = "Answer in one word.", "### Human: I love it"
+    greedy = {"max_tokens": 6, "temperature": 0}
+    as_trained = v1(slotted, "completions", prompt=f"### System: {system} {question} ### Assistant:", **greedy).json()
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+    chat = v1(slotted, "chat/completions", messages=messages, **greedy).json()
+    assert chat["usage"] == as_trained["usage"], (chat, as_trained)
+    assert chat["choices"][0]["message"]["content"] == as_trained["choices"][0]["text"]
+    own = predict(slotted, [f"### System: be verbose {question}"], {**greedy, "system_prompt": system})
+    assert own.status_code == 422 and own.json()["details"]["key"] == "system_prompt", own.text
+    assert "the input carries its own system section" in own.json()["message"]
+    messages[1]["content"] = f"### System: be verbose {question}"
+    refused = v1(slotted, "chat/completions", messages=messages, **greedy)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "messages", refused.text

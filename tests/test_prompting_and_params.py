@@ -106,6 +106,24 @@ def test_consecutive_messages_are_one_turn_and_the_system_prompt_goes_where_rend
     assert fmt.render_turns([Turn("user", "t")], system_prompt="S") == fmt.render("t", system_prompt="S")
 
 
+def test_a_sectioned_input_gets_the_system_prompt_where_the_template_puts_it() -> None:
+    """Training lines with a `### System: {system_prompt}` section: a sectioned input was used as written and the
+    system prompt dropped (the slot kept it from going first, and nothing filled the slot)."""
+    lines = [f"### System: {{system_prompt}} ### Human: {h} ### Assistant:" for h in ("x", "y")]
+    fmt = derive_prompt_format([Example(line, "a", i) for i, line in enumerate(lines, 1)])
+    expected = "### System: S ### Human: q ### Assistant:"
+    assert fmt.render("### Human: q", system_prompt="S") == expected == fmt.render("q", system_prompt="S")
+    for given in ("### System: ### Human: q ### Assistant:", "### System: S ### Human: q"):
+        assert fmt.render(given, system_prompt="S") == expected
+    history = "### Human: q1 ### Assistant: a1 ### Human: q2"
+    turns = [Turn("user", "q1"), Turn("assistant", "a1"), Turn("user", "q2")]
+    assert fmt.render(history, system_prompt="S") == fmt.render_turns(turns, system_prompt="S")
+    assert fmt.render("### Human: q") == "### Human: q ### Assistant:"  # no system prompt: as written
+    with pytest.raises(SettingsError, match="the input carries its own system section") as refused:
+        fmt.render("### System: other ### Human: q", system_prompt="S")
+    assert refused.value.key == "system_prompt" and "'other'" in refused.value.message
+
+
 def test_a_format_without_sections_cannot_show_earlier_turns() -> None:
     plain = PromptFormat(template="{prompt}", response_header=None)
     assert plain.turn_layout() is None

@@ -105,6 +105,12 @@ def test_an_api_server_with_backend_remote_generates_on_the_nodes(procs: Process
     assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] > 0, answer.text
     asked = httpx.post(f"{front}/v1/chat/completions", json={**chat, "logprobs": True}, headers=headers, timeout=120)
     assert asked.status_code == 400 and asked.json()["error"]["param"] == "logprobs"  # not answered without them
+    seeded = {**chat, "n": 2, "temperature": 1.0, "seed": 5}  # streamed: a node stream per choice, seed + i each
+    whole = httpx.post(f"{front}/v1/chat/completions", json=seeded, headers=headers, timeout=120).json()
+    with httpx.stream("POST", f"{front}/v1/chat/completions", json={**seeded, "stream": True}, headers=headers) as r:
+        parts = [json.loads(line[6:])["choices"] for line in r.iter_lines() if line.startswith("data: {")]
+    texts = ["".join(p[0]["delta"].get("content") or "" for p in parts if p and p[0]["index"] == i) for i in (0, 1)]
+    assert texts == [choice["message"]["content"] for choice in whole["choices"]], (parts, whole)
 
     user_key = headers["Authorization"].removeprefix("Key ")
     internal = {"version_id": version, "inputs": ["x"]}

@@ -15,10 +15,9 @@ import openai
 import pytest
 from openai import OpenAI
 from tests.conftest import INSTRUCTION, NEGATIVE, POSITIVE, api_key
-from tests.server_helpers import Deployed, deploy
+from tests.server_helpers import ONE_STEP, Deployed, deploy
 
 INPUT = "I love it"
-ONE_STEP = {"max_steps": 1, "per_device_train_batch_size": 8}  # what it learns does not matter, only its format
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +171,8 @@ def test_chat_history_is_prompted_as_a_multi_turn_training_line(deployed: Deploy
 def test_chat_messages_that_cannot_be_shown_to_the_model_are_refused_by_name(
     client: OpenAI, deployed: Deployed
 ) -> None:
-    """A tool result, or an assistant message after the last user message, was dropped without a word."""
+    """A tool result, an assistant message after the last user message, or a participant's name (the sections
+    have no place for it) was dropped without a word."""
     tool = [*THREE_TURNS[:2], {"role": "tool", "content": "42", "tool_call_id": "c1"}, THREE_TURNS[2]]
     trailing = [*THREE_TURNS[:2]]
     for messages, param in ((tool, "messages.2.role"), (trailing, "messages.1.role")):
@@ -180,6 +180,13 @@ def test_chat_messages_that_cannot_be_shown_to_the_model_are_refused_by_name(
             client.chat.completions.create(model=name(deployed), messages=messages, max_tokens=2)
         assert caught.value.param == param, caught.value.message
     assert "not supported" in caught.value.message and "end with a user message" in caught.value.message
+    named = [*THREE_TURNS[:5], {**THREE_TURNS[5], "name": "alice"}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=name(deployed), messages=named, max_tokens=2)
+    assert caught.value.param == "messages.5.name" and "trained without participant names" in caught.value.message
+    unnamed = [{**message, "name": ""} for message in THREE_TURNS[:5]] + [{**THREE_TURNS[5], "name": None}]
+    answer = client.chat.completions.create(model=name(deployed), messages=unnamed, max_tokens=2)
+    assert answer.choices[0].message.content is not None  # an empty name, or null, says nothing: accepted
 
 
 @pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # what the model learned decides, not the database
@@ -227,7 +234,7 @@ def test_stop_strings_are_honoured_and_never_returned(deployed: Deployed, client
 
 def test_errors_come_in_openais_shape(deployed: Deployed, client: OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        client.completions.create(model=name(deployed), prompt=INPUT, n=2, stream=True)
+        client.completions.create(model=name(deployed), prompt=INPUT, n=0, stream=True)
     assert caught.value.param == "n"
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="shop/no-such-model", messages=[{"role": "user", "content": "hi"}])

@@ -468,6 +468,13 @@ def test_routes_serve_each_version_as_its_adapter_on_one_engine(vllm_server: Any
     assert chunks[-1]["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
     asked = httpx.post(f"{url}/v1/completions", json={**body, "logprobs": 1}, headers=headers, timeout=30)
     assert asked.status_code == 400 and asked.json()["error"]["param"] == "logprobs"  # not answered without them
+    sampled = {**body, "n": 2, "seed": 9, "temperature": 1}
+    with httpx.stream("POST", f"{url}/v1/completions", json=sampled, headers=headers, timeout=30) as response:
+        chunks = [json.loads(d) for kind, d in _raw_events(response) if d != "[DONE]"]
+    assert [c.params.seed for c in engine.calls[-2:]] == [9, 10]  # a vLLM request per choice, seed + i
+    parts = [c["choices"][0] for c in chunks if c["choices"]]
+    texts = ["".join(p["text"] for p in parts if p["index"] == i) for i in (0, 1)]
+    assert texts == [f"{first} answers"] * 2 and chunks[-1]["usage"]["completion_tokens"] == 6
 
     refused = httpx.post(f"{model}/predict", json={"inputs": ["TOO LONG"]}, headers=headers, timeout=30)
     assert refused.status_code == 422

@@ -80,6 +80,13 @@ class GenerationService(Protocol):
         self, version_id: str, path: Path, text: str, params: InferenceParams, *, logprobs: int | None = None
     ) -> PieceStream: ...
 
+    async def streams(
+        self, version_id: str, path: Path, text: str, params: InferenceParams, n: int, *, logprobs: int | None = None
+    ) -> Sequence[PieceStream]:
+        """`n` generations of `text`, streamed side by side (OpenAI's `n` choices): choice i samples with
+        seed + i, as input i of a /predict does; cancelling one stops that one."""
+        ...
+
 
 def refuse_logprobs(logprobs: int | None, backend: str) -> None:
     """Log-probabilities come from tuneloom's own decoding loop (`generate.continuous`), which `backend` does not

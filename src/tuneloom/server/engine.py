@@ -60,6 +60,7 @@ class TextStream:
         self.finish_reason: str | None = None
         self.tokens = 0
         self.prompt_tokens = 0
+        self.ended = False  # engine thread: its generation has finished (its "done" is on the way)
 
     def cancel(self) -> None:
         self._cancelled.set()
@@ -97,6 +98,7 @@ class TextStream:
     def finish(self, generation: Generation, prompt_tokens: int) -> None:
         """Engine thread: record how the generation ended, then end the stream."""
         self.tokens, self.finish_reason, self.prompt_tokens = generation.tokens, generation.finish_reason, prompt_tokens
+        self.ended = True
         self._put("done", None)
 
     def _put(self, kind: str, value: Any) -> None:
@@ -105,7 +107,8 @@ class TextStream:
 
 @dataclass(eq=False)
 class Job:
-    """One request: its rows, and where their results go (a future for /predict, a `TextStream` for a stream)."""
+    """One request: its rows, and where their results go (a future for /predict; for streams, one `TextStream`
+    per row: OpenAI's `n` streamed choices are rows of one request)."""
 
     loaded: InferenceModel
     texts: list[str]
@@ -113,7 +116,7 @@ class Job:
     rows: list[Row]
     prompt_tokens: list[int]
     continuous: bool  # False: beam search, run alone through generate()
-    stream: TextStream | None = None
+    streams: list[TextStream] = field(default_factory=list)  # row i's text goes to streams[i]; empty: a future
     logprobs: int | None = None  # alternatives reported with each token's log-probability; None: none
     future: asyncio.Future[list[Prediction]] | None = None
     loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
@@ -124,7 +127,7 @@ class Job:
         loaded: InferenceModel,
         texts: list[str],
         params: InferenceParams,
-        stream: TextStream | None,
+        streams: list[TextStream],
         logprobs: int | None = None,
     ) -> Job:
         """Render and count the prompts (worker thread); a stream with return_full_text starts with its prompt.
@@ -148,17 +151,20 @@ class Job:
             )
         rows = [Row.create(loaded, text, params.for_input(i), logprobs) for i, text in enumerate(texts)]
         counts = [count_prompt_tokens(loaded, row.prompt) for row in rows]
-        check_context(loaded, counts, params, key="inputs" if stream is None else "input")
-        if stream is not None and continuous and params.return_full_text:
-            stream._put("piece", rows[0].prompt + " ")
-        return cls(loaded, texts, params, rows, counts, continuous, stream, logprobs)
+        check_context(loaded, counts, params, key="input" if streams else "inputs")
+        if streams and continuous and params.return_full_text:
+            for row, stream in zip(rows, streams, strict=True):
+                stream._put("piece", row.prompt + " ")
+        return cls(loaded, texts, params, rows, counts, continuous, streams, logprobs)
 
     @property
     def batch_tokens(self) -> int:
         return batch_tokens(len(self.rows), max(self.prompt_tokens), self.params.max_tokens, self.params.num_beams)
 
     def abandoned(self) -> bool:
-        return self.stream.cancelled if self.stream is not None else self.future is None or self.future.done()
+        if self.streams:
+            return all(stream.cancelled for stream in self.streams)
+        return self.future is None or self.future.done()
 
     def deliver(self) -> bool:
         """Engine thread, after a step: pass on new text and finished results; True once the job is over."""
@@ -166,34 +172,44 @@ class Job:
             for row in self.rows:
                 row.cancelled = True
             return True
-        if self.stream is not None:
-            row = self.rows[0]
-            if (row.piece or row.finished) and (fresh := row.unsent_logprobs()):
-                self.stream._put("logprobs", fresh)
-            if row.piece:
-                self.stream._put("piece", row.piece)
-                row.piece = ""
-            if row.finished:
-                self.stream.finish(row.generation(self.loaded), self.prompt_tokens[0])
-            return row.finished
+        if self.streams:
+            for row, stream, prompt_tokens in zip(self.rows, self.streams, self.prompt_tokens, strict=True):
+                self._deliver_row(row, stream, prompt_tokens)
+            return all(row.finished or row.cancelled for row in self.rows)
         if not all(row.finished for row in self.rows):
             return False
         self.complete([row.generation(self.loaded) for row in self.rows])
         return True
 
+    def _deliver_row(self, row: Row, stream: TextStream, prompt_tokens: int) -> None:
+        """One streamed row's new text (and log-probabilities), and its end; a row whose stream was cancelled
+        (its client gone) leaves the batch at the next step."""
+        if stream.ended:
+            return
+        if stream.cancelled and not row.finished:
+            row.cancelled = True
+            return
+        if (row.piece or row.finished) and (fresh := row.unsent_logprobs()):
+            stream._put("logprobs", fresh)
+        if row.piece:
+            stream._put("piece", row.piece)
+            row.piece = ""
+        if row.finished:
+            stream.finish(row.generation(self.loaded), prompt_tokens)
+
     def complete(self, generations: list[Generation]) -> None:
-        if self.stream is not None:  # generate()'s answer, in one piece
-            self.stream._put("piece", generations[0].text)
-            self.stream.finish(generations[0], self.prompt_tokens[0])
+        if self.streams:  # generate()'s answers, each in one piece
+            for stream, generation, prompt_tokens in zip(self.streams, generations, self.prompt_tokens, strict=True):
+                stream._put("piece", generation.text)
+                stream.finish(generation, prompt_tokens)
             return
         predictions = [Prediction(g, n) for g, n in zip(generations, self.prompt_tokens, strict=True)]
         self._resolve(lambda future: future.set_result(predictions))
 
     def fail(self, err: BaseException) -> None:
-        if self.stream is not None:
-            self.stream._put("error", err)
-        else:
-            self._resolve(lambda future: future.set_exception(err))
+        for stream in self.streams:
+            stream._put("error", err)
+        self._resolve(lambda future: future.set_exception(err))  # a job of streams has no future
 
     def _resolve(self, settle: Any) -> None:
         future = self.future

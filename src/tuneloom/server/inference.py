@@ -168,7 +168,7 @@ class Inference:
     ) -> list[Prediction]:
         """Generate for `texts` in this version's running batch; the outputs in input order (with each token's
         log-probability and its `logprobs` most likely alternatives', where `logprobs` is not None)."""
-        job = await self._run(self._job, version_id, path, list(texts), params, None, logprobs)
+        job = await self._run(self._job, version_id, path, list(texts), params, [], logprobs)
         job.loop = asyncio.get_running_loop()
         future = job.future = job.loop.create_future()
         self._engine(version_id).submit(job)
@@ -182,10 +182,20 @@ class Inference:
         Load errors raise here (before a response has started); errors while generating come out
         of the returned stream. Cancelling the stream (client gone) drops its row at the next step.
         """
-        handle = TextStream(asyncio.get_running_loop())
-        job = await self._run(self._job, version_id, path, [text], params, handle, logprobs)
-        self._engine(version_id).submit(job)
+        (handle,) = await self.streams(version_id, path, text, params, 1, logprobs=logprobs)
         return handle
+
+    async def streams(
+        self, version_id: str, path: Path, text: str, params: InferenceParams, n: int, *, logprobs: int | None = None
+    ) -> list[TextStream]:
+        """Start streaming `n` generations of `text` (OpenAI's streamed `n` choices): rows of one request, as
+        /predict's `n` inputs are, so it is counted as `n` inputs against `--max-batch-tokens`; choice i samples
+        with seed + i. Cancelling one stream drops its row only."""
+        loop = asyncio.get_running_loop()
+        handles = [TextStream(loop) for _ in range(n)]
+        job = await self._run(self._job, version_id, path, [text] * n, params, handles, logprobs)
+        self._engine(version_id).submit(job)
+        return handles
 
     def _job(
         self,
@@ -193,13 +203,13 @@ class Inference:
         path: Path,
         texts: list[str],
         params: InferenceParams,
-        stream: TextStream | None,
+        streams: list[TextStream],
         logprobs: int | None,
     ) -> Job:
         """Worker thread: the loaded version and the request's rows (prompts rendered and counted once,
         for the batch-size limit, admission and usage alike)."""
         loaded = self.cache.get(version_id, path)
-        job = Job.create(loaded, texts, params, stream, logprobs)
+        job = Job.create(loaded, texts, params, streams, logprobs)
         if self.max_batch_tokens is not None:
             refuse_above(self.max_batch_tokens, len(texts), max(job.prompt_tokens), params.max_tokens, params.num_beams)
         return job

@@ -6,7 +6,8 @@ wherever they stand, become the system prompt; user and assistant messages are r
 sections the version was trained with (`PromptFormat.render_turns`): consecutive messages of one role
 are one turn, joined by a newline. Refused, each naming `messages.N.…`: a tool or function message
 (no tool is ever called here), an assistant message without text (tool calls), and a conversation that
-does not end with a user message. A version trained on plain prompt/completion data has no sections
+does not end with a user message; and a message's `name` (`messages.N.name`), which the sections
+have no place for. A version trained on plain prompt/completion data has no sections
 to show earlier turns in: more than one turn is refused naming `messages`, never answered without them.
 """
 
@@ -42,17 +43,12 @@ ONE_TURN_ONLY = (
 
 def conversation(messages: Sequence[ChatMessage]) -> tuple[list[Turn], str | None]:
     """The request's user and assistant turns, and its system prompt; what cannot be shown to the model is
-    refused naming the message (`messages.N.role` or `messages.N.content`)."""
+    refused naming the message (`messages.N.role`, `messages.N.content` or `messages.N.name`)."""
     turns: list[Turn] = []
     for index, message in enumerate(messages):
+        refuse_unshowable(index, message)
         if message.role in SYSTEM_ROLES:
             continue
-        if message.role in TOOL_ROLES:
-            raise SettingsError(
-                f"'messages.{index}.role' is '{message.role}': tool and function messages are not supported "
-                "(this server's models call no tools); send system, developer, user and assistant messages",
-                key=f"messages.{index}.role",
-            )
         if message.role == "user":
             check_inputs([message.text()], key=f"messages.{index}.content", listed=False)
         elif not message.text().strip():
@@ -73,6 +69,24 @@ def conversation(messages: Sequence[ChatMessage]) -> tuple[list[Turn], str | Non
         )
     system = "\n".join(m.text() for m in messages if m.role in SYSTEM_ROLES) or None
     return turns, system
+
+
+def refuse_unshowable(index: int, message: ChatMessage) -> None:
+    """A tool message, or a message's participant name: the version's sections have no place for either, and
+    the model would answer as if it were not there."""
+    if message.role in TOOL_ROLES:
+        raise SettingsError(
+            f"'messages.{index}.role' is '{message.role}': tool and function messages are not supported "
+            "(this server's models call no tools); send system, developer, user and assistant messages",
+            key=f"messages.{index}.role",
+        )
+    if message.name:
+        raise SettingsError(
+            f"'messages.{index}.name' is not supported: this model was trained without participant names "
+            "(its sections say only who speaks: user or assistant), so it would answer as if the name were not "
+            "there; leave name out, or write it into the message's content",
+            key=f"messages.{index}.name",
+        )
 
 
 def chat_input(
@@ -136,6 +150,8 @@ async def said_of_the_conversation(work: Awaitable[T], max_tokens_key: str) -> T
 def conversation_refusal(err: SettingsError, max_tokens_key: str) -> SettingsError:
     """The engine's refusal of an input, as a refusal of the conversation (others unchanged)."""
     details = err.details
+    if err.key == "system_prompt":  # the system messages, and a user message with a system section of its own
+        return SettingsError(err.message, key="messages", details={**details, "key": "messages"})
     counted = isinstance(details.get("prompt_tokens"), int) and isinstance(details.get("limit"), int)
     if err.key not in ("inputs", "input", "max_tokens") or (err.key == "max_tokens" and not counted):
         return err

@@ -70,7 +70,8 @@ def requested_logprobs(body: OpenAIRequest) -> int | None:
 
 
 def choices_per_prompt(body: OpenAIRequest, prompts: int) -> int:
-    """`n`: how many answers to each prompt; all of them run as one batch of at most MAX_INPUTS."""
+    """`n`: how many answers to each prompt; all of them run as one batch of at most MAX_INPUTS (streamed or not:
+    a streamed choice is a row of that batch too)."""
     n = body.n or 1
     if n * prompts > MAX_INPUTS:
         raise SettingsError(
@@ -82,8 +83,6 @@ def choices_per_prompt(body: OpenAIRequest, prompts: int) -> int:
 
 def refusals(body: OpenAIRequest) -> Iterator[tuple[str, str]]:
     """(field, why) for each field sent with a value this server would otherwise answer wrongly."""
-    if (body.n or 1) > 1 and body.stream:
-        yield "n", "above 1 is not supported with stream: true (one choice is streamed); stream n=1, or do not stream"
     for name in ("presence_penalty", "frequency_penalty"):
         if getattr(body, name):
             yield name, f"{UNSUPPORTED} (only 0); leave it out"

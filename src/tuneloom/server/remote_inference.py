@@ -145,6 +145,21 @@ class RemoteInference:
             _answered(response, node, self._skip)
         raise await self._none_answered()
 
+    async def streams(
+        self, version_id: str, path: Path, text: str, params: InferenceParams, n: int, *, logprobs: int | None = None
+    ) -> list[RemoteStream]:
+        """`n` streams of `text`, choice i with seed + i: one node stream each (a node counts each against its own
+        `--max-batch-tokens`); one refused, the others started are closed."""
+        started: list[RemoteStream] = []
+        try:
+            for i in range(n):
+                started.append(await self.stream(version_id, path, text, params.for_input(i), logprobs=logprobs))
+        except BaseException:
+            for stream in started:
+                stream.cancel()
+            raise
+        return started
+
     async def _order(self, version_id: str) -> list[NodeInfo]:
         """The live nodes in this version's rendezvous order, recently unreachable ones last."""
         if time.monotonic() - self._read_at > NODES_REFRESH_S:

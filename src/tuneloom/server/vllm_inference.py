@@ -16,6 +16,7 @@ stand-in `vllm` module; `bench/gpu.sh` runs it for real where vLLM is installed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import uuid
 from collections import OrderedDict
@@ -166,16 +167,36 @@ class VllmInference:
         self, version_id: str, path: Path, text: str, params: InferenceParams, *, logprobs: int | None = None
     ) -> TextStream:
         """Start one streamed generation; errors before the first token raise here, later ones in the stream."""
-        refuse_logprobs(logprobs, "vllm")
-        version = await self._admitted(version_id, path, [text], params)
-        request = sampling_params(params, version.tokenizer.eos_token_id, stream=True)
-        prompt = render_prompt(version, text, params)
-        entry = await self._acquire(version.plan)
-        assert entry.engine is not None
-        outputs = _generate(entry.engine, prompt, request, version.lora)
-        handle = VllmStream(asyncio.get_running_loop())
-        handle.start(outputs, prompt, params, lambda: self._later(self._release(entry)))
+        (handle,) = await self.streams(version_id, path, text, params, 1, logprobs=logprobs)
         return handle
+
+    async def streams(
+        self, version_id: str, path: Path, text: str, params: InferenceParams, n: int, *, logprobs: int | None = None
+    ) -> list[VllmStream]:
+        """`n` streamed generations of `text`, counted as `n` inputs; choice i samples with seed + i."""
+        refuse_logprobs(logprobs, "vllm")
+        version = await self._admitted(version_id, path, [text] * n, params)
+        eos = version.tokenizer.eos_token_id
+        # refused parameters fail before any stream starts
+        requests = [sampling_params(params.for_input(i), eos, stream=True) for i in range(n)]
+        prompt = render_prompt(version, text, params)
+        handles: list[VllmStream] = []
+        try:
+            for request in requests:
+                entry = await self._acquire(version.plan)
+                assert entry.engine is not None
+                outputs = _generate(entry.engine, prompt, request, version.lora)
+                started = VllmStream(asyncio.get_running_loop())
+                started.start(outputs, prompt, params, functools.partial(self._later_release, entry))
+                handles.append(started)
+        except BaseException:
+            for started in handles:
+                started.cancel()
+            raise
+        return handles
+
+    def _later_release(self, entry: _Engine) -> None:
+        self._later(self._release(entry))
 
     async def _admitted(
         self, version_id: str, path: Path, texts: Sequence[str], params: InferenceParams

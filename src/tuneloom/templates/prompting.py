@@ -4,9 +4,10 @@ A mismatch between the text a model was trained on and the text it is prompted w
 is the commonest reason a fine-tune "does not work". So the format is derived from the training
 data itself: sections whose content is the same on every example (a fixed instruction) are kept,
 and the varying section (the human input) becomes the `{prompt}` slot. A bare text sent for
-generation is wrapped in that format; a text that already has `###` sections is used as written.
-A conversation (earlier turns and the last user message) is rendered in the same sections, as a
-multi-turn training line holds it (`PromptFormat.render_turns`).
+generation is wrapped in that format; a text that already has `###` sections is used as written,
+with the system prompt added where the template puts it (`{system_prompt}`). A conversation (earlier
+turns and the last user message) is rendered in the same sections, as a multi-turn training line
+holds it (`PromptFormat.render_turns`).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class PromptFormat:
             return _fill(prompt_template, text.strip(), system_prompt or "")
         _, sections = split_sections(text)
         if sections and self.response_header is not None:
-            rendered = self._complete_sections(text)
+            rendered = self._complete_sections(text, system_prompt)
         else:
             rendered = _fill(self.template, text.strip(), system_prompt or "")
         return self._with_system(rendered, system_prompt)
@@ -91,11 +92,8 @@ class PromptFormat:
         if layout is None or self.response_header is None:
             raise ValueError("this prompt format has no sections to show earlier turns in")
         said = [(layout.slot_header if t.role == "user" else self.response_header, t.text) for t in merged]
-        system = system_prompt or ""
-        fixed = [(h, c.replace(SYSTEM_SLOT, system)) for h, c in layout.before]
-        after = [(h, c.replace(SYSTEM_SLOT, system)) for h, c in layout.after]
-        preamble = layout.preamble.replace(SYSTEM_SLOT, system)
-        rendered = render_sections(preamble, [*fixed, *said, *after, (self.response_header, "")])
+        filled = with_system_prompt(layout, system_prompt or "")
+        rendered = render_sections(filled.preamble, [*filled.before, *said, *filled.after, (self.response_header, "")])
         return self._with_system(rendered, system_prompt)
 
     def turn_layout(self) -> TurnLayout | None:
@@ -117,14 +115,74 @@ class PromptFormat:
             return f"{system_prompt.strip()} {rendered}"
         return rendered
 
-    def _complete_sections(self, text: str) -> str:
-        """A sectioned input: canonical rendering, ending with the response header."""
+    def _complete_sections(self, text: str, system_prompt: str | None) -> str:
+        """A sectioned input: canonical rendering, with the template's system sections, ending with the response
+        header."""
         preamble, sections = split_sections(text)
         assert self.response_header is not None
         header, content = sections[-1]
-        if normalize_header(header) == normalize_header(self.response_header) and not content:
-            return render_sections(preamble, sections)
-        return render_sections(preamble, [*sections, (self.response_header, "")])
+        ends_open = normalize_header(header) == normalize_header(self.response_header) and not content
+        body, tail = (sections[:-1], sections[-1]) if ends_open else (sections, (self.response_header, ""))
+        if system_prompt and SYSTEM_SLOT in self.template:
+            preamble, body = self._place_system(preamble, body, system_prompt)
+        return render_sections(preamble, [*body, tail])
+
+    def _place_system(self, preamble: str, sections: list[Section], system_prompt: str) -> tuple[str, list[Section]]:
+        """The template's `{system_prompt}` parts, filled, where `render_turns` puts them: sections ahead of the
+        slot before the input's sections, those after it after them. The input used as written must not lose
+        the system prompt (the template's slot kept `_with_system` from putting it first), nor say two."""
+        layout = self.turn_layout()
+        if layout is None:
+            raise SettingsError(
+                "'system_prompt' has no place in a sectioned input for this model: its prompt format's "
+                "{system_prompt} is not in a section of its own; write the system prompt into the input's sections",
+                key="system_prompt",
+            )
+        filled = with_system_prompt(layout, system_prompt)
+        if SYSTEM_SLOT in layout.preamble:
+            preamble = _own_system(preamble, layout.preamble, filled.preamble, "the text before its first section")
+        placed = list(sections)
+        ahead = _fill_system_sections(placed, layout.before, filled.before)
+        after = _fill_system_sections(placed, layout.after, filled.after)
+        return preamble, [*ahead, *placed, *after]
+
+
+def with_system_prompt(layout: TurnLayout, system_prompt: str) -> TurnLayout:
+    """The layout with its `{system_prompt}` slots filled: one filling for conversations and sectioned inputs."""
+
+    def filled(sections: list[Section]) -> list[Section]:
+        return [(header, content.replace(SYSTEM_SLOT, system_prompt)) for header, content in sections]
+
+    preamble = layout.preamble.replace(SYSTEM_SLOT, system_prompt)
+    return TurnLayout(preamble, filled(layout.before), layout.slot_header, filled(layout.after))
+
+
+def _fill_system_sections(placed: list[Section], template: list[Section], filled: list[Section]) -> list[Section]:
+    """Fill, in `placed` (the input's sections), those the template holds `{system_prompt}` in; the ones the input
+    lacks are returned, filled, for the caller to add where the template has them."""
+    missing: list[Section] = []
+    for (header, content), (_, fill) in zip(template, filled, strict=True):
+        if SYSTEM_SLOT not in content:
+            continue
+        at = next((i for i, (h, _) in enumerate(placed) if normalize_header(h) == normalize_header(header)), None)
+        if at is None:
+            missing.append((header, fill))
+            continue
+        given_header, given = placed[at]
+        placed[at] = (given_header, _own_system(given, content, fill, f"'### {given_header}:'"))
+    return missing
+
+
+def _own_system(given: str, template: str, filled: str, where: str) -> str:
+    """The filled system part, where the input left it empty, wrote the template's own text or the same;
+    refused where the input carries a system part of its own (two system prompts, one would be dropped)."""
+    if given in ("", template, filled):
+        return filled
+    raise SettingsError(
+        f"'system_prompt' was given, but the input carries its own system section ({where} says {given[:80]!r}); "
+        "send the system prompt once: leave system_prompt out, or that section out of the input",
+        key="system_prompt",
+    )
 
 
 def merge_turns(turns: Sequence[Turn]) -> list[Turn]:

@@ -10,20 +10,17 @@ on these routes comes in OpenAI's shape: `{"error": {"message", "type", "param",
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel
 from sqlalchemy import select
-from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from tuneloom.errors import (
@@ -34,16 +31,14 @@ from tuneloom.errors import (
     SettingsError,
     TuneloomError,
 )
-from tuneloom.generate.generator import TokenLogprob
 from tuneloom.server.auth import api_key, context
-from tuneloom.server.backends import PieceStream
 from tuneloom.server.context import ServerContext
 from tuneloom.server.engine import Prediction
 from tuneloom.server.openai_chat import chat_input, conversation, said_of_the_conversation
 from tuneloom.server.openai_logprobs import chat_logprobs, completion_logprobs
 from tuneloom.server.openai_params import check_supported, choices_per_prompt, inference_params, requested_logprobs
+from tuneloom.server.openai_stream import chat_chunks, completion_chunks, streaming, usage
 from tuneloom.server.routes.predict import (
-    SSE_HEADERS,
     Service,
     Slots,
     admit,
@@ -55,11 +50,8 @@ from tuneloom.server.routes.predict import (
 )
 from tuneloom.server.schemas.openai import (
     ChatChoice,
-    ChatChunkChoice,
     ChatCompletion,
-    ChatCompletionChunk,
     ChatCompletionRequest,
-    ChatDelta,
     ChatMessageOut,
     Completion,
     CompletionChoice,
@@ -204,11 +196,10 @@ async def completions(
     if body.stream:
         if len(prompts) != 1:
             raise SettingsError("streaming takes one prompt", key="prompt")
-        started = stream_in_slot(service, slots, key, version, path, prompts[0], params, logprobs=logprobs)
-        pieces, done = await named(started, "prompt")
-        usage = bool(body.stream_options and body.stream_options.include_usage)
+        started = stream_in_slot(service, slots, key, version, path, prompts[0], params, n=n, logprobs=logprobs)
+        streams, done = await named(started, "prompt")
         echoed = prompts[0] if body.echo else ""
-        return _streaming(_completion_chunks(pieces, head, usage, echoed, logprobs is not None), done)
+        return streaming(completion_chunks(streams, head, _with_usage(body), echoed, logprobs is not None), done)
     texts = [prompt for prompt in prompts for _ in range(n)]  # OpenAI's order: each prompt's n choices together
     async with slots.hold(key.id):
         work = named(service.predict(version.id, path, texts, params, logprobs=logprobs), "prompt")
@@ -243,10 +234,9 @@ async def chat_completions(
     head = ResponseHead(id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=body.model)
     path = version_dir(ctx, version)
     if body.stream:
-        started = stream_in_slot(service, slots, key, version, path, text, params, logprobs=logprobs)
-        pieces, done = await said_of_the_conversation(started, max_tokens_key)
-        usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _streaming(_chat_chunks(pieces, head, usage, logprobs is not None), done)
+        started = stream_in_slot(service, slots, key, version, path, text, params, n=n, logprobs=logprobs)
+        streams, done = await said_of_the_conversation(started, max_tokens_key)
+        return streaming(chat_chunks(streams, head, _with_usage(body), logprobs is not None), done)
     async with slots.hold(key.id):
         predicted = service.predict(version.id, path, [text] * n, params, logprobs=logprobs)
         predictions = await unless_disconnected(request, said_of_the_conversation(predicted, max_tokens_key))
@@ -265,83 +255,9 @@ async def chat_completions(
 def _usage_of(predictions: list[Prediction], n: int) -> Usage:
     """OpenAI's counts: each prompt once (its `n` choices share it), every choice's completion tokens."""
     prompt_tokens = sum(p.prompt_tokens for p in predictions[::n])
-    return _usage(prompt_tokens, sum(p.generation.tokens for p in predictions))
+    return usage(prompt_tokens, sum(p.generation.tokens for p in predictions))
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
-    return Usage(
-        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
-    )
-
-
-def _streaming(chunks: AsyncIterator[str], done: BackgroundTask) -> StreamingResponse:
-    return StreamingResponse(chunks, media_type="text/event-stream", headers=SSE_HEADERS, background=done)
-
-
-def _data(chunk: BaseModel | dict[str, Any] | str) -> str:
-    text = (
-        chunk.model_dump_json()
-        if isinstance(chunk, BaseModel)
-        else chunk
-        if isinstance(chunk, str)
-        else json.dumps(chunk)
-    )
-    return f"data: {text}\n\n"
-
-
-async def _completion_chunks(
-    pieces: PieceStream, head: ResponseHead, usage: bool, echoed: str, reported: bool
-) -> AsyncIterator[str]:
-    """The completion's chunks; `echoed` (the prompt, with `echo`) comes first, as OpenAI sends it.
-    `reported`: each chunk carries the log-probabilities of the tokens generated since the previous one."""
-
-    def chunk(text: str, finish: str | None = None, tokens: Sequence[TokenLogprob] | None = None) -> Completion:
-        reason = None if finish is None else finish_reason(finish)
-        choice = CompletionChoice(index=0, text=text, logprobs=completion_logprobs(tokens), finish_reason=reason)
-        return Completion(**head, choices=[choice])
-
-    if echoed:
-        yield _data(chunk(echoed))
-    try:
-        async for piece, tokens in pieces.chunks():
-            yield _data(chunk(piece, tokens=tokens if reported else None))
-    except Exception as err:
-        yield _data(_stream_error(err))
-        return
-    yield _data(chunk("", pieces.finish_reason))
-    if usage:
-        yield _data(Completion(**head, choices=[], usage=_usage(pieces.prompt_tokens, pieces.tokens)))
-    yield _data("[DONE]")
-
-
-async def _chat_chunks(pieces: PieceStream, head: ResponseHead, usage: bool, reported: bool) -> AsyncIterator[str]:
-    """The answer's chunks; `reported`: each carries the log-probabilities of the tokens since the previous one."""
-
-    def chunk(
-        delta: ChatDelta, finish: str | None = None, tokens: Sequence[TokenLogprob] | None = None
-    ) -> ChatCompletionChunk:
-        reason = None if finish is None else finish_reason(finish)
-        choice = ChatChunkChoice(index=0, delta=delta, logprobs=chat_logprobs(tokens), finish_reason=reason)
-        return ChatCompletionChunk(**head, choices=[choice])
-
-    yield _data(chunk(ChatDelta(role="assistant", content="")))
-    try:
-        async for piece, tokens in pieces.chunks():
-            yield _data(chunk(ChatDelta(content=piece), tokens=tokens if reported else None))
-    except Exception as err:
-        yield _data(_stream_error(err))
-        return
-    yield _data(chunk(ChatDelta(), pieces.finish_reason))
-    if usage:
-        yield _data(ChatCompletionChunk(**head, choices=[], usage=_usage(pieces.prompt_tokens, pieces.tokens)))
-    yield _data("[DONE]")
-
-
-def _stream_error(err: Exception) -> dict[str, Any]:
-    """An error after the stream started: the `openai` client raises it as an APIError."""
-    if isinstance(err, TuneloomError):
-        message = err.message
-    else:
-        log.exception("generation failed", exc_info=err)
-        message = f"generation failed ({type(err).__name__})"
-    return {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
+def _with_usage(body: CompletionRequest | ChatCompletionRequest) -> bool:
+    """`stream_options.include_usage`: a last chunk with the usage of every choice."""
+    return bool(body.stream_options and body.stream_options.include_usage)

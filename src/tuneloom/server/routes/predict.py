@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -185,7 +185,7 @@ async def generate(
     check_inputs([body.input], key="input", listed=False)
     version = await run_in_threadpool(trained_version, ctx, app_id, model_id, body.version)
     await admit(ctx, service, version)
-    pieces, slot = await stream_in_slot(service, slots, key, version, version_dir(ctx, version), body.input, params)
+    (pieces,), slot = await stream_in_slot(service, slots, key, version, version_dir(ctx, version), body.input, params)
     return StreamingResponse(
         events(pieces, version.id), media_type="text/event-stream", headers=SSE_HEADERS, background=slot
     )
@@ -200,25 +200,28 @@ async def stream_in_slot(
     text: str,
     params: Any,
     *,
+    n: int = 1,
     logprobs: int | None = None,
-) -> tuple[PieceStream, BackgroundTask]:
-    """Start a stream in one of the key's generation slots; the task ends both when the response does.
+) -> tuple[Sequence[PieceStream], BackgroundTask]:
+    """Start `n` streams of `text` (OpenAI's `n` choices; one otherwise) in one of the key's generation slots,
+    as a /predict of `n` inputs takes one; the task ends them all and frees the slot when the response ends.
 
     Starlette runs a response's background task after the last chunk and after a disconnect too,
-    so the generation stops and the slot is freed however the client leaves.
+    so every generation stops and the slot is freed however the client leaves.
     """
     slot = await slots.take(key.id)
     try:
-        pieces = await service.stream(version.id, path, text, params, logprobs=logprobs)
+        choices = await service.streams(version.id, path, text, params, n, logprobs=logprobs)
     except BaseException:
         await slot.release()
         raise
 
     async def finish() -> None:  # async: runs on the event loop, like every other use of the slots
-        pieces.cancel()
+        for pieces in choices:
+            pieces.cancel()
         await slot.release()
 
-    return pieces, BackgroundTask(finish)
+    return choices, BackgroundTask(finish)
 
 
 async def events(pieces: PieceStream, version_id: str) -> AsyncIterator[str]:

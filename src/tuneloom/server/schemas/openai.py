@@ -81,6 +81,7 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]  # tool, function: refused
     content: str | list[dict[str, Any]] | None = Field(default=None, validate_default=True)
+    name: str | None = None  # the participant's name: refused unless empty (the sections have no place for it)
 
     @field_validator("content", mode="before")
     @classmethod
