@@ -1,0 +1,161 @@
+"""How many operations one training step and one decode step dispatch: the count that sets an eager step's time
+when the host, not the card, is the bottleneck (bench/README.md, GPU).
+
+The count depends on the layers, not their width, so the model keeps each shape's layer count and
+heads but narrow matrices, and this runs on a CPU in seconds. Counted: every ATen operator the
+dispatcher runs (each one or more kernel launches on a GPU), for
+
+- one tuneloom training step (packed batch of 16, LoRA, forward + loss + backward + AdamW step);
+- one baseline step (Trainer + peft's recipe: 16 padded rows, the model's own loss);
+- one decode step of `model.generate` at batch 1 (the per-token cost measured on the H200).
+
+    python -m bench.step_ops
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from bench.common import print_table, write_result
+from bench.random_models import SHAPES
+
+NARROW = {"intermediate_size": 512, "vocab_size": 2048}  # and 16 dimensions per head
+
+
+class CountOps(TorchDispatchMode):
+    """Counts each ATen operator call (views included: on a GPU they cost host time, no kernel)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.ops[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def model(name: str) -> Any:
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = {**SHAPES[name], **NARROW}
+    heads = config["num_attention_heads"]
+    config["hidden_size"] = 16 * heads
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(LlamaConfig(**config))
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    return get_peft_model(base, lora)
+
+
+def lengths(n: int, seed: int = 0) -> list[int]:
+    """bench.train's length spread: lognormal, median ≈ 140 tokens."""
+    rng = random.Random(seed)
+    return [min(1000, max(16, int(rng.lognormvariate(math.log(140), 0.7)))) for _ in range(n)]
+
+
+def tuneloom_batch(sizes: list[int], vocab: int) -> dict[str, torch.Tensor]:
+    from tuneloom.train.packing import PackedCollator
+
+    features = [
+        {"input_ids": [1 + i % (vocab - 1) for i in range(n)], "labels": [-100] * (n // 2) + [5] * (n - n // 2)}
+        for n in sizes
+    ]
+    return PackedCollator(0, 4096)(features)
+
+
+def baseline_batch(sizes: list[int], vocab: int) -> dict[str, torch.Tensor]:
+    width = max(sizes)
+    ids = torch.zeros(len(sizes), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for r, n in enumerate(sizes):
+        ids[r, :n] = torch.arange(1, n + 1) % (vocab - 1) + 1
+        mask[r, :n] = 1
+        labels[r, n // 2 : n] = 5
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def training_step_ops(name: str, packed: bool) -> int:
+    from tuneloom.train.packing import packed_causal_lm_loss
+
+    peft_model = model(name)
+    peft_model.train()
+    vocab = peft_model.config.vocab_size
+    sizes = lengths(16)
+    batch = tuneloom_batch(sizes, vocab) if packed else baseline_batch(sizes, vocab)
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=2e-4)
+
+    def step() -> None:
+        if packed:
+            labels = batch["labels"]
+            outputs = peft_model(**{k: v for k, v in batch.items() if k != "labels"})
+            loss = packed_causal_lm_loss(outputs, labels)
+        else:
+            loss = peft_model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()  # optimizer state made; the counted step is a steady one
+    with CountOps() as counter:
+        step()
+    return sum(counter.ops.values())
+
+
+@torch.inference_mode()
+def decode_step_ops(name: str) -> int:
+    from transformers import DynamicCache
+
+    peft_model = model(name).merge_and_unload()
+    peft_model.eval()
+    ids = torch.arange(1, 101)[None]
+    cache = DynamicCache(config=peft_model.config)
+    out = peft_model(input_ids=ids, cache=cache, use_cache=True)
+    token = out.logits[:, -1:].argmax(-1)
+    with CountOps() as counter:
+        peft_model(input_ids=token, cache=cache, use_cache=True)
+    return sum(counter.ops.values())
+
+
+def main() -> None:
+    figures: dict[str, Any] = {}
+    for name in SHAPES:
+        figures[name] = {
+            "layers": SHAPES[name]["num_hidden_layers"],
+            "tuneloom_training_step": training_step_ops(name, packed=True),
+            "baseline_training_step": training_step_ops(name, packed=False),
+            "decode_step_forward": decode_step_ops(name),
+        }
+    rows = [
+        [
+            n,
+            str(f["layers"]),
+            str(f["baseline_training_step"]),
+            str(f["tuneloom_training_step"]),
+            str(f["decode_step_forward"]),
+        ]
+        for n, f in figures.items()
+    ]
+    print_table(
+        "ATen operators dispatched per step",
+        ["shape", "layers", "baseline train step", "tuneloom train step", "decode step (forward)"],
+        rows,
+    )
+    from bench.common import RESULTS_DIR
+
+    write_result(
+        RESULTS_DIR / "step-ops.json",
+        benchmark="step-ops",
+        figures=figures,
+        libraries=("torch", "transformers", "peft"),
+    )
+
+
+if __name__ == "__main__":
+    main()
