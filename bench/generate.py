@@ -113,25 +113,28 @@ def time_to_first_token(loaded: Any, text: str, max_tokens: int) -> float:
     return first
 
 
-def static_decode(loaded: Any, texts: list[str], max_tokens: int) -> dict[str, float]:
-    """Batch-1 `generate` with a static cache (compiled decode step on CUDA), after warming up."""
+def after_warm_up(decode: Callable[[list[str]], int], texts: list[str]) -> dict[str, float]:
+    """Time `decode` over `texts` after three calls on the longest: compile, record the CUDA graphs, one
+    clean replay, so that the timed calls reuse one compiled graph."""
     longest = max(texts, key=len)
-    for _ in range(3):  # compile, record the CUDA graphs, one clean replay
-        one_at_a_time(loaded, [longest], max_tokens, cache_implementation="static")
-    return timed(lambda: one_at_a_time(loaded, texts, max_tokens, cache_implementation="static"))
+    for _ in range(3):
+        decode([longest])
+    return timed(lambda: decode(texts))
+
+
+def static_decode(loaded: Any, texts: list[str], max_tokens: int) -> dict[str, float]:
+    """Batch-1 `generate` with a static cache (compiled decode step on CUDA)."""
+    return after_warm_up(lambda ts: one_at_a_time(loaded, ts, max_tokens, cache_implementation="static"), texts)
 
 
 def compiled_decode(loaded: Any, texts: list[str], max_tokens: int) -> dict[str, float] | None:
-    """tuneloom's one-request path with the compiled decode step, after the same warm-up as `static`."""
+    """tuneloom's one-request path with the compiled decode step (None where there is no GPU to compile for)."""
     from tuneloom.generate.compiled import compile_decode
 
     if not compile_decode(loaded):
         return None
     try:
-        longest = max(texts, key=len)
-        for _ in range(3):
-            tuneloom_generate(loaded, [longest], max_tokens)
-        return timed(lambda: sum(tuneloom_generate(loaded, [t], max_tokens) for t in texts))
+        return after_warm_up(lambda ts: sum(tuneloom_generate(loaded, [t], max_tokens) for t in ts), texts)
     finally:
         loaded.compiled_decode = False
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from tuneloom.generate.loading import InferenceModel
 from tuneloom.generate.params import InferenceParams
 
 CACHE_BUCKET = 1024
@@ -40,8 +41,8 @@ def static_cache_kwargs(
     }
 
 
-def compile_decode(loaded: Any) -> bool:
-    """Switch `loaded` (an InferenceModel) to the compiled decode step; False where there is no GPU to compile for.
+def compile_decode(loaded: InferenceModel) -> bool:
+    """Switch `loaded` to the compiled decode step; False where there is no GPU to compile for.
 
     transformers compiles only for an accelerator; on a CPU the static cache would run eagerly and
     gain nothing, so the model is left as it is.
