@@ -111,14 +111,13 @@ def _mark_trained(db: Database, artifacts: Artifacts, run: ModelVersion, relativ
                 message=None,
             )
         ).rowcount  # type: ignore[attr-defined]
-    try:
-        now = get_model_version_by_id(db, run.id)
-    except NotFoundError:
+        now = session.get(ModelVersion, run.id)
+    if now is None:
         assert artifacts.shared is not None
         artifacts.shared.remove_shared(relative)
         raise NotFoundError(
             f"model version '{run.id}' was deleted while it was being published; its copy on the store was removed"
-        ) from None
+        )
     if not changed and now.status != TrainingStatus.MODEL_TRAINED.name:
         raise ConflictError(f"model version '{run.id}' changed while it was being published: it is now {now.status}")
     return now

@@ -216,11 +216,7 @@ def _artifacts(objects: dict[str, dict[str, Any]]) -> list[_Artifact]:
     for relative, info in objects.items():
         folder, _, rest = relative.partition("/")
         name, _, inside = rest.partition("/")
-        artifact = (
-            f"{folder}/{name if inside else name.removesuffix(INDEX_SUFFIX)}"
-            if rest
-            else folder.removesuffix(INDEX_SUFFIX)
-        )
+        artifact = f"{folder}/{name}" if inside else relative.removesuffix(INDEX_SUFFIX)
         grouped.setdefault(artifact, []).append(info)
     found = []
     for path, infos in sorted(grouped.items()):

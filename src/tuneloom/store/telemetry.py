@@ -48,15 +48,22 @@ def add_metrics(db: Database, job_id: str, points: Iterable[Mapping[str, Any]]) 
 
 
 def list_metrics(db: Database, job_id: str, *, after_step: int | None = None) -> list[MetricPoint]:
-    """The run's curve after `after_step`, by step: the tail a resumed run went back over left out (`abandoned`)."""
+    """The run's curve after `after_step`, by step: the tail a resumed run went back over left out (`abandoned`).
+
+    Which points are abandoned depends on the whole curve: the curve read whole is judged as it is;
+    a part of it is judged on the whole curve's bare numbers, read beside it in one snapshot.
+    """
     job = MetricPoint.model_version_id == check_id(job_id, "model version id")
     query = select(MetricPoint).where(job)
     if after_step is not None:
         query = query.where(MetricPoint.step > after_step)
     with db.read(snapshot=True) as session:
-        numbers = session.execute(select(MetricPoint.pk, MetricPoint.step, MetricPoint.loss).where(job)).all()
-        dropped = abandoned((pk, step, loss) for pk, step, loss in numbers)
-        return [p for p in session.scalars(query.order_by(MetricPoint.step, MetricPoint.pk)) if p.pk not in dropped]
+        points = list(session.scalars(query.order_by(MetricPoint.step, MetricPoint.pk)))
+        whole: Sequence[Any] = points
+        if after_step is not None:
+            whole = session.execute(select(MetricPoint.pk, MetricPoint.step, MetricPoint.loss).where(job)).all()
+        dropped = abandoned((p.pk, p.step, p.loss) for p in whole)
+        return [p for p in points if p.pk not in dropped]
 
 
 def metrics_recorded_after(db: Database, job_id: str, point: int) -> list[MetricPoint]:
