@@ -261,10 +261,11 @@ def _reported(rows: list[Row], logits: torch.Tensor, tokens: torch.Tensor) -> li
 
 
 def token_logprob(tokenizer: Any, token: int, reported: Reported, offset: int) -> TokenLogprob:
-    """A token's log-probability with its text, and its alternatives' (a special token shows as itself)."""
+    """A token's log-probability with its text, and its alternatives' (a special token shows as itself).
+    Each id is decoded once: the token is nearly always among its own alternatives."""
     logprob, top = reported
-    alternatives = tuple((tokenizer.decode([t]), value) for t, value in top)
-    return TokenLogprob(tokenizer.decode([token]), logprob, offset, alternatives)
+    text = {t: tokenizer.decode([t]) for t in (token, *(t for t, _ in top))}
+    return TokenLogprob(text[token], logprob, offset, tuple((text[t], value) for t, value in top))
 
 
 def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:

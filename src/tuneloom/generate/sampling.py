@@ -20,7 +20,7 @@ the same rules (computed only for those rows: no other row pays for it).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -66,62 +66,54 @@ def token_logprobs(
     row with `top_k` 1 reports 0 for its one token. A greedy row takes the most likely token of the
     model's own distribution (unscaled, unfiltered), and reports that distribution.
     """
-    logprobs = logits.float().log_softmax(dim=-1)
-    sampling = [i for i, p in enumerate(params) if p.sampling]
-    if sampling:
-        scaled = logits[sampling].float() / _column([max(params[i].temperature, 1e-5) for i in sampling], logits)
-        logprobs[sampling] = _kept_logprobs(scaled, [params[i] for i in sampling])
+    temperature = [max(p.temperature, 1e-5) if p.sampling else 1.0 for p in params]  # x / 1.0 is x exactly
+    scaled = logits.float() / _column(temperature, logits)
+    logprobs = scaled.log_softmax(dim=-1)
+    ranked = [i for i, p in enumerate(params) if p.sampling and (p.top_k or p.top_p < 1.0)]  # the others: all kept
+    if ranked:
+        filtered = logprobs[ranked].masked_fill(~_kept(scaled[ranked], [params[i] for i in ranked]), float("-inf"))
+        logprobs[ranked] = filtered - filtered.logsumexp(dim=-1, keepdim=True)
     chosen = logprobs.gather(1, tokens[:, None]).squeeze(1)
     top = logprobs.topk(min(top_n, logprobs.shape[1]), dim=-1)
     return chosen, top.values, top.indices
 
 
-def _kept_logprobs(scaled: torch.Tensor, params: list[InferenceParams]) -> torch.Tensor:
-    """Log-probabilities over the tokens top-k and top-p keep (-inf elsewhere), as `pick_tokens` draws them:
-    a token the draw cannot reach (no probability left after filtering) is not kept."""
-    logprobs = scaled.log_softmax(dim=-1)
-    ranked = [i for i, p in enumerate(params) if p.top_k or p.top_p < 1.0]  # the others draw from all tokens
-    if ranked:
-        filtered = logprobs[ranked].masked_fill(~_kept(scaled[ranked], [params[i] for i in ranked]), float("-inf"))
-        logprobs[ranked] = filtered - filtered.logsumexp(dim=-1, keepdim=True)
-    return logprobs
-
-
 def _kept(scaled: torch.Tensor, params: list[InferenceParams]) -> torch.Tensor:
-    """Per row, which tokens its top-k and top-p keep: those `_draw_ranked` can draw, found as it finds them
-    (the candidates first, the whole vocabulary sorted only for a row whose nucleus is wider)."""
+    """Per row, which tokens its top-k and top-p keep: those `_draw_ranked` can draw (a token with no
+    probability left after filtering is not kept)."""
+    kept = torch.zeros_like(scaled, dtype=torch.bool)
+    for rows, probs, ids in _nuclei(scaled, params):
+        kept[rows] = torch.zeros_like(scaled[rows], dtype=torch.bool).scatter(1, ids, probs > 0)
+    return kept
+
+
+def _draw_ranked(scaled: torch.Tensor, params: list[InferenceParams], uniform: torch.Tensor) -> torch.Tensor:
+    """Top-k and/or top-p: the kept tokens, most likely first."""
+    picked = torch.zeros(len(params), dtype=torch.long, device=scaled.device)
+    for rows, probs, ids in _nuclei(scaled, params):
+        picked[rows] = ids.gather(1, _inverse_cdf(probs, uniform[rows])[:, None]).squeeze(1)
+    return picked
+
+
+def _nuclei(
+    scaled: torch.Tensor, params: list[InferenceParams]
+) -> Iterator[tuple[slice | list[int], torch.Tensor, torch.Tensor]]:
+    """(rows, their kept probabilities, those tokens' ids), the later over the earlier: every row from the best
+    candidates first, then, sorted in full, the rows whose nucleus is wider than the candidates."""
     vocabulary = scaled.shape[1]
     top_k, top_p = _top_k(params, vocabulary), [p.top_p for p in params]
     width = min(vocabulary, max(k if k < vocabulary else CANDIDATES for k in top_k))
     probs, ids, complete = _nucleus(scaled, top_k, top_p, width)
-    kept = torch.zeros_like(scaled, dtype=torch.bool).scatter(1, ids, probs > 0)
+    yield slice(None), probs, ids
     if not bool(complete.all()):
         wide = (~complete).nonzero().flatten().tolist()
         probs, ids, _ = _nucleus(scaled[wide], [top_k[i] for i in wide], [top_p[i] for i in wide], vocabulary)
-        kept[wide] = torch.zeros_like(probs, dtype=torch.bool).scatter(1, ids, probs > 0)
-    return kept
+        yield wide, probs, ids
 
 
 def _top_k(params: list[InferenceParams], vocabulary: int) -> list[int]:
     """Each row's k, the whole vocabulary where top-k is off (0) or keeps everything."""
     return [p.top_k if 0 < p.top_k < vocabulary else vocabulary for p in params]
-
-
-def _draw_ranked(scaled: torch.Tensor, params: list[InferenceParams], uniform: torch.Tensor) -> torch.Tensor:
-    """Top-k and/or top-p: the kept tokens, most likely first."""
-    vocabulary = scaled.shape[1]
-    top_k = _top_k(params, vocabulary)
-    width = min(vocabulary, max(k if k < vocabulary else CANDIDATES for k in top_k))
-    kept, ids, complete = _nucleus(scaled, top_k, [p.top_p for p in params], width)
-    if not bool(complete.all()):  # a nucleus wider than the candidates: sort those rows in full
-        wide = (~complete).nonzero().flatten().tolist()
-        kept_wide, ids_wide, _ = _nucleus(
-            scaled[wide], [top_k[i] for i in wide], [params[i].top_p for i in wide], vocabulary
-        )
-        picked = ids.gather(1, _inverse_cdf(kept, uniform)[:, None]).squeeze(1)
-        picked[wide] = ids_wide.gather(1, _inverse_cdf(kept_wide, uniform[wide])[:, None]).squeeze(1)
-        return picked
-    return ids.gather(1, _inverse_cdf(kept, uniform)[:, None]).squeeze(1)
 
 
 def _nucleus(

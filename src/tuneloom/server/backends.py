@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from tuneloom.errors import SettingsError, TuneloomError
 
@@ -86,6 +86,23 @@ class GenerationService(Protocol):
         """`n` generations of `text`, streamed side by side (OpenAI's `n` choices): choice i samples with
         seed + i, as input i of a /predict does; cancelling one stops that one."""
         ...
+
+
+Started = TypeVar("Started", bound=PieceStream)
+
+
+async def start_each(starts: Iterable[Awaitable[Started]]) -> list[Started]:
+    """Start `n` streams one after another (a backend that runs each on its own); one refused, those already
+    started are cancelled, since no response will read them."""
+    started: list[Started] = []
+    try:
+        for start in starts:
+            started.append(await start)
+    except BaseException:
+        for stream in started:
+            stream.cancel()
+        raise
+    return started
 
 
 def refuse_logprobs(logprobs: int | None, backend: str) -> None:

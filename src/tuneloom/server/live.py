@@ -9,9 +9,10 @@ sent after the run's last metrics and logs.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel
@@ -22,6 +23,7 @@ from tuneloom.store.db import Database
 from tuneloom.store.models import LogLine, MetricPoint, TrainingStatus
 
 POLL_SECONDS = 1.0
+T = TypeVar("T")
 
 
 def sse(event: str, data: Any) -> str:
@@ -82,23 +84,27 @@ def _metric(point: MetricPoint) -> str:
 
 async def _new_points(db: Database, version_id: str, after_point: int) -> AsyncIterator[MetricPoint]:
     """Every point recorded after `after_point`, a page at a time (as `_new_lines` reads the log)."""
-    while True:
-        page = await run_in_threadpool(telemetry.metrics_recorded_after, db, version_id, after_point)
-        for point in page:
-            yield point
-        if len(page) < telemetry.MAX_PAGE:
-            return
-        after_point = page[-1].pk
+    read = functools.partial(telemetry.metrics_recorded_after, db, version_id)
+    async for point in _paged(read, after_point, lambda point: point.pk):
+        yield point
 
 
 async def _new_lines(db: Database, version_id: str, after_seq: int) -> AsyncIterator[LogLine]:
     """Every line after `after_seq`, a page at a time: a run logging faster than a page a poll never falls behind."""
+
+    def read(after: int) -> list[LogLine]:
+        return telemetry.list_logs(db, version_id, after_seq=after, limit=telemetry.MAX_PAGE)
+
+    async for line in _paged(read, after_seq, lambda line: line.seq):
+        yield line
+
+
+async def _paged(read: Callable[[int], list[T]], after: int, number: Callable[[T], int]) -> AsyncIterator[T]:
+    """What `read` gives after `after`, page after page (each `telemetry.MAX_PAGE` at most) until a short one."""
     while True:
-        page = await run_in_threadpool(
-            telemetry.list_logs, db, version_id, after_seq=after_seq, limit=telemetry.MAX_PAGE
-        )
-        for line in page:
-            yield line
+        page = await run_in_threadpool(read, after)
+        for item in page:
+            yield item
         if len(page) < telemetry.MAX_PAGE:
             return
-        after_seq = page[-1].seq
+        after = number(page[-1])

@@ -25,7 +25,7 @@ import httpx
 from tuneloom.errors import TuneloomError, error_from_dict
 from tuneloom.generate.generator import Generation, TokenLogprob
 from tuneloom.generate.params import InferenceParams
-from tuneloom.server.backends import refuse_logprobs
+from tuneloom.server.backends import refuse_logprobs, start_each
 from tuneloom.server.engine import Prediction
 from tuneloom.store.db import Database
 from tuneloom.store.nodes import NodeInfo, live_nodes
@@ -150,15 +150,9 @@ class RemoteInference:
     ) -> list[RemoteStream]:
         """`n` streams of `text`, choice i with seed + i: one node stream each (a node counts each against its own
         `--max-batch-tokens`); one refused, the others started are closed."""
-        started: list[RemoteStream] = []
-        try:
-            for i in range(n):
-                started.append(await self.stream(version_id, path, text, params.for_input(i), logprobs=logprobs))
-        except BaseException:
-            for stream in started:
-                stream.cancel()
-            raise
-        return started
+        return await start_each(
+            self.stream(version_id, path, text, params.for_input(i), logprobs=logprobs) for i in range(n)
+        )
 
     async def _order(self, version_id: str) -> list[NodeInfo]:
         """The live nodes in this version's rendezvous order, recently unreachable ones last."""

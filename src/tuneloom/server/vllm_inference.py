@@ -16,7 +16,6 @@ stand-in `vllm` module; `bench/gpu.sh` runs it for real where vLLM is installed.
 from __future__ import annotations
 
 import asyncio
-import functools
 import threading
 import uuid
 from collections import OrderedDict
@@ -39,7 +38,7 @@ from tuneloom.generate.vllm_engine import (
     sampling_params,
     start_engine,
 )
-from tuneloom.server.backends import refuse_logprobs
+from tuneloom.server.backends import refuse_logprobs, start_each
 from tuneloom.server.inference import Prediction, TextStream
 from tuneloom.server.limits import check_batch_tokens
 from tuneloom.templates.prompting import PromptFormat
@@ -180,23 +179,16 @@ class VllmInference:
         # refused parameters fail before any stream starts
         requests = [sampling_params(params.for_input(i), eos, stream=True) for i in range(n)]
         prompt = render_prompt(version, text, params)
-        handles: list[VllmStream] = []
-        try:
-            for request in requests:
-                entry = await self._acquire(version.plan)
-                assert entry.engine is not None
-                outputs = _generate(entry.engine, prompt, request, version.lora)
-                started = VllmStream(asyncio.get_running_loop())
-                started.start(outputs, prompt, params, functools.partial(self._later_release, entry))
-                handles.append(started)
-        except BaseException:
-            for started in handles:
-                started.cancel()
-            raise
-        return handles
 
-    def _later_release(self, entry: _Engine) -> None:
-        self._later(self._release(entry))
+        async def start(request: Any) -> VllmStream:
+            entry = await self._acquire(version.plan)
+            assert entry.engine is not None
+            outputs = _generate(entry.engine, prompt, request, version.lora)
+            handle = VllmStream(asyncio.get_running_loop())
+            handle.start(outputs, prompt, params, lambda: self._later(self._release(entry)))
+            return handle
+
+        return await start_each(start(request) for request in requests)
 
     async def _admitted(
         self, version_id: str, path: Path, texts: Sequence[str], params: InferenceParams

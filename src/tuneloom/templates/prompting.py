@@ -61,9 +61,9 @@ class PromptFormat:
         if prompt_template is not None:
             check_prompt_template(prompt_template)
             return _fill(prompt_template, text.strip(), system_prompt or "")
-        _, sections = split_sections(text)
+        preamble, sections = split_sections(text)
         if sections and self.response_header is not None:
-            rendered = self._complete_sections(text, system_prompt)
+            rendered = self._complete_sections(preamble, sections, system_prompt)
         else:
             rendered = _fill(self.template, text.strip(), system_prompt or "")
         return self._with_system(rendered, system_prompt)
@@ -115,10 +115,9 @@ class PromptFormat:
             return f"{system_prompt.strip()} {rendered}"
         return rendered
 
-    def _complete_sections(self, text: str, system_prompt: str | None) -> str:
-        """A sectioned input: canonical rendering, with the template's system sections, ending with the response
-        header."""
-        preamble, sections = split_sections(text)
+    def _complete_sections(self, preamble: str, sections: list[Section], system_prompt: str | None) -> str:
+        """A sectioned input (`split_sections`): canonical rendering, with the template's system sections, ending
+        with the response header."""
         assert self.response_header is not None
         header, content = sections[-1]
         ends_open = normalize_header(header) == normalize_header(self.response_header) and not content
