@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -231,6 +231,53 @@ def test_an_upload_is_kept_under_its_id_until_its_dataset_or_app_is_deleted(api:
     assert raw.is_file()
     assert httpx.delete(f"{url}/api/apps/gone", headers=headers).status_code == 204
     assert not raw.exists()
+
+
+class HungUp(Exception):
+    """Raised by an upload's body half-way, as a closed browser tab ends its upload."""
+
+
+@pytest.mark.parametrize("then", ["finish", "recreate-then-finish", "hang-up"])
+def test_an_upload_whose_dataset_is_deleted_meanwhile_leaves_nothing_and_is_no_success(api: Api, then: str) -> None:
+    """The dataset is deleted while its upload streams in; then the client finishes, finishes after a new
+    dataset took the id, or hangs up. Was: a hang-up left its `.part` file (until a restart an hour later or
+    `store sweep`) and a ClientDisconnect traceback in the log; a finish after the id was taken again stored
+    the deleted dataset's rows in the new dataset, answering 201."""
+    app, headers, data_dir = api
+    dataset, uploads = f"mid-{then}", data_dir / "uploads"
+    assert httpx.post(f"{app}/datasets", json={"id": dataset}, headers=headers).status_code == 201
+    before = set(uploads.glob("*"))
+    body = ("\n".join(sentiment_lines(1)) + "\n").encode()
+    half_sent, go_on = threading.Event(), threading.Event()
+
+    def sent_slowly() -> Iterator[bytes]:
+        yield body[:10]
+        half_sent.set()
+        go_on.wait(30)
+        if then == "hang-up":
+            raise HungUp
+        yield body[10:]
+
+    with ThreadPoolExecutor(1) as pool:
+        url = f"{app}/datasets/{dataset}/uploads"
+        answer = pool.submit(httpx.post, url, content=sent_slowly(), headers=headers, timeout=60)
+        assert half_sent.wait(30)
+        wait_for(lambda: set(uploads.glob("*")) - before, "the server to write the upload's part file", timeout=30)
+        assert httpx.delete(f"{app}/datasets/{dataset}", headers=headers).status_code == 204
+        if then == "recreate-then-finish":
+            assert httpx.post(f"{app}/datasets", json={"id": dataset}, headers=headers).status_code == 201
+        go_on.set()
+        if then == "hang-up":
+            with pytest.raises(HungUp):
+                answer.result()
+        else:
+            refused = answer.result()
+            assert refused.status_code == (404 if then == "finish" else 409), refused.text
+            assert f"dataset '{dataset}'" in refused.json()["message"]
+    wait_for(lambda: set(uploads.glob("*")) == before, "the upload's file to go", timeout=10)
+    if then == "recreate-then-finish":
+        assert httpx.get(f"{app}/datasets/{dataset}/inputs", headers=headers).json()["total"] == 0
+    assert "ClientDisconnect" not in (data_dir.parent / f"{data_dir.name}.log").read_text(errors="replace")
 
 
 def test_deleting_an_app_while_a_run_is_queued_in_it_is_never_an_error(api: Api) -> None:

@@ -169,6 +169,29 @@ def test_a_data_dir_sweep_removes_what_a_deleted_row_left_and_keeps_a_failed_sha
     assert (data / ".write-check-starting").is_file()
 
 
+def test_a_data_dir_sweep_walks_each_orphan_folder_once(
+    db: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A data dir full of old checkpoint folders: each was walked twice, to judge its age and to measure it."""
+    data, gone = tmp_path / "server", new_id()
+    folders = {data / "checkpoints" / gone, data / "model-versions" / gone, data / "tmp" / "fetch"}
+    for folder in folders:
+        _write(folder / "sub" / "w.bin")
+    _age(data)
+    walked: list[Path] = []
+    walk = os.walk
+
+    def counted(top: Any, *args: Any, **kwargs: Any) -> Any:
+        walked.append(Path(top))
+        return walk(top, *args, **kwargs)
+
+    monkeypatch.setattr(os, "walk", counted)
+    code, report = _sweep(capsys, "--data-dir", str(data), "--database-url", db.url)
+    assert code == 0 and _paths(report) == {folder.relative_to(data).as_posix() for folder in folders}
+    assert {(o["files"], o["size"]) for o in report["orphans"]} == {(1, len(b"weights"))}
+    assert sorted(path for path in walked if path in folders) == sorted(folders)
+
+
 def test_a_bad_grace_is_a_usage_error_naming_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stopped:
         main(["store", "sweep", "--grace", "yesterday"])

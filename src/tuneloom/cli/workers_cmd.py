@@ -4,11 +4,10 @@ live generation nodes (`serve --advertise-url`) that servers with `--backend rem
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from tuneloom.cli.arg_types import data_dir
 from tuneloom.cli.render import console, print_json
+from tuneloom.cli.storage_args import add_storage_args
 
 
 def register(commands: Any) -> None:
@@ -16,8 +15,7 @@ def register(commands: Any) -> None:
         "workers",
         help="list training workers (host, capacity, heartbeat, current run), runs none can take, generation nodes",
     )
-    workers.add_argument("--data-dir", type=data_dir, default=Path("tuneloom-data"), help="for the SQLite database")
-    workers.add_argument("--database-url", default=None, help="e.g. postgresql://… (default: SQLite in the data dir)")
+    add_storage_args(workers)
     workers.add_argument("--json", action="store_true", help="machine-readable output")
     workers.set_defaults(run=run_workers)
 

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from tuneloom.data.types import DataReport, Example
 from tuneloom.store.apps import add_under_app, raw_uploads
 from tuneloom.store.db import Database, fetch
-from tuneloom.store.ids import NotFoundError, check_id, new_id
+from tuneloom.store.ids import ConflictError, NotFoundError, check_id, new_id
 from tuneloom.store.models import App, Dataset, DatasetVersion, Input, ModelVersion, Upload, utcnow
 from tuneloom.store.registry import refuse_while_a_run_needs
 
@@ -85,11 +85,14 @@ def add_upload(
     *,
     source_file: str | None = None,
     upload_id: str | None = None,
+    began_with: Dataset | None = None,
 ) -> Upload:
     """Store an upload's report and its valid examples, in one transaction (all or nothing).
 
     `source_file` is the user's file name, kept only as text for display; it never names a file.
     `upload_id` is the id the raw file was kept under (`artifacts.kept_upload`), so that it goes with the dataset.
+    `began_with` is the dataset as it was when the upload began: if it was deleted and a new one took its
+    id meanwhile, the upload is refused (409) rather than stored in a dataset made after it.
     """
     source = (source_file or report.source or "")[:255]
     upload = Upload(
@@ -102,11 +105,21 @@ def add_upload(
     )
     with db.write() as session:
         dataset = find_dataset(session, app_id, dataset_id, lock=True)
+        if began_with is not None and not _same_dataset(dataset, began_with):
+            raise ConflictError(
+                f"dataset '{dataset_id}' was deleted while this upload was being sent, and a new dataset has "
+                "its id now: nothing was stored; upload the file again if it belongs in the new one"
+            )
         upload.dataset_pk = dataset.pk
         session.add(upload)
         session.flush()
         dataset.next_seq = _insert_inputs(session, dataset, upload, examples)
     return upload
+
+
+def _same_dataset(found: Dataset, began_with: Dataset) -> bool:
+    """Whether `found` is the very row `began_with` was: SQLite may hand a deleted row's key to the next one."""
+    return (found.pk, found.created_at) == (began_with.pk, began_with.created_at)
 
 
 def _insert_inputs(session: Session, dataset: Dataset, upload: Upload, examples: Iterable[Example]) -> int:

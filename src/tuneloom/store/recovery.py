@@ -40,6 +40,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -109,6 +110,22 @@ VERSION_ARTIFACTS = (
 )
 
 
+@dataclass(frozen=True)
+class Entry:
+    """A data-dir file or folder as one walk saw it (`survey`): its files and bytes (links counted as
+    themselves, never followed), its newest change (seconds since the epoch; None when it was gone), and
+    whether part of it vanished while it was read, which counts as a change."""
+
+    path: Path
+    files: int
+    size: int
+    newest: float | None
+    vanished: bool
+
+    def unchanged_since(self, cutoff: float) -> bool:
+        return not self.vanished and self.newest is not None and self.newest < cutoff
+
+
 @dataclass
 class Recovered:
     """What was tidied, for the start-up log (paths relative to the data dir)."""
@@ -175,40 +192,43 @@ def remove_partial_files(artifacts: Artifacts, *, grace_s: float = ORPHAN_GRACE_
     writes and fetches, and the write checks of interrupted starts, once older than `grace_s` (younger
     ones may be another process's, in flight)."""
     found = find_partial_files(artifacts, grace_s=grace_s)
-    return [artifacts.relative(path) for path in found if delete_entry(path)]
+    return [artifacts.relative(entry.path) for entry in found if delete_entry(entry.path)]
 
 
-def find_partial_files(artifacts: Artifacts, *, grace_s: float) -> list[Path]:
+def find_partial_files(artifacts: Artifacts, *, grace_s: float) -> list[Entry]:
     """The `.part` uploads, `tmp/` staging entries and top-level write checks (`prepare_data_dir`)
-    unchanged for `grace_s` (what `remove_partial_files` deletes)."""
+    unchanged for `grace_s` (what `remove_partial_files` deletes), as their age check saw them."""
     cutoff = time.time() - grace_s
     leftovers = [
         *_entries(artifacts, UPLOADS, "*.part"),
         *_entries(artifacts, TMP, "*"),
         *_entries(artifacts, "", f"{DATA_DIR_PROBE}*"),
     ]
-    return [path for path in leftovers if _unchanged_since(path, cutoff)]
+    return [entry for path in leftovers if (entry := survey(path)).unchanged_since(cutoff)]
 
 
 def remove_orphans(db: Database, artifacts: Artifacts, kept: Kept, *, grace_s: float = ORPHAN_GRACE_S) -> list[str]:
     """Delete the entries of `kept.folder` named by an id no row has, once older than `grace_s`."""
     found = find_orphans(db, artifacts, kept, grace_s=grace_s)
-    return [f"{kept.folder}/{path.name}" for path in found if delete_entry(path)]
+    return [f"{kept.folder}/{entry.path.name}" for entry in found if delete_entry(entry.path)]
 
 
-def find_orphans(db: Database, artifacts: Artifacts, kept: Kept, *, grace_s: float) -> list[Path]:
-    """The entries of `kept.folder` named by an id no row has, unchanged for `grace_s`.
+def find_orphans(db: Database, artifacts: Artifacts, kept: Kept, *, grace_s: float) -> list[Entry]:
+    """The entries of `kept.folder` named by an id no row has, unchanged for `grace_s`, as their age
+    check saw them.
 
     The entries are listed before the ids are read (see the module docstring for why that order).
     """
     cutoff = time.time() - grace_s
-    candidates = {
-        path: row_id
+    candidates = [
+        (entry, row_id)
         for path in _entries(artifacts, kept.folder, "*")
-        if (row_id := kept.id_of(path)) and ID_PATTERN.fullmatch(row_id) and _unchanged_since(path, cutoff)
-    }
-    known = {row[0] for row in rows_with_ids(db, (kept.id_column,), set(candidates.values()))}
-    return [path for path, row_id in candidates.items() if row_id not in known]
+        if (row_id := kept.id_of(path))
+        and ID_PATTERN.fullmatch(row_id)
+        and (entry := survey(path)).unchanged_since(cutoff)
+    ]
+    known = {row[0] for row in rows_with_ids(db, (kept.id_column,), {row_id for _, row_id in candidates})}
+    return [entry for entry, row_id in candidates if row_id not in known]
 
 
 def _entries(artifacts: Artifacts, folder: str, pattern: str) -> list[Path]:
@@ -230,19 +250,26 @@ def rows_with_ids(db: Database, columns: Sequence[InstrumentedAttribute[Any]], i
     return found
 
 
-def _unchanged_since(path: Path, cutoff: float) -> bool:
-    """Whether nothing about `path` changed after `cutoff`: the entry itself and, for a folder,
-    everything inside it (links not followed). An entry that vanished meanwhile counts as changed."""
+def survey(path: Path) -> Entry:
+    """Walk `path` once (a folder: everything inside it, links not followed): what the age checks above
+    judge it by, and what `tuneloom store sweep` reports of it."""
+    statuses = [_lstat(path)]
+    top = statuses[0]
+    if top is not None and stat.S_ISDIR(top.st_mode):
+        inside = (Path(folder, name) for folder, subfolders, files in os.walk(path) for name in (*subfolders, *files))
+        statuses += [_lstat(entry) for entry in inside]
+    seen = [status for status in statuses if status is not None]
+    items = [status for status in seen if not stat.S_ISDIR(status.st_mode)]
+    newest = max((status.st_mtime for status in seen), default=None)
+    return Entry(path, len(items), sum(status.st_size for status in items), newest, len(seen) < len(statuses))
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    """The entry's own status (a link's, not its target's); None when it is gone."""
     try:
-        if path.lstat().st_mtime >= cutoff:
-            return False
-        for folder, subfolders, files in os.walk(path):
-            for name in (*subfolders, *files):
-                if os.lstat(os.path.join(folder, name)).st_mtime >= cutoff:
-                    return False
+        return path.lstat()
     except FileNotFoundError:
-        return False
-    return True
+        return None
 
 
 def delete_entry(path: Path) -> bool:

@@ -25,7 +25,6 @@ read again just before it goes (listing a big bucket takes a while), and its ind
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -105,35 +104,20 @@ def sweep(db: Database, artifacts: Artifacts, *, grace_s: float = DEFAULT_GRACE_
 
 
 def _data_dir_orphans(db: Database, artifacts: Artifacts, grace_s: float) -> list[tuple[Orphan, Path]]:
-    """The entries a server's start-up tidy would remove with this grace (`store.recovery`), measured."""
-    found = [(path, _why_partial(path)) for path in find_partial_files(artifacts, grace_s=grace_s)]
+    """The entries a server's start-up tidy would remove with this grace (`store.recovery`), measured by the
+    one walk that found them old enough (`recovery.survey`)."""
+    found = [(entry, _why_partial(entry.path)) for entry in find_partial_files(artifacts, grace_s=grace_s)]
     for kept in (UPLOAD_FILES, *VERSION_ARTIFACTS):
         why = f"no {ROW_NAMES[kept.folder]} has this id"
-        found += [(path, why) for path in find_orphans(db, artifacts, kept, grace_s=grace_s)]
+        found += [(entry, why) for entry in find_orphans(db, artifacts, kept, grace_s=grace_s)]
     where = str(artifacts.root)
-    return [(Orphan(where, artifacts.relative(path), *_measure(path), why), path) for path, why in found]
+    return [(Orphan(where, artifacts.relative(e.path), e.files, e.size, e.newest, why), e.path) for e, why in found]
 
 
 def _why_partial(path: Path) -> str:
     if path.name.startswith(DATA_DIR_PROBE):
         return "a write check left by a command that stopped while checking the data dir"
     return "left by an interrupted upload, write or fetch"
-
-
-def _measure(path: Path) -> tuple[int, int, float | None]:
-    """Files, bytes and newest change of a file or a folder (links counted as themselves, never followed)."""
-    entries = [path]
-    if path.is_dir() and not path.is_symlink():
-        entries += [Path(folder, name) for folder, subfolders, files in os.walk(path) for name in (*subfolders, *files)]
-    files = size = 0
-    newest: float | None = None
-    for entry in entries:
-        with contextlib.suppress(FileNotFoundError):
-            status = entry.lstat()
-            newest = max(newest or 0.0, status.st_mtime)
-            if not entry.is_dir() or entry.is_symlink():
-                files, size = files + 1, size + status.st_size
-    return files, size, newest
 
 
 @dataclass(frozen=True)

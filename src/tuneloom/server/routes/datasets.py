@@ -16,6 +16,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from tuneloom.data import FORMATS, parse_file
 from tuneloom.errors import SettingsError, TuneloomError
@@ -82,29 +83,20 @@ async def upload(
     """The request body is the file (any content type); `filename` is shown in reports only."""
     if CONTROL_CHARS.search(filename):  # display text only; PostgreSQL cannot even store a NUL
         raise SettingsError("filename must not contain control characters", key="filename")
-    await run_in_threadpool(datasets.get_dataset, ctx.db, app_id, dataset_id)  # 404 before reading a byte
+    began = await run_in_threadpool(datasets.get_dataset, ctx.db, app_id, dataset_id)  # 404 before reading a byte
     upload_id = new_id()  # the file's name and the upload's id: deleting the dataset finds the file
-    path = ctx.artifacts.upload_file(upload_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    size = 0
-    with path.open("wb") as handle:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > ctx.max_upload_bytes:
-                handle.close()
-                path.unlink(missing_ok=True)
-                raise upload_too_large(ctx.max_upload_bytes)
-            handle.write(chunk)
-    path = keep_upload(ctx, path, upload_id, filename)
+    path = await receive_upload(request, ctx, upload_id, filename)
     try:
         parsed = await run_in_threadpool(parse_file, path, format=format)
-    except TuneloomError as error:
-        path.unlink(missing_ok=True)  # refused as a whole: nothing was stored, keep no orphan file
-        raise name_upload(error, path, filename) from None
+    except BaseException as error:
+        path.unlink(missing_ok=True)  # refused as a whole, or the request was cut off: no row will name it
+        if isinstance(error, TuneloomError):
+            raise name_upload(error, path, filename) from None
+        raise
     parsed.report.source = filename
     try:
         stored = await run_in_threadpool(
-            functools.partial(datasets.add_upload, upload_id=upload_id, source_file=filename),
+            functools.partial(datasets.add_upload, upload_id=upload_id, source_file=filename, began_with=began),
             ctx.db,
             app_id,
             dataset_id,
@@ -112,7 +104,7 @@ async def upload(
             parsed.examples,
         )
     except TuneloomError:
-        path.unlink(missing_ok=True)  # e.g. the dataset was deleted meanwhile: no upload row will name it
+        path.unlink(missing_ok=True)  # refused before storing anything (the dataset was deleted meanwhile)
         raise
     report = parsed.report
     return UploadReport(
@@ -125,6 +117,33 @@ async def upload(
         invalid_percent=round(report.invalid_percent, 3),
         invalid=[InvalidRowOut(line=r.line, reason=r.reason, excerpt=r.excerpt) for r in report.invalid],
     )
+
+
+async def receive_upload(request: Request, ctx: ServerContext, upload_id: str, filename: str) -> Path:
+    """Stream the body to the upload's `.part` file within the size limit, then keep it (`keep_upload`).
+
+    Whatever ends the stream early (the limit, a client that hangs up, a cancelled request) removes the
+    part file at once: no row will ever name it, and a dataset deleted meanwhile must leave nothing behind.
+    """
+    path = ctx.artifacts.upload_file(upload_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with path.open("wb") as handle:
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > ctx.max_upload_bytes:
+                    raise upload_too_large(ctx.max_upload_bytes)
+                handle.write(chunk)
+        return keep_upload(ctx, path, upload_id, filename)
+    except BaseException as error:
+        path.unlink(missing_ok=True)
+        if isinstance(error, ClientDisconnect):  # nobody reads the answer, but the log gets no traceback
+            raise TuneloomError(
+                f"the upload of '{filename}' stopped before the whole file arrived: nothing was stored",
+                code="UPLOAD_INTERRUPTED",
+            ) from None
+        raise
 
 
 def keep_upload(ctx: ServerContext, path: Path, upload_id: str, filename: str) -> Path:
