@@ -8,6 +8,13 @@ training loss — tuneloom must learn the same thing, so the losses must agree w
     python -m bench.train                      # SmolLM2-135M-Instruct, 64 examples
     python -m bench.train --model tiny-random  # seconds, for a smoke check
     python -m bench.train --model llama-1.1b-random --examples 384 --batch 16   # on a GPU (bench/gpu.sh)
+    python -m bench.train --model llama-1.1b-random --examples 768 --batch 16 --compile   # + a compiled run
+
+`--compile` adds a third run, `tuneloom+compile`: tuneloom with `trainer_config.torch_compile: true`
+(the Trainer compiles the model, dynamic shapes after the first new width). On a GPU the eager step
+is host-bound (bench/README.md, GPU: about 30 µs per dispatched operator), and a compiled step
+dispatches fused kernels instead of thousands of operators. Its runtime includes the compile, as a
+user's run does; `compile_s_estimate` is the first step's time less a steady step's.
 
 On a GPU both runs compute in bf16 (weights loaded in bf16, `bf16=True`), peak memory is
 `torch.cuda.max_memory_allocated`, and MFU is reported against the card's datasheet bf16 peak with
@@ -17,6 +24,8 @@ On a GPU both runs compute in bf16 (weights loaded in bf16, `bf16=True`), peak m
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import json
 import math
 import random
@@ -24,6 +33,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,20 +119,33 @@ def trainer_config(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def run_tuneloom(args: argparse.Namespace, data: Path, work: Path) -> dict[str, Any]:
+def run_tuneloom(args: argparse.Namespace, data: Path, work: Path, *, compiled: bool = False) -> dict[str, Any]:
     from tuneloom.train.recipe import TrainJob, run_training
 
     settings = {
         **model_settings(args.model),
         "tokenizer_config": {"model_max_length": 1100},
-        "trainer_config": {**trainer_config(args), "eval_fraction": 0.0},
+        "trainer_config": {**trainer_config(args), "eval_fraction": 0.0, "torch_compile": compiled},
     }
+    step_ends = [0.0]  # seconds since training began
     outcome = run_training(
-        TrainJob(data=data, output=work / "version", template=TEMPLATES[args.model], settings=settings)
+        TrainJob(data=data, output=work / f"version-{compiled}", template=TEMPLATES[args.model], settings=settings),
+        on_event=lambda event: step_ends.append(event.elapsed_s) if event.kind == "step" else None,
     )
     m = outcome.metrics
     tokens = outcome.report.token_stats["total"] * args.epochs if outcome.report.token_stats else 0
-    return {"runtime_s": m["train_runtime_s"], "real_tokens": tokens, "mean_loss": m["train_loss"]}
+    result = {"runtime_s": m["train_runtime_s"], "real_tokens": tokens, "mean_loss": m["train_loss"]}
+    return result | first_step_excess(step_ends)
+
+
+def first_step_excess(stamps: list[float]) -> dict[str, float]:
+    """How much longer the first step took than the median later one: a compile's cost, roughly.
+    (Later recompiles, one per new batch width until shapes go dynamic, are in the runtime only.)"""
+    gaps = sorted(b - a for a, b in itertools.pairwise(stamps[1:]))
+    if len(stamps) < 3 or not gaps:
+        return {}
+    steady = gaps[len(gaps) // 2]
+    return {"steady_step_s": steady, "compile_s_estimate": max(0.0, stamps[1] - stamps[0] - steady)}
 
 
 def run_baseline(args: argparse.Namespace, data: Path, work: Path) -> dict[str, Any]:
@@ -171,9 +194,13 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     work = Path(args.work)
-    run = run_tuneloom if args.worker == "tuneloom" else run_baseline
+    runs: dict[str, Callable[..., dict[str, Any]]] = {
+        "baseline": run_baseline,
+        "tuneloom": run_tuneloom,
+        "tuneloom+compile": functools.partial(run_tuneloom, compiled=True),
+    }
     try:
-        result = run(args, work / "data.txt", work)
+        result = runs[args.worker](args, work / "data.txt", work)
     except (MemoryError, torch.OutOfMemoryError) as err:  # a figure of its own: the other run still runs
         error = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
         (work / f"{args.worker}.json").write_text(json.dumps(error))
@@ -192,7 +219,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--worker", choices=["baseline", "tuneloom"], help=argparse.SUPPRESS)
+    parser.add_argument("--compile", action="store_true", help="also run tuneloom with torch_compile")
+    parser.add_argument("--worker", choices=["baseline", "tuneloom", "tuneloom+compile"], help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -203,10 +231,11 @@ def main() -> None:
         work = Path(tmp)
         make_dataset(work / "data.txt", args.examples, seed=0)
         results = {}
-        for name in ("baseline", "tuneloom"):
+        for name in ("baseline", "tuneloom", *(["tuneloom+compile"] if args.compile else [])):
             cmd = [sys.executable, "-m", "bench.train", *sys.argv[1:], "--worker", name, "--work", tmp]
-            subprocess.run(cmd, check=True)
-            results[name] = json.loads((work / f"{name}.json").read_text())
+            failed = subprocess.run(cmd, check=name != "tuneloom+compile").returncode  # a compile failure is a figure
+            written = work / f"{name}.json"
+            results[name] = json.loads(written.read_text()) if written.exists() else {"error": f"exit {failed}"}
     figures = summarize(args, results, settings)
     print_table(
         f"Training throughput, {args.model} LoRA, {args.examples} examples, batch {args.batch} ({device_name()})",
@@ -243,6 +272,13 @@ def table_rows(results: dict[str, dict[str, Any]], figures: dict[str, Any]) -> l
         ratio = results["tuneloom"][memory] / results["baseline"][memory]
         speedup, loss = figures["speedup_tokens_per_s"], figures["loss_rel_diff"]
         rows.append(["tuneloom / baseline", f"{speedup:.2f}×", f"{ratio:.2f}×", f"Δ {loss:.2%}", "", ""])
+    if figures.get("compiled_speedup_tokens_per_s") is not None:
+        compiled = results["tuneloom+compile"]
+        ratio = compiled[memory] / results["baseline"][memory]
+        speedup = figures["compiled_speedup_tokens_per_s"]
+        compile_s = compiled.get("compile_s_estimate")
+        note = f"compile ≈ {compile_s:.0f} s" if compile_s is not None else ""
+        rows.append(["tuneloom+compile / baseline", f"{speedup:.2f}×", f"{ratio:.2f}×", note, "", ""])
     return rows
 
 
@@ -264,7 +300,14 @@ def summarize(args: argparse.Namespace, results: dict[str, dict[str, Any]], sett
             result["mfu"] = result["tokens_per_s"] * per_token / card.bf16_dense_flops
     base, ours = results["baseline"], results["tuneloom"]
     both = "error" not in base and "error" not in ours
-    return {
+    compiled = results.get("tuneloom+compile")
+    if compiled is not None:
+        with_compiled = "error" not in base and "error" not in compiled
+        compiled_speedup = compiled["tokens_per_s"] / base["tokens_per_s"] if with_compiled else None
+        extra = {"tuneloom_compile": compiled, "compiled_speedup_tokens_per_s": compiled_speedup}
+    else:
+        extra = {}
+    return extra | {
         "model": args.model,
         "template": TEMPLATES[args.model],
         "examples": args.examples,
