@@ -1,8 +1,9 @@
-"""The compiled decode path (`tuneloom generate --compile`): a static, bucketed KV cache for one-input calls.
+"""The compiled decode path (`tuneloom generate --compile`): tuneloom's own loop over a static, bucketed
+KV cache for one-input calls.
 
-transformers compiles the decode step only on an accelerator, so here (CPU) the static cache runs
-eagerly: these tests check that the path gives exactly the default path's answers and which calls
-take it; the speed is measured on a GPU by `bench/gpu.sh` (bench.generate's `compiled` variant).
+The step is compiled only on a GPU, so here (CPU) the loop runs eagerly: these tests check that it
+gives exactly the default path's answers — greedy, seeded sampling, penalties — and which calls take
+it; the speed is measured on a GPU by `bench/gpu.sh` (bench.generate's `compiled` variant).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 from tests.conftest import run_cli
 
-from tuneloom.generate.compiled import CACHE_BUCKET, cache_length, compile_decode, static_cache_kwargs
+from tuneloom.generate.compiled import CACHE_BUCKET, StaticDecoder, cache_length, compile_decode
 from tuneloom.generate.generator import generate, stream
 from tuneloom.generate.loading import load_for_inference
 from tuneloom.generate.params import InferenceParams
@@ -32,30 +33,67 @@ def test_the_cache_is_rounded_up_to_a_bucket_within_the_context() -> None:
     assert cache_length(1000, 1000) == 1000
 
 
-def test_only_single_input_single_beam_calls_take_the_static_cache() -> None:
-    greedy = InferenceParams(max_tokens=20)
-    assert static_cache_kwargs(True, 1, 30, greedy, 1024) == {"cache_implementation": "static", "max_cache_len": 1024}
-    assert static_cache_kwargs(False, 1, 30, greedy, 1024) == {}
-    assert static_cache_kwargs(True, 2, 30, greedy, 1024) == {}  # a new batch size would be a new graph
-    assert static_cache_kwargs(True, 1, 30, InferenceParams(max_tokens=20, num_beams=2), 1024) == {}
+PARAMS = [
+    InferenceParams(max_tokens=24),
+    InferenceParams(max_tokens=24, temperature=0.9, top_p=0.9, seed=7),
+    InferenceParams(max_tokens=24, repetition_penalty=1.8, frequency_penalty=0.5),
+    InferenceParams(max_tokens=24, stop=("e",)),
+]
 
 
-def test_the_static_cache_path_answers_exactly_as_the_default_path(loaded: Any) -> None:
-    greedy = InferenceParams(max_tokens=24)
-    default = [generate(loaded, [p], greedy)[0] for p in PROMPTS]
-    default_stream = ["".join(stream(loaded, p, greedy)) for p in PROMPTS]
+def answers(loaded: Any, params: InferenceParams) -> tuple[list[Any], list[str]]:
+    generations = [generate(loaded, [p], params)[0] for p in PROMPTS]
+    streams = ["".join(stream(loaded, p, params)) for p in PROMPTS]
+    return [(g.text, g.tokens, g.finish_reason) for g in generations], streams
+
+
+@pytest.mark.parametrize("params", PARAMS, ids=["greedy", "seeded-sampling", "penalties", "stop-string"])
+def test_the_static_loop_answers_exactly_as_the_default_path(loaded: Any, params: InferenceParams) -> None:
+    default, default_streams = answers(loaded, params)
     loaded.compiled_decode = True  # what compile_decode sets on a GPU; eager here
+    loaded.decoders.clear()
     try:
-        static = [generate(loaded, [p], greedy)[0] for p in PROMPTS]
-        static_stream = ["".join(stream(loaded, p, greedy)) for p in PROMPTS]
+        static, static_streams = answers(loaded, params)
     finally:
         loaded.compiled_decode = False
-    assert loaded.model._previous_max_cache_length == CACHE_BUCKET  # transformers did build the static cache
-    assert [(g.text, g.tokens, g.finish_reason) for g in static] == [
-        (g.text, g.tokens, g.finish_reason) for g in default
-    ]
-    assert any(g.tokens > 0 for g in default)
-    assert static_stream == default_stream == [g.text for g in default]
+    assert list(loaded.decoders) == [CACHE_BUCKET]  # one decoder (one graph on a GPU) served every call
+    assert static == default
+    assert any(tokens > 0 for _, tokens, _ in default)
+    assert static_streams == default_streams == [text for text, _, _ in default]
+
+
+def test_only_single_input_single_beam_calls_take_the_static_loop(loaded: Any) -> None:
+    loaded.compiled_decode = True
+    loaded.decoders.clear()
+    try:
+        batched = generate(loaded, PROMPTS, InferenceParams(max_tokens=8))
+        beams = generate(loaded, PROMPTS[:1], InferenceParams(max_tokens=8, num_beams=2))
+    finally:
+        loaded.compiled_decode = False
+    assert loaded.decoders == {}  # a new batch size or beam count would be a new graph: generate() serves them
+    assert len(batched) == 2 and len(beams) == 1
+
+
+def test_the_compiled_step_is_one_graph_that_every_token_and_prompt_replays(loaded: Any) -> None:
+    """A graph break or a recompile per token would undo what CUDA graphs save; compiling here (CPU,
+    inductor) checks the graph the GPU would capture, and that it answers as the eager loop."""
+    import torch._dynamo
+
+    params = InferenceParams(max_tokens=12, temperature=0.9, seed=3)
+    eager = [generate(loaded, [p], params)[0].text for p in PROMPTS]
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    loaded.compiled_decode = True
+    loaded.decoders.clear()
+    loaded.decoders[CACHE_BUCKET] = StaticDecoder(loaded.model, CACHE_BUCKET, compile_step=True)
+    try:
+        compiled = [generate(loaded, [p], params)[0].text for p in PROMPTS]
+    finally:
+        loaded.compiled_decode = False
+        loaded.decoders.clear()
+    assert compiled == eager
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert not torch._dynamo.utils.counters["graph_break"]
 
 
 def test_compile_is_refused_quietly_without_a_gpu(loaded: Any) -> None:

@@ -19,8 +19,10 @@ from tuneloom.errors import SettingsError
 from tuneloom.generate.continuous import ContinuousBatch, Row, supports_continuous
 from tuneloom.generate.generator import _encode, count_prompt_tokens, generate, stream
 from tuneloom.generate.loading import load_for_inference
+from tuneloom.generate.logprobs import prompt_logprobs
 from tuneloom.generate.params import InferenceParams
 from tuneloom.generate.sampling import pick_tokens
+from tuneloom.server.openai_logprobs import chat_logprobs
 
 TEXTS = ["great product, works well", "broke after a day", "I love it", "awful quality", "ok", "hello there, friend"]
 NEVER = "\u2603" * 100  # a stop string of 100 characters (128 are allowed) that tiny-random does not write
@@ -196,3 +198,19 @@ def test_a_seed_that_cannot_be_honoured_is_refused_by_name(loaded: Any) -> None:
     assert beams.value.key == "seed" and "num_beams" in beams.value.message
     greedy = InferenceParams(max_tokens=8, temperature=0)
     assert generate(loaded, ["I love it"], replace(greedy, seed=1)) == generate(loaded, ["I love it"], greedy)
+
+
+def test_a_token_inside_a_character_has_its_own_bytes(loaded: Any) -> None:
+    """`bytes` was null for a token that is part of a character, as if it had none. Byte-level BPE splits 你 over
+    two tokens, each decoding alone to U+FFFD; their bytes come from the vocabulary, so a client joining the
+    tokens' bytes gets the text back, and each token starts (`offset`) in the character its first byte is in."""
+    text = "Hi 你好 🙂, ok"
+    (tokens,) = prompt_logprobs(loaded, [text], top_n=5)
+    raw = [t.raw or b"" for t in tokens]
+    assert any(t.token == "\ufffd" for t in tokens) and all(t.raw for t in tokens)
+    assert b"".join(raw).decode() == text
+    assert [t.offset for t in tokens] == [len(b"".join(raw[:i]).decode(errors="ignore")) for i in range(len(raw))]
+    chat = chat_logprobs(tokens[1:])  # the first has no log-probability: chat only reports generated tokens
+    assert chat is not None and chat.content is not None
+    assert [t.bytes for t in chat.content] == [list(b) for b in raw[1:]]
+    assert all(c.bytes is not None for t in chat.content for c in t.top_logprobs)

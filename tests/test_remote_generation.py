@@ -103,8 +103,24 @@ def test_an_api_server_with_backend_remote_generates_on_the_nodes(procs: Process
     chat = {"model": f"shop/m/{version}", "messages": [{"role": "user", "content": "great results"}], "max_tokens": 4}
     answer = httpx.post(f"{front}/v1/chat/completions", json=chat, headers=headers, timeout=120)
     assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] > 0, answer.text
-    asked = httpx.post(f"{front}/v1/chat/completions", json={**chat, "logprobs": True}, headers=headers, timeout=120)
-    assert asked.status_code == 400 and asked.json()["error"]["param"] == "logprobs"  # not answered without them
+    # log-probabilities (refused on a remote backend before) are the node's, the prompt's too with echo
+    scoring = {"model": chat["model"], "prompt": ["great results", "awful"], "echo": True, "logprobs": 2}
+    scoring.update(max_tokens=1, temperature=0)
+    relayed = httpx.post(f"{front}/v1/completions", json=scoring, headers=headers, timeout=120)
+    direct = httpx.post(f"{node_url}/v1/completions", json=scoring, headers=headers, timeout=120)
+    assert relayed.status_code == 200 and relayed.json()["choices"] == direct.json()["choices"], relayed.text
+    assert relayed.json()["choices"][0]["logprobs"]["token_logprobs"][0] is None
+    asked = {**chat, "logprobs": True, "top_logprobs": 2, "temperature": 0}
+    whole = httpx.post(f"{front}/v1/chat/completions", json=asked, headers=headers, timeout=120).json()
+    with httpx.stream("POST", f"{front}/v1/chat/completions", json={**asked, "stream": True}, headers=headers) as r:
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    tokens = [
+        t
+        for c in chunks
+        if c["choices"] and c["choices"][0]["logprobs"]
+        for t in c["choices"][0]["logprobs"]["content"]
+    ]
+    assert tokens == whole["choices"][0]["logprobs"]["content"] and tokens
     seeded = {**chat, "n": 2, "temperature": 1.0, "seed": 5}  # streamed: a node stream per choice, seed + i each
     whole = httpx.post(f"{front}/v1/chat/completions", json=seeded, headers=headers, timeout=120).json()
     with httpx.stream("POST", f"{front}/v1/chat/completions", json={**seeded, "stream": True}, headers=headers) as r:

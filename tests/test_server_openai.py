@@ -13,9 +13,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import torch
 from openai import OpenAI
 from tests.conftest import INSTRUCTION, NEGATIVE, POSITIVE, api_key
 from tests.server_helpers import ONE_STEP, Deployed, deploy
+
+from tuneloom.generate.loading import InferenceModel, load_for_inference
 
 INPUT = "I love it"
 
@@ -28,6 +31,12 @@ def deployed(server: tuple[str, Path]) -> Deployed:
 @pytest.fixture(scope="module")
 def client(deployed: Deployed) -> OpenAI:
     return OpenAI(base_url=f"{deployed.url}/v1", api_key=deployed.key, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def model(deployed: Deployed) -> InferenceModel:
+    """The deployed version, loaded in the test: what the server's answers are checked against."""
+    return load_for_inference(deployed.version_dir)
 
 
 def name(deployed: Deployed, version: bool = False) -> str:
@@ -267,19 +276,17 @@ def test_errors_come_in_openais_shape(deployed: Deployed, client: OpenAI) -> Non
 
 MESSAGES: Any = [{"role": "user", "content": INPUT}]
 REFUSED: list[tuple[str, dict[str, Any]]] = [
-    ("presence_penalty", {"presence_penalty": 0.5}),
-    ("frequency_penalty", {"frequency_penalty": -1}),
     ("logit_bias", {"logit_bias": {"50256": -100}}),
     ("tools", {"tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]}),
     ("tool_choice", {"tool_choice": "required"}),
     ("response_format", {"response_format": {"type": "json_object"}}),
     ("modalities", {"modalities": ["text", "audio"]}),
-    ("repetition_penalty", {"extra_body": {"repetition_penalty": 1.2}}),  # not OpenAI's: refused as OpenAI does
+    ("min_p", {"extra_body": {"min_p": 0.1}}),  # not OpenAI's: refused as OpenAI does
 ]
 
 
 def test_fields_that_would_change_the_answer_are_refused_by_name(deployed: Deployed, client: OpenAI) -> None:
-    """Each was answered 200 as if it had been applied: penalties, logit_bias, tools, JSON mode, unknown fields."""
+    """Each was answered 200 as if it had been applied: logit_bias, tools, JSON mode, unknown fields."""
     for param, fields in REFUSED:
         with pytest.raises(openai.BadRequestError) as caught:
             client.chat.completions.create(model=name(deployed), messages=MESSAGES, max_tokens=2, **fields)
@@ -374,13 +381,45 @@ def test_top_k_applies_as_tuneloom_s_own(deployed: Deployed, client: OpenAI) -> 
     assert chat.choices[0].message.content == greedy
 
 
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # generation does not touch the database
+def test_penalties_apply_as_on_predict_and_are_range_checked_by_name(deployed: Deployed, client: OpenAI) -> None:
+    """`presence_penalty` and `frequency_penalty` were a 400 unless 0, and vLLM's `repetition_penalty` an
+    unrecognized field: a model repeating itself could not be told not to. Each answer is /predict's."""
+    looping = predicted(deployed, INPUT, max_tokens=12)["text"]
+    answer = client.completions.create(
+        model=name(deployed), prompt=INPUT, max_tokens=12, temperature=0, frequency_penalty=1.5
+    )
+    assert answer.choices[0].text == predicted(deployed, INPUT, max_tokens=12, frequency_penalty=1.5)["text"] != looping
+    chat = client.chat.completions.create(
+        model=name(deployed),
+        messages=MESSAGES,
+        max_tokens=12,
+        temperature=0,
+        presence_penalty=-0.5,
+        extra_body={"repetition_penalty": 2.0},
+    )
+    expected = predicted(deployed, INPUT, max_tokens=12, presence_penalty=-0.5, repetition_penalty=2.0)["text"]
+    assert chat.choices[0].message.content == expected
+    for route, param, value in [
+        ("completions", "frequency_penalty", 2.5),
+        ("chat/completions", "presence_penalty", -3),
+        ("completions", "repetition_penalty", 0),
+        ("chat/completions", "frequency_penalty", "x"),
+    ]:
+        body = {"model": name(deployed), "max_tokens": 2, param: value}
+        body.update({"prompt": INPUT} if route == "completions" else {"messages": MESSAGES})
+        refused = httpx.post(f"{deployed.url}/v1/{route}", json=body, headers=deployed.headers, timeout=60)
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == param, (param, refused.text)
+
+
 REFUSED_VALUES: list[tuple[str, str, dict[str, Any]]] = [
     ("completions", "top_k", {"top_k": -2}),
     ("completions", "top_k", {"top_k": 10_001}),
     ("chat/completions", "top_k", {"top_k": 2.5}),
     ("completions", "logprobs", {"logprobs": 6}),
     ("completions", "logprobs", {"logprobs": -1}),
-    ("completions", "logprobs", {"logprobs": 2, "echo": True}),  # the prompt's tokens have none
+    ("completions", "stream", {"logprobs": 2, "echo": True, "stream": True}),  # the prompt's come unstreamed
+    ("completions", "max_tokens", {"max_tokens": 0}),  # nothing to answer: only with echo
     ("chat/completions", "top_logprobs", {"logprobs": True, "top_logprobs": 21}),
     ("chat/completions", "top_logprobs", {"top_logprobs": 2}),  # without logprobs: true
 ]
@@ -392,3 +431,71 @@ def test_bad_top_k_and_logprobs_are_refused_by_name(deployed: Deployed) -> None:
         body.update({"prompt": INPUT} if route == "completions" else {"messages": MESSAGES})
         answer = httpx.post(f"{deployed.url}/v1/{route}", json=body, headers=deployed.headers, timeout=60)
         assert answer.status_code == 400 and answer.json()["error"]["param"] == param, (fields, answer.text)
+
+
+def token_logprobs(model: InferenceModel, text: str) -> list[float]:
+    """Each token's log-probability after the tokens before it (all but the first), from one forward pass here."""
+    ids = model.tokenizer(text)["input_ids"]
+    with torch.inference_mode():
+        logprobs = model.model(torch.tensor([ids])).logits[0].float().log_softmax(dim=-1)
+    return [logprobs[k - 1, ids[k]].item() for k in range(1, len(ids))]
+
+
+def test_echo_with_logprobs_scores_each_prompt_token_as_sent(
+    deployed: Deployed, client: OpenAI, model: InferenceModel
+) -> None:
+    """`logprobs` with `echo` was refused, and `max_tokens: 0` too: what evaluation harnesses send. Now the prompt's
+    own tokens (the text as sent, no template) come with the model's log-probabilities (temperature does not apply
+    to a prompt), the first null as OpenAI sends it; `max_tokens: 0` answers the prompt alone."""
+    prompt = "I love it, works well"
+    answer = client.completions.create(model=name(deployed), prompt=prompt, echo=True, logprobs=2, max_tokens=0)
+    (choice,), usage = answer.choices, answer.usage
+    lp = choice.logprobs
+    assert choice.text == prompt and choice.finish_reason == "length" and lp is not None
+    assert lp.tokens and lp.token_logprobs and lp.top_logprobs and lp.text_offset
+    ids = model.tokenizer(prompt)["input_ids"]
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (len(ids), 0)
+    assert lp.tokens == [model.tokenizer.decode([i]) for i in ids] and "".join(lp.tokens) == prompt
+    assert lp.text_offset == [len("".join(lp.tokens[:i])) for i in range(len(ids))]
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert lp.token_logprobs[1:] == pytest.approx(token_logprobs(model, prompt), abs=1e-4)
+    for token, logprob, top in zip(lp.tokens[1:], lp.token_logprobs[1:], lp.top_logprobs[1:], strict=True):
+        assert top[token] == logprob and 2 <= len(top) <= 3
+    hot = client.completions.create(
+        model=name(deployed),
+        prompt=prompt,
+        echo=True,
+        logprobs=2,
+        max_tokens=0,
+        temperature=1.7,
+        extra_body={"top_k": 3},
+    )
+    assert hot.choices[0].logprobs == lp
+    plain = client.completions.create(model=name(deployed), prompt=prompt, echo=True, max_tokens=0)
+    assert (plain.choices[0].text, plain.choices[0].logprobs) == (prompt, None)
+
+
+def test_a_harness_scores_continuations_in_one_batched_request(
+    deployed: Deployed, client: OpenAI, model: InferenceModel
+) -> None:
+    """lm-evaluation-harness's loglikelihood request: context + continuation per prompt, several per call, echo,
+    logprobs 1, max_tokens 1; it sums token_logprobs[len(context tokens):-1]. That sum must be the model's."""
+    context = f"### Instruction: {INSTRUCTION} ### Human: great product ### Assistant:"
+    prompts = [context + " positive", context + " negative, not at all", "awful quality"]
+    answer = client.completions.create(
+        model=name(deployed), prompt=prompts, echo=True, logprobs=1, max_tokens=1, temperature=0
+    )
+    assert answer.usage is not None and answer.usage.completion_tokens == 3
+    context_tokens = len(model.tokenizer(context)["input_ids"])
+    for prompt, choice in zip(prompts, answer.choices, strict=True):
+        lp, expected = choice.logprobs, token_logprobs(model, prompt)
+        assert lp is not None and lp.tokens and lp.token_logprobs and lp.top_logprobs and lp.text_offset
+        assert len(lp.tokens) == len(expected) + 2 and choice.text.startswith(prompt)  # the first, and one generated
+        assert lp.token_logprobs[1:-1] == pytest.approx(expected, abs=1e-4)
+        generated, its, top = lp.tokens[-1], lp.token_logprobs[-1], lp.top_logprobs[-1]
+        assert max(top, key=top.__getitem__) == generated and its == top[generated]  # greedy
+        assert lp.text_offset[-1] == len(prompt)
+    for prompt, choice in zip(prompts[:2], answer.choices, strict=False):
+        assert choice.logprobs is not None and choice.logprobs.token_logprobs
+        continuation = sum(choice.logprobs.token_logprobs[context_tokens:-1])  # type: ignore[arg-type]
+        assert continuation == pytest.approx(sum(token_logprobs(model, prompt)[context_tokens - 1 :]), abs=1e-4)

@@ -109,6 +109,9 @@ def test_bad_requests_are_422_naming_the_key(deployed: Deployed) -> None:
     assert "temperature" in typo.json()["message"]  # the suggestion
     out_of_range = predict(deployed, ["x"], {"max_tokens": 0})
     assert out_of_range.status_code == 422 and out_of_range.json()["details"]["key"] == "max_tokens"
+    penalty = predict(deployed, ["x"], {"repetition_penalty": 0})
+    assert penalty.status_code == 422 and penalty.json()["details"]["key"] == "repetition_penalty"
+    assert "above 0 and at most 10" in penalty.json()["message"]
 
 
 def test_unknown_untrained_and_other_apps_versions(deployed: Deployed) -> None:

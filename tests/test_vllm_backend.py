@@ -86,7 +86,7 @@ class FakeEngine:
         prompt_ids = list(range(len(prompt.split())))
         if params.output_kind is OutputKind.FINAL_ONLY:
             text, ids = "".join(t for t, _ in steps), [i for _, i in steps]
-            yield _output(prompt_ids, text, ids, finish)
+            yield _with_logprobs(_output(prompt_ids, text, ids, finish), params)
         else:
             for n, (text, token) in enumerate(steps):
                 await asyncio.sleep(self.delay_s)
@@ -112,6 +112,30 @@ def _decode(name: str, params: Any) -> tuple[list[tuple[str, int]], str]:
         if len(steps) == params.max_tokens:
             return steps, "length"
     return steps, "stop"  # the end of the answer stands for EOS
+
+
+@dataclass(frozen=True)
+class Logprob:
+    """vLLM's `Logprob`: a token's log-probability at a place, and its rank there (1: the most likely)."""
+
+    logprob: float
+    rank: int | None
+
+
+def _at(token: int, n: int) -> dict[int, Logprob]:
+    """vLLM's entry for one place: the token (the stand-in's most likely) and the rest of the best `n`."""
+    return {token: Logprob(-0.25, 1), **{token + 100 + k: Logprob(-1.0 - k, k + 2) for k in range(n - 1)}}
+
+
+def _with_logprobs(output: Any, params: Any) -> Any:
+    """vLLM's `logprobs` (per generated token) and `prompt_logprobs` (None for the first token), where asked."""
+    completion = output.outputs[0]
+    n, prompt_n = getattr(params, "logprobs", None), getattr(params, "prompt_logprobs", None)
+    completion.logprobs = None if n is None else [_at(t, n) for t in completion.token_ids]
+    output.prompt_logprobs = (
+        None if prompt_n is None else [None, *(_at(t, prompt_n) for t in output.prompt_token_ids[1:])]
+    )
+    return output
 
 
 def _output(prompt_ids: list[int], text: str, ids: list[int], finish: str | None) -> Any:
@@ -254,9 +278,21 @@ def test_inference_params_map_onto_sampling_params() -> None:
     assert sampled["max_tokens"] == 128 and sampled["stop"] == ["###"] and "stop_token_ids" not in sampled
     assert "seed" not in sampled and sampling_kwargs(InferenceParams(temperature=0.7, seed=9), None)["seed"] == 9
     assert sampling_kwargs(InferenceParams(do_sample=True, temperature=0.0), None)["temperature"] == 0.0
+    penalized = sampling_kwargs(
+        InferenceParams(repetition_penalty=1.3, presence_penalty=0.5, frequency_penalty=-1), None
+    )
+    assert (penalized["repetition_penalty"], penalized["presence_penalty"], penalized["frequency_penalty"]) == (
+        1.3,
+        0.5,
+        -1,
+    )
+    assert "presence_penalty" not in sampling_kwargs(InferenceParams(frequency_penalty=0.2), None)  # only what is set
     with pytest.raises(SettingsError) as beams:
         sampling_kwargs(InferenceParams(num_beams=4), None)
     assert beams.value.key == "num_beams" and "vLLM backend" in beams.value.message
+    scored = sampling_kwargs(InferenceParams(max_tokens=0), None, logprobs=1, prompt_logprobs=3)
+    assert (scored["max_tokens"], scored["logprobs"], scored["prompt_logprobs"]) == (1, 1, 3)  # vLLM makes a token
+    assert "logprobs" not in greedy and "prompt_logprobs" not in greedy
 
 
 def test_versions_map_onto_engines(tmp_path: Path) -> None:
@@ -483,3 +519,27 @@ def test_routes_serve_each_version_as_its_adapter_on_one_engine(vllm_server: Any
     seeded = {"inputs": ["a", "b", "c"], "version": first, "inference_params": {"temperature": 1.0, "seed": 40}}
     assert httpx.post(f"{model}/predict", json=seeded, headers=headers, timeout=30).status_code == 200
     assert [c.params.seed for c in engine.calls[-3:]] == [40, 41, 42]  # input i samples with seed + i
+
+
+def test_log_probabilities_are_vllms_with_the_prompt_scored_as_sent(vllm_server: Any, fake_vllm: FakeVllm) -> None:
+    """`logprobs` was refused on vLLM. They are vLLM's own (its processed ones for generated tokens, as tuneloom's
+    are), in OpenAI's shape; with echo the prompt goes to vLLM as sent, scored by its `prompt_logprobs`."""
+    url, headers, data_dir = vllm_server
+    (version,) = trained_versions(url, headers, data_dir, 1)
+    ask = {"model": f"shop/gen/{version}", "prompt": "hello there friend", "temperature": 0}
+    echo = {**ask, "echo": True, "logprobs": 2, "max_tokens": 0}
+    answer = httpx.post(f"{url}/v1/completions", json=echo, headers=headers, timeout=30).json()
+    (choice,), usage = answer["choices"], answer["usage"]
+    assert (choice["text"], choice["finish_reason"], usage["completion_tokens"]) == (ask["prompt"], "length", 0)
+    lp = choice["logprobs"]
+    assert lp["token_logprobs"] == [None, -0.25, -0.25] and lp["top_logprobs"][0] is None
+    assert [len(top) for top in lp["top_logprobs"][1:]] == [2, 2] and len(lp["tokens"]) == usage["prompt_tokens"]
+    (engine,) = fake_vllm.engines
+    assert engine.args["logprobs_mode"] == "processed_logprobs"
+    sent = engine.calls[-1]
+    assert (sent.prompt, sent.params.prompt_logprobs, sent.params.max_tokens) == (ask["prompt"], 2, 1)
+
+    generated = httpx.post(f"{url}/v1/completions", json={**ask, "logprobs": 1, "max_tokens": 3}, headers=headers)
+    (choice,) = generated.json()["choices"]
+    assert choice["logprobs"]["token_logprobs"] == [-0.25] * 3 and choice["logprobs"]["text_offset"][0] == 0
+    assert engine.calls[-1].prompt == "### Human: hello there friend ### Assistant:"  # no echo: the prompt format

@@ -31,6 +31,16 @@ def register(commands: Any) -> None:
     gen.add_argument("--temperature", type=float)
     gen.add_argument("--top-p", type=float)
     gen.add_argument("--top-k", type=int)
+    gen.add_argument(
+        "--repetition-penalty",
+        type=float,
+        help="above 0, at most 10: tokens already in the prompt or output are made less likely (>1) or more (<1); "
+        "default: the model's generation config's, else 1 (none)",
+    )
+    gen.add_argument("--presence-penalty", type=float, help="-2 to 2: subtracted from each token the output holds")
+    gen.add_argument(
+        "--frequency-penalty", type=float, help="-2 to 2: subtracted once per time the output holds a token"
+    )
     gen.add_argument("--num-beams", type=int)
     gen.add_argument("--do-sample", action="store_true", default=None)
     gen.add_argument("--return-full-text", action="store_true", default=None)
@@ -78,6 +88,9 @@ def _inference_params(args: argparse.Namespace) -> Any:
         "temperature",
         "top_p",
         "top_k",
+        "repetition_penalty",
+        "presence_penalty",
+        "frequency_penalty",
         "num_beams",
         "do_sample",
         "return_full_text",

@@ -7,9 +7,11 @@ running one (left-padded to a common length), `step` decodes one token for every
 that hits EOS, a stop string or its `max_tokens` (or is cancelled) leaves the batch at once.
 
 Each row keeps its own parameters: greedy and sampling rows, different temperatures, top-p, top-k,
-stop strings and `max_tokens` share one forward pass (`sampling.pick_tokens` draws per row). Only beam search
+repetition penalties, stop strings and `max_tokens` share one forward pass (`penalties.TokenCounts`
+penalizes the rows that ask, `sampling.pick_tokens` draws per row; a row that sets no
+`repetition_penalty` takes the model's generation config's, as `generate()` would). Only beam search
 (`num_beams > 1`), and a model whose generation config asks for logits processors this loop does
-not apply, need `generate()` itself: `supports_continuous` says which.
+not apply (`no_repeat_ngram_size`, …), need `generate()` itself: `supports_continuous` says which.
 
 The decoding rules are `generate()`'s, so a greedy row gives the same text, token count and finish
 reason as the batched path: positions count real tokens only (left padding is masked), a row ends
@@ -21,7 +23,7 @@ asks costs what it did.
 
 A sampling row with a `seed` draws from its own `torch.Generator`, seeded with it, and from nothing
 else: its tokens do not depend on which rows share the batch or on what they draw. `generate()` and
-`stream()` run seeded sampling through this loop too (`generate_seeded`, `stream_seeded`), since
+`stream()` run seeded sampling through this loop too (`generate_by_rows`, `stream_by_row`), since
 transformers' `generate()` draws from torch's one global generator; so a seed gives the same text
 on the command line as on the server. Rows without a seed draw from the global generator, as before.
 """
@@ -31,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,19 +46,19 @@ from tuneloom.generate.generator import (
     TokenLogprob,
     VisibleText,
     _encode,
+    context_length,
     finish_generation,
     render_prompt,
     stop_strings,
 )
 from tuneloom.generate.loading import InferenceModel
+from tuneloom.generate.logprobs import Reported, completion_offset, token_logprob
 from tuneloom.generate.params import InferenceParams
+from tuneloom.generate.penalties import TokenCounts, has_penalty, with_model_default
 from tuneloom.generate.sampling import pick_tokens, token_logprobs
-
-Reported = tuple[float, list[tuple[int, float]]]  # a token's log-probability; the alternatives' ids and theirs
 
 # Generation-config settings that `generate()` would turn into logits processors this loop lacks.
 _UNSUPPORTED_DEFAULTS: dict[str, Any] = {
-    "repetition_penalty": 1.0,
     "no_repeat_ngram_size": 0,
     "min_length": 0,
     "min_new_tokens": None,
@@ -70,10 +72,15 @@ _UNSUPPORTED_DEFAULTS: dict[str, Any] = {
 
 def supports_continuous(loaded: InferenceModel, params: InferenceParams) -> bool:
     """Whether a row with `params` can join a continuous batch of this model (else use `generate()`)."""
-    if params.num_beams > 1:
-        return False
+    return params.num_beams == 1 and not unsupported_settings(loaded)
+
+
+def unsupported_settings(loaded: InferenceModel) -> list[str]:
+    """The model's generation-config settings that only `generate()` applies (what keeps it off this loop)."""
     config = getattr(loaded.model, "generation_config", None)
-    return all(getattr(config, name, default) in (default, None) for name, default in _UNSUPPORTED_DEFAULTS.items())
+    return [
+        name for name, default in _UNSUPPORTED_DEFAULTS.items() if getattr(config, name, default) not in (default, None)
+    ]
 
 
 def check_seedable(loaded: InferenceModel, params: InferenceParams) -> None:
@@ -84,7 +91,11 @@ def check_seedable(loaded: InferenceModel, params: InferenceParams) -> None:
     if params.num_beams > 1:
         why, fix = "with num_beams > 1 (beam sampling)", "leave seed out, or set num_beams to 1"
     else:
-        why, fix = "for this model (its generation config asks for a repetition penalty or the like)", "leave seed out"
+        settings = ", ".join(unsupported_settings(loaded))
+        why, fix = (
+            f"for this model (its generation config sets {settings}, which only generate() applies)",
+            "leave seed out",
+        )
     raise SettingsError(
         f"inference parameter 'seed' is not supported with sampling {why}: such a generation draws from the "
         f"random stream every other request shares, so it cannot be reproduced; {fix}",
@@ -107,6 +118,7 @@ class Row:
     top_logprobs: int | None = None  # alternatives reported with each token's log-probability; None: none
     logprobs: list[TokenLogprob] = field(default_factory=list)  # one per token of `ids`, when asked for
     logprobs_sent: int = 0  # how many of them a stream has passed on
+    counts: TokenCounts | None = field(default=None, repr=False)  # what its penalties read; None: it has none
     _generator: torch.Generator | None = field(default=None, repr=False)
 
     @classmethod
@@ -150,7 +162,7 @@ class Row:
             self.piece = self.visible.rest()
             return
         if reported is not None:
-            self.logprobs.append(token_logprob(tokenizer, token, reported, len(self.visible.text.lstrip())))
+            self.logprobs.append(token_logprob(tokenizer, token, reported, completion_offset(self.visible.text)))
         self.ids.append(token)
         self.piece, stopped = self.visible.update(tokenizer.decode(self.ids, skip_special_tokens=True))
         if stopped or len(self.ids) >= self.params.max_tokens:
@@ -181,6 +193,7 @@ class ContinuousBatch:
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
         cache = DynamicCache()
         logits = self._forward(inputs["input_ids"], mask, positions, cache)
+        prepare_rows(self.loaded, rows, inputs["input_ids"], mask, logits.shape[1])
         self._merge(rows, cache, mask, positions[:, -1])
         self._accept(rows, logits)
 
@@ -234,13 +247,59 @@ class ContinuousBatch:
             old.values = torch.cat([_pad_left(old.values, width, 2), _pad_left(new.values, width, 2)])
 
     def _accept(self, rows: list[Row], logits: torch.Tensor) -> None:
-        generators = [row.generator(logits.device) for row in rows]
-        tokens = pick_tokens(logits, [row.params for row in rows], generators)
+        tokens = choose_next(self.loaded, rows, logits)
         start = len(self.rows) - len(rows)
         self._last = torch.cat([self._last[:start].to(tokens.device), tokens])  # the first add: from the CPU
-        reported = _reported(rows, logits, tokens)
-        for row, token, its in zip(rows, tokens.tolist(), reported, strict=True):
-            row.accept(int(token), self.loaded.tokenizer, its)
+
+
+def prepare_rows(
+    loaded: InferenceModel, rows: list[Row], ids: torch.Tensor, mask: torch.Tensor, vocabulary: int
+) -> None:
+    """Ready prefilled rows for their first token: a row that sets no `repetition_penalty` takes the model's
+    (`with_model_default`), and the rows with penalties count their prompts' tokens."""
+    for row in rows:
+        row.params = with_model_default(loaded.model, row.params)
+    _count_prompts(rows, ids, mask, vocabulary)
+
+
+def choose_next(loaded: InferenceModel, rows: list[Row], logits: torch.Tensor) -> torch.Tensor:
+    """Each row's next token, drawn (and its log-probability reported) from its penalized logits, and taken
+    by the row; returned on the logits' device, as the next step's input."""
+    count = _penalize(rows, logits)
+    generators = [row.generator(logits.device) for row in rows]
+    tokens = pick_tokens(logits, [row.params for row in rows], generators)
+    count(tokens)
+    reported = _reported(rows, logits, tokens)
+    for row, token, its in zip(rows, tokens.tolist(), reported, strict=True):
+        row.accept(int(token), loaded.tokenizer, its)
+    return tokens
+
+
+def _penalize(rows: list[Row], logits: torch.Tensor) -> Callable[[torch.Tensor], None]:
+    """Apply the penalties of the rows that have any to their `logits` (in place), all such rows at once;
+    what it returns counts the rows' new tokens in. Rows without penalties cost nothing."""
+    penalized = [i for i, row in enumerate(rows) if row.counts is not None]
+    counted = [row.counts for row in rows if row.counts is not None]
+    if not counted:
+        return lambda _: None
+    counts = TokenCounts.stacked(counted)
+    logits[penalized] = counts.penalize(logits[penalized], [rows[i].params for i in penalized])
+
+    def count(tokens: torch.Tensor) -> None:
+        counts.count(tokens[penalized])
+        for i, own in zip(penalized, counts.rows(), strict=True):
+            rows[i].counts = own
+
+    return count
+
+
+def _count_prompts(rows: list[Row], ids: torch.Tensor, mask: torch.Tensor, vocabulary: int) -> None:
+    """Start the counts of the rows with penalties from their prompts' tokens; the others keep none."""
+    penalized = [i for i, row in enumerate(rows) if has_penalty(row.params)]
+    if penalized:
+        counts = TokenCounts.of_prompts(ids[penalized], mask[penalized], vocabulary)
+        for i, its in zip(penalized, counts.rows(), strict=True):
+            rows[i].counts = its
 
 
 def _reported(rows: list[Row], logits: torch.Tensor, tokens: torch.Tensor) -> list[Reported | None]:
@@ -260,14 +319,6 @@ def _reported(rows: list[Row], logits: torch.Tensor, tokens: torch.Tensor) -> li
     return reported
 
 
-def token_logprob(tokenizer: Any, token: int, reported: Reported, offset: int) -> TokenLogprob:
-    """A token's log-probability with its text, and its alternatives' (a special token shows as itself).
-    Each id is decoded once: the token is nearly always among its own alternatives."""
-    logprob, top = reported
-    text = {t: tokenizer.decode([t]) for t in (token, *(t for t, _ in top))}
-    return TokenLogprob(text[token], logprob, offset, tuple((text[t], value) for t, value in top))
-
-
 def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     missing = width - t.shape[dim]
     if missing == 0:
@@ -278,7 +329,14 @@ def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
 
 
 def run_alone(loaded: InferenceModel, rows: list[Row]) -> Iterator[None]:
-    """Run `rows` to their end in a batch of their own, pausing after the prefill and after every step."""
+    """Run `rows` to their end in a batch of their own, pausing after the prefill and after every step.
+    One row of a model switched to compiled decoding (`tuneloom generate --compile`) runs through
+    `compiled.run_static`: its own loop over a static cache, with the same token choice."""
+    if len(rows) == 1 and loaded.compiled_decode:
+        from tuneloom.generate.compiled import run_static
+
+        yield from run_static(loaded, rows[0], context_length(loaded))
+        return
     batch = ContinuousBatch(loaded)
     batch.add(rows)
     yield
@@ -287,8 +345,9 @@ def run_alone(loaded: InferenceModel, rows: list[Row]) -> Iterator[None]:
         yield
 
 
-def generate_seeded(loaded: InferenceModel, prompts: Sequence[str], params: InferenceParams) -> list[Generation]:
-    """`generate()` for seeded sampling: prompt `i` is a row drawing with seed + i (`for_input`), as on the server."""
+def generate_by_rows(loaded: InferenceModel, prompts: Sequence[str], params: InferenceParams) -> list[Generation]:
+    """`generate()` through this loop (`generator.by_rows`): prompt `i` is a row drawing with seed + i
+    (`for_input`), as on the server."""
     check_seedable(loaded, params)
     rows = [Row.rendered(prompt, params.for_input(i)) for i, prompt in enumerate(prompts)]
     for start in range(0, len(rows), BATCH_SIZE):
@@ -297,8 +356,8 @@ def generate_seeded(loaded: InferenceModel, prompts: Sequence[str], params: Infe
     return [row.generation(loaded) for row in rows]
 
 
-def stream_seeded(loaded: InferenceModel, prompt: str, params: InferenceParams) -> Iterator[str]:
-    """`stream()` for seeded sampling: the same pieces a seeded /generate stream sends."""
+def stream_by_row(loaded: InferenceModel, prompt: str, params: InferenceParams) -> Iterator[str]:
+    """`stream()` through this loop (`generator.by_rows`): the same pieces a /generate stream sends."""
     check_seedable(loaded, params)
     row = Row.rendered(prompt, params)
     for _ in run_alone(loaded, [row]):

@@ -12,16 +12,16 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from transformers import StoppingCriteria
 
 from tuneloom.data.tokenized import completion_text
 from tuneloom.errors import SettingsError
-from tuneloom.generate.compiled import static_cache_kwargs
 from tuneloom.generate.loading import InferenceModel
 from tuneloom.generate.params import MAX_INPUTS, InferenceParams
+from tuneloom.generate.penalties import OutputPenalty, has_output_penalty
 from tuneloom.templates.prompting import SECTION_STOP, PromptFormat
 
 BATCH_SIZE = 32
@@ -30,20 +30,31 @@ _CRITERIA: weakref.WeakKeyDictionary[Any, OrderedDict[tuple[str, ...], StoppingC
 _CRITERIA_LOCK = threading.Lock()
 
 
+class Candidate(NamedTuple):
+    """A token that could stand at a place, with its log-probability there."""
+
+    token: str  # its text, decoded alone (U+FFFD for a part of a character)
+    logprob: float
+    raw: bytes | None  # its own bytes; None where the tokenizer cannot tell them (`logprobs.Vocabulary`)
+
+
 @dataclass(frozen=True)
 class TokenLogprob:
-    """One generated token with its log-probability, and the most likely tokens at its place with theirs.
+    """One token with its log-probability, and the most likely tokens at its place with theirs.
 
-    The distribution is the one the token was drawn from (`sampling.token_logprobs` says which). A
-    token's text is what it decodes to alone; `offset` is where it starts in the completion as
-    generated (leading whitespace dropped, as the returned text drops it; a token past a stop string
-    starts at or past the end of the returned text).
+    For a generated token the distribution is the one it was drawn from (`sampling.token_logprobs`
+    says which); for a prompt's token, the model's own (`logprobs.prompt_logprobs`), and the prompt's
+    first token has none. A token's text is what it decodes to alone; `offset` is where it starts:
+    in the prompt, for a prompt's token; in the completion as generated, for a generated one (leading
+    whitespace dropped, as the returned text drops it; a token past a stop string starts at or past
+    the end of the returned text).
     """
 
     token: str
-    logprob: float
+    logprob: float | None  # None: the prompt's first token, which nothing precedes
     offset: int
-    top: tuple[tuple[str, float], ...] = ()  # most likely first; tokens top-k / top-p dropped are left out
+    top: tuple[Candidate, ...] = ()  # most likely first; tokens top-k / top-p dropped are left out
+    raw: bytes | None = None  # the token's own bytes (`Candidate.raw`)
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,7 @@ class Generation:
     tokens: int  # new tokens generated
     finish_reason: str  # "stop" (EOS or stop string) or "length"
     logprobs: tuple[TokenLogprob, ...] | None = None  # one per new token, where they were asked for
+    prompt_logprobs: tuple[TokenLogprob, ...] | None = None  # one per prompt token, where they were asked for
 
 
 def generate(loaded: InferenceModel, texts: Sequence[str], params: InferenceParams) -> list[Generation]:
@@ -63,10 +75,10 @@ def generate(loaded: InferenceModel, texts: Sequence[str], params: InferencePara
         raise SettingsError(f"at most {MAX_INPUTS} inputs per call, got {len(texts)}", key="inputs")
     prompts = [render_prompt(loaded, t, params) for t in texts]
     check_context(loaded, [count_prompt_tokens(loaded, p) for p in prompts], params)
-    if params.seeded_sampling:  # transformers would draw from torch's global generator
-        from tuneloom.generate.continuous import generate_seeded
+    if by_rows(loaded, params, len(prompts)):
+        from tuneloom.generate.continuous import generate_by_rows
 
-        return generate_seeded(loaded, prompts, params)
+        return generate_by_rows(loaded, prompts, params)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: dict[int, Generation] = {}
     for start in range(0, len(order), BATCH_SIZE):
@@ -74,6 +86,19 @@ def generate(loaded: InferenceModel, texts: Sequence[str], params: InferencePara
         for i, generation in zip(chunk, _generate_batch(loaded, [prompts[i] for i in chunk], params), strict=True):
             results[i] = generation
     return [results[i] for i in range(len(prompts))]
+
+
+def by_rows(loaded: InferenceModel, params: InferenceParams, inputs: int) -> bool:
+    """Whether tuneloom's own decoding loop (`continuous`) serves a call instead of transformers' `generate()`:
+    for seeded sampling (`generate()` draws from torch's one global generator), and for one input of a model
+    switched to compiled decoding (`compiled.run_static`) that the loop can serve."""
+    if params.seeded_sampling:
+        return True
+    if not (loaded.compiled_decode and inputs == 1):
+        return False
+    from tuneloom.generate.continuous import supports_continuous
+
+    return supports_continuous(loaded, params)
 
 
 def stream(loaded: InferenceModel, text: str, params: InferenceParams) -> Iterator[str]:
@@ -92,10 +117,10 @@ def stream(loaded: InferenceModel, text: str, params: InferenceParams) -> Iterat
     check_context(loaded, [count_prompt_tokens(loaded, prompt)], params, key="input")
     if params.return_full_text:
         yield prompt + " "
-    if params.seeded_sampling:
-        from tuneloom.generate.continuous import stream_seeded
+    if by_rows(loaded, params, 1):
+        from tuneloom.generate.continuous import stream_by_row
 
-        yield from stream_seeded(loaded, prompt, params)
+        yield from stream_by_row(loaded, prompt, params)
         return
     stops = stop_strings(params)
     streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -108,8 +133,7 @@ def stream(loaded: InferenceModel, text: str, params: InferenceParams) -> Iterat
                 inputs = _encode(loaded, [prompt])
                 loaded.model.generate(
                     **inputs,
-                    **_generate_kwargs(loaded, params, StopWhenSet(cancel)),
-                    **_cache_kwargs(loaded, inputs, params),
+                    **_generate_kwargs(loaded, params, inputs["input_ids"].shape[1], StopWhenSet(cancel)),
                     streamer=streamer,
                 )
         except BaseException as err:  # surfaced in the consumer's thread below
@@ -286,23 +310,30 @@ class VisibleText:
 
 
 def _encode(loaded: InferenceModel, prompts: list[str]) -> dict[str, torch.Tensor]:
-    """Token ids left-padded to one length (decoder-only: new tokens must follow the prompt directly).
+    """Token ids left-padded to one length (decoder-only: new tokens must follow the prompt directly)."""
+    return padded_batch(loaded, loaded.tokenizer(prompts, add_special_tokens=True)["input_ids"])
+
+
+def padded_batch(loaded: InferenceModel, rows: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+    """Rows of token ids left-padded to one length, with their attention mask, on the model's device.
 
     Padded here rather than by the tokenizer: `padding=True` switches padding on and off in the
     tokenizer's shared Rust state, and a server tokenizes from several threads at once (counting a
     request's tokens while the engine encodes a batch), which made a batch come out ragged.
     """
-    rows = loaded.tokenizer(prompts, add_special_tokens=True)["input_ids"]
     width = max(len(row) for row in rows)
     pad = loaded.tokenizer.pad_token_id
     device = next(loaded.model.parameters()).device
-    ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows], device=device)
+    ids = torch.tensor([[pad] * (width - len(row)) + list(row) for row in rows], device=device)
     mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], device=device)
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def _generate_kwargs(loaded: InferenceModel, params: InferenceParams, *also: StoppingCriteria) -> dict[str, Any]:
-    from transformers import StoppingCriteriaList
+def _generate_kwargs(
+    loaded: InferenceModel, params: InferenceParams, prompt_width: int, *also: StoppingCriteria
+) -> dict[str, Any]:
+    """`generate()`'s arguments for `params`, on inputs left-padded to `prompt_width` tokens."""
+    from transformers import LogitsProcessorList, StoppingCriteriaList
 
     criteria = StoppingCriteriaList([stop_criterion(loaded.tokenizer, stop_strings(params)), *also])
     kwargs: dict[str, Any] = {
@@ -317,12 +348,11 @@ def _generate_kwargs(loaded: InferenceModel, params: InferenceParams, *also: Sto
         kwargs.update(temperature=max(params.temperature, 1e-5), top_p=params.top_p, top_k=params.top_k or None)
     else:  # greedy: unset sampling knobs so transformers does not warn about them
         kwargs.update(temperature=None, top_p=None, top_k=None)
+    if params.repetition_penalty is not None:  # None: the model's generation config's, which generate() reads
+        kwargs["repetition_penalty"] = params.repetition_penalty
+    if has_output_penalty(params):
+        kwargs["logits_processor"] = LogitsProcessorList([OutputPenalty(params, prompt_width)])
     return kwargs
-
-
-def _cache_kwargs(loaded: InferenceModel, inputs: dict[str, torch.Tensor], params: InferenceParams) -> dict[str, Any]:
-    rows, width = inputs["input_ids"].shape
-    return static_cache_kwargs(loaded.compiled_decode, rows, width, params, context_length(loaded))
 
 
 def stop_criterion(tokenizer: Any, stops: Sequence[str]) -> StoppingCriteria:
@@ -352,7 +382,8 @@ def stop_criterion(tokenizer: Any, stops: Sequence[str]) -> StoppingCriteria:
 def _generate_batch(loaded: InferenceModel, prompts: list[str], params: InferenceParams) -> list[Generation]:
     inputs = _encode(loaded, prompts)
     output = loaded.model.generate(
-        **inputs, **_generate_kwargs(loaded, params), **_cache_kwargs(loaded, inputs, params)
+        **inputs,
+        **_generate_kwargs(loaded, params, inputs["input_ids"].shape[1]),
     )
     new_tokens = output[:, inputs["input_ids"].shape[1] :]
     eos, pad = loaded.tokenizer.eos_token_id, loaded.tokenizer.pad_token_id

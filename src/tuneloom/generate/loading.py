@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ class InferenceModel:
     tokenizer: Any
     prompt_format: PromptFormat
     compiled_decode: bool = False  # one-input calls decode through a compiled step (generate/compiled.py)
+    decoders: dict[int, Any] = field(default_factory=dict, repr=False)  # compiled.StaticDecoder per cache length
 
 
 def load_for_inference(

@@ -32,6 +32,11 @@ class InferenceParams:
     prompt_template: str | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None  # sampling draws from a generator seeded with it: the same request, the same answer
+    # Repetition controls (`generate.penalties`). repetition_penalty is Hugging Face's, over prompt and output;
+    # None: the model's generation config's (1.0, none, where it sets none). The two others are OpenAI's.
+    repetition_penalty: float | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
     @property
     def sampling(self) -> bool:
@@ -57,12 +62,15 @@ class InferenceParams:
         return {**asdict(self), "stop": list(self.stop)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None, *, sent_as: Mapping[str, str] | None = None) -> InferenceParams:
+    def from_dict(
+        cls, data: Mapping[str, Any] | None, *, sent_as: Mapping[str, str] | None = None, prompt_only: bool = False
+    ) -> InferenceParams:
         """Validate a JSON-ish dict: unknown keys, types and ranges are refused naming the key.
 
         `sent_as` maps a parameter to the field a request sent it as (OpenAI's `max_completion_tokens`
         is `max_tokens` here), so that a refusal names what the client wrote; one sent under an alias
-        (`max_new_tokens`) is named by that alias.
+        (`max_new_tokens`) is named by that alias. `prompt_only`: max_tokens may be 0, generating nothing
+        (OpenAI's echo with max_tokens 0, which returns the prompt and its log-probabilities alone).
         """
         if data is not None and not isinstance(data, Mapping):
             raise SettingsError(f"inference parameters must be an object ({{...}}), not {type(data).__name__}")
@@ -77,7 +85,7 @@ class InferenceParams:
                 raise SettingsError(f"inference parameter '{key}' is unknown.{hint}", key=key)
         values = {k: _coerce(k, v, sent_as.get(k, k)) for k, v in data.items() if v is not None}
         params = cls(**values)
-        _check_ranges(params, sent_as)
+        _check_ranges(replace(params, max_tokens=1) if prompt_only and params.max_tokens == 0 else params, sent_as)
         return params
 
 
@@ -101,7 +109,7 @@ def _without_aliases(data: dict[str, Any]) -> dict[str, Any]:
 
 _HUGE = 2**63  # past every range below; JSON integers can be longer than a float can hold
 _INTS = {"max_tokens", "top_k", "num_beams", "seed"}
-_FLOATS = {"temperature", "top_p"}
+_FLOATS = {"temperature", "top_p", "repetition_penalty", "presence_penalty", "frequency_penalty"}
 _BOOLS = {"do_sample", "return_full_text"}
 _STRINGS = {"system_prompt", "prompt_template"}
 
@@ -109,11 +117,7 @@ _STRINGS = {"system_prompt", "prompt_template"}
 def _coerce(key: str, value: Any, name: str) -> Any:
     """`value` as parameter `key` holds it; `name` is what the request called it, for the refusal."""
     if key in _RANGES and isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _HUGE:
-        low, high = _RANGES[key]
-        raise SettingsError(
-            f"inference parameter '{name}' must be between {_shown(low)} and {_shown(high)}, got a number beyond 2^63",
-            key=name,
-        )
+        raise SettingsError(f"inference parameter '{name}' must be {_range(key)}, got a number beyond 2^63", key=name)
     if key in _INTS:
         whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())  # not inf/nan
         if isinstance(value, bool) or not whole:
@@ -145,7 +149,11 @@ _RANGES: dict[str, tuple[float, float]] = {
     "top_k": (0, 10_000),
     "num_beams": (1, 16),
     "seed": (0, MAX_SEED),
+    "repetition_penalty": (0.0, 10.0),  # above 0: it divides (and multiplies) logits
+    "presence_penalty": (-2.0, 2.0),  # OpenAI's range
+    "frequency_penalty": (-2.0, 2.0),
 }
+_ABOVE_LOW = {"repetition_penalty"}  # the low end is excluded
 
 
 def _shown(number: float) -> str:
@@ -153,14 +161,24 @@ def _shown(number: float) -> str:
     return str(number) if isinstance(number, int) and abs(number) < _HUGE else f"{number:g}"
 
 
+def _range(key: str) -> str:
+    """Parameter `key`'s range as a refusal words it."""
+    low, high = _RANGES[key]
+    if key in _ABOVE_LOW:
+        return f"above {_shown(low)} and at most {_shown(high)}"
+    return f"between {_shown(low)} and {_shown(high)}"
+
+
+def _in_range(key: str, value: float) -> bool:
+    low, high = _RANGES[key]
+    return (low < value if key in _ABOVE_LOW else low <= value) and value <= high  # NaN is in no range
+
+
 def _check_ranges(params: InferenceParams, sent_as: Mapping[str, str]) -> None:
-    for key, (low, high) in _RANGES.items():
+    for key in _RANGES:
         value, name = getattr(params, key), sent_as.get(key, key)
-        if value is not None and not low <= value <= high:
-            raise SettingsError(
-                f"inference parameter '{name}' must be between {_shown(low)} and {_shown(high)}, got {_shown(value)}",
-                key=name,
-            )
+        if value is not None and not _in_range(key, value):
+            raise SettingsError(f"inference parameter '{name}' must be {_range(key)}, got {_shown(value)}", key=name)
     stop = sent_as.get("stop", "stop")
     if len(params.stop) > MAX_STOP_STRINGS:
         raise SettingsError(f"at most {MAX_STOP_STRINGS} stop strings are allowed", key=stop)

@@ -44,7 +44,7 @@ def pick_tokens(
     ranked = [i for i in sampling if params[i].top_k or params[i].top_p < 1.0]
     for rows, draw in ((plain, _draw_plain), (ranked, _draw_ranked)):
         if rows:
-            scaled = logits[rows].float() / _column([max(params[i].temperature, 1e-5) for i in rows], logits)
+            scaled = logits[rows].float() / column([max(params[i].temperature, 1e-5) for i in rows], logits)
             uniform = _uniforms([own[i] for i in rows], logits.device)
             tokens[rows] = draw(scaled, [params[i] for i in rows], uniform)
     return tokens
@@ -67,7 +67,7 @@ def token_logprobs(
     model's own distribution (unscaled, unfiltered), and reports that distribution.
     """
     temperature = [max(p.temperature, 1e-5) if p.sampling else 1.0 for p in params]  # x / 1.0 is x exactly
-    scaled = logits.float() / _column(temperature, logits)
+    scaled = logits.float() / column(temperature, logits)
     logprobs = scaled.log_softmax(dim=-1)
     ranked = [i for i, p in enumerate(params) if p.sampling and (p.top_k or p.top_p < 1.0)]  # the others: all kept
     if ranked:
@@ -124,12 +124,12 @@ def _nucleus(
     vocabulary = scaled.shape[1]
     probs, ids = scaled.softmax(dim=-1).topk(width, dim=-1)  # most likely first
     rank = torch.arange(width, device=scaled.device)[None, :]
-    k = _column(top_k, scaled)
+    k = column(top_k, scaled)
     probs = probs.masked_fill(rank >= k, 0.0)
     limited = k < vocabulary  # top-k: its k tokens are the whole distribution
     probs = torch.where(limited, probs / probs.sum(dim=-1, keepdim=True), probs)
     before = probs.cumsum(dim=-1) - probs  # the mass of the more likely tokens
-    p = _column(top_p, scaled)
+    p = column(top_p, scaled)
     probs = probs.masked_fill((before >= p) & (rank > 0), 0.0)
     complete = limited.squeeze(1) | (probs.sum(dim=-1) >= p.squeeze(1)) | (width == vocabulary)
     return probs, ids, complete
@@ -156,6 +156,6 @@ def _uniforms(generators: Sequence[torch.Generator | None], device: torch.device
     return numbers
 
 
-def _column(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+def column(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
     """`values` as a column on `like`'s device, to broadcast over the vocabulary."""
     return torch.tensor(values, device=like.device)[:, None]

@@ -18,12 +18,14 @@ real engine runs in `bench/gpu.sh` on a machine that has vLLM, and has not run y
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from tuneloom.errors import ConflictError, SettingsError
-from tuneloom.generate.generator import stop_strings
+from tuneloom.generate.generator import Generation, TokenLogprob, finish_generation, stop_strings
+from tuneloom.generate.logprobs import Reported, added_tokens, completion_offset, scored_tokens, token_logprob
 from tuneloom.generate.params import InferenceParams
 from tuneloom.model_version import open_version
 from tuneloom.templates.prompting import PromptFormat
@@ -117,6 +119,7 @@ def engine_kwargs(plan: ServingPlan, config: EngineConfig) -> dict[str, Any]:
         "dtype": plan.dtype,
         "gpu_memory_utilization": config.gpu_memory_utilization,
         "trust_remote_code": False,
+        "logprobs_mode": "processed_logprobs",  # a generated token's: of the distribution drawn from, as transformers
     }
     if plan.quantization:
         kwargs["quantization"] = plan.quantization
@@ -127,13 +130,24 @@ def engine_kwargs(plan: ServingPlan, config: EngineConfig) -> dict[str, Any]:
     return kwargs
 
 
-def sampling_kwargs(params: InferenceParams, eos_token_id: int | None) -> dict[str, Any]:
+def sampling_kwargs(
+    params: InferenceParams,
+    eos_token_id: int | None,
+    *,
+    logprobs: int | None = None,
+    prompt_logprobs: int | None = None,
+) -> dict[str, Any]:
     """tuneloom's inference parameters as `SamplingParams` fields, with transformers' meaning kept.
 
     Greedy (temperature 0, or do_sample false) is vLLM's temperature 0; sampling knobs apply only
     when sampling, as in `generate`. A seed is vLLM's per-request `seed` (a generator of the request's
     own, as in the transformers batch). Stop strings are `###` plus the request's; the version's EOS
-    token ends generation even when it is not the base model's.
+    token ends generation even when it is not the base model's. The repetition controls are vLLM's own,
+    with the same meaning, greedy or not (`penalty_kwargs`); an unset `repetition_penalty` is vLLM's
+    default, 1.0: its engine reads no generation-config defaults. `logprobs` and `prompt_logprobs` are
+    vLLM's own (each generated token's, and each prompt token's from the model's raw distribution, with that
+    many alternatives); max_tokens 0 (the prompt alone) asks vLLM for one token, which `generation_of` drops,
+    as vLLM's own server does for echo with max_tokens 0.
     """
     if params.num_beams > 1:
         raise SettingsError(
@@ -141,7 +155,10 @@ def sampling_kwargs(params: InferenceParams, eos_token_id: int | None) -> dict[s
             "generation requests); use the transformers backend for beam search",
             key="num_beams",
         )
-    kwargs: dict[str, Any] = {"max_tokens": params.max_tokens, "stop": stop_strings(params), "n": 1}
+    kwargs: dict[str, Any] = {"max_tokens": max(params.max_tokens, 1), "stop": stop_strings(params), "n": 1}
+    kwargs.update(penalty_kwargs(params))
+    asked = {"logprobs": logprobs, "prompt_logprobs": prompt_logprobs}
+    kwargs.update({name: n for name, n in asked.items() if n is not None})
     if params.sampling and params.temperature > 0:  # sampling at temperature 0 is greedy on transformers too
         kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
         if params.seed is not None:
@@ -153,13 +170,69 @@ def sampling_kwargs(params: InferenceParams, eos_token_id: int | None) -> dict[s
     return kwargs
 
 
-def sampling_params(params: InferenceParams, eos_token_id: int | None, *, stream: bool) -> Any:
-    """A `vllm.SamplingParams`: text deltas when streaming, only the final output otherwise."""
+def penalty_kwargs(params: InferenceParams) -> dict[str, float]:
+    """The repetition controls that change anything, under vLLM's names (the same as tuneloom's)."""
+    given = {
+        "repetition_penalty": params.repetition_penalty,
+        "presence_penalty": params.presence_penalty,
+        "frequency_penalty": params.frequency_penalty,
+    }
+    neutral = {"repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}
+    return {name: value for name, value in given.items() if value is not None and value != neutral[name]}
+
+
+def sampling_params(params: InferenceParams, eos_token_id: int | None, *, stream: bool, **logprobs: int | None) -> Any:
+    """A `vllm.SamplingParams`: text deltas when streaming, only the final output otherwise (`logprobs`: the
+    `logprobs` and `prompt_logprobs` of `sampling_kwargs`)."""
     import vllm
     from vllm.sampling_params import RequestOutputKind
 
     kind = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
-    return vllm.SamplingParams(**sampling_kwargs(params, eos_token_id), output_kind=kind)
+    return vllm.SamplingParams(**sampling_kwargs(params, eos_token_id, **logprobs), output_kind=kind)
+
+
+def generation_of(
+    final: Any, prompt: str, params: InferenceParams, tokenizer: Any, logprobs: int | None, prompt_logprobs: int | None
+) -> Generation:
+    """A finished vLLM `RequestOutput` as the transformers path's `Generation` (text cut and trimmed alike), with
+    its tokens' log-probabilities where asked for: vLLM's, each generated token's with its `logprobs` best
+    alternatives (EOS, which ends the text, has none, as on transformers) and the prompt's tokens'."""
+    completion = final.outputs[0]
+    if params.max_tokens == 0:  # the prompt alone: the one token vLLM had to generate is not part of the answer
+        generation = finish_generation(prompt, "", 0, False, params)
+        ids, entries = [], []
+    else:
+        ended = completion.finish_reason == "stop"  # EOS, a stop string or the stop token
+        generation = finish_generation(prompt, completion.text, len(completion.token_ids), ended, params)
+        ids, entries = list(completion.token_ids), list(completion.logprobs or [])
+    scored = None if prompt_logprobs is None else _scored(tokenizer, final, prompt, prompt_logprobs)
+    generated = None if logprobs is None else _generated(tokenizer, ids, entries, logprobs)
+    return replace(generation, logprobs=generated, prompt_logprobs=scored)
+
+
+def _scored(tokenizer: Any, final: Any, prompt: str, n: int) -> tuple[TokenLogprob, ...]:
+    """The prompt's tokens as vLLM read them, with its `prompt_logprobs` (None for the first)."""
+    ids = list(final.prompt_token_ids)
+    entries = list(final.prompt_logprobs)
+    reported = [_reported(e, t, n) if e else None for t, e in zip(ids, entries, strict=True)]
+    return scored_tokens(tokenizer, ids, reported, added_tokens(tokenizer, prompt, ids))
+
+
+def _generated(tokenizer: Any, ids: list[int], entries: list[Any], n: int) -> tuple[TokenLogprob, ...]:
+    tokens = []
+    for i, (token, entry) in enumerate(zip(ids, entries, strict=True)):
+        if token == tokenizer.eos_token_id:
+            break
+        offset = completion_offset(tokenizer.decode(ids[:i], skip_special_tokens=True))
+        tokens.append(token_logprob(tokenizer, token, _reported(entry, token, n), offset))
+    return tuple(tokens)
+
+
+def _reported(entry: dict[int, Any], token: int, n: int) -> Reported:
+    """vLLM's `{token id: Logprob(logprob, rank)}` at one place (the token, and the best `n` by rank) as tuneloom's;
+    a token its top-k / top-p dropped (-inf) is no alternative."""
+    ranked = sorted((e.rank, t, e.logprob) for t, e in entry.items() if e.rank is not None and e.logprob > -math.inf)
+    return entry[token].logprob, [(t, logprob) for rank, t, logprob in ranked if rank <= n]
 
 
 def lora_request(name: str, int_id: int, adapter_dir: Path) -> Any:

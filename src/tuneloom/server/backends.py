@@ -71,9 +71,11 @@ class GenerationService(Protocol):
         params: InferenceParams,
         *,
         logprobs: int | None = None,
+        prompt_logprobs: int | None = None,
     ) -> list[Prediction]:
-        """`logprobs` (not None): each token's log-probability, with that many alternatives (the transformers
-        backend only; the others refuse it)."""
+        """`logprobs` (not None): each generated token's log-probability, with that many alternatives.
+        `prompt_logprobs`: each prompt token's too (`Generation.prompt_logprobs`); the texts are then the prompts as
+        sent, not rendered in the version's prompt format, and `params.max_tokens` may be 0 (nothing generated)."""
         ...
 
     async def stream(
@@ -106,12 +108,12 @@ async def start_each(starts: Iterable[Awaitable[Started]]) -> list[Started]:
 
 
 def refuse_logprobs(logprobs: int | None, backend: str) -> None:
-    """Log-probabilities come from tuneloom's own decoding loop (`generate.continuous`), which `backend` does not
-    run: asked for there, they are refused by name rather than answered without."""
+    """A backend that streams no log-probabilities (vLLM's deltas are passed on as text only): asked for there,
+    they are refused by name rather than answered without."""
     if logprobs is not None:
         raise SettingsError(
-            f"'logprobs' is not supported by this server's --backend {backend}: only --backend transformers "
-            "reports log-probabilities; leave it out",
+            f"'logprobs' is not supported when streaming on this server's --backend {backend}: send stream: false "
+            "(or serve with --backend transformers), or leave logprobs out",
             key="logprobs",
         )
 

@@ -6,8 +6,10 @@ max_tokens per row), the oldest first so that none is starved — prefills them 
 `ContinuousBatch`, and after every step hands each stream its new text and each finished
 prediction its outputs, through the event loop. A request whose client went away is dropped at the
 next step. Beam search, which a continuous batch cannot do, runs alone through `generate()`
-between two steps. The thread exits when nothing is running or waiting, and starts again on the
-next request.
+between two steps. A request that asks for its prompts' own log-probabilities (OpenAI's echo) has
+them scored in one forward pass when it is admitted, before its rows join the batch (with max_tokens
+0 it ends there). The thread exits when nothing is running or waiting, and starts again on the next
+request.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from tuneloom.errors import SettingsError
@@ -118,6 +120,8 @@ class Job:
     continuous: bool  # False: beam search, run alone through generate()
     streams: list[TextStream] = field(default_factory=list)  # row i's text goes to streams[i]; empty: a future
     logprobs: int | None = None  # alternatives reported with each token's log-probability; None: none
+    prompt_logprobs: int | None = None  # the same for each prompt token (the prompts used as sent); None: none
+    scored: list[tuple[TokenLogprob, ...]] | None = None  # the prompts' tokens, once scored (engine thread)
     future: asyncio.Future[list[Prediction]] | None = None
     loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
 
@@ -129,33 +133,36 @@ class Job:
         params: InferenceParams,
         streams: list[TextStream],
         logprobs: int | None = None,
+        prompt_logprobs: int | None = None,
     ) -> Job:
         """Render and count the prompts (worker thread); a stream with return_full_text starts with its prompt.
+        With `prompt_logprobs` the texts are the prompts as sent (no template): their own tokens are scored.
 
         A prompt that leaves no room for max_tokens in the model's context is refused here, before the
         request joins a batch whose other requests it would fail; so is a seed the batch cannot honour,
         and log-probabilities (`logprobs`: how many alternatives with each token) it cannot report.
         Input i samples with seed + i (`InferenceParams.for_input`).
         """
-        from tuneloom.generate.continuous import Row, check_seedable, supports_continuous
-        from tuneloom.generate.generator import check_context, count_prompt_tokens
+        from tuneloom.generate.continuous import Row, check_seedable, supports_continuous, unsupported_settings
+        from tuneloom.generate.generator import check_context, count_prompt_tokens, render_prompt
 
         check_seedable(loaded, params)
         continuous = supports_continuous(loaded, params)
-        if logprobs is not None and not continuous:
+        if logprobs is not None and not continuous and params.max_tokens > 0:
             raise SettingsError(
-                "'logprobs' is not supported for this model: its generation config asks for a repetition penalty "
-                "or the like, which only transformers' generate() applies, and that reports no log-probabilities; "
-                "leave logprobs out",
+                f"'logprobs' is not supported for this model: its generation config sets "
+                f"{', '.join(unsupported_settings(loaded))}, which only transformers' generate() applies, and that "
+                "reports no log-probabilities; leave logprobs out",
                 key="logprobs",
             )
-        rows = [Row.create(loaded, text, params.for_input(i), logprobs) for i, text in enumerate(texts)]
+        prompts = texts if prompt_logprobs is not None else [render_prompt(loaded, text, params) for text in texts]
+        rows = [Row.rendered(prompt, params.for_input(i), logprobs) for i, prompt in enumerate(prompts)]
         counts = [count_prompt_tokens(loaded, row.prompt) for row in rows]
         check_context(loaded, counts, params, key="input" if streams else "inputs")
         if streams and continuous and params.return_full_text:
             for row, stream in zip(rows, streams, strict=True):
                 stream._put("piece", row.prompt + " ")
-        return cls(loaded, texts, params, rows, counts, continuous, streams, logprobs)
+        return cls(loaded, texts, params, rows, counts, continuous, streams, logprobs, prompt_logprobs)
 
     @property
     def batch_tokens(self) -> int:
@@ -197,7 +204,27 @@ class Job:
         if row.finished:
             stream.finish(row.generation(self.loaded), prompt_tokens)
 
+    def score(self) -> bool:
+        """Engine thread, before the rows join the batch: the prompts' own tokens scored where they were asked for
+        (one forward pass, `logprobs.prompt_logprobs`). False once the job is over: it asked for the prompts only
+        (max_tokens 0: nothing is generated, as OpenAI's echo with max_tokens 0), or scoring failed."""
+        from tuneloom.generate.generator import finish_generation
+        from tuneloom.generate.logprobs import prompt_logprobs
+
+        try:
+            if self.prompt_logprobs is not None:
+                self.scored = prompt_logprobs(self.loaded, [row.prompt for row in self.rows], self.prompt_logprobs)
+            if self.params.max_tokens > 0:
+                return True
+            generations = [finish_generation(row.prompt, "", 0, False, row.params) for row in self.rows]
+            self.complete([replace(g, logprobs=None if self.logprobs is None else ()) for g in generations])
+        except Exception as err:
+            self.fail(err)
+        return False
+
     def complete(self, generations: list[Generation]) -> None:
+        if self.scored is not None:
+            generations = [replace(g, prompt_logprobs=s) for g, s in zip(generations, self.scored, strict=True)]
         if self.streams:  # generate()'s answers, each in one piece
             for stream, generation, prompt_tokens in zip(self.streams, generations, self.prompt_tokens, strict=True):
                 stream._put("piece", generation.text)
@@ -261,6 +288,7 @@ class Engine:
         time.sleep(self._window_s)  # requests arriving together start together
         batch: ContinuousBatch | None = None
         while (taken := self._admit(active)) is not None:
+            taken = [job for job in taken if job.score()]
             for job in taken:
                 if self._one_at_a_time or not job.continuous:
                     self._alone(job)

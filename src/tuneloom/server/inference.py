@@ -165,10 +165,12 @@ class Inference:
         params: InferenceParams,
         *,
         logprobs: int | None = None,
+        prompt_logprobs: int | None = None,
     ) -> list[Prediction]:
         """Generate for `texts` in this version's running batch; the outputs in input order (with each token's
-        log-probability and its `logprobs` most likely alternatives', where `logprobs` is not None)."""
-        job = await self._run(self._job, version_id, path, list(texts), params, [], logprobs)
+        log-probability and its `logprobs` most likely alternatives', where `logprobs` is not None; and each
+        prompt token's, with `prompt_logprobs`: the texts are then the prompts as sent, and max_tokens may be 0)."""
+        job = await self._run(self._job, version_id, path, list(texts), params, [], logprobs, prompt_logprobs)
         job.loop = asyncio.get_running_loop()
         future = job.future = job.loop.create_future()
         self._engine(version_id).submit(job)
@@ -205,11 +207,12 @@ class Inference:
         params: InferenceParams,
         streams: list[TextStream],
         logprobs: int | None,
+        prompt_logprobs: int | None = None,
     ) -> Job:
         """Worker thread: the loaded version and the request's rows (prompts rendered and counted once,
         for the batch-size limit, admission and usage alike)."""
         loaded = self.cache.get(version_id, path)
-        job = Job.create(loaded, texts, params, streams, logprobs)
+        job = Job.create(loaded, texts, params, streams, logprobs, prompt_logprobs)
         if self.max_batch_tokens is not None:
             refuse_above(self.max_batch_tokens, len(texts), max(job.prompt_tokens), params.max_tokens, params.num_beams)
         return job

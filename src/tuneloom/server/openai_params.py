@@ -5,7 +5,8 @@ tuneloom does not implement is a 400 naming it (OpenAI's `param`), never dropped
 would come back as one choice, `tools` as plain text, `response_format: json_object` as whatever the
 model says. Fields that change nothing in what a tuneloom model answers (`user`, `metadata`, `store`,
 …) are accepted, as OpenAI accepts them; a field OpenAI's API does not have is refused, as OpenAI
-refuses it ("Unrecognized request argument supplied"), except vLLM's `top_k`, which its users send.
+refuses it ("Unrecognized request argument supplied"), except vLLM's `top_k` and `repetition_penalty`,
+which its users send.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def inference_params(
     A refused token count names the field the client sent (`max_completion_tokens` is chat's newer name);
     an empty stop string is refused as on /predict, not dropped (the client asked for a stop it would not get).
     A `seed` makes a sampled answer reproducible; choice i (the inputs `n` repeats) samples with seed + i.
+    `max_tokens: 0` is a completion's with `echo` only: the prompt alone (and its log-probabilities, if asked).
+    The penalties are OpenAI's (and vLLM's `repetition_penalty`), with their ranges checked by name.
     """
     temperature = 1.0 if body.temperature is None else body.temperature
     top_k = 0 if body.top_k == -1 else body.top_k  # vLLM's other spelling of "no top-k"
@@ -39,10 +42,14 @@ def inference_params(
         "top_p": body.top_p,
         "top_k": top_k,
         "stop": body.stop,
+        "presence_penalty": body.presence_penalty,
+        "frequency_penalty": body.frequency_penalty,
+        "repetition_penalty": body.repetition_penalty,
     }
     key = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) is not None else "max_tokens"
+    echo = isinstance(body, CompletionRequest) and bool(body.echo)
     params = InferenceParams.from_dict(
-        {**values, "seed": body.seed, "system_prompt": system_prompt}, sent_as={"max_tokens": key}
+        {**values, "seed": body.seed, "system_prompt": system_prompt}, sent_as={"max_tokens": key}, prompt_only=echo
     )
     asked = bool(body.model_fields_set & {"max_tokens", "max_completion_tokens"}) and max_tokens is not None
     return cap_max_tokens(params, limit, asked=asked, key=key)
@@ -62,7 +69,8 @@ def requested_logprobs(body: OpenAIRequest) -> int | None:
     """How many alternatives to report with each token's log-probability; None: no log-probabilities.
 
     Completions ask with `logprobs: N` (0 to 5), chat with `logprobs: true` and `top_logprobs: N` (0 to 20,
-    default 0). The values are those of the distribution each token was drawn from (`sampling.token_logprobs`).
+    default 0). The values are those of the distribution each token was drawn from (`sampling.token_logprobs`);
+    with a completion's `echo`, the prompt's tokens come first, with the model's own (`logprobs.prompt_logprobs`).
     """
     if isinstance(body, CompletionRequest):
         return body.logprobs
@@ -83,17 +91,16 @@ def choices_per_prompt(body: OpenAIRequest, prompts: int) -> int:
 
 def refusals(body: OpenAIRequest) -> Iterator[tuple[str, str]]:
     """(field, why) for each field sent with a value this server would otherwise answer wrongly."""
-    for name in ("presence_penalty", "frequency_penalty"):
-        if getattr(body, name):
-            yield name, f"{UNSUPPORTED} (only 0); leave it out"
     if body.logit_bias:
         yield "logit_bias", f"{UNSUPPORTED} (only {{}}); leave it out"
     yield from completion_refusals(body) if isinstance(body, CompletionRequest) else chat_refusals(body)
 
 
 def completion_refusals(body: CompletionRequest) -> Iterator[tuple[str, str]]:
-    if body.logprobs is not None and body.echo:
-        yield "logprobs", "with echo is not supported (the prompt's tokens get no log-probabilities); leave one out"
+    if body.max_tokens == 0 and not body.echo:
+        yield "max_tokens", "0 generates nothing: it is only accepted with echo: true (the prompt alone is returned)"
+    if body.logprobs is not None and body.echo and body.stream:
+        yield "stream", "with echo and logprobs is not supported (the prompt's log-probabilities come unstreamed)"
     if body.best_of is not None and body.best_of != (body.n or 1):
         yield "best_of", "other than n is not supported: this server returns every answer it makes, unranked; send n"
     if body.suffix:

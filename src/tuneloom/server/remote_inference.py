@@ -6,7 +6,9 @@ never fetches or loads a model version. Each version goes to one node, picked by
 hashing over the live nodes, so that a version stays loaded (and its adapter cached) on one machine
 while the nodes come and go; a node that cannot be reached is skipped for a while and the next
 one in that version's order is asked. The node checks and answers the request exactly as it would
-its own: its refusals come back here with their status, code and message.
+its own: its refusals come back here with their status, code and message. Log-probabilities (of the
+generated tokens, and of the prompt's with echo) are the node's, carried as `node_wire` writes them; a node
+too old to send them is named rather than answered without.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import httpx
 from tuneloom.errors import TuneloomError, error_from_dict
 from tuneloom.generate.generator import Generation, TokenLogprob
 from tuneloom.generate.params import InferenceParams
-from tuneloom.server.backends import refuse_logprobs, start_each
+from tuneloom.server.backends import start_each
 from tuneloom.server.engine import Prediction
+from tuneloom.server.node_wire import tokens_of
 from tuneloom.store.db import Database
 from tuneloom.store.nodes import NodeInfo, live_nodes
 
@@ -46,8 +49,10 @@ class GenerationNodeUnavailable(TuneloomError):
 class RemoteStream:
     """One generation streamed by a node: iterate for pieces; then `finish_reason` and token counts are set."""
 
-    def __init__(self, response: httpx.Response):
+    def __init__(self, response: httpx.Response, node: NodeInfo, logprobs: bool = False):
         self._response = response
+        self._node = node
+        self._logprobs = logprobs  # asked for: each piece must carry its tokens'
         self._closing: asyncio.Task[None] | None = None  # held: a task nobody references may be collected
         self.finish_reason: str | None = None
         self.tokens = 0
@@ -59,6 +64,11 @@ class RemoteStream:
             self._closing = asyncio.get_running_loop().create_task(self._response.aclose())
 
     async def __aiter__(self) -> AsyncIterator[str]:
+        async for piece, _ in self.chunks():
+            yield piece
+
+    async def chunks(self) -> AsyncIterator[tuple[str, tuple[TokenLogprob, ...]]]:
+        """Each piece with the log-probabilities of its tokens (none where they were not asked for)."""
         try:
             async for event, data in _server_sent_events(self._response):
                 if event == "error":
@@ -67,17 +77,15 @@ class RemoteStream:
                     self.finish_reason, self.tokens = data["finish_reason"], data["tokens"]
                     self.prompt_tokens = data.get("prompt_tokens", 0)
                     return
-                yield data["text"]
+                tokens = tokens_of(data.get("logprobs"))
+                if self._logprobs and tokens is None:
+                    raise _without_logprobs(self._node)
+                yield data["text"], tokens or ()
         except httpx.TransportError as err:
             raise GenerationNodeUnavailable(f"the generation node stopped answering mid-stream ({err})") from err
         finally:
             await self._response.aclose()
         raise GenerationNodeUnavailable("the generation node ended the stream without finishing it")
-
-    async def chunks(self) -> AsyncIterator[tuple[str, tuple[TokenLogprob, ...]]]:
-        """The pieces, with no log-probabilities: a remote backend refuses to be asked for them."""
-        async for piece in self:
-            yield piece, ()
 
 
 class NothingLoaded:
@@ -110,9 +118,9 @@ class RemoteInference:
         params: InferenceParams,
         *,
         logprobs: int | None = None,
+        prompt_logprobs: int | None = None,
     ) -> list[Prediction]:
-        refuse_logprobs(logprobs, "remote")
-        body = _request_body(version_id, list(texts), params)
+        body = _request_body(version_id, list(texts), params, logprobs=logprobs, prompt_logprobs=prompt_logprobs)
         for node in await self._order(version_id):
             try:
                 response = await self._client.post(f"{node.url}/internal/generation/predict", json=body, **_auth(node))
@@ -120,15 +128,14 @@ class RemoteInference:
                 self._skip_or_raise(node, err)
                 continue
             if _answered(response, node, self._skip):
-                return [_prediction(output) for output in response.json()["outputs"]]
+                return [_prediction(output, node, logprobs) for output in response.json()["outputs"]]
         raise await self._none_answered()
 
     async def stream(
         self, version_id: str, path: Path, text: str, params: InferenceParams, *, logprobs: int | None = None
     ) -> RemoteStream:
         """Start the stream on a node; its refusals (before the first piece) raise here."""
-        refuse_logprobs(logprobs, "remote")
-        body = _request_body(version_id, [text], params)
+        body = _request_body(version_id, [text], params, logprobs=logprobs)
         for node in await self._order(version_id):
             request = self._client.build_request(
                 "POST", f"{node.url}/internal/generation/stream", json=body, **_auth(node)
@@ -139,7 +146,7 @@ class RemoteInference:
                 self._skip_or_raise(node, err)
                 continue
             if response.status_code == 200:
-                return RemoteStream(response)
+                return RemoteStream(response, node, logprobs is not None)
             await response.aread()
             await response.aclose()
             _answered(response, node, self._skip)
@@ -186,8 +193,11 @@ class RemoteInference:
         return GenerationNodeUnavailable(f"no generation node answered (tried {urls}); try again shortly")
 
 
-def _request_body(version_id: str, texts: list[str], params: InferenceParams) -> dict[str, Any]:
-    return {"version_id": version_id, "inputs": texts, "inference_params": params.to_dict()}
+def _request_body(version_id: str, texts: list[str], params: InferenceParams, **logprobs: int | None) -> dict[str, Any]:
+    """What a node's /internal/generation routes take (`routes.nodes.NodeRequest`); unasked log-probabilities are
+    left out, so that a node of an older tuneloom is asked nothing it does not know."""
+    asked = {name: n for name, n in logprobs.items() if n is not None}
+    return {"version_id": version_id, "inputs": texts, "inference_params": params.to_dict(), **asked}
 
 
 def _auth(node: NodeInfo) -> dict[str, Any]:
@@ -214,9 +224,19 @@ def _answered(response: httpx.Response, node: NodeInfo, skip: Callable[[NodeInfo
     return False
 
 
-def _prediction(output: dict[str, Any]) -> Prediction:
-    generation = Generation(output["prompt"], output["text"], output["tokens"], output["finish_reason"])
-    return Prediction(generation, output["prompt_tokens"])
+def _prediction(output: dict[str, Any], node: NodeInfo, logprobs: int | None) -> Prediction:
+    tokens, prompt_tokens = tokens_of(output.get("logprobs")), tokens_of(output.get("prompt_logprobs"))
+    if logprobs is not None and tokens is None:
+        raise _without_logprobs(node)
+    fields = (output["prompt"], output["text"], output["tokens"], output["finish_reason"])
+    return Prediction(Generation(*fields, logprobs=tokens, prompt_logprobs=prompt_tokens), output["prompt_tokens"])
+
+
+def _without_logprobs(node: NodeInfo) -> GenerationNodeUnavailable:
+    return GenerationNodeUnavailable(
+        f"the generation node at {node.url} sent no log-probabilities: it runs an older tuneloom that does not "
+        "report them; upgrade it, or leave logprobs out"
+    )
 
 
 async def _server_sent_events(response: httpx.Response) -> AsyncIterator[tuple[str, dict[str, Any]]]:

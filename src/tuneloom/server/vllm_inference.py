@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from tuneloom.errors import ModelUnavailableError, SettingsError
-from tuneloom.generate.generator import finish_generation, render_prompt
+from tuneloom.generate.generator import render_prompt
 from tuneloom.generate.params import InferenceParams
 from tuneloom.generate.vllm_engine import (
     EngineConfig,
     ServingPlan,
     check_adapter_fits,
     engine_kwargs,
+    generation_of,
     lora_request,
     plan_version,
     request_errors,
@@ -142,18 +143,21 @@ class VllmInference:
         params: InferenceParams,
         *,
         logprobs: int | None = None,
+        prompt_logprobs: int | None = None,
     ) -> list[Prediction]:
-        """Every input submitted at once; vLLM batches them with whatever else is running."""
-        refuse_logprobs(logprobs, "vllm")
+        """Every input submitted at once; vLLM batches them with whatever else is running. With `prompt_logprobs`
+        the texts are the prompts as sent (not rendered in the version's prompt format)."""
         version = await self._admitted(version_id, path, texts, params)
         eos = version.tokenizer.eos_token_id
         # Refused parameters fail before any work; input i samples with seed + i, as on transformers.
-        requests = [sampling_params(params.for_input(i), eos, stream=False) for i in range(len(texts))]
+        asked = {"logprobs": logprobs, "prompt_logprobs": prompt_logprobs}
+        requests = [sampling_params(params.for_input(i), eos, stream=False, **asked) for i in range(len(texts))]
+        prompts = list(texts) if prompt_logprobs is not None else [render_prompt(version, t, params) for t in texts]
         entry = await self._acquire(version.plan)
         try:
             assert entry.engine is not None
-            pairs = zip(texts, requests, strict=True)
-            runs = (self._complete(entry.engine, version, text, params, request) for text, request in pairs)
+            pairs = zip(prompts, requests, strict=True)
+            runs = (self._complete(entry.engine, version, prompt, params, request, asked) for prompt, request in pairs)
             results = await asyncio.gather(*runs, return_exceptions=True)  # none left running on a failure
         finally:
             await self._release(entry)
@@ -200,17 +204,21 @@ class VllmInference:
         return version
 
     async def _complete(
-        self, engine: Any, version: VllmVersion, text: str, params: InferenceParams, request: Any
+        self,
+        engine: Any,
+        version: VllmVersion,
+        prompt: str,
+        params: InferenceParams,
+        request: Any,
+        asked: dict[str, int | None],
     ) -> Prediction:
-        prompt = render_prompt(version, text, params)
+        """One input's generation; `asked`: its `logprobs` and `prompt_logprobs`, as `generation_of` reports them."""
         final = None
         async for output in _generate(engine, prompt, request, version.lora):
             final = output
         if final is None:
             raise ModelUnavailableError("the vLLM engine ended the request without an output")
-        completion = final.outputs[0]
-        ended = completion.finish_reason == "stop"  # EOS, a stop string or the stop token
-        generation = finish_generation(prompt, completion.text, len(completion.token_ids), ended, params)
+        generation = generation_of(final, prompt, params, version.tokenizer, **asked)
         return Prediction(generation, len(final.prompt_token_ids or []))
 
     async def _acquire(self, plan: ServingPlan) -> _Engine:
@@ -301,6 +309,9 @@ class VllmStream(TextStream):
             async for output in outputs:
                 if output.prompt_token_ids:  # deltas may carry it on the first output only
                     self.prompt_tokens = len(output.prompt_token_ids)
+                if params.max_tokens == 0:  # the prompt alone: the one token vLLM had to generate is no answer
+                    self.finish_reason = "length"
+                    continue
                 completion = output.outputs[0]
                 self.tokens += len(completion.token_ids)
                 text = pending + completion.text

@@ -22,6 +22,7 @@ from tuneloom.generate.params import InferenceParams
 from tuneloom.server.auth import context
 from tuneloom.server.context import ServerContext
 from tuneloom.server.engine import Prediction
+from tuneloom.server.node_wire import tokens_json
 from tuneloom.server.routes.predict import (
     SSE_HEADERS,
     Service,
@@ -52,23 +53,33 @@ Context = Annotated[ServerContext, Depends(context)]
 class NodeRequest(BaseModel):
     version_id: str = Field(max_length=128)
     inputs: list[str]
-    inference_params: dict[str, Any] = Field(default_factory=dict)
+    inference_params: dict[str, Any] = Field(default_factory=dict)  # max_tokens may be 0: the relaying server decided
+    logprobs: int | None = Field(None, ge=0, le=20)  # as the service takes them (`GenerationService.predict`)
+    prompt_logprobs: int | None = Field(None, ge=0, le=20)  # predict only
 
 
 @router.post("/predict")
 async def predict_for_a_server(body: NodeRequest, ctx: Context, service: Service) -> dict[str, Any]:
     version, params = await _admitted(body, ctx, service)
-    predictions = await service.predict(version.id, version_dir(ctx, version), body.inputs, params)
+    predictions = await service.predict(
+        version.id,
+        version_dir(ctx, version),
+        body.inputs,
+        params,
+        logprobs=body.logprobs,
+        prompt_logprobs=body.prompt_logprobs,
+    )
     return {"outputs": [_output(p) for p in predictions]}
 
 
 @router.post("/stream", response_class=StreamingResponse)
 async def stream_for_a_server(body: NodeRequest, ctx: Context, service: Service) -> StreamingResponse:
-    """The same server-sent events as /generate; closing the connection ends the generation."""
+    """The same server-sent events as /generate (each piece with its tokens' log-probabilities, where asked for);
+    closing the connection ends the generation."""
     version, params = await _admitted(body, ctx, service)
-    pieces = await service.stream(version.id, version_dir(ctx, version), body.inputs[0], params)
+    pieces = await service.stream(version.id, version_dir(ctx, version), body.inputs[0], params, logprobs=body.logprobs)
     return StreamingResponse(
-        events(pieces, version.id),
+        events(pieces, version.id, logprobs=body.logprobs is not None),
         media_type="text/event-stream",
         headers=SSE_HEADERS,
         background=BackgroundTask(pieces.cancel),
@@ -78,7 +89,7 @@ async def stream_for_a_server(body: NodeRequest, ctx: Context, service: Service)
 async def _admitted(body: NodeRequest, ctx: ServerContext, service: Service) -> tuple[ModelVersion, InferenceParams]:
     """The request checked as this node checks its own: inputs, parameters, a trained version, batch size."""
     check_inputs(body.inputs)
-    params = request_params(ctx, body.inference_params)
+    params = request_params(ctx, body.inference_params, prompt_only=True)
     version = await run_in_threadpool(registry.get_model_version_by_id, ctx.db, body.version_id)
     await admit(ctx, service, check_trained(version))
     return version, params
@@ -92,4 +103,6 @@ def _output(prediction: Prediction) -> dict[str, Any]:
         "tokens": g.tokens,
         "finish_reason": g.finish_reason,
         "prompt_tokens": prediction.prompt_tokens,
+        "logprobs": tokens_json(g.logprobs),
+        "prompt_logprobs": tokens_json(g.prompt_logprobs),
     }

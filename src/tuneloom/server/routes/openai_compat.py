@@ -35,7 +35,7 @@ from tuneloom.server.auth import api_key, context
 from tuneloom.server.context import ServerContext
 from tuneloom.server.engine import Prediction
 from tuneloom.server.openai_chat import chat_input, conversation, said_of_the_conversation
-from tuneloom.server.openai_logprobs import chat_logprobs, completion_logprobs
+from tuneloom.server.openai_logprobs import chat_logprobs, completion_logprobs, echoed_tokens
 from tuneloom.server.openai_params import check_supported, choices_per_prompt, inference_params, requested_logprobs
 from tuneloom.server.openai_stream import chat_chunks, completion_chunks, streaming, usage
 from tuneloom.server.routes.predict import (
@@ -183,12 +183,15 @@ async def named(work: Awaitable[T], param: str) -> T:
 async def completions(
     body: CompletionRequest, key: Key, ctx: Context, service: Service, slots: Slots, request: Request
 ) -> Response | Completion:
+    """With `echo` and `logprobs`, each prompt is scored as sent (no template: its tokens are those of the echoed
+    text) and its completion continues it; `max_tokens: 0` then returns the prompt's log-probabilities alone."""
     check_supported(body)
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     check_inputs(prompts, key="prompt", listed=not isinstance(body.prompt, str))
     n = choices_per_prompt(body, len(prompts))
     params = inference_params(body, body.max_tokens, ctx.max_tokens_limit)
     logprobs = requested_logprobs(body)
+    prompt_logprobs = logprobs if body.echo else None
     version = await run_in_threadpool(resolve_model, ctx, key, body.model)
     await admit(ctx, service, version)
     head = ResponseHead(id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=body.model)
@@ -202,13 +205,14 @@ async def completions(
         return streaming(completion_chunks(streams, head, _with_usage(body), echoed, logprobs is not None), done)
     texts = [prompt for prompt in prompts for _ in range(n)]  # OpenAI's order: each prompt's n choices together
     async with slots.hold(key.id):
-        work = named(service.predict(version.id, path, texts, params, logprobs=logprobs), "prompt")
-        predictions = await unless_disconnected(request, work)
+        predicted = service.predict(version.id, path, texts, params, logprobs=logprobs, prompt_logprobs=prompt_logprobs)
+        predictions = await unless_disconnected(request, named(predicted, "prompt"))
+    echoes = texts if body.echo else [""] * len(texts)
     choices = [
         CompletionChoice(
             index=i,
-            text=(texts[i] if body.echo else "") + p.generation.text,
-            logprobs=completion_logprobs(p.generation.logprobs),
+            text=echoes[i] + p.generation.text,
+            logprobs=completion_logprobs(echoed_tokens(p.generation, echoes[i])),
             finish_reason=finish_reason(p.generation.finish_reason),
         )
         for i, p in enumerate(predictions)

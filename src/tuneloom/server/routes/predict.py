@@ -26,6 +26,7 @@ from tuneloom.server.auth import api_key, context, require_app
 from tuneloom.server.backends import GenerationService, PieceStream, make_service
 from tuneloom.server.context import ServerContext
 from tuneloom.server.limits import GenerationSlots, cap_max_tokens, generation_slots
+from tuneloom.server.node_wire import tokens_json
 from tuneloom.server.schemas import GenerateRequest, PredictionOut, PredictRequest, PredictResponse
 from tuneloom.server.schemas.inference import MAX_INPUT_CHARS
 from tuneloom.server.schemas.openai import finish_reason
@@ -88,12 +89,13 @@ def version_dir(ctx: ServerContext, version: ModelVersion) -> Path:
     return ctx.artifacts.resolve(version.artifact_path)
 
 
-def request_params(ctx: ServerContext, given: dict[str, Any]) -> InferenceParams:
-    """A request's `inference_params`, validated and within the server's max_tokens cap.
+def request_params(ctx: ServerContext, given: dict[str, Any], *, prompt_only: bool = False) -> InferenceParams:
+    """A request's `inference_params`, validated and within the server's max_tokens cap (`prompt_only`: max_tokens
+    may be 0, as `InferenceParams.from_dict` says).
 
     A refusal names the token count as the request sent it (`max_tokens`, or `max_new_tokens`).
     """
-    params = InferenceParams.from_dict(given)
+    params = InferenceParams.from_dict(given, prompt_only=prompt_only)
     sent = sent_names(given).get("max_tokens", "max_tokens")
     asked = given.get(sent) is not None
     return cap_max_tokens(params, ctx.max_tokens_limit, asked=asked, key=f"inference_params.{sent}")
@@ -224,11 +226,12 @@ async def stream_in_slot(
     return choices, BackgroundTask(finish)
 
 
-async def events(pieces: PieceStream, version_id: str) -> AsyncIterator[str]:
-    """Server-sent events: `data: {"text"}` per piece, then `event: done` with counts (or `event: error`)."""
+async def events(pieces: PieceStream, version_id: str, *, logprobs: bool = False) -> AsyncIterator[str]:
+    """Server-sent events: `data: {"text"}` per piece, then `event: done` with counts (or `event: error`).
+    `logprobs` (a node's stream for another server): each piece with its tokens' (`node_wire`)."""
     try:
-        async for piece in pieces:
-            yield sse({"text": piece})
+        async for piece, tokens in pieces.chunks():
+            yield sse({"text": piece, "logprobs": tokens_json(tokens)} if logprobs else {"text": piece})
     except Exception as err:
         yield sse(error_body(err), event="error")
         return

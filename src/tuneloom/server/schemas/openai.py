@@ -1,9 +1,9 @@
 """The OpenAI-compatible routes' bodies, in OpenAI's own shapes, so the `openai` package works unchanged.
 
-Every field of OpenAI's API that a client may send is declared here, and vLLM's `top_k`, which its
-users send (`extra_body`); `server.openai_params` decides which are honoured, which change nothing
-here (user, metadata, …) and which are refused by name because ignoring them would change what the
-answer holds (tools, penalties, …). Any other field is refused, as OpenAI itself refuses it
+Every field of OpenAI's API that a client may send is declared here, and vLLM's `top_k` and
+`repetition_penalty`, which its users send (`extra_body`); `server.openai_params` decides which are
+honoured, which change nothing here (user, metadata, …) and which are refused by name because ignoring
+them would change what the answer holds (tools, logit_bias, …). Any other field is refused, as OpenAI itself refuses it
 ("Unrecognized request argument").
 """
 
@@ -50,8 +50,9 @@ class SamplingRequest(BaseModel):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     seed: int | None = None  # reproducible sampling; validated by InferenceParams (0 to 2^63 - 1)
-    presence_penalty: float | None = None  # not supported: refused unless 0
-    frequency_penalty: float | None = None  # not supported: refused unless 0
+    presence_penalty: float | None = None  # -2 to 2, validated by InferenceParams
+    frequency_penalty: float | None = None  # -2 to 2
+    repetition_penalty: float | None = None  # vLLM's extension (Hugging Face's penalty); None: the model's
     logit_bias: dict[str, float] | None = None  # not supported: refused unless empty
     user: str | None = None  # changes nothing here
 
@@ -155,11 +156,12 @@ class Usage(BaseModel):
 
 class CompletionLogprobs(BaseModel):
     """/v1/completions' shape: per token its text, log-probability, the alternatives (with the token itself:
-    up to `logprobs` + 1 of them, as OpenAI sends) and where it starts in the choice's text."""
+    up to `logprobs` + 1 of them, as OpenAI sends) and where it starts in the choice's text. With echo the
+    prompt's tokens come first; its first token has null for both (nothing precedes it)."""
 
     tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
     text_offset: list[int]
 
 
@@ -187,7 +189,7 @@ class ChatMessageOut(BaseModel):
 class TopLogprob(BaseModel):
     token: str
     logprob: float
-    bytes: list[int] | None  # the token's UTF-8; null for a part of a character (it decodes to U+FFFD)
+    bytes: list[int] | None  # the token's own bytes (a part of a character has some); null where they are unknown
 
 
 class ChatTokenLogprob(TopLogprob):

@@ -11,7 +11,8 @@
  *   label "Model" ("gen-model") · label "Version" ("gen-version", first option "Latest trained", then
  *     newest first) · with more than FILTER_FROM versions, label "Filter versions" ("gen-version-filter")
  *   · label "Inputs" ("gen-inputs", one input per line) · checkbox "Send the whole text as one input" ("gen-one-input")
- *   · parameters: labels "max_tokens", "temperature", "top_p", "top_k", "num_beams", "do_sample",
+ *   · parameters: labels "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty",
+ *     "presence_penalty", "frequency_penalty", "num_beams", "do_sample",
  *     "return_full_text", "system_prompt", "stop" (testid "param-<name>")
  *   · button "Generate" ("generate") · button "Stop" ("stop") · status line ("gen-status")
  *   · streamed output ("gen-output", aria-live) · results table ("gen-results": Input, Output, Finish, Tokens)

@@ -5,12 +5,16 @@
  */
 import { h } from "../app.js";
 
-/** The inference parameters: [name, kind, default, help]. Defaults are the server's. */
+/** The inference parameters: [name, kind, default, help]. Defaults are the server's ("" leaves it to the
+ * model); a "signed" number may be negative. */
 export const PARAMS = [
   ["max_tokens", "int", 64, "Most new tokens to generate (1–4096)."],
   ["temperature", "float", 0, "0 is greedy decoding; higher is more random (0–5)."],
   ["top_p", "float", 1, "Nucleus sampling: keep the smallest set of tokens with this much probability."],
   ["top_k", "int", 0, "Keep only the k likeliest tokens (0 turns it off)."],
+  ["repetition_penalty", "float", "", "Above 1 makes tokens already in the prompt or output less likely (above 0, at most 10); empty: the model's own, else 1."],
+  ["presence_penalty", "signed", 0, "Lowers every token the output already holds by this much (−2–2)."],
+  ["frequency_penalty", "signed", 0, "Lowers a token by this much per time the output holds it (−2–2)."],
   ["num_beams", "int", 1, "Beam search width (1 is no beam search)."],
   ["do_sample", "tristate", "", "Sample instead of picking the likeliest token; automatic samples when temperature > 0."],
   ["return_full_text", "bool", false, "Return the prompt in front of the generated text."],
@@ -45,7 +49,7 @@ function paramField(name, kind, value, help) {
     control = h("textarea", { ...common, rows: 2, className: "short" });
     control.value = value;
   } else {
-    const attrs = kind === "int" ? { step: 1, min: 0 } : { step: "any", min: 0 };
+    const attrs = kind === "int" ? { step: 1, min: 0 } : kind === "signed" ? { step: "any" } : { step: "any", min: 0 };
     control = h("input", { ...common, type: "number", inputmode: kind === "int" ? "numeric" : "decimal", ...attrs });
     control.value = String(value);
   }
