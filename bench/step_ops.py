@@ -7,7 +7,11 @@ dispatcher runs (each one or more kernel launches on a GPU), for
 
 - one tuneloom training step (packed batch of 16, LoRA, forward + loss + backward + AdamW step);
 - one baseline step (Trainer + peft's recipe: 16 padded rows, the model's own loss);
-- one decode step of `model.generate` at batch 1 (the per-token cost measured on the H200).
+- one decode step of `model.generate` at batch 1 (the per-token cost measured on the H200);
+- the operators a batch-1 decoding loop dispatches per token *outside* the model's forward — what is
+  left on the host once the forward is one CUDA-graph replay: `model.generate`, tuneloom's default
+  path (transformers' `generate` with tuneloom's stopping criteria) and `tuneloom generate --compile`'s
+  own loop (`generate/compiled.py`; here eager, the count outside the forward is the same).
 
     python -m bench.step_ops
 """
@@ -29,15 +33,72 @@ NARROW = {"intermediate_size": 512, "vocab_size": 2048}  # and 16 dimensions per
 
 
 class CountOps(TorchDispatchMode):
-    """Counts each ATen operator call (views included: on a GPU they cost host time, no kernel)."""
+    """Counts each ATen operator call (views included: on a GPU they cost host time, no kernel); those
+    dispatched while `inside` is above 0 (a model's forward, see `count_forwards`) apart."""
 
     def __init__(self) -> None:
         super().__init__()
         self.ops: Counter[str] = Counter()
+        self.inside = 0
+        self.outside_ops = 0
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         self.ops[str(func.overloadpacket)] += 1
+        self.outside_ops += not self.inside
         return func(*args, **(kwargs or {}))
+
+
+def count_forwards(model: Any, counter: CountOps) -> list[Any]:
+    """Hooks that mark `model`'s forward as inside for `counter`; remove them after."""
+    return [
+        model.register_forward_pre_hook(lambda *_: setattr(counter, "inside", counter.inside + 1)),
+        model.register_forward_hook(lambda *_: setattr(counter, "inside", counter.inside - 1)),
+    ]
+
+
+def loop_ops_per_token(tokens: int = 16) -> dict[str, float]:
+    """Operators per generated token outside the forward, for each batch-1 decoding loop: two calls of
+    different lengths on one prompt, the difference over the difference in tokens (prefill cancels)."""
+    import os
+
+    from bench.common import model_settings
+    from bench.generate import one_at_a_time, prompts
+    from tuneloom.generate.generator import generate
+    from tuneloom.generate.loading import load_for_inference
+    from tuneloom.generate.params import InferenceParams
+
+    os.environ["BENCH_TINY"] = "1"  # the count outside the forward does not depend on the layers
+    loaded = load_for_inference("smollm2-135m-instruct-lora", model_settings("llama-1.1b-random"))
+    text = prompts(1)[0]
+
+    def tuneloom(n: int) -> int:
+        return generate(loaded, [text], InferenceParams(max_tokens=n, stop=()))[0].tokens
+
+    def compiled(n: int) -> int:
+        loaded.compiled_decode = True
+        try:
+            return tuneloom(n)
+        finally:
+            loaded.compiled_decode = False
+
+    loops = {
+        "model.generate": lambda n: one_at_a_time(loaded, [text], n, min_new_tokens=n),
+        "tuneloom generate": tuneloom,
+        "tuneloom generate --compile loop": compiled,
+    }
+    figures = {}
+    for name, decode in loops.items():
+        counts = []
+        for n in (4, 4 + tokens):
+            with CountOps() as counter:
+                hooks = count_forwards(loaded.model, counter)
+                made = decode(n)
+            for hook in hooks:
+                hook.remove()
+            counts.append((counter.outside_ops, made))
+        (before, short), (after, long) = counts
+        figures[name] = (after - before) / (long - short)
+    return figures
 
 
 def model(name: str) -> Any:
@@ -142,10 +203,16 @@ def main() -> None:
         ]
         for n, f in figures.items()
     ]
+    figures["decode_loop_ops_per_token_outside_forward"] = loop_ops_per_token()
     print_table(
         "ATen operators dispatched per step",
         ["shape", "layers", "baseline train step", "tuneloom train step", "decode step (forward)"],
         rows,
+    )
+    print_table(
+        "ATen operators per generated token outside the model's forward (batch 1)",
+        ["loop", "operators"],
+        [[name, f"{ops:.0f}"] for name, ops in figures["decode_loop_ops_per_token_outside_forward"].items()],
     )
     from bench.common import RESULTS_DIR
 
