@@ -14,37 +14,38 @@ prefill, the same in both, cancels), and a profile of batch 32 names the kernels
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import Any
 
 from bench.common import MODEL_TEMPLATES, RESULTS_DIR, cuda, device_name, model_settings, print_table, write_result
-from bench.generate import prompts, sync
+from bench.generate import prompts, timed
+from tuneloom.generate.generator import BATCH_SIZE, generate
+from tuneloom.generate.params import InferenceParams
 
 SHORT, LONG = 8, 40  # new tokens of the two calls; their difference is LONG - SHORT decode steps
 
 
-def timed_steps(loaded: Any, texts: list[str], max_tokens: int) -> tuple[float, int]:
-    """Seconds of one batched `generate`, and its decode steps (the batch runs until its longest row ends)."""
-    from tuneloom.generate.generator import generate
-    from tuneloom.generate.params import InferenceParams
+def timed_tokens(loaded: Any, texts: list[str], max_tokens: int) -> tuple[float, int]:
+    """Seconds of one batched `generate`, and the tokens the batch generated (`longest_row_tokens`)."""
+    run = timed(lambda: longest_row_tokens(generate(loaded, texts, InferenceParams(max_tokens=max_tokens, stop=()))))
+    return run["seconds"], int(run["new_tokens"])
 
-    sync()
-    started = time.perf_counter()
-    rows = generate(loaded, texts, InferenceParams(max_tokens=max_tokens, stop=()))
-    sync()
-    return time.perf_counter() - started, max(r.tokens for r in rows)
+
+def longest_row_tokens(rows: list[Any]) -> int:
+    """How many tokens a batch was run for: its longest row's, an ending EOS included (a row's `tokens`
+    leave it out, though a step made it). The prefill makes the first; each other is a decode step."""
+    return max(row.tokens + (row.finish_reason == "stop") for row in rows)
 
 
 def per_step_ms(loaded: Any, texts: list[str]) -> dict[str, float | None]:
     """Decode-step and prefill time for `texts` batched together, each call the best of two."""
-    timed_steps(loaded, texts, 2)  # this batch size's first-call costs out of the figures
-    short_s, short_steps = min(timed_steps(loaded, texts, SHORT) for _ in range(2))
-    long_s, long_steps = min(timed_steps(loaded, texts, LONG) for _ in range(2))
-    if long_steps <= short_steps:  # every row ended early (EOS): no steps to time
+    timed_tokens(loaded, texts, 2)  # this batch size's first-call costs out of the figures
+    short_s, short_tokens = min(timed_tokens(loaded, texts, SHORT) for _ in range(2))
+    long_s, long_tokens = min(timed_tokens(loaded, texts, LONG) for _ in range(2))
+    if long_tokens <= short_tokens:  # every row ended early (EOS): no steps to time
         return {"step_ms": None, "prefill_and_first_ms": None}
-    step = (long_s - short_s) / (long_steps - short_steps)
-    return {"step_ms": step * 1e3, "prefill_and_first_ms": (short_s - step * (short_steps - 1)) * 1e3}
+    step = (long_s - short_s) / (long_tokens - short_tokens)
+    return {"step_ms": step * 1e3, "prefill_and_first_ms": (short_s - step * (short_tokens - 1)) * 1e3}
 
 
 def top_kernels(loaded: Any, texts: list[str], n: int = 12) -> list[list[Any]]:
@@ -53,26 +54,34 @@ def top_kernels(loaded: Any, texts: list[str], n: int = 12) -> list[list[Any]]:
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda() else [])
     with profile(activities=activities) as prof:
-        timed_steps(loaded, texts, SHORT)
+        timed_tokens(loaded, texts, SHORT)
     events = prof.key_averages()
     key = "self_device_time_total" if cuda() else "self_cpu_time_total"
     top = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:n]
     return [[e.key[:90], e.count, round(getattr(e, key) / 1e3, 2)] for e in top]
 
 
+def batch_sizes(text: str) -> list[int]:
+    """`--batches`: each size at most what `generate` runs as one batch (more is split into batches run one
+    after the other, whose steps would add up into one "step")."""
+    sizes = [int(b) for b in text.split(",") if b.strip().isdigit()]
+    if len(sizes) != len(text.split(",")) or not all(1 <= size <= BATCH_SIZE for size in sizes):
+        raise argparse.ArgumentTypeError(f"must be batch sizes from 1 to {BATCH_SIZE}, e.g. 1,8,32; got {text!r}")
+    return sizes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(MODEL_TEMPLATES), default="llama-1.1b-random")
-    parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--batches", type=batch_sizes, default="1,8,32", help=f"comma-separated, 1 to {BATCH_SIZE}")
     args = parser.parse_args()
     from tuneloom.generate.loading import load_for_inference
 
     loaded = load_for_inference(MODEL_TEMPLATES[args.model], model_settings(args.model))
-    sizes = [int(b) for b in args.batches.split(",")]
-    texts = prompts(max(sizes))
+    texts = prompts(max(args.batches))
     figures: dict[str, Any] = {"model": args.model, "new_tokens": [SHORT, LONG]}
-    for size in sizes:
+    for size in args.batches:
         figures[f"batch_{size}"] = per_step_ms(loaded, texts[:size])
     figures["top_kernels_batch_max"] = top_kernels(loaded, texts)
     rows = [

@@ -60,6 +60,7 @@ def loop_ops_per_token(tokens: int = 16) -> dict[str, float]:
     """Operators per generated token outside the forward, for each batch-1 decoding loop: two calls of
     different lengths on one prompt, the difference over the difference in tokens (prefill cancels)."""
     import os
+    from unittest import mock
 
     from bench.common import model_settings
     from bench.generate import one_at_a_time, prompts
@@ -67,8 +68,9 @@ def loop_ops_per_token(tokens: int = 16) -> dict[str, float]:
     from tuneloom.generate.loading import load_for_inference
     from tuneloom.generate.params import InferenceParams
 
-    os.environ["BENCH_TINY"] = "1"  # the count outside the forward does not depend on the layers
-    loaded = load_for_inference("smollm2-135m-instruct-lora", model_settings("llama-1.1b-random"))
+    # The count outside the forward does not depend on the layers: the tiny shape, for this load only.
+    with mock.patch.dict(os.environ, {"BENCH_TINY": "1"}):
+        loaded = load_for_inference("smollm2-135m-instruct-lora", model_settings("llama-1.1b-random"))
     text = prompts(1)[0]
 
     def tuneloom(n: int) -> int:

@@ -14,7 +14,12 @@ training loss — tuneloom must learn the same thing, so the losses must agree w
 (the Trainer compiles the model, dynamic shapes after the first new width). On a GPU the eager step
 is host-bound (bench/README.md, GPU: about 30 µs per dispatched operator), and a compiled step
 dispatches fused kernels instead of thousands of operators. Its runtime includes the compile, as a
-user's run does; `compile_s_estimate` is the first step's time less a steady step's.
+user's run does. Each tuneloom run reports its median step (`steady_step_s`) and how much longer its
+first step took (`first_step_excess_s`: the first step's warm-up — allocator, kernels' first loads — and,
+compiled, the compile); `compile_s_estimate` is the compiled run's excess less the eager run's, and
+`compiled_steady_step_speedup` what compiling gains per step once it is done. `--limit-s` stops the
+compiled run when the whole benchmark has run that long, so that the other two runs' figures are
+still written (a compile that does not finish in time is that run's figure).
 
 On a GPU both runs compute in bf16 (weights loaded in bf16, `bf16=True`), peak memory is
 `torch.cuda.max_memory_allocated`, and MFU is reported against the card's datasheet bf16 peak with
@@ -33,6 +38,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,6 +55,8 @@ from bench.common import (
 )
 
 TEMPLATES = MODEL_TEMPLATES
+COMPILED = "tuneloom+compile"
+SUMMARY_S = 15.0  # of --limit-s, kept for summing up and writing the figures after the last run
 WORDS = [
     "the",
     "customer",
@@ -129,7 +137,12 @@ def run_tuneloom(args: argparse.Namespace, data: Path, work: Path, *, compiled: 
     }
     step_ends = [0.0]  # seconds since training began
     outcome = run_training(
-        TrainJob(data=data, output=work / f"version-{compiled}", template=TEMPLATES[args.model], settings=settings),
+        TrainJob(
+            data=data,
+            output=work / ("version-compiled" if compiled else "version"),
+            template=TEMPLATES[args.model],
+            settings=settings,
+        ),
         on_event=lambda event: step_ends.append(event.elapsed_s) if event.kind == "step" else None,
     )
     m = outcome.metrics
@@ -139,13 +152,14 @@ def run_tuneloom(args: argparse.Namespace, data: Path, work: Path, *, compiled: 
 
 
 def first_step_excess(stamps: list[float]) -> dict[str, float]:
-    """How much longer the first step took than the median later one: a compile's cost, roughly.
-    (Later recompiles, one per new batch width until shapes go dynamic, are in the runtime only.)"""
+    """The median step after the first, and how much longer the first step took (`stamps`: 0, then the
+    seconds at each step's end). Later recompiles, one per new batch width until shapes go dynamic, are
+    in the runtime only: the median leaves them out."""
     gaps = sorted(b - a for a, b in itertools.pairwise(stamps[1:]))
-    if len(stamps) < 3 or not gaps:
+    if not gaps:
         return {}
     steady = gaps[len(gaps) // 2]
-    return {"steady_step_s": steady, "compile_s_estimate": max(0.0, stamps[1] - stamps[0] - steady)}
+    return {"steady_step_s": steady, "first_step_excess_s": max(0.0, stamps[1] - stamps[0] - steady)}
 
 
 def run_baseline(args: argparse.Namespace, data: Path, work: Path) -> dict[str, Any]:
@@ -197,7 +211,7 @@ def worker(args: argparse.Namespace) -> None:
     runs: dict[str, Callable[..., dict[str, Any]]] = {
         "baseline": run_baseline,
         "tuneloom": run_tuneloom,
-        "tuneloom+compile": functools.partial(run_tuneloom, compiled=True),
+        COMPILED: functools.partial(run_tuneloom, compiled=True),
     }
     try:
         result = runs[args.worker](args, work / "data.txt", work)
@@ -220,22 +234,24 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--compile", action="store_true", help="also run tuneloom with torch_compile")
-    parser.add_argument("--worker", choices=["baseline", "tuneloom", "tuneloom+compile"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--limit-s", type=float, default=None, help="stop the compiled run when the whole benchmark has run this long"
+    )
+    parser.add_argument("--worker", choices=["baseline", "tuneloom", COMPILED], help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
         return
-    settings = model_settings(args.model)  # builds a random-shape model once, before the two workers read it
+    started = time.monotonic()
+    settings = model_settings(args.model)  # builds a random-shape model once, before the workers read it
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         make_dataset(work / "data.txt", args.examples, seed=0)
-        results = {}
-        for name in ("baseline", "tuneloom", *(["tuneloom+compile"] if args.compile else [])):
-            cmd = [sys.executable, "-m", "bench.train", *sys.argv[1:], "--worker", name, "--work", tmp]
-            failed = subprocess.run(cmd, check=name != "tuneloom+compile").returncode  # a compile failure is a figure
-            written = work / f"{name}.json"
-            results[name] = json.loads(written.read_text()) if written.exists() else {"error": f"exit {failed}"}
+        results = {name: run_worker(name, work) for name in ("baseline", "tuneloom")}
+        if args.compile:
+            left = args.limit_s - (time.monotonic() - started) - SUMMARY_S if args.limit_s else None
+            results[COMPILED] = run_worker(COMPILED, work, limit_s=left)
     figures = summarize(args, results, settings)
     print_table(
         f"Training throughput, {args.model} LoRA, {args.examples} examples, batch {args.batch} ({device_name()})",
@@ -251,6 +267,20 @@ def main() -> None:
         libraries=("tuneloom", "torch", "transformers", "peft", "accelerate"),
     )
     print(f"wrote {out}")
+
+
+def run_worker(name: str, work: Path, *, limit_s: float | None = None) -> dict[str, Any]:
+    """Run `name` in a process of its own and read its figures. The baseline's or tuneloom's failure
+    stops the benchmark; the compiled run's failure, or its not finishing within `limit_s`, is its figure."""
+    cmd = [sys.executable, "-m", "bench.train", *sys.argv[1:], "--worker", name, "--work", str(work)]
+    if limit_s is not None and limit_s <= 0:
+        return {"error": "not run: no time left within --limit-s"}
+    try:
+        code = subprocess.run(cmd, check=name != COMPILED, timeout=limit_s).returncode
+    except subprocess.TimeoutExpired:
+        return {"error": f"stopped after {limit_s:.0f} s (--limit-s): still compiling or training"}
+    written = work / f"{name}.json"
+    return json.loads(written.read_text()) if written.exists() else {"error": f"exit {code}"}
 
 
 def table_rows(results: dict[str, dict[str, Any]], figures: dict[str, Any]) -> list[list[str]]:
@@ -273,11 +303,12 @@ def table_rows(results: dict[str, dict[str, Any]], figures: dict[str, Any]) -> l
         speedup, loss = figures["speedup_tokens_per_s"], figures["loss_rel_diff"]
         rows.append(["tuneloom / baseline", f"{speedup:.2f}×", f"{ratio:.2f}×", f"Δ {loss:.2%}", "", ""])
     if figures.get("compiled_speedup_tokens_per_s") is not None:
-        compiled = results["tuneloom+compile"]
+        compiled = results[COMPILED]
         ratio = compiled[memory] / results["baseline"][memory]
         speedup = figures["compiled_speedup_tokens_per_s"]
-        compile_s = compiled.get("compile_s_estimate")
+        compile_s, steady = figures["compile_s_estimate"], figures["compiled_steady_step_speedup"]
         note = f"compile ≈ {compile_s:.0f} s" if compile_s is not None else ""
+        note += f", step {steady:.2f}× eager's" if steady is not None else ""
         rows.append(["tuneloom+compile / baseline", f"{speedup:.2f}×", f"{ratio:.2f}×", note, "", ""])
     return rows
 
@@ -300,13 +331,8 @@ def summarize(args: argparse.Namespace, results: dict[str, dict[str, Any]], sett
             result["mfu"] = result["tokens_per_s"] * per_token / card.bf16_dense_flops
     base, ours = results["baseline"], results["tuneloom"]
     both = "error" not in base and "error" not in ours
-    compiled = results.get("tuneloom+compile")
-    if compiled is not None:
-        with_compiled = "error" not in base and "error" not in compiled
-        compiled_speedup = compiled["tokens_per_s"] / base["tokens_per_s"] if with_compiled else None
-        extra = {"tuneloom_compile": compiled, "compiled_speedup_tokens_per_s": compiled_speedup}
-    else:
-        extra = {}
+    compiled = results.get(COMPILED)
+    extra = {} if compiled is None else compiled_figures(base, ours, compiled)
     return extra | {
         "model": args.model,
         "template": TEMPLATES[args.model],
@@ -321,6 +347,24 @@ def summarize(args: argparse.Namespace, results: dict[str, dict[str, Any]], sett
         "tuneloom": ours,
         "speedup_tokens_per_s": ours["tokens_per_s"] / base["tokens_per_s"] if both else None,
         "loss_rel_diff": abs(ours["mean_loss"] - base["mean_loss"]) / base["mean_loss"] if both else None,
+    }
+
+
+def compiled_figures(base: dict[str, Any], ours: dict[str, Any], compiled: dict[str, Any]) -> dict[str, Any]:
+    """The compiled run against the baseline (tokens/s, compile included) and against tuneloom's eager run:
+    the compile's cost (first-step excesses apart, so the warm-up both runs have is not counted as compile)
+    and the per-step gain once compiled."""
+
+    def both(key: str, figure: Callable[[float, float], float]) -> float | None:
+        eager, done = ours.get(key), compiled.get(key)
+        return figure(eager, done) if eager is not None and done is not None else None
+
+    with_compiled = "error" not in base and "error" not in compiled
+    return {
+        "tuneloom_compile": compiled,
+        "compiled_speedup_tokens_per_s": compiled["tokens_per_s"] / base["tokens_per_s"] if with_compiled else None,
+        "compile_s_estimate": both("first_step_excess_s", lambda eager, done: max(0.0, done - eager)),
+        "compiled_steady_step_speedup": both("steady_step_s", lambda eager, done: eager / done),
     }
 
 

@@ -3,9 +3,15 @@ these must be right before its 15 minutes start (bench/gpu.sh runs them there; `
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
+import pytest
+from bench.decode_batches import batch_sizes, longest_row_tokens
 from bench.random_models import SHAPES, card_for, lora_flops_per_token, matmul_parameters, shape, write_tokenizer
+from bench.train import compiled_figures, first_step_excess
+
+from tuneloom.generate.generator import BATCH_SIZE, Generation
 
 TEXT = "### Instruction: Route the ticket. ### Human: my invoice shows €42 twice, ünïcode 🙂 ### Assistant: billing"
 
@@ -43,3 +49,33 @@ def test_flops_formula_counts_the_real_shapes(tmp_path: Path, monkeypatch) -> No
     assert card_for("NVIDIA H100 80GB HBM3").memory_bytes_per_s == 3.35e12
     assert card_for("NVIDIA H200").memory_bytes_per_s == 4.8e12
     assert card_for("Intel(R) Xeon(R) Processor") is None
+
+
+def test_the_compile_estimate_leaves_out_the_first_step_warm_up_an_eager_run_has_too() -> None:
+    """`bench.train --compile`: each tuneloom run's first step is slower than its steady ones (allocator,
+    first kernel loads); only what the compiled run's first step adds beyond the eager run's is compile.
+    Was: each run's whole excess was its `compile_s_estimate`, the eager run's included."""
+    eager_steps = first_step_excess([0.0, 3.0, 4.0, 5.0, 6.5, 7.5])
+    compiled_steps = first_step_excess([0.0, 52.0, 52.5, 53.0, 60.0, 60.5])
+    assert eager_steps == {"steady_step_s": 1.0, "first_step_excess_s": 2.0}
+    assert compiled_steps == {"steady_step_s": 0.5, "first_step_excess_s": 51.5}  # step 4 recompiled: not steady
+    eager, compiled = {"tokens_per_s": 900.0, **eager_steps}, {"tokens_per_s": 450.0, **compiled_steps}
+    figures = compiled_figures({"tokens_per_s": 1000.0}, eager, compiled)
+    assert figures["compile_s_estimate"] == 49.5
+    assert figures["compiled_steady_step_speedup"] == 2.0
+    assert figures["compiled_speedup_tokens_per_s"] == 0.45  # the compile included, as a user's run has it
+    failed = compiled_figures({"tokens_per_s": 1000.0}, eager, {"error": "stopped after 90 s (--limit-s)"})
+    assert failed["compile_s_estimate"] is failed["compiled_speedup_tokens_per_s"] is None
+
+
+def test_decode_batches_counts_an_ending_eos_as_a_step_and_refuses_a_batch_generate_would_split() -> None:
+    """`bench.decode_batches` times steps as the difference of two calls over their difference in tokens:
+    a batch whose longest row ended on EOS ran one step more than that row's `tokens` (which leave the EOS
+    out); and a batch above `generate`'s BATCH_SIZE runs as batches one after the other, whose steps would
+    add up into one. Was: EOS not counted, and `--batches 64` gave a step time twice the true one."""
+    rows = [Generation("p", "a b", 2, "length"), Generation("p", "a b c", 3, "stop")]
+    assert longest_row_tokens(rows) == 4  # three tokens, then the EOS one more step made
+    assert batch_sizes("1,8,32") == [1, 8, 32]
+    for bad in (f"1,{BATCH_SIZE + 1}", "0", "1,,8", "eight"):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"from 1 to {BATCH_SIZE}"):
+            batch_sizes(bad)

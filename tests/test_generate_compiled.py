@@ -74,6 +74,7 @@ def test_only_single_input_single_beam_calls_take_the_static_loop(loaded: Any) -
     assert len(batched) == 2 and len(beams) == 1
 
 
+@pytest.mark.soak  # a cold inductor compile takes 15-30 s on 2 cores
 def test_the_compiled_step_is_one_graph_that_every_token_and_prompt_replays(loaded: Any) -> None:
     """A graph break or a recompile per token would undo what CUDA graphs save; compiling here (CPU,
     inductor) checks the graph the GPU would capture, and that it answers as the eager loop."""

@@ -200,6 +200,23 @@ def test_a_seed_that_cannot_be_honoured_is_refused_by_name(loaded: Any) -> None:
     assert generate(loaded, ["I love it"], replace(greedy, seed=1)) == generate(loaded, ["I love it"], greedy)
 
 
+def test_logprobs_only_generate_could_serve_are_refused_saying_why(loaded: Any) -> None:
+    """A request that generate() must run gets no log-probabilities. For beam search the refusal blamed the model's
+    generation config, naming no setting at all ("its generation config sets , which …")."""
+    from tuneloom.server.engine import Job
+
+    with pytest.raises(SettingsError) as beams:
+        Job.create(loaded, ["I love it"], InferenceParams(max_tokens=4, num_beams=2), [], logprobs=1)
+    assert beams.value.key == "logprobs" and "num_beams > 1" in beams.value.message
+    loaded.model.generation_config.no_repeat_ngram_size = 2
+    try:
+        with pytest.raises(SettingsError) as config:
+            Job.create(loaded, ["I love it"], InferenceParams(max_tokens=4), [], logprobs=1)
+    finally:
+        loaded.model.generation_config.no_repeat_ngram_size = 0
+    assert config.value.key == "logprobs" and "sets no_repeat_ngram_size" in config.value.message
+
+
 def test_a_token_inside_a_character_has_its_own_bytes(loaded: Any) -> None:
     """`bytes` was null for a token that is part of a character, as if it had none. Byte-level BPE splits 你 over
     two tokens, each decoding alone to U+FFFD; their bytes come from the vocabulary, so a client joining the

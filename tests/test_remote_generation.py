@@ -210,6 +210,47 @@ def test_versions_spread_over_the_nodes_and_stay_on_theirs_as_nodes_come_and_go(
     assert set(after.values()) == {"a", "c"}
 
 
+OLDER_NODE_PARAMS = {  # what a node of the tuneloom before the repetition penalties reads
+    "max_tokens", "temperature", "top_p", "top_k", "num_beams", "do_sample", "return_full_text",
+    "system_prompt", "prompt_template", "stop", "seed",
+}  # fmt: skip
+
+
+def test_a_request_without_penalties_still_runs_on_an_older_node(db: Database) -> None:
+    """Every relayed request named `repetition_penalty` (null) and the other penalties (0), which an older node
+    refuses as unknown: upgrading the API server first made every generation fail. A penalty the request does
+    set still goes to the node (whose refusal then names it)."""
+    nodes.advertise(db, "old", "http://old-node.invalid", "transformers", "token", lease_s=30)
+    received: list[dict[str, Any]] = []
+
+    def older_node(request: httpx.Request) -> httpx.Response:
+        params = json.loads(request.content)["inference_params"]
+        received.append(params)
+        unknown = sorted(set(params) - OLDER_NODE_PARAMS)
+        if unknown:
+            refusal = SettingsError(f"inference parameter '{unknown[0]}' is unknown.", key=unknown[0])
+            return httpx.Response(422, json=refusal.to_dict())
+        output = {"prompt": "p", "text": "fine", "tokens": 1, "finish_reason": "stop", "prompt_tokens": 2}
+        return httpx.Response(200, json={"outputs": [output]})
+
+    async def predict(params: InferenceParams) -> str:
+        client = httpx.AsyncClient(transport=httpx.MockTransport(older_node))
+        try:
+            (prediction,) = await RemoteInference(db, client).predict("v1", Path("unused"), ["x"], params)
+        finally:
+            await client.aclose()
+        return prediction.generation.text
+
+    assert asyncio.run(predict(InferenceParams(max_tokens=3, temperature=0.5, seed=4))) == "fine"
+    assert received[-1] == {
+        "max_tokens": 3, "temperature": 0.5, "seed": 4, "top_p": 1.0, "top_k": 0, "num_beams": 1,
+        "return_full_text": False, "stop": [],
+    }  # fmt: skip
+    with pytest.raises(SettingsError) as refused:
+        asyncio.run(predict(InferenceParams(frequency_penalty=0.5)))
+    assert refused.value.key == "frequency_penalty" and received[-1]["frequency_penalty"] == 0.5
+
+
 def test_a_slow_node_is_not_asked_twice_and_a_refusing_one_is_skipped(db: Database) -> None:
     """One node accepts connections and never answers; the other refuses them: one timeout, not two."""
     with socket.socket() as silent, socket.socket() as closed:

@@ -360,6 +360,25 @@ def test_a_stream_the_client_leaves_is_aborted_and_frees_the_engine(tmp_path: Pa
     asyncio.run(run())
 
 
+def test_a_prompt_scored_as_sent_is_counted_as_sent(tmp_path: Path, fake_vllm: FakeVllm) -> None:
+    """`--max-batch-tokens` counted an echoed prompt inside the prompt format it does not get: a request within the
+    limit (3 tokens, nothing generated) was refused as if it were 9, where the transformers backend admits it."""
+    from tuneloom.server.vllm_inference import VllmInference
+
+    version = write_version(tmp_path / "v")
+
+    async def run() -> None:
+        service = VllmInference(start=fake_vllm.start, max_batch_tokens=6)
+        scored = service.predict("v", version, ["hello there friend"], InferenceParams(max_tokens=0), prompt_logprobs=0)
+        (prediction,) = await scored
+        assert prediction.generation.prompt_logprobs is not None and prediction.generation.text == ""
+        with pytest.raises(SettingsError) as refused:  # the same text, prompted: 9 tokens
+            await service.predict("v", version, ["hello there friend"], InferenceParams(max_tokens=1))
+        assert refused.value.key == "max_batch_tokens"
+
+    asyncio.run(run())
+
+
 # --- through the real routes ------------------------------------------------------------------------
 
 

@@ -1,6 +1,7 @@
 """The flags that say where a command's data is: `--data-dir`, `--database-url` and `--artifact-url`.
 
-`serve`, `worker`, `keys`, `workers` and `store` take them alike, so they are defined once, here.
+`serve`, `worker`, `keys`, `workers` and `store` take the first two alike, and those that read artifacts
+(`serve`, `worker`, `store`) the third, so they are defined once, here.
 """
 
 from __future__ import annotations

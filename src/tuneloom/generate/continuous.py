@@ -72,30 +72,29 @@ _UNSUPPORTED_DEFAULTS: dict[str, Any] = {
 
 def supports_continuous(loaded: InferenceModel, params: InferenceParams) -> bool:
     """Whether a row with `params` can join a continuous batch of this model (else use `generate()`)."""
-    return params.num_beams == 1 and not unsupported_settings(loaded)
+    return generate_only_reason(loaded, params) is None
 
 
-def unsupported_settings(loaded: InferenceModel) -> list[str]:
-    """The model's generation-config settings that only `generate()` applies (what keeps it off this loop)."""
+def generate_only_reason(loaded: InferenceModel, params: InferenceParams) -> str | None:
+    """What keeps a row with `params` off this loop, worded for a refusal of what only this loop can do (a seed,
+    log-probabilities); None where the row can join it."""
+    if params.num_beams > 1:
+        return "with num_beams > 1 (beam search)"
     config = getattr(loaded.model, "generation_config", None)
-    return [
+    settings = [
         name for name, default in _UNSUPPORTED_DEFAULTS.items() if getattr(config, name, default) not in (default, None)
     ]
+    if settings:
+        return f"for this model (its generation config sets {', '.join(settings)}, which only generate() applies)"
+    return None
 
 
 def check_seedable(loaded: InferenceModel, params: InferenceParams) -> None:
     """Refuse a seed this loop cannot honour. What it cannot run goes to transformers' `generate()`, which
     draws from torch's global generator: the one every other request draws from too."""
-    if not params.seeded_sampling or supports_continuous(loaded, params):
+    if not params.seeded_sampling or (why := generate_only_reason(loaded, params)) is None:
         return
-    if params.num_beams > 1:
-        why, fix = "with num_beams > 1 (beam sampling)", "leave seed out, or set num_beams to 1"
-    else:
-        settings = ", ".join(unsupported_settings(loaded))
-        why, fix = (
-            f"for this model (its generation config sets {settings}, which only generate() applies)",
-            "leave seed out",
-        )
+    fix = "leave seed out, or set num_beams to 1" if params.num_beams > 1 else "leave seed out"
     raise SettingsError(
         f"inference parameter 'seed' is not supported with sampling {why}: such a generation draws from the "
         f"random stream every other request shares, so it cannot be reproduced; {fix}",
@@ -346,7 +345,7 @@ def run_alone(loaded: InferenceModel, rows: list[Row]) -> Iterator[None]:
 
 
 def generate_by_rows(loaded: InferenceModel, prompts: Sequence[str], params: InferenceParams) -> list[Generation]:
-    """`generate()` through this loop (`generator.by_rows`): prompt `i` is a row drawing with seed + i
+    """`generate()` through this loop (`generator.own_loop_serves`): prompt `i` is a row drawing with seed + i
     (`for_input`), as on the server."""
     check_seedable(loaded, params)
     rows = [Row.rendered(prompt, params.for_input(i)) for i, prompt in enumerate(prompts)]
@@ -357,7 +356,7 @@ def generate_by_rows(loaded: InferenceModel, prompts: Sequence[str], params: Inf
 
 
 def stream_by_row(loaded: InferenceModel, prompt: str, params: InferenceParams) -> Iterator[str]:
-    """`stream()` through this loop (`generator.by_rows`): the same pieces a /generate stream sends."""
+    """`stream()` through this loop (`generator.own_loop_serves`): the same pieces a /generate stream sends."""
     check_seedable(loaded, params)
     row = Row.rendered(prompt, params)
     for _ in run_alone(loaded, [row]):

@@ -75,7 +75,7 @@ def generate(loaded: InferenceModel, texts: Sequence[str], params: InferencePara
         raise SettingsError(f"at most {MAX_INPUTS} inputs per call, got {len(texts)}", key="inputs")
     prompts = [render_prompt(loaded, t, params) for t in texts]
     check_context(loaded, [count_prompt_tokens(loaded, p) for p in prompts], params)
-    if by_rows(loaded, params, len(prompts)):
+    if own_loop_serves(loaded, params, len(prompts)):
         from tuneloom.generate.continuous import generate_by_rows
 
         return generate_by_rows(loaded, prompts, params)
@@ -88,7 +88,7 @@ def generate(loaded: InferenceModel, texts: Sequence[str], params: InferencePara
     return [results[i] for i in range(len(prompts))]
 
 
-def by_rows(loaded: InferenceModel, params: InferenceParams, inputs: int) -> bool:
+def own_loop_serves(loaded: InferenceModel, params: InferenceParams, inputs: int) -> bool:
     """Whether tuneloom's own decoding loop (`continuous`) serves a call instead of transformers' `generate()`:
     for seeded sampling (`generate()` draws from torch's one global generator), and for one input of a model
     switched to compiled decoding (`compiled.run_static`) that the loop can serve."""
@@ -117,7 +117,7 @@ def stream(loaded: InferenceModel, text: str, params: InferenceParams) -> Iterat
     check_context(loaded, [count_prompt_tokens(loaded, prompt)], params, key="input")
     if params.return_full_text:
         yield prompt + " "
-    if by_rows(loaded, params, 1):
+    if own_loop_serves(loaded, params, 1):
         from tuneloom.generate.continuous import stream_by_row
 
         yield from stream_by_row(loaded, prompt, params)

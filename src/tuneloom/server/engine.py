@@ -117,7 +117,7 @@ class Job:
     params: InferenceParams
     rows: list[Row]
     prompt_tokens: list[int]
-    continuous: bool  # False: beam search, run alone through generate()
+    continuous: bool  # False: run alone through generate() (beam search; `continuous.generate_only_reason`)
     streams: list[TextStream] = field(default_factory=list)  # row i's text goes to streams[i]; empty: a future
     logprobs: int | None = None  # alternatives reported with each token's log-probability; None: none
     prompt_logprobs: int | None = None  # the same for each prompt token (the prompts used as sent); None: none
@@ -143,15 +143,15 @@ class Job:
         and log-probabilities (`logprobs`: how many alternatives with each token) it cannot report.
         Input i samples with seed + i (`InferenceParams.for_input`).
         """
-        from tuneloom.generate.continuous import Row, check_seedable, supports_continuous, unsupported_settings
+        from tuneloom.generate.continuous import Row, check_seedable, generate_only_reason
         from tuneloom.generate.generator import check_context, count_prompt_tokens, render_prompt
 
         check_seedable(loaded, params)
-        continuous = supports_continuous(loaded, params)
-        if logprobs is not None and not continuous and params.max_tokens > 0:
+        why = generate_only_reason(loaded, params)
+        continuous = why is None
+        if logprobs is not None and why is not None and params.max_tokens > 0:
             raise SettingsError(
-                f"'logprobs' is not supported for this model: its generation config sets "
-                f"{', '.join(unsupported_settings(loaded))}, which only transformers' generate() applies, and that "
+                f"'logprobs' is not supported {why}: transformers' generate() runs such a request, and it "
                 "reports no log-probabilities; leave logprobs out",
                 key="logprobs",
             )
@@ -341,8 +341,9 @@ class Engine:
             return taken
 
     def _alone(self, job: Job) -> None:
-        """Beam search: `generate()` for this job alone, between two steps of the batch (one at a time, a job
-        asking for log-probabilities runs in a batch of its own instead: `generate()` reports none)."""
+        """What the batch cannot run (`continuous.generate_only_reason`): `generate()` for this job alone, between
+        two steps of the batch (one at a time, a job asking for log-probabilities runs in a batch of its own
+        instead: `generate()` reports none)."""
         from tuneloom.generate.continuous import run_alone
         from tuneloom.generate.generator import generate
 

@@ -269,15 +269,19 @@ def cap_max_tokens(params: InferenceParams, limit: int, *, asked: bool, key: str
     return dataclasses.replace(params, max_tokens=limit)
 
 
-def check_batch_tokens(loaded: Any, texts: Sequence[str], params: InferenceParams, limit: int) -> None:
+def check_batch_tokens(
+    loaded: Any, texts: Sequence[str], params: InferenceParams, limit: int, *, as_sent: bool = False
+) -> None:
     """Refuse a request whose inputs × (longest prompt + max_tokens) exceeds `limit` (blocking: tokenizes).
 
     `loaded` is what the generation service's cache holds for the version: anything with the
-    version's `tokenizer` and `prompt_format`.
+    version's `tokenizer` and `prompt_format`. `as_sent`: the texts are the prompts themselves (a
+    completion's echo with logprobs), counted without the prompt format they will not get.
     """
     from tuneloom.generate.generator import count_prompt_tokens, render_prompt
 
-    longest = max(count_prompt_tokens(loaded, render_prompt(loaded, text, params)) for text in texts)
+    prompts = texts if as_sent else [render_prompt(loaded, text, params) for text in texts]
+    longest = max(count_prompt_tokens(loaded, prompt) for prompt in prompts)
     refuse_above(limit, len(texts), longest, params.max_tokens, params.num_beams)
 
 

@@ -197,7 +197,18 @@ def _request_body(version_id: str, texts: list[str], params: InferenceParams, **
     """What a node's /internal/generation routes take (`routes.nodes.NodeRequest`); unasked log-probabilities are
     left out, so that a node of an older tuneloom is asked nothing it does not know."""
     asked = {name: n for name, n in logprobs.items() if n is not None}
-    return {"version_id": version_id, "inputs": texts, "inference_params": params.to_dict(), **asked}
+    return {"version_id": version_id, "inputs": texts, "inference_params": _sent_params(params), **asked}
+
+
+def _sent_params(params: InferenceParams) -> dict[str, Any]:
+    """`params` as a node reads them (`InferenceParams.from_dict`), less what changes nothing there: unset values
+    (None) and the presence and frequency penalties at 0. A node of an older tuneloom refuses every parameter it
+    does not know, so a request that uses none of the newer ones must not name them."""
+    sent = {name: value for name, value in params.to_dict().items() if value is not None}
+    for name in ("presence_penalty", "frequency_penalty"):
+        if sent[name] == 0.0:
+            del sent[name]
+    return sent
 
 
 def _auth(node: NodeInfo) -> dict[str, Any]:
@@ -225,11 +236,11 @@ def _answered(response: httpx.Response, node: NodeInfo, skip: Callable[[NodeInfo
 
 
 def _prediction(output: dict[str, Any], node: NodeInfo, logprobs: int | None) -> Prediction:
-    tokens, prompt_tokens = tokens_of(output.get("logprobs")), tokens_of(output.get("prompt_logprobs"))
-    if logprobs is not None and tokens is None:
+    generated, scored = tokens_of(output.get("logprobs")), tokens_of(output.get("prompt_logprobs"))
+    if logprobs is not None and generated is None:
         raise _without_logprobs(node)
     fields = (output["prompt"], output["text"], output["tokens"], output["finish_reason"])
-    return Prediction(Generation(*fields, logprobs=tokens, prompt_logprobs=prompt_tokens), output["prompt_tokens"])
+    return Prediction(Generation(*fields, logprobs=generated, prompt_logprobs=scored), output["prompt_tokens"])
 
 
 def _without_logprobs(node: NodeInfo) -> GenerationNodeUnavailable:

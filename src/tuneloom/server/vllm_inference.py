@@ -147,12 +147,13 @@ class VllmInference:
     ) -> list[Prediction]:
         """Every input submitted at once; vLLM batches them with whatever else is running. With `prompt_logprobs`
         the texts are the prompts as sent (not rendered in the version's prompt format)."""
-        version = await self._admitted(version_id, path, texts, params)
+        as_sent = prompt_logprobs is not None
+        version = await self._admitted(version_id, path, texts, params, as_sent=as_sent)
         eos = version.tokenizer.eos_token_id
         # Refused parameters fail before any work; input i samples with seed + i, as on transformers.
         asked = {"logprobs": logprobs, "prompt_logprobs": prompt_logprobs}
         requests = [sampling_params(params.for_input(i), eos, stream=False, **asked) for i in range(len(texts))]
-        prompts = list(texts) if prompt_logprobs is not None else [render_prompt(version, t, params) for t in texts]
+        prompts = list(texts) if as_sent else [render_prompt(version, t, params) for t in texts]
         entry = await self._acquire(version.plan)
         try:
             assert entry.engine is not None
@@ -195,12 +196,13 @@ class VllmInference:
         return await start_each(start(request) for request in requests)
 
     async def _admitted(
-        self, version_id: str, path: Path, texts: Sequence[str], params: InferenceParams
+        self, version_id: str, path: Path, texts: Sequence[str], params: InferenceParams, *, as_sent: bool = False
     ) -> VllmVersion:
-        """The version's serving plan and tokenizer, once the request is within `--max-batch-tokens`."""
+        """The version's serving plan and tokenizer, once the request is within `--max-batch-tokens` (`as_sent`: the
+        texts are the prompts, without the prompt format)."""
         version = await asyncio.to_thread(self.cache.get, version_id, path)
         if self.max_batch_tokens is not None:
-            await asyncio.to_thread(check_batch_tokens, version, texts, params, self.max_batch_tokens)
+            await asyncio.to_thread(check_batch_tokens, version, texts, params, self.max_batch_tokens, as_sent=as_sent)
         return version
 
     async def _complete(
@@ -212,13 +214,14 @@ class VllmInference:
         request: Any,
         asked: dict[str, int | None],
     ) -> Prediction:
-        """One input's generation; `asked`: its `logprobs` and `prompt_logprobs`, as `generation_of` reports them."""
+        """One input's generation; `asked`: its `logprobs` and `prompt_logprobs`, as `generation_of` reports them (in a
+        worker thread: it decodes every token and alternative, which would hold up every other request's stream)."""
         final = None
         async for output in _generate(engine, prompt, request, version.lora):
             final = output
         if final is None:
             raise ModelUnavailableError("the vLLM engine ended the request without an output")
-        generation = generation_of(final, prompt, params, version.tokenizer, **asked)
+        generation = await asyncio.to_thread(generation_of, final, prompt, params, version.tokenizer, **asked)
         return Prediction(generation, len(final.prompt_token_ids or []))
 
     async def _acquire(self, plan: ServingPlan) -> _Engine:

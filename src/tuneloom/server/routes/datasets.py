@@ -83,7 +83,7 @@ async def upload(
     """The request body is the file (any content type); `filename` is shown in reports only."""
     if CONTROL_CHARS.search(filename):  # display text only; PostgreSQL cannot even store a NUL
         raise SettingsError("filename must not contain control characters", key="filename")
-    began = await run_in_threadpool(datasets.get_dataset, ctx.db, app_id, dataset_id)  # 404 before reading a byte
+    dataset = await run_in_threadpool(datasets.get_dataset, ctx.db, app_id, dataset_id)  # 404 before reading a byte
     upload_id = new_id()  # the file's name and the upload's id: deleting the dataset finds the file
     path = await receive_upload(request, ctx, upload_id, filename)
     try:
@@ -96,7 +96,7 @@ async def upload(
     parsed.report.source = filename
     try:
         stored = await run_in_threadpool(
-            functools.partial(datasets.add_upload, upload_id=upload_id, source_file=filename, began_with=began),
+            functools.partial(datasets.add_upload, upload_id=upload_id, source_file=filename, began_with=dataset),
             ctx.db,
             app_id,
             dataset_id,
