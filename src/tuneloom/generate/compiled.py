@@ -59,7 +59,6 @@ class StaticDecoder:
         from transformers import StaticCache
 
         self.model = model
-        self.length = length
         self.cache = StaticCache(config=model.config, max_cache_len=length)
         device = next(model.parameters()).device
         self.position = torch.zeros(1, 1, dtype=torch.long, device=device)  # one tensor for good: a static input
@@ -89,19 +88,18 @@ def decoder_for(loaded: InferenceModel, needed: int, context: int | None) -> Sta
     length = cache_length(needed, context)
     if length not in loaded.decoders:
         loaded.decoders[length] = StaticDecoder(loaded.model, length)
-    decoder: StaticDecoder = loaded.decoders[length]
-    return decoder
+    return loaded.decoders[length]
 
 
 @torch.inference_mode()
-def run_static(loaded: InferenceModel, row: Any, context: int | None) -> Iterator[None]:
+def run_static(loaded: InferenceModel, row: Any) -> Iterator[None]:
     """Decode one `continuous.Row` to its end over a static cache, pausing after the prefill and every token."""
     from tuneloom.generate.continuous import choose_next, prepare_rows
-    from tuneloom.generate.generator import _encode
+    from tuneloom.generate.generator import _encode, context_length
 
     inputs = _encode(loaded, [row.prompt])
     ids = inputs["input_ids"]
-    decoder = decoder_for(loaded, ids.shape[1] + row.params.max_tokens, context)
+    decoder = decoder_for(loaded, ids.shape[1] + row.params.max_tokens, context_length(loaded))
     logits = decoder.prefill(ids)
     prepare_rows(loaded, [row], ids, inputs["attention_mask"], logits.shape[1])
     token = choose_next(loaded, [row], logits)

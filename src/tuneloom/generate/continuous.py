@@ -46,8 +46,8 @@ from tuneloom.generate.generator import (
     TokenLogprob,
     VisibleText,
     _encode,
-    context_length,
     finish_generation,
+    padded_positions,
     render_prompt,
     stop_strings,
 )
@@ -189,7 +189,7 @@ class ContinuousBatch:
         self.drop_finished()
         inputs = _encode(self.loaded, [row.prompt for row in rows])
         mask = inputs["attention_mask"]
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        positions = padded_positions(mask)
         cache = DynamicCache()
         logits = self._forward(inputs["input_ids"], mask, positions, cache)
         prepare_rows(self.loaded, rows, inputs["input_ids"], mask, logits.shape[1])
@@ -334,7 +334,7 @@ def run_alone(loaded: InferenceModel, rows: list[Row]) -> Iterator[None]:
     if len(rows) == 1 and loaded.compiled_decode:
         from tuneloom.generate.compiled import run_static
 
-        yield from run_static(loaded, rows[0], context_length(loaded))
+        yield from run_static(loaded, rows[0])
         return
     batch = ContinuousBatch(loaded)
     batch.add(rows)

@@ -329,6 +329,11 @@ def padded_batch(loaded: InferenceModel, rows: Sequence[Sequence[int]]) -> dict[
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def padded_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of left-padded rows: each row's real tokens count from 0 (padding gets 0, masked anyway)."""
+    return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
 def _generate_kwargs(
     loaded: InferenceModel, params: InferenceParams, prompt_width: int, *also: StoppingCriteria
 ) -> dict[str, Any]:

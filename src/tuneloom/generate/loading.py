@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneloom.errors import SettingsError
 from tuneloom.model_version import ModelVersion, open_version, partial_dir
 from tuneloom.templates import get_template, resolve_settings
 from tuneloom.templates.loading import load_model, load_tokenizer, pick_device
 from tuneloom.templates.prompting import PROMPT_SLOT, PromptFormat
+
+if TYPE_CHECKING:
+    from tuneloom.generate.compiled import StaticDecoder
 
 # How a bare text is framed for a template that was never trained here.
 UNTRAINED_FORMAT = PromptFormat(template=f"### Human: {PROMPT_SLOT} ### Assistant:", response_header="Assistant")
@@ -24,7 +27,7 @@ class InferenceModel:
     tokenizer: Any
     prompt_format: PromptFormat
     compiled_decode: bool = False  # one-input calls decode through a compiled step (generate/compiled.py)
-    decoders: dict[int, Any] = field(default_factory=dict, repr=False)  # compiled.StaticDecoder per cache length
+    decoders: dict[int, StaticDecoder] = field(default_factory=dict, repr=False)  # one per cache length
 
 
 def load_for_inference(

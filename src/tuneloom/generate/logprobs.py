@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from tuneloom.generate.generator import Candidate, TokenLogprob, padded_batch
+from tuneloom.generate.generator import Candidate, TokenLogprob, padded_batch, padded_positions
 from tuneloom.generate.loading import InferenceModel
 
 Reported = tuple[float, list[tuple[int, float]]]  # a token's log-probability; the alternatives' ids and theirs
@@ -172,7 +172,7 @@ def _score(loaded: InferenceModel, rows: list[list[int]], top_n: int) -> list[li
     and the `top_n` best alternatives' (from the logits at the position before it)."""
     inputs = padded_batch(loaded, rows)
     mask = inputs["attention_mask"]
-    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    positions = padded_positions(mask)
     logits = loaded.model(**inputs, position_ids=positions, use_cache=False).logits
     width = mask.shape[1]
     reported = []
