@@ -237,19 +237,24 @@ registerPage("/apps/:app/datasets/:dataset", async ({ main, params, signal }) =>
   next.addEventListener("click", () => loadPreview([...pages, nextAfter]).catch(toastError));
 
   async function loadPreview(cursors = [null]) {
-    const after = cursors[cursors.length - 1];
-    const page = await api(`${base}/inputs?limit=${PREVIEW}${after === null ? "" : `&after=${after}`}`, { signal });
-    pages = cursors;
-    nextAfter = page.next_after;
-    const first = (pages.length - 1) * PREVIEW + 1;
-    fill(previewRange, `Examples ${fmtNum(first)}–${fmtNum(first + page.items.length - 1)} of ${fmtNum(page.total)}.`);
-    fill(previewList, page.items.map(exampleView));
-    previewEmpty.hidden = page.items.length > 0;
-    previewFilled.hidden = !page.items.length;
     const focused = document.activeElement;
-    previous.disabled = pages.length < 2;
-    next.disabled = nextAfter === null;
-    if (focused && focused.disabled) (focused === next ? previous : next).focus(); // the first or last page: keep the keyboard's place
+    previous.disabled = next.disabled = true; // a click while a page loads would ask for the same page again
+    try {
+      const after = cursors[cursors.length - 1];
+      const page = await api(`${base}/inputs?limit=${PREVIEW}${after === null ? "" : `&after=${after}`}`, { signal });
+      pages = cursors;
+      nextAfter = page.next_after;
+      const first = (pages.length - 1) * PREVIEW + 1;
+      fill(previewRange, `Examples ${fmtNum(first)}–${fmtNum(first + page.items.length - 1)} of ${fmtNum(page.total)}.`);
+      fill(previewList, page.items.map(exampleView));
+      previewEmpty.hidden = page.items.length > 0;
+      previewFilled.hidden = !page.items.length;
+    } finally {
+      previous.disabled = pages.length < 2;
+      next.disabled = nextAfter === null;
+      // Keep the keyboard's place: on the button pressed, or on the other one at the first or last page.
+      if (focused === next || focused === previous) (focused.disabled ? (focused === next ? previous : next) : focused).focus();
+    }
   }
 
   async function loadVersions() {
