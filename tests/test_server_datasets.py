@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from tests.conftest import api_key, sentiment_lines
 from tests.hostile.corpus import Hostile, corpus
+
+IDLE_S = 2  # this module's --upload-idle-seconds: short for the stalled upload, ample for every other one
+SERVER_ARGS = ["--upload-idle-seconds", str(IDLE_S)]
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +93,40 @@ def test_refused_files_leave_no_orphan_upload(app_url: tuple[str, dict[str, str]
     before = set((data_dir / "uploads").iterdir())
     assert httpx.post(f"{base}/uploads", content=b"\x1f\x8b" + bytes(100), headers=headers).status_code == 422
     assert set((data_dir / "uploads").iterdir()) == before
+
+
+def test_a_stalled_upload_is_a_408_and_leaves_no_part_file(app_url: tuple[str, dict[str, str], Path]) -> None:
+    """Headers and part of the body, then silence without closing: the server used to wait forever,
+    holding the request and its `.part` file. Now it answers 408 naming the file and the limit."""
+    base, headers, data_dir = app_url
+    url = httpx.URL(f"{base}/uploads", params={"filename": "slow.txt"})
+    head = f"POST {url.raw_path.decode()} HTTP/1.1\r\nHost: {url.host}\r\nAuthorization: {headers['Authorization']}\r\n"
+    with socket.create_connection((url.host, url.port), timeout=IDLE_S + 20) as client:
+        client.sendall(f"{head}Content-Length: 100000\r\n\r\n".encode() + b"### Human: hi ### Assistant: hel")
+        sent = time.monotonic()
+        assert _part_files(data_dir), "the upload's .part file did not appear"
+        status, body = _read_answer(client)
+    assert status == 408 and time.monotonic() - sent >= IDLE_S * 0.9, (status, body)
+    assert body["code"] == "UPLOAD_STALLED" and body["details"] == {"limit": IDLE_S}, body
+    assert "'slow.txt' sent nothing for 2 s" in body["message"] and "--upload-idle-seconds" in body["message"]
+    assert not _part_files(data_dir, wait_s=0)
+
+
+def _part_files(data_dir: Path, wait_s: float = 5) -> list[Path]:
+    """The uploads streaming in now (`.part`), waiting up to `wait_s` for one to appear."""
+    deadline = time.monotonic() + wait_s
+    while not (found := list((data_dir / "uploads").glob("*.part"))) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
+def _read_answer(client: socket.socket) -> tuple[int, dict[str, Any]]:
+    """The status and JSON body of the one answer on `client`, read until the server closes the connection."""
+    received = b""
+    while chunk := client.recv(65536):
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,10 @@ The CLI prints the message, the server turns it into a 4xx: neither ever shows a
 
 from __future__ import annotations
 
+import errno
 from typing import Any
+
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # the OSErrors of a full disk, or of a user's full quota
 
 
 class TuneloomError(Exception):
@@ -77,6 +80,12 @@ class NotFoundError(TuneloomError):
     """The object does not exist, or is not visible from the app it was asked through (404)."""
 
     code = "NOT_FOUND"
+
+
+class DiskFullError(TuneloomError):
+    """A file system tuneloom writes to has no space left: a run's output, or the server's data dir (507)."""
+
+    code = "DISK_FULL"
 
 
 class ConflictError(TuneloomError):

@@ -60,6 +60,7 @@ def _limit_args(serve: argparse.ArgumentParser) -> None:
         DEFAULT_MAX_BATCH_TOKENS,
         DEFAULT_MAX_GENERATIONS_PER_KEY,
         DEFAULT_MAX_JSON_BYTES,
+        DEFAULT_UPLOAD_IDLE_S,
     )
 
     serve.add_argument(
@@ -82,6 +83,12 @@ def _limit_args(serve: argparse.ArgumentParser) -> None:
         type=positive,
         default=DEFAULT_MAX_BATCH_TOKENS,
         help="the most inputs × (prompt + max_tokens) tokens one request may hold; more is refused with 422",
+    )
+    serve.add_argument(
+        "--upload-idle-seconds",
+        type=seconds,
+        default=DEFAULT_UPLOAD_IDLE_S,
+        help="the longest an upload may send nothing before it is dropped with 408",
     )
 
 
@@ -115,6 +122,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_generations_per_key=args.max_concurrent_generations_per_key,
         max_tokens_limit=min(args.max_tokens_limit, MAX_TOKENS_LIMIT),
         max_batch_tokens=args.max_batch_tokens,
+        upload_idle_s=args.upload_idle_seconds,
     )
     ctx.inference_backend = backend
     _share(ctx.artifacts, args)

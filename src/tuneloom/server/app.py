@@ -22,6 +22,7 @@ from tuneloom import __version__
 from tuneloom.errors import (
     ConflictError,
     DataFileError,
+    DiskFullError,
     InvalidIdError,
     ModelVersionError,
     NotFoundError,
@@ -57,6 +58,7 @@ STATUS_BY_ERROR: tuple[tuple[type[TuneloomError], int], ...] = (
     (ModelVersionError, 409),  # a damaged or incomplete model version on disk: the request was fine
     (ArtifactIntegrityError, 409),  # the shared store's copy does not match what was published
     (ArtifactStoreError, 503),  # the shared store is unreachable: try again
+    (DiskFullError, 507),  # the data dir's disk is full (`Artifacts.storing`): nothing partial was kept
     (GenerationNodeUnavailable, 503),  # --backend remote, and no node answered: try again
 )
 # Codes for the errors FastAPI and the key checks raise as bare HTTP statuses.

@@ -10,6 +10,7 @@ from tuneloom.server.limit_defaults import (
     DEFAULT_MAX_BATCH_TOKENS,
     DEFAULT_MAX_GENERATIONS_PER_KEY,
     DEFAULT_MAX_JSON_BYTES,
+    DEFAULT_UPLOAD_IDLE_S,
 )
 from tuneloom.store.artifacts import Artifacts, prepare_data_dir
 from tuneloom.store.db import Database, open_database
@@ -30,6 +31,7 @@ class ServerContext:
     max_generations_per_key: int = DEFAULT_MAX_GENERATIONS_PER_KEY
     max_tokens_limit: int = MAX_TOKENS_LIMIT
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS  # inputs × (prompt + max_tokens) per request
+    upload_idle_s: float = DEFAULT_UPLOAD_IDLE_S  # the longest an upload may send nothing (408 after)
     inference_backend: str = "transformers"  # resolved by `serve --backend` (tuneloom.server.backends)
     node_token: str | None = None  # set when this server generates for others (`serve --advertise-url`)
 
@@ -45,6 +47,7 @@ class ServerContext:
         max_generations_per_key: int = DEFAULT_MAX_GENERATIONS_PER_KEY,
         max_tokens_limit: int = MAX_TOKENS_LIMIT,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        upload_idle_s: float = DEFAULT_UPLOAD_IDLE_S,
         checked_pepper: bool = True,
     ) -> ServerContext:
         """Open (and migrate) the database; the pepper and artifacts live in the data dir.
@@ -57,5 +60,5 @@ class ServerContext:
         limits = (max_json_bytes, max_generations_per_key, max_tokens_limit)
         pepper = check_pepper(db, data_dir) if checked_pepper else load_pepper(data_dir)
         ctx = cls(db, pepper, Artifacts(data_dir), max_upload_bytes, model_cache_bytes, *limits)
-        ctx.max_batch_tokens = max_batch_tokens
+        ctx.max_batch_tokens, ctx.upload_idle_s = max_batch_tokens, upload_idle_s
         return ctx

@@ -4,3 +4,4 @@ without importing FastAPI and the store (about half a second on every `tuneloom`
 DEFAULT_MAX_JSON_BYTES = 1024 * 1024
 DEFAULT_MAX_GENERATIONS_PER_KEY = 4
 DEFAULT_MAX_BATCH_TOKENS = 65_536  # e.g. 128 inputs × 512 tokens, or 16 × 4,096; ~3 GiB of KV cache for SmolLM2
+DEFAULT_UPLOAD_IDLE_S = 60.0  # the longest an upload may send nothing before it is dropped (408)

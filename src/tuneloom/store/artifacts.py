@@ -22,11 +22,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tuneloom.errors import TuneloomError
+from tuneloom.errors import NO_SPACE_ERRNOS, DiskFullError, TuneloomError
 from tuneloom.store.ids import check_id, new_id
 
 if TYPE_CHECKING:
@@ -142,6 +143,24 @@ class Artifacts:
         tmp = self.resolve(TMP)
         tmp.mkdir(parents=True, exist_ok=True)
         return tmp / f"{new_id()}{suffix}"
+
+    @contextmanager
+    def storing(self, what: str) -> Iterator[None]:
+        """Re-raise a full disk (ENOSPC, EDQUOT) while the block writes `what` as one `DiskFullError` (507).
+
+        The block must leave nothing partial behind, as every writer here does (a `.part` or staging
+        file removed on error): the message says so. It names `what`, never the data dir's place,
+        which is the server's business.
+        """
+        try:
+            yield
+        except OSError as err:
+            if err.errno not in NO_SPACE_ERRNOS:
+                raise
+            raise DiskFullError(
+                f"the disk holding the data dir (--data-dir) is full: {what} could not be stored, and nothing "
+                f"of it was kept ({err.strerror}). Free some space on it, then try again"
+            ) from None
 
     def write_atomic(self, target: Path, chunks: Iterable[bytes]) -> int:
         """Write `chunks` to a temporary file, fsync, and rename it onto `target`; returns bytes written.

@@ -34,7 +34,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from tuneloom.data.types import Example
-from tuneloom.errors import TuneloomError
+from tuneloom.errors import DiskFullError, TuneloomError
 from tuneloom.store.artifacts import DATASET_VERSIONS, Artifacts
 from tuneloom.store.builders import THIS_PROCESS
 from tuneloom.store.datasets import find_dataset, iter_examples
@@ -128,7 +128,8 @@ def build_version(
 
     Only a PENDING version is built; a second caller finds it IN_PROGRESS and gets ConflictError.
     `builder` owns the build: a server keeps its heartbeat fresh meanwhile (`renew_builds`). If the
-    build was failed as abandoned before it ended, the version is returned as that FAILURE.
+    build was failed as abandoned before it ended, the version is returned as that FAILURE. A full
+    disk is a FAILURE too, and raised as `DiskFullError` (the server's 507) once recorded.
     """
     with db.write() as session:
         claimed = session.execute(
@@ -143,9 +144,12 @@ def build_version(
     stats = _Stats(token_length)
     finish = functools.partial(_finish, db, artifacts, version_id, builder)
     try:
-        with db.read(snapshot=True) as session:
+        with db.read(snapshot=True) as session, artifacts.storing(f"the snapshot of dataset version '{version_id}'"):
             dataset_pk = _find(session, version_id).dataset_pk
             artifacts.write_atomic(target, stats.lines(iter_examples(session, dataset_pk)))
+    except DiskFullError as err:  # FAILURE saying so, and raised: the server's disk, not the data, is at fault
+        finish(State.FAILURE, message=err.message)
+        raise
     except (OSError, UnicodeError, ValueError) as err:
         return finish(State.FAILURE, message=f"could not write the snapshot: {err}")
     if stats.count == 0:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-from tuneloom.errors import TuneloomError
+from tuneloom.errors import NO_SPACE_ERRNOS, TuneloomError
 from tuneloom.model_version import sha256_file
 from tuneloom.store.artifacts import Artifacts
 from tuneloom.store.ids import new_id
@@ -196,7 +196,7 @@ class ArtifactStore:
         local = self.artifacts.resolve(relative)
         if local.exists() or not self.shared:
             return local
-        with _lock_for(relative):
+        with _lock_for(relative), self.artifacts.storing(f"the local copy of {relative} from {self.url}"):
             if not local.exists():
                 self._download(relative, local)
         return local
@@ -208,7 +208,8 @@ class ArtifactStore:
             raise FileNotFoundError(f"{relative}/{name} is not part of the published artifact")
         target = self.artifacts.staging_path(".fetch")
         try:
-            self._get(relative, name, target)
+            with self.artifacts.storing(f"the local copy of {relative}/{name} from {self.url}"):
+                self._get(relative, name, target)
             _check(relative, name, target, expected)
             return target.read_bytes()
         finally:
@@ -239,6 +240,8 @@ class ArtifactStore:
         except FileNotFoundError:
             raise ArtifactIntegrityError(f"{what} is listed in its index but missing from {self.url}") from None
         except Exception as err:
+            if isinstance(err, OSError) and err.errno in NO_SPACE_ERRNOS:
+                raise  # this machine's disk is full, not the store's fault: the caller's `storing` says so
             raise ArtifactStoreError(f"could not fetch {what} from {self.url}: {_describe(err)}") from None
 
     def remove(self, relative: str | None) -> None:

@@ -9,24 +9,17 @@ the CLI prints one line and the server's job fails with MODEL_TRAINING_FAILED an
 
 from __future__ import annotations
 
-import errno
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tuneloom.errors import TuneloomError
+from tuneloom.errors import NO_SPACE_ERRNOS, DiskFullError, TuneloomError
 
-NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+__all__ = ["DiskFullError", "disk_full_errors", "is_disk_full"]
 NO_SPACE_TEXTS = ("no space left on device", "os error 28", "disk quota exceeded")
 WRITE_FAILED_TEXT = "file write failed"  # torch's serializer hides the errno
 NEARLY_FULL_BYTES = 64 * 1024 * 1024
-
-
-class DiskFullError(TuneloomError):
-    """The file system holding a run's output has no space left."""
-
-    code = "DISK_FULL"
 
 
 @contextmanager

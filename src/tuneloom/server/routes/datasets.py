@@ -23,7 +23,7 @@ from tuneloom.errors import SettingsError, TuneloomError
 from tuneloom.server.auth import context, require_app
 from tuneloom.server.cleanup import remove_artifacts
 from tuneloom.server.context import ServerContext
-from tuneloom.server.limits import upload_too_large
+from tuneloom.server.limits import body_chunks, upload_too_large
 from tuneloom.server.paging import PageCursor, PageLimit, link_next
 from tuneloom.server.schemas import (
     DatasetCreate,
@@ -120,22 +120,24 @@ async def upload(
 
 
 async def receive_upload(request: Request, ctx: ServerContext, upload_id: str, filename: str) -> Path:
-    """Stream the body to the upload's `.part` file within the size limit, then keep it (`keep_upload`).
+    """Stream the body to the upload's `.part` file within the size and idle limits, then keep it (`keep_upload`).
 
-    Whatever ends the stream early (the limit, a client that hangs up, a cancelled request) removes the
-    part file at once: no row will ever name it, and a dataset deleted meanwhile must leave nothing behind.
+    Whatever ends the stream early (a limit, a client that hangs up or stalls, a full disk, a cancelled
+    request) removes the part file at once: no row will ever name it, and a dataset deleted meanwhile
+    must leave nothing behind.
     """
     path = ctx.artifacts.upload_file(upload_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with path.open("wb") as handle:
-            size = 0
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > ctx.max_upload_bytes:
-                    raise upload_too_large(ctx.max_upload_bytes)
-                handle.write(chunk)
-        return keep_upload(ctx, path, upload_id, filename)
+        with ctx.artifacts.storing(f"the upload '{filename}'"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("wb") as handle:
+                size = 0
+                async for chunk in body_chunks(request, ctx.upload_idle_s, filename):
+                    size += len(chunk)
+                    if size > ctx.max_upload_bytes:
+                        raise upload_too_large(ctx.max_upload_bytes)
+                    handle.write(chunk)
+            return keep_upload(ctx, path, upload_id, filename)
     except BaseException as error:
         path.unlink(missing_ok=True)
         if isinstance(error, ClientDisconnect):  # nobody reads the answer, but the log gets no traceback
