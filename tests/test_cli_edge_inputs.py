@@ -94,6 +94,31 @@ def test_train_output_below_a_file(tmp_path: Path) -> None:
     refused(result, "--output", "runs is a file, not a folder", "--resume: no checkpoint")
 
 
+def test_train_resume_of_a_finished_run_says_there_is_nothing_to_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It printed "no checkpoint …; training from the start", then refused the existing output."""
+    (tmp_path / "runs" / "v").mkdir(parents=True)
+    output = str(tmp_path / "runs" / "v")
+    code, err = in_process(capsys, "train", "data.txt", "--template", "tiny-random", "--output", output, "--resume")
+    assert code == 1 and "already a finished model version: nothing to resume" in err and "--overwrite" in err
+    assert "training from the start" not in err
+
+
+def test_generate_refuses_text_and_file_together(tmp_path: Path) -> None:
+    """One of them was silently ignored (the TEXT): a usage error names both."""
+    inputs = tmp_path / "inputs.txt"
+    inputs.write_text("from the file\n", encoding="utf-8")
+    refused(run_cli("generate", "tiny-random", "from the argument", "--file", str(inputs)), "--file", "text", code=2)
+
+
+@pytest.mark.parametrize("text", ["", "  "])
+def test_generate_refuses_an_empty_text(capsys: pytest.CaptureFixture[str], text: str) -> None:
+    """`tuneloom generate RUN "$EMPTY"` generated from an empty prompt; the server's /predict refuses one."""
+    code, err = in_process(capsys, "generate", "tiny-random", text)
+    assert code == 1 and "TEXT is empty" in err
+
+
 def test_settings_at_sign_without_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, err = in_process(capsys, "train", "data.txt", "--output", str(tmp_path / "v"), "--peft-config", "@")
     assert code == 1 and "peft_config" in err and "'@' must be followed" in err

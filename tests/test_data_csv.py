@@ -136,6 +136,14 @@ def test_unclosed_quote_does_not_hang(tmp_path: Path) -> None:
     assert parsed.examples[0].line == 2
 
 
+def test_a_broken_record_shows_the_line_it_starts_on(tmp_path: Path) -> None:
+    """The csv module returns no cells for it: the report's "row starts with" was empty."""
+    text = HEADER + f"{quoted(VALID)},\n" + '"### Human: broken ### Assistant: ok,""\n' + f"{quoted(VALID)},\n"
+    row = parse_file(write(tmp_path, "d.csv", text)).report.invalid[0]
+    assert row.line == 3 and row.reason.startswith("stray quote (lines 3-4)")
+    assert row.excerpt == '"### Human: broken ### Assistant: ok,""'
+
+
 def test_huge_cell_is_a_row_error(tmp_path: Path) -> None:
     text = HEADER + '"' + "x" * 300_000 + '",\n' + f"{quoted(VALID)},\n"
     parsed = parse_file(write(tmp_path, "d.csv", text))

@@ -68,8 +68,14 @@ def test_train_watch_and_inspect_a_run(api: Api) -> None:
     assert queued["settings"]["trainer_config"]["num_train_epochs"] == 2
     assert queued["settings"]["invalid_data_tolerance_percent"] == 2
     version_url = f"{model}/versions/{queued['id']}"
+    sent: list[tuple[str, Any]] = []
     with httpx.stream("GET", f"{version_url}/events", headers=headers, timeout=180) as stream:
-        events = [line.removeprefix("event: ") for line in stream.iter_lines() if line.startswith("event: ")]
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                sent.append((line.removeprefix("event: "), None))
+            elif line.startswith("data: "):
+                sent[-1] = (sent[-1][0], json.loads(line.removeprefix("data: ")))
+    events = [event for event, _ in sent]
     assert events[-1] == "status" and "metric" in events and "log" in events
 
     done = wait_final(api, version_url)
@@ -84,6 +90,9 @@ def test_train_watch_and_inspect_a_run(api: Api) -> None:
     assert later and min(p["step"] for p in later) == 4
     logs = httpx.get(f"{version_url}/logs", headers=headers).json()
     assert logs[0]["message"].startswith("attempt 1 of 3") and "model version saved" in logs[-1]["message"]
+    # The stream sends lines and points as /logs and /metrics do (it sent `at` as "2026-… 04:14:31+00:00")
+    assert [data for event, data in sent if event == "log"] == logs
+    assert [data for event, data in sent if event == "metric"] == points
     assert [line["seq"] for line in logs] == list(range(1, len(logs) + 1))
     reading = next(line["message"] for line in logs if line["message"].startswith("Reading "))
     assert reading.startswith("Reading <data dir>/dataset-versions/"), reading  # not the server's own path

@@ -90,7 +90,8 @@ def test_revocation_is_immediate_and_idempotent(db: Database) -> None:
 
 
 def test_key_for_a_missing_app_is_refused(db: Database) -> None:
-    with pytest.raises(NotFoundError):
+    """`keys create --app demo` on a fresh data dir (as the README lists it first) says how to make the app."""
+    with pytest.raises(NotFoundError, match=r"app 'ghost' not found.*create it first.*POST /api/apps"):
         keys.create_key(db, "ghost", PEPPER)
 
 

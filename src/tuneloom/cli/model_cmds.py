@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 def register(commands: Any) -> None:
     gen = commands.add_parser("generate", help="generate with a model version (or a template id, untrained)")
     gen.add_argument("model", help="model-version directory or template id")
-    gen.add_argument("text", nargs="?", help="the input text (or use --file, or pipe it on stdin)")
-    gen.add_argument("--file", type=Path, help="one input per line (up to 128)")
+    source = gen.add_mutually_exclusive_group()  # both given: one of them would be silently ignored
+    source.add_argument("text", nargs="?", help="the input text (or use --file, or pipe it on stdin)")
+    source.add_argument("--file", type=Path, help="one input per line (up to 128)")
     gen.add_argument("--max-tokens", type=int)
     gen.add_argument("--temperature", type=float)
     gen.add_argument("--top-p", type=float)
@@ -115,6 +116,8 @@ def _inputs(args: argparse.Namespace) -> list[str]:
     if args.file is not None:
         return _file_inputs(args.file)
     if args.text is not None:
+        if not args.text.strip():  # `tuneloom generate RUN "$EMPTY"`: as the server, never an empty prompt
+            raise DataFileError("no input: TEXT is empty; give a TEXT, --file F, or pipe the input on stdin")
         return [args.text]
     if not sys.stdin.isatty():
         text = sys.stdin.read().strip()

@@ -139,9 +139,14 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _note_missing_checkpoint(job: Any) -> None:
-    """`--resume` with nothing to resume from trains from the start (as a worker's first try does); say so."""
+    """`--resume` with nothing to resume from trains from the start (as a worker's first try does); say so.
+
+    Not for a finished output: it is refused (`check_output`, "nothing to resume"), nothing trains.
+    """
     from tuneloom.train.recipe import latest_checkpoint, workdir_for
 
+    if job.output.exists() and not job.overwrite:
+        return
     if job.resume and latest_checkpoint(workdir_for(job)) is None:
         console_err.print(
             f"[yellow]--resume: no checkpoint in {escape(str(workdir_for(job)))}[/]; training from the start."

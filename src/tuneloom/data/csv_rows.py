@@ -158,7 +158,8 @@ def _records(lines: CsvLines, reader: Iterator[list[str]], row: _RowMaker) -> li
         except StopIteration:
             return out
         except csv.Error as error:
-            record, failure = [], InvalidRow(start, _csv_reason(error, start, lines.line - 1))
+            reason = _csv_reason(error, start, lines.line - 1)  # the record's cells are lost: show its first line
+            record, failure = [], InvalidRow(start, reason, excerpt(lines.held_text(start)))
         if bad:
             earlier, spanning = _take_bad(bad, start, lines.line - 1)
             out += earlier

@@ -18,6 +18,7 @@ from fastapi import Request
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from tuneloom.server.schemas.models import LogLineOut, MetricPointOut
 from tuneloom.store import telemetry
 from tuneloom.store.db import Database
 from tuneloom.store.models import LogLine, MetricPoint, TrainingStatus
@@ -68,7 +69,7 @@ async def training_events(
             yield _metric(point)
         async for line in _new_lines(db, version_id, last_seq):
             last_seq = line.seq
-            yield sse("log", {"seq": line.seq, "level": line.level, "message": line.message, "at": line.at})
+            yield sse("log", LogLineOut.model_validate(line))  # as /logs has it: `at` in ISO 8601, as browsers parse it
         status_json = current.model_dump_json()
         if status_json != last_status:
             last_status = status_json
@@ -79,7 +80,8 @@ async def training_events(
 
 
 def _metric(point: MetricPoint) -> str:
-    return sse("metric", {"point": point.pk, "step": point.step, "loss": point.loss, "eval_loss": point.eval_loss})
+    """A point as /metrics has it, so a client reads the curve and the stream with one parser."""
+    return sse("metric", MetricPointOut.model_validate(point))
 
 
 async def _new_points(db: Database, version_id: str, after_point: int) -> AsyncIterator[MetricPoint]:

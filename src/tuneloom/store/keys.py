@@ -21,7 +21,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from tuneloom.errors import ConflictError
+from tuneloom.errors import ConflictError, NotFoundError
 from tuneloom.store.db import Database, fetch
 from tuneloom.store.ids import InvalidIdError, check_id, new_id
 from tuneloom.store.models import ApiKey, App, KeyPepperCheck, utcnow
@@ -106,8 +106,12 @@ def create_key(db: Database, app_id: str | None, pepper: bytes) -> tuple[str, Ap
         hash=hash_key(plaintext, pepper),
     )
     with db.write() as session:
-        if app_id is not None:
-            fetch(session, App, app_id, "app")
+        if app_id is not None and session.get(App, app_id) is None:
+            raise NotFoundError(
+                f"app '{app_id}' not found: a key can only be scoped to an existing app; "
+                "create it first with an admin key (POST /api/apps, or Client.create_app)",
+                details={"key": "app_id"},
+            )
         session.add(record)
     return plaintext, record
 

@@ -242,6 +242,11 @@ def workdir_for(job: TrainJob) -> Path:
 def check_output(job: TrainJob) -> None:
     """Refuse an existing output, or one that cannot be created, before hours of training, not after."""
     if job.output.exists() and not job.overwrite:
+        if job.resume:  # a finished run has no checkpoint left: say so rather than "training from the start"
+            raise ModelVersionError(
+                f"{job.output} is already a finished model version: nothing to resume; "
+                "choose another --output or pass --overwrite to train it again."
+            )
         raise ModelVersionError(f"{job.output} already exists; choose another --output or pass --overwrite.")
     make_folder(job.output.parent, f"cannot write --output {job.output}")  # checkpoints go beside it from step 1
 
