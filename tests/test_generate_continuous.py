@@ -113,7 +113,8 @@ def test_a_batch_encodes_whole_while_other_threads_count_tokens(loaded: Any) -> 
 
 def test_the_stop_string_criterion_is_built_once_and_still_stops(loaded: Any) -> None:
     """Building it scans the vocabulary; `generate()` reuses one per tokenizer and set of stop strings."""
-    from tuneloom.generate.generator import stop_criterion, stop_strings
+    from tuneloom.generate.generator import stop_criterion
+    from tuneloom.generate.stops import stop_strings
 
     params = InferenceParams(max_tokens=6, stop=("zz",))
     first = stop_criterion(loaded.tokenizer, stop_strings(params))

@@ -128,6 +128,30 @@ def test_a_penalized_seeded_row_is_the_same_alone_or_in_a_batch(loaded: Any) -> 
     assert rows[2].generation(loaded) == alone
 
 
+def test_penalized_rows_joining_and_leaving_a_running_batch_answer_as_alone(loaded: Any) -> None:
+    """The batch holds its penalized rows' counts as one tensor, joined as rows join and cut as they leave: rows with
+    and without penalties, joining at their own steps and leaving at their own `max_tokens`, each give what
+    `generate()` gives for it alone."""
+    greedy = InferenceParams(temperature=0)
+    asks = [
+        (TEXTS[0], replace(greedy, max_tokens=4, repetition_penalty=2.0)),
+        (TEXTS[1], replace(greedy, max_tokens=10)),
+        (TEXTS[2], replace(greedy, max_tokens=8, presence_penalty=1.5, frequency_penalty=0.5)),
+        (TEXTS[1], replace(greedy, max_tokens=5, repetition_penalty=1.5)),
+    ]
+    expected = [generate(loaded, [text], params)[0] for text, params in asks]
+    rows = [Row.create(loaded, text, params) for text, params in asks]
+    batch, joins = ContinuousBatch(loaded), {0: rows[:2], 2: rows[2:3], 6: rows[3:]}  # at 6 the first has left
+    for step in range(14):
+        if step in joins:
+            batch.add(joins[step])
+        else:
+            batch.step()
+    assert all(row.finished for row in rows)
+    assert [row.generation(loaded) for row in rows] == expected
+    assert len(set(rows[0].ids)) == len(rows[0].ids)  # the penalties took effect: no token twice
+
+
 def test_logprobs_report_the_penalized_distribution(loaded: Any) -> None:
     """A greedy row's token is the likeliest of what it reports: the distribution after its penalties."""
     (row,) = continuous(loaded, TEXTS[:1], InferenceParams(max_tokens=8, repetition_penalty=3.0), top_logprobs=2)

@@ -7,8 +7,8 @@ import pytest
 from tuneloom.data.sections import parse_sectioned_line
 from tuneloom.data.types import Example
 from tuneloom.errors import SettingsError
-from tuneloom.generate.generator import cut_at_stop
 from tuneloom.generate.params import MAX_TOKENS_LIMIT, InferenceParams
+from tuneloom.generate.stops import cut_at_stop
 from tuneloom.templates.prompting import PromptFormat, Turn, derive_prompt_format
 
 INSTR = "### Instruction: Classify {a/b}."

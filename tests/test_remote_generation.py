@@ -110,6 +110,11 @@ def test_an_api_server_with_backend_remote_generates_on_the_nodes(procs: Process
     direct = httpx.post(f"{node_url}/v1/completions", json=scoring, headers=headers, timeout=120)
     assert relayed.status_code == 200 and relayed.json()["choices"] == direct.json()["choices"], relayed.text
     assert relayed.json()["choices"][0]["logprobs"]["token_logprobs"][0] is None
+    by_ids = {**scoring, "prompt": [[15, 16, 17], [18, 19]]}  # token-id prompts go to the node as sent
+    relayed = httpx.post(f"{front}/v1/completions", json=by_ids, headers=headers, timeout=120)
+    direct = httpx.post(f"{node_url}/v1/completions", json=by_ids, headers=headers, timeout=120)
+    assert relayed.status_code == 200 and relayed.json()["choices"] == direct.json()["choices"], relayed.text
+    assert relayed.json()["usage"]["prompt_tokens"] == 5
     asked = {**chat, "logprobs": True, "top_logprobs": 2, "temperature": 0}
     whole = httpx.post(f"{front}/v1/chat/completions", json=asked, headers=headers, timeout=120).json()
     with httpx.stream("POST", f"{front}/v1/chat/completions", json={**asked, "stream": True}, headers=headers) as r:

@@ -292,7 +292,7 @@ def test_fields_that_would_change_the_answer_are_refused_by_name(deployed: Deplo
             client.chat.completions.create(model=name(deployed), messages=MESSAGES, max_tokens=2, **fields)
         assert caught.value.param == param, caught.value.message
         assert "not supported" in caught.value.message or "unrecognized" in caught.value.message
-    for param, value in (("suffix", "end."), ("best_of", 3), ("prompt", [[1, 2, 3]])):
+    for param, value in (("suffix", "end."), ("best_of", 3)):
         with pytest.raises(openai.BadRequestError) as caught:
             client.completions.create(model=name(deployed), **{"prompt": INPUT, "max_tokens": 2, param: value})
         assert caught.value.param == param and "not supported" in caught.value.message, caught.value.message
@@ -499,3 +499,42 @@ def test_a_harness_scores_continuations_in_one_batched_request(
         assert choice.logprobs is not None and choice.logprobs.token_logprobs
         continuation = sum(choice.logprobs.token_logprobs[context_tokens:-1])  # type: ignore[arg-type]
         assert continuation == pytest.approx(sum(token_logprobs(model, prompt)[context_tokens - 1 :]), abs=1e-4)
+
+
+def test_token_id_prompts_are_read_as_sent(deployed: Deployed, client: OpenAI, model: InferenceModel) -> None:
+    """lm-evaluation-harness sends its prompts as token ids by default (`tokenized_requests`), which were refused.
+    Token ids are read as they are, never put in the prompt format: scored, echoed and continued exactly as the
+    same text sent with echo and logprobs (which is read as sent too), and counted as sent."""
+    text = "I love it, works well"
+    ids = model.tokenizer(text)["input_ids"]
+    as_text = client.completions.create(
+        model=name(deployed), prompt=[text], echo=True, logprobs=2, max_tokens=4, temperature=0
+    )
+    as_ids = client.completions.create(
+        model=name(deployed), prompt=ids, echo=True, logprobs=2, max_tokens=4, temperature=0
+    )
+    assert as_ids.choices[0].text == as_text.choices[0].text and as_ids.choices[0].text.startswith(text)
+    assert as_ids.choices[0].logprobs == as_text.choices[0].logprobs
+    assert as_ids.usage is not None and as_ids.usage.prompt_tokens == len(ids)
+
+    completion = as_text.choices[0].text[len(text) :]
+    plain = client.completions.create(model=name(deployed), prompt=[ids, ids], max_tokens=4, temperature=0)
+    assert [c.text for c in plain.choices] == [completion, completion]  # no template, no echo
+    streamed = client.completions.create(model=name(deployed), prompt=ids, max_tokens=4, temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == completion
+
+
+def test_bad_token_id_prompts_are_refused_by_name(deployed: Deployed, model: InferenceModel) -> None:
+    vocabulary = model.model.config.vocab_size
+    for prompt, extra, param, said in [
+        ([5, vocabulary, 7], {}, "prompt", f"token id {vocabulary} (prompt 0, position 1)"),
+        ([[5, 6], [-1]], {}, "prompt", "token id -1 (prompt 1, position 0)"),
+        (["great", 5], {}, "prompt", "not a mix"),
+        ([True, 5], {}, "prompt", "token ids (integers)"),
+        ([[5], []], {}, "prompt.1", "empty"),
+        ([5, 6], {"echo": True, "stream": True}, "stream", "token-id prompt is echoed only unstreamed"),
+    ]:
+        body = {"model": name(deployed), "prompt": prompt, "max_tokens": 2, **extra}
+        answer = httpx.post(f"{deployed.url}/v1/completions", json=body, headers=deployed.headers, timeout=60)
+        error = answer.json()["error"]
+        assert answer.status_code == 400 and error["param"] == param and said in error["message"], (prompt, answer.text)

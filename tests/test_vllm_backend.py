@@ -61,7 +61,7 @@ class LoRARequest:
 
 @dataclass
 class Call:
-    prompt: str
+    prompt: str | dict[str, list[int]]  # a text, or vLLM's TokensPrompt
     params: Any
     request_id: str
     lora: LoRARequest | None
@@ -76,14 +76,19 @@ class FakeEngine:
     shut_down: bool = False
 
     async def generate(
-        self, prompt: str, params: Any, request_id: str, *, lora_request: LoRARequest | None = None
+        self,
+        prompt: str | dict[str, list[int]],
+        params: Any,
+        request_id: str,
+        *,
+        lora_request: LoRARequest | None = None,
     ) -> AsyncIterator[Any]:
-        if "TOO LONG" in prompt:
+        if isinstance(prompt, str) and "TOO LONG" in prompt:
             raise ValueError("the prompt (3000 tokens) is longer than the maximum model length of 2048")
         call = Call(prompt, params, request_id, lora_request)
         self.calls.append(call)
         steps, finish = _decode(lora_request.lora_name if lora_request else "full", params)
-        prompt_ids = list(range(len(prompt.split())))
+        prompt_ids = list(prompt["prompt_token_ids"]) if isinstance(prompt, dict) else list(range(len(prompt.split())))
         if params.output_kind is OutputKind.FINAL_ONLY:
             text, ids = "".join(t for t, _ in steps), [i for _, i in steps]
             yield _with_logprobs(_output(prompt_ids, text, ids, finish), params)
@@ -562,3 +567,7 @@ def test_log_probabilities_are_vllms_with_the_prompt_scored_as_sent(vllm_server:
     (choice,) = generated.json()["choices"]
     assert choice["logprobs"]["token_logprobs"] == [-0.25] * 3 and choice["logprobs"]["text_offset"][0] == 0
     assert engine.calls[-1].prompt == "### Human: hello there friend ### Assistant:"  # no echo: the prompt format
+
+    by_ids = httpx.post(f"{url}/v1/completions", json={**echo, "prompt": [5, 6, 7]}, headers=headers).json()
+    assert engine.calls[-1].prompt == {"prompt_token_ids": [5, 6, 7]}  # vLLM's TokensPrompt, read as sent
+    assert by_ids["usage"]["prompt_tokens"] == 3 and by_ids["choices"][0]["logprobs"]["token_logprobs"][0] is None

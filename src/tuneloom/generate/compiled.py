@@ -101,9 +101,9 @@ def run_static(loaded: InferenceModel, row: Any) -> Iterator[None]:
     ids = inputs["input_ids"]
     decoder = decoder_for(loaded, ids.shape[1] + row.params.max_tokens, context_length(loaded))
     logits = decoder.prefill(ids)
-    prepare_rows(loaded, [row], ids, inputs["attention_mask"], logits.shape[1])
-    token = choose_next(loaded, [row], logits)
+    counts = prepare_rows(loaded, [row], ids, inputs["attention_mask"], logits.shape[1])
+    token = choose_next(loaded, [row], logits, counts)
     yield
     while not row.finished:
-        token = choose_next(loaded, [row], decoder.step(token))
+        token = choose_next(loaded, [row], decoder.step(token), counts)
         yield

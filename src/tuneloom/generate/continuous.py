@@ -40,22 +40,24 @@ from typing import Any
 import torch
 
 from tuneloom.errors import SettingsError
+from tuneloom.generate.detokenize import DecodedText
 from tuneloom.generate.generator import (
     BATCH_SIZE,
     Generation,
+    Prompt,
     TokenLogprob,
-    VisibleText,
     _encode,
     finish_generation,
     padded_positions,
+    prompt_text,
     render_prompt,
-    stop_strings,
 )
 from tuneloom.generate.loading import InferenceModel
-from tuneloom.generate.logprobs import Reported, completion_offset, token_logprob
+from tuneloom.generate.logprobs import Reported, token_logprob
 from tuneloom.generate.params import InferenceParams
 from tuneloom.generate.penalties import TokenCounts, has_penalty, with_model_default
 from tuneloom.generate.sampling import pick_tokens, token_logprobs
+from tuneloom.generate.stops import VisibleText, stop_strings
 
 # Generation-config settings that `generate()` would turn into logits processors this loop lacks.
 _UNSUPPORTED_DEFAULTS: dict[str, Any] = {
@@ -106,7 +108,7 @@ def check_seedable(loaded: InferenceModel, params: InferenceParams) -> None:
 class Row:
     """One generation in a batch: its prompt, its parameters, and the tokens it has produced so far."""
 
-    prompt: str  # as the model sees it (rendered)
+    prompt: Prompt  # as the model sees it (rendered, or token ids as sent)
     params: InferenceParams
     visible: VisibleText
     ids: list[int] = field(default_factory=list)
@@ -117,15 +119,15 @@ class Row:
     top_logprobs: int | None = None  # alternatives reported with each token's log-probability; None: none
     logprobs: list[TokenLogprob] = field(default_factory=list)  # one per token of `ids`, when asked for
     logprobs_sent: int = 0  # how many of them a stream has passed on
-    counts: TokenCounts | None = field(default=None, repr=False)  # what its penalties read; None: it has none
     _generator: torch.Generator | None = field(default=None, repr=False)
+    _decoded: DecodedText | None = field(default=None, repr=False)  # the text of `ids`, kept up as they come
 
     @classmethod
     def create(cls, loaded: InferenceModel, text: str, params: InferenceParams, top_logprobs: int | None = None) -> Row:
         return cls.rendered(render_prompt(loaded, text, params), params, top_logprobs)
 
     @classmethod
-    def rendered(cls, prompt: str, params: InferenceParams, top_logprobs: int | None = None) -> Row:
+    def rendered(cls, prompt: Prompt, params: InferenceParams, top_logprobs: int | None = None) -> Row:
         return cls(prompt, params, VisibleText(stop_strings(params)), top_logprobs=top_logprobs)
 
     def generator(self, device: torch.device) -> torch.Generator | None:
@@ -143,7 +145,9 @@ class Row:
         while ids and ids[-1] == pad and pad != loaded.tokenizer.eos_token_id:
             ids.pop()
         decoded = loaded.tokenizer.decode(ids, skip_special_tokens=True)
-        generation = finish_generation(self.prompt, decoded, len(ids), self.ended_on_eos, self.params)
+        generation = finish_generation(
+            prompt_text(loaded.tokenizer, self.prompt), decoded, len(ids), self.ended_on_eos, self.params
+        )
         if self.top_logprobs is None:
             return generation
         return dataclasses.replace(generation, logprobs=tuple(self.logprobs[: len(ids)]))
@@ -161,9 +165,11 @@ class Row:
             self.piece = self.visible.rest()
             return
         if reported is not None:
-            self.logprobs.append(token_logprob(tokenizer, token, reported, completion_offset(self.visible.text)))
+            self.logprobs.append(token_logprob(tokenizer, token, reported, self.visible.offset()))
         self.ids.append(token)
-        self.piece, stopped = self.visible.update(tokenizer.decode(self.ids, skip_special_tokens=True))
+        decoded = self._decoded = self._decoded or DecodedText(tokenizer)
+        unchanged = decoded.add(token)
+        self.piece, stopped = self.visible.update(decoded.text, unchanged)
         if stopped or len(self.ids) >= self.params.max_tokens:
             self.finished = True
             self.piece += self.visible.rest()
@@ -179,6 +185,7 @@ class ContinuousBatch:
         self._mask = torch.zeros(0, 0, dtype=torch.long)  # (rows, cached positions): 0 = left padding
         self._positions = torch.zeros(0, dtype=torch.long)  # each row's position of its last token
         self._last = torch.zeros(0, dtype=torch.long)  # each row's last token: the next step's input
+        self._counts: TokenCounts | None = None  # what the penalties of the rows that have any read (`_penalize`)
         self._keep_logits = "logits_to_keep" in inspect.signature(loaded.model.forward).parameters
 
     @torch.inference_mode()
@@ -192,9 +199,10 @@ class ContinuousBatch:
         positions = padded_positions(mask)
         cache = DynamicCache()
         logits = self._forward(inputs["input_ids"], mask, positions, cache)
-        prepare_rows(self.loaded, rows, inputs["input_ids"], mask, logits.shape[1])
+        counts = prepare_rows(self.loaded, rows, inputs["input_ids"], mask, logits.shape[1])
         self._merge(rows, cache, mask, positions[:, -1])
-        self._accept(rows, logits)
+        self._accept(rows, logits, counts)
+        self._counts = TokenCounts.joined(self._counts, counts)
 
     @torch.inference_mode()
     def step(self) -> None:
@@ -206,13 +214,16 @@ class ContinuousBatch:
         self._mask = torch.cat([self._mask, ones], dim=1)
         self._positions = self._positions + 1
         logits = self._forward(self._last[:, None], self._mask, self._positions[:, None], self._cache)
-        self._accept(self.rows, logits)
+        self._accept(self.rows, logits, self._counts)
 
     def drop_finished(self) -> None:
         """Remove finished and cancelled rows, and cache columns that only padding is left in."""
         keep = [i for i, row in enumerate(self.rows) if not (row.finished or row.cancelled)]
         if len(keep) == len(self.rows):
             return
+        if self._counts is not None:  # its rows: the penalized ones, in batch order
+            penalized, kept = [i for i, row in enumerate(self.rows) if has_penalty(row.params)], set(keep)
+            self._counts = self._counts.selected([j for j, i in enumerate(penalized) if i in kept])
         self.rows = [self.rows[i] for i in keep]
         if not keep:
             self._cache, self._mask = None, self._mask[:0, :0]
@@ -245,26 +256,31 @@ class ContinuousBatch:
             old.keys = torch.cat([_pad_left(old.keys, width, 2), _pad_left(new.keys, width, 2)])
             old.values = torch.cat([_pad_left(old.values, width, 2), _pad_left(new.values, width, 2)])
 
-    def _accept(self, rows: list[Row], logits: torch.Tensor) -> None:
-        tokens = choose_next(self.loaded, rows, logits)
+    def _accept(self, rows: list[Row], logits: torch.Tensor, counts: TokenCounts | None) -> None:
+        tokens = choose_next(self.loaded, rows, logits, counts)
         start = len(self.rows) - len(rows)
         self._last = torch.cat([self._last[:start].to(tokens.device), tokens])  # the first add: from the CPU
 
 
 def prepare_rows(
     loaded: InferenceModel, rows: list[Row], ids: torch.Tensor, mask: torch.Tensor, vocabulary: int
-) -> None:
+) -> TokenCounts | None:
     """Ready prefilled rows for their first token: a row that sets no `repetition_penalty` takes the model's
-    (`with_model_default`), and the rows with penalties count their prompts' tokens."""
+    (`with_model_default`). Returns the counts of their prompts' tokens for the rows with penalties, in their
+    order (what `choose_next` reads); None where no row has any."""
     for row in rows:
         row.params = with_model_default(loaded.model, row.params)
-    _count_prompts(rows, ids, mask, vocabulary)
+    penalized = [i for i, row in enumerate(rows) if has_penalty(row.params)]
+    return TokenCounts.of_prompts(ids[penalized], mask[penalized], vocabulary) if penalized else None
 
 
-def choose_next(loaded: InferenceModel, rows: list[Row], logits: torch.Tensor) -> torch.Tensor:
+def choose_next(
+    loaded: InferenceModel, rows: list[Row], logits: torch.Tensor, counts: TokenCounts | None
+) -> torch.Tensor:
     """Each row's next token, drawn (and its log-probability reported) from its penalized logits, and taken
-    by the row; returned on the logits' device, as the next step's input."""
-    count = _penalize(rows, logits)
+    by the row; returned on the logits' device, as the next step's input. `counts`: those of the rows with
+    penalties, in their order (`prepare_rows`), to which their new tokens are added."""
+    count = _penalize(rows, logits, counts)
     generators = [row.generator(logits.device) for row in rows]
     tokens = pick_tokens(logits, [row.params for row in rows], generators)
     count(tokens)
@@ -274,31 +290,14 @@ def choose_next(loaded: InferenceModel, rows: list[Row], logits: torch.Tensor) -
     return tokens
 
 
-def _penalize(rows: list[Row], logits: torch.Tensor) -> Callable[[torch.Tensor], None]:
+def _penalize(rows: list[Row], logits: torch.Tensor, counts: TokenCounts | None) -> Callable[[torch.Tensor], None]:
     """Apply the penalties of the rows that have any to their `logits` (in place), all such rows at once;
     what it returns counts the rows' new tokens in. Rows without penalties cost nothing."""
-    penalized = [i for i, row in enumerate(rows) if row.counts is not None]
-    counted = [row.counts for row in rows if row.counts is not None]
-    if not counted:
+    if counts is None:
         return lambda _: None
-    counts = TokenCounts.stacked(counted)
-    logits[penalized] = counts.penalize(logits[penalized], [rows[i].params for i in penalized])
-
-    def count(tokens: torch.Tensor) -> None:
-        counts.count(tokens[penalized])
-        for i, own in zip(penalized, counts.rows(), strict=True):
-            rows[i].counts = own
-
-    return count
-
-
-def _count_prompts(rows: list[Row], ids: torch.Tensor, mask: torch.Tensor, vocabulary: int) -> None:
-    """Start the counts of the rows with penalties from their prompts' tokens; the others keep none."""
     penalized = [i for i, row in enumerate(rows) if has_penalty(row.params)]
-    if penalized:
-        counts = TokenCounts.of_prompts(ids[penalized], mask[penalized], vocabulary)
-        for i, its in zip(penalized, counts.rows(), strict=True):
-            rows[i].counts = its
+    logits[penalized] = counts.penalize(logits[penalized], [rows[i].params for i in penalized])
+    return lambda tokens: counts.count(tokens[penalized])
 
 
 def _reported(rows: list[Row], logits: torch.Tensor, tokens: torch.Tensor) -> list[Reported | None]:
@@ -344,7 +343,7 @@ def run_alone(loaded: InferenceModel, rows: list[Row]) -> Iterator[None]:
         yield
 
 
-def generate_by_rows(loaded: InferenceModel, prompts: Sequence[str], params: InferenceParams) -> list[Generation]:
+def generate_by_rows(loaded: InferenceModel, prompts: Sequence[Prompt], params: InferenceParams) -> list[Generation]:
     """`generate()` through this loop (`generator.own_loop_serves`): prompt `i` is a row drawing with seed + i
     (`for_input`), as on the server."""
     check_seedable(loaded, params)

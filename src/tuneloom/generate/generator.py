@@ -22,12 +22,18 @@ from tuneloom.errors import SettingsError
 from tuneloom.generate.loading import InferenceModel
 from tuneloom.generate.params import MAX_INPUTS, InferenceParams
 from tuneloom.generate.penalties import OutputPenalty, has_output_penalty
-from tuneloom.templates.prompting import SECTION_STOP, PromptFormat
+from tuneloom.generate.stops import VisibleText, cut_at_stop, stop_strings
+from tuneloom.templates.prompting import PromptFormat
 
 BATCH_SIZE = 32
 MAX_CACHED_STOPS = 64  # stop-string criteria kept per tokenizer (`stop_criterion`)
 _CRITERIA: weakref.WeakKeyDictionary[Any, OrderedDict[tuple[str, ...], StoppingCriteria]] = weakref.WeakKeyDictionary()
 _CRITERIA_LOCK = threading.Lock()
+
+TokenIds = tuple[int, ...]
+"""A prompt sent as the model's own token ids (OpenAI's token-id prompts): read as is, never put in a template, so
+an evaluation harness that counted the tokens itself scores exactly those."""
+Prompt = str | TokenIds
 
 
 class Candidate(NamedTuple):
@@ -67,13 +73,13 @@ class Generation:
     prompt_logprobs: tuple[TokenLogprob, ...] | None = None  # one per prompt token, where they were asked for
 
 
-def generate(loaded: InferenceModel, texts: Sequence[str], params: InferenceParams) -> list[Generation]:
+def generate(loaded: InferenceModel, texts: Sequence[Prompt], params: InferenceParams) -> list[Generation]:
     """Generate for up to 128 inputs, in length-sorted batches (less left padding per batch)."""
     if not texts:
         return []
     if len(texts) > MAX_INPUTS:
         raise SettingsError(f"at most {MAX_INPUTS} inputs per call, got {len(texts)}", key="inputs")
-    prompts = [render_prompt(loaded, t, params) for t in texts]
+    prompts = [model_prompt(loaded, t, params) for t in texts]
     check_context(loaded, [count_prompt_tokens(loaded, p) for p in prompts], params)
     if own_loop_serves(loaded, params, len(prompts)):
         from tuneloom.generate.continuous import generate_by_rows
@@ -146,7 +152,7 @@ def stream(loaded: InferenceModel, text: str, params: InferenceParams) -> Iterat
     try:
         for piece in streamer:
             text += piece
-            shown, stopped = visible.update(text)
+            shown, stopped = visible.update(text, unchanged=len(text) - len(piece))
             if shown:
                 yield shown
             if stopped:
@@ -181,6 +187,27 @@ def render_prompt(loaded: HasPromptFormat, text: str, params: InferenceParams) -
     return loaded.prompt_format.render(text, system_prompt=params.system_prompt, prompt_template=params.prompt_template)
 
 
+def model_prompt(loaded: HasPromptFormat, prompt: Prompt, params: InferenceParams) -> Prompt:
+    """What the model reads for an input: a text in the version's prompt format; token ids as sent."""
+    return prompt if isinstance(prompt, tuple) else render_prompt(loaded, prompt, params)
+
+
+def check_token_ids(loaded: InferenceModel, prompts: Sequence[Prompt], key: str = "inputs") -> None:
+    """Refuse a token-id prompt naming an id the model has no embedding for (it would fail the whole batch)."""
+    size = int(getattr(loaded.model.config, "vocab_size", 0) or len(loaded.tokenizer))
+    for i, prompt in enumerate(prompts):
+        if isinstance(prompt, str):
+            continue
+        bad = next((j for j, token in enumerate(prompt) if not 0 <= token < size), None)
+        if bad is not None:
+            raise SettingsError(
+                f"token id {prompt[bad]} (prompt {i}, position {bad}) is not in the model's vocabulary: "
+                f"its ids run from 0 to {size - 1}",
+                key=key,
+                details={"index": i, "position": bad, "vocab_size": size},
+            )
+
+
 CONTEXT_ATTRIBUTES = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
 
 
@@ -198,9 +225,21 @@ def context_length(loaded: InferenceModel) -> int | None:
     return None
 
 
-def count_prompt_tokens(loaded: InferenceModel, prompt: str) -> int:
+def count_prompt_tokens(loaded: InferenceModel, prompt: Prompt) -> int:
     """Tokens of a rendered prompt as the model reads it (special tokens included, as when generating)."""
-    return len(loaded.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    return len(prompt_ids(loaded, prompt))
+
+
+def prompt_ids(loaded: InferenceModel, prompt: Prompt) -> list[int]:
+    """A rendered prompt's token ids as the model reads them: a text's, special tokens included; token ids as sent."""
+    if isinstance(prompt, tuple):
+        return list(prompt)
+    return list(loaded.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+
+
+def prompt_text(tokenizer: Any, prompt: Prompt) -> str:
+    """What a prompt says: a text as it is; token ids decoded (special tokens kept: they were sent)."""
+    return prompt if isinstance(prompt, str) else str(tokenizer.decode(list(prompt)))
 
 
 def check_context(
@@ -248,70 +287,11 @@ def finish_generation(prompt: str, decoded: str, tokens: int, ended: bool, param
     return Generation(prompt, full, tokens, finish)
 
 
-def stop_strings(params: InferenceParams) -> list[str]:
-    return [SECTION_STOP, *params.stop]
-
-
-def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    """The text before the earliest stop string, and whether one was found."""
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
-
-
-def stop_prefix_length(text: str, stops: Sequence[str]) -> int:
-    """The length of the longest end of `text` that begins some stop string: what may still become one.
-
-    Runs for every token of every streamed row, so each stop string costs a search of the tail for its
-    first character, not a comparison per possible length.
-    """
-    longest = 0
-    for stop in stops:
-        start = text.find(stop[0], max(len(text) - len(stop) + 1, 0))
-        while start >= 0 and not stop.startswith(text[start:]):
-            start = text.find(stop[0], start + 1)
-        if start >= 0:
-            longest = max(longest, len(text) - start)
-    return longest
-
-
-class VisibleText:
-    """How much of a growing completion may be shown yet, so that streamed pieces add up to the final text.
-
-    The final text is the completion cut at its first stop string and stripped. While it grows, the
-    tail that could still be the start of a stop string is held back (no more: text that starts no
-    stop string is shown at once, however long the stop strings), and so are trailing spaces (the end
-    strips them) and an unfinished multi-byte character (decoded as U+FFFD for now).
-    """
-
-    def __init__(self, stops: Sequence[str]):
-        self.stops = list(stops)
-        self.emitted = 0
-        self.text = ""
-
-    def update(self, text: str) -> tuple[str, bool]:
-        """The newly showable piece of `text` (the whole completion so far); whether a stop string ended it."""
-        self.text = text
-        visible, stopped = cut_at_stop(text.lstrip(), self.stops)
-        held = stop_prefix_length(visible, self.stops)
-        limit = len(visible.rstrip()) if stopped else min(len(visible) - held, len(visible.rstrip()))
-        unfinished = visible.find("\ufffd", self.emitted)
-        if unfinished >= 0 and not stopped:
-            limit = min(limit, unfinished)
-        if limit <= self.emitted:
-            return "", stopped
-        piece, self.emitted = visible[self.emitted : limit], limit
-        return piece, stopped
-
-    def rest(self) -> str:
-        """Everything not shown yet, once the completion is over."""
-        final = cut_at_stop(self.text.lstrip(), self.stops)[0].rstrip()
-        piece, self.emitted = final[self.emitted :], max(self.emitted, len(final))
-        return piece
-
-
-def _encode(loaded: InferenceModel, prompts: list[str]) -> dict[str, torch.Tensor]:
+def _encode(loaded: InferenceModel, prompts: Sequence[Prompt]) -> dict[str, torch.Tensor]:
     """Token ids left-padded to one length (decoder-only: new tokens must follow the prompt directly)."""
-    return padded_batch(loaded, loaded.tokenizer(prompts, add_special_tokens=True)["input_ids"])
+    texts = [p for p in prompts if isinstance(p, str)]
+    encoded = iter(loaded.tokenizer(texts, add_special_tokens=True)["input_ids"] if texts else [])
+    return padded_batch(loaded, [list(p) if isinstance(p, tuple) else next(encoded) for p in prompts])
 
 
 def padded_batch(loaded: InferenceModel, rows: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
@@ -384,7 +364,7 @@ def stop_criterion(tokenizer: Any, stops: Sequence[str]) -> StoppingCriteria:
 
 
 @torch.inference_mode()
-def _generate_batch(loaded: InferenceModel, prompts: list[str], params: InferenceParams) -> list[Generation]:
+def _generate_batch(loaded: InferenceModel, prompts: list[Prompt], params: InferenceParams) -> list[Generation]:
     inputs = _encode(loaded, prompts)
     output = loaded.model.generate(
         **inputs,
@@ -401,5 +381,7 @@ def _generate_batch(loaded: InferenceModel, prompts: list[str], params: Inferenc
         if ended_on_eos:
             ids = ids[: ids.index(eos)]
         decoded = loaded.tokenizer.decode(ids, skip_special_tokens=True)
-        results.append(finish_generation(prompt, decoded, len(ids), ended_on_eos, params))
+        results.append(
+            finish_generation(prompt_text(loaded.tokenizer, prompt), decoded, len(ids), ended_on_eos, params)
+        )
     return results

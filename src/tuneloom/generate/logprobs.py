@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from tuneloom.generate.generator import Candidate, TokenLogprob, padded_batch, padded_positions
+from tuneloom.generate.generator import Candidate, Prompt, TokenLogprob, padded_batch, padded_positions
 from tuneloom.generate.loading import InferenceModel
 
 Reported = tuple[float, list[tuple[int, float]]]  # a token's log-probability; the alternatives' ids and theirs
@@ -90,12 +90,6 @@ def token_logprob(tokenizer: Any, token: int, reported: Reported | None, offset:
     return TokenLogprob(text[token], logprob, offset, alternatives, raw[token])
 
 
-def completion_offset(decoded: str) -> int:
-    """Where the next generated token starts in the completion, given the text its tokens so far decode to: the
-    returned text drops leading whitespace, and a token inside a character starts with that character."""
-    return len(decoded.lstrip().removesuffix("\ufffd"))
-
-
 def scored_tokens(
     tokenizer: Any, ids: Sequence[int], reported: Sequence[Reported | None], added: Sequence[int]
 ) -> tuple[TokenLogprob, ...]:
@@ -105,9 +99,12 @@ def scored_tokens(
     return tuple(token_logprob(tokenizer, t, r, o) for t, r, o in zip(ids, reported, offsets, strict=True))
 
 
-def added_tokens(tokenizer: Any, text: str, ids: Sequence[int]) -> list[int]:
+def added_tokens(tokenizer: Any, text: Prompt, ids: Sequence[int]) -> list[int]:
     """Which of a prompt's token ids (as another engine tokenized it) the tokenizer added (1) rather than read from
-    the text (0): its own encoding's special-tokens mask where the ids agree; none where they do not."""
+    the text (0): its own encoding's special-tokens mask where the ids agree; none where they do not, nor for a
+    prompt sent as token ids (all of them are its text)."""
+    if isinstance(text, tuple):
+        return [0] * len(ids)
     encoded = tokenizer(text, add_special_tokens=True, return_special_tokens_mask=True)
     same = list(encoded["input_ids"]) == list(ids)
     return list(encoded["special_tokens_mask"]) if same else [0] * len(ids)
@@ -136,19 +133,26 @@ def text_offsets(tokenizer: Any, ids: Sequence[int], added: Sequence[int]) -> li
 
 
 @torch.inference_mode()
-def prompt_logprobs(loaded: InferenceModel, prompts: Sequence[str], top_n: int) -> list[tuple[TokenLogprob, ...]]:
+def prompt_logprobs(loaded: InferenceModel, prompts: Sequence[Prompt], top_n: int) -> list[tuple[TokenLogprob, ...]]:
     """Each prompt's tokens (special tokens as the model reads them), each with its log-probability and its `top_n`
     most likely alternatives'; the first has none. A prompt repeated (OpenAI's `n`) is scored once."""
     unique = list(dict.fromkeys(prompts))
-    encoded = [loaded.tokenizer(p, add_special_tokens=True, return_special_tokens_mask=True) for p in unique]
-    ids = [list(e["input_ids"]) for e in encoded]
-    scored: dict[str, tuple[TokenLogprob, ...]] = {}
-    for chunk in _passes([len(row) for row in ids], _vocabulary_size(loaded)):
-        reported = _score(loaded, [ids[i] for i in chunk], top_n)
+    encoded = [_encoded_with_added(loaded.tokenizer, p) for p in unique]
+    scored: dict[Prompt, tuple[TokenLogprob, ...]] = {}
+    for chunk in _passes([len(encoded[i][0]) for i in range(len(unique))], _vocabulary_size(loaded)):
+        reported = _score(loaded, [encoded[i][0] for i in chunk], top_n)
         for i, rows in zip(chunk, reported, strict=True):
-            added = encoded[i]["special_tokens_mask"]
-            scored[unique[i]] = scored_tokens(loaded.tokenizer, ids[i], [None, *rows], added)
+            ids, added = encoded[i]
+            scored[unique[i]] = scored_tokens(loaded.tokenizer, ids, [None, *rows], added)
     return [scored[p] for p in prompts]
+
+
+def _encoded_with_added(tokenizer: Any, prompt: Prompt) -> tuple[list[int], list[int]]:
+    """A prompt's token ids and which of them the tokenizer added (`text_offsets`): token ids sent are all the text."""
+    if isinstance(prompt, tuple):
+        return list(prompt), [0] * len(prompt)
+    encoded = tokenizer(prompt, add_special_tokens=True, return_special_tokens_mask=True)
+    return list(encoded["input_ids"]), list(encoded["special_tokens_mask"])
 
 
 def _vocabulary_size(loaded: InferenceModel) -> int:

@@ -10,8 +10,9 @@ They apply before temperature, top-k and top-p, in this order (as vLLM and trans
 and what is drawn from and reported (`sampling.token_logprobs`) is the penalized distribution. A
 row's penalties read its own tokens only, so a seeded row draws the same alone or in any batch.
 
-Two paths, one arithmetic: the continuous batch keeps each penalized row's `TokenCounts` and
-penalizes all such rows at once per step; transformers' `generate()` applies `repetition_penalty`
+Two paths, one arithmetic: the continuous batch keeps one `TokenCounts` for all its penalized rows
+(joined as rows join, selected as they leave, counted in place each step) and penalizes them at once
+per step; transformers' `generate()` applies `repetition_penalty`
 itself (its processor skips left padding too) and `OutputPenalty` for the other two.
 """
 
@@ -50,8 +51,9 @@ def with_model_default(model: Any, params: InferenceParams) -> InferenceParams:
 class TokenCounts:
     """For some rows: which tokens each has seen (prompt and output) and how often its output holds each.
 
-    One (rows, vocabulary) tensor each, so one step penalizes and counts every penalized row at once;
-    a single row's are its row of them (`rows()`), gathered again by `stacked`.
+    One (rows, vocabulary) tensor each, so one step penalizes and counts every penalized row at once.
+    A batch holds them from step to step: rows that join add theirs (`joined`), rows that leave take theirs
+    away (`selected`), rather than every step gathering each row's again (a copy of rows × vocabulary).
     """
 
     seen: torch.Tensor  # bool
@@ -63,12 +65,19 @@ class TokenCounts:
         hits = token_counts(ids, mask.float(), vocabulary)
         return cls(hits > 0, torch.zeros_like(hits))
 
-    @classmethod
-    def stacked(cls, rows: Sequence[TokenCounts]) -> TokenCounts:
-        return cls(torch.stack([r.seen for r in rows]), torch.stack([r.generated for r in rows]))
+    @staticmethod
+    def joined(first: TokenCounts | None, then: TokenCounts | None) -> TokenCounts | None:
+        """The rows of `first`, then those of `then` (either None: no rows)."""
+        if first is None or then is None:
+            return then if first is None else first
+        return TokenCounts(torch.cat([first.seen, then.seen]), torch.cat([first.generated, then.generated]))
 
-    def rows(self) -> list[TokenCounts]:
-        return [TokenCounts(seen, generated) for seen, generated in zip(self.seen, self.generated, strict=True)]
+    def selected(self, rows: Sequence[int]) -> TokenCounts | None:
+        """These rows only, in this order; None where there are none."""
+        if not rows:
+            return None
+        index = torch.tensor(rows, device=self.seen.device)
+        return TokenCounts(self.seen[index], self.generated[index])
 
     def penalize(self, logits: torch.Tensor, params: Sequence[InferenceParams]) -> torch.Tensor:
         """`logits` (one row per counted row) after each row's penalties (`repetition_penalty` resolved)."""

@@ -24,9 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from tuneloom.errors import ConflictError, SettingsError
-from tuneloom.generate.generator import Generation, TokenLogprob, finish_generation, stop_strings
-from tuneloom.generate.logprobs import Reported, added_tokens, completion_offset, scored_tokens, token_logprob
+from tuneloom.generate.detokenize import DecodedText
+from tuneloom.generate.generator import (
+    Generation,
+    Prompt,
+    TokenLogprob,
+    finish_generation,
+    prompt_text,
+)
+from tuneloom.generate.logprobs import Reported, added_tokens, scored_tokens, token_logprob
 from tuneloom.generate.params import InferenceParams
+from tuneloom.generate.stops import VisibleText, stop_strings
 from tuneloom.model_version import open_version
 from tuneloom.templates.prompting import PromptFormat
 
@@ -192,25 +200,30 @@ def sampling_params(params: InferenceParams, eos_token_id: int | None, *, stream
 
 
 def generation_of(
-    final: Any, prompt: str, params: InferenceParams, tokenizer: Any, logprobs: int | None, prompt_logprobs: int | None
+    final: Any,
+    prompt: Prompt,
+    params: InferenceParams,
+    tokenizer: Any,
+    logprobs: int | None,
+    prompt_logprobs: int | None,
 ) -> Generation:
     """A finished vLLM `RequestOutput` as the transformers path's `Generation` (text cut and trimmed alike), with
     its tokens' log-probabilities where asked for: vLLM's, each generated token's with its `logprobs` best
     alternatives (EOS, which ends the text, has none, as on transformers) and the prompt's tokens'."""
-    completion = final.outputs[0]
+    completion, text = final.outputs[0], prompt_text(tokenizer, prompt)
     if params.max_tokens == 0:  # the prompt alone: the one token vLLM had to generate is not part of the answer
-        generation = finish_generation(prompt, "", 0, False, params)
+        generation = finish_generation(text, "", 0, False, params)
         ids, entries = [], []
     else:
         ended = completion.finish_reason == "stop"  # EOS, a stop string or the stop token
-        generation = finish_generation(prompt, completion.text, len(completion.token_ids), ended, params)
+        generation = finish_generation(text, completion.text, len(completion.token_ids), ended, params)
         ids, entries = list(completion.token_ids), list(completion.logprobs or [])
     scored = None if prompt_logprobs is None else _scored(tokenizer, final, prompt, prompt_logprobs)
     generated = None if logprobs is None else _generated(tokenizer, ids, entries, logprobs)
     return replace(generation, logprobs=generated, prompt_logprobs=scored)
 
 
-def _scored(tokenizer: Any, final: Any, prompt: str, n: int) -> tuple[TokenLogprob, ...]:
+def _scored(tokenizer: Any, final: Any, prompt: Prompt, n: int) -> tuple[TokenLogprob, ...]:
     """The prompt's tokens as vLLM read them, with its `prompt_logprobs` (None for the first)."""
     ids = list(final.prompt_token_ids)
     entries = list(final.prompt_logprobs)
@@ -219,12 +232,15 @@ def _scored(tokenizer: Any, final: Any, prompt: str, n: int) -> tuple[TokenLogpr
 
 
 def _generated(tokenizer: Any, ids: list[int], entries: list[Any], n: int) -> tuple[TokenLogprob, ...]:
-    tokens = []
-    for i, (token, entry) in enumerate(zip(ids, entries, strict=True)):
+    """The generated tokens up to EOS with their log-probabilities, each at its offset in the completion as the
+    transformers path reports it (`VisibleText.offset` of the text of the tokens before it)."""
+    tokens, decoded, shown = [], DecodedText(tokenizer), VisibleText([])
+    for token, entry in zip(ids, entries, strict=True):
         if token == tokenizer.eos_token_id:
             break
-        offset = completion_offset(tokenizer.decode(ids[:i], skip_special_tokens=True))
-        tokens.append(token_logprob(tokenizer, token, _reported(entry, token, n), offset))
+        tokens.append(token_logprob(tokenizer, token, _reported(entry, token, n), shown.offset()))
+        unchanged = decoded.add(token)
+        shown.update(decoded.text, unchanged)
     return tuple(tokens)
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from tuneloom.errors import SettingsError, TuneloomError
 
 if TYPE_CHECKING:
-    from tuneloom.generate.generator import TokenLogprob
+    from tuneloom.generate.generator import Prompt, TokenLogprob
     from tuneloom.generate.params import InferenceParams
     from tuneloom.server.inference import Prediction
     from tuneloom.store.db import Database
@@ -67,7 +67,7 @@ class GenerationService(Protocol):
         self,
         version_id: str,
         path: Path,
-        texts: Sequence[str],
+        texts: Sequence[Prompt],
         params: InferenceParams,
         *,
         logprobs: int | None = None,
@@ -79,11 +79,11 @@ class GenerationService(Protocol):
         ...
 
     async def stream(
-        self, version_id: str, path: Path, text: str, params: InferenceParams, *, logprobs: int | None = None
+        self, version_id: str, path: Path, text: Prompt, params: InferenceParams, *, logprobs: int | None = None
     ) -> PieceStream: ...
 
     async def streams(
-        self, version_id: str, path: Path, text: str, params: InferenceParams, n: int, *, logprobs: int | None = None
+        self, version_id: str, path: Path, text: Prompt, params: InferenceParams, n: int, *, logprobs: int | None = None
     ) -> Sequence[PieceStream]:
         """`n` generations of `text`, streamed side by side (OpenAI's `n` choices): choice i samples with
         seed + i, as input i of a /predict does; cancelling one stops that one."""

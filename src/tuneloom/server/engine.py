@@ -28,7 +28,7 @@ from tuneloom.generate.params import MAX_INPUTS, InferenceParams
 
 if TYPE_CHECKING:
     from tuneloom.generate.continuous import ContinuousBatch, Row
-    from tuneloom.generate.generator import Generation, TokenLogprob
+    from tuneloom.generate.generator import Generation, Prompt, TokenLogprob
     from tuneloom.generate.loading import InferenceModel
 
 MAX_BATCH_ROWS = MAX_INPUTS  # rows decoded together: one request, however many inputs, always fits
@@ -113,7 +113,7 @@ class Job:
     per row: OpenAI's `n` streamed choices are rows of one request)."""
 
     loaded: InferenceModel
-    texts: list[str]
+    texts: list[Prompt]
     params: InferenceParams
     rows: list[Row]
     prompt_tokens: list[int]
@@ -129,14 +129,15 @@ class Job:
     def create(
         cls,
         loaded: InferenceModel,
-        texts: list[str],
+        texts: list[Prompt],
         params: InferenceParams,
         streams: list[TextStream],
         logprobs: int | None = None,
         prompt_logprobs: int | None = None,
     ) -> Job:
         """Render and count the prompts (worker thread); a stream with return_full_text starts with its prompt.
-        With `prompt_logprobs` the texts are the prompts as sent (no template): their own tokens are scored.
+        With `prompt_logprobs` the texts are the prompts as sent (no template): their own tokens are scored; token-id
+        prompts are always as sent (`generator.model_prompt`).
 
         A prompt that leaves no room for max_tokens in the model's context is refused here, before the
         request joins a batch whose other requests it would fail; so is a seed the batch cannot honour,
@@ -144,7 +145,13 @@ class Job:
         Input i samples with seed + i (`InferenceParams.for_input`).
         """
         from tuneloom.generate.continuous import Row, check_seedable, generate_only_reason
-        from tuneloom.generate.generator import check_context, count_prompt_tokens, render_prompt
+        from tuneloom.generate.generator import (
+            check_context,
+            check_token_ids,
+            count_prompt_tokens,
+            model_prompt,
+            prompt_text,
+        )
 
         check_seedable(loaded, params)
         why = generate_only_reason(loaded, params)
@@ -155,13 +162,15 @@ class Job:
                 "reports no log-probabilities; leave logprobs out",
                 key="logprobs",
             )
-        prompts = texts if prompt_logprobs is not None else [render_prompt(loaded, text, params) for text in texts]
+        key = "input" if streams else "inputs"
+        check_token_ids(loaded, texts, key)
+        prompts = texts if prompt_logprobs is not None else [model_prompt(loaded, t, params) for t in texts]
         rows = [Row.rendered(prompt, params.for_input(i), logprobs) for i, prompt in enumerate(prompts)]
         counts = [count_prompt_tokens(loaded, row.prompt) for row in rows]
-        check_context(loaded, counts, params, key="input" if streams else "inputs")
+        check_context(loaded, counts, params, key=key)
         if streams and continuous and params.return_full_text:
             for row, stream in zip(rows, streams, strict=True):
-                stream._put("piece", row.prompt + " ")
+                stream._put("piece", prompt_text(loaded.tokenizer, row.prompt) + " ")
         return cls(loaded, texts, params, rows, counts, continuous, streams, logprobs, prompt_logprobs)
 
     @property
@@ -208,7 +217,7 @@ class Job:
         """Engine thread, before the rows join the batch: the prompts' own tokens scored where they were asked for
         (one forward pass, `logprobs.prompt_logprobs`). False once the job is over: it asked for the prompts only
         (max_tokens 0: nothing is generated, as OpenAI's echo with max_tokens 0), or scoring failed."""
-        from tuneloom.generate.generator import finish_generation
+        from tuneloom.generate.generator import finish_generation, prompt_text
         from tuneloom.generate.logprobs import prompt_logprobs
 
         try:
@@ -216,7 +225,10 @@ class Job:
                 self.scored = prompt_logprobs(self.loaded, [row.prompt for row in self.rows], self.prompt_logprobs)
             if self.params.max_tokens > 0:
                 return True
-            generations = [finish_generation(row.prompt, "", 0, False, row.params) for row in self.rows]
+            generations = [
+                finish_generation(prompt_text(self.loaded.tokenizer, row.prompt), "", 0, False, row.params)
+                for row in self.rows
+            ]
             self.complete([replace(g, logprobs=None if self.logprobs is None else ()) for g in generations])
         except Exception as err:
             self.fail(err)

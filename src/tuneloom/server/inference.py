@@ -31,6 +31,7 @@ from tuneloom.server.engine import Engine, Job, Prediction, TextStream
 from tuneloom.server.limits import refuse_above
 
 if TYPE_CHECKING:
+    from tuneloom.generate.generator import Prompt
     from tuneloom.generate.loading import InferenceModel
     from tuneloom.generate.params import InferenceParams
 
@@ -161,7 +162,7 @@ class Inference:
         self,
         version_id: str,
         path: Path,
-        texts: Sequence[str],
+        texts: Sequence[Prompt],
         params: InferenceParams,
         *,
         logprobs: int | None = None,
@@ -177,7 +178,7 @@ class Inference:
         return await future
 
     async def stream(
-        self, version_id: str, path: Path, text: str, params: InferenceParams, *, logprobs: int | None = None
+        self, version_id: str, path: Path, text: Prompt, params: InferenceParams, *, logprobs: int | None = None
     ) -> TextStream:
         """Start streaming one generation in this version's running batch.
 
@@ -188,7 +189,7 @@ class Inference:
         return handle
 
     async def streams(
-        self, version_id: str, path: Path, text: str, params: InferenceParams, n: int, *, logprobs: int | None = None
+        self, version_id: str, path: Path, text: Prompt, params: InferenceParams, n: int, *, logprobs: int | None = None
     ) -> list[TextStream]:
         """Start streaming `n` generations of `text` (OpenAI's streamed `n` choices): rows of one request, as
         /predict's `n` inputs are, so it is counted as `n` inputs against `--max-batch-tokens`; choice i samples
@@ -203,7 +204,7 @@ class Inference:
         self,
         version_id: str,
         path: Path,
-        texts: list[str],
+        texts: list[Prompt],
         params: InferenceParams,
         streams: list[TextStream],
         logprobs: int | None,

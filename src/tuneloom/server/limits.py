@@ -3,6 +3,9 @@
 - JSON bodies: at most `max_json_bytes` (default 1 MiB) on every route but uploads, which stream to
   disk under their own, larger limit. A declared `Content-Length` over the limit is refused before a
   byte is read; a chunked body is counted as it arrives. The answer is a 413 naming the limit.
+- Upload idle time: an upload that sends nothing for `upload_idle_s` (default 60 s) is dropped with
+  a 408 naming the file and the limit, its `.part` file removed; uvicorn itself waits for a body
+  forever, so a client that stalls after its headers held the request and its file for good.
 - Generations: one key may run at most `max_generations_per_key` at a time (/predict, the SSE
   stream, the OpenAI routes, the evaluation page); the next one is a 429 naming the limit, at once,
   rather than a queue that one client can grow without bound while others wait behind it. On
@@ -30,7 +33,7 @@ import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import HTTPException, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -45,6 +48,9 @@ from tuneloom.server.limit_defaults import (
 from tuneloom.store import generation_slots as generation_slots_store
 from tuneloom.store.db import Database
 
+if TYPE_CHECKING:
+    from tuneloom.generate.generator import Prompt
+
 log = logging.getLogger("tuneloom.server")
 
 UPLOAD_PATH = re.compile(r"^/api/apps/[^/]+/datasets/[^/]+/uploads/?$")
@@ -57,7 +63,7 @@ class LimitExceeded(HTTPException):
     which lets only HTTPExceptions through (anything else becomes a bare 400 "error parsing the body").
     """
 
-    def __init__(self, status: int, code: str, message: str, limit: int, headers: dict[str, str] | None = None):
+    def __init__(self, status: int, code: str, message: str, limit: float, headers: dict[str, str] | None = None):
         super().__init__(status, message, headers)
         self.code = code
         self.limit = limit
@@ -75,6 +81,28 @@ def body_too_large(limit: int) -> LimitExceeded:
 def upload_too_large(limit: int) -> LimitExceeded:
     message = f"upload larger than the {limit:,}-byte limit (--max-upload-mb)"
     return LimitExceeded(413, "UPLOAD_TOO_LARGE", message, limit)
+
+
+def upload_stalled(filename: str, limit: float) -> LimitExceeded:
+    """The 408 for an upload that went silent; `Connection: close`, as the rest of its body may still come."""
+    message = (
+        f"the upload of '{filename}' sent nothing for {limit:g} s, the limit between parts of an upload "
+        "(--upload-idle-seconds): it was dropped and nothing was stored; send it again"
+    )
+    return LimitExceeded(408, "UPLOAD_STALLED", message, limit, {"Connection": "close"})
+
+
+async def body_chunks(request: Request, idle_s: float, filename: str) -> AsyncIterator[bytes]:
+    """The request body as it arrives; `upload_stalled` when nothing arrives for `idle_s` seconds."""
+    chunks = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(chunks), idle_s)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise upload_stalled(filename, idle_s) from None
+        yield chunk
 
 
 class BodySizeLimit:
@@ -270,7 +298,7 @@ def cap_max_tokens(params: InferenceParams, limit: int, *, asked: bool, key: str
 
 
 def check_batch_tokens(
-    loaded: Any, texts: Sequence[str], params: InferenceParams, limit: int, *, as_sent: bool = False
+    loaded: Any, texts: Sequence[Prompt], params: InferenceParams, limit: int, *, as_sent: bool = False
 ) -> None:
     """Refuse a request whose inputs × (longest prompt + max_tokens) exceeds `limit` (blocking: tokenizes).
 
@@ -278,9 +306,9 @@ def check_batch_tokens(
     version's `tokenizer` and `prompt_format`. `as_sent`: the texts are the prompts themselves (a
     completion's echo with logprobs), counted without the prompt format they will not get.
     """
-    from tuneloom.generate.generator import count_prompt_tokens, render_prompt
+    from tuneloom.generate.generator import count_prompt_tokens, model_prompt
 
-    prompts = texts if as_sent else [render_prompt(loaded, text, params) for text in texts]
+    prompts = texts if as_sent else [model_prompt(loaded, text, params) for text in texts]
     longest = max(count_prompt_tokens(loaded, prompt) for prompt in prompts)
     refuse_above(limit, len(texts), longest, params.max_tokens, params.num_beams)
 

@@ -101,6 +101,8 @@ def completion_refusals(body: CompletionRequest) -> Iterator[tuple[str, str]]:
         yield "max_tokens", "0 generates nothing: it is only accepted with echo: true (the prompt alone is returned)"
     if body.logprobs is not None and body.echo and body.stream:
         yield "stream", "with echo and logprobs is not supported (the prompt's log-probabilities come unstreamed)"
+    if body.echo and body.stream and not isinstance(body.prompt, str):
+        yield "stream", "with echo takes the prompt as text (a token-id prompt is echoed only unstreamed)"
     if body.best_of is not None and body.best_of != (body.n or 1):
         yield "best_of", "other than n is not supported: this server returns every answer it makes, unranked; send n"
     if body.suffix:

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from tuneloom.errors import TuneloomError, error_from_dict
-from tuneloom.generate.generator import Generation, TokenLogprob
+from tuneloom.generate.generator import Generation, Prompt, TokenLogprob
 from tuneloom.generate.params import InferenceParams
 from tuneloom.server.backends import start_each
 from tuneloom.server.engine import Prediction
@@ -114,7 +114,7 @@ class RemoteInference:
         self,
         version_id: str,
         path: Path,
-        texts: Sequence[str],
+        texts: Sequence[Prompt],
         params: InferenceParams,
         *,
         logprobs: int | None = None,
@@ -132,7 +132,7 @@ class RemoteInference:
         raise await self._none_answered()
 
     async def stream(
-        self, version_id: str, path: Path, text: str, params: InferenceParams, *, logprobs: int | None = None
+        self, version_id: str, path: Path, text: Prompt, params: InferenceParams, *, logprobs: int | None = None
     ) -> RemoteStream:
         """Start the stream on a node; its refusals (before the first piece) raise here."""
         body = _request_body(version_id, [text], params, logprobs=logprobs)
@@ -153,7 +153,7 @@ class RemoteInference:
         raise await self._none_answered()
 
     async def streams(
-        self, version_id: str, path: Path, text: str, params: InferenceParams, n: int, *, logprobs: int | None = None
+        self, version_id: str, path: Path, text: Prompt, params: InferenceParams, n: int, *, logprobs: int | None = None
     ) -> list[RemoteStream]:
         """`n` streams of `text`, choice i with seed + i: one node stream each (a node counts each against its own
         `--max-batch-tokens`); one refused, the others started are closed."""
@@ -193,7 +193,9 @@ class RemoteInference:
         return GenerationNodeUnavailable(f"no generation node answered (tried {urls}); try again shortly")
 
 
-def _request_body(version_id: str, texts: list[str], params: InferenceParams, **logprobs: int | None) -> dict[str, Any]:
+def _request_body(
+    version_id: str, texts: list[Prompt], params: InferenceParams, **logprobs: int | None
+) -> dict[str, Any]:
     """What a node's /internal/generation routes take (`routes.nodes.NodeRequest`); unasked log-probabilities are
     left out, so that a node of an older tuneloom is asked nothing it does not know."""
     asked = {name: n for name, n in logprobs.items() if n is not None}

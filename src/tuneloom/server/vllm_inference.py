@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloom.errors import ModelUnavailableError, SettingsError
-from tuneloom.generate.generator import render_prompt
+from tuneloom.generate.generator import Prompt, model_prompt, prompt_text
 from tuneloom.generate.params import InferenceParams
 from tuneloom.generate.vllm_engine import (
     EngineConfig,
@@ -139,7 +139,7 @@ class VllmInference:
         self,
         version_id: str,
         path: Path,
-        texts: Sequence[str],
+        texts: Sequence[Prompt],
         params: InferenceParams,
         *,
         logprobs: int | None = None,
@@ -153,7 +153,7 @@ class VllmInference:
         # Refused parameters fail before any work; input i samples with seed + i, as on transformers.
         asked = {"logprobs": logprobs, "prompt_logprobs": prompt_logprobs}
         requests = [sampling_params(params.for_input(i), eos, stream=False, **asked) for i in range(len(texts))]
-        prompts = list(texts) if as_sent else [render_prompt(version, t, params) for t in texts]
+        prompts = list(texts) if as_sent else [model_prompt(version, t, params) for t in texts]
         entry = await self._acquire(version.plan)
         try:
             assert entry.engine is not None
@@ -168,14 +168,14 @@ class VllmInference:
         return [r for r in results if isinstance(r, Prediction)]
 
     async def stream(
-        self, version_id: str, path: Path, text: str, params: InferenceParams, *, logprobs: int | None = None
+        self, version_id: str, path: Path, text: Prompt, params: InferenceParams, *, logprobs: int | None = None
     ) -> TextStream:
         """Start one streamed generation; errors before the first token raise here, later ones in the stream."""
         (handle,) = await self.streams(version_id, path, text, params, 1, logprobs=logprobs)
         return handle
 
     async def streams(
-        self, version_id: str, path: Path, text: str, params: InferenceParams, n: int, *, logprobs: int | None = None
+        self, version_id: str, path: Path, text: Prompt, params: InferenceParams, n: int, *, logprobs: int | None = None
     ) -> list[VllmStream]:
         """`n` streamed generations of `text`, counted as `n` inputs; choice i samples with seed + i."""
         refuse_logprobs(logprobs, "vllm")
@@ -183,20 +183,21 @@ class VllmInference:
         eos = version.tokenizer.eos_token_id
         # refused parameters fail before any stream starts
         requests = [sampling_params(params.for_input(i), eos, stream=True) for i in range(n)]
-        prompt = render_prompt(version, text, params)
+        prompt = model_prompt(version, text, params)
 
         async def start(request: Any) -> VllmStream:
             entry = await self._acquire(version.plan)
             assert entry.engine is not None
             outputs = _generate(entry.engine, prompt, request, version.lora)
             handle = VllmStream(asyncio.get_running_loop())
-            handle.start(outputs, prompt, params, lambda: self._later(self._release(entry)))
+            shown = prompt_text(version.tokenizer, prompt)
+            handle.start(outputs, shown, params, lambda: self._later(self._release(entry)))
             return handle
 
         return await start_each(start(request) for request in requests)
 
     async def _admitted(
-        self, version_id: str, path: Path, texts: Sequence[str], params: InferenceParams, *, as_sent: bool = False
+        self, version_id: str, path: Path, texts: Sequence[Prompt], params: InferenceParams, *, as_sent: bool = False
     ) -> VllmVersion:
         """The version's serving plan and tokenizer, once the request is within `--max-batch-tokens` (`as_sent`: the
         texts are the prompts, without the prompt format)."""
@@ -209,7 +210,7 @@ class VllmInference:
         self,
         engine: Any,
         version: VllmVersion,
-        prompt: str,
+        prompt: Prompt,
         params: InferenceParams,
         request: Any,
         asked: dict[str, int | None],
@@ -273,11 +274,13 @@ class VllmInference:
         task.add_done_callback(self._tasks.discard)
 
 
-async def _generate(engine: Any, prompt: str, request: Any, lora: Any | None) -> AsyncGenerator[Any, None]:
-    """One request's outputs; a request vLLM refuses (a prompt longer than the model allows…) is a 422."""
+async def _generate(engine: Any, prompt: Prompt, request: Any, lora: Any | None) -> AsyncGenerator[Any, None]:
+    """One request's outputs; a request vLLM refuses (a prompt longer than the model allows…) is a 422. Token ids go
+    as vLLM's `TokensPrompt` (a dict), read as they are."""
     request_id = f"tuneloom-{uuid.uuid4().hex}"
+    sent: Any = {"prompt_token_ids": list(prompt)} if isinstance(prompt, tuple) else prompt
     try:
-        async for output in engine.generate(prompt, request, request_id, lora_request=lora):
+        async for output in engine.generate(sent, request, request_id, lora_request=lora):
             yield output
     except request_errors() as err:
         raise SettingsError(f"vLLM refused the request: {err}", key="inputs") from err

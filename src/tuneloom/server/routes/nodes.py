@@ -10,7 +10,7 @@ max_tokens cap, `--max-batch-tokens`), so a node's limits hold whoever sends to 
 from __future__ import annotations
 
 import hmac
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import StreamingResponse
@@ -36,6 +36,9 @@ from tuneloom.server.routes.predict import (
 from tuneloom.store import registry
 from tuneloom.store.models import ModelVersion
 
+if TYPE_CHECKING:
+    from tuneloom.generate.generator import Prompt
+
 
 def node_token(request: Request, ctx: Annotated[ServerContext, Depends(context)]) -> None:
     expected = ctx.node_token
@@ -52,10 +55,13 @@ Context = Annotated[ServerContext, Depends(context)]
 
 class NodeRequest(BaseModel):
     version_id: str = Field(max_length=128)
-    inputs: list[str]
+    inputs: list[str | list[int]]  # texts, or token-id prompts (OpenAI's, relayed as sent)
     inference_params: dict[str, Any] = Field(default_factory=dict)  # max_tokens may be 0: the relaying server decided
     logprobs: int | None = Field(None, ge=0, le=20)  # as the service takes them (`GenerationService.predict`)
     prompt_logprobs: int | None = Field(None, ge=0, le=20)  # predict only
+
+    def prompts(self) -> list[Prompt]:
+        return [text if isinstance(text, str) else tuple(text) for text in self.inputs]
 
 
 @router.post("/predict")
@@ -64,7 +70,7 @@ async def predict_for_a_server(body: NodeRequest, ctx: Context, service: Service
     predictions = await service.predict(
         version.id,
         version_dir(ctx, version),
-        body.inputs,
+        body.prompts(),
         params,
         logprobs=body.logprobs,
         prompt_logprobs=body.prompt_logprobs,
@@ -77,7 +83,8 @@ async def stream_for_a_server(body: NodeRequest, ctx: Context, service: Service)
     """The same server-sent events as /generate (each piece with its tokens' log-probabilities, where asked for);
     closing the connection ends the generation."""
     version, params = await _admitted(body, ctx, service)
-    pieces = await service.stream(version.id, version_dir(ctx, version), body.inputs[0], params, logprobs=body.logprobs)
+    path = version_dir(ctx, version)
+    pieces = await service.stream(version.id, path, body.prompts()[0], params, logprobs=body.logprobs)
     return StreamingResponse(
         events(pieces, version.id, logprobs=body.logprobs is not None),
         media_type="text/event-stream",
@@ -88,7 +95,7 @@ async def stream_for_a_server(body: NodeRequest, ctx: Context, service: Service)
 
 async def _admitted(body: NodeRequest, ctx: ServerContext, service: Service) -> tuple[ModelVersion, InferenceParams]:
     """The request checked as this node checks its own: inputs, parameters, a trained version, batch size."""
-    check_inputs(body.inputs)
+    check_inputs(body.prompts())
     params = request_params(ctx, body.inference_params, prompt_only=True)
     version = await run_in_threadpool(registry.get_model_version_by_id, ctx.db, body.version_id)
     await admit(ctx, service, check_trained(version))

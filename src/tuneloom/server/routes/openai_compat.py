@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -66,6 +66,9 @@ from tuneloom.server.schemas.openai import (
 from tuneloom.server.validation import as_sent, field_of, message_of
 from tuneloom.store.db import Database
 from tuneloom.store.models import ApiKey, Model, ModelVersion, TrainingStatus
+
+if TYPE_CHECKING:
+    from tuneloom.generate.generator import Generation, Prompt
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -186,8 +189,8 @@ async def completions(
     """With `echo` and `logprobs`, each prompt is scored as sent (no template: its tokens are those of the echoed
     text) and its completion continues it; `max_tokens: 0` then returns the prompt's log-probabilities alone."""
     check_supported(body)
-    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-    check_inputs(prompts, key="prompt", listed=not isinstance(body.prompt, str))
+    prompts = body.prompts()
+    check_inputs(prompts, key="prompt", listed=not body.single_prompt)
     n = choices_per_prompt(body, len(prompts))
     params = inference_params(body, body.max_tokens, ctx.max_tokens_limit)
     logprobs = requested_logprobs(body)
@@ -201,13 +204,13 @@ async def completions(
             raise SettingsError("streaming takes one prompt", key="prompt")
         started = stream_in_slot(service, slots, key, version, path, prompts[0], params, n=n, logprobs=logprobs)
         streams, done = await named(started, "prompt")
-        echoed = prompts[0] if body.echo else ""
+        echoed = prompts[0] if body.echo and isinstance(prompts[0], str) else ""
         return streaming(completion_chunks(streams, head, _with_usage(body), echoed, logprobs is not None), done)
     texts = [prompt for prompt in prompts for _ in range(n)]  # OpenAI's order: each prompt's n choices together
     async with slots.hold(key.id):
         predicted = service.predict(version.id, path, texts, params, logprobs=logprobs, prompt_logprobs=prompt_logprobs)
         predictions = await unless_disconnected(request, named(predicted, "prompt"))
-    echoes = texts if body.echo else [""] * len(texts)
+    echoes = [_echoed(text, p.generation) if body.echo else "" for text, p in zip(texts, predictions, strict=True)]
     choices = [
         CompletionChoice(
             index=i,
@@ -254,6 +257,11 @@ async def chat_completions(
         for i, g in enumerate(p.generation for p in predictions)
     ]
     return ChatCompletion(**head, choices=choices, usage=_usage_of(predictions, n))
+
+
+def _echoed(prompt: Prompt, generation: Generation) -> str:
+    """What `echo` puts before a completion: the prompt as sent; token ids as they decode (`generator.prompt_text`)."""
+    return prompt if isinstance(prompt, str) else generation.prompt
 
 
 def _usage_of(predictions: list[Prediction], n: int) -> Usage:

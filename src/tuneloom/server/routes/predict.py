@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import StreamingResponse
@@ -32,6 +32,9 @@ from tuneloom.server.schemas.inference import MAX_INPUT_CHARS
 from tuneloom.server.schemas.openai import finish_reason
 from tuneloom.store import registry
 from tuneloom.store.models import ApiKey, ModelVersion, TrainingStatus
+
+if TYPE_CHECKING:
+    from tuneloom.generate.generator import Prompt
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/apps/{app_id}/models/{model_id}", tags=["predictions"])
@@ -101,8 +104,9 @@ def request_params(ctx: ServerContext, given: dict[str, Any], *, prompt_only: bo
     return cap_max_tokens(params, ctx.max_tokens_limit, asked=asked, key=f"inference_params.{sent}")
 
 
-def check_inputs(inputs: list[str], key: str = "inputs", *, listed: bool = True) -> None:
-    """1 to MAX_INPUTS texts, none too long and none blank; `listed`: name a text by its index (`inputs.2`).
+def check_inputs(inputs: Sequence[Prompt], key: str = "inputs", *, listed: bool = True) -> None:
+    """1 to MAX_INPUTS texts (or token-id prompts), none too long and none blank; `listed`: name a text by its index
+    (`inputs.2`).
 
     An empty or whitespace-only text would generate from the bare prompt template: an answer to
     nothing, returned as if to the question.
@@ -111,8 +115,10 @@ def check_inputs(inputs: list[str], key: str = "inputs", *, listed: bool = True)
         raise SettingsError(f"'{key}' must hold 1 to {MAX_INPUTS} texts, got {len(inputs)}", key=key)
     longest = max(len(text) for text in inputs)
     if longest > MAX_INPUT_CHARS:
-        raise SettingsError(f"'{key}': a text may be at most {MAX_INPUT_CHARS:,} characters", key=key)
-    blank = next((index for index, text in enumerate(inputs) if not text.strip()), None)
+        raise SettingsError(f"'{key}': a text may be at most {MAX_INPUT_CHARS:,} characters (or token ids)", key=key)
+    blank = next(
+        (index for index, text in enumerate(inputs) if not (text.strip() if isinstance(text, str) else text)), None
+    )
     if blank is not None:
         where = f"{key}.{blank}" if listed else key
         raise SettingsError(f"'{where}' is empty or only whitespace: give a text to generate from", key=where)
@@ -199,7 +205,7 @@ async def stream_in_slot(
     key: ApiKey,
     version: ModelVersion,
     path: Path,
-    text: str,
+    text: Prompt,
     params: Any,
     *,
     n: int = 1,

@@ -9,12 +9,15 @@ them would change what the answer holds (tools, logit_bias, …). Any other fiel
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from tuneloom.server.validation import json_kind
+
+if TYPE_CHECKING:
+    from tuneloom.generate.generator import Prompt
 
 FinishReason = Literal["stop", "length"]
 
@@ -58,7 +61,7 @@ class SamplingRequest(BaseModel):
 
 
 class CompletionRequest(SamplingRequest):
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int] | list[list[int]]  # a text, texts, one prompt's token ids, or several's
     max_tokens: int | None = 16  # OpenAI's default for completions
     logprobs: int | None = Field(None, ge=0, le=5)  # each token's, and this many alternatives' (OpenAI's limit)
     echo: bool | None = None
@@ -67,11 +70,37 @@ class CompletionRequest(SamplingRequest):
 
     @field_validator("prompt", mode="before")
     @classmethod
-    def text_prompts_only(cls, prompt: Any) -> Any:
-        """OpenAI also takes token ids; said so, where pydantic would say only "Input should be a valid string"."""
-        if isinstance(prompt, list) and any(type(item) in (int, list) for item in prompt):
-            raise PydanticCustomError("prompt_text", "token-id prompts are not supported; send the prompt as text")
-        return prompt
+    def texts_or_token_ids(cls, prompt: Any) -> Any:
+        """One error that says what a prompt may be, where pydantic would list each member of the union's failure;
+        a boolean or a float is not a token id (pydantic's lax mode would read `true` as 1)."""
+        if not isinstance(prompt, list) or all(isinstance(item, str) for item in prompt):
+            return prompt
+        if all(_is_token_id(item) for item in prompt) or all(
+            isinstance(item, list) and all(_is_token_id(i) for i in item) for item in prompt
+        ):
+            return prompt
+        raise PydanticCustomError(
+            "prompt_kind",
+            "a prompt is a text, a list of texts, a list of token ids (integers), or a list of such lists; "
+            "not a mix of them",
+        )
+
+    def prompts(self) -> list[Prompt]:
+        """The request's prompts, each a text or a tuple of token ids (`generator.Prompt`)."""
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        if self.prompt and isinstance(self.prompt[0], int):
+            return [tuple(cast(list[int], self.prompt))]
+        return [p if isinstance(p, str) else tuple(p) for p in cast(list[str | list[int]], self.prompt)]
+
+    @property
+    def single_prompt(self) -> bool:
+        """Whether `prompt` is one prompt (a text, or one list of token ids): errors name `prompt`, not `prompt.i`."""
+        return isinstance(self.prompt, str) or bool(self.prompt and isinstance(self.prompt[0], int))
+
+
+def _is_token_id(item: Any) -> bool:
+    return type(item) is int
 
 
 CHAT_CONTENT = 'a string, or a list of {"type": "text", "text": "…"} parts (images and other parts are not supported)'
