@@ -218,6 +218,16 @@ def test_reading_commands_on_a_data_dir_without_a_database(
     assert not missing.exists()
 
 
+def test_revoking_an_unknown_key_is_reported_as_every_error_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It printed `Error: key 'nosuchkey' not found`, unlike every other command's `error (CODE): …`."""
+    data_dir = str(tmp_path / "data")
+    assert in_process(capsys, "keys", "create", "--data-dir", data_dir)[0] == 0
+    code, err = in_process(capsys, "keys", "revoke", "nosuchkey", "--data-dir", data_dir)
+    assert code == 1 and err.strip() == "error (NOT_FOUND): key 'nosuchkey' not found", err
+
+
 def test_generate_from_an_empty_stdin(tmp_path: Path) -> None:
     """`producer | tuneloom generate RUN` where the producer printed nothing generated from an empty prompt."""
     command = [sys.executable, "-m", "tuneloom.cli", "generate", "tiny-random"]

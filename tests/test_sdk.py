@@ -78,19 +78,19 @@ def test_datasets_and_versions_through_handles(flow: Flow) -> None:
     assert len(list(scratch.list_inputs())) == 46
     ready = scratch.create_version()
     assert scratch.delete_inputs() == 46
-    empty = scratch.create_version()
-    assert empty.state == "FAILURE" and empty.message
+    with pytest.raises(TuneloomAPIError) as empty:  # was a FAILURE version, made of nothing
+        scratch.create_version()
+    assert (empty.value.status, empty.value.code) == (409, "EMPTY_DATASET") and "upload" in empty.value.message
     scratch.delete_version(ready)
-    scratch.delete_version(empty.id)
     assert scratch.list_versions() == []
     with pytest.raises(TuneloomAPIError) as gone:
         scratch.delete_version(ready)
-    assert gone.value.status == 404 and ready.id in gone.value.message
+    assert gone.value.status == 404 and ready.id in gone.value.message and gone.value.key == "version_id"
     assert {d.id for d in flow.app.list_datasets()} == {"sentiment", "scratch"}
     flow.app.delete_dataset("scratch")
     with pytest.raises(TuneloomAPIError) as missing:
         flow.app.get_dataset("scratch")
-    assert missing.value.status == 404
+    assert missing.value.status == 404 and missing.value.key == "dataset_id"
 
 
 def test_params_and_templates(flow: Flow) -> None:

@@ -56,3 +56,30 @@ def test_every_refusal_has_the_same_error_shape(server: tuple[str, Path]) -> Non
     assert unknown.status_code == 404 and unknown.json() == {"code": "NOT_FOUND", "message": "Not Found"}
     wrong_method = httpx.put(f"{url}/api/apps", headers=headers)
     assert wrong_method.status_code == 405 and wrong_method.json()["code"] == "METHOD_NOT_ALLOWED"
+
+
+def test_a_lookup_under_a_missing_app_names_the_app_and_every_404_its_key(server: tuple[str, Path]) -> None:
+    """`model 'router' not found in app 'nosuchapp'` sent users looking for the model; version 404s named no key."""
+    url, data_dir = server
+    admin = {"Authorization": f"Key {api_key(data_dir)}"}
+    for app_id in ("keyed", "elsewhere"):
+        assert httpx.post(f"{url}/api/apps", json={"id": app_id}, headers=admin).status_code == 201
+    assert httpx.post(f"{url}/api/apps/keyed/models", json={"id": "router"}, headers=admin).status_code == 201
+    assert httpx.post(f"{url}/api/apps/keyed/datasets", json={"id": "tickets"}, headers=admin).status_code == 201
+    scoped = {"Authorization": f"Key {api_key(data_dir, '--app', 'keyed')}"}
+    children = ["models/router", "models/router/versions/nope", "datasets/tickets", "datasets/tickets/versions/nope"]
+    for child in children:
+        missing = httpx.get(f"{url}/api/apps/nosuchapp/{child}", headers=admin)
+        expected = {"code": "NOT_FOUND", "message": "app 'nosuchapp' not found", "details": {"key": "app_id"}}
+        assert missing.status_code == 404 and missing.json() == expected, (child, missing.text)
+        hidden = httpx.get(f"{url}/api/apps/elsewhere/{child}", headers=scoped)  # exists, not for this key
+        alike = {**expected, "message": "app 'elsewhere' not found"}  # no hint that it exists
+        assert hidden.status_code == 404 and hidden.json() == alike, (child, hidden.text)
+    keys = {"models/nope": "model_id", "datasets/nope": "dataset_id"}
+    keys |= {"models/router/versions/nope": "version_id", "datasets/tickets/versions/nope": "version_id"}
+    for child, key in keys.items():
+        answer = httpx.get(f"{url}/api/apps/keyed/{child}", headers=scoped)
+        assert answer.status_code == 404 and answer.json()["details"] == {"key": key}, (child, answer.text)
+    train = {"dataset_version_id": "nope", "template": "tiny-random"}
+    queued = httpx.post(f"{url}/api/apps/keyed/models/router/versions", json=train, headers=scoped)
+    assert queued.status_code == 404 and queued.json()["details"] == {"key": "dataset_version_id"}, queued.text

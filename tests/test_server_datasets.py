@@ -72,12 +72,19 @@ def test_versions_are_immutable_snapshots(app_url: tuple[str, dict[str, str], Pa
     assert unknown.status_code == 422 and unknown.json()["details"]["key"] == "template"
 
 
-def test_empty_dataset_version_fails_with_a_reason(app_url: tuple[str, dict[str, str], Path]) -> None:
+def test_versioning_an_empty_dataset_is_refused_and_makes_no_version(
+    app_url: tuple[str, dict[str, str], Path],
+) -> None:
+    """It answered 201 with a FAILURE version: nothing was versioned, and the user was not told what to do."""
     base, headers, _ = app_url
     url = base.rsplit("/", 1)[0]
     assert httpx.post(url, json={"id": "empty"}, headers=headers).status_code == 201
-    version = httpx.post(f"{url}/empty/versions", headers=headers).json()
-    assert version["state"] == "FAILURE" and "no inputs" in version["message"]
+    refused = httpx.post(f"{url}/empty/versions", headers=headers)
+    body = refused.json()
+    assert refused.status_code == 409 and body["code"] == "EMPTY_DATASET", body
+    assert "dataset 'empty' has no inputs to version" in body["message"], body
+    assert "upload a file to it first (POST /api/apps/shop/datasets/empty/uploads" in body["message"], body
+    assert httpx.get(f"{url}/empty/versions", headers=headers).json() == []
 
 
 def test_another_apps_key_sees_nothing(server: tuple[str, Path], app_url: tuple[str, dict[str, str], Path]) -> None:

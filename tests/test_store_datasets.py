@@ -69,6 +69,7 @@ def test_paging_is_stable_across_deletes(db: Database, ds: str) -> None:
 
 def test_versions_made_in_the_same_microsecond_page_once_each_newest_first(db: Database, ds: str) -> None:
     """The cursor is (created_at, id): versions a clock stamped alike are ordered by id, none skipped or repeated."""
+    _upload(db, examples(1))
     made = [dataset_versions.create_version(db, "a", ds).id for _ in range(7)]
     with db.write() as session:
         session.execute(update(DatasetVersion).values(created_at=datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)))
@@ -143,8 +144,16 @@ def test_snapshot_is_immutable(db: Database, ds: str, artifacts: Artifacts) -> N
     assert dataset_versions.get_version_by_id(db, version.id).content_hash == version.content_hash
 
 
-def test_empty_dataset_version_fails_with_a_message(db: Database, ds: str, artifacts: Artifacts) -> None:
-    version = _version(db, artifacts)
+def test_an_empty_dataset_is_refused_and_one_emptied_before_its_build_fails_it(
+    db: Database, ds: str, artifacts: Artifacts
+) -> None:
+    with pytest.raises(ConflictError, match="has no inputs to version") as refused:
+        dataset_versions.create_version(db, "a", ds)
+    assert refused.value.code == "EMPTY_DATASET" and dataset_versions.list_versions(db, "a", ds).items == []
+    _upload(db, examples(2))
+    pending = dataset_versions.create_version(db, "a", ds)
+    datasets.delete_inputs(db, "a", ds)  # emptied between the request's check and its build
+    version = dataset_versions.build_version(db, artifacts, pending.id)
     assert version.state == DatasetVersionState.FAILURE
     assert version.message == "the dataset has no inputs to version"
     assert not list((artifacts.root / "dataset-versions").glob("*"))

@@ -86,7 +86,7 @@ def test_dataset_page_takes_one_upload_at_a_time_wraps_long_names_and_keeps_keyb
     datasets = f"{url}/api/apps/edges/datasets"
     assert httpx.post(datasets, json={"id": LONG_ID}, headers=headers).status_code == 201
     page = browser_page
-    errors = watch_errors(page, expected_statuses=(413,))
+    errors = watch_errors(page, expected_statuses=(413, 409))
     signed_in(page, edges.key)
     page.goto(f"{url}/#/apps/edges/datasets/{LONG_ID}")
     expect(page.get_by_test_id("create-version")).to_be_visible()
@@ -96,6 +96,11 @@ def test_dataset_page_takes_one_upload_at_a_time_wraps_long_names_and_keeps_keyb
     page.keyboard.press("Enter")
     expect(page.locator("#main")).to_be_focused()
     assert page.url.endswith(f"#/apps/edges/datasets/{LONG_ID}")
+
+    # Nothing uploaded yet: "Create version" says so and how to upload, and makes no FAILURE version.
+    page.get_by_test_id("create-version").click()
+    expect(page.get_by_test_id("create-version-error")).to_contain_text(f"dataset '{LONG_ID}' has no inputs")
+    expect(page.get_by_test_id("create-version-error")).to_contain_text("upload a file to it first")
 
     # While a file uploads, a second drop adds nothing: every upload appends its rows to the dataset.
     held: list[Route] = []

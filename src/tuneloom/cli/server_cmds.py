@@ -263,15 +263,13 @@ def _list_keys(ctx: Any, args: argparse.Namespace) -> int:
 
 
 def _revoke_key(ctx: Any, args: argparse.Namespace) -> int:
-    """Revoke by id or by the key itself; the server refuses it from its next request on (no restart)."""
-    from tuneloom.errors import TuneloomError
+    """Revoke by id or by the key itself; the server refuses it from its next request on (no restart).
+
+    An unknown key's NotFoundError goes up to `cli.main`, printed as every command's errors are.
+    """
     from tuneloom.store.keys import key_id_of, revoke_key
 
     key_id = key_id_of(args.key) or args.key
-    try:
-        record = revoke_key(ctx.db, key_id)
-    except TuneloomError as err:
-        console_err.print(f"Error: {err.message}")
-        return 1
+    record = revoke_key(ctx.db, key_id)
     console_err.print(f"Key {record.prefix}… (id {record.id}) is revoked; requests with it now get 401.")
     return 0

@@ -158,7 +158,10 @@ class Dataset:
         return int(self._t.request("POST", f"{self.path}/inputs/delete", json={"seqs": seqs})["deleted"])
 
     def create_version(self) -> DatasetVersion:
-        """Snapshot the current inputs; check `.state` (READY, or FAILURE with `.message`)."""
+        """Snapshot the current inputs; check `.state` (READY, or FAILURE with `.message`).
+
+        A dataset with no inputs raises `TuneloomAPIError` 409 `EMPTY_DATASET` (upload a file first).
+        """
         return build(DatasetVersion, self._t.request("POST", f"{self.path}/versions"))
 
     def list_versions(self, limit: int | None = None, *, page_size: int = PAGE_SIZE) -> list[DatasetVersion]:

@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 
 from tuneloom.server.context import ServerContext
+from tuneloom.store.apps import app_not_found
 from tuneloom.store.keys import authenticate
 from tuneloom.store.models import ApiKey
 
@@ -40,7 +41,7 @@ def require_admin(key: Annotated[ApiKey, Depends(api_key)]) -> ApiKey:
 
 
 def require_app(app_id: str, key: Annotated[ApiKey, Depends(api_key)]) -> str:
-    """The app id of the path, if this key may use it (404 otherwise, never a hint that it exists)."""
+    """The app id of the path, if this key may use it (otherwise the missing app's very 404: no hint that it exists)."""
     if key.app_id is not None and key.app_id != app_id:
-        raise HTTPException(404, f"app '{app_id}' not found")
+        raise app_not_found(app_id)
     return app_id

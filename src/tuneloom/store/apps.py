@@ -12,8 +12,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tuneloom.store.artifacts import kept_upload, model_version_files
-from tuneloom.store.db import Database, fetch
-from tuneloom.store.ids import ConflictError, check_id, new_id
+from tuneloom.store.db import Database
+from tuneloom.store.ids import ConflictError, NotFoundError, check_id, new_id
 from tuneloom.store.models import App, Dataset, DatasetVersion, Model, ModelVersion, Upload
 
 
@@ -32,7 +32,7 @@ def add_under_app(db: Database, child: Dataset | Model, what: str) -> None:
     """Insert a dataset or model: 404 when its app is missing, 409 when its id is taken in that app."""
     try:
         with db.write() as session:
-            fetch(session, App, child.app_id, "app")
+            find_app(session, child.app_id)
             session.add(child)
     except IntegrityError:
         raise ConflictError(f"{what} '{child.id}' already exists", details={"key": f"{what}_id"}) from None
@@ -40,7 +40,33 @@ def add_under_app(db: Database, child: Dataset | Model, what: str) -> None:
 
 def get_app(db: Database, app_id: str) -> App:
     with db.read() as session:
-        return fetch(session, App, app_id, "app")
+        return find_app(session, app_id)
+
+
+def find_app(session: Session, app_id: str, *, lock: bool = False) -> App:
+    """The app, or its 404 (`app_not_found`)."""
+    app = session.get(App, check_id(app_id, "app id"), with_for_update=lock)
+    if app is None:
+        raise app_not_found(app_id)
+    return app
+
+
+def app_not_found(app_id: str) -> NotFoundError:
+    """The one 404 for an app that is missing or hidden from the key: the two must read alike.
+
+    `details.key` names `app_id`, the path parameter of every app-scoped route.
+    """
+    return NotFoundError(f"app '{app_id}' not found", details={"key": "app_id"})
+
+
+def not_found_in_app(session: Session, app_id: str, what: str, child_id: str) -> NotFoundError:
+    """The 404 for a model or dataset (`what`) missing from an app; the app's own 404 when the app is missing.
+
+    Blaming the child sent a user who mistyped the app id looking for a model that was there all along.
+    `details.key` names the path parameter (`model_id`, `dataset_id`).
+    """
+    find_app(session, app_id)
+    return NotFoundError(f"{what} '{child_id}' not found in app '{app_id}'", details={"key": f"{what}_id"})
 
 
 def list_apps(db: Database, app_ids: list[str] | None = None) -> list[App]:
@@ -55,7 +81,7 @@ def list_apps(db: Database, app_ids: list[str] | None = None) -> list[App]:
 def delete_app(db: Database, app_id: str) -> list[str]:
     """Delete the app and everything under it; returns the artifact paths the caller should remove."""
     with db.write() as session:
-        app = fetch(session, App, app_id, "app", lock=True)
+        app = find_app(session, app_id, lock=True)
         _lock_models_then_datasets(session, app_id)
         paths = _artifact_paths(session, app_id)
         session.delete(app)

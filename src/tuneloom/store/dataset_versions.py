@@ -1,10 +1,10 @@
 """Dataset versions: immutable, content-hashed snapshots of a dataset's inputs, written as JSONL files.
 
-`create_version` records a PENDING version; `build_version` (run by the server right away or in
-the background for big datasets) copies the inputs, in `seq` order and from one consistent read,
-into `dataset-versions/<id>.jsonl`, and marks it READY with its hash and stats — or FAILURE with
-a message. The file is written to a temporary name and renamed, then made read-only (and
-published to the shared artifact store, when there is one, before it is READY); a READY
+`create_version` records a PENDING version (a dataset with no inputs is refused); `build_version`
+(run by the server right away or in the background for big datasets) copies the inputs, in `seq`
+order and from one consistent read, into `dataset-versions/<id>.jsonl`, and marks it READY with its
+hash and stats — or FAILURE with a message. The file is written to a temporary name and renamed,
+then made read-only (and published to the shared artifact store, when there is one, before it is READY); a READY
 row refuses any change (an ORM guard in `models`), so a training run always sees exactly what was versioned.
 
 Several servers may share the database and data dir, so a build is owned: claiming it records its
@@ -30,7 +30,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from tuneloom.data.types import Example
@@ -40,7 +40,7 @@ from tuneloom.store.builders import THIS_PROCESS
 from tuneloom.store.datasets import find_dataset, iter_examples
 from tuneloom.store.db import Database
 from tuneloom.store.ids import ConflictError, NotFoundError, check_id, new_id
-from tuneloom.store.models import DatasetVersion, ModelVersion, utcnow
+from tuneloom.store.models import DatasetVersion, Input, ModelVersion, utcnow
 from tuneloom.store.models import DatasetVersionState as State
 from tuneloom.store.paging import DEFAULT_PAGE, Page, newest_first
 from tuneloom.store.registry import refuse_while_a_run_needs
@@ -63,8 +63,20 @@ def content_hash(pairs: Iterable[tuple[str, str]]) -> str:
 
 
 def create_version(db: Database, app_id: str, dataset_id: str) -> DatasetVersion:
+    """A PENDING version for `build_version`; a dataset with no inputs is refused (409 `EMPTY_DATASET`).
+
+    Refused up front rather than built into a FAILURE row: with nothing to snapshot there is no version
+    to keep, and the user needs to know what to do. (Inputs deleted after this still fail the build.)
+    """
     with db.write() as session:
         dataset = find_dataset(session, app_id, dataset_id)
+        if session.scalar(select(Input.seq).where(Input.dataset_pk == dataset.pk).limit(1)) is None:
+            raise ConflictError(
+                f"dataset '{dataset_id}' has no inputs to version (nothing was uploaded to it, or every input "
+                f"was deleted): upload a file to it first (POST /api/apps/{app_id}/datasets/{dataset_id}/uploads, "
+                "Dataset.upload_file in the SDK, or the Upload panel of the dataset's page in the web console)",
+                code="EMPTY_DATASET",
+            )
         version = DatasetVersion(id=new_id(), dataset_pk=dataset.pk, state=State.PENDING.value, heartbeat_at=utcnow())
         session.add(version)
     return version
@@ -248,7 +260,7 @@ def _finish(
 def _find(session: Session, version_id: str, dataset_pk: int | None = None) -> DatasetVersion:
     version = session.get(DatasetVersion, check_id(version_id, "dataset version id"))
     if version is None or (dataset_pk is not None and version.dataset_pk != dataset_pk):
-        raise NotFoundError(f"dataset version '{version_id}' not found")
+        raise NotFoundError(f"dataset version '{version_id}' not found", details={"key": "version_id"})
     return version
 
 

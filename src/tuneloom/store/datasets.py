@@ -17,10 +17,10 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from tuneloom.data.types import DataReport, Example
-from tuneloom.store.apps import add_under_app, raw_uploads
-from tuneloom.store.db import Database, fetch
-from tuneloom.store.ids import ConflictError, NotFoundError, check_id, new_id
-from tuneloom.store.models import App, Dataset, DatasetVersion, Input, ModelVersion, Upload, utcnow
+from tuneloom.store.apps import add_under_app, find_app, not_found_in_app, raw_uploads
+from tuneloom.store.db import Database
+from tuneloom.store.ids import ConflictError, check_id, new_id
+from tuneloom.store.models import Dataset, DatasetVersion, Input, ModelVersion, Upload, utcnow
 from tuneloom.store.registry import refuse_while_a_run_needs
 
 INSERT_CHUNK = 1000
@@ -51,7 +51,7 @@ def get_dataset(db: Database, app_id: str, dataset_id: str) -> Dataset:
 def list_datasets(db: Database, app_id: str) -> list[Dataset]:
     query = select(Dataset).where(Dataset.app_id == check_id(app_id, "app id")).order_by(Dataset.created_at, Dataset.id)
     with db.read() as session:
-        fetch(session, App, app_id, "app")  # a mistyped app is a 404, not "no datasets yet"
+        find_app(session, app_id)  # a mistyped app is a 404, not "no datasets yet"
         return list(session.scalars(query))
 
 
@@ -218,7 +218,7 @@ def find_dataset(session: Session, app_id: str, dataset_id: str, *, lock: bool =
         query = query.with_for_update()
     dataset = session.scalar(query)
     if dataset is None:
-        raise NotFoundError(f"dataset '{dataset_id}' not found in app '{app_id}'")
+        raise not_found_in_app(session, app_id, "dataset", dataset_id)
     return dataset
 
 

@@ -312,7 +312,9 @@ def _check_dataset_version(session: Session, app_id: str, version_id: str) -> No
     ).first()
     state = session.scalar(select(DatasetVersion.state).where(DatasetVersion.id == version_id))
     if found is None or found.app_id != app_id or state is None:
-        raise NotFoundError(f"dataset version '{version_id}' not found in app '{app_id}'")
+        raise NotFoundError(
+            f"dataset version '{version_id}' not found in app '{app_id}'", details={"key": "dataset_version_id"}
+        )
     if state != "READY":
         raise ConflictError(f"dataset version '{version_id}' is {state}; only a READY version can be trained on")
 

@@ -11,11 +11,11 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from tuneloom.errors import SettingsError
-from tuneloom.store.apps import add_under_app
+from tuneloom.store.apps import add_under_app, find_app, not_found_in_app
 from tuneloom.store.artifacts import model_version_files
 from tuneloom.store.db import Database, fetch
 from tuneloom.store.ids import ConflictError, NotFoundError, check_id, new_id
-from tuneloom.store.models import QUEUED, RUNNING, App, Model, ModelVersion, TrainingStatus
+from tuneloom.store.models import QUEUED, RUNNING, Model, ModelVersion, TrainingStatus
 from tuneloom.store.paging import DEFAULT_PAGE, Page, newest_first
 
 MODEL_TYPES = ("text-to-text",)
@@ -41,7 +41,7 @@ def get_model(db: Database, app_id: str, model_id: str) -> Model:
 def list_models(db: Database, app_id: str) -> list[Model]:
     query = select(Model).where(Model.app_id == check_id(app_id, "app id")).order_by(Model.created_at, Model.id)
     with db.read() as session:
-        fetch(session, App, app_id, "app")  # a mistyped app is a 404, not "no models yet"
+        find_app(session, app_id)  # a mistyped app is a 404, not "no models yet"
         return list(session.scalars(query))
 
 
@@ -123,7 +123,7 @@ def find_model(session: Session, app_id: str, model_id: str, *, lock: bool = Fal
     query = select(Model).where(Model.app_id == check_id(app_id, "app id"), Model.id == check_id(model_id, "model id"))
     model = session.scalar(query.with_for_update() if lock else query)
     if model is None:
-        raise NotFoundError(f"model '{model_id}' not found in app '{app_id}'")
+        raise not_found_in_app(session, app_id, "model", model_id)
     return model
 
 
@@ -136,5 +136,7 @@ def find_model_version(
     )
     version = session.scalar(query.with_for_update() if lock else query)
     if version is None:
-        raise NotFoundError(f"model version '{version_id}' not found in model '{model_id}'")
+        raise NotFoundError(
+            f"model version '{version_id}' not found in model '{model_id}'", details={"key": "version_id"}
+        )
     return version

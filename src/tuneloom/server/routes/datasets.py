@@ -191,6 +191,8 @@ def create_version(
 ) -> DatasetVersionOut:
     """Snapshot the dataset's current inputs (READY), or say why not (FAILURE, with a message).
 
+    A dataset with no inputs is refused (409 `EMPTY_DATASET`, saying how to upload) and no version is made.
+
     Token lengths in the stats are counted with `template`'s tokenizer (default: the GPT-2 BPE of
     tiny-random, available offline), as training will see them: prompt, completion and EOS. The
     build's heartbeat is kept fresh meanwhile (`server.builds`), so other servers leave it alone.
