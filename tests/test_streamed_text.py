@@ -97,7 +97,7 @@ def test_streamed_pieces_add_up_and_reading_only_the_new_text_changes_none() -> 
     rng = random.Random(3)
     parts = ["a", "b", " ", "\n", "#", "##", " #", "é", "ab", "  ", "\t", "x", "s"]
     for _ in range(2000):
-        stops = rng.choice([["###"], ["###", "ab"], ["###", "\n\n"], ["###", "a b", "bab"], ["###", "é!"]])
+        stops = rng.choice([["###"], ["###", "ab"], ["###", "\n\n"], ["###", "a b", "bab"], ["###", "é!"], ["\n"]])
         hinted, whole, settled, unsettled, pieces = VisibleText(stops), VisibleText(stops), "", "", []
         for _ in range(rng.randint(1, 25)):
             unchanged = len(settled)
@@ -113,7 +113,7 @@ def test_streamed_pieces_add_up_and_reading_only_the_new_text_changes_none() -> 
                 break
         pieces.append(hinted.rest())
         assert whole.rest() == pieces[-1]
-        assert "".join(pieces) == cut_at_stop((settled + unsettled).lstrip(), stops)[0].rstrip()
+        assert "".join(pieces) == cut_at_stop(settled + unsettled, stops)[0].strip()  # as `finish_generation` cuts
 
 
 def test_a_rows_pieces_and_offsets_are_those_of_its_whole_text() -> None:
@@ -140,3 +140,11 @@ def test_a_rows_pieces_and_offsets_are_those_of_its_whole_text() -> None:
     final.outputs[0].logprobs = [_at(token, 1) for token in row.ids]
     vllm = generation_of(final, "prompt", params, tokenizer, 1, None)
     assert vllm.logprobs is not None and [logprob.offset for logprob in vllm.logprobs] == offsets
+
+
+def test_a_stop_string_of_whitespace_at_the_start_ends_a_stream_as_it_ends_the_answer() -> None:
+    """The stream searched for stop strings only past the leading whitespace: with stop "\\n" and a completion
+    "\\nHello there\\n…" it sent "Hello there" (and went on generating) while the answer was ""."""
+    visible = VisibleText(["###", "\n"])
+    assert visible.update("\n") == ("", True)
+    assert visible.rest() == "" == cut_at_stop("\nHello there\n", ["###", "\n"])[0].strip()

@@ -78,12 +78,14 @@ class VisibleText:
         return piece, stopped
 
     def _cut_at_stop(self, text: str, unchanged: int) -> tuple[int, bool]:
-        """Where the earliest stop string starts in `text` (past its leading whitespace), and whether there is one;
-        else its length. Only stop strings that reach past `unchanged` can be new."""
+        """Where the earliest stop string starts in `text`, and whether there is one; else its length. Leading
+        whitespace is searched too, as `finish_generation` cuts the raw text: a completion that starts with a stop
+        string of whitespace ("\n") is empty, streamed or not. Only stop strings that reach past `unchanged` can
+        be new."""
         found = [
             at
             for stop in self.stops
-            if (at := text.find(stop, max(self._lead, min(self._clear, unchanged - len(stop) + 1)))) >= 0
+            if (at := text.find(stop, max(0, min(self._clear, unchanged - len(stop) + 1)))) >= 0
         ]
         self._clear = min(found, default=len(text))
         return self._clear, bool(found)
@@ -95,7 +97,7 @@ class VisibleText:
 
     def rest(self) -> str:
         """Everything not shown yet, once the completion is over."""
-        final = cut_at_stop(self.text.lstrip(), self.stops)[0].rstrip()
+        final = cut_at_stop(self.text, self.stops)[0].strip()
         piece, self.emitted = final[self.emitted :], max(self.emitted, len(final))
         return piece
 
