@@ -5,7 +5,8 @@ Minutes of real training, so behind the `soak` marker (`make soak`):
   runs out; no job runs twice, none is lost;
 - a worker trains a two-process DDP run (progress, metrics, a normal model version) and cancels
   another one, leaving no rank behind;
-- Ctrl-C on `tuneloom train --num-processes 2` checkpoints every rank; `--resume` finishes.
+- Ctrl-C on `tuneloom train --num-processes 2` checkpoints every rank; `--resume` continues (with the
+  settings it started with: a changed schedule is refused).
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def test_a_worker_trains_and_cancels_two_process_runs(processes: Processes) -> N
     assert worker.poll() is None  # the worker itself carries on
 
 
-def test_ctrl_c_stops_every_rank_at_a_checkpoint_and_resume_finishes(sentiment_file: Path, tmp_path: Path) -> None:
+def test_ctrl_c_stops_every_rank_at_a_checkpoint_and_resume_continues(sentiment_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "version"
     base = ["train", str(sentiment_file), "--template", "tiny-random", "--output", str(out), "--num-processes", "2"]
     returncode, err = interrupt_training(base, run_for_s=5, timeout=180)
@@ -147,6 +148,8 @@ def test_ctrl_c_stops_every_rank_at_a_checkpoint_and_resume_finishes(sentiment_f
     assert len(list(checkpoint.glob("rng_state_*.pth"))) == 2  # both ranks saved their state
     stopped_at = int(checkpoint.name.split("-")[1])
 
-    resumed = run_cli(*base, "--resume", "--trainer-config", json.dumps({"max_steps": stopped_at + 2}), "--json")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert json.loads(resumed.stdout)["metrics"]["steps"] == stopped_at + 2
+    cut_short = run_cli(*base, "--resume", "--trainer-config", json.dumps({"max_steps": stopped_at + 2}))
+    assert cut_short.returncode == 1 and "trainer_config.max_steps" in cut_short.stderr, cut_short.stderr[-3000:]
+    returncode, err = interrupt_training([*base, "--resume"], run_for_s=5, timeout=180)
+    assert returncode == 1 and "TRAINING_INTERRUPTED" in err, err[-3000:]
+    assert max(int(c.name.split("-")[1]) for c in checkpoint.parent.glob("checkpoint-*")) > stopped_at

@@ -53,6 +53,7 @@ from tuneloom.train.events import (
     ignore_events,
 )
 from tuneloom.train.packing import PackedCollator, packed_causal_lm_loss
+from tuneloom.train.run_record import check_run_record
 
 ROW_TOKENS = 4096  # packed row length; bounds the (block-diagonal) attention cost per row
 
@@ -128,14 +129,18 @@ def train_rank(
         )
     )
 
+    workdir = workdir_for(job)
+    latest = latest_checkpoint(workdir)
+    checkpoint = latest if job.resume else None
+    recorder = check_run_record(job, settings, workdir, latest)  # before the model loads
+
     on_event(TrainEvent("stage", f"Loading {settings.model_config['pretrained_model_name_or_path']}"))
     model = _build_model(settings, job.start_from)
     if options["packing"]:
         use_varlen_attention(model)
 
-    workdir = workdir_for(job)
     start = ResumePoint()
-    callbacks = [ProgressReporter(on_event), StopOnRequest(stop or threading.Event()), start]
+    callbacks = [ProgressReporter(on_event), StopOnRequest(stop or threading.Event()), start, recorder]
     if job.checkpoint_every_s:
         callbacks.append(CheckpointEvery(job.checkpoint_every_s))
     train_set, eval_set = ExampleDataset(train_rows), ExampleDataset(held_out)
@@ -150,7 +155,6 @@ def train_rank(
     )
     trainer.remove_callback(PrinterCallback)  # progress goes to on_event, not to stdout
     on_event(TrainEvent("stage", "Training"))
-    checkpoint = latest_checkpoint(workdir) if job.resume else None
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if stop is not None and stop.is_set():
         raise TrainingInterrupted(
