@@ -9,6 +9,8 @@ time, one request each. Figures: predictions/s, p50/p99 latency per request, and
 
     python -m bench.serve                   # 32 clients × 8 requests, 16 new tokens
     python -m bench.serve --requests 2      # a quick smoke run
+    python -m bench.serve --template smollm2-135m-instruct-lora --out bench/results/serve-smollm2.json
+                                            # the issue's model: SmolLM2-135M-Instruct, LoRA (a few steps)
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ APP, MODEL = "bench", "serve"
 # One key for all clients: lift the per-key cap (default 4), or most requests would be 429s.
 NO_KEY_CAP = ("--max-concurrent-generations-per-key", "256")
 TRAIN_FAST = {"num_train_epochs": 3, "per_device_train_batch_size": 8, "learning_rate": 0.05}
+# What a version is trained with, per template: enough to be a fine-tuned LoRA version; speed does not depend on it.
+TRAINING = {
+    "tiny-random": TRAIN_FAST,
+    "smollm2-135m-instruct-lora": {"max_steps": 4, "per_device_train_batch_size": 4, "eval_fraction": 0.0},
+}
 
 
 def prompts(n: int) -> list[str]:
@@ -41,16 +48,15 @@ def prompts(n: int) -> list[str]:
     return [examples[i % len(examples)].prompt for i in range(n)]
 
 
-def trained_version(data_dir: Path) -> str:
-    """A tiny-random version fine-tuned through the API by the server's own worker; returns an app key."""
+def trained_version(data_dir: Path, template: str = "tiny-random") -> str:
+    """A version of `template` fine-tuned through the API by the server's own worker; returns an app key."""
     from tuneloom.demo import TRAIN_FILE
 
     server, url = start_server(data_dir)
     try:
         admin = create_key(data_dir)
-        train_through_api(
-            url, admin, TRAIN_FILE, "tiny-random", {"trainer_config": TRAIN_FAST}, app_id=APP, model_id=MODEL
-        )
+        settings = {"trainer_config": TRAINING[template]}
+        train_through_api(url, admin, TRAIN_FILE, template, settings, app_id=APP, model_id=MODEL)
     finally:
         stop(server)
     return create_key(data_dir, "--app", APP)
@@ -108,6 +114,7 @@ def load_arguments(doc: str | None, out: Path) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--requests", type=int, default=8, help="per client, back to back")
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--template", choices=sorted(TRAINING), default="tiny-random", help="the version's template")
     parser.add_argument("--out", type=Path, default=out)
     return parser.parse_args()
 
@@ -118,11 +125,11 @@ def main() -> None:
     load_before = os.getloadavg()[0]  # other work on the machine skews every figure: say how much there was
     with tempfile.TemporaryDirectory(prefix="tuneloom-bench-serve-") as tmp:
         data_dir = Path(tmp)
-        key = trained_version(data_dir)
+        key = trained_version(data_dir, args.template)
         batched = measure(data_dir, key, True, args)
         baseline = measure(data_dir, key, False, args)
     figures = {
-        "model": "tiny-random (fine-tuned here)",
+        "model": f"{args.template} (fine-tuned here)",
         "clients": args.clients,
         "requests_per_client": args.requests,
         "max_tokens": args.max_tokens,

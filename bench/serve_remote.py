@@ -28,7 +28,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="tuneloom-bench-remote-") as tmp:
         data_dir = Path(tmp)
-        key = trained_version(data_dir)
+        key = trained_version(data_dir, args.template)
         port = free_port()
         node, node_url = start_server(
             data_dir, "--workers", "0", "--advertise-url", f"http://127.0.0.1:{port}", *NO_KEY_CAP, port=port
