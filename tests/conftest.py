@@ -110,7 +110,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         assert POSTGRES_URL
         (data_dir / DATABASE_URL_FILE).write_text(POSTGRES_URL, encoding="utf-8")
         cmd += ["--database-url", POSTGRES_URL]
-    log_path = data_dir.parent / f"{data_dir.name}.log"
+    log_path = server_log(data_dir)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{cmd[cmd.index('--port') + 1]}"
@@ -119,6 +119,11 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         yield url, data_dir
     finally:
         stop_process_group(proc)
+
+
+def server_log(data_dir: Path) -> Path:
+    """What the `server` fixture's process wrote (stdout and stderr), beside its data dir."""
+    return data_dir.parent / f"{data_dir.name}.log"
 
 
 def stop_process_group(proc: subprocess.Popen[bytes]) -> None:

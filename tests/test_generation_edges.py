@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from openai import OpenAI
-from tests.conftest import NEGATIVE, POSITIVE
+from tests.conftest import NEGATIVE, POSITIVE, server_log
 from tests.server_helpers import ONE_STEP, Deployed, deploy
 
 from tuneloom.data.types import Example
@@ -197,7 +197,13 @@ def test_streamed_n_choices_interleave_and_join_to_the_unstreamed_ones(deployed:
 def test_a_streamed_n_whose_client_left_ends_every_choice(deployed: Deployed) -> None:
     """Each choice is a row of the version's batch, and 128 of them fill it: a /predict of two inputs waits until
     they leave. Once the client has gone they all leave at the next step (left running, they generate for 11 s
-    here, longer on a busy machine). Streamed or not, `n` counts as n inputs against --max-batch-tokens."""
+    here, longer on a busy machine). Streamed or not, `n` counts as n inputs against --max-batch-tokens.
+
+    A step's 128 chunks were written one after another with no turn of the event loop between them, so the
+    server went on writing to the closed socket until the turn after: asyncio's "socket.send() raised
+    exception." came into the server's log once per write (dozens of lines per client that left)."""
+    log = server_log(deployed.data_dir)
+    logged_before = log.stat().st_size
     body = {"model": f"{deployed.app_id}/{deployed.model_id}", "prompt": "I love it", "stream": True, "n": 128}
     too_big = httpx.post(f"{deployed.url}/v1/completions", json={**body, "max_tokens": 600}, headers=deployed.headers)
     assert too_big.status_code == 400 and "--max-batch-tokens" in too_big.json()["error"]["message"]
@@ -210,6 +216,16 @@ def test_a_streamed_n_whose_client_left_ends_every_choice(deployed: Deployed) ->
         time.sleep(0.05)  # the key's one slot: freed with the choices
     assert answer.status_code == 200, answer.text
     assert time.monotonic() - left < 5, "the choices of the stream whose client left kept generating"
+    with log.open("rb") as written:
+        written.seek(logged_before)
+        assert b"socket.send() raised exception" not in written.read()
+
+
+@ON_SQLITE
+def test_a_training_run_prints_no_deprecation_warning_of_the_libraries_into_the_server_log(deployed: Deployed) -> None:
+    """peft reads transformers' deprecated `is_gradient_checkpointing`: each run (its own process) printed that
+    FutureWarning into the server's log; `deployed` trained one."""
+    assert "is_gradient_checkpointing" not in server_log(deployed.data_dir).read_text(encoding="utf-8")
 
 
 SLOTTED = [f"### System: {{system_prompt}} ### Human: {text} ### Assistant: ok" for text in POSITIVE + NEGATIVE]

@@ -23,8 +23,8 @@ from starlette.background import BackgroundTask
 from tuneloom.errors import TuneloomError
 from tuneloom.generate.generator import TokenLogprob
 from tuneloom.server.backends import PieceStream
+from tuneloom.server.event_stream import event_stream
 from tuneloom.server.openai_logprobs import chat_logprobs, completion_logprobs
-from tuneloom.server.routes.predict import SSE_HEADERS
 from tuneloom.server.schemas.openai import (
     ChatChunkChoice,
     ChatCompletionChunk,
@@ -46,7 +46,7 @@ Piece = tuple[int, str | None, tuple[TokenLogprob, ...]]  # (choice, text or Non
 def streaming(chunks: AsyncIterator[str], done: BackgroundTask) -> StreamingResponse:
     """The response; `done` (it ends every choice's generation and frees the slot) runs after it, or after a
     disconnect."""
-    return StreamingResponse(chunks, media_type="text/event-stream", headers=SSE_HEADERS, background=done)
+    return event_stream(chunks, done)
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> Usage:

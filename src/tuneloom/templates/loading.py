@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -9,6 +10,11 @@ import torch
 from tuneloom.errors import SettingsError
 from tuneloom.templates.settings_rules import TOKENIZER_EXTENSIONS
 from tuneloom.templates.sources import resolve_model_dir, resolve_tokenizer_dir
+
+# peft's PeftModel reads `model.is_gradient_checkpointing`, which transformers 5 deprecated with a FutureWarning
+# about peft's code, not ours. Each training run is a fresh process (the worker's children do not inherit the
+# CLI's quieting), so every run printed it into the server's log. Only that one warning is ignored.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -18,6 +18,7 @@ from fastapi.responses import StreamingResponse
 from tuneloom.server.auth import api_key, context, require_app
 from tuneloom.server.cleanup import remove_artifacts
 from tuneloom.server.context import ServerContext
+from tuneloom.server.event_stream import event_stream
 from tuneloom.server.live import training_events
 from tuneloom.server.paging import PageCursor, PageLimit, link_next
 from tuneloom.server.schemas.models import (
@@ -193,7 +194,7 @@ def events(
     stream = training_events(
         ctx.db, version_id, snapshot, request, after_step=after_step, after_seq=after_seq, after_point=after_point
     )
-    return StreamingResponse(stream, media_type="text/event-stream")
+    return event_stream(stream)
 
 
 def _out(ctx: ServerContext, version: ModelVersion, model_id: str) -> ModelVersionOut:

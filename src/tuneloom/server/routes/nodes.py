@@ -22,9 +22,9 @@ from tuneloom.generate.params import InferenceParams
 from tuneloom.server.auth import context
 from tuneloom.server.context import ServerContext
 from tuneloom.server.engine import Prediction
+from tuneloom.server.event_stream import event_stream
 from tuneloom.server.node_wire import tokens_json
 from tuneloom.server.routes.predict import (
-    SSE_HEADERS,
     Service,
     admit,
     check_inputs,
@@ -85,12 +85,7 @@ async def stream_for_a_server(body: NodeRequest, ctx: Context, service: Service)
     version, params = await _admitted(body, ctx, service)
     path = version_dir(ctx, version)
     pieces = await service.stream(version.id, path, body.prompts()[0], params, logprobs=body.logprobs)
-    return StreamingResponse(
-        events(pieces, version.id, logprobs=body.logprobs is not None),
-        media_type="text/event-stream",
-        headers=SSE_HEADERS,
-        background=BackgroundTask(pieces.cancel),
-    )
+    return event_stream(events(pieces, version.id, logprobs=body.logprobs is not None), BackgroundTask(pieces.cancel))
 
 
 async def _admitted(body: NodeRequest, ctx: ServerContext, service: Service) -> tuple[ModelVersion, InferenceParams]:

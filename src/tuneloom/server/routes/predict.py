@@ -25,6 +25,7 @@ from tuneloom.generate.params import MAX_INPUTS, InferenceParams, sent_names
 from tuneloom.server.auth import api_key, context, require_app
 from tuneloom.server.backends import GenerationService, PieceStream, make_service
 from tuneloom.server.context import ServerContext
+from tuneloom.server.event_stream import event_stream
 from tuneloom.server.limits import GenerationSlots, cap_max_tokens, generation_slots
 from tuneloom.server.node_wire import tokens_json
 from tuneloom.server.schemas import GenerateRequest, PredictionOut, PredictRequest, PredictResponse
@@ -43,7 +44,6 @@ AppId = Annotated[str, Depends(require_app)]
 Key = Annotated[ApiKey, Depends(api_key)]  # the same record require_app checked (FastAPI caches it)
 Slots = Annotated[GenerationSlots, Depends(generation_slots)]
 MICRO_BATCH_ENV = "TUNELOOM_MICRO_BATCH"  # "0" turns request merging off (the benchmark's baseline)
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 DISCONNECT_POLL_S = 0.25  # how often a running /predict looks whether its client is still there
 CLIENT_GONE = 499  # nginx's "client closed request": nobody reads it, the log shows why the request ended
 T = TypeVar("T")
@@ -194,9 +194,7 @@ async def generate(
     version = await run_in_threadpool(trained_version, ctx, app_id, model_id, body.version)
     await admit(ctx, service, version)
     (pieces,), slot = await stream_in_slot(service, slots, key, version, version_dir(ctx, version), body.input, params)
-    return StreamingResponse(
-        events(pieces, version.id), media_type="text/event-stream", headers=SSE_HEADERS, background=slot
-    )
+    return event_stream(events(pieces, version.id), slot)
 
 
 async def stream_in_slot(
