@@ -124,6 +124,33 @@ def test_settings_at_sign_without_a_file(tmp_path: Path, capsys: pytest.CaptureF
     assert code == 1 and "peft_config" in err and "'@' must be followed" in err
 
 
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (("train", "data.txt", "--trainer-config", "@nofile.txt"), "--trainer-config: @nofile.txt: no such file"),
+        (("train", "data.txt", "--distributed", "@nofile.txt"), "--distributed: @nofile.txt: no such file"),
+        (("generate", "tiny-random", "--file", "nofile.txt"), "--file: nofile.txt: no such file"),
+    ],
+)
+def test_a_missing_named_file_names_the_flag_and_path_once(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    flags: tuple[str, ...],
+    expected: str,
+) -> None:
+    """It repeated Python's "[Errno 2] No such file or directory: 'nofile.txt'" after the path."""
+    monkeypatch.chdir(tmp_path)
+    code, err = in_process(capsys, *flags)
+    assert code == 1 and expected in err, err
+    assert "Errno" not in err and err.count("nofile.txt") == 1
+
+
+def test_a_named_folder_is_not_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = in_process(capsys, "train", "data.txt", "--peft-config", f"@{tmp_path}")
+    assert code == 1 and f"--peft-config: @{tmp_path}: a folder, not a file" in err
+
+
 def test_csv_template_does_not_overwrite_a_file(tmp_path: Path) -> None:
     mine = tmp_path / "my-data.csv"
     mine.write_text("a user's data\n", encoding="utf-8")

@@ -131,12 +131,19 @@ def test_export_merged_loads_in_plain_transformers(trained: Path, tmp_path: Path
     plain_text = tokenizer.decode(plain[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     assert plain_text.split("###")[0].strip() == ours.text
     assert torch.is_tensor(plain)
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "library_name: transformers" in card and "These are merged weights" in card
+    assert 'AutoModelForCausalLM.from_pretrained("merged")' in card and "peft" not in card.split("## Load it")[1]
+    assert "### Human: {prompt} ### Assistant:" in card
 
 
 def test_export_adapter_alone(trained: Path, tmp_path: Path) -> None:
     out = tmp_path / "adapter"
     assert main(["export", str(trained), str(out)]) == 0
     assert (out / "adapter_config.json").is_file() and (out / "tokenizer_config.json").is_file()
+    card = (out / "README.md").read_text(encoding="utf-8")  # the same card code as --merged, not peft's blank one
+    assert "library_name: peft" in card and "LoRA adapter alone" in card and "More Information Needed" not in card
+    assert 'PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("tuneloom/tiny-random"), "adapter")' in card
 
 
 def test_damaged_version_names_the_file(trained: Path, tmp_path: Path) -> None:

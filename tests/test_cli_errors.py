@@ -93,6 +93,7 @@ def test_train_refuses_bad_settings_before_loading(
     )
     assert result.returncode == 1
     assert expected in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error"), result.stderr  # the unused progress bar once left an empty line above
 
 
 def test_quantized_template_on_cpu_says_so_plainly(sentiment_file: Path, tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 `--merged` folds the LoRA update into the base weights (W + BA) and writes a full model; without it
 the adapter is written alone (peft format, loadable with `PeftModel.from_pretrained`). Either way the
 tokenizer and a generation config whose EOS is the one the model was trained to emit come along,
-so `model.generate` stops where tuneloom would.
+so `model.generate` stops where tuneloom would, and a README.md model card that says which of the two
+the folder holds and how to load it.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import textwrap
 from pathlib import Path
 
 from tuneloom.errors import ModelVersionError
 from tuneloom.generate.loading import load_for_inference
-from tuneloom.model_version import make_folder, open_version
+from tuneloom.model_version import ModelVersion, make_folder, open_version
 
 
 def export_version(version_dir: Path, out: Path, *, merged: bool = False) -> Path:
@@ -25,7 +27,8 @@ def export_version(version_dir: Path, out: Path, *, merged: bool = False) -> Pat
     make_folder(out.parent, f"cannot export to {out}")
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         staging = Path(tmp) / "export"
-        if merged or not version.is_adapter:
+        full_weights = merged or not version.is_adapter
+        if full_weights:
             loaded = load_for_inference(version_dir)  # adapters are merged on load
             loaded.model.save_pretrained(staging)
             loaded.model.generation_config.save_pretrained(staging)
@@ -34,5 +37,62 @@ def export_version(version_dir: Path, out: Path, *, merged: bool = False) -> Pat
             shutil.copytree(version.weights_dir, staging)
             shutil.copytree(version.path / "tokenizer", staging, dirs_exist_ok=True)
         (staging / "tuneloom_prompt_format.json").write_text(json.dumps(version.prompt_format, indent=2))
+        (staging / "README.md").write_text(model_card(version, out.name, full_weights=full_weights), encoding="utf-8")
         staging.rename(out)
     return out
+
+
+def model_card(version: ModelVersion, folder: str, *, full_weights: bool) -> str:
+    """The README.md of an exported folder, adapter or full weights alike.
+
+    The adapter export only carried peft's blank template (its base_model a path on the training
+    machine) and a merged export had no card at all; one card for both says what the weights are,
+    how plain `transformers` loads them and which prompt they expect.
+    """
+    base = str(version.manifest.get("base_model") or version.template)
+    tags = ["tuneloom", "lora"] + (["merged"] if full_weights and version.is_adapter else [])
+    library = "transformers" if full_weights else "peft"
+    prompt = textwrap.indent(str(version.prompt_format.get("template", "{prompt}")), "    ")
+    lines = ["---", f"base_model: {json.dumps(base)}", f"library_name: {library}", "pipeline_tag: text-generation"]
+    lines += ["tags:", *(f"- {tag}" for tag in tags), "---", "", f"# {folder}", ""]
+    lines += [
+        f"A fine-tune of `{base}` made with tuneloom (template `{version.template}`). "
+        + _what_the_weights_are(version, full_weights),
+        "",
+    ]
+    lines += ["## Load it", "", "```python", *_load_snippet(folder, base, full_weights), "```", ""]
+    lines += [
+        "## Prompt format",
+        "",
+        "Put the input where `{prompt}` stands (the same format is in "
+        "`tuneloom_prompt_format.json`); `model.generate` stops at the end-of-sequence token "
+        "the model was trained to emit.",
+        "",
+        prompt,
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _what_the_weights_are(version: ModelVersion, full_weights: bool) -> str:
+    if not full_weights:
+        return "This folder holds the LoRA adapter alone (peft format); it loads on top of the base model."
+    if version.is_adapter:
+        return (
+            "These are merged weights: the LoRA update is folded into the base model's weights, "
+            "so plain `transformers` loads them as a full model, with no peft needed."
+        )
+    return "These are the full fine-tuned weights; plain `transformers` loads them as a full model."
+
+
+def _load_snippet(folder: str, base: str, full_weights: bool) -> list[str]:
+    """Python that loads the folder: `transformers` alone for full weights, peft on the base for an adapter."""
+    model = (
+        f'AutoModelForCausalLM.from_pretrained("{folder}")'
+        if full_weights
+        else f'PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base}"), "{folder}")'
+    )
+    imports = ["from transformers import AutoModelForCausalLM, AutoTokenizer"]
+    if not full_weights:
+        imports.insert(0, "from peft import PeftModel")
+    return [*imports, "", f'tokenizer = AutoTokenizer.from_pretrained("{folder}")', f"model = {model}"]

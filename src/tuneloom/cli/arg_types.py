@@ -1,5 +1,7 @@
 """argparse types for the CLI's numbers and folders: a bad value is a usage error naming the flag (exit 2).
 
+Also `read_named_file`, the one reader of a file a flag names (`--file F`, `--trainer-config @F`).
+
 Plain `int`/`float`/`Path` took `--port 70000`, `--workers -1` or a file as `--data-dir`, and failed
 later with a traceback, or not at all.
 """
@@ -9,7 +11,10 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
+
+from tuneloom.errors import TuneloomError
 
 
 def positive(text: str) -> int:
@@ -66,3 +71,24 @@ def duration(text: str) -> float:
     if match is None:
         raise argparse.ArgumentTypeError(f"must be a duration such as 90m, 24h or 2d, got {text!r}")
     return float(match[1]) * DURATION_UNITS[match[2]]
+
+
+def read_named_file(path: Path, label: str, error: Callable[[str], TuneloomError]) -> str:
+    """The UTF-8 text of a file named on the command line, or `error("LABEL: why")`.
+
+    `label` names the flag and the path once (`--trainer-config: @nofile.txt`); Python's own words
+    ("[Errno 2] No such file or directory: 'nofile.txt'") repeated the path and read as a crash.
+    """
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        why = "no such file"
+    except IsADirectoryError:
+        why = "a folder, not a file"
+    except PermissionError:
+        why = "permission denied"
+    except UnicodeDecodeError as err:
+        why = f"not UTF-8 text (byte {err.start})"
+    except OSError as err:
+        why = (err.strerror or type(err).__name__).lower()
+    raise error(f"{label}: {why}")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 from rich.table import Table
 
+from tuneloom.cli.arg_types import read_named_file
 from tuneloom.cli.render import console, console_err, metrics_table, print_json, progress_bar
 from tuneloom.errors import DataFileError
 
@@ -131,10 +132,7 @@ def _file_inputs(path: Path) -> list[str]:
     """The non-blank lines of `path`, refused before the model loads when there are none or too many."""
     from tuneloom.generate.params import MAX_INPUTS
 
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataFileError(f"{path}: cannot read inputs: {err}") from None
+    lines = read_named_file(path, f"--file: {path}", DataFileError).splitlines()
     texts = [line for line in lines if line.strip()]
     if not texts:
         raise DataFileError(f"{path}: no inputs (the file is empty or holds only blank lines)")

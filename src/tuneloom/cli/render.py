@@ -108,8 +108,23 @@ def _fmt(value: Any) -> str:
     return "—" if value is None else str(value)
 
 
+class _ProgressLeavingNoBlankLine(Progress):
+    """A progress display that leaves nothing behind when it never showed a task.
+
+    rich ends a display on a non-terminal (a pipe, a log file, CI) with a blank line, drawn or not: a
+    `tuneloom train` refused on its settings printed an empty line on stderr above the error.
+    """
+
+    def stop(self) -> None:
+        if any(task.visible for task in self.tasks):
+            super().stop()
+            return
+        self.live.transient = True  # nothing was drawn: nothing to keep on screen, no line to end
+        self.live.stop()
+
+
 def progress_bar() -> Progress:
-    return Progress(
+    return _ProgressLeavingNoBlankLine(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         TaskProgressColumn(),

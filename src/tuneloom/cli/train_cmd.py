@@ -88,15 +88,13 @@ def _distributed_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def _read_settings_file(where: str, name: str) -> str:
     """The text of `@where`; a bare `@` names no file (it would otherwise read as the current folder)."""
+    from tuneloom.cli.arg_types import read_named_file
     from tuneloom.errors import SettingsError
 
     if not where.strip():
         raise SettingsError(f"{name}: '@' must be followed by a JSON file's path, e.g. @{name}.json", key=name)
-    path = Path(where)
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise SettingsError(f"{name}: cannot read {path}: {err}", key=name) from None
+    flag = f"--{name.replace('_', '-')}"
+    return read_named_file(Path(where), f"{flag}: @{where}", lambda message: SettingsError(message, key=name))
 
 
 def run_train(args: argparse.Namespace) -> int:
