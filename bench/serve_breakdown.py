@@ -3,8 +3,9 @@
 `bench.serve` measures the whole server; this drives `ContinuousBatch` in process the way the engine
 does under that load: `--rows` rows decode together, and each row that finishes is replaced by a new
 request (all joining at the next step, prefilled together), until `--requests` have finished. Timed:
-the prefills of arriving rows (`add`), the decode steps (`step`), and inside them the model's forwards
-and the cache bookkeeping (`_merge` when rows join, `drop_finished` when they leave). Figures per
+the prefills of arriving rows (`add`, packed, after any prompt prefix the model has seen:
+`TUNELOOM_PREFIX_CACHE=0` to compare without), the decode steps (`step`), and inside them the
+model's forwards and the cache bookkeeping (`_merge` when rows join, `drop_finished` when they leave). Figures per
 prompt token (prefill) and per generated token (decode) say which side to work on.
 
     tuneloom train <demo train file> --template smollm2-135m-instruct-lora --output /tmp/sv \\
@@ -46,8 +47,9 @@ def closed_loop(version: Path, rows: int, requests: int, max_tokens: int) -> dic
     params = InferenceParams(max_tokens=max_tokens, temperature=0)
     texts = prompts(rows + requests)
     seconds: Counter[str] = Counter()
-    for name in ("_merge", "drop_finished", "_forward"):
+    for name in ("_merge", "drop_finished"):
         setattr(ContinuousBatch, name, timed(seconds, name, getattr(ContinuousBatch, name)))
+    loaded.model.forward = timed(seconds, "forward", loaded.model.forward)
     batch, made, prompt_tokens = ContinuousBatch(loaded), 0, 0
 
     def arriving(n: int) -> list[Row]:
@@ -82,7 +84,7 @@ def closed_loop(version: Path, rows: int, requests: int, max_tokens: int) -> dic
         "decode_s": seconds["step"],
         "generated_tokens": generated,
         "decode_ms_per_token": 1000 * seconds["step"] / max(generated, 1),
-        "forward_s": seconds["_forward"],
+        "forward_s": seconds["forward"],
         "merge_s": seconds["_merge"],
         "drop_s": seconds["drop_finished"],
         "seconds": elapsed,

@@ -46,16 +46,19 @@ from tuneloom.generate.generator import (
     Generation,
     Prompt,
     TokenLogprob,
-    _encode,
+    batch_prompt_ids,
     finish_generation,
+    padded_batch,
     padded_positions,
     prompt_text,
     render_prompt,
 )
 from tuneloom.generate.loading import InferenceModel
 from tuneloom.generate.logprobs import Reported, token_logprob
+from tuneloom.generate.packing import pack, packs_prefill, split_into_packs, unpacked
 from tuneloom.generate.params import InferenceParams
 from tuneloom.generate.penalties import TokenCounts, has_penalty, with_model_default
+from tuneloom.generate.prefixes import Group
 from tuneloom.generate.sampling import pick_tokens, token_logprobs
 from tuneloom.generate.stops import VisibleText, stop_strings
 
@@ -187,22 +190,66 @@ class ContinuousBatch:
         self._last = torch.zeros(0, dtype=torch.long)  # each row's last token: the next step's input
         self._counts: TokenCounts | None = None  # what the penalties of the rows that have any read (`_penalize`)
         self._keep_logits = "logits_to_keep" in inspect.signature(loaded.model.forward).parameters
+        self._packs = packs_prefill(loaded.model)
 
     @torch.inference_mode()
     def add(self, rows: list[Row]) -> None:
-        """Prefill `rows` together and merge them into the batch; each gets its first token."""
+        """Prefill `rows` and merge them into the batch; each gets its first token. Where the model's attention
+        allows, rows prefill packed (`packing`) and only after a prompt start they share with earlier prompts
+        (`prefixes`)."""
+        self.drop_finished()
+        prompts = batch_prompt_ids(self.loaded, [row.prompt for row in rows])
+        if not self._packs:
+            self._prefill_padded(rows, prompts)
+            return
+        for group in self.loaded.prefixes.grouped(prompts, self._prefix_cache):
+            rests = [prompts[i][group.tokens :] for i in group.rows]
+            for part in split_into_packs([len(rest) for rest in rests]):
+                chosen = [group.rows[j] for j in part]
+                self._prefill_packed([rows[i] for i in chosen], [prompts[i] for i in chosen], group)
+
+    def _prefill_packed(self, rows: list[Row], prompts: list[list[int]], group: Group) -> None:
+        """Prefill `rows` as one packed sequence over `group`'s prefix, and merge them in."""
         from transformers import DynamicCache
 
-        self.drop_finished()
-        inputs = _encode(self.loaded, [row.prompt for row in rows])
-        mask = inputs["attention_mask"]
-        positions = padded_positions(mask)
-        cache = DynamicCache()
-        logits = self._forward(inputs["input_ids"], mask, positions, cache)
-        counts = prepare_rows(self.loaded, rows, inputs["input_ids"], mask, logits.shape[1])
-        self._merge(rows, cache, mask, positions[:, -1])
+        model, embedding = self.loaded.model, self.loaded.model.get_input_embeddings().weight
+        rests = [prompt[group.tokens :] for prompt in prompts]
+        packed = pack(rests, group.tokens, embedding.dtype, embedding.device)
+        cache = DynamicCache() if group.prefix is None else group.prefix.cache_for(group.tokens)
+        keep = {"logits_to_keep": packed.last} if self._keep_logits else {}
+        out = model(
+            input_ids=packed.ids, attention_mask=packed.mask, position_ids=packed.positions, cache=cache, **keep
+        )
+        logits = torch.as_tensor(out.logits[0] if self._keep_logits else out.logits[0, packed.last]).float()
+        cache, mask = unpacked(cache, packed)
+        self._join(rows, prompts, logits, cache, mask)
+
+    def _prefill_padded(self, rows: list[Row], prompts: list[list[int]]) -> None:
+        """Prefill `rows` left-padded to one length (attention that takes no 4D mask), and merge them in."""
+        from transformers import DynamicCache
+
+        inputs = padded_batch(self.loaded, prompts)
+        ids, mask, cache = inputs["input_ids"], inputs["attention_mask"], DynamicCache()
+        self._join(rows, prompts, self._forward(ids, mask, padded_positions(mask), cache), cache, mask)
+
+    def _join(
+        self, rows: list[Row], prompts: list[list[int]], logits: torch.Tensor, cache: Any, mask: torch.Tensor
+    ) -> None:
+        """Merge prefilled rows (their `cache` and its `mask`) into the batch and give each its first token."""
+        full = padded_batch(self.loaded, prompts)  # what penalties count
+        counts = prepare_rows(self.loaded, rows, full["input_ids"], full["attention_mask"], logits.shape[1])
+        self._merge(rows, cache, mask, padded_positions(mask)[:, -1])
         self._accept(rows, logits, counts)
         self._counts = TokenCounts.joined(self._counts, counts)
+
+    def _prefix_cache(self, ids: list[int]) -> Any:
+        """The cache of one prompt start, prefilled alone (`prefixes.PromptPrefixes` keeps it)."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        tokens = torch.tensor([ids], device=self.loaded.model.get_input_embeddings().weight.device)
+        self._forward(tokens, torch.ones_like(tokens), torch.arange(len(ids), device=tokens.device)[None], cache)
+        return cache
 
     @torch.inference_mode()
     def step(self) -> None:

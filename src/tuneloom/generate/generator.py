@@ -289,9 +289,14 @@ def finish_generation(prompt: str, decoded: str, tokens: int, ended: bool, param
 
 def _encode(loaded: InferenceModel, prompts: Sequence[Prompt]) -> dict[str, torch.Tensor]:
     """Token ids left-padded to one length (decoder-only: new tokens must follow the prompt directly)."""
+    return padded_batch(loaded, batch_prompt_ids(loaded, prompts))
+
+
+def batch_prompt_ids(loaded: InferenceModel, prompts: Sequence[Prompt]) -> list[list[int]]:
+    """`prompt_ids` of many prompts, the texts tokenized in one call."""
     texts = [p for p in prompts if isinstance(p, str)]
     encoded = iter(loaded.tokenizer(texts, add_special_tokens=True)["input_ids"] if texts else [])
-    return padded_batch(loaded, [list(p) if isinstance(p, tuple) else next(encoded) for p in prompts])
+    return [list(p) if isinstance(p, tuple) else list(next(encoded)) for p in prompts]
 
 
 def padded_batch(loaded: InferenceModel, rows: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneloom.errors import SettingsError
+from tuneloom.generate.prefixes import PromptPrefixes
 from tuneloom.model_version import ModelVersion, open_version, partial_dir
 from tuneloom.templates import get_template, resolve_settings
 from tuneloom.templates.loading import load_model, load_tokenizer, pick_device
@@ -28,6 +29,7 @@ class InferenceModel:
     prompt_format: PromptFormat
     compiled_decode: bool = False  # one-input calls decode through a compiled step (generate/compiled.py)
     decoders: dict[int, StaticDecoder] = field(default_factory=dict, repr=False)  # one per cache length
+    prefixes: PromptPrefixes = field(default_factory=PromptPrefixes, repr=False)  # shared prompt starts' caches
 
 
 def load_for_inference(
