@@ -38,10 +38,11 @@ def timed(counter: Counter[str], name: str, method: Callable[..., Any]) -> Calla
 
 
 def closed_loop(version: Path, rows: int, requests: int, max_tokens: int) -> dict[str, Any]:
-    from tuneloom.generate.continuous import ContinuousBatch, Row
+    from tuneloom.generate.continuous import ContinuousBatch
     from tuneloom.generate.generator import count_prompt_tokens
     from tuneloom.generate.loading import load_for_inference
     from tuneloom.generate.params import InferenceParams
+    from tuneloom.generate.rows import Row
 
     loaded = load_for_inference(version)
     params = InferenceParams(max_tokens=max_tokens, temperature=0)

@@ -16,11 +16,12 @@ import pytest
 import torch
 
 from tuneloom.errors import SettingsError
-from tuneloom.generate.continuous import ContinuousBatch, Row, supports_continuous
+from tuneloom.generate.continuous import ContinuousBatch, supports_continuous
 from tuneloom.generate.generator import _encode, count_prompt_tokens, generate, stream
 from tuneloom.generate.loading import load_for_inference
 from tuneloom.generate.logprobs import prompt_logprobs
 from tuneloom.generate.params import InferenceParams
+from tuneloom.generate.rows import Row
 from tuneloom.generate.sampling import pick_tokens
 from tuneloom.server.openai_logprobs import chat_logprobs
 

@@ -13,12 +13,13 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from tuneloom.generate.continuous import ContinuousBatch, Row
+from tuneloom.generate.continuous import ContinuousBatch
 from tuneloom.generate.generator import generate, padded_batch, padded_positions
 from tuneloom.generate.loading import load_for_inference
 from tuneloom.generate.packing import pack, packs_prefill, split_into_packs, unpacked
 from tuneloom.generate.params import InferenceParams
 from tuneloom.generate.prefixes import KEPT, MIN_SHARED_TOKENS, PREFIX_CACHE_ENV, PromptPrefixes
+from tuneloom.generate.rows import Row
 
 INSTRUCTION = "### Instruction: Route this support ticket to one queue, answering with one word. ### Human: "
 TICKETS = ["my card was charged twice", "the app crashes", "where is my parcel", "I want a refund", "login fails"]

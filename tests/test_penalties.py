@@ -17,11 +17,12 @@ from transformers import RepetitionPenaltyLogitsProcessor
 
 from tuneloom.cli import main
 from tuneloom.errors import SettingsError
-from tuneloom.generate.continuous import ContinuousBatch, Row, run_alone, supports_continuous
+from tuneloom.generate.continuous import ContinuousBatch, run_alone, supports_continuous
 from tuneloom.generate.generator import generate, stream
 from tuneloom.generate.loading import load_for_inference
 from tuneloom.generate.params import InferenceParams
 from tuneloom.generate.penalties import OutputPenalty, TokenCounts
+from tuneloom.generate.rows import Row
 
 TEXTS = ["I love it", "broke after a day", "hello there, friend"]  # three prompt lengths: a padded batch
 

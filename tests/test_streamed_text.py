@@ -18,11 +18,11 @@ from tests.test_vllm_backend import _at, _output
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from tuneloom.generate.continuous import Row
 from tuneloom.generate.detokenize import DecodedText
 from tuneloom.generate.generator import finish_generation
 from tuneloom.generate.logprobs import CHAR_TO_BYTE
 from tuneloom.generate.params import InferenceParams
+from tuneloom.generate.rows import Row
 from tuneloom.generate.stops import VisibleText, cut_at_stop
 from tuneloom.generate.vllm_engine import generation_of
 from tuneloom.templates.sources import resolve_tokenizer_dir

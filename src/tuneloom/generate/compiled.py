@@ -94,8 +94,8 @@ def decoder_for(loaded: InferenceModel, needed: int, context: int | None) -> Sta
 @torch.inference_mode()
 def run_static(loaded: InferenceModel, row: Any) -> Iterator[None]:
     """Decode one `continuous.Row` to its end over a static cache, pausing after the prefill and every token."""
-    from tuneloom.generate.continuous import choose_next, prepare_rows
     from tuneloom.generate.generator import _encode, context_length
+    from tuneloom.generate.rows import choose_next, prepare_rows
 
     inputs = _encode(loaded, [row.prompt])
     ids = inputs["input_ids"]

@@ -27,9 +27,10 @@ from tuneloom.errors import SettingsError
 from tuneloom.generate.params import MAX_INPUTS, InferenceParams
 
 if TYPE_CHECKING:
-    from tuneloom.generate.continuous import ContinuousBatch, Row
+    from tuneloom.generate.continuous import ContinuousBatch
     from tuneloom.generate.generator import Generation, Prompt, TokenLogprob
     from tuneloom.generate.loading import InferenceModel
+    from tuneloom.generate.rows import Row
 
 MAX_BATCH_ROWS = MAX_INPUTS  # rows decoded together: one request, however many inputs, always fits
 MAX_RUNNING_BATCH_TOKENS = 65_536  # rows × (prompt + max_tokens) admitted together, unless a request is alone
@@ -144,7 +145,7 @@ class Job:
         and log-probabilities (`logprobs`: how many alternatives with each token) it cannot report.
         Input i samples with seed + i (`InferenceParams.for_input`).
         """
-        from tuneloom.generate.continuous import Row, check_seedable, generate_only_reason
+        from tuneloom.generate.continuous import check_seedable, generate_only_reason
         from tuneloom.generate.generator import (
             check_context,
             check_token_ids,
@@ -152,6 +153,7 @@ class Job:
             model_prompt,
             prompt_text,
         )
+        from tuneloom.generate.rows import Row
 
         check_seedable(loaded, params)
         why = generate_only_reason(loaded, params)
