@@ -137,10 +137,13 @@ def test_export_merged_loads_in_plain_transformers(trained: Path, tmp_path: Path
     assert "### Human: {prompt} ### Assistant:" in card
 
 
-def test_export_adapter_alone(trained: Path, tmp_path: Path) -> None:
+def test_export_adapter_alone(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "adapter"
     assert main(["export", str(trained), str(out)]) == 0
+    assert "Exported the adapter to" in capsys.readouterr().out
     assert (out / "adapter_config.json").is_file() and (out / "tokenizer_config.json").is_file()
+    adapter_config = json.loads((out / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == "tuneloom/tiny-random"  # not the training machine's cache
     card = (out / "README.md").read_text(encoding="utf-8")  # the same card code as --merged, not peft's blank one
     assert "library_name: peft" in card and "LoRA adapter alone" in card and "More Information Needed" not in card
     assert 'PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("tuneloom/tiny-random"), "adapter")' in card

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from test_data_properties import BYTES, FORMATS, SUFFIXES
@@ -89,6 +89,8 @@ def test_lines_are_the_same_however_the_bytes_are_chunked(body: bytes, cuts: lis
 
 @settings(max_examples=150, deadline=None)
 @given(CSV_BODIES, CUTS)
+# a refused record running on into the next batch lost the excerpt of its first line
+@example(b'prompt,completion\nprompt,completion\n"unclosed\n"multi\nline",x', [46])
 def test_csv_rows_do_not_depend_on_chunking_and_come_in_file_order(body: bytes, cuts: list[int]) -> None:
     whole = csv_rows([body])
     assert csv_rows(chunked(body, cuts)) == whole

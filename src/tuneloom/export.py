@@ -14,13 +14,19 @@ import shutil
 import tempfile
 import textwrap
 from pathlib import Path
+from typing import NamedTuple
 
 from tuneloom.errors import ModelVersionError
 from tuneloom.generate.loading import load_for_inference
 from tuneloom.model_version import ModelVersion, make_folder, open_version
 
 
-def export_version(version_dir: Path, out: Path, *, merged: bool = False) -> Path:
+class Exported(NamedTuple):
+    path: Path
+    holds: str  # "adapter", "merged model" (an adapter folded into its base) or "model" (full fine-tune)
+
+
+def export_version(version_dir: Path, out: Path, *, merged: bool = False) -> Exported:
     version = open_version(version_dir)
     if out.exists():
         raise ModelVersionError(f"{out} already exists; choose another folder.")
@@ -36,10 +42,25 @@ def export_version(version_dir: Path, out: Path, *, merged: bool = False) -> Pat
         else:
             shutil.copytree(version.weights_dir, staging)
             shutil.copytree(version.path / "tokenizer", staging, dirs_exist_ok=True)
+            _name_the_base(staging / "adapter_config.json", _base_model(version))
         (staging / "tuneloom_prompt_format.json").write_text(json.dumps(version.prompt_format, indent=2))
         (staging / "README.md").write_text(model_card(version, out.name, full_weights=full_weights), encoding="utf-8")
         staging.rename(out)
-    return out
+    if not full_weights:
+        return Exported(out, "adapter")
+    return Exported(out, "merged model" if version.is_adapter else "model")
+
+
+def _base_model(version: ModelVersion) -> str:
+    return str(version.manifest.get("base_model") or version.template)
+
+
+def _name_the_base(adapter_config: Path, base: str) -> None:
+    """peft records the folder the base was loaded from: a cache path on the training machine. The export
+    names the model the version was trained from instead, so `AutoPeftModelForCausalLM` finds it anywhere."""
+    config = json.loads(adapter_config.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = base
+    adapter_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def model_card(version: ModelVersion, folder: str, *, full_weights: bool) -> str:
@@ -49,7 +70,7 @@ def model_card(version: ModelVersion, folder: str, *, full_weights: bool) -> str
     machine) and a merged export had no card at all; one card for both says what the weights are,
     how plain `transformers` loads them and which prompt they expect.
     """
-    base = str(version.manifest.get("base_model") or version.template)
+    base = _base_model(version)
     tags = ["tuneloom", "lora"] + (["merged"] if full_weights and version.is_adapter else [])
     library = "transformers" if full_weights else "peft"
     prompt = textwrap.indent(str(version.prompt_format.get("template", "{prompt}")), "    ")

@@ -253,7 +253,7 @@ def print_evaluation_rows(rows: list[dict[str, Any]], limit: int = 8) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from tuneloom.export import export_version
 
-    out = export_version(args.model, args.out, merged=args.merged)
-    kind = "merged model" if args.merged else "adapter"
-    console.print(f"Exported the {kind} to {escape(str(out))} (loads with plain transformers)")
+    exported = export_version(args.model, args.out, merged=args.merged)
+    loads_with = "peft" if exported.holds == "adapter" else "plain transformers"
+    console.print(f"Exported the {exported.holds} to {escape(str(exported.path))} (loads with {loads_with})")
     return 0

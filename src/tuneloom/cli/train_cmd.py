@@ -91,9 +91,9 @@ def _read_settings_file(where: str, name: str) -> str:
     from tuneloom.cli.arg_types import read_named_file
     from tuneloom.errors import SettingsError
 
-    if not where.strip():
-        raise SettingsError(f"{name}: '@' must be followed by a JSON file's path, e.g. @{name}.json", key=name)
     flag = f"--{name.replace('_', '-')}"
+    if not where.strip():
+        raise SettingsError(f"{flag}: '@' must be followed by a JSON file's path, e.g. @{name}.json", key=name)
     return read_named_file(Path(where), f"{flag}: @{where}", lambda message: SettingsError(message, key=name))
 
 

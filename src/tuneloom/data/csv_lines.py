@@ -67,12 +67,6 @@ class CsvLines:
                 self.bad[self.first + self.pos - 1] = item
                 yield "\n"
 
-    def held_text(self, number: int) -> str:
-        """Line `number` as read, while its batch is still held ("" once it is not, or if undecodable)."""
-        index = number - self.first
-        item = self.items[index] if 0 <= index < len(self.items) else ""
-        return item if isinstance(item, str) else ""
-
     def skip_blank(self) -> str | None:
         """Consume the blank lines; return the next line as the csv module will read it (not consumed)."""
         for line in self.source:

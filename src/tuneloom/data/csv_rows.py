@@ -152,6 +152,9 @@ def _records(lines: CsvLines, reader: Iterator[list[str]], row: _RowMaker) -> li
     bad = lines.bad
     while True:
         start = lines.first + lines.pos  # (`lines.line`, inlined: this loop runs once per record)
+        # Its first line, taken while held: a record the csv module refuses may have run on into the
+        # next batch by then, and its excerpt must not depend on where the batches were cut.
+        head = lines.items[lines.pos]
         failure: InvalidRow | None = None
         try:
             record = next(reader)
@@ -159,7 +162,7 @@ def _records(lines: CsvLines, reader: Iterator[list[str]], row: _RowMaker) -> li
             return out
         except csv.Error as error:
             reason = _csv_reason(error, start, lines.line - 1)  # the record's cells are lost: show its first line
-            record, failure = [], InvalidRow(start, reason, excerpt(lines.held_text(start)))
+            record, failure = [], InvalidRow(start, reason, excerpt(head if isinstance(head, str) else ""))
         if bad:
             earlier, spanning = _take_bad(bad, start, lines.line - 1)
             out += earlier
