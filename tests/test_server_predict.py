@@ -135,6 +135,7 @@ def test_unknown_untrained_and_other_apps_versions(deployed: Deployed) -> None:
         pending_url.replace("pending", "empty") + "/predict", json={"inputs": ["x"]}, headers=deployed.headers
     )
     assert empty.status_code == 404 and "no trained version" in empty.json()["message"]
+    assert empty.json()["details"]["key"] == "model_id"
     stream = httpx.post(f"{pending_url}/generate", json={"input": "x", "version": training}, headers=deployed.headers)
     assert stream.status_code == 409
 

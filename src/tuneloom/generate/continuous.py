@@ -2,7 +2,8 @@
 
 `generate()` runs a fixed batch until its longest member is done, so a request that arrives a moment
 later waits for the whole batch, and a streamed request cannot share it at all. Here a batch is a
-running set of rows over one KV cache: `add` prefills new rows and merges their cache into the
+running set of rows over one KV cache: `add` prefills new rows (packed into one sequence, after any
+prompt start the model's requests share: `packing`, `prefixes`) and merges their cache into the
 running one (left-padded to a common length), `step` decodes one token for every row, and a row
 that hits EOS, a stop string or its `max_tokens` (or is cancelled) leaves the batch at once.
 

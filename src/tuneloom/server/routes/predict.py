@@ -72,7 +72,10 @@ def trained_version(ctx: ServerContext, app_id: str, model_id: str, version_id: 
     if version_id is None:
         latest = registry.latest_trained(ctx.db, app_id, model_id)
         if latest is None:
-            raise NotFoundError(f"model '{model_id}' has no trained version yet; train one or wait for it to finish")
+            raise NotFoundError(
+                f"model '{model_id}' has no trained version yet; train one or wait for it to finish",
+                details={"key": "model_id"},
+            )
         return latest
     version = registry.get_model_version(ctx.db, app_id, model_id, version_id)
     return check_trained(version)
