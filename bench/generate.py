@@ -2,7 +2,8 @@
 
 Same model, same prompts, greedy decoding, the same max new tokens, one run after the other in one
 process. Figures: output tokens/s for the one-at-a-time baseline and for tuneloom handling the same
-32 requests together (length-sorted batches), and time to first token when streaming one request.
+32 requests together (its own loop: up to 32 rows, refilled as they finish, packed prefill, a shared
+prompt start prefilled once), and time to first token when streaming one request.
 Serving through the HTTP server (concurrent clients, p50/p99) is `bench.serve`.
 
     python -m bench.generate                      # SmolLM2-135M-Instruct, 32 prompts, 32 new tokens

@@ -17,7 +17,7 @@ import torch
 
 from tuneloom.errors import SettingsError
 from tuneloom.generate.continuous import ContinuousBatch, supports_continuous
-from tuneloom.generate.generator import _encode, count_prompt_tokens, generate, stream
+from tuneloom.generate.generator import BATCH_SIZE, _encode, count_prompt_tokens, generate, own_loop_serves, stream
 from tuneloom.generate.loading import load_for_inference
 from tuneloom.generate.logprobs import prompt_logprobs
 from tuneloom.generate.params import InferenceParams
@@ -56,6 +56,16 @@ def test_rows_joining_and_leaving_answer_as_generate_does_alone(loaded: Any) -> 
     assert [row.generation(loaded) for row in rows] == expected
     assert [streamed[id(row)] for row in rows] == [g.text for g in expected]  # the pieces add up
     assert expected[3].finish_reason == "stop" and expected[0].finish_reason == "length"
+
+
+def test_many_inputs_run_through_the_loop_and_answer_as_generate_does_alone(loaded: Any) -> None:
+    """More inputs than a batch holds: the loop refills its batch as rows finish (`generate_by_rows`), and
+    each answer is still transformers' `generate()` for that input alone."""
+    texts = [f"{TEXTS[i % len(TEXTS)]} number {i}" for i in range(BATCH_SIZE + 8)]
+    params = InferenceParams(max_tokens=10, temperature=0)
+    expected = [generate(loaded, [text], params)[0] for text in texts]
+    assert own_loop_serves(loaded, params, len(texts)) and not own_loop_serves(loaded, params, 1)
+    assert generate(loaded, texts, params) == expected  # each Generation names its prompt: in order too
 
 
 def test_sampling_parameters_apply_per_row() -> None:

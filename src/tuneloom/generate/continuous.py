@@ -260,9 +260,17 @@ def generate_by_rows(loaded: InferenceModel, prompts: Sequence[Prompt], params: 
     (`for_input`), as on the server."""
     check_seedable(loaded, params)
     rows = [Row.rendered(prompt, params.for_input(i)) for i, prompt in enumerate(prompts)]
-    for start in range(0, len(rows), BATCH_SIZE):
-        for _ in run_alone(loaded, rows[start : start + BATCH_SIZE]):
+    if len(rows) == 1:
+        for _ in run_alone(loaded, rows):
             pass
+        return [rows[0].generation(loaded)]
+    batch, waiting = ContinuousBatch(loaded), list(reversed(rows))
+    while waiting or batch.rows:  # up to BATCH_SIZE rows at a time, a finished one replaced at once
+        running = sum(not row.finished for row in batch.rows)
+        if waiting and running < BATCH_SIZE:
+            batch.add([waiting.pop() for _ in range(min(BATCH_SIZE - running, len(waiting)))])
+        else:
+            batch.step()
     return [row.generation(loaded) for row in rows]
 
 
