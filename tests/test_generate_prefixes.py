@@ -13,6 +13,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+from tuneloom.generate import prefixes as prefixes_module
 from tuneloom.generate.continuous import ContinuousBatch
 from tuneloom.generate.generator import generate, padded_batch, padded_positions
 from tuneloom.generate.loading import load_for_inference
@@ -143,6 +144,20 @@ def test_prefixes_are_found_reused_capped_and_evicted() -> None:
         prefixes.grouped([[*other, 1], [*other, 2]], fills)
     assert len(prefixes.kept) == KEPT
     assert all(prefix.ids != tuple(start) for prefix in prefixes.kept)
+
+
+def test_kept_prefixes_stay_within_their_byte_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A big model's prefixes are hundreds of MB each: the oldest go first, the newest always stays."""
+    prefixes, fills = PromptPrefixes(enabled=True), _Fills()
+    one = 2 * 2 * 20 * 4 * 4  # keys and values of a 20-token start in `_Fills`' one-layer cache, in bytes
+    monkeypatch.setattr(prefixes_module, "KEPT_BYTES", 2 * one)
+    starts = [[1000 * (n + 1) + i for i in range(20)] for n in range(3)]
+    for start in starts:
+        prefixes.grouped([[*start, 1], [*start, 2]], fills)
+    assert [prefix.ids for prefix in prefixes.kept] == [tuple(start) for start in starts[1:]]
+    monkeypatch.setattr(prefixes_module, "KEPT_BYTES", one // 2)
+    prefixes.grouped([[*starts[0], 1], [*starts[0], 2]], fills)
+    assert [prefix.ids for prefix in prefixes.kept] == [tuple(starts[0])]  # over budget alone: still kept
 
 
 def test_a_packed_prefill_matches_the_padded_one_token_for_token(loaded: Any) -> None:

@@ -10,7 +10,8 @@ and SGLang's radix cache do the same at block granularity).
 
 Prefixes are found, not declared: a prompt that shares at least `MIN_SHARED_TOKENS` leading tokens
 with another prompt prefilled together or the one before it makes that shared start a prefix. A
-model keeps the `KEPT` most recently used, of at most `MAX_PREFIX_TOKENS` each; a prompt reuses the
+model keeps the `KEPT` most recently used (`KEPT_BYTES` of keys and values in all, but for the
+newest), of at most `MAX_PREFIX_TOKENS` each; a prompt reuses the
 one it shares most tokens with, up to all but its last token (whose logits the prefill must
 produce). Only models whose prefill packs (`packing.packs_prefill`) reuse prefixes.
 `TUNELOOM_PREFIX_CACHE=0` turns this off (the benchmark's comparison).
@@ -30,6 +31,7 @@ PREFIX_CACHE_ENV = "TUNELOOM_PREFIX_CACHE"
 MIN_SHARED_TOKENS = 16  # below this a prefix saves less than its bookkeeping costs
 KEPT = 4  # prefixes per model: one per instruction a model is commonly served with
 MAX_PREFIX_TOKENS = 512  # a prefix's cache is kept on the device: 256 MB at most for a 7B model without GQA
+KEPT_BYTES = 512 * 2**20  # the kept prefixes of one model together, but for the newest (a 13B's 512 tokens: 400 MB)
 
 
 @dataclass(eq=False)
@@ -42,6 +44,10 @@ class Prefix:
     def shared_with(self, prompt: tuple[int, ...]) -> int:
         """How many of this prefix's tokens `prompt` starts with, leaving its last token to be prefilled."""
         return min(_common_start(self.ids, prompt), len(prompt) - 1)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(keys.nbytes + values.nbytes for keys, values in self.layers)
 
     def cache_for(self, tokens: int) -> Any:
         """A fresh one-row `DynamicCache` holding this prefix's first `tokens` positions."""
@@ -82,7 +88,7 @@ class PromptPrefixes:
         with self._lock:
             chosen: dict[int, tuple[Prefix, int]] = {}
             while self._choose(rows, chosen) and (found := self._found(rows, chosen, fill)) is not None:
-                self.kept = [*self.kept, found][-KEPT:]
+                self.kept = _within_budget([*self.kept, found][-KEPT:])
             self._previous = rows[-1]
             return _groups(len(prompts), chosen, self._touch)
 
@@ -131,6 +137,13 @@ def _groups(count: int, chosen: dict[int, tuple[Prefix, int]], touch: Callable[[
         groups.append(Group(prefix, min(chosen[i][1] for i in rows), sorted(rows)))
     rest = [i for i in range(count) if i not in chosen]
     return groups + ([Group(None, 0, rest)] if rest else [])
+
+
+def _within_budget(kept: list[Prefix]) -> list[Prefix]:
+    """`kept` less its least recently used prefixes while together they pass `KEPT_BYTES` (the newest stays)."""
+    while len(kept) > 1 and sum(prefix.nbytes for prefix in kept) > KEPT_BYTES:
+        kept = kept[1:]
+    return kept
 
 
 def _common_start(a: tuple[int, ...], b: tuple[int, ...]) -> int:
