@@ -74,7 +74,8 @@ class Generation:
 
 
 def generate(loaded: InferenceModel, texts: Sequence[Prompt], params: InferenceParams) -> list[Generation]:
-    """Generate for up to 128 inputs, in length-sorted batches (less left padding per batch)."""
+    """Generate for up to 128 inputs: through tuneloom's own loop where it serves them (`own_loop_serves`),
+    else through transformers' `generate()` in length-sorted batches (less left padding per batch)."""
     if not texts:
         return []
     if len(texts) > MAX_INPUTS:
