@@ -160,9 +160,10 @@ def test_kept_prefixes_stay_within_their_byte_budget(monkeypatch: pytest.MonkeyP
     assert [prefix.ids for prefix in prefixes.kept] == [tuple(starts[0])]  # over budget alone: still kept
 
 
-def test_a_packed_prefill_matches_the_padded_one_token_for_token(loaded: Any) -> None:
+@pytest.mark.parametrize("count", [1, 3])  # one row: a plain causal forward, no block mask
+def test_a_packed_prefill_matches_the_padded_one_token_for_token(loaded: Any, count: int) -> None:
     """Same last-token logits and the same cache, row by row, as left-padded rows prefilled from scratch."""
-    prompts = [loaded.tokenizer(INSTRUCTION + ticket)["input_ids"] for ticket in TICKETS[:3]]
+    prompts = [loaded.tokenizer(INSTRUCTION + ticket)["input_ids"] for ticket in TICKETS[:count]]
     shared = 12
     model = loaded.model
     with torch.inference_mode():

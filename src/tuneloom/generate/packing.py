@@ -8,8 +8,8 @@ each row's positions continue from the prefix), and only each row's last token i
 the vocabulary. The cache that comes out is cut back into rows, left-padded as the running batch
 keeps them.
 
-The mask is dense (tokens × (prefix + tokens)), so a pack holds at most `PACK_TOKENS` tokens (a
-longer prompt is a pack of its own). Attention that takes no 4D mask (flash-attention, flex) or
+The mask is dense (tokens × (prefix + tokens)), so a pack holds at most `PACK_TOKENS` tokens; a
+longer prompt is a pack of its own, and a pack of one row is a plain causal forward with no such mask. Attention that takes no 4D mask (flash-attention, flex) or
 that slides a window needs the padded prefill (`packs_prefill`).
 """
 
@@ -51,7 +51,8 @@ class Pack:
 
     ids: torch.Tensor  # (1, tokens)
     positions: torch.Tensor  # (1, tokens): each row's continue from the prefix
-    mask: torch.Tensor  # (1, 1, tokens, shared + tokens): 0 where attended, the dtype's minimum elsewhere
+    mask: torch.Tensor  # (1, 1, tokens, shared + tokens): 0 where attended, the dtype's minimum elsewhere;
+    # for one row (1, shared + tokens) ones: a plain causal forward, which needs no dense mask
     last: torch.Tensor  # (rows,): each row's last token's index in `ids`
     lengths: torch.Tensor  # (rows,)
     shared: int
@@ -64,10 +65,14 @@ def pack(rows: Sequence[Sequence[int]], shared: int, dtype: torch.dtype, device:
     row_of = torch.repeat_interleave(torch.arange(len(rows), device=device), lengths)
     starts = torch.cumsum(lengths, 0) - lengths
     offsets = torch.arange(ids.shape[1], device=device) - starts[row_of]  # each token's place in its row
+    last = starts + lengths - 1
+    if len(rows) == 1:  # a long prompt is alone in its pack: no (tokens × tokens) mask for it
+        ones = torch.ones(1, shared + ids.shape[1], dtype=torch.long, device=device)
+        return Pack(ids, (shared + offsets)[None], ones, last, lengths, shared)
     own = (row_of[:, None] == row_of[None, :]) & (offsets[None, :] <= offsets[:, None])
     attended = torch.cat([torch.ones(len(own), shared, dtype=torch.bool, device=device), own], dim=1)
     mask = torch.zeros(attended.shape, dtype=dtype, device=device).masked_fill(~attended, torch.finfo(dtype).min)
-    return Pack(ids, (shared + offsets)[None], mask[None, None], starts + lengths - 1, lengths, shared)
+    return Pack(ids, (shared + offsets)[None], mask[None, None], last, lengths, shared)
 
 
 def unpacked(cache: Any, packed: Pack) -> tuple[Any, torch.Tensor]:
