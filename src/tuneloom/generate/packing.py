@@ -9,8 +9,9 @@ the vocabulary. The cache that comes out is cut back into rows, left-padded as t
 keeps them.
 
 The mask is dense (tokens × (prefix + tokens)), so a pack holds at most `PACK_TOKENS` tokens; a
-longer prompt is a pack of its own, and a pack of one row is a plain causal forward with no such mask. Attention that takes no 4D mask (flash-attention, flex) or
-that slides a window needs the padded prefill (`packs_prefill`).
+longer prompt is a pack of its own, and a pack of one row is a plain causal forward with no such
+mask. Attention that takes no 4D mask (flash-attention, flex) or that slides a window needs the
+padded prefill (`packs_prefill`).
 """
 
 from __future__ import annotations
