@@ -63,10 +63,11 @@ def test_stop_checkpoints_and_resume_finishes(sentiment_file: Path, tmp_path: Pa
     assert f"the validation data changed (file {other}; the run started with none)" in refused.value.message
     assert refused.value.key == "data"
 
-    # The same data under another name, and settings that only change when checkpoints are saved: it resumes.
+    # The same data under another name, settings that only change when checkpoints are saved, and a setting now
+    # given at the value the run had by leaving it out: it resumes.
     copy = tmp_path / "copy.txt"
     copy.write_bytes(sentiment_file.read_bytes())
-    cadence = {**SETTINGS["trainer_config"], "save_steps": 500}
+    cadence = {**SETTINGS["trainer_config"], "save_steps": 500, "max_grad_norm": 1.0}
     harmless = {"trainer_config": cadence, "invalid_data_tolerance_percent": 9}
     job = TrainJob(data=copy, output=out, template="tiny-random", settings=harmless, resume=True)
     steps: list[int] = []

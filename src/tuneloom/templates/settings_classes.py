@@ -135,6 +135,31 @@ def bnb_fields() -> dict[str, Field]:
     return _init_fields(BitsAndBytesConfig, BNB_FIELDS)
 
 
+@cache
+def library_defaults(setting: str) -> dict[str, Any]:
+    """The value each key of `setting` takes when left out, as the library's class defines it (as JSON reads back:
+    enums as their strings); {} for settings without such a class. A key given explicitly at this value and a
+    key left out configure the same thing."""
+    if setting == "trainer_config":
+        from transformers import TrainingArguments as cls
+    elif setting == "peft_config":
+        from peft import LoraConfig as cls  # type: ignore[assignment]
+    else:
+        return {}
+    return {
+        f.name: _as_json(f.default)
+        for f in dataclasses.fields(cls)
+        if f.init and f.default is not dataclasses.MISSING and _as_json(f.default) is not None
+    }
+
+
+def _as_json(value: Any) -> Any:
+    """`value` as a JSON file holds it (an enum as its value); None where JSON has no such value."""
+    if isinstance(value, enum.Enum):
+        value = value.value
+    return value if value is None or isinstance(value, (bool, int, float, str)) else None
+
+
 FIELD_SOURCES: dict[str, Callable[[], Mapping[str, Field]]] = {
     "model_config": lambda: MODEL_FIELDS,
     "tokenizer_config": lambda: TOKENIZER_FIELDS,

@@ -23,6 +23,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from tuneloom.errors import SettingsError
 from tuneloom.model_version import MANIFEST, sha256_file, write_json
 from tuneloom.templates import TrainingSettings, get_template
+from tuneloom.templates.settings_classes import library_defaults
 from tuneloom.templates.settings_distributed import DEFAULTS as DISTRIBUTED_DEFAULTS
 from tuneloom.templates.settings_rules import EXTENSIONS
 
@@ -78,7 +79,7 @@ HARMLESS = frozenset(
 )
 
 
-def check_run_record(job: TrainJob, settings: TrainingSettings, workdir: Path, latest: Path | None) -> TrainerCallback:
+def check_run_record(job: TrainJob, settings: TrainingSettings, workdir: Path, latest: Path | None) -> RecordFreshStart:
     """Refuse a resume whose settings or data differ from the run's record, and a fresh start that would discard an
     interrupted run's checkpoint (`latest`) unasked; the callback that keeps the record.
 
@@ -138,7 +139,7 @@ def differences(earlier: dict[str, Any], now: dict[str, Any]) -> list[tuple[str,
     changed = [
         (key, f"{key} was {_shown(before.get(key, _UNSET))}, now {_shown(after.get(key, _UNSET))}")
         for key in sorted(before.keys() | after.keys())
-        if before.get(key, _UNSET) != after.get(key, _UNSET)
+        if before.get(key, _library_default(earlier, key)) != after.get(key, _library_default(now, key))
     ]
     for key, what in (("data", "training data"), ("validation", "validation data"), ("start_from", "start weights")):
         if _sha(earlier.get(key)) != _sha(now.get(key)):
@@ -183,6 +184,16 @@ def _comparable(record: dict[str, Any]) -> dict[str, Any]:
         else:
             flat[name] = value
     return {key: value for key, value in flat.items() if key not in HARMLESS}
+
+
+def _library_default(record: dict[str, Any], key: str) -> Any:
+    """What a setting left out of `record` configured: the library's default (`weight_decay` 0.0 given on a resume
+    is what the run had by leaving it out), where the record uses that setting (a LoRA key says nothing of a run
+    with no adapter); else unset."""
+    setting, _, name = key.partition(".")
+    if not (record.get("settings") or {}).get(setting):
+        return _UNSET
+    return library_defaults(setting).get(name, _UNSET)
 
 
 def _flatten(prefix: str, value: dict[str, Any]) -> dict[str, Any]:
