@@ -27,7 +27,6 @@ from tuneloom.model_version import (
     make_folder,
     open_version,
     partial_dir,
-    sha256_file,
     write_json,
 )
 from tuneloom.templates import (
@@ -182,11 +181,11 @@ def train_rank(
         "prompt_format": prompt_format.to_dict(),
         "data": {
             "file": str(job.data),
-            "sha256": sha256_file(job.data),  # what the path held then: the same name may hold other data later
+            "sha256": recorder.record["data"]["sha256"],  # hashed as the run began: the name may hold other data later
             "format": report.format,
             "train_examples": len(train_set),
             "held_out_examples": len(eval_set),
-            **({"validation_sha256": sha256_file(job.validation)} if job.validation else {}),
+            **({"validation_sha256": recorder.record["validation"]["sha256"]} if job.validation else {}),
         },
         "summary": {k: metrics[k] for k in ("train_loss", "eval_loss", "perplexity") if k in metrics},
     }
