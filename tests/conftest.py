@@ -80,18 +80,32 @@ def _free_port() -> int:
 
 
 def api_key(data_dir: Path, *extra: str) -> str:
-    """A new key from the real `tuneloom keys create` (admin unless `--app ID` is passed).
+    """A new key, made as `tuneloom keys create [--app ID]` makes it (admin without `--app`).
 
-    Keys live in the server's database, so the command gets the same `--database-url` the server got.
+    In this process: a `tuneloom` subprocess per key cost 1.5 s each, some 60 times a run; the command itself
+    runs for real in its own tests (test_store_keys_apps, test_cli_edge_inputs). Keys live in the server's
+    database, so this opens the same database the server got.
     """
-    result = run_cli("keys", "create", "--data-dir", str(data_dir), *_database_args(data_dir), *extra)
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip().splitlines()[-1]
+    from tuneloom.server.context import ServerContext
+    from tuneloom.store.keys import create_key
+
+    app = dict(zip(extra[::2], extra[1::2], strict=True)).get("--app")
+    ctx = ServerContext.open(data_dir, _database_url(data_dir))
+    try:
+        return create_key(ctx.db, app, ctx.pepper)[0]
+    finally:
+        ctx.db.dispose()
 
 
 def _database_args(data_dir: Path) -> list[str]:
+    url = _database_url(data_dir)
+    return ["--database-url", url] if url else []
+
+
+def _database_url(data_dir: Path) -> str | None:
+    """The PostgreSQL URL the `server` fixture gave the server of `data_dir`; None: its SQLite file."""
     marker = data_dir / DATABASE_URL_FILE
-    return ["--database-url", marker.read_text(encoding="utf-8")] if marker.is_file() else []
+    return marker.read_text(encoding="utf-8") if marker.is_file() else None
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

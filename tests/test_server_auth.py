@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.conftest import api_key, sentiment_lines
+from tests.conftest import _database_args, api_key, run_cli, sentiment_lines
 
 OWNER, OTHER = "owner-app", "other-app"
 METHODS = ("get", "post", "put", "patch", "delete")
@@ -158,6 +158,23 @@ def test_every_route_refuses_a_missing_or_wrong_key(world: World, authorization:
             assert body["error"]["code"] == "invalid_api_key" and "key" in body["error"]["message"], (route, body)
         else:
             assert body["code"] == "UNAUTHORIZED" and "key" in body["message"], (route, body)
+
+
+def test_keys_made_by_the_cli_open_what_they_name_on_the_running_server(world: World, server: tuple[str, Path]) -> None:
+    """`tuneloom keys create` run beside a live server (on its database): the server takes the key at once."""
+    data_dir = server[1]
+
+    def created(*scope: str) -> dict[str, str]:
+        made = run_cli("keys", "create", "--data-dir", str(data_dir), *_database_args(data_dir), *scope)
+        assert made.returncode == 0, made.stderr
+        assert "It is shown once" in made.stderr
+        return {"Authorization": f"Key {made.stdout.strip().splitlines()[-1]}"}
+
+    owner, admin = created("--app", OWNER), created()
+    assert httpx.get(f"{world.url}/api/apps/{OWNER}/datasets", headers=owner).status_code == 200
+    assert httpx.get(f"{world.url}/api/apps/{OTHER}/datasets", headers=owner).status_code in (403, 404)
+    listed = httpx.get(f"{world.url}/api/apps", headers=admin)
+    assert listed.status_code == 200 and {OWNER, OTHER} <= {app["id"] for app in listed.json()}
 
 
 def test_another_apps_key_reaches_nothing_of_the_owner(world: World) -> None:
