@@ -14,7 +14,13 @@ def record(**settings: Any) -> dict[str, Any]:
 def test_a_setting_given_at_its_library_default_resumes_as_if_left_out() -> None:
     started = record(trainer_config={"num_train_epochs": 2}, peft_config={"r": 4})
     explicit = record(
-        trainer_config={"num_train_epochs": 2, "weight_decay": 0.0, "lr_scheduler_type": "linear", "max_steps": -1},
+        trainer_config={
+            "num_train_epochs": 2,
+            "weight_decay": 0.0,
+            "lr_scheduler_type": "linear",
+            "max_steps": -1,
+            "optim_args": None,
+        },
         peft_config={"r": 4, "lora_dropout": 0.0, "bias": "none"},
     )
     assert differences(started, explicit) == []

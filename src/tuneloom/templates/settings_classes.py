@@ -146,18 +146,19 @@ def library_defaults(setting: str) -> dict[str, Any]:
         from peft import LoraConfig as cls  # type: ignore[assignment]
     else:
         return {}
-    return {
-        f.name: _as_json(f.default)
-        for f in dataclasses.fields(cls)
-        if f.init and f.default is not dataclasses.MISSING and _as_json(f.default) is not None
-    }
+    defaults = {f.name: _as_json(f.default) for f in dataclasses.fields(cls) if f.init}
+    return {name: value for name, value in defaults.items() if value is not _NOT_JSON}
+
+
+_NOT_JSON = object()
 
 
 def _as_json(value: Any) -> Any:
-    """`value` as a JSON file holds it (an enum as its value); None where JSON has no such value."""
+    """`value` as a JSON file holds it (an enum as its value); `_NOT_JSON` for what JSON cannot hold (a list built
+    by a default factory, a config object)."""
     if isinstance(value, enum.Enum):
         value = value.value
-    return value if value is None or isinstance(value, (bool, int, float, str)) else None
+    return value if value is None or isinstance(value, (bool, int, float, str)) else _NOT_JSON
 
 
 FIELD_SOURCES: dict[str, Callable[[], Mapping[str, Field]]] = {
