@@ -82,27 +82,27 @@ def _free_port() -> int:
 def api_key(data_dir: Path, *extra: str) -> str:
     """A new key, made as `tuneloom keys create [--app ID]` makes it (admin without `--app`).
 
-    In this process: a `tuneloom` subprocess per key cost 1.5 s each, some 60 times a run; the command itself
-    runs for real in its own tests (test_store_keys_apps, test_cli_edge_inputs). Keys live in the server's
-    database, so this opens the same database the server got.
+    In this process, through the store as the command does: a `tuneloom` subprocess per key cost 1.5 s, some 60
+    times a run. The command itself runs for real against a live server in test_server_auth. Keys live in the
+    server's database, so this opens the database the server got.
     """
-    from tuneloom.server.context import ServerContext
-    from tuneloom.store.keys import create_key
+    from tuneloom.store.db import open_database
+    from tuneloom.store.keys import create_key, load_pepper
 
     app = dict(zip(extra[::2], extra[1::2], strict=True)).get("--app")
-    ctx = ServerContext.open(data_dir, _database_url(data_dir))
+    db = open_database(database_url(data_dir), data_dir=data_dir, migrate=False)
     try:
-        return create_key(ctx.db, app, ctx.pepper)[0]
+        return create_key(db, app, load_pepper(data_dir))[0]
     finally:
-        ctx.db.dispose()
+        db.dispose()
 
 
-def _database_args(data_dir: Path) -> list[str]:
-    url = _database_url(data_dir)
+def database_args(data_dir: Path) -> list[str]:
+    url = database_url(data_dir)
     return ["--database-url", url] if url else []
 
 
-def _database_url(data_dir: Path) -> str | None:
+def database_url(data_dir: Path) -> str | None:
     """The PostgreSQL URL the `server` fixture gave the server of `data_dir`; None: its SQLite file."""
     marker = data_dir / DATABASE_URL_FILE
     return marker.read_text(encoding="utf-8") if marker.is_file() else None

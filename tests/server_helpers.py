@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from tests.conftest import DATABASE_URL_FILE, api_key, sentiment_lines
+from tests.conftest import api_key, database_url, sentiment_lines
 
 from tuneloom.store import jobs
 from tuneloom.store.db import Database, open_database
@@ -53,9 +53,7 @@ class Deployed:
 
 def server_database(data_dir: Path) -> Database:
     """The database the test server uses (SQLite in its data dir, or the PostgreSQL URL noted there)."""
-    marker = data_dir / DATABASE_URL_FILE
-    url = marker.read_text(encoding="utf-8") if marker.is_file() else None
-    return open_database(url, data_dir=data_dir, migrate=False)
+    return open_database(database_url(data_dir), data_dir=data_dir, migrate=False)
 
 
 def deploy(

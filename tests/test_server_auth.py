@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.conftest import _database_args, api_key, run_cli, sentiment_lines
+from tests.conftest import api_key, database_args, run_cli, sentiment_lines
 
 OWNER, OTHER = "owner-app", "other-app"
 METHODS = ("get", "post", "put", "patch", "delete")
@@ -165,7 +165,7 @@ def test_keys_made_by_the_cli_open_what_they_name_on_the_running_server(world: W
     data_dir = server[1]
 
     def created(*scope: str) -> dict[str, str]:
-        made = run_cli("keys", "create", "--data-dir", str(data_dir), *_database_args(data_dir), *scope)
+        made = run_cli("keys", "create", "--data-dir", str(data_dir), *database_args(data_dir), *scope)
         assert made.returncode == 0, made.stderr
         assert "It is shown once" in made.stderr
         return {"Authorization": f"Key {made.stdout.strip().splitlines()[-1]}"}

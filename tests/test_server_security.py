@@ -22,13 +22,12 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.sync_api import Page, expect
-from tests.conftest import DATABASE_URL_FILE, INSTRUCTION, _database_args, run_cli, sentiment_lines
+from tests.conftest import DATABASE_URL_FILE, INSTRUCTION, api_key, database_args, run_cli, sentiment_lines
 from tests.server_helpers import Deployed, deploy, ready_dataset_version, server_database
 from tests.test_web_e2e import KEY_STORAGE, watch_errors
 
 from tuneloom.server.security import CONTENT_SECURITY_POLICY
 from tuneloom.store import telemetry
-from tuneloom.store.keys import create_key, load_pepper
 
 SERVER_ARGS = ["--max-json-kb", "64", "--max-concurrent-generations-per-key", "1", "--max-tokens-limit", "1000"]
 JSON_LIMIT = "65,536-byte"
@@ -48,7 +47,7 @@ LIMIT_NAMED = "--max-concurrent-generations-per-key"
 @pytest.fixture(scope="module")
 def admin(server: tuple[str, Path]) -> dict[str, str]:
     url, data_dir = server
-    headers = {"Authorization": f"Key {new_key(data_dir)}"}
+    headers = {"Authorization": f"Key {api_key(data_dir)}"}
     assert httpx.post(f"{url}/api/apps", json={"id": "shop"}, headers=headers).status_code == 201
     return headers
 
@@ -59,15 +58,6 @@ def deployed(server: tuple[str, Path]) -> Deployed:
     if (server[1] / DATABASE_URL_FILE).is_file():
         pytest.skip("generation limits, planted model files and the console's escaping do not depend on the database")
     return deploy(*server, app_id="served")
-
-
-def new_key(data_dir: Path, app_id: str | None = None) -> str:
-    """A key made by the store in the server's database (`tuneloom keys create` does the same, in seconds more)."""
-    db = server_database(data_dir)
-    try:
-        return create_key(db, app_id, load_pepper(data_dir))[0]
-    finally:
-        db.dispose()
 
 
 def assert_secure(response: httpx.Response) -> None:
@@ -155,18 +145,18 @@ def test_json_bodies_over_the_limit_are_413_naming_it_and_uploads_keep_their_own
 
 def test_a_revoked_key_gets_401_on_its_very_next_request(server: tuple[str, Path], admin: dict[str, str]) -> None:
     url, data_dir = server
-    key = new_key(data_dir, "shop")
+    key = api_key(data_dir, "--app", "shop")
     headers = {"Authorization": f"Key {key}"}
     assert httpx.get(f"{url}/api/apps/shop/datasets", headers=headers).status_code == 200
     key_id = key.split("_")[1]
-    database = ["--data-dir", str(data_dir), *_database_args(data_dir)]
+    database = ["--data-dir", str(data_dir), *database_args(data_dir)]
     revoked = run_cli("keys", "revoke", key_id, *database)
     assert revoked.returncode == 0 and "revoked" in revoked.stderr, revoked.stderr
     after = httpx.get(f"{url}/api/apps/shop/datasets", headers=headers)
     assert after.status_code == 401 and "revoked" in after.json()["message"]
     assert httpx.get(f"{url}/v1/models", headers=headers).status_code == 401
     assert httpx.get(f"{url}/api/apps", headers=admin).status_code == 200  # other keys are unaffected
-    if not _database_args(data_dir):  # the listing reads the same rows on PostgreSQL: one backend is enough
+    if not database_args(data_dir):  # the listing reads the same rows on PostgreSQL: one backend is enough
         listed = run_cli("keys", "list", "--app", "shop", *database)
         assert listed.returncode == 0 and re.search(rf"{key_id}\s+app:shop\s+.*revoked", listed.stdout), listed.stdout
 

@@ -9,8 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.conftest import _database_args as database_args
-from tests.conftest import api_key, run_cli, sentiment_lines
+from tests.conftest import api_key, database_args, run_cli, sentiment_lines
 from tests.process_helpers import FINAL
 
 Api = tuple[str, dict[str, str], str]  # models URL, headers, READY dataset version id
