@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -112,14 +113,26 @@ def database_url(data_dir: Path) -> str | None:
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """A real `tuneloom serve` per test module and backend: SQLite always, PostgreSQL when configured.
 
-    A module may set `SERVER_ARGS` (a list of extra `serve` flags, e.g. limits it tests).
+    A module whose tests do not depend on the database (what it serves, not how it stores it) takes
+    `server_helpers.server_on_sqlite` instead: each backend's storage is tested in the modules that
+    store, queue, authorize and recover.
+    """
+    with serving(request.param, request.module, tmp_path_factory) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def serving(backend: str, module: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """`tuneloom serve` on `backend` until the block ends: its URL and data dir.
+
+    `module` may set `SERVER_ARGS` (a list of extra `serve` flags, e.g. limits it tests).
     For PostgreSQL the schema is wiped first, so each module starts from an empty database; the URL
     is noted in the data dir (a file the server ignores) for `api_key` to find.
     """
-    data_dir = tmp_path_factory.mktemp(f"server-{request.param}")
+    data_dir = tmp_path_factory.mktemp(f"server-{backend}")
     cmd = [sys.executable, "-m", "tuneloom.cli", "serve", "--data-dir", str(data_dir), "--port", str(_free_port())]
-    cmd += ["--max-upload-mb", "1", *getattr(request.module, "SERVER_ARGS", ())]  # a module's own flags
-    if request.param == "postgresql":
+    cmd += ["--max-upload-mb", "1", *getattr(module, "SERVER_ARGS", ())]  # a module's own flags
+    if backend == "postgresql":
         fresh_database("postgresql", data_dir, migrate=False).dispose()
         assert POSTGRES_URL
         (data_dir / DATABASE_URL_FILE).write_text(POSTGRES_URL, encoding="utf-8")

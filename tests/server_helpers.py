@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-from tests.conftest import api_key, database_url, sentiment_lines
+import pytest
+from tests.conftest import api_key, database_url, sentiment_lines, serving
 
 from tuneloom.store import jobs
 from tuneloom.store.db import Database, open_database
@@ -24,6 +26,17 @@ from tuneloom.templates import resolve_settings
 TRAIN_FAST = {"num_train_epochs": 3, "per_device_train_batch_size": 8, "learning_rate": 0.05}
 ONE_STEP = {"max_steps": 1, "per_device_train_batch_size": 8}  # a version whose format matters, not what it learned
 WORKER_ID = "tests"
+
+
+@pytest.fixture(scope="module", params=["sqlite"], name="server")
+def server_on_sqlite(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Path]]:
+    """The `server` fixture on SQLite alone, for a module that imports it: its tests exercise what the server
+    answers (generation, the OpenAI shapes, the SDK, the web console), which no backend changes; a second
+    backend doubled their time (a trained version per module) and tested the storage other modules test."""
+    with serving(request.param, request.module, tmp_path_factory) as served:
+        yield served
 
 
 @dataclass(frozen=True)

@@ -68,12 +68,12 @@ def test_train_over_tolerance_stops_with_the_report(tmp_path: Path) -> None:
     assert not (tmp_path / "v").exists()
 
 
+# One refused setting stands for all: each rule is tested in process (test_settings); here, how the
+# command reports one: each CLI process spends ~6 s importing torch, transformers and peft.
 @pytest.mark.parametrize(
     ("flag", "value", "expected"),
     [
-        ("--trainer-config", '{"learning_rat": 0.1}', "learning_rate"),
         ("--trainer-config", '{"push_to_hub": true}', "push_to_hub"),
-        ("--model-config", '{"trust_remote_code": true}', "trust_remote_code"),
         ("--trainer-config", '{"num_train_epochs": 1', "not valid JSON"),
         ("--invalid-data-tolerance-percent", "140", "invalid_data_tolerance_percent"),
     ],

@@ -13,7 +13,11 @@ from pathlib import Path
 
 import pytest
 from tests.conftest import api_key, sentiment_lines
-from tests.server_helpers import server_database, unfinished_version
+from tests.server_helpers import (
+    server_database,
+    server_on_sqlite,  # noqa: F401  (the module's `server`)
+    unfinished_version,
+)
 
 from tuneloom import Client, TuneloomAPIError
 from tuneloom.client import App, Dataset, DatasetVersion, Model, ModelVersion, TrainingStatus, TuneloomConnectionError

@@ -16,7 +16,12 @@ import pytest
 import torch
 from openai import OpenAI
 from tests.conftest import INSTRUCTION, NEGATIVE, POSITIVE, api_key
-from tests.server_helpers import ONE_STEP, Deployed, deploy
+from tests.server_helpers import (
+    ONE_STEP,
+    Deployed,
+    deploy,
+    server_on_sqlite,  # noqa: F401  (the module's `server`)
+)
 
 from tuneloom.generate.loading import InferenceModel, load_for_inference
 

@@ -19,7 +19,13 @@ from typing import Any
 import httpx
 import pytest
 from tests.conftest import api_key, run_cli
-from tests.server_helpers import Deployed, deploy, server_database, unfinished_version
+from tests.server_helpers import (
+    Deployed,
+    deploy,
+    server_database,
+    server_on_sqlite,  # noqa: F401  (the module's `server`)
+    unfinished_version,
+)
 from tests.test_soak import assert_held, run_soak
 
 from tuneloom.cli import main

@@ -7,8 +7,9 @@ once, and a stream stopped half way), train a second version with other settings
 Every page is photographed (`test-artifacts/screenshots/<test>/`), every request must stay on the
 server's origin (no CDN), and each page's weight on a cold load is printed.
 
-Both tests run on each database the `server` fixture serves (SQLite, and PostgreSQL when configured,
-as `.ci/run` does); the whole flow takes well under a minute per database (two tiny-random runs).
+The console reads and writes only through the API, so the flow runs on SQLite alone (`server_on_sqlite`);
+the API's storage runs on both databases in its own modules. The whole flow takes well under a minute
+(two tiny-random runs).
 """
 
 from __future__ import annotations
@@ -25,10 +26,8 @@ import pytest
 from playwright.sync_api import Browser, Page, Route, expect
 from tests.conftest import INSTRUCTION, api_key, sentiment_lines
 from tests.hostile.corpus import get
-from tests.test_store_support import BACKENDS
+from tests.server_helpers import server_on_sqlite  # noqa: F401  (the module's `server`)
 from tests.web_support import KEY_STORAGE, PHONE_VIEWPORT, NetworkLog, Screenshots, cold_load, watch_errors
-
-pytestmark = pytest.mark.parametrize("server", BACKENDS, indirect=True)
 
 BROKEN = [
     (4, "### Instruction: no answer section here ### Human: hello"),

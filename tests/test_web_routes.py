@@ -16,7 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 from tests.conftest import api_key
-from tests.server_helpers import Deployed, deploy
+from tests.server_helpers import (
+    Deployed,
+    deploy,
+    server_on_sqlite,  # noqa: F401  (the module's `server`)
+)
 
 from tuneloom.data.csv_template import TEMPLATE_COLUMNS, TEMPLATE_ROWS
 from tuneloom.web import STATIC_DIR
