@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import ModuleType
 
 import httpx
 import pytest
@@ -122,7 +122,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 
 @contextlib.contextmanager
-def serving(backend: str, module: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+def serving(backend: str, module: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """`tuneloom serve` on `backend` until the block ends: its URL and data dir.
 
     `module` may set `SERVER_ARGS` (a list of extra `serve` flags, e.g. limits it tests).

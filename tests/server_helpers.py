@@ -28,14 +28,14 @@ ONE_STEP = {"max_steps": 1, "per_device_train_batch_size": 8}  # a version whose
 WORKER_ID = "tests"
 
 
-@pytest.fixture(scope="module", params=["sqlite"], name="server")
+@pytest.fixture(scope="module", name="server")
 def server_on_sqlite(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, Path]]:
     """The `server` fixture on SQLite alone, for a module that imports it: its tests exercise what the server
     answers (generation, the OpenAI shapes, the SDK, the web console), which no backend changes; a second
     backend doubled their time (a trained version per module) and tested the storage other modules test."""
-    with serving(request.param, request.module, tmp_path_factory) as served:
+    with serving("sqlite", request.module, tmp_path_factory) as served:
         yield served
 
 

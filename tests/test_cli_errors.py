@@ -69,7 +69,7 @@ def test_train_over_tolerance_stops_with_the_report(tmp_path: Path) -> None:
 
 
 # One refused setting stands for all: each rule is tested in process (test_settings); here, how the
-# command reports one: each CLI process spends ~6 s importing torch, transformers and peft.
+# command reports one: each CLI process spends ~5.5 s importing torch, transformers and peft.
 @pytest.mark.parametrize(
     ("flag", "value", "expected"),
     [
