@@ -22,7 +22,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import pytest
 from playwright.sync_api import Browser, Page, Route, expect
 from tests.conftest import INSTRUCTION, api_key, sentiment_lines
 from tests.hostile.corpus import get
@@ -326,12 +325,8 @@ def test_without_a_key_nothing_of_any_app_is_shown(
     assert not errors, "\n".join(errors)
 
 
-def app_on_sqlite(
-    server: tuple[str, Path], request: pytest.FixtureRequest, app_id: str, *, why: str
-) -> tuple[str, str]:
-    """The server's URL and an admin key, with app `app_id` made; skipped on PostgreSQL, saying `why`."""
-    if request.node.callspec.params["server"] != "sqlite":
-        pytest.skip(f"{why}: SQLite covers it")
+def app_made(server: tuple[str, Path], app_id: str) -> tuple[str, str]:
+    """The server's URL and an admin key, with app `app_id` made."""
     url, data_dir = server
     key = api_key(data_dir)
     response = httpx.post(f"{url}/api/apps", json={"id": app_id}, headers={"Authorization": f"Key {key}"})
@@ -353,10 +348,9 @@ def test_uploader_shows_each_hostile_files_verdict_and_keeps_its_text_as_text(
     server: tuple[str, Path],
     browser_page: Page,
     tmp_path: Path,
-    request: pytest.FixtureRequest,
 ) -> None:
     """A few files of tests/hostile/ through the dataset page: its message or its report, and no script runs."""
-    url, key = app_on_sqlite(server, request, "hostile", why="the uploader's verdicts do not depend on the database")
+    url, key = app_made(server, "hostile")
     headers = {"Authorization": f"Key {key}"}
     assert httpx.post(f"{url}/api/apps/hostile/datasets", json={"id": "web"}, headers=headers).status_code == 201
     page = browser_page
@@ -396,11 +390,10 @@ def test_uploader_shows_each_hostile_files_verdict_and_keeps_its_text_as_text(
 def test_template_defaults_never_overwrite_a_later_choice_or_typing(
     server: tuple[str, Path],
     browser_page: Page,
-    request: pytest.FixtureRequest,
 ) -> None:
     """The editors stay read-only until the chosen template's defaults arrive, and a slower answer
     for the template chosen before never replaces them (CI once typed into an editor mid-load)."""
-    url, key = app_on_sqlite(server, request, "order", why="the form's loading order does not depend on the database")
+    url, key = app_made(server, "order")
     page = browser_page
     errors = watch_errors(page)
     held: list[Route] = []
