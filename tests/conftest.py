@@ -74,6 +74,32 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "tuneloom.cli", *args], capture_output=True, text=True, timeout=600)
 
 
+def cli_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`tuneloom ARGS` through `main` in this process, answered as `run_cli` answers.
+
+    The same code as the command (parsing, the run, the error rendering) without a process's ~5 s of
+    imports: for a command's variants, once `run_cli` has run its main case for real. A usage error
+    (argparse's exit) is exit code 2, as in a process.
+    """
+    from tuneloom.cli import main
+
+    capsys.readouterr()  # what the test printed before is not the command's
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    printed = capsys.readouterr()
+    return subprocess.CompletedProcess(["tuneloom", *args], code, printed.out, printed.err)
+
+
+def refused(result: subprocess.CompletedProcess[str], *names: str, code: int = 1) -> None:
+    """Exit `code`, no traceback, and every one of `names` (the file, flag, key or limit) in the message."""
+    assert result.returncode == code, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr, result.stderr
+    for name in names:
+        assert name in result.stderr, (name, result.stderr)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -11,7 +11,8 @@ from bench.decode_batches import batch_sizes, longest_row_tokens
 from bench.random_models import SHAPES, card_for, lora_flops_per_token, matmul_parameters, shape, write_tokenizer
 from bench.train import compiled_figures, first_step_excess
 
-from tuneloom.generate.generator import BATCH_SIZE, Generation
+from tuneloom.generate.generator import BATCH_SIZE
+from tuneloom.generate.results import Generation
 
 TEXT = "### Instruction: Route the ticket. ### Human: my invoice shows €42 twice, ünïcode 🙂 ### Assistant: billing"
 

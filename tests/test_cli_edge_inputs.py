@@ -19,24 +19,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.conftest import run_cli, sentiment_lines
+from tests.conftest import cli_in_process, refused, run_cli, sentiment_lines
 
-from tuneloom.cli import build_parser, main
+from tuneloom.cli import build_parser
 from tuneloom.client import Client, TuneloomAPIError
-
-
-def refused(result: subprocess.CompletedProcess[str], *names: str, code: int = 1) -> None:
-    """Exit `code`, no traceback, and every one of `names` (the file, flag, key or limit) in the message."""
-    assert result.returncode == code, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr and "internal error" not in result.stderr, result.stderr
-    for name in names:
-        assert name in result.stderr, (name, result.stderr)
 
 
 def in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     """`tuneloom ARGS` through `main`: its exit code and what it printed to stderr."""
-    code = main(list(args))
-    return code, capsys.readouterr().err
+    result = cli_in_process(capsys, *args)
+    return result.returncode, result.stderr
 
 
 def test_generate_file_with_no_inputs(tmp_path: Path) -> None:

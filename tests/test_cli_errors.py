@@ -1,4 +1,8 @@
-"""Every user mistake ends in one clear message and the documented exit code — never a traceback."""
+"""Every user mistake ends in one clear message and the documented exit code — never a traceback.
+
+Each command's main case runs as a real process (`run_cli`); its variants run through the same
+`main` in this process (`cli_in_process`), so they do not each pay a process's imports.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.conftest import run_cli, sentiment_lines
+from tests.conftest import cli_in_process, refused, run_cli, sentiment_lines
+
+CLI = pytest.CaptureFixture[str]
 
 
 def test_validate_usable_file_exits_0(sentiment_file: Path) -> None:
@@ -19,8 +25,10 @@ def test_validate_usable_file_exits_0(sentiment_file: Path) -> None:
     assert data["report"]["token_stats"]["count"] == 48
 
 
-def test_validate_preview_tells_prompt_from_completion(sentiment_file: Path) -> None:
-    result = run_cli("validate", str(sentiment_file), "--template", "tiny-random", "--preview", "1", "--json")
+def test_validate_preview_tells_prompt_from_completion(sentiment_file: Path, capsys: CLI) -> None:
+    result = cli_in_process(
+        capsys, "validate", str(sentiment_file), "--template", "tiny-random", "--preview", "1", "--json"
+    )
     (pieces,) = json.loads(result.stdout)["preview"]
     masked = "".join(p["text"] for p in pieces if not p["trained"])
     trained = "".join(p["text"] for p in pieces if p["trained"])
@@ -31,28 +39,27 @@ def test_validate_preview_tells_prompt_from_completion(sentiment_file: Path) -> 
 def test_validate_over_tolerance_exits_1(tmp_path: Path) -> None:
     path = tmp_path / "bad.txt"
     path.write_text("\n".join([*sentiment_lines(1), *["no sections at all"] * 5]) + "\n")
-    result = run_cli("validate", str(path), "--no-tokenize")
+    result = run_cli("validate", str(path), "--no-tokenize")  # a real process: exit 1 with the report on stdout
     assert result.returncode == 1
     assert "not usable" in result.stdout and "line" in result.stdout
 
 
-def test_validate_usage_error_exits_2() -> None:
+def test_validate_usage_error_exits_2(capsys: CLI) -> None:
     assert run_cli("validate").returncode == 2
-    assert run_cli("validate", "x.txt", "--format", "xml").returncode == 2
+    refused(cli_in_process(capsys, "validate", "x.txt", "--format", "xml"), "--format", "xml", code=2)
 
 
-def test_validate_binary_file_is_one_clear_error(tmp_path: Path) -> None:
+def test_validate_binary_file_is_one_clear_error(tmp_path: Path, capsys: CLI) -> None:
     path = tmp_path / "data.csv"
     path.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 10)
-    result = run_cli("validate", str(path), "--no-tokenize")
-    assert result.returncode == 1
-    assert "zip" in result.stderr and "Traceback" not in result.stderr
+    refused(cli_in_process(capsys, "validate", str(path), "--no-tokenize"), str(path), "zip")
 
 
-def test_train_over_tolerance_stops_with_the_report(tmp_path: Path) -> None:
+def test_train_over_tolerance_stops_with_the_report(tmp_path: Path, capsys: CLI) -> None:
     path = tmp_path / "bad.txt"
     path.write_text("\n".join([*sentiment_lines(1), *["### Human: no answer"] * 4]) + "\n")
-    result = run_cli(
+    result = cli_in_process(
+        capsys,
         "train",
         str(path),
         "--template",
@@ -62,42 +69,49 @@ def test_train_over_tolerance_stops_with_the_report(tmp_path: Path) -> None:
         "--invalid-data-tolerance-percent",
         "5",
     )
-    assert result.returncode == 1
-    assert "INVALID_DATA_TOLERANCE_EXCEEDED" in result.stderr
-    assert "Traceback" not in result.stderr
+    refused(result, "INVALID_DATA_TOLERANCE_EXCEEDED")
     assert not (tmp_path / "v").exists()
 
 
-# One refused setting stands for all: each rule is tested in process (test_settings); here, how the
-# command reports one: each CLI process spends ~5.5 s importing torch, transformers and peft.
-@pytest.mark.parametrize(
-    ("flag", "value", "expected"),
-    [
-        ("--trainer-config", '{"push_to_hub": true}', "push_to_hub"),
-        ("--trainer-config", '{"num_train_epochs": 1', "not valid JSON"),
-        ("--invalid-data-tolerance-percent", "140", "invalid_data_tolerance_percent"),
-    ],
-)
-def test_train_refuses_bad_settings_before_loading(
-    sentiment_file: Path, tmp_path: Path, flag: str, value: str, expected: str
-) -> None:
+def test_train_refuses_bad_settings_before_loading(sentiment_file: Path, tmp_path: Path) -> None:
+    """One refused setting through a real process; each rule is tested in `test_settings`."""
+    output = str(tmp_path / "v")
     result = run_cli(
         "train",
         str(sentiment_file),
         "--template",
         "tiny-random",
         "--output",
-        str(tmp_path / "v"),
-        flag,
-        value,
+        output,
+        "--trainer-config",
+        '{"push_to_hub": true}',
     )
-    assert result.returncode == 1
-    assert expected in result.stderr and "Traceback" not in result.stderr
+    refused(result, "push_to_hub")
     assert result.stderr.startswith("error"), result.stderr  # the unused progress bar once left an empty line above
 
 
-def test_quantized_template_on_cpu_says_so_plainly(sentiment_file: Path, tmp_path: Path) -> None:
-    result = run_cli(
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("--trainer-config", '{"num_train_epochs": 1', "not valid JSON"),
+        ("--invalid-data-tolerance-percent", "140", "invalid_data_tolerance_percent"),
+    ],
+)
+def test_train_refuses_malformed_settings_before_loading(
+    sentiment_file: Path, tmp_path: Path, capsys: CLI, flag: str, value: str, expected: str
+) -> None:
+    output = str(tmp_path / "v")
+    result = cli_in_process(
+        capsys, "train", str(sentiment_file), "--template", "tiny-random", "--output", output, flag, value
+    )
+    refused(result, expected)
+    assert result.stderr.startswith("error"), result.stderr
+    assert not (tmp_path / "v").exists()
+
+
+def test_quantized_template_on_cpu_says_so_plainly(sentiment_file: Path, tmp_path: Path, capsys: CLI) -> None:
+    result = cli_in_process(
+        capsys,
         "train",
         str(sentiment_file),
         "--template",
@@ -105,27 +119,25 @@ def test_quantized_template_on_cpu_says_so_plainly(sentiment_file: Path, tmp_pat
         "--output",
         str(tmp_path / "v"),
     )
-    assert result.returncode == 1
-    assert "GPU" in result.stderr and "Traceback" not in result.stderr
+    refused(result, "GPU")
 
 
-def test_missing_base_weights_is_one_line(sentiment_file: Path, tmp_path: Path) -> None:
-    result = run_cli("train", str(sentiment_file), "--template", "gpt-neo-125m-lora", "--output", str(tmp_path / "v"))
-    assert result.returncode == 1
-    assert "EleutherAI/gpt-neo-125m" in result.stderr and "local directory" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_missing_base_weights_is_one_line(sentiment_file: Path, tmp_path: Path, capsys: CLI) -> None:
+    output = str(tmp_path / "v")
+    result = cli_in_process(capsys, "train", str(sentiment_file), "--template", "gpt-neo-125m-lora", "--output", output)
+    refused(result, "EleutherAI/gpt-neo-125m", "local directory")
 
 
-def test_gpt_neo_template_tokenizes_offline(sentiment_file: Path) -> None:
-    result = run_cli("validate", str(sentiment_file), "--template", "gpt-neo-125m-lora", "--json")
+def test_gpt_neo_template_tokenizes_offline(sentiment_file: Path, capsys: CLI) -> None:
+    result = cli_in_process(capsys, "validate", str(sentiment_file), "--template", "gpt-neo-125m-lora", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["report"]["token_stats"]["count"] == 48
 
 
-def test_templates_list_and_show() -> None:
+def test_templates_list_and_show(capsys: CLI) -> None:
     listed = json.loads(run_cli("templates", "--json").stdout)
     assert {"smollm2-135m-instruct-lora", "tiny-random", "advanced"} <= {t["id"] for t in listed}
-    shown = json.loads(run_cli("templates", "show", "HF_GPTNeo_125m_lora").stdout)
+    shown = json.loads(cli_in_process(capsys, "templates", "show", "HF_GPTNeo_125m_lora").stdout)
     assert shown["id"] == "gpt-neo-125m-lora"
     assert shown["defaults"]["peft_config"]["r"] == 16
 
@@ -136,11 +148,10 @@ def test_csv_template_round_trips(tmp_path: Path) -> None:
     assert run_cli("validate", str(path), "--no-tokenize").returncode == 0
 
 
-def test_existing_output_is_refused_before_training(sentiment_file: Path, tmp_path: Path) -> None:
+def test_existing_output_is_refused_before_training(sentiment_file: Path, tmp_path: Path, capsys: CLI) -> None:
     out = tmp_path / "v"
     out.mkdir()
     (out / "keep.txt").write_text("a user's file")
-    result = run_cli("train", str(sentiment_file), "--template", "tiny-random", "--output", str(out))
-    assert result.returncode == 1
-    assert "already exists" in result.stderr and "--overwrite" in result.stderr
+    result = cli_in_process(capsys, "train", str(sentiment_file), "--template", "tiny-random", "--output", str(out))
+    refused(result, "already exists", "--overwrite")
     assert (out / "keep.txt").read_text() == "a user's file"

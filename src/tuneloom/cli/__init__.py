@@ -62,13 +62,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _quiet_libraries() -> None:
-    """Our own bars and messages replace the libraries' progress bars and advisory warnings."""
+    """Our own bars and messages replace the libraries' progress bars and advisory warnings.
+
+    Through the environment transformers reads as it first logs (progress bars: `main` sets Hugging
+    Face's switch), not its logging module: importing that costs a second, which commands that never
+    load a model (`templates`, `keys`, `validate --no-tokenize`) need not pay. A user's own
+    TRANSFORMERS_VERBOSITY is kept.
+    """
     import warnings
 
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
 

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from tuneloom.data.parse import ParsedFile
     from tuneloom.evaluate.compare import DiffRow, MetricRow, Run
     from tuneloom.evaluate.runner import EvaluationResult
-    from tuneloom.generate.generator import Generation
     from tuneloom.generate.params import InferenceParams
+    from tuneloom.generate.results import Generation
 
 DIFFERS = "≠"
 EXAMPLES_SHOWN = 8

@@ -41,20 +41,20 @@ def register(commands: Any) -> None:
 
 def run_validate(args: argparse.Namespace) -> int:
     from tuneloom.data.validation import validate_file
-    from tuneloom.templates import DEFAULT_TEMPLATE, get_template, resolve_settings
+    from tuneloom.templates import DEFAULT_TEMPLATE, tokenizer_settings, tolerance_setting
 
-    template = get_template(args.template or DEFAULT_TEMPLATE)
-    settings = resolve_settings(template, {"invalid_data_tolerance_percent": args.tolerance})
+    tolerance_setting(args.tolerance)
+    model_config, tokenizer_config = tokenizer_settings(args.template or DEFAULT_TEMPLATE)
     tokenizer = None
     if not args.no_tokenize:
         from tuneloom.templates.loading import load_tokenizer
 
-        tokenizer = load_tokenizer(settings.model_config, settings.tokenizer_config)
+        tokenizer = load_tokenizer(model_config, tokenizer_config)
     result = validate_file(
         args.file,
         tokenizer=tokenizer,
         data_format=args.format,
-        max_length=int(settings.tokenizer_config.get("model_max_length", 512)),
+        max_length=int(tokenizer_config.get("model_max_length", 512)),
         preview=args.preview,
     )
     usable = result.report.within_tolerance(args.tolerance)

@@ -141,7 +141,8 @@ def _note_missing_checkpoint(job: Any) -> None:
 
     Not for a finished output: it is refused (`check_output`, "nothing to resume"), nothing trains.
     """
-    from tuneloom.train.recipe import latest_checkpoint, workdir_for
+    from tuneloom.train.checkpoints import latest_checkpoint
+    from tuneloom.train.recipe import workdir_for
 
     if job.output.exists() and not job.overwrite:
         return

@@ -38,19 +38,13 @@ from typing import Any
 import torch
 
 from tuneloom.errors import SettingsError
-from tuneloom.generate.generator import (
-    BATCH_SIZE,
-    Generation,
-    Prompt,
-    batch_prompt_ids,
-    padded_batch,
-    padded_positions,
-)
+from tuneloom.generate.generator import BATCH_SIZE, batch_prompt_ids, padded_batch, padded_positions
 from tuneloom.generate.loading import InferenceModel
 from tuneloom.generate.packing import pack, packs_prefill, split_into_packs, unpacked
 from tuneloom.generate.params import InferenceParams
 from tuneloom.generate.penalties import TokenCounts, has_penalty
 from tuneloom.generate.prefixes import Group
+from tuneloom.generate.results import Generation, Prompt
 from tuneloom.generate.rows import Row, choose_next, prepare_rows
 
 # Generation-config settings that `generate()` would turn into logits processors this loop lacks.

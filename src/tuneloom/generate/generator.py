@@ -11,8 +11,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 import torch
 from transformers import StoppingCriteria
@@ -22,6 +21,7 @@ from tuneloom.errors import SettingsError
 from tuneloom.generate.loading import InferenceModel
 from tuneloom.generate.params import MAX_INPUTS, InferenceParams
 from tuneloom.generate.penalties import OutputPenalty, has_output_penalty
+from tuneloom.generate.results import Generation, Prompt
 from tuneloom.generate.stops import VisibleText, cut_at_stop, stop_strings
 from tuneloom.templates.prompting import PromptFormat
 
@@ -29,48 +29,6 @@ BATCH_SIZE = 32
 MAX_CACHED_STOPS = 64  # stop-string criteria kept per tokenizer (`stop_criterion`)
 _CRITERIA: weakref.WeakKeyDictionary[Any, OrderedDict[tuple[str, ...], StoppingCriteria]] = weakref.WeakKeyDictionary()
 _CRITERIA_LOCK = threading.Lock()
-
-TokenIds = tuple[int, ...]
-"""A prompt sent as the model's own token ids (OpenAI's token-id prompts): read as is, never put in a template, so
-an evaluation harness that counted the tokens itself scores exactly those."""
-Prompt = str | TokenIds
-
-
-class Candidate(NamedTuple):
-    """A token that could stand at a place, with its log-probability there."""
-
-    token: str  # its text, decoded alone (U+FFFD for a part of a character)
-    logprob: float
-    raw: bytes | None  # its own bytes; None where the tokenizer cannot tell them (`logprobs.Vocabulary`)
-
-
-@dataclass(frozen=True)
-class TokenLogprob:
-    """One token with its log-probability, and the most likely tokens at its place with theirs.
-
-    For a generated token the distribution is the one it was drawn from (`sampling.token_logprobs`
-    says which); for a prompt's token, the model's own (`logprobs.prompt_logprobs`), and the prompt's
-    first token has none. A token's text is what it decodes to alone; `offset` is where it starts:
-    in the prompt, for a prompt's token; in the completion as generated, for a generated one (leading
-    whitespace dropped, as the returned text drops it; a token past a stop string starts at or past
-    the end of the returned text).
-    """
-
-    token: str
-    logprob: float | None  # None: the prompt's first token, which nothing precedes
-    offset: int
-    top: tuple[Candidate, ...] = ()  # most likely first; tokens top-k / top-p dropped are left out
-    raw: bytes | None = None  # the token's own bytes (`Candidate.raw`)
-
-
-@dataclass(frozen=True)
-class Generation:
-    prompt: str  # the prompt text as the model saw it
-    text: str  # the generated completion (or prompt + completion with return_full_text)
-    tokens: int  # new tokens generated
-    finish_reason: str  # "stop" (EOS or stop string) or "length"
-    logprobs: tuple[TokenLogprob, ...] | None = None  # one per new token, where they were asked for
-    prompt_logprobs: tuple[TokenLogprob, ...] | None = None  # one per prompt token, where they were asked for
 
 
 def generate(loaded: InferenceModel, texts: Sequence[Prompt], params: InferenceParams) -> list[Generation]:

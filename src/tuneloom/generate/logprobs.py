@@ -24,8 +24,9 @@ from typing import Any
 
 import torch
 
-from tuneloom.generate.generator import Candidate, Prompt, TokenLogprob, padded_batch, padded_positions
+from tuneloom.generate.generator import padded_batch, padded_positions
 from tuneloom.generate.loading import InferenceModel
+from tuneloom.generate.results import Candidate, Prompt, TokenLogprob
 
 Reported = tuple[float, list[tuple[int, float]]]  # a token's log-probability; the alternatives' ids and theirs
 MAX_LOGITS_PER_PASS = 2**27  # rows × width × vocabulary: 512 MB of float32 logits (a longer prompt runs alone)

@@ -15,11 +15,12 @@ from typing import Any
 import torch
 
 from tuneloom.generate.detokenize import DecodedText
-from tuneloom.generate.generator import Generation, Prompt, TokenLogprob, finish_generation, prompt_text, render_prompt
+from tuneloom.generate.generator import finish_generation, prompt_text, render_prompt
 from tuneloom.generate.loading import InferenceModel
 from tuneloom.generate.logprobs import Reported, token_logprob
 from tuneloom.generate.params import InferenceParams
 from tuneloom.generate.penalties import TokenCounts, has_penalty, with_model_default
+from tuneloom.generate.results import Generation, Prompt, TokenLogprob
 from tuneloom.generate.sampling import pick_tokens, token_logprobs
 from tuneloom.generate.stops import VisibleText, stop_strings
 

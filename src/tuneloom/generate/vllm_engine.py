@@ -25,15 +25,10 @@ from typing import Any
 
 from tuneloom.errors import ConflictError, SettingsError
 from tuneloom.generate.detokenize import DecodedText
-from tuneloom.generate.generator import (
-    Generation,
-    Prompt,
-    TokenLogprob,
-    finish_generation,
-    prompt_text,
-)
+from tuneloom.generate.generator import finish_generation, prompt_text
 from tuneloom.generate.logprobs import Reported, added_tokens, scored_tokens, token_logprob
 from tuneloom.generate.params import InferenceParams
+from tuneloom.generate.results import Generation, Prompt, TokenLogprob
 from tuneloom.generate.stops import VisibleText, stop_strings
 from tuneloom.model_version import open_version
 from tuneloom.templates.prompting import PromptFormat

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from tuneloom.errors import SettingsError, TuneloomError
 
 if TYPE_CHECKING:
-    from tuneloom.generate.generator import Prompt, TokenLogprob
     from tuneloom.generate.params import InferenceParams
+    from tuneloom.generate.results import Prompt, TokenLogprob
     from tuneloom.server.inference import Prediction
     from tuneloom.store.db import Database
 
@@ -135,8 +135,6 @@ def vllm_missing() -> str | None:
 
 def choose_backend(requested: str, probe: Callable[[], str | None] = vllm_missing) -> str:
     """The backend to run: `requested`, with `auto` resolved; BackendUnavailableError for an impossible `vllm`."""
-    from tuneloom.generate.vllm_engine import INSTALL_HINT, VLLM_REQUIREMENT
-
     if requested not in BACKENDS:
         raise BackendUnavailableError(f"--backend must be one of {', '.join(BACKENDS)}, got {requested!r}")
     if requested in ("transformers", "remote"):
@@ -145,6 +143,8 @@ def choose_backend(requested: str, probe: Callable[[], str | None] = vllm_missin
     if requested == "auto":
         return "transformers" if missing else "vllm"
     if missing:
+        from tuneloom.generate.vllm_engine import INSTALL_HINT, VLLM_REQUIREMENT  # torch: only to say this
+
         raise BackendUnavailableError(
             f"--backend vllm needs vLLM and an NVIDIA GPU, and here {missing}. On a machine with a CUDA GPU, "
             f"install it with `{INSTALL_HINT}` ({VLLM_REQUIREMENT}, which brings its own CUDA build of torch); "

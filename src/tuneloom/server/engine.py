@@ -28,8 +28,8 @@ from tuneloom.generate.params import MAX_INPUTS, InferenceParams
 
 if TYPE_CHECKING:
     from tuneloom.generate.continuous import ContinuousBatch
-    from tuneloom.generate.generator import Generation, Prompt, TokenLogprob
     from tuneloom.generate.loading import InferenceModel
+    from tuneloom.generate.results import Generation, Prompt, TokenLogprob
     from tuneloom.generate.rows import Row
 
 MAX_BATCH_ROWS = MAX_INPUTS  # rows decoded together: one request, however many inputs, always fits

@@ -31,9 +31,9 @@ from tuneloom.server.engine import Engine, Job, Prediction, TextStream
 from tuneloom.server.limits import refuse_above
 
 if TYPE_CHECKING:
-    from tuneloom.generate.generator import Prompt
     from tuneloom.generate.loading import InferenceModel
     from tuneloom.generate.params import InferenceParams
+    from tuneloom.generate.results import Prompt
 
 __all__ = ["Inference", "ModelCache", "Prediction", "TextStream", "load_model", "model_bytes"]
 T = TypeVar("T")

@@ -49,7 +49,7 @@ from tuneloom.store import generation_slots as generation_slots_store
 from tuneloom.store.db import Database
 
 if TYPE_CHECKING:
-    from tuneloom.generate.generator import Prompt
+    from tuneloom.generate.results import Prompt
 
 log = logging.getLogger("tuneloom.server")
 

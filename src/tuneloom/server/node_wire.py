@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tuneloom.generate.generator import Candidate, TokenLogprob
+from tuneloom.generate.results import Candidate, TokenLogprob
 
 
 def tokens_json(tokens: Sequence[TokenLogprob] | None) -> list[dict[str, Any]] | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from tuneloom.generate.generator import Generation, TokenLogprob
+from tuneloom.generate.results import Generation, TokenLogprob
 from tuneloom.server.schemas.openai import ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, TopLogprob
 
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
 from tuneloom.errors import TuneloomError
-from tuneloom.generate.generator import TokenLogprob
+from tuneloom.generate.results import TokenLogprob
 from tuneloom.server.backends import PieceStream
 from tuneloom.server.event_stream import event_stream
 from tuneloom.server.openai_logprobs import chat_logprobs, completion_logprobs

@@ -25,8 +25,8 @@ from typing import Any
 import httpx
 
 from tuneloom.errors import TuneloomError, error_from_dict
-from tuneloom.generate.generator import Generation, Prompt, TokenLogprob
 from tuneloom.generate.params import InferenceParams
+from tuneloom.generate.results import Generation, Prompt, TokenLogprob
 from tuneloom.server.backends import start_each
 from tuneloom.server.engine import Prediction
 from tuneloom.server.node_wire import tokens_of

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from tuneloom.errors import ModelUnavailableError, SettingsError
-from tuneloom.generate.generator import Prompt, model_prompt, prompt_text
+from tuneloom.generate.generator import model_prompt, prompt_text
 from tuneloom.generate.params import InferenceParams
+from tuneloom.generate.results import Prompt
 from tuneloom.generate.vllm_engine import (
     EngineConfig,
     ServingPlan,

@@ -6,6 +6,8 @@ from tuneloom.templates.settings import (
     parse_settings_json,
     require_supported_hardware,
     resolve_settings,
+    tokenizer_settings,
+    tolerance_setting,
 )
 from tuneloom.templates.settings_rules import TOKENIZER_EXTENSIONS, TRAINER_EXTENSIONS
 
@@ -21,4 +23,6 @@ __all__ = [
     "parse_settings_json",
     "require_supported_hardware",
     "resolve_settings",
+    "tokenizer_settings",
+    "tolerance_setting",
 ]

@@ -84,7 +84,8 @@ class TrainingSettings:
         distributed = data.get(DISTRIBUTED) or {}
         if not isinstance(distributed, dict):
             raise SettingsError(f"{DISTRIBUTED} must be an object, not {kind_of(distributed)}", key=DISTRIBUTED)
-        return cls(**dicts, invalid_data_tolerance_percent=_tolerance(data.get(TOLERANCE)), distributed=distributed)
+        tolerance = tolerance_setting(data.get(TOLERANCE))
+        return cls(**dicts, invalid_data_tolerance_percent=tolerance, distributed=distributed)
 
 
 def resolve_settings(
@@ -100,20 +101,38 @@ def resolve_settings(
     """
     tpl = get_template(template) if isinstance(template, str) else template
     user = _top_level({} if overrides is None else overrides, what="settings")
+    resolved = _resolved(tpl, user, SETTING_NAMES, allow_remote_loggers=allow_remote_loggers)
+    return TrainingSettings(
+        **resolved,
+        invalid_data_tolerance_percent=tolerance_setting(user.get(TOLERANCE)),
+        distributed=check_distributed(user.get(DISTRIBUTED)),
+    )
+
+
+def tokenizer_settings(template: Template | str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The template's `model_config` and `tokenizer_config`, as `resolve_settings` makes them.
+
+    Counting tokens needs no other setting, and checking the other three imports the Trainer's
+    arguments and peft: most of `tuneloom validate`'s start-up, for nothing it uses.
+    """
+    tpl = get_template(template) if isinstance(template, str) else template
+    resolved = _resolved(tpl, {}, ("model_config", "tokenizer_config"), allow_remote_loggers=False)
+    return resolved["model_config"], resolved["tokenizer_config"]
+
+
+def _resolved(
+    tpl: Template, user: Mapping[str, Any], names: tuple[str, ...], *, allow_remote_loggers: bool
+) -> dict[str, dict[str, Any]]:
+    """Settings `names`: the user's dict over the template's, each validated."""
     defaults = tpl.default_settings()
-    resolved = {
+    return {
         name: check_setting(
             name,
             merge_setting(name, defaults.get(name) or {}, user.get(name, _NOT_GIVEN)),
             allow_remote_loggers=allow_remote_loggers,
         )
-        for name in SETTING_NAMES
+        for name in names
     }
-    return TrainingSettings(
-        **resolved,
-        invalid_data_tolerance_percent=_tolerance(user.get(TOLERANCE)),
-        distributed=check_distributed(user.get(DISTRIBUTED)),
-    )
 
 
 def merge_setting(name: str, default: Mapping[str, Any], given: Any) -> dict[str, Any]:
@@ -151,7 +170,8 @@ def _top_level(value: Any, *, what: str) -> dict[str, Any]:
     return data
 
 
-def _tolerance(value: Any) -> float:
+def tolerance_setting(value: Any) -> float:
+    """`invalid_data_tolerance_percent` as a number in its range; the default for None."""
     if value is None:
         return DEFAULT_TOLERANCE
     number = float(coerce(TOLERANCE, value, FLOAT))

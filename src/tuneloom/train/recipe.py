@@ -40,6 +40,7 @@ from tuneloom.templates import (
 from tuneloom.templates.loading import apply_peft, load_model, load_tokenizer, pick_device
 from tuneloom.templates.prompting import derive_prompt_format
 from tuneloom.train.attention import restore_attention, use_varlen_attention
+from tuneloom.train.checkpoints import latest_checkpoint
 from tuneloom.train.dataset import ExampleDataset, read_and_tokenize, split_held_out
 from tuneloom.train.disk_full import disk_full_errors
 from tuneloom.train.events import (
@@ -338,15 +339,6 @@ def _estimated_steps(trainer_config: dict[str, Any], n_train: int, processes: in
         * processes
     )
     return max(1, math.ceil(n_train / per_step) * math.ceil(float(trainer_config.get("num_train_epochs", 1))))
-
-
-def latest_checkpoint(workdir: Path) -> Path | None:
-    """The newest complete checkpoint; a process killed while saving leaves one without its state file.
-
-    The Trainer writes `trainer_state.json` last, so its presence marks a checkpoint as complete.
-    """
-    complete = [p for p in (workdir / "checkpoints").glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-    return max(complete, key=lambda p: int(p.name.rsplit("-", 1)[-1]), default=None)
 
 
 def _final_eval_loss(trainer: Trainer) -> float:

@@ -39,7 +39,7 @@ from tuneloom.store.republish import unshared_message
 from tuneloom.store.shared import ArtifactStoreError
 from tuneloom.store.workers import Capacity
 from tuneloom.templates.settings_distributed import check_queueable
-from tuneloom.train.recipe import latest_checkpoint
+from tuneloom.train.checkpoints import latest_checkpoint
 from tuneloom.worker.child import RunSpec, run_child
 from tuneloom.worker.child_link import RunState, describe_exit, kill, process_context, receive, send
 

@@ -40,8 +40,7 @@ from tuneloom.store.artifacts import kept_upload
 from tuneloom.store.db import MAX_INTEGER
 from tuneloom.store.ids import new_id
 from tuneloom.store.paging import DEFAULT_PAGE
-from tuneloom.templates import get_template, resolve_settings
-from tuneloom.templates.loading import load_tokenizer
+from tuneloom.templates import get_template, tokenizer_settings
 
 router = APIRouter(prefix="/api/apps/{app_id}/datasets", tags=["datasets"])
 STATS_TEMPLATE = "tiny-random"
@@ -207,8 +206,9 @@ def create_version(
 
 @functools.lru_cache(maxsize=4)
 def token_counter(template_id: str) -> Callable[[str, str], int]:
-    settings = resolve_settings(template_id)
-    tokenizer = load_tokenizer(settings.model_config, settings.tokenizer_config)
+    from tuneloom.templates.loading import load_tokenizer  # transformers, torch: only once a dataset asks
+
+    tokenizer = load_tokenizer(*tokenizer_settings(template_id))
 
     def count(prompt: str, completion: str) -> int:
         ids = tokenizer([prompt, completion], add_special_tokens=False)["input_ids"]

@@ -37,7 +37,7 @@ from tuneloom.store import registry
 from tuneloom.store.models import ModelVersion
 
 if TYPE_CHECKING:
-    from tuneloom.generate.generator import Prompt
+    from tuneloom.generate.results import Prompt
 
 
 def node_token(request: Request, ctx: Annotated[ServerContext, Depends(context)]) -> None:

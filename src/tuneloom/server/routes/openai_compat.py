@@ -68,7 +68,7 @@ from tuneloom.store.db import Database
 from tuneloom.store.models import ApiKey, Model, ModelVersion, TrainingStatus
 
 if TYPE_CHECKING:
-    from tuneloom.generate.generator import Generation, Prompt
+    from tuneloom.generate.results import Generation, Prompt
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

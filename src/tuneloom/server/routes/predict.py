@@ -35,7 +35,7 @@ from tuneloom.store import registry
 from tuneloom.store.models import ApiKey, ModelVersion, TrainingStatus
 
 if TYPE_CHECKING:
-    from tuneloom.generate.generator import Prompt
+    from tuneloom.generate.results import Prompt
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/apps/{app_id}/models/{model_id}", tags=["predictions"])

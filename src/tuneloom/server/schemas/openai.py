@@ -17,7 +17,7 @@ from pydantic_core import PydanticCustomError
 from tuneloom.server.validation import json_kind
 
 if TYPE_CHECKING:
-    from tuneloom.generate.generator import Prompt
+    from tuneloom.generate.results import Prompt
 
 FinishReason = Literal["stop", "length"]
 
@@ -86,7 +86,7 @@ class CompletionRequest(SamplingRequest):
         )
 
     def prompts(self) -> list[Prompt]:
-        """The request's prompts, each a text or a tuple of token ids (`generator.Prompt`)."""
+        """The request's prompts, each a text or a tuple of token ids (`results.Prompt`)."""
         if isinstance(self.prompt, str):
             return [self.prompt]
         if self.prompt and isinstance(self.prompt[0], int):
