@@ -287,6 +287,31 @@ def test_string_for_a_number_is_refused() -> None:
     assert error.key == "trainer_config.learning_rate" and "a number" in error.message
 
 
+# One mistake in each of four settings, by the key each error names.
+FAILING = {
+    "peft_config.r": {"r": "eight"},
+    "trainer_config.learning_rte": {"learning_rte": 0.1},
+    "invalid_data_tolerance_percent": 140,
+    "distributed.num_processes": {"num_processes": 0},
+}
+
+
+def test_every_setting_that_fails_is_named_in_one_error() -> None:
+    """A mistake in one setting never hides another's: one round of fixes, not one per try."""
+    error = refused({key.split(".")[0]: value for key, value in FAILING.items()})
+    assert [each["key"] for each in error.details["errors"]] == list(FAILING)
+    assert error.key == "peft_config.r"  # clients that mark one field mark the first
+    assert error.message.startswith("4 settings are invalid: ")
+    for each in error.details["errors"]:
+        alone = refused({each["key"].split(".")[0]: FAILING[each["key"]]})
+        assert each["message"] == alone.message and alone.message in error.message
+
+
+def test_one_failing_setting_is_its_own_error() -> None:
+    error = refused({"trainer_config": {"learning_rte": 0.1}})
+    assert error.key == "trainer_config.learning_rte" and "errors" not in error.details
+
+
 def test_list_items_are_typed() -> None:
     assert refused({"peft_config": {"target_modules": ["q_proj", 3]}}).key == "peft_config.target_modules[1]"
 

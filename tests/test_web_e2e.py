@@ -419,3 +419,30 @@ def test_template_defaults_never_overwrite_a_later_choice_or_typing(
     expect(page.get_by_test_id("settings-status")).to_have_text("Settings are the template's defaults.")
     expect(editor).to_be_editable()
     assert not errors, "\n".join(errors)
+
+
+def test_each_refused_setting_shows_under_its_own_editor(server: tuple[str, Path], browser_page: Page) -> None:
+    """Two settings wrong at once: the server names both, and each editor shows its own message."""
+    url, key = app_made(server, "refusals")
+    page = browser_page
+    errors = watch_errors(page)
+    page.context.add_init_script(f"sessionStorage.setItem({KEY_STORAGE!r}, {key!r});")
+    page.goto(f"{url}/#/apps/refusals/models/new")
+    page.get_by_test_id("type-text-to-text").click()
+    page.get_by_test_id("template").select_option("tiny-random")
+    expect(page.get_by_test_id("settings-status")).to_have_text("Settings are the template's defaults.")
+
+    set_trainer_config(page, learning_rte=0.1)
+    peft = page.get_by_test_id("setting-peft_config")
+    peft.fill(json.dumps({**json.loads(peft.input_value()), "r": "eight"}))
+    trainer_error = page.get_by_test_id("setting-trainer_config-error")
+    expect(trainer_error).to_contain_text("trainer_config.learning_rte is not a TrainingArguments setting")
+    expect(trainer_error).to_contain_text("Did you mean 'learning_rate'?")
+    expect(trainer_error).not_to_contain_text("peft_config")
+    expect(page.get_by_test_id("setting-peft_config-error")).to_have_text(
+        'peft_config.r must be a whole number (got "eight")'
+    )
+    for name in ("trainer_config", "peft_config"):
+        expect(page.get_by_test_id(f"setting-{name}")).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_test_id("setting-model_config")).not_to_have_attribute("aria-invalid", "true")
+    assert not errors, "\n".join(errors)

@@ -160,6 +160,12 @@ def test_settings_validate_answers_like_training(deployed: Deployed) -> None:
     tolerance = {"template": "tiny-random", "invalid_data_tolerance_percent": 150}
     refused = httpx.post(validate, json=tolerance, headers=deployed.headers)
     assert refused.status_code == 422 and refused.json()["details"]["key"] == "invalid_data_tolerance_percent"
+    both = httpx.post(validate, json={**tolerance, **BAD_TRAINER}, headers=deployed.headers)
+    assert both.status_code == 422 and both.json()["message"].startswith("2 settings are invalid: ")
+    listed = both.json()["details"]["errors"]
+    assert [e["key"] for e in listed] == ["trainer_config.num_train_epoch", "invalid_data_tolerance_percent"]
+    assert listed[0]["message"] == bad.json()["message"] and listed[1]["message"] == refused.json()["message"]
+    assert both.json()["details"]["key"] == "trainer_config.num_train_epoch"  # the first, for one-field clients
     assert httpx.post(validate, json={"trainer_config": {}}, headers=deployed.headers).status_code == 422
     # an app key sees its app only; no key sees nothing
     other = f"{deployed.url}/api/apps/{SECRET_APP}/settings/validate"

@@ -101,12 +101,13 @@ def resolve_settings(
     """
     tpl = get_template(template) if isinstance(template, str) else template
     user = _top_level({} if overrides is None else overrides, what="settings")
-    resolved = _resolved(tpl, user, SETTING_NAMES, allow_remote_loggers=allow_remote_loggers)
-    return TrainingSettings(
-        **resolved,
-        invalid_data_tolerance_percent=tolerance_setting(user.get(TOLERANCE)),
-        distributed=check_distributed(user.get(DISTRIBUTED)),
-    )
+    problems: list[SettingsError] = []
+    resolved = _resolved(tpl, user, SETTING_NAMES, allow_remote_loggers=allow_remote_loggers, problems=problems)
+    tolerance = _collect(problems, tolerance_setting, user.get(TOLERANCE))
+    distributed = _collect(problems, check_distributed, user.get(DISTRIBUTED))
+    if problems:
+        raise every_problem(problems)
+    return TrainingSettings(**resolved, invalid_data_tolerance_percent=tolerance, distributed=distributed)
 
 
 def tokenizer_settings(template: Template | str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -121,18 +122,50 @@ def tokenizer_settings(template: Template | str) -> tuple[dict[str, Any], dict[s
 
 
 def _resolved(
-    tpl: Template, user: Mapping[str, Any], names: tuple[str, ...], *, allow_remote_loggers: bool
+    tpl: Template,
+    user: Mapping[str, Any],
+    names: tuple[str, ...],
+    *,
+    allow_remote_loggers: bool,
+    problems: list[SettingsError] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Settings `names`: the user's dict over the template's, each validated."""
+    """Settings `names`: the user's dict over the template's, each validated.
+
+    With `problems`, a setting that fails is added to it and the others are still checked; without,
+    the first failure is raised.
+    """
     defaults = tpl.default_settings()
-    return {
-        name: check_setting(
-            name,
-            merge_setting(name, defaults.get(name) or {}, user.get(name, _NOT_GIVEN)),
-            allow_remote_loggers=allow_remote_loggers,
-        )
-        for name in names
-    }
+
+    def one(name: str) -> dict[str, Any]:
+        merged = merge_setting(name, defaults.get(name) or {}, user.get(name, _NOT_GIVEN))
+        return check_setting(name, merged, allow_remote_loggers=allow_remote_loggers)
+
+    if problems is None:
+        return {name: one(name) for name in names}
+    return {name: _collect(problems, one, name) for name in names}
+
+
+def _collect(problems: list[SettingsError], check: Callable[[Any], Any], value: Any) -> Any:
+    """`check(value)`, or None with its SettingsError added to `problems`."""
+    try:
+        return check(value)
+    except SettingsError as err:
+        problems.append(err)
+        return None
+
+
+def every_problem(problems: list[SettingsError]) -> SettingsError:
+    """One error for all the settings that failed, so a user fixes them in one round, not one per try.
+
+    Each setting is checked on its own, so one's mistake never hides another's. `key` stays the
+    first offender's (clients that mark one field keep working); `details["errors"]` lists each
+    offender's key and message.
+    """
+    if len(problems) == 1:
+        return problems[0]
+    message = f"{len(problems)} settings are invalid: " + "; ".join(problem.message for problem in problems)
+    errors = [{"key": problem.key, "message": problem.message} for problem in problems]
+    return SettingsError(message, key=problems[0].key, details={"errors": errors})
 
 
 def merge_setting(name: str, default: Mapping[str, Any], given: Any) -> dict[str, Any]:

@@ -177,8 +177,14 @@ registerPage("/apps/:app/models/new", async ({ main, params, query, signal }) =>
     return ok ? body : null;
   }
 
-  /** Show a refusal by the field it names; returns that field (null when it names none on this form). */
+  /** Show a refusal by the fields it names: each setting's own message when several failed
+   * (`details.errors`); returns the first such field (null when it names none on this form). */
   function showError(err) {
+    const each = err.details && Array.isArray(err.details.errors) ? err.details.errors : [err];
+    return each.map(showOne).find(Boolean) || null;
+  }
+
+  function showOne(err) {
     const key = err.key || "";
     const name = SETTINGS.find((n) => key === n || key.startsWith(`${n}.`));
     if (name) {
