@@ -138,7 +138,6 @@ def test_predict_one_and_many_and_generate_agrees(flow: Flow) -> None:
     assert pieces and "".join(pieces) == one
 
 
-@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # generation does not touch the database
 def test_a_seed_passes_through_and_reproduces_sampled_predictions(flow: Flow) -> None:
     hot = {"max_tokens": 6, "temperature": 1.5, "seed": 3}
     one = flow.model.predict(PROMPT, inference_params=hot)

@@ -203,7 +203,6 @@ def test_chat_messages_that_cannot_be_shown_to_the_model_are_refused_by_name(
     assert answer.choices[0].message.content is not None  # an empty name, or null, says nothing: accepted
 
 
-@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # what the model learned decides, not the database
 def test_a_model_trained_without_sections_refuses_history_by_name(deployed: Deployed) -> None:
     """Plain prompt/completion data has no form for earlier turns: they were dropped, now they are refused."""
     lines = [json.dumps({"prompt": f"Review: {text}", "completion": "ok"}) for text in POSITIVE + NEGATIVE]
@@ -322,7 +321,6 @@ def test_fields_that_would_change_the_answer_are_refused_by_name(deployed: Deplo
     assert answer.choices[0].message.content == predicted(deployed, INPUT, max_tokens=6)["text"]
 
 
-@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # generation does not touch the database
 def test_a_seed_reproduces_sampled_choices_and_the_n_choices_differ(deployed: Deployed, client: OpenAI) -> None:
     """`seed` while sampling was a 400: a sampled answer could not be reproduced. Choice i samples with seed + i,
     so OpenAI's `n` choices are n different samples, each the /predict answer for its seed."""
@@ -386,7 +384,6 @@ def test_top_k_applies_as_tuneloom_s_own(deployed: Deployed, client: OpenAI) -> 
     assert chat.choices[0].message.content == greedy
 
 
-@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # generation does not touch the database
 def test_penalties_apply_as_on_predict_and_are_range_checked_by_name(deployed: Deployed, client: OpenAI) -> None:
     """`presence_penalty` and `frequency_penalty` were a 400 unless 0, and vLLM's `repetition_penalty` an
     unrecognized field: a model repeating itself could not be told not to. Each answer is /predict's."""

@@ -220,7 +220,6 @@ def test_concurrent_predictions_with_equal_params_share_a_batch(deployed: Deploy
     assert merged.batches <= 2
 
 
-@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # 8 clients for 10 s; `make soak`: 32 for 60 s
 def test_mixed_load_while_training_gets_no_5xx_and_the_job_finishes(deployed: Deployed) -> None:
     """Predictions, streams, uploads and polls from concurrent clients while the worker trains (tests/test_soak.py).
 
@@ -271,7 +270,6 @@ def test_overlapping_streams_and_predictions_answer_as_each_does_alone(deployed:
     assert answers == alone  # the same text, finish reason and tokens as non-streamed greedy, alone
 
 
-@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # generation does not touch the database
 def test_a_disconnected_stream_frees_its_slot(deployed: Deployed) -> None:
     # This greedy answer runs to 1,000 tokens (no EOS, no stop string; within tiny-random's context of
     # 1,024 with its prompt): seconds of generating per stream.
@@ -294,7 +292,6 @@ def test_a_disconnected_stream_frees_its_slot(deployed: Deployed) -> None:
         assert answer.status_code == 200, answer.text
 
 
-@pytest.mark.parametrize("server", ["sqlite"], indirect=True)
 def test_a_batch_too_large_for_memory_is_422_naming_the_limit_and_figure(deployed: Deployed) -> None:
     """128 inputs × (prompt + 600 max_tokens) is over the default --max-batch-tokens of 65,536 (each row fits
     tiny-random's context of 1,024)."""
@@ -313,7 +310,6 @@ def test_a_batch_too_large_for_memory_is_422_naming_the_limit_and_figure(deploye
 HOT = {"max_tokens": 6, "temperature": 1.5}  # tiny-random then samples all over its vocabulary
 
 
-@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # generation does not touch the database
 def test_a_seed_reproduces_a_sampled_answer_whatever_shares_its_batch(deployed: Deployed) -> None:
     """`seed` was an unknown parameter, and every sampled row drew from the one generator all requests share:
     no sampled answer could be reproduced, nor stay the same beside other requests."""
@@ -332,7 +328,6 @@ def test_a_seed_reproduces_a_sampled_answer_whatever_shares_its_batch(deployed: 
     assert listed[1] == alone and listed[0] != alone  # input i samples with seed + i
 
 
-@pytest.mark.parametrize("server", ["sqlite"], indirect=True)
 def test_the_cli_seed_gives_the_servers_answer(
     deployed: Deployed, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -353,7 +348,6 @@ def test_the_cli_seed_gives_the_servers_answer(
     assert "--seed: invalid int value" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("server", ["sqlite"], indirect=True)
 def test_invalid_seeds_are_422_naming_seed(deployed: Deployed) -> None:
     for seed in (-1, "x", 2**64, 1.5, True):
         answer = predict(deployed, ["I love it"], {**HOT, "seed": seed})
