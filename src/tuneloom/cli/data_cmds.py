@@ -43,7 +43,7 @@ def run_validate(args: argparse.Namespace) -> int:
     from tuneloom.data.validation import validate_file
     from tuneloom.templates import DEFAULT_TEMPLATE, tokenizer_settings, tolerance_setting
 
-    tolerance_setting(args.tolerance)
+    tolerance = tolerance_setting(args.tolerance)
     model_config, tokenizer_config = tokenizer_settings(args.template or DEFAULT_TEMPLATE)
     tokenizer = None
     if not args.no_tokenize:
@@ -57,19 +57,19 @@ def run_validate(args: argparse.Namespace) -> int:
         max_length=int(tokenizer_config.get("model_max_length", 512)),
         preview=args.preview,
     )
-    usable = result.report.within_tolerance(args.tolerance)
+    usable = result.report.within_tolerance(tolerance)
     if args.json:
         previews = [[{"text": p.text, "trained": p.trained} for p in pv] for pv in result.previews]
         print_json(
             {
                 "usable": usable,
-                "tolerance_percent": args.tolerance,
+                "tolerance_percent": tolerance,
                 "report": result.report.to_dict(),
                 "preview": previews,
             }
         )
     else:
-        print_report(result.report, args.tolerance)
+        print_report(result.report, tolerance)
         for i, pieces in enumerate(result.previews, 1):
             text = Text(f"example {i}: ", style="bold")
             for piece in pieces:

@@ -106,7 +106,7 @@ def resolve_settings(
     tolerance = _collect(problems, tolerance_setting, user.get(TOLERANCE))
     distributed = _collect(problems, check_distributed, user.get(DISTRIBUTED))
     if problems:
-        raise every_problem(problems)
+        raise _every_problem(problems)
     return TrainingSettings(**resolved, invalid_data_tolerance_percent=tolerance, distributed=distributed)
 
 
@@ -117,7 +117,10 @@ def tokenizer_settings(template: Template | str) -> tuple[dict[str, Any], dict[s
     arguments and peft: most of `tuneloom validate`'s start-up, for nothing it uses.
     """
     tpl = get_template(template) if isinstance(template, str) else template
-    resolved = _resolved(tpl, {}, ("model_config", "tokenizer_config"), allow_remote_loggers=False)
+    problems: list[SettingsError] = []
+    resolved = _resolved(tpl, {}, ("model_config", "tokenizer_config"), allow_remote_loggers=False, problems=problems)
+    if problems:
+        raise _every_problem(problems)
     return resolved["model_config"], resolved["tokenizer_config"]
 
 
@@ -127,21 +130,16 @@ def _resolved(
     names: tuple[str, ...],
     *,
     allow_remote_loggers: bool,
-    problems: list[SettingsError] | None = None,
+    problems: list[SettingsError],
 ) -> dict[str, dict[str, Any]]:
-    """Settings `names`: the user's dict over the template's, each validated.
-
-    With `problems`, a setting that fails is added to it and the others are still checked; without,
-    the first failure is raised.
-    """
+    """Settings `names`: the user's dict over the template's, each validated on its own; a setting
+    that fails goes into `problems` (and is None here) while the others are still checked."""
     defaults = tpl.default_settings()
 
     def one(name: str) -> dict[str, Any]:
         merged = merge_setting(name, defaults.get(name) or {}, user.get(name, _NOT_GIVEN))
         return check_setting(name, merged, allow_remote_loggers=allow_remote_loggers)
 
-    if problems is None:
-        return {name: one(name) for name in names}
     return {name: _collect(problems, one, name) for name in names}
 
 
@@ -154,7 +152,7 @@ def _collect(problems: list[SettingsError], check: Callable[[Any], Any], value: 
         return None
 
 
-def every_problem(problems: list[SettingsError]) -> SettingsError:
+def _every_problem(problems: list[SettingsError]) -> SettingsError:
     """One error for all the settings that failed, so a user fixes them in one round, not one per try.
 
     Each setting is checked on its own, so one's mistake never hides another's. `key` stays the
