@@ -22,6 +22,8 @@ from tests.server_helpers import server_database
 from tuneloom.store.db import MAX_INTEGER
 from tuneloom.store.keys import create_key, load_pepper
 
+SERVER_ARGS = ["--workers", "0"]  # nothing here trains: no worker (and no forkserver importing torch beside the tests)
+
 APP = "edge"
 DATASET = "rows"
 PAST_INTEGER = [MAX_INTEGER + 1, 2**63, 2**70]  # PostgreSQL's int4, SQLite's int8, and beyond both

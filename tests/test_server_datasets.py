@@ -14,7 +14,7 @@ from tests.conftest import api_key, sentiment_lines
 from tests.hostile.corpus import Hostile, corpus
 
 IDLE_S = 2  # this module's --upload-idle-seconds: short for the stalled upload, ample for every other one
-SERVER_ARGS = ["--upload-idle-seconds", str(IDLE_S)]
+SERVER_ARGS = ["--upload-idle-seconds", str(IDLE_S), "--workers", "0"]  # nothing here trains
 
 
 @pytest.fixture(scope="module")

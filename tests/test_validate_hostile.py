@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
-import tracemalloc
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.hostile.corpus import FOLDER, GENERATED, get, names
 
 from tuneloom.cli import main
-from tuneloom.data.validation import validate_file
 
 
 @pytest.mark.parametrize("name", names())
@@ -62,16 +64,34 @@ def test_a_row_too_long_in_tokens_is_reported_with_its_controls_escaped(
     assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
 
 
-def test_million_line_file_validates_in_bounded_memory(tmp_path: Path) -> None:
-    path = tmp_path / "big.txt"
+def labelled_file(path: Path, rows: int) -> Path:
+    """`rows` sectioned rows, every thousandth one junk."""
     with path.open("w") as handle:
-        for i in range(1_000_000):
+        for i in range(rows):
             line = f"### Instruction: Label it. ### Human: row {i} ### Assistant: {i % 3}" if i % 1000 else "junk"
             handle.write(line + "\n")
-    tracemalloc.start()
-    result = validate_file(path)
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    assert result.report.total_rows == 1_000_000
-    assert result.report.invalid_rows == 1000 and len(result.report.invalid) == 100
-    assert peak < 32 * 1024 * 1024  # the file is ~70 MB; nothing proportional to it is kept
+    return path
+
+
+def validate_in_a_process(path: Path) -> tuple[dict[str, Any], int]:
+    """`tuneloom validate --json` on `path` in its own process: its report and its peak RSS in KiB."""
+    command = [sys.executable, "-m", "tuneloom.cli", "validate", str(path), "--no-tokenize", "--json"]
+    errors = path.with_suffix(".err")
+    with errors.open("wb") as err, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err) as process:
+        assert process.stdout is not None
+        out = process.stdout.read()  # to the end; wait4 (not wait) then reaps the process with its usage
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    assert process.returncode == 0, errors.read_text()
+    return json.loads(out)["report"], usage.ru_maxrss
+
+
+def test_million_line_file_validates_in_bounded_memory(tmp_path: Path) -> None:
+    big, big_rss = validate_in_a_process(labelled_file(tmp_path / "big.txt", 1_000_000))
+    assert big["total_rows"] == 1_000_000
+    assert big["invalid_rows"] == 1000 and len(big["invalid"]) == 100
+    small, small_rss = validate_in_a_process(labelled_file(tmp_path / "small.txt", 100_000))
+    assert small["total_rows"] == 100_000
+    # The big file is ~70 MB, ten times the small one, and both peak within ~0.1 MB of each other;
+    # keeping even one pointer per row (a list of line lengths) would add 8 MB.
+    assert big_rss - small_rss < 4 * 1024, (big_rss, small_rss)

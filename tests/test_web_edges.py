@@ -22,6 +22,7 @@ from tuneloom.store import jobs
 from tuneloom.store.models import TrainingStatus
 
 pytestmark = pytest.mark.parametrize("server", ["sqlite"], indirect=True)
+SERVER_ARGS = ["--workers", "0"]  # nothing here trains: no worker (and no forkserver importing torch beside the tests)
 
 KEEP_WORKING = "Models already trained on it keep working."  # the dataset version delete's confirm says so
 LONG_ID = "a-dataset-id-of-the-longest-kind-sixty-four-characters-no-spaces"  # 64, the limit

@@ -19,6 +19,7 @@ from tuneloom.store import workers
 from tuneloom.store.artifacts import Artifacts
 from tuneloom.store.db import Database, is_unavailable
 from tuneloom.worker.capacity import detect_machine
+from tuneloom.worker.child_link import start_process_server
 from tuneloom.worker.supervisor import WorkerConfig, WorkerSlot
 
 log = logging.getLogger("tuneloom.worker")
@@ -53,6 +54,7 @@ class WorkerPool:
         self._stopped = threading.Event()
 
     def start(self) -> None:
+        start_process_server()
         self._beat()  # registered before the first claim, so a waiting run's reason counts this worker
         beating = threading.Thread(target=self._beat_forever, name="worker-heartbeat", daemon=True)
         beating.start()
