@@ -22,7 +22,7 @@ from tests.server_helpers import server_database
 from tuneloom.store.db import MAX_INTEGER
 from tuneloom.store.keys import create_key, load_pepper
 
-SERVER_ARGS = ["--workers", "0"]  # nothing here trains: no worker (and no forkserver importing torch beside the tests)
+SERVER_ARGS = ["--workers", "0"]  # nothing here trains: no worker slot, no forkserver importing torch beside the tests
 
 APP = "edge"
 DATASET = "rows"

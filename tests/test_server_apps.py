@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 from tests.conftest import api_key
 
-SERVER_ARGS = ["--workers", "0"]  # nothing here trains: no worker (and no forkserver importing torch beside the tests)
+SERVER_ARGS = ["--workers", "0"]  # nothing here trains: no worker slot, no forkserver importing torch beside the tests
 
 
 def test_health_needs_no_key_and_everything_else_does(server: tuple[str, Path]) -> None:

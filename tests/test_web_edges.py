@@ -2,7 +2,7 @@
 
 Real headless Chromium against a real `tuneloom serve` (SQLite: none of this depends on the database).
 Runs that must stay unfinished are claimed by the test itself through the store
-(`tests/server_helpers.unfinished_version`), so the server's worker never ends them behind its back.
+(`tests/server_helpers.unfinished_version`); the server runs no worker (nothing here trains).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tuneloom.store import jobs
 from tuneloom.store.models import TrainingStatus
 
 pytestmark = pytest.mark.parametrize("server", ["sqlite"], indirect=True)
-SERVER_ARGS = ["--workers", "0"]  # nothing here trains: no worker (and no forkserver importing torch beside the tests)
+SERVER_ARGS = ["--workers", "0"]  # nothing here trains: no worker slot, no forkserver importing torch beside the tests
 
 KEEP_WORKING = "Models already trained on it keep working."  # the dataset version delete's confirm says so
 LONG_ID = "a-dataset-id-of-the-longest-kind-sixty-four-characters-no-spaces"  # 64, the limit
