@@ -26,7 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Under pytest-xdist, each worker's processes (its tests, and the servers, workers and training
 # children they start) get the worker's share of the cores. With torch's default of a thread per core
 # in each, two workers' processes oversubscribed two cores and OpenMP's spinning threads slowed one
-# another: the suite ran 784 s, and 706 s with one thread each (test_smollm2 alone: 93 → 38 s).
+# another: the suite ran 784 s, and 706 s with one thread each (test_smollm2 within it: 93 → 38 s).
 if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // workers)))
 
