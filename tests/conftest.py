@@ -75,9 +75,14 @@ def sentiment_file(tmp_path: Path) -> Path:
     return path
 
 
+def cli_command(*args: str) -> list[str]:
+    """The command line of `tuneloom ARGS` run by this interpreter (the checkout's package, not a PATH lookup)."""
+    return [sys.executable, "-m", "tuneloom.cli", *args]
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     """The real `tuneloom` command in its own process: exit codes and stderr as a user sees them."""
-    return subprocess.run([sys.executable, "-m", "tuneloom.cli", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run(cli_command(*args), capture_output=True, text=True, timeout=600)
 
 
 def cli_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -162,7 +167,7 @@ def serving(backend: str, module: ModuleType, tmp_path_factory: pytest.TempPathF
     is noted in the data dir (a file the server ignores) for `api_key` to find.
     """
     data_dir = tmp_path_factory.mktemp(f"server-{backend}")
-    cmd = [sys.executable, "-m", "tuneloom.cli", "serve", "--data-dir", str(data_dir), "--port", str(_free_port())]
+    cmd = cli_command("serve", "--data-dir", str(data_dir), "--port", str(_free_port()))
     cmd += ["--max-upload-mb", "1", *getattr(module, "SERVER_ARGS", ())]  # a module's own flags
     if backend == "postgresql":
         fresh_database("postgresql", data_dir, migrate=False).dispose()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.conftest import DATABASE_URL_FILE, _free_port, _wait_until_up, api_key, sentiment_lines
+from tests.conftest import DATABASE_URL_FILE, _free_port, _wait_until_up, api_key, cli_command, sentiment_lines
 from tests.test_store_support import POSTGRES_URL, fresh_database
 
 from tuneloom.store.db import default_url
@@ -41,7 +40,7 @@ class Processes:
         """`tuneloom <command>` on this data dir, or on another `data_dir` ("another machine") sharing the database."""
         data_dir = data_dir or self.data_dir
         database = self.extra or ([] if data_dir == self.data_dir else ["--database-url", default_url(self.data_dir)])
-        cmd = [sys.executable, "-m", "tuneloom.cli", command, "--data-dir", str(data_dir), *database, *args]
+        cmd = cli_command(command, "--data-dir", str(data_dir), *database, *args)
         proc = subprocess.Popen(cmd, stdout=self._log(command).open("wb"), stderr=subprocess.STDOUT)
         self.running.append(proc)
         return proc
@@ -153,7 +152,7 @@ def interrupt_training(base: list[str], *, run_for_s: float, timeout: float) -> 
     Returns the exit code and stderr, where the CLI's stage lines and its interruption message go.
     """
     endless = ["--trainer-config", '{"max_steps": 100000, "save_steps": 100000}']
-    cmd = [sys.executable, "-m", "tuneloom.cli", *base, *endless]
+    cmd = cli_command(*base, *endless)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     for line in proc.stderr:  # stage lines arrive on stderr as they happen

@@ -13,13 +13,12 @@ import http.server
 import json
 import os
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.conftest import cli_in_process, refused, run_cli, sentiment_lines
+from tests.conftest import cli_command, cli_in_process, refused, run_cli, sentiment_lines
 
 from tuneloom.cli import build_parser
 from tuneloom.client import Client, TuneloomAPIError
@@ -249,7 +248,7 @@ def test_revoking_an_unknown_key_is_reported_as_every_error_is(
 
 def test_generate_from_an_empty_stdin(tmp_path: Path) -> None:
     """`producer | tuneloom generate RUN` where the producer printed nothing generated from an empty prompt."""
-    command = [sys.executable, "-m", "tuneloom.cli", "generate", "tiny-random"]
+    command = cli_command("generate", "tiny-random")
     refused(subprocess.run(command, input="\n", capture_output=True, text=True, timeout=300), "stdin was empty")
 
 

@@ -10,13 +10,12 @@ the first prediction. A snapshot damaged in S3 fails its run with the file named
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from tests.conftest import run_cli
+from tests.conftest import cli_command, run_cli
 from tests.process_helpers import Processes, ended, prepare_model, queue, running_processes
 from tests.s3_support import BUCKET, moto_s3
 from tests.test_store_support import BACKENDS
@@ -39,7 +38,7 @@ def machines(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[P
 def start_worker(procs: Processes, url: str, worker_dir: Path) -> subprocess.Popen[bytes]:
     """A `tuneloom worker` on its own data dir, reaching the server's database and the S3 store only."""
     database = procs.extra or ["--database-url", default_url(procs.data_dir)]
-    cmd = [sys.executable, "-m", "tuneloom.cli", "worker", "--data-dir", str(worker_dir), *database]
+    cmd = cli_command("worker", "--data-dir", str(worker_dir), *database)
     cmd += ["--artifact-url", url, "--workers", "1", "--lease-seconds", "20"]
     log = (worker_dir.parent / "worker.log").open("wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)

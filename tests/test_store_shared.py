@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
 import pytest
-from tests.conftest import _free_port
+from tests.conftest import _free_port, cli_command
 from tests.s3_support import BUCKET, moto_s3
 
 from tuneloom.cli import main, server_cmds
@@ -149,7 +148,7 @@ def test_a_malformed_artifact_url_stops_the_worker_naming_it(
 
 def test_a_missing_bucket_stops_serve_and_is_not_created(s3_url: str, tmp_path: Path) -> None:
     """The start-up check used `makedirs`, which on S3 made the bucket: a typo quietly became a new bucket."""
-    command = [sys.executable, "-m", "tuneloom.cli", "serve", "--data-dir", str(tmp_path / "data")]
+    command = cli_command("serve", "--data-dir", str(tmp_path / "data"))
     command += ["--artifact-url", "s3://tuneloom-typo/prod", "--workers", "0", "--port", str(_free_port())]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     message = " ".join(result.stderr.split())

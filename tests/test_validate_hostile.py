@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.conftest import cli_command
 from tests.hostile.corpus import FOLDER, GENERATED, get, names
 
 from tuneloom.cli import main
@@ -75,7 +75,7 @@ def labelled_file(path: Path, rows: int) -> Path:
 
 def validate_in_a_process(path: Path) -> tuple[dict[str, Any], int]:
     """`tuneloom validate --json` on `path` in its own process: its report and its peak RSS in KiB."""
-    command = [sys.executable, "-m", "tuneloom.cli", "validate", str(path), "--no-tokenize", "--json"]
+    command = cli_command("validate", str(path), "--no-tokenize", "--json")
     errors = path.with_suffix(".err")
     with errors.open("wb") as err, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err) as process:
         assert process.stdout is not None

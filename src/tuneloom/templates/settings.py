@@ -99,14 +99,12 @@ def resolve_settings(
     `allow_remote_loggers` is the server operator's switch for `report_to` values that send logs to
     outside services (wandb, mlflow, …); users cannot turn it on from a settings dict.
     """
-    tpl = get_template(template) if isinstance(template, str) else template
     user = _top_level({} if overrides is None else overrides, what="settings")
     problems: list[SettingsError] = []
-    resolved = _resolved(tpl, user, SETTING_NAMES, allow_remote_loggers=allow_remote_loggers, problems=problems)
+    resolved = _resolved(template, user, SETTING_NAMES, allow_remote_loggers=allow_remote_loggers, problems=problems)
     tolerance = _collect(problems, tolerance_setting, user.get(TOLERANCE))
     distributed = _collect(problems, check_distributed, user.get(DISTRIBUTED))
-    if problems:
-        raise _every_problem(problems)
+    _raise_collected(problems)
     return TrainingSettings(**resolved, invalid_data_tolerance_percent=tolerance, distributed=distributed)
 
 
@@ -116,16 +114,15 @@ def tokenizer_settings(template: Template | str) -> tuple[dict[str, Any], dict[s
     Counting tokens needs no other setting, and checking the other three imports the Trainer's
     arguments and peft: most of `tuneloom validate`'s start-up, for nothing it uses.
     """
-    tpl = get_template(template) if isinstance(template, str) else template
     problems: list[SettingsError] = []
-    resolved = _resolved(tpl, {}, ("model_config", "tokenizer_config"), allow_remote_loggers=False, problems=problems)
-    if problems:
-        raise _every_problem(problems)
+    names = ("model_config", "tokenizer_config")
+    resolved = _resolved(template, {}, names, allow_remote_loggers=False, problems=problems)
+    _raise_collected(problems)
     return resolved["model_config"], resolved["tokenizer_config"]
 
 
 def _resolved(
-    tpl: Template,
+    template: Template | str,
     user: Mapping[str, Any],
     names: tuple[str, ...],
     *,
@@ -134,6 +131,7 @@ def _resolved(
 ) -> dict[str, dict[str, Any]]:
     """Settings `names`: the user's dict over the template's, each validated on its own; a setting
     that fails goes into `problems` (and is None here) while the others are still checked."""
+    tpl = get_template(template) if isinstance(template, str) else template
     defaults = tpl.default_settings()
 
     def one(name: str) -> dict[str, Any]:
@@ -152,18 +150,19 @@ def _collect(problems: list[SettingsError], check: Callable[[Any], Any], value: 
         return None
 
 
-def _every_problem(problems: list[SettingsError]) -> SettingsError:
-    """One error for all the settings that failed, so a user fixes them in one round, not one per try.
+def _raise_collected(problems: list[SettingsError]) -> None:
+    """Raise one error for all the settings that failed, so a user fixes them in one round, not one per try.
 
     Each setting is checked on its own, so one's mistake never hides another's. `key` stays the
     first offender's (clients that mark one field keep working); `details["errors"]` lists each
     offender's key and message.
     """
     if len(problems) == 1:
-        return problems[0]
-    message = f"{len(problems)} settings are invalid: " + "; ".join(problem.message for problem in problems)
-    errors = [{"key": problem.key, "message": problem.message} for problem in problems]
-    return SettingsError(message, key=problems[0].key, details={"errors": errors})
+        raise problems[0]
+    if problems:
+        message = f"{len(problems)} settings are invalid: " + "; ".join(problem.message for problem in problems)
+        errors = [{"key": problem.key, "message": problem.message} for problem in problems]
+        raise SettingsError(message, key=problems[0].key, details={"errors": errors})
 
 
 def merge_setting(name: str, default: Mapping[str, Any], given: Any) -> dict[str, Any]:
