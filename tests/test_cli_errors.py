@@ -109,6 +109,34 @@ def test_train_refuses_malformed_settings_before_loading(
     assert not (tmp_path / "v").exists()
 
 
+def test_every_bad_setting_is_listed_one_per_line(sentiment_file: Path, tmp_path: Path, capsys: CLI) -> None:
+    """Three mistakes in one dict and one in another: all four in one run, each on its own line."""
+    result = cli_in_process(
+        capsys,
+        "train",
+        str(sentiment_file),
+        "--template",
+        "tiny-random",
+        "--output",
+        str(tmp_path / "v"),
+        "--trainer-config",
+        '{"learning_rate": "abc", "num_train_epochs": -1, "learning_rte": 0.1}',
+        "--peft-config",
+        '{"r": 0}',
+    )
+    refused(result, "INVALID_PARAMS")
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].endswith("4 settings are invalid:"), result.stderr
+    assert sorted(line.split()[1] for line in lines[1:]) == [
+        "peft_config.r",
+        "trainer_config.learning_rate",
+        "trainer_config.learning_rte",
+        "trainer_config.num_train_epochs",
+    ], result.stderr
+    assert "Did you mean 'learning_rate'?" in result.stderr
+    assert not (tmp_path / "v").exists()
+
+
 def test_quantized_template_on_cpu_says_so_plainly(sentiment_file: Path, tmp_path: Path, capsys: CLI) -> None:
     result = cli_in_process(
         capsys,

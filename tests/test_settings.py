@@ -307,6 +307,26 @@ def test_every_setting_that_fails_is_named_in_one_error() -> None:
         assert each["message"] == alone.message and alone.message in error.message
 
 
+def test_every_key_that_fails_in_one_setting_is_named() -> None:
+    """Within one dict too: three wrong keys are one round of fixes, each message as it is alone."""
+    wrong = {"learning_rate": "abc", "num_train_epochs": -1, "push_to_hub": True}
+    error = refused({"trainer_config": wrong, "peft_config": {"r": 0}})
+    keys = {each["key"]: each["message"] for each in error.details["errors"]}
+    assert sorted(keys) == ["peft_config.r", *sorted(f"trainer_config.{key}" for key in wrong)]
+    assert error.message.startswith("4 settings are invalid: ")
+    for key, value in wrong.items():
+        assert keys[f"trainer_config.{key}"] == refused({"trainer_config": {key: value}}).message
+
+
+def test_a_missing_required_key_is_named_beside_a_wrong_one() -> None:
+    error = refused({"model_config": {"pretrained_model_name_or_path": None, "bogus_key": 1}}, "advanced")
+    assert [each["key"] for each in error.details["errors"]] == [
+        "model_config.bogus_key",
+        "model_config.pretrained_model_name_or_path",
+    ]
+    assert error.details["errors"][1]["message"] == "model_config.pretrained_model_name_or_path is required"
+
+
 def test_one_failing_setting_is_its_own_error() -> None:
     error = refused({"trainer_config": {"learning_rte": 0.1}})
     assert error.key == "trainer_config.learning_rte" and "errors" not in error.details

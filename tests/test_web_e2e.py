@@ -422,7 +422,8 @@ def test_template_defaults_never_overwrite_a_later_choice_or_typing(
 
 
 def test_each_refused_setting_shows_under_its_own_editor(server: tuple[str, Path], browser_page: Page) -> None:
-    """Two settings wrong at once: the server names both, and each editor shows its own message."""
+    """Two settings wrong at once, one of them twice: the server names all three, and each editor shows
+    its own messages, one line each."""
     url, key = app_made(server, "refusals")
     page = browser_page
     errors = watch_errors(page)
@@ -432,12 +433,14 @@ def test_each_refused_setting_shows_under_its_own_editor(server: tuple[str, Path
     page.get_by_test_id("template").select_option("tiny-random")
     expect(page.get_by_test_id("settings-status")).to_have_text("Settings are the template's defaults.")
 
-    set_trainer_config(page, learning_rte=0.1)
+    set_trainer_config(page, learning_rte=0.1, num_train_epochs=-1)
     peft = page.get_by_test_id("setting-peft_config")
     peft.fill(json.dumps({**json.loads(peft.input_value()), "r": "eight"}))
     trainer_error = page.get_by_test_id("setting-trainer_config-error")
     expect(trainer_error).to_contain_text("trainer_config.learning_rte is not a TrainingArguments setting")
     expect(trainer_error).to_contain_text("Did you mean 'learning_rate'?")
+    expect(trainer_error.locator(".field-error-line")).to_have_count(2)
+    expect(trainer_error).to_contain_text("trainer_config.num_train_epochs must be greater than 0")
     expect(trainer_error).not_to_contain_text("peft_config")
     expect(page.get_by_test_id("setting-peft_config-error")).to_have_text(
         'peft_config.r must be a whole number (got "eight")'

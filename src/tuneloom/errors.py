@@ -8,6 +8,7 @@ The CLI prints the message, the server turns it into a 4xx: neither ever shows a
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from typing import Any
 
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # the OSErrors of a full disk, or of a user's full quota
@@ -56,6 +57,34 @@ class SettingsError(TuneloomError):
             merged["key"] = key
         super().__init__(message, details=merged)
         self.key = key
+
+    @property
+    def parts(self) -> list[dict[str, Any]]:
+        """Each offending key with its message: one for a plain error, several for `raise_all`'s."""
+        return self.details.get("errors") or [{"key": self.key, "message": self.message}]
+
+    @classmethod
+    def raise_all(cls, problems: list[SettingsError]) -> None:
+        """Raise one error for every problem found, so a user fixes them in one round, not one per try.
+
+        `key` stays the first offender's (clients that mark one field keep working);
+        `details["errors"]` lists each offender's key and message, nested collections flattened.
+        """
+        if len(problems) == 1:
+            raise problems[0]
+        if problems:
+            parts = [part for problem in problems for part in problem.parts]
+            message = f"{len(parts)} settings are invalid: " + "; ".join(part["message"] for part in parts)
+            raise cls(message, key=parts[0]["key"], details={"errors": parts})
+
+    @staticmethod
+    def collect(problems: list[SettingsError], check: Callable[..., Any], *args: Any) -> Any:
+        """`check(*args)`, or None with its SettingsError added to `problems` (raised later by `raise_all`)."""
+        try:
+            return check(*args)
+        except SettingsError as err:
+            problems.append(err)
+            return None
 
 
 class ModelUnavailableError(TuneloomError):

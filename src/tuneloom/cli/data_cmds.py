@@ -12,39 +12,68 @@ from rich.text import Text
 
 from tuneloom.cli.arg_types import count
 from tuneloom.cli.render import console, print_json, print_report
+from tuneloom.templates.catalogue import DEFAULT_TEMPLATE
 
 USABLE, NOT_USABLE = 0, 1
 
 
 def register(commands: Any) -> None:
     validate = commands.add_parser("validate", help="check a data file: counts, invalid rows, token lengths")
-    validate.add_argument("file", type=Path)
-    validate.add_argument("--format", default="auto", choices=["auto", "sections", "csv", "jsonl"])
-    validate.add_argument("--template", default=None, help="tokenize with this template's tokenizer (default: smollm2)")
+    validate.add_argument(
+        "file", type=Path, help="the data file: ###-sectioned lines (### Human: … ### Assistant: …), CSV or JSONL"
+    )
+    validate.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", "sections", "csv", "jsonl"],
+        help="the file's format (default: %(default)s, detected from the content)",
+    )
+    validate.add_argument(
+        "--template", default=DEFAULT_TEMPLATE, help="tokenize with this template's tokenizer (default: %(default)s)"
+    )
     validate.add_argument("--no-tokenize", action="store_true", help="parse only (fastest; no token statistics)")
-    validate.add_argument("--invalid-data-tolerance-percent", type=float, default=5.0, dest="tolerance")
+    validate.add_argument(
+        "--invalid-data-tolerance-percent",
+        type=float,
+        default=5.0,
+        dest="tolerance",
+        help="the most invalid rows, in %% of all rows, for the file to be usable; above it exits 1 "
+        "(default: %(default)s)",
+    )
     validate.add_argument("--preview", type=count, default=0, metavar="N", help="show N examples as tokenized")
-    validate.add_argument("--json", action="store_true")
+    validate.add_argument("--json", action="store_true", help="print the verdict, the report and the preview as JSON")
     validate.set_defaults(run=run_validate)
 
     template = commands.add_parser("csv-template", help="write the CSV template with example rows")
-    template.add_argument("path", type=Path, nargs="?", default=Path("tuneloom-template.csv"))
+    template.add_argument(
+        "path",
+        type=Path,
+        nargs="?",
+        default=Path("tuneloom-template.csv"),
+        help="where to write it (default: %(default)s)",
+    )
     template.add_argument("--overwrite", action="store_true", help="replace the file if it exists")
     template.set_defaults(run=run_csv_template)
 
     templates = commands.add_parser("templates", help="list templates, or show one's default settings")
-    templates.add_argument("action", nargs="?", choices=["list", "show"], default="list")
-    templates.add_argument("template_id", nargs="?")
-    templates.add_argument("--json", action="store_true")
+    templates.add_argument(
+        "action",
+        nargs="?",
+        choices=["list", "show"],
+        default="list",
+        help="list the templates, or show one's default settings as JSON (default: %(default)s)",
+    )
+    templates.add_argument("template_id", nargs="?", help="show: the id of the template to show")
+    templates.add_argument("--json", action="store_true", help="list: print the templates as JSON")
     templates.set_defaults(run=run_templates)
 
 
 def run_validate(args: argparse.Namespace) -> int:
     from tuneloom.data.validation import validate_file
-    from tuneloom.templates import DEFAULT_TEMPLATE, tokenizer_settings, tolerance_setting
+    from tuneloom.templates import tokenizer_settings, tolerance_setting
 
     tolerance = tolerance_setting(args.tolerance)
-    model_config, tokenizer_config = tokenizer_settings(args.template or DEFAULT_TEMPLATE)
+    model_config, tokenizer_config = tokenizer_settings(args.template)
     tokenizer = None
     if not args.no_tokenize:
         from tuneloom.templates.loading import load_tokenizer

@@ -19,7 +19,12 @@ SHOWN_METRICS = ("accuracy", "macro_f1", "exact_match", "eval_loss", "perplexity
 
 def register(commands: Any) -> None:
     demo = commands.add_parser("demo", help="fine-tune SmolLM2-135M on the bundled data and show before/after")
-    demo.add_argument("--output", type=Path, default=Path("runs/demo"))
+    demo.add_argument(
+        "--output",
+        type=Path,
+        default=Path("runs/demo"),
+        help="the model-version directory to write, replaced if it exists (default: %(default)s)",
+    )
     demo.set_defaults(run=run_demo)
 
 

@@ -24,15 +24,35 @@ if TYPE_CHECKING:
 
 
 def register(commands: Any) -> None:
+    from tuneloom.generate.params import MAX_TOKENS_LIMIT, InferenceParams
+
+    default = InferenceParams()
     gen = commands.add_parser("generate", help="generate with a model version (or a template id, untrained)")
     gen.add_argument("model", help="model-version directory or template id")
     source = gen.add_mutually_exclusive_group()  # both given: one of them would be silently ignored
     source.add_argument("text", nargs="?", help="the input text (or use --file, or pipe it on stdin)")
     source.add_argument("--file", type=Path, help="one input per line (up to 128)")
-    gen.add_argument("--max-tokens", type=int)
-    gen.add_argument("--temperature", type=float)
-    gen.add_argument("--top-p", type=float)
-    gen.add_argument("--top-k", type=int)
+    gen.add_argument(
+        "--max-tokens",
+        type=int,
+        help=f"the most new tokens per input, 1 to {MAX_TOKENS_LIMIT} (default: {default.max_tokens})",
+    )
+    gen.add_argument(
+        "--temperature",
+        type=float,
+        help=f"0 to 5: above 0 samples, higher is more random; 0 decodes greedily (default: {default.temperature:g})",
+    )
+    gen.add_argument(
+        "--top-p",
+        type=float,
+        help="above 0, at most 1: when sampling, draw only from the likeliest tokens whose probabilities add up "
+        f"to this (default: {default.top_p:g}, all)",
+    )
+    gen.add_argument(
+        "--top-k",
+        type=int,
+        help=f"0 to 10000: when sampling, draw only from this many likeliest tokens (default: {default.top_k}, all)",
+    )
     gen.add_argument(
         "--repetition-penalty",
         type=float,
@@ -43,10 +63,25 @@ def register(commands: Any) -> None:
     gen.add_argument(
         "--frequency-penalty", type=float, help="-2 to 2: subtracted once per time the output holds a token"
     )
-    gen.add_argument("--num-beams", type=int)
-    gen.add_argument("--do-sample", action="store_true", default=None)
-    gen.add_argument("--return-full-text", action="store_true", default=None)
-    gen.add_argument("--system-prompt")
+    gen.add_argument(
+        "--num-beams", type=int, help=f"1 to 16: beam search over this many beams (default: {default.num_beams}, none)"
+    )
+    gen.add_argument(
+        "--do-sample",
+        action="store_true",
+        default=None,
+        help="sample rather than decode greedily (default: sample exactly when --temperature is above 0)",
+    )
+    gen.add_argument(
+        "--return-full-text",
+        action="store_true",
+        default=None,
+        help="print the prompt followed by the generated text (default: the generated text alone)",
+    )
+    gen.add_argument(
+        "--system-prompt",
+        help="fills the prompt format's {system_prompt}, or goes before the prompt where it has none",
+    )
     gen.add_argument("--prompt-template", help="must contain {prompt}; may contain {system_prompt}")
     gen.add_argument(
         "--stop",
@@ -64,20 +99,40 @@ def register(commands: Any) -> None:
         help="on a GPU, decode single inputs through a compiled step (static KV cache, CUDA graphs): "
         "tens of seconds to compile once, then several times faster per token",
     )
-    gen.add_argument("--json", action="store_true")
+    gen.add_argument(
+        "--json",
+        action="store_true",
+        help="print each input's prompt, text, new-token count and finish reason as JSON",
+    )
     gen.set_defaults(run=run_generate)
 
     ev = commands.add_parser("evaluate", help="score a model version (or a template id) on held-out examples")
     ev.add_argument("model", help="model-version directory or template id")
-    ev.add_argument("data", type=Path)
-    ev.add_argument("--format", default="auto", choices=["auto", "sections", "csv", "jsonl"])
-    ev.add_argument("--max-tokens", type=int, help="default: enough for the longest expected completion")
-    ev.add_argument("--json", action="store_true")
+    ev.add_argument(
+        "data",
+        type=Path,
+        help="held-out examples: ###-sectioned lines (### Human: … ### Assistant: …), CSV or JSONL",
+    )
+    ev.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", "sections", "csv", "jsonl"],
+        help="the file's format (default: %(default)s, detected from the content)",
+    )
+    ev.add_argument(
+        "--max-tokens",
+        type=int,
+        help=f"the most new tokens per example, 1 to {MAX_TOKENS_LIMIT} "
+        "(default: enough for the longest expected completion)",
+    )
+    ev.add_argument(
+        "--json", action="store_true", help="print the metrics, each example's row and the data report as JSON"
+    )
     ev.set_defaults(run=run_evaluate)
 
     ex = commands.add_parser("export", help="write a standard Hugging Face folder (adapter, or --merged)")
-    ex.add_argument("model", type=Path)
-    ex.add_argument("out", type=Path)
+    ex.add_argument("model", type=Path, help="the model-version directory to export")
+    ex.add_argument("out", type=Path, help="the folder to write (must not exist yet)")
     ex.add_argument("--merged", action="store_true", help="merge LoRA into the base weights")
     ex.set_defaults(run=run_export)
 

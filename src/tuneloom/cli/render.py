@@ -20,13 +20,19 @@ from rich.progress import (
 from rich.table import Table
 
 from tuneloom.data.types import DataReport
-from tuneloom.errors import TuneloomError
+from tuneloom.errors import SettingsError, TuneloomError
 
 console = Console(highlight=False, soft_wrap=True)
 console_err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def report_error(err: TuneloomError) -> None:
+    parts = err.parts if isinstance(err, SettingsError) else []
+    if len(parts) > 1:  # one line each: a list of mistakes reads as a list
+        console_err.print(f"[bold red]error[/] [dim]({err.code})[/]: {len(parts)} settings are invalid:")
+        for part in parts:
+            console_err.print(f"  • {escape(part['message'])}")
+        return
     console_err.print(f"[bold red]error[/] [dim]({err.code})[/]: {escape(err.message)}")
     report = err.details.get("report") if isinstance(err.details.get("report"), dict) else None
     if report is None and "invalid" in err.details:

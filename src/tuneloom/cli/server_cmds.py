@@ -18,8 +18,12 @@ from tuneloom.cli.storage_args import add_artifact_arg, add_storage_args
 def register(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run the platform server (REST API) and its training workers")
     add_storage_args(serve)
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=port, default=8000)
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address to listen on; 0.0.0.0 for every interface (default: %(default)s)",
+    )
+    serve.add_argument("--port", type=port, default=8000, help="the port to listen on (default: %(default)s)")
     serve.add_argument("--max-upload-mb", type=positive, default=200, help="largest accepted upload")
     serve.add_argument("--model-cache-mb", type=positive, default=4096, help="memory for loaded model versions")
     serve.add_argument(
@@ -47,7 +51,11 @@ def register(commands: Any) -> None:
     worker.set_defaults(run=run_worker)
 
     keys = commands.add_parser("keys", help="manage API keys: create, list, revoke")
-    keys.add_argument("action", choices=["create", "list", "revoke"])
+    keys.add_argument(
+        "action",
+        choices=["create", "list", "revoke"],
+        help="create a key (shown once), list the keys, or revoke one",
+    )
     keys.add_argument("key", nargs="?", help="revoke: the key id (from `keys list`) or the key itself")
     add_storage_args(keys)
     keys.add_argument("--app", default=None, help="create: scope the key to one app (default: admin); list: one app's")

@@ -31,7 +31,11 @@ def register(commands: Any) -> None:
         help="on the worker that kept a run's files after the store refused them: publish them and mark the run "
         "MODEL_TRAINED",
     )
-    republish.add_argument("model_version_id", metavar="MODEL_VERSION_ID")
+    republish.add_argument(
+        "model_version_id",
+        metavar="MODEL_VERSION_ID",
+        help="the id of the run to publish, as its failure message names it",
+    )
     add_storage_args(republish)
     add_artifact_arg(republish)
     republish.set_defaults(run=run_republish)

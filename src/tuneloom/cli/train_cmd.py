@@ -12,12 +12,20 @@ from rich.markup import escape
 
 from tuneloom.cli.render import console, console_err, print_json, progress_bar
 from tuneloom.templates.catalogue import DEFAULT_TEMPLATE, SETTING_NAMES
+from tuneloom.templates.settings import DEFAULT_TOLERANCE
+from tuneloom.templates.settings_distributed import DEFAULTS, STRATEGIES
 
 
 def register(commands: Any) -> None:
     train = commands.add_parser("train", help="fine-tune a template on a data file into a model-version directory")
-    train.add_argument("data", type=Path)
-    train.add_argument("--template", default=DEFAULT_TEMPLATE)
+    train.add_argument(
+        "data", type=Path, help="training data: ###-sectioned lines (### Human: … ### Assistant: …), CSV or JSONL"
+    )
+    train.add_argument(
+        "--template",
+        default=DEFAULT_TEMPLATE,
+        help="the template to fine-tune, from `tuneloom templates` (default: %(default)s)",
+    )
     for name in SETTING_NAMES:
         train.add_argument(
             f"--{name.replace('_', '-')}",
@@ -25,11 +33,27 @@ def register(commands: Any) -> None:
             metavar="JSON|@FILE",
             help=f"{name} overrides as a JSON object, or @path to a JSON file",
         )
-    train.add_argument("--invalid-data-tolerance-percent", type=float, dest="tolerance")
+    train.add_argument(
+        "--invalid-data-tolerance-percent",
+        type=float,
+        dest="tolerance",
+        help="invalid rows are dropped up to this %% of all rows; more stops the run before training "
+        f"(default: {DEFAULT_TOLERANCE:g})",
+    )
     _distributed_args(train)
     train.add_argument("--validation", type=Path, help="held-out file (default: 10%% of the data)")
-    train.add_argument("--format", default="auto", choices=["auto", "sections", "csv", "jsonl"])
-    train.add_argument("--output", type=Path, default=Path("runs/model"))
+    train.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", "sections", "csv", "jsonl"],
+        help="the file's format (default: %(default)s, detected from the content)",
+    )
+    train.add_argument(
+        "--output",
+        type=Path,
+        default=Path("runs/model"),
+        help="the model-version directory to write (default: %(default)s)",
+    )
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint of --output")
     train.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     train.add_argument("--json", action="store_true", help="print the final metrics as JSON")
@@ -45,6 +69,14 @@ DISTRIBUTED_FLAGS = {
     "main_process_ip": str,
     "main_process_port": int,
 }
+DISTRIBUTED_HELP = {
+    "strategy": f"{', '.join(STRATEGIES[:-1])} or {STRATEGIES[-1]} (default: {DEFAULTS['strategy']})",
+    "num_processes": f"processes in total, over all machines: one per GPU (default: {DEFAULTS['num_processes']})",
+    "num_machines": f"machines taking part, each running this command (default: {DEFAULTS['num_machines']})",
+    "machine_rank": f"this machine's rank; rank 0 writes the model version (default: {DEFAULTS['machine_rank']})",
+    "main_process_ip": "rank 0's address; required with several machines",
+    "main_process_port": "rank 0's rendezvous port (default: a free one on one machine, 29500 over several)",
+}
 
 
 def _distributed_args(train: argparse.ArgumentParser) -> None:
@@ -52,7 +84,11 @@ def _distributed_args(train: argparse.ArgumentParser) -> None:
     group.add_argument("--distributed", metavar="JSON|@FILE", help="the distributed setting as a JSON object")
     for key, kind in DISTRIBUTED_FLAGS.items():
         group.add_argument(
-            f"--{key.replace('_', '-')}", dest=f"dist_{key}", type=kind, metavar=key.split("_")[-1].upper()
+            f"--{key.replace('_', '-')}",
+            dest=f"dist_{key}",
+            type=kind,
+            metavar=key.split("_")[-1].upper(),
+            help=DISTRIBUTED_HELP[key],
         )
 
 

@@ -102,9 +102,9 @@ def resolve_settings(
     user = _top_level({} if overrides is None else overrides, what="settings")
     problems: list[SettingsError] = []
     resolved = _resolved(template, user, SETTING_NAMES, allow_remote_loggers=allow_remote_loggers, problems=problems)
-    tolerance = _collect(problems, tolerance_setting, user.get(TOLERANCE))
-    distributed = _collect(problems, check_distributed, user.get(DISTRIBUTED))
-    _raise_collected(problems)
+    tolerance = SettingsError.collect(problems, tolerance_setting, user.get(TOLERANCE))
+    distributed = SettingsError.collect(problems, check_distributed, user.get(DISTRIBUTED))
+    SettingsError.raise_all(problems)  # each setting checked on its own: one's mistake never hides another's
     return TrainingSettings(**resolved, invalid_data_tolerance_percent=tolerance, distributed=distributed)
 
 
@@ -117,7 +117,7 @@ def tokenizer_settings(template: Template | str) -> tuple[dict[str, Any], dict[s
     problems: list[SettingsError] = []
     names = ("model_config", "tokenizer_config")
     resolved = _resolved(template, {}, names, allow_remote_loggers=False, problems=problems)
-    _raise_collected(problems)
+    SettingsError.raise_all(problems)  # each setting checked on its own: one's mistake never hides another's
     return resolved["model_config"], resolved["tokenizer_config"]
 
 
@@ -138,31 +138,7 @@ def _resolved(
         merged = merge_setting(name, defaults.get(name) or {}, user.get(name, _NOT_GIVEN))
         return check_setting(name, merged, allow_remote_loggers=allow_remote_loggers)
 
-    return {name: _collect(problems, one, name) for name in names}
-
-
-def _collect(problems: list[SettingsError], check: Callable[[Any], Any], value: Any) -> Any:
-    """`check(value)`, or None with its SettingsError added to `problems`."""
-    try:
-        return check(value)
-    except SettingsError as err:
-        problems.append(err)
-        return None
-
-
-def _raise_collected(problems: list[SettingsError]) -> None:
-    """Raise one error for all the settings that failed, so a user fixes them in one round, not one per try.
-
-    Each setting is checked on its own, so one's mistake never hides another's. `key` stays the
-    first offender's (clients that mark one field keep working); `details["errors"]` lists each
-    offender's key and message.
-    """
-    if len(problems) == 1:
-        raise problems[0]
-    if problems:
-        message = f"{len(problems)} settings are invalid: " + "; ".join(problem.message for problem in problems)
-        errors = [{"key": problem.key, "message": problem.message} for problem in problems]
-        raise SettingsError(message, key=problems[0].key, details={"errors": errors})
+    return {name: SettingsError.collect(problems, one, name) for name in names}
 
 
 def merge_setting(name: str, default: Mapping[str, Any], given: Any) -> dict[str, Any]:

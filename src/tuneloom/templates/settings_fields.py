@@ -259,28 +259,45 @@ def unknown_key(setting: str, scope: str, key: str, known: Mapping[str, Field]) 
 
 
 def check_setting(setting: str, cfg: Mapping[str, Any], *, allow_remote_loggers: bool) -> dict[str, Any]:
-    """Validate and normalise one merged settings dict; the result is JSON-safe."""
+    """Validate and normalise one merged settings dict; the result is JSON-safe.
+
+    Every key is checked, and all the keys that fail are raised together; the class's own judgement of
+    the whole dict waits until each key is right (on a partial dict it would only add noise).
+    """
     if not cfg and setting in CLEARED_BY_EMPTY:
         return {}
     scope = scope_of(setting, cfg)
     known = FIELD_SOURCES[scope]()
+    problems: list[SettingsError] = []
     out: dict[str, Any] = {}
     for key, value in cfg.items():
-        reason = refusal(setting, key, allow_remote_loggers)
-        if reason:
-            raise SettingsError(f"{setting}.{key} is refused: {reason}.", key=f"{setting}.{key}")
-        if key not in known and f"{setting}.{key}" in RETIRED:
-            drop_retired(f"{setting}.{key}", value)
-            continue
-        if key not in known:
-            raise unknown_key(setting, scope, key, known)
-        out[key] = check_value(setting, key, value, known[key], allow_remote_loggers)
-    for key in REQUIRED.get(scope, ()):
-        if key not in out:
-            raise SettingsError(f"{setting}.{key} is required", key=f"{setting}.{key}")
+        checked = SettingsError.collect(problems, check_key, setting, scope, known, key, value, allow_remote_loggers)
+        if checked is not None and checked[0]:
+            out[key] = checked[1]
+    problems += [
+        SettingsError(f"{setting}.{key} is required", key=f"{setting}.{key}")
+        for key in REQUIRED.get(scope, ())
+        if key not in cfg
+    ]
+    SettingsError.raise_all(problems)
     for key, default in FILLED_DEFAULTS.get(setting, {}).items():
         out.setdefault(key, json.loads(json.dumps(default)))
     check = CHECKS.get(scope)
     if check:
         check(out)
     return out
+
+
+def check_key(
+    setting: str, scope: str, known: Mapping[str, Field], key: str, value: Any, allow_remote_loggers: bool
+) -> tuple[bool, Any]:
+    """(kept, value): a key's checked value, or (False, None) for a retired key given its no-op value."""
+    reason = refusal(setting, key, allow_remote_loggers)
+    if reason:
+        raise SettingsError(f"{setting}.{key} is refused: {reason}.", key=f"{setting}.{key}")
+    if key not in known and f"{setting}.{key}" in RETIRED:
+        drop_retired(f"{setting}.{key}", value)
+        return False, None
+    if key not in known:
+        raise unknown_key(setting, scope, key, known)
+    return True, check_value(setting, key, value, known[key], allow_remote_loggers)

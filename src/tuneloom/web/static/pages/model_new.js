@@ -189,7 +189,7 @@ registerPage("/apps/:app/models/new", async ({ main, params, query, signal }) =>
     const name = SETTINGS.find((n) => key === n || key.startsWith(`${n}.`));
     if (name) {
       editors[name].setAttribute("aria-invalid", "true");
-      fill(editorErrors[name], err.message);
+      editorErrors[name].append(h("span", { className: "field-error-line" }, err.message)); // one line per wrong key
       return editors[name];
     }
     if (key === TOLERANCE) {
