@@ -149,6 +149,35 @@ def test_inference_params_cast_and_refuse() -> None:
         InferenceParams.from_dict({"prompt_template": "missing slot"})
 
 
+# One mistake of each kind: unknown, wrong type, out of range, over a limit, a template without its slot.
+WRONG_PARAMS = {
+    "temprature": 0.5,
+    "top_k": 2.5,
+    "max_tokens": 0,
+    "stop": ["x" * 10_000],
+    "prompt_template": "missing slot",
+}
+
+
+def test_every_wrong_inference_parameter_is_named_in_one_error() -> None:
+    """A request with five mistakes is refused once, naming all five, each message as it reads alone."""
+    with pytest.raises(SettingsError) as info:
+        InferenceParams.from_dict(WRONG_PARAMS)
+    error = info.value
+    assert sorted(each["key"] for each in error.details["errors"]) == sorted(WRONG_PARAMS)
+    assert error.headline == "5 inference parameters are invalid" and error.message.startswith(error.headline)
+    for each in error.details["errors"]:
+        with pytest.raises(SettingsError) as alone:
+            InferenceParams.from_dict({each["key"]: WRONG_PARAMS[each["key"]]})
+        assert each["message"] == alone.value.message
+
+
+def test_a_refusal_under_an_alias_names_the_alias_among_the_others() -> None:
+    with pytest.raises(SettingsError) as info:
+        InferenceParams.from_dict({"max_new_tokens": 0, "temperature": -1})
+    assert [each["key"] for each in info.value.details["errors"]] == ["max_new_tokens", "temperature"]
+
+
 def test_cut_at_the_earliest_stop() -> None:
     assert cut_at_stop("positive ### Human: more", ["###"]) == ("positive ", True)
     assert cut_at_stop("a\nb###", ["###", "\n"]) == ("a", True)

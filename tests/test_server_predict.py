@@ -118,6 +118,9 @@ def test_bad_requests_are_422_naming_the_key(deployed: Deployed) -> None:
     penalty = predict(deployed, ["x"], {"repetition_penalty": 0})
     assert penalty.status_code == 422 and penalty.json()["details"]["key"] == "repetition_penalty"
     assert "above 0 and at most 10" in penalty.json()["message"]
+    several = predict(deployed, ["x"], {"temprature": 0.5, "max_tokens": 0, "top_k": -1})
+    assert several.status_code == 422 and several.json()["message"].startswith("3 inference parameters are invalid")
+    assert [each["key"] for each in several.json()["details"]["errors"]] == ["temprature", "max_tokens", "top_k"]
 
 
 def test_unknown_untrained_and_other_apps_versions(deployed: Deployed) -> None:

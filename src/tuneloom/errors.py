@@ -57,6 +57,7 @@ class SettingsError(TuneloomError):
             merged["key"] = key
         super().__init__(message, details=merged)
         self.key = key
+        self.headline = message  # what a client listing `parts` one per line prints above them
 
     @property
     def parts(self) -> list[dict[str, Any]]:
@@ -64,18 +65,21 @@ class SettingsError(TuneloomError):
         return self.details.get("errors") or [{"key": self.key, "message": self.message}]
 
     @classmethod
-    def raise_all(cls, problems: list[SettingsError]) -> None:
+    def raise_all(cls, problems: list[SettingsError], *, what: str = "settings") -> None:
         """Raise one error for every problem found, so a user fixes them in one round, not one per try.
 
         `key` stays the first offender's (clients that mark one field keep working);
-        `details["errors"]` lists each offender's key and message, nested collections flattened.
+        `details["errors"]` lists each offender's key and message, nested collections flattened;
+        `headline` ("3 settings are invalid") is the message's start, for a client that lists the parts.
         """
         if len(problems) == 1:
             raise problems[0]
         if problems:
             parts = [part for problem in problems for part in problem.parts]
-            message = f"{len(parts)} settings are invalid: " + "; ".join(part["message"] for part in parts)
-            raise cls(message, key=parts[0]["key"], details={"errors": parts})
+            headline = f"{len(parts)} {what} are invalid"
+            error = cls(f"{headline}: " + "; ".join(part["message"] for part in parts), key=parts[0]["key"])
+            error.details["errors"], error.headline = parts, headline
+            raise error
 
     @staticmethod
     def collect(problems: list[SettingsError], check: Callable[..., Any], *args: Any) -> Any:

@@ -27,10 +27,9 @@ console_err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def report_error(err: TuneloomError) -> None:
-    parts = err.parts if isinstance(err, SettingsError) else []
-    if len(parts) > 1:  # one line each: a list of mistakes reads as a list
-        console_err.print(f"[bold red]error[/] [dim]({err.code})[/]: {len(parts)} settings are invalid:")
-        for part in parts:
+    if isinstance(err, SettingsError) and len(err.parts) > 1:  # one line each: a list of mistakes reads as a list
+        console_err.print(f"[bold red]error[/] [dim]({err.code})[/]: {escape(err.headline)}:")
+        for part in err.parts:
             console_err.print(f"  • {escape(part['message'])}")
         return
     console_err.print(f"[bold red]error[/] [dim]({err.code})[/]: {escape(err.message)}")

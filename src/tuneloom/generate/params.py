@@ -78,15 +78,23 @@ class InferenceParams:
         names = {f.name for f in fields(cls)}
         sent_as = {**sent_names(data), **(sent_as or {})}
         data = _without_aliases(data)
-        for key in data:
-            if key not in names:
-                near = difflib.get_close_matches(key, sorted(names), n=1)
-                hint = f" Did you mean '{near[0]}'?" if near else ""
-                raise SettingsError(f"inference parameter '{key}' is unknown.{hint}", key=key)
-        values = {k: _coerce(k, v, sent_as.get(k, k)) for k, v in data.items() if v is not None}
-        params = cls(**values)
-        _check_ranges(replace(params, max_tokens=1) if prompt_only and params.max_tokens == 0 else params, sent_as)
+        problems = [_unknown(key, names) for key in data if key not in names]
+        checked = {
+            k: SettingsError.collect(problems, _coerce, k, v, sent_as.get(k, k))
+            for k, v in data.items()
+            if k in names and v is not None
+        }
+        params = cls(**{k: v for k, v in checked.items() if v is not None})  # a refused one keeps its default
+        ranged = replace(params, max_tokens=1) if prompt_only and params.max_tokens == 0 else params
+        problems += _range_problems(ranged, sent_as)
+        SettingsError.raise_all(problems, what="inference parameters")  # every mistake at once
         return params
+
+
+def _unknown(key: str, names: set[str]) -> SettingsError:
+    near = difflib.get_close_matches(key, sorted(names), n=1)
+    hint = f" Did you mean '{near[0]}'?" if near else ""
+    return SettingsError(f"inference parameter '{key}' is unknown.{hint}", key=key)
 
 
 ALIASES = {"max_new_tokens": "max_tokens"}  # transformers' name, accepted as well
@@ -174,20 +182,26 @@ def _in_range(key: str, value: float) -> bool:
     return (low < value if key in _ABOVE_LOW else low <= value) and value <= high  # NaN is in no range
 
 
-def _check_ranges(params: InferenceParams, sent_as: Mapping[str, str]) -> None:
-    for key in _RANGES:
-        value, name = getattr(params, key), sent_as.get(key, key)
-        if value is not None and not _in_range(key, value):
-            raise SettingsError(f"inference parameter '{name}' must be {_range(key)}, got {_shown(value)}", key=name)
+def _range_problems(params: InferenceParams, sent_as: Mapping[str, str]) -> list[SettingsError]:
+    """Each parameter outside its range or limit, as the refusal that names it."""
+    problems = [
+        SettingsError(f"inference parameter '{name}' must be {_range(key)}, got {_shown(value)}", key=name)
+        for key in _RANGES
+        for value, name in [(getattr(params, key), sent_as.get(key, key))]
+        if value is not None and not _in_range(key, value)
+    ]
     stop = sent_as.get("stop", "stop")
     if len(params.stop) > MAX_STOP_STRINGS:
-        raise SettingsError(f"at most {MAX_STOP_STRINGS} stop strings are allowed", key=stop)
+        problems.append(SettingsError(f"at most {MAX_STOP_STRINGS} stop strings are allowed", key=stop))
     longest = max((len(s) for s in params.stop), default=0)
     if longest > MAX_STOP_CHARS:
-        raise SettingsError(
-            f"a stop string may be at most {MAX_STOP_CHARS} characters, got one of {longest:,}",
-            key=stop,
-            details={"limit": MAX_STOP_CHARS},
+        problems.append(
+            SettingsError(
+                f"a stop string may be at most {MAX_STOP_CHARS} characters, got one of {longest:,}",
+                key=stop,
+                details={"limit": MAX_STOP_CHARS},
+            )
         )
     if params.prompt_template is not None:
-        check_prompt_template(params.prompt_template)
+        SettingsError.collect(problems, check_prompt_template, params.prompt_template)
+    return problems
