@@ -172,12 +172,17 @@ def test_whole_flow_in_chromium(
     expect(page.get_by_test_id("gen-results").locator("tbody tr")).to_have_count(3, timeout=60_000)
     screenshots.take(page, "09-generate-several")
 
-    # A parameter out of range: the server's own message, and the field marked.
+    # Two parameters out of range: the server's own message names both, and both fields are marked.
     page.get_by_label("temperature", exact=True).fill("9")
+    page.get_by_label("max_tokens", exact=True).fill("0")
     page.get_by_test_id("generate").click()
     expect(page.get_by_test_id("gen-error")).to_contain_text("'temperature' must be between 0 and 5")
-    expect(page.get_by_label("temperature", exact=True)).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_test_id("gen-error")).to_contain_text("'max_tokens' must be between 1 and 4096")
+    for name in ("temperature", "max_tokens"):
+        expect(page.get_by_label(name, exact=True)).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_label("max_tokens", exact=True)).to_be_focused()  # the first the server names
     page.get_by_label("temperature", exact=True).fill("0")
+    page.get_by_label("max_tokens", exact=True).fill("24")
     # An input blank to the server (U+001F is whitespace to Python): its line named, the box marked.
     page.get_by_label("Inputs", exact=True).fill("great product\n\n\x1f\nawful quality")
     page.get_by_test_id("generate").click()

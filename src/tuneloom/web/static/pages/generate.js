@@ -140,11 +140,16 @@ registerPage("/apps/:app/generate", async ({ main, params, query, signal }) => {
     const index = /^inputs\.(\d+)$/.exec((err && err.key) || "");
     const line = index && inputLines[Number(index[1])];
     fill(errorSlot, errorBox(line ? { message: `${err.message} (line ${line} of Inputs)` } : err, "gen-error"));
-    const field = err && err.key ? fieldOf(err.key) : null;
-    if (field) {
-      field.setAttribute("aria-invalid", "true");
-      field.focus();
-    }
+    const fields = namedKeys(err).map(fieldOf).filter(Boolean);
+    for (const field of fields) field.setAttribute("aria-invalid", "true");
+    if (fields.length) fields[0].focus();
+  }
+
+  /** The keys a refusal names: each of several refused together (`details.errors`), else its one key. */
+  function namedKeys(err) {
+    const each = err && err.details && Array.isArray(err.details.errors) ? err.details.errors : [];
+    const keys = each.map((one) => one && one.key).filter(Boolean);
+    return keys.length ? keys : err && err.key ? [err.key] : [];
   }
 
   function clearMarks() {
