@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from tuneloom.data import FORMATS
 from tuneloom.errors import TuneloomError
 
 
@@ -92,3 +93,16 @@ def read_named_file(path: Path, label: str, error: Callable[[str], TuneloomError
     except OSError as err:
         why = (err.strerror or type(err).__name__).lower()
     raise error(f"{label}: {why}")
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, name: str, what: str) -> None:
+    """The data file argument `name` (`what` it holds) and its `--format`, worded alike by every command."""
+    parser.add_argument(
+        name, type=Path, help=f"{what}: ###-sectioned lines (### Human: … ### Assistant: …), CSV or JSONL"
+    )
+    parser.add_argument(
+        "--format",
+        default="auto",
+        choices=FORMATS,
+        help="the file's format (default: %(default)s, detected from the content)",
+    )

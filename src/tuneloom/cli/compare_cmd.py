@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tuneloom.cli.render import console, metrics_table, print_json
+from tuneloom.data import FORMATS
 
 if TYPE_CHECKING:
     from tuneloom.data.parse import ParsedFile
@@ -48,7 +49,7 @@ def register(commands: Any) -> None:
     )
     cmp.add_argument("--all-settings", action="store_true", help="list every setting, not only those that differ")
     cmp.add_argument("--data", type=Path, help="held-out file: evaluate each run on it, as `tuneloom evaluate` does")
-    cmp.add_argument("--format", choices=["auto", "sections", "csv", "jsonl"], help="format of --data (default: auto)")
+    cmp.add_argument("--format", choices=FORMATS, help="format of --data (default: auto)")
     cmp.add_argument("--prompt", action="append", type=_prompt, help="answer it with each run, greedily (repeatable)")
     cmp.add_argument(
         "--max-tokens",

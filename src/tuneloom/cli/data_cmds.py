@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from tuneloom.cli.arg_types import count
+from tuneloom.cli.arg_types import add_data_arguments, count
 from tuneloom.cli.render import console, print_json, print_report
 from tuneloom.templates.catalogue import DEFAULT_TEMPLATE
 
@@ -19,15 +19,7 @@ USABLE, NOT_USABLE = 0, 1
 
 def register(commands: Any) -> None:
     validate = commands.add_parser("validate", help="check a data file: counts, invalid rows, token lengths")
-    validate.add_argument(
-        "file", type=Path, help="the data file: ###-sectioned lines (### Human: … ### Assistant: …), CSV or JSONL"
-    )
-    validate.add_argument(
-        "--format",
-        default="auto",
-        choices=["auto", "sections", "csv", "jsonl"],
-        help="the file's format (default: %(default)s, detected from the content)",
-    )
+    add_data_arguments(validate, "file", "the data file")
     validate.add_argument(
         "--template", default=DEFAULT_TEMPLATE, help="tokenize with this template's tokenizer (default: %(default)s)"
     )

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 from rich.table import Table
 
-from tuneloom.cli.arg_types import read_named_file
+from tuneloom.cli.arg_types import add_data_arguments, read_named_file
 from tuneloom.cli.render import console, console_err, metrics_table, print_json, progress_bar
 from tuneloom.errors import DataFileError
 
@@ -108,17 +108,7 @@ def register(commands: Any) -> None:
 
     ev = commands.add_parser("evaluate", help="score a model version (or a template id) on held-out examples")
     ev.add_argument("model", help="model-version directory or template id")
-    ev.add_argument(
-        "data",
-        type=Path,
-        help="held-out examples: ###-sectioned lines (### Human: … ### Assistant: …), CSV or JSONL",
-    )
-    ev.add_argument(
-        "--format",
-        default="auto",
-        choices=["auto", "sections", "csv", "jsonl"],
-        help="the file's format (default: %(default)s, detected from the content)",
-    )
+    add_data_arguments(ev, "data", "held-out examples")
     ev.add_argument(
         "--max-tokens",
         type=int,

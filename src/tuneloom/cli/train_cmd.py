@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.markup import escape
 
+from tuneloom.cli.arg_types import add_data_arguments
 from tuneloom.cli.render import console, console_err, print_json, progress_bar
 from tuneloom.templates.catalogue import DEFAULT_TEMPLATE, SETTING_NAMES
 from tuneloom.templates.settings import DEFAULT_TOLERANCE
@@ -18,9 +19,7 @@ from tuneloom.templates.settings_distributed import DEFAULTS, STRATEGIES
 
 def register(commands: Any) -> None:
     train = commands.add_parser("train", help="fine-tune a template on a data file into a model-version directory")
-    train.add_argument(
-        "data", type=Path, help="training data: ###-sectioned lines (### Human: … ### Assistant: …), CSV or JSONL"
-    )
+    add_data_arguments(train, "data", "training data")
     train.add_argument(
         "--template",
         default=DEFAULT_TEMPLATE,
@@ -42,12 +41,6 @@ def register(commands: Any) -> None:
     )
     _distributed_args(train)
     train.add_argument("--validation", type=Path, help="held-out file (default: 10%% of the data)")
-    train.add_argument(
-        "--format",
-        default="auto",
-        choices=["auto", "sections", "csv", "jsonl"],
-        help="the file's format (default: %(default)s, detected from the content)",
-    )
     train.add_argument(
         "--output",
         type=Path,
