@@ -180,6 +180,26 @@ def test_partial_overlap_is_between() -> None:
     assert result["exact_match"] == pytest.approx(1 / 3)
 
 
+def test_short_completions_that_are_right_score_full_bleu() -> None:
+    """Standard corpus BLEU is 0 for one-to-three-word answers however right (it has no 4-grams to
+    match); beside an exact match of 1 that read as a broken metric."""
+    references = ["opened a refund", "ships Monday", "reset the password", "two days", "by courier"]
+    result = score(list(references), references)
+    assert result["exact_match"] == 1.0 and "accuracy" not in result
+    assert result["bleu"] == pytest.approx(100.0)
+    half_right = score(["opened a refund", "ships Friday", "reset the modem", "two weeks", "by post"], references)
+    assert 0.0 < half_right["bleu"] < 100.0
+
+
+def test_bleu_on_long_texts_is_standard_corpus_bleu() -> None:
+    """Where every n-gram order occurs, the effective order changes nothing."""
+    from sacrebleu.metrics import BLEU
+
+    predictions = [t.replace("new", "old").replace("rain", "snow") for t in LONG_TEXTS]
+    standard = BLEU().corpus_score(predictions, [list(LONG_TEXTS)]).score
+    assert score(predictions, LONG_TEXTS)["bleu"] == pytest.approx(standard, abs=1e-9)
+
+
 def test_rouge_l_uses_stemmer() -> None:
     result = score(["The dogs were running quickly home"], ["the dog was running quick home"])
     plain_overlap = 3 / 6  # "the", "running", "home" without stemming

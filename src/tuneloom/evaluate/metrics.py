@@ -151,9 +151,12 @@ def _free_text_scores(predictions: Sequence[str], references: Sequence[str]) -> 
 
     Computed on the raw texts: the metrics tokenize themselves, and sacrebleu expects detokenized
     text. Known limits: rouge-score's tokenizer keeps only ASCII letters and digits, so text in
-    non-Latin scripts scores ROUGE-L 0 (chrF is the score to read there); corpus BLEU counts
-    4-grams over the whole corpus and is 0 when the completions are only a word or three long,
-    even when they are all right.
+    non-Latin scripts scores ROUGE-L 0 (chrF is the score to read there).
+
+    BLEU uses sacrebleu's effective order: n-gram orders of which the outputs hold none at all are
+    left out, so completions of a word or three that are all right score 100, not standard BLEU's
+    0 (no 4-grams to match). Wherever the outputs hold n-grams of every order — any text long
+    enough for BLEU to mean something — the score is standard corpus BLEU's, to the digit.
     """
     scorer = _rouge_scorer()
     rouge_l = math.fsum(
@@ -163,7 +166,7 @@ def _free_text_scores(predictions: Sequence[str], references: Sequence[str]) -> 
     return {
         "rouge_l": _clamp(rouge_l, 1.0),
         "chrf": _clamp(CHRF().corpus_score(preds, refs).score, 100.0),
-        "bleu": _clamp(BLEU().corpus_score(preds, refs).score, 100.0),
+        "bleu": _clamp(BLEU(effective_order=True).corpus_score(preds, refs).score, 100.0),
     }
 
 
