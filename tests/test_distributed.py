@@ -95,6 +95,16 @@ def test_bad_distributed_settings_name_the_key(value: Any, key: str, words: str)
     assert words in err.message
 
 
+def test_every_wrong_distributed_key_is_named_at_once() -> None:
+    err = refused({"num_procs": 2, "strategy": "zero3", "main_process_port": 70000})
+    assert [each["key"] for each in err.details["errors"]] == [
+        "distributed.num_procs",
+        "distributed.strategy",
+        "distributed.main_process_port",
+    ]
+    assert err.message.startswith("3 settings are invalid: ")
+
+
 def test_deepspeed_without_deepspeed_installed_says_how_to_get_it() -> None:
     settings = distributed({"strategy": "deepspeed_zero3", "num_processes": 2})
     try:

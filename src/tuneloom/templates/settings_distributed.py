@@ -60,15 +60,19 @@ def check_distributed(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise SettingsError(f"{DISTRIBUTED} must be an object ({{...}}), not {kind_of(value)}", key=DISTRIBUTED)
     merged = dict(DEFAULTS)
+    problems: list[SettingsError] = []
     for key, given in value.items():
         path = f"{DISTRIBUTED}.{key}"
         if key not in DEFAULTS:
-            raise SettingsError(
-                f"{path} is not a distributed setting.{suggest(key, DEFAULTS)} Keys are: {', '.join(DEFAULTS)}.",
-                key=path,
+            problems.append(
+                SettingsError(
+                    f"{path} is not a distributed setting.{suggest(key, DEFAULTS)} Keys are: {', '.join(DEFAULTS)}.",
+                    key=path,
+                )
             )
-        if given is not None:
-            merged[key] = _check_value(path, key, given)
+        elif given is not None:
+            merged[key] = SettingsError.collect(problems, _check_value, path, key, given)
+    SettingsError.raise_all(problems)  # every wrong key at once; the rules between keys need them all right
     _check_together(merged)
     if merged["strategy"] == "none" or (merged["strategy"] == "ddp" and merged["num_processes"] == 1):
         return {}
