@@ -37,6 +37,14 @@ def test_at_or_below_tolerance_passes(valid: int, invalid: int, tolerance: float
     check_tolerance(report(valid, invalid), tolerance)
 
 
+def test_what_a_run_dropped_is_counted_in_words() -> None:
+    assert [report(9, n).dropped for n in (0, 1, 2)] == [
+        "0 invalid rows dropped",
+        "1 invalid row dropped",
+        "2 invalid rows dropped",
+    ]
+
+
 def test_no_valid_rows_is_a_file_error_even_at_100_percent() -> None:
     with pytest.raises(DataFileError) as caught:
         check_tolerance(report(0, 3), 100)

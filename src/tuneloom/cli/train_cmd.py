@@ -149,7 +149,7 @@ def run_train(args: argparse.Namespace) -> int:
     report = outcome.report
     if report.invalid_rows:
         console_err.print(
-            f"[yellow]{report.invalid_rows} invalid rows dropped[/] (within the tolerance); "
+            f"[yellow]{report.dropped}[/] (within the tolerance); "
             f"run `tuneloom validate {escape(str(args.data))}` to see them."
         )
     if args.json:

@@ -71,6 +71,11 @@ class DataReport:
     def invalid_percent(self) -> float:
         return 100.0 * self.invalid_rows / self.total_rows if self.total_rows else 0.0
 
+    @property
+    def dropped(self) -> str:
+        """How a run says what it left out: "1 invalid row dropped", "3 invalid rows dropped"."""
+        return f"{self.invalid_rows} invalid row{'' if self.invalid_rows == 1 else 's'} dropped"
+
     def within_tolerance(self, tolerance_percent: float) -> bool:
         return self.valid_rows > 0 and self.invalid_percent <= tolerance_percent
 

@@ -124,8 +124,7 @@ def train_rank(
     on_event(
         TrainEvent(
             "stage",
-            f"{len(train_rows)} training / {len(held_out)} held-out examples; "
-            f"{report.invalid_rows} invalid rows dropped",
+            f"{len(train_rows)} training / {len(held_out)} held-out examples; {report.dropped}",
         )
     )
 
