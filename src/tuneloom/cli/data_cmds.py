@@ -13,6 +13,7 @@ from rich.text import Text
 from tuneloom.cli.arg_types import add_data_arguments, count
 from tuneloom.cli.render import console, print_json, print_report
 from tuneloom.templates.catalogue import DEFAULT_TEMPLATE
+from tuneloom.templates.settings import DEFAULT_TOLERANCE
 
 USABLE, NOT_USABLE = 0, 1
 
@@ -27,7 +28,7 @@ def register(commands: Any) -> None:
     validate.add_argument(
         "--invalid-data-tolerance-percent",
         type=float,
-        default=5.0,
+        default=DEFAULT_TOLERANCE,
         dest="tolerance",
         help="the most invalid rows, in %% of all rows, for the file to be usable; above it exits 1 "
         "(default: %(default)s)",

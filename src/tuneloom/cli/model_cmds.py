@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 
 def register(commands: Any) -> None:
-    from tuneloom.generate.params import MAX_TOKENS_LIMIT, InferenceParams
+    from tuneloom.generate.params import InferenceParams, range_text
 
     default = InferenceParams()
     gen = commands.add_parser("generate", help="generate with a model version (or a template id, untrained)")
@@ -35,12 +35,13 @@ def register(commands: Any) -> None:
     gen.add_argument(
         "--max-tokens",
         type=int,
-        help=f"the most new tokens per input, 1 to {MAX_TOKENS_LIMIT} (default: {default.max_tokens})",
+        help=f"the most new tokens per input, {range_text('max_tokens')} (default: {default.max_tokens})",
     )
     gen.add_argument(
         "--temperature",
         type=float,
-        help=f"0 to 5: above 0 samples, higher is more random; 0 decodes greedily (default: {default.temperature:g})",
+        help=f"{range_text('temperature')}: above 0 samples, higher is more random; 0 decodes greedily "
+        f"(default: {default.temperature:g})",
     )
     gen.add_argument(
         "--top-p",
@@ -51,7 +52,8 @@ def register(commands: Any) -> None:
     gen.add_argument(
         "--top-k",
         type=int,
-        help=f"0 to 10000: when sampling, draw only from this many likeliest tokens (default: {default.top_k}, all)",
+        help=f"{range_text('top_k')}: when sampling, draw only from this many likeliest tokens "
+        f"(default: {default.top_k}, all)",
     )
     gen.add_argument(
         "--repetition-penalty",
@@ -64,7 +66,9 @@ def register(commands: Any) -> None:
         "--frequency-penalty", type=float, help="-2 to 2: subtracted once per time the output holds a token"
     )
     gen.add_argument(
-        "--num-beams", type=int, help=f"1 to 16: beam search over this many beams (default: {default.num_beams}, none)"
+        "--num-beams",
+        type=int,
+        help=f"{range_text('num_beams')}: beam search over this many beams (default: {default.num_beams}, none)",
     )
     gen.add_argument(
         "--do-sample",
@@ -112,7 +116,7 @@ def register(commands: Any) -> None:
     ev.add_argument(
         "--max-tokens",
         type=int,
-        help=f"the most new tokens per example, 1 to {MAX_TOKENS_LIMIT} "
+        help=f"the most new tokens per example, {range_text('max_tokens')} "
         "(default: enough for the longest expected completion)",
     )
     ev.add_argument(

@@ -125,7 +125,9 @@ _STRINGS = {"system_prompt", "prompt_template"}
 def _coerce(key: str, value: Any, name: str) -> Any:
     """`value` as parameter `key` holds it; `name` is what the request called it, for the refusal."""
     if key in _RANGES and isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _HUGE:
-        raise SettingsError(f"inference parameter '{name}' must be {_range(key)}, got a number beyond 2^63", key=name)
+        raise SettingsError(
+            f"inference parameter '{name}' must be {range_text(key)}, got a number beyond 2^63", key=name
+        )
     if key in _INTS:
         whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())  # not inf/nan
         if isinstance(value, bool) or not whole:
@@ -169,7 +171,7 @@ def _shown(number: float) -> str:
     return str(number) if isinstance(number, int) and abs(number) < _HUGE else f"{number:g}"
 
 
-def _range(key: str) -> str:
+def range_text(key: str) -> str:
     """Parameter `key`'s range as a refusal words it."""
     low, high = _RANGES[key]
     if key in _ABOVE_LOW:
@@ -185,7 +187,7 @@ def _in_range(key: str, value: float) -> bool:
 def _range_problems(params: InferenceParams, sent_as: Mapping[str, str]) -> list[SettingsError]:
     """Each parameter outside its range or limit, as the refusal that names it."""
     problems = [
-        SettingsError(f"inference parameter '{name}' must be {_range(key)}, got {_shown(value)}", key=name)
+        SettingsError(f"inference parameter '{name}' must be {range_text(key)}, got {_shown(value)}", key=name)
         for key in _RANGES
         for value, name in [(getattr(params, key), sent_as.get(key, key))]
         if value is not None and not _in_range(key, value)
