@@ -4,7 +4,8 @@
 the adapter is written alone (peft format, loadable with `PeftModel.from_pretrained`). Either way the
 tokenizer and a generation config whose EOS is the one the model was trained to emit come along,
 so `model.generate` stops where tuneloom would, and a README.md model card that says which of the two
-the folder holds and how to load it.
+the folder holds and how to load it. `--gguf` writes one GGUF file instead, for llama.cpp and Ollama
+(`tuneloom.export_gguf`), with an Ollama Modelfile beside it.
 """
 
 from __future__ import annotations
@@ -23,10 +24,14 @@ from tuneloom.model_version import ModelVersion, make_folder, open_version
 
 class Exported(NamedTuple):
     path: Path
-    holds: str  # "adapter", "merged model" (an adapter folded into its base) or "model" (full fine-tune)
+    holds: str  # "adapter", "merged model" (an adapter folded into its base), "model" (full fine-tune) or "GGUF"
 
 
-def export_version(version_dir: Path, out: Path, *, merged: bool = False) -> Exported:
+GGUF_FILE = "model.gguf"
+
+
+def export_version(version_dir: Path, out: Path, *, merged: bool = False, gguf_type: str | None = None) -> Exported:
+    """`gguf_type` (one of `export_gguf.GGUF_TYPES`): a GGUF file of the merged weights, not a Hugging Face folder."""
     version = open_version(version_dir)
     if out.exists():
         raise ModelVersionError(f"{out} already exists; choose another folder.")
@@ -34,6 +39,10 @@ def export_version(version_dir: Path, out: Path, *, merged: bool = False) -> Exp
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         staging = Path(tmp) / "export"
         full_weights = merged or not version.is_adapter
+        if gguf_type is not None:
+            _write_gguf_folder(version, staging, gguf_type, out.name)
+            staging.rename(out)
+            return Exported(out, "GGUF")
         if full_weights:
             loaded = load_for_inference(version_dir)  # adapters are merged on load
             loaded.model.save_pretrained(staging)
@@ -49,6 +58,58 @@ def export_version(version_dir: Path, out: Path, *, merged: bool = False) -> Exp
     if not full_weights:
         return Exported(out, "adapter")
     return Exported(out, "merged model" if version.is_adapter else "model")
+
+
+def _write_gguf_folder(version: ModelVersion, staging: Path, gguf_type: str, name: str) -> None:
+    from tuneloom.export_gguf import ollama_modelfile, write_gguf
+    from tuneloom.generate.loading import load_version
+    from tuneloom.templates.prompting import PromptFormat
+
+    loaded = load_version(version)  # adapters are merged on load
+    prompt_format = PromptFormat.from_dict(version.prompt_format)
+    staging.mkdir()
+    write_gguf(loaded, prompt_format, staging / GGUF_FILE, gguf_type=gguf_type, name=name)
+    (staging / "Modelfile").write_text(ollama_modelfile(prompt_format, GGUF_FILE), encoding="utf-8")
+    (staging / "tuneloom_prompt_format.json").write_text(json.dumps(version.prompt_format, indent=2))
+    (staging / "README.md").write_text(gguf_card(version, name, gguf_type), encoding="utf-8")
+
+
+def gguf_card(version: ModelVersion, folder: str, gguf_type: str) -> str:
+    """The README.md of a GGUF export: what the file holds and how llama.cpp and Ollama run it in its prompt format."""
+    base = _base_model(version)
+    prompt = textwrap.indent(str(version.prompt_format.get("template", "{prompt}")), "    ")
+    return "\n".join(
+        [
+            "---",
+            f"base_model: {json.dumps(base)}",
+            "library_name: gguf",
+            "pipeline_tag: text-generation",
+            "tags:",
+            "- tuneloom",
+            "- gguf",
+            "---",
+            "",
+            f"# {folder}",
+            "",
+            f"A fine-tune of `{base}` made with tuneloom (template `{version.template}`), as one GGUF file "
+            f"(`{GGUF_FILE}`, weights in {gguf_type.upper()}; a LoRA update is merged in).",
+            "",
+            "## Run it",
+            "",
+            "```bash",
+            f'ollama create {folder} -f Modelfile && ollama run {folder} "your text"',
+            f"llama-server -m {GGUF_FILE} --jinja   # /v1/chat/completions applies the prompt format below",
+            "```",
+            "",
+            "## Prompt format",
+            "",
+            "The file's chat template and the Modelfile's TEMPLATE put a user message where `{prompt}` stands, "
+            "as tuneloom does (one message per prompt); stop at `###` and at the end-of-sequence token.",
+            "",
+            prompt,
+            "",
+        ]
+    )
 
 
 def _base_model(version: ModelVersion) -> str:

