@@ -9,6 +9,8 @@ $TMPDIR/tuneloom-fuzz/TARGET/corpus (or `--corpus DIR`), kept across runs. A cra
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import sys
 import tempfile
 from collections.abc import Callable
@@ -35,6 +37,28 @@ def load_target(name: str) -> Target | None:
     return {**data_targets.TARGETS, **settings_targets.TARGETS}.get(name)
 
 
+RSS_LIMIT_MB = 2048
+
+
+def count_own_memory() -> None:
+    """Go on in a forked child when this process starts out charged with its parent's peak memory.
+
+    Linux carries a parent's peak RSS across exec into the child's `getrusage` figure, which libFuzzer's
+    `-rss_limit_mb` reads as this process's own: started by a pytest worker that had loaded a model
+    (2.4 GB), every target was "out of memory" at its first input. A forked child counts from its own
+    pages; this process waits for it and exits as it did.
+    """
+    if resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < RSS_LIMIT_MB * 1024 // 2:  # kB
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    child = os.fork()
+    if child == 0:
+        return
+    code = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+    os._exit(code if code >= 0 else 128 - code)  # a signal's death as the shell reports it
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fuzz.run", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -48,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--artifacts", type=Path, help="directory for crash reproducers")
     parser.add_argument("--replay", type=Path, nargs="+", help="run these inputs once, without libFuzzer")
     args = parser.parse_args(argv)
+    count_own_memory()
     target = load_target(args.target)
     if target is None:
         parser.error(f"unknown target {args.target!r}")
@@ -73,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         f"-runs={args.runs}",
         f"-max_len={args.max_len}",
         f"-timeout={args.timeout}",
-        "-rss_limit_mb=2048",
+        f"-rss_limit_mb={RSS_LIMIT_MB}",
         "-print_final_stats=1",
     ]
     atheris.Setup(libfuzzer, target)

@@ -8,10 +8,7 @@ transformers' GGUF loader and must give the version's own logits, tokens and pro
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +16,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
+from bench.llama_cpp import run_llama_cpp
 from tests.conftest import cli_in_process, refused, sentiment_lines
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoConfig, GPTNeoForCausalLM
 
@@ -84,18 +82,8 @@ def test_llama_cpp_tokenizes_and_answers_as_tuneloom(smollm2: tuple[InferenceMod
     loaded, path = smollm2
     prompts = [FORMAT.render("What is the capital of France?"), "The three primary colours are"]
     texts = [PRE_TOKENIZER_CHECK_TEXT, *prompts]  # the pre-tokenizer's hard cases: spaces, digits, emoji, scripts
-    job = {"model": str(path), "prompts": prompts, "max_tokens": 8, "tokenize": texts}
     assert LLAMA_CPP
-    entry = (Path(LLAMA_CPP) / "node_modules" / "node-llama-cpp" / "dist" / "index.js").as_uri()
-    ran = subprocess.run(
-        [shutil.which("node") or "node", str(Path(__file__).with_name("llama_cpp_run.mjs")), entry],
-        input=json.dumps(job),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert ran.returncode == 0, ran.stderr[-2000:]
-    llama_cpp = json.loads(ran.stdout.strip().splitlines()[-1])
+    llama_cpp = run_llama_cpp(LLAMA_CPP, path, prompts, texts, max_tokens=8)
     assert llama_cpp["tokens"] == [loaded.tokenizer(text)["input_ids"] for text in texts]
     ours = generate(loaded, prompts, InferenceParams(max_tokens=8, prompt_template="{prompt}"))  # as sent
     assert [text.split("###")[0].strip() for text in llama_cpp["completions"]] == [g.text for g in ours]

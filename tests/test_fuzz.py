@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from fuzz.data_targets import TARGETS as DATA_TARGETS
-from fuzz.run import SEEDS
+from fuzz.run import RSS_LIMIT_MB, SEEDS
 from fuzz.settings_targets import TARGETS as SETTINGS_TARGETS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,3 +79,21 @@ def test_committed_seeds_and_regressions_replay_cleanly(target: str) -> None:
 def test_seed_corpus_stays_small() -> None:
     total = sum(p.stat().st_size for p in SEEDS.rglob("*") if p.is_file())
     assert 0 < total < 100_000, total
+
+
+def test_a_target_started_by_a_process_that_held_gigabytes_is_not_out_of_memory(tmp_path: Path) -> None:
+    """Linux hands a parent's peak RSS to the child it starts (getrusage, across exec), and libFuzzer read
+    it as the target's own: every target was "out of memory" when the pytest worker had loaded a model."""
+    held = (RSS_LIMIT_MB + 256) * 2**20
+    parent = (
+        "import subprocess, sys\n"
+        f"held = bytearray({held})\n"
+        "held[::4096] = b'x' * len(held[::4096])  # touched: resident, not just reserved\n"
+        f"done = subprocess.run([sys.executable, '-m', 'fuzz.run', 'lines', '--runs', '200', "
+        f"'--artifacts', {str(tmp_path)!r}, '--corpus', {str(tmp_path / 'corpus')!r}])\n"
+        "sys.exit(done.returncode)\n"
+    )
+    ran = subprocess.run([sys.executable, "-c", parent], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    peak = re.search(r"stat::peak_rss_mb:\s+(\d+)", ran.stderr)
+    assert peak and int(peak.group(1)) < RSS_LIMIT_MB // 2, ran.stderr[-1000:]

@@ -80,17 +80,7 @@ def gguf_card(version: ModelVersion, folder: str, gguf_type: str) -> str:
     prompt = textwrap.indent(str(version.prompt_format.get("template", "{prompt}")), "    ")
     return "\n".join(
         [
-            "---",
-            f"base_model: {json.dumps(base)}",
-            "library_name: gguf",
-            "pipeline_tag: text-generation",
-            "tags:",
-            "- tuneloom",
-            "- gguf",
-            "---",
-            "",
-            f"# {folder}",
-            "",
+            *_card_head(base, "gguf", ["tuneloom", "gguf"], folder),
             f"A fine-tune of `{base}` made with tuneloom (template `{version.template}`), as one GGUF file "
             f"(`{GGUF_FILE}`, weights in {gguf_type.upper()}; a LoRA update is merged in).",
             "",
@@ -104,12 +94,19 @@ def gguf_card(version: ModelVersion, folder: str, gguf_type: str) -> str:
             "## Prompt format",
             "",
             "The file's chat template and the Modelfile's TEMPLATE put a user message where `{prompt}` stands, "
-            "as tuneloom does (one message per prompt); stop at `###` and at the end-of-sequence token.",
+            "as tuneloom does (the chat template puts earlier turns in the format's sections, as tuneloom's chat "
+            "endpoint does); stop at `###` and at the end-of-sequence token.",
             "",
             prompt,
             "",
         ]
     )
+
+
+def _card_head(base: str, library: str, tags: list[str], folder: str) -> list[str]:
+    """A model card's metadata block (what the Hugging Face Hub reads) and title."""
+    lines = ["---", f"base_model: {json.dumps(base)}", f"library_name: {library}", "pipeline_tag: text-generation"]
+    return [*lines, "tags:", *(f"- {tag}" for tag in tags), "---", "", f"# {folder}", ""]
 
 
 def _base_model(version: ModelVersion) -> str:
@@ -135,8 +132,7 @@ def model_card(version: ModelVersion, folder: str, *, full_weights: bool) -> str
     tags = ["tuneloom", "lora"] + (["merged"] if full_weights and version.is_adapter else [])
     library = "transformers" if full_weights else "peft"
     prompt = textwrap.indent(str(version.prompt_format.get("template", "{prompt}")), "    ")
-    lines = ["---", f"base_model: {json.dumps(base)}", f"library_name: {library}", "pipeline_tag: text-generation"]
-    lines += ["tags:", *(f"- {tag}" for tag in tags), "---", "", f"# {folder}", ""]
+    lines = _card_head(base, library, tags, folder)
     lines += [
         f"A fine-tune of `{base}` made with tuneloom (template `{version.template}`). "
         + _what_the_weights_are(version, full_weights),

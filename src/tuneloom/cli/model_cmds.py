@@ -313,11 +313,11 @@ def print_evaluation_rows(rows: list[dict[str, Any]], limit: int = 8) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from tuneloom.export import export_version
+    from tuneloom.export import GGUF_FILE, export_version
 
     exported = export_version(args.model, args.out, merged=args.merged, gguf_type=args.gguf)
     if exported.holds == "GGUF":
-        where = escape(str(exported.path / "model.gguf"))
+        where = escape(str(exported.path / GGUF_FILE))
         console.print(f"Exported {where} (runs with llama.cpp; for Ollama, the Modelfile beside it)")
         return 0
     loads_with = "peft" if exported.holds == "adapter" else "plain transformers"

@@ -1,4 +1,4 @@
-// Runs a GGUF file in llama.cpp (node-llama-cpp's prebuilt CPU build) for tests/test_export_gguf.py.
+// Runs a GGUF file in llama.cpp (node-llama-cpp's prebuilt CPU build), for bench/llama_cpp.py.
 // argv[2]: the file URL of node-llama-cpp's entry point; stdin: {model, prompts, max_tokens, tokenize}.
 // Prints {tokens: the ids of each `tokenize` text, completions: each prompt's greedy continuation}.
 const {getLlama, LlamaCompletion} = await import(process.argv[2]);
