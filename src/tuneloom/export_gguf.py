@@ -25,7 +25,14 @@ from tuneloom.templates.prompting import PROMPT_SLOT, SYSTEM_SLOT, PromptFormat,
 if TYPE_CHECKING:  # numpy and gguf load with the export, not with the command line's parser
     import numpy as np
 
-GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
+# --gguf TYPE → the weights' GGML type and the file type llama.cpp records for it (names in the gguf package).
+_GGML_TYPES = {
+    "f32": ("F32", "ALL_F32"),
+    "f16": ("F16", "MOSTLY_F16"),
+    "bf16": ("BF16", "MOSTLY_BF16"),
+    "q8_0": ("Q8_0", "MOSTLY_Q8_0"),
+}
+GGUF_TYPES = tuple(_GGML_TYPES)
 DEFAULT_GGUF_TYPE = "f16"  # llama.cpp's converter's default: lossless for weights trained in bf16/f16
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")  # llama.cpp's `llama` architecture
 
@@ -45,21 +52,25 @@ PRE_TOKENIZERS = {
 }
 
 
-def write_gguf(loaded: Any, prompt_format: PromptFormat, path: Path, *, gguf_type: str, name: str) -> None:
-    """`loaded` (an `InferenceModel`: merged weights and the version's tokenizer) as a GGUF file at `path`."""
+def write_gguf(loaded: Any, path: Path, *, gguf_type: str, name: str) -> None:
+    """`loaded` (an `InferenceModel`: merged weights, the version's tokenizer and prompt format) as a GGUF file.
+
+    Each tensor is converted and spooled to a temporary file as it comes (`use_temp_file`), so the export holds
+    one converted tensor at a time beside the model, not a second copy of all of it.
+    """
     import gguf
 
     model, tokenizer = loaded.model, loaded.tokenizer
     config = model.config
     _check_exportable(model, tokenizer)
-    writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+    writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA], use_temp_file=True)
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name)
     _add_hyperparameters(writer, config)
-    writer.add_file_type(_file_types()[gguf_type])
+    writer.add_file_type(gguf.LlamaFileType[_GGML_TYPES[gguf_type][1]])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     _add_tokenizer(writer, tokenizer, config.vocab_size)
-    writer.add_chat_template(chat_template(prompt_format))
+    writer.add_chat_template(chat_template(loaded.prompt_format))
     for tensor_name, array, dtype in _tensors(model, gguf_type):
         writer.add_tensor(tensor_name, array, raw_dtype=dtype)
     writer.write_header_to_file()
@@ -206,21 +217,14 @@ def _stored(array: np.ndarray, gguf_type: str) -> tuple[np.ndarray, Any]:
     import numpy as np
 
     kind = gguf.GGMLQuantizationType
-    wanted = {"f32": kind.F32, "f16": kind.F16, "bf16": kind.BF16, "q8_0": kind.Q8_0}[gguf_type]
+    wanted = kind[_GGML_TYPES[gguf_type][0]]
     if array.ndim == 1 or wanted == kind.F32:
-        return array.astype(np.float32), kind.F32
+        return array.astype(np.float32, copy=False), kind.F32
     if wanted == kind.Q8_0 and array.shape[-1] % gguf.GGML_QUANT_SIZES[kind.Q8_0][0]:
         wanted = kind.F16
     if wanted == kind.F16:
         return array.astype(np.float16), kind.F16
     return gguf.quants.quantize(array, wanted), wanted
-
-
-def _file_types() -> dict[str, Any]:
-    import gguf
-
-    kinds = gguf.LlamaFileType
-    return {"f32": kinds.ALL_F32, "f16": kinds.MOSTLY_F16, "bf16": kinds.MOSTLY_BF16, "q8_0": kinds.MOSTLY_Q8_0}
 
 
 def chat_template(prompt_format: PromptFormat) -> str:
