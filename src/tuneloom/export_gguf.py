@@ -84,7 +84,10 @@ def _check_exportable(model: Any, tokenizer: Any) -> None:
     config = model.config
     architecture = (getattr(config, "architectures", None) or [type(model).__name__])[0]
     if getattr(model, "is_quantized", False):
-        raise ModelVersionError("a quantized (GPTQ) version cannot be written as GGUF; export it with --merged instead")
+        raise ModelVersionError(
+            "a GPTQ version cannot be written as GGUF: its base weights are in GPTQ's own quantized format, which "
+            "llama.cpp does not read. Export its adapter instead (without --gguf)."
+        )
     if architecture not in ARCHITECTURES:
         raise ModelVersionError(
             f"GGUF export supports the Llama family ({', '.join(ARCHITECTURES)}); this version is {architecture}. "
