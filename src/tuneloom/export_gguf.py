@@ -62,14 +62,14 @@ def write_gguf(loaded: Any, path: Path, *, gguf_type: str, name: str) -> None:
 
     model, tokenizer = loaded.model, loaded.tokenizer
     config = model.config
-    _check_exportable(model, tokenizer)
+    pre, merges = _check_exportable(model, tokenizer)
     writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA], use_temp_file=True)
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name)
     _add_hyperparameters(writer, config)
     writer.add_file_type(gguf.LlamaFileType[_GGML_TYPES[gguf_type][1]])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    _add_tokenizer(writer, tokenizer, config.vocab_size)
+    _add_tokenizer(writer, tokenizer, config.vocab_size, pre, merges)
     writer.add_chat_template(chat_template(loaded.prompt_format))
     for tensor_name, array, dtype in _tensors(model, gguf_type):
         writer.add_tensor(tensor_name, array, raw_dtype=dtype)
@@ -79,8 +79,9 @@ def write_gguf(loaded: Any, path: Path, *, gguf_type: str, name: str) -> None:
     writer.close()
 
 
-def _check_exportable(model: Any, tokenizer: Any) -> None:
-    """What the file could not carry faithfully is refused by name before anything is written."""
+def _check_exportable(model: Any, tokenizer: Any) -> tuple[str, list[str]]:
+    """What the file could not carry faithfully is refused by name before anything is written; the tokenizer's
+    llama.cpp pre-tokenizer name and BPE merges, read once, for the file."""
     config = model.config
     architecture = (getattr(config, "architectures", None) or [type(model).__name__])[0]
     if getattr(model, "is_quantized", False):
@@ -96,13 +97,15 @@ def _check_exportable(model: Any, tokenizer: Any) -> None:
     rope_type = _rope_parameters(config).get("rope_type") or "default"
     if rope_type != "default":
         raise ModelVersionError(f"GGUF export does not carry '{rope_type}' rotary scaling; export without --gguf")
-    pre_tokenizer(tokenizer)  # refuses a tokenizer llama.cpp would split differently
+    return pre_tokenizer(tokenizer)  # refuses a tokenizer llama.cpp would split differently
 
 
-def pre_tokenizer(tokenizer: Any) -> str:
-    """llama.cpp's name for the tokenizer's pre-tokenizer; refused where it is not a byte-level BPE one it knows."""
+def pre_tokenizer(tokenizer: Any) -> tuple[str, list[str]]:
+    """llama.cpp's name for the tokenizer's pre-tokenizer, and its merges; refused where it is not a byte-level BPE
+    one llama.cpp knows."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    model_type = json.loads(backend.to_str())["model"]["type"] if backend is not None else None
+    bpe = json.loads(backend.to_str())["model"] if backend is not None else {}
+    model_type = bpe.get("type")
     if model_type != "BPE":
         raise ModelVersionError(
             "GGUF export supports byte-level BPE tokenizers; this version's is "
@@ -114,7 +117,8 @@ def pre_tokenizer(tokenizer: Any) -> str:
             f"GGUF export does not know this tokenizer's pre-tokenizer (llama.cpp hash {digest}): llama.cpp would "
             "split text differently from training. Export without --gguf and convert with llama.cpp's converter."
         )
-    return PRE_TOKENIZERS[digest]
+    merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in bpe["merges"]]
+    return PRE_TOKENIZERS[digest], merges
 
 
 def _add_hyperparameters(writer: Any, config: Any) -> None:
@@ -142,7 +146,7 @@ def _rope_parameters(config: Any) -> dict[str, Any]:
     return dict(parameters)
 
 
-def _add_tokenizer(writer: Any, tokenizer: Any, vocab_size: int) -> None:
+def _add_tokenizer(writer: Any, tokenizer: Any, vocab_size: int, pre: str, merges: list[str]) -> None:
     """The vocabulary as llama.cpp's converter writes a byte-level BPE one: every embedding row a token (rows the
     tokenizer has no token for are unused padding), added special tokens as control tokens, then the merges."""
     import gguf
@@ -161,21 +165,16 @@ def _add_tokenizer(writer: Any, tokenizer: Any, vocab_size: int) -> None:
             tokens.append(by_id[index])
             types.append(gguf.TokenType.NORMAL)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre_tokenizer(tokenizer))
+    writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    writer.add_token_merges(_merges(tokenizer))
+    writer.add_token_merges(merges)
     for kind in ("bos", "eos", "unk", "pad"):
         special_id = getattr(tokenizer, f"{kind}_token_id", None)
         if special_id is not None:
             getattr(writer, f"add_{kind}_token_id")(special_id)
     writer.add_add_bos_token(_adds_bos(tokenizer))
     writer.add_add_space_prefix(False)
-
-
-def _merges(tokenizer: Any) -> list[str]:
-    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
-    return [merge if isinstance(merge, str) else " ".join(merge) for merge in merges]
 
 
 def _adds_bos(tokenizer: Any) -> bool:
