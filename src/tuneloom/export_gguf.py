@@ -34,6 +34,8 @@ _GGML_TYPES = {
 }
 GGUF_TYPES = tuple(_GGML_TYPES)
 DEFAULT_GGUF_TYPE = "f16"  # llama.cpp's converter's default: lossless for weights trained in bf16/f16
+# What a refusal offers instead, in the server's words (`format`) and the command's.
+HF_FOLDER_INSTEAD = "Export a Hugging Face folder instead (format merged; `tuneloom export --merged`)"
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")  # llama.cpp's `llama` architecture
 
 # llama.cpp names a byte-level BPE pre-tokenizer by the hash of the ids its tokenizer gives this text
@@ -87,16 +89,16 @@ def _check_exportable(model: Any, tokenizer: Any) -> tuple[str, list[str]]:
     if getattr(model, "is_quantized", False):
         raise ModelVersionError(
             "a GPTQ version cannot be written as GGUF: its base weights are in GPTQ's own quantized format, which "
-            "llama.cpp does not read. Export its adapter instead (without --gguf)."
+            "llama.cpp does not read. Export its adapter instead (format adapter; `tuneloom export` without --gguf)."
         )
     if architecture not in ARCHITECTURES:
         raise ModelVersionError(
             f"GGUF export supports the Llama family ({', '.join(ARCHITECTURES)}); this version is {architecture}. "
-            "Export a Hugging Face folder instead (without --gguf) and convert it with llama.cpp's converter."
+            f"{HF_FOLDER_INSTEAD} and convert it with llama.cpp's converter."
         )
     rope_type = _rope_parameters(config).get("rope_type") or "default"
     if rope_type != "default":
-        raise ModelVersionError(f"GGUF export does not carry '{rope_type}' rotary scaling; export without --gguf")
+        raise ModelVersionError(f"GGUF export does not carry '{rope_type}' rotary scaling. {HF_FOLDER_INSTEAD}.")
     return pre_tokenizer(tokenizer)  # refuses a tokenizer llama.cpp would split differently
 
 
@@ -115,7 +117,7 @@ def pre_tokenizer(tokenizer: Any) -> tuple[str, list[str]]:
     if digest not in PRE_TOKENIZERS:
         raise ModelVersionError(
             f"GGUF export does not know this tokenizer's pre-tokenizer (llama.cpp hash {digest}): llama.cpp would "
-            "split text differently from training. Export without --gguf and convert with llama.cpp's converter."
+            f"split text differently from training. {HF_FOLDER_INSTEAD} and convert it with llama.cpp's converter."
         )
     merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in bpe["merges"]]
     return PRE_TOKENIZERS[digest], merges

@@ -7,8 +7,10 @@ text; a server that cannot be reached is a `TuneloomConnectionError` naming the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -157,6 +159,21 @@ class Transport:
                     yield event, _decode(data)
         except httpx.TransportError as err:
             raise TuneloomConnectionError(self.base_url, err) from err
+
+    def download(self, path: str, to: Path, *, timeout: float = 600.0) -> str:
+        """Stream GET `path` into the file `to`; its SHA-256. `timeout`: the longest wait for a next chunk."""
+        digest = hashlib.sha256()
+        try:
+            with self.http.stream("GET", path, timeout=timeout) as response, to.open("wb") as out:
+                if response.is_error:
+                    response.read()
+                    raise error_from_response(response)
+                for chunk in response.iter_bytes(1024 * 1024):
+                    out.write(chunk)
+                    digest.update(chunk)
+        except httpx.TransportError as err:
+            raise TuneloomConnectionError(self.base_url, err) from err
+        return digest.hexdigest()
 
     def close(self) -> None:
         self.http.close()

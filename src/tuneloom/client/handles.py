@@ -7,7 +7,9 @@ reads like the REST paths it calls: `c.get_app("shop").get_model("gen").predict(
 from __future__ import annotations
 
 import os
+import tempfile
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -285,6 +287,32 @@ class Model:
             if left <= 0:
                 raise TimeoutError(f"model version '{_id(version)}' still {status.name} after {timeout:g}s")
             time.sleep(min(poll, left))
+
+    def export(
+        self, version: str | ModelVersion, dest: str | Path, format: str = "adapter", *, gguf_type: str | None = None
+    ) -> Path:
+        """Download the version as `tuneloom export` writes it, into the folder `dest` (which must not exist yet).
+
+        `format`: "adapter" (the LoRA adapter, for peft), "merged" (full weights, plain transformers) or "gguf"
+        (one file for llama.cpp / Ollama; `gguf_type` f32, f16, bf16 or q8_0). The server builds it on first
+        request; the download is checked against the SHA-256 the server reported before it is unpacked.
+        """
+        out = Path(dest)
+        if out.exists():
+            raise FileExistsError(f"{out} already exists; choose another folder")
+        body = {"format": format, "gguf_type": gguf_type}
+        built = self._t.request("POST", f"{self._version_path(version)}/exports", json=body)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+            archive = Path(tmp) / built["file_name"]
+            if self._t.download(built["download_url"], archive) != built["sha256"]:
+                raise TuneloomAPIError(
+                    502, "DOWNLOAD_CORRUPT", f"the download of {built['file_name']} does not match its SHA-256"
+                )
+            with zipfile.ZipFile(archive) as packed:
+                packed.extractall(Path(tmp) / "unpacked")  # names with '..' or a leading '/' are kept inside
+            (Path(tmp) / "unpacked" / archive.stem).rename(out)
+        return out
 
     @overload
     def predict(

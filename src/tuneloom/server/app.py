@@ -31,9 +31,10 @@ from tuneloom.errors import (
 )
 from tuneloom.server.builds import BuildLeases
 from tuneloom.server.context import ServerContext
+from tuneloom.server.exports import Exports, LinkError, LinkExpired
 from tuneloom.server.limits import BodySizeLimit, GenerationSlots, LimitExceeded, SharedSlots
 from tuneloom.server.remote_inference import GenerationNodeUnavailable
-from tuneloom.server.routes import apps, datasets, models, nodes, openai_compat, predict
+from tuneloom.server.routes import apps, datasets, downloads, models, nodes, openai_compat, predict
 from tuneloom.server.security import SecurityHeaders
 from tuneloom.server.validation import as_sent, describe
 from tuneloom.store.db import is_disk_full, is_unavailable
@@ -50,6 +51,8 @@ DATABASE_DISK_FULL = (
 )
 
 STATUS_BY_ERROR: tuple[tuple[type[TuneloomError], int], ...] = (
+    (LinkExpired, 410),  # before LinkError, which it is: a download link past its time
+    (LinkError, 403),  # a download link no server of this database signed
     (NotFoundError, 404),
     (ConflictError, 409),
     (InvalidIdError, 422),
@@ -91,6 +94,7 @@ def create_app(ctx: ServerContext) -> FastAPI:
     app.state.context = ctx
     app.state.generation_slots = slots
     app.state.builds = builds
+    app.state.exports = Exports(ctx.artifacts, ctx.pepper)
     app.add_middleware(BodySizeLimit, limit=ctx.max_json_bytes)
     app.add_middleware(SecurityHeaders)  # added last: the outermost of the two
     app.include_router(apps.router)
@@ -100,6 +104,7 @@ def create_app(ctx: ServerContext) -> FastAPI:
     app.include_router(predict.router)
     app.include_router(openai_compat.router)
     app.include_router(nodes.router)
+    app.include_router(downloads.router)
     mount_web(app)
 
     @app.get("/healthz", tags=["health"])

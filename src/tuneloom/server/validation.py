@@ -92,6 +92,9 @@ def field_of(error: dict[str, Any]) -> str | None:
     return ".".join(str(part) for part in error.get("loc", ()) if part not in _LOCATIONS) or None
 
 
+VALUE_ERROR = "Value error, "  # pydantic's prefix to a validator's own message, which says it all
+
+
 def message_of(error: dict[str, Any], content_type: str | None = None) -> str:
     """`field: what is wrong`; for the body as a whole, what it is and, if it was not sent as JSON, the header.
 
@@ -107,7 +110,7 @@ def message_of(error: dict[str, Any], content_type: str | None = None) -> str:
             sent = f"Content-Type: {content_type}"
             return f"{BODY}: send a JSON object with 'Content-Type: application/json' (this request has '{sent}')"
         return f"{BODY}: must be a JSON object, got {json_kind(error.get('input'))}"
-    return f"{field_of(error) or BODY}: {error.get('msg', 'invalid')}"
+    return f"{field_of(error) or BODY}: {str(error.get('msg', 'invalid')).removeprefix(VALUE_ERROR)}"
 
 
 def is_json(content_type: str | None) -> bool:

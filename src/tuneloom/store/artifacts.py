@@ -37,6 +37,7 @@ UPLOADS = "uploads"
 DATASET_VERSIONS = "dataset-versions"
 MODEL_VERSIONS = "model-versions"
 CHECKPOINTS = "checkpoints"
+EXPORTS = "exports"  # a trained version's downloads, zipped (`server.exports`): a cache, rebuilt when missing
 TMP = "tmp"
 DATA_DIR_PROBE = ".write-check-"  # `prepare_data_dir`'s file at the data dir's top; one a crash left is swept
 PLAIN_EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,10}$")
@@ -205,13 +206,14 @@ class Artifacts:
 
 def model_version_files(version_id: str, artifact_path: str | None) -> list[str]:
     """The data-dir paths a deleted model version's files may be at: the artifact its row names, its own
-    folder (named as the worker publishes it) and its checkpoints.
+    folder (named as the worker publishes it), its checkpoints and its exports.
 
     A run that failed to publish names no artifact, yet its folder may hold a partial upload on the
     shared store, or its kept files here; a trained run's artifact is that folder, listed once.
     """
     folder = f"{MODEL_VERSIONS}/{check_id(version_id, 'model version id')}"
-    return list(dict.fromkeys(p for p in (artifact_path, folder, f"{CHECKPOINTS}/{version_id}") if p))
+    paths = (artifact_path, folder, f"{CHECKPOINTS}/{version_id}", f"{EXPORTS}/{version_id}")
+    return list(dict.fromkeys(p for p in paths if p))
 
 
 def kept_upload(upload_id: str, filename: str) -> str:

@@ -55,6 +55,7 @@ from tuneloom.store.artifacts import (
     CHECKPOINTS,
     DATA_DIR_PROBE,
     DATASET_VERSIONS,
+    EXPORTS,
     MODEL_VERSIONS,
     TMP,
     UPLOADS,
@@ -107,6 +108,7 @@ VERSION_ARTIFACTS = (
     Kept(DATASET_VERSIONS, DatasetVersion.id, _named(".jsonl", folder=False)),  # `dataset_version_file`
     Kept(MODEL_VERSIONS, ModelVersion.id, _named("", folder=True)),  # `model_version_dir`
     Kept(CHECKPOINTS, ModelVersion.id, _named("", folder=True)),  # `checkpoint_dir`: named by its run
+    Kept(EXPORTS, ModelVersion.id, _named("", folder=True)),  # `server.exports`: a version's downloads
 )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -19,9 +20,14 @@ from tuneloom.server.auth import api_key, context, require_app
 from tuneloom.server.cleanup import remove_artifacts
 from tuneloom.server.context import ServerContext
 from tuneloom.server.event_stream import event_stream
+from tuneloom.server.exports import Exports, Named, form_of
 from tuneloom.server.live import training_events
 from tuneloom.server.paging import PageCursor, PageLimit, link_next
+from tuneloom.server.routes import downloads
+from tuneloom.server.routes.predict import trained_files
 from tuneloom.server.schemas.models import (
+    ExportOut,
+    ExportRequest,
     LogLineOut,
     MetricPointOut,
     ModelCreate,
@@ -132,6 +138,31 @@ def cancel(app_id: AppId, model_id: str, version_id: str, ctx: Context) -> Model
 def delete_version(app_id: AppId, model_id: str, version_id: str, ctx: Context, request: Request) -> Response:
     remove_artifacts(request, registry.delete_model_version(ctx.db, app_id, model_id, version_id))
     return Response(status_code=204)
+
+
+@router.post("/{model_id}/versions/{version_id}/exports")
+def export(
+    app_id: AppId, model_id: str, version_id: str, body: ExportRequest, ctx: Context, request: Request
+) -> ExportOut:
+    """Pack a trained version as `tuneloom export` writes it, zipped, and link to the file (`server.exports`).
+
+    The first request for a form builds it (loading the model: seconds, minutes for a 7B); later ones,
+    and the link, find it built. A GGUF the version cannot be (another architecture, GPTQ) is a 409 saying why.
+    """
+    files = trained_files(registry.get_model_version(ctx.db, app_id, model_id, version_id), "be exported")
+    exports: Exports = request.app.state.exports
+    named = Named(app_id, model_id, version_id, form_of(body.format, body.gguf_type))
+    packed = exports.packed(named, files)
+    token, expires = exports.link(named)
+    return ExportOut(
+        format=body.format,
+        gguf_type=body.gguf_type,
+        file_name=packed.file_name,
+        size_bytes=packed.size,
+        sha256=packed.sha256,
+        download_url=f"{downloads.router.prefix}/{token}",
+        expires_at=datetime.fromtimestamp(expires, UTC),
+    )
 
 
 @router.get("/{model_id}/versions/{version_id}/metrics")

@@ -81,13 +81,20 @@ def trained_version(ctx: ServerContext, app_id: str, model_id: str, version_id: 
     return check_trained(version)
 
 
-def check_trained(version: ModelVersion) -> ModelVersion:
+def check_trained(version: ModelVersion, can: str = "predict") -> ModelVersion:
     if version.status != TrainingStatus.MODEL_TRAINED.name or not version.artifact_path:
         why = f": {version.message}" if version.message else ""
         raise ConflictError(
-            f"model version '{version.id}' is {version.status}{why}; only a MODEL_TRAINED version can predict"
+            f"model version '{version.id}' is {version.status}{why}; only a MODEL_TRAINED version can {can}"
         )
     return version
+
+
+def trained_files(version: ModelVersion, can: str) -> str:
+    """The artifact path of a MODEL_TRAINED version (`check_trained`'s 409 otherwise, saying what it `can` not)."""
+    path = check_trained(version, can).artifact_path
+    assert path is not None  # check_trained refuses a version without one
+    return path
 
 
 def version_dir(ctx: ServerContext, version: ModelVersion) -> Path:

@@ -5,9 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core.core_schema import ValidationInfo
 
+from tuneloom.export_gguf import DEFAULT_GGUF_TYPE, GGUF_TYPES
 from tuneloom.store.models import Model, ModelVersion
+
+EXPORT_FORMATS = ("adapter", "merged", "gguf")  # `tuneloom export`, `--merged`, `--gguf`
 
 
 class ModelCreate(BaseModel):
@@ -161,3 +165,52 @@ class LogLineOut(BaseModel):
     at: datetime
     level: str
     message: str
+
+
+class ExportRequest(BaseModel):
+    """How to pack a trained version for download: as `tuneloom export` writes it, zipped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: str = Field(
+        default="adapter",
+        description="adapter: the LoRA adapter (peft); merged: LoRA folded into the base weights (plain "
+        "transformers); gguf: one file for llama.cpp / Ollama, LoRA merged",
+    )
+    gguf_type: str | None = Field(default=None, description="the GGUF weights' type (format gguf only; default f16)")
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        return _one_of(value, EXPORT_FORMATS)
+
+    @field_validator("gguf_type")
+    @classmethod
+    def _known_type(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("format", "gguf") != "gguf":
+            raise ValueError(f"gguf_type applies to format 'gguf' only, not '{info.data['format']}'")
+        return None if value is None else _one_of(value, GGUF_TYPES)
+
+    @model_validator(mode="after")
+    def _default_type(self) -> ExportRequest:
+        if self.format == "gguf" and self.gguf_type is None:
+            self.gguf_type = DEFAULT_GGUF_TYPE
+        return self
+
+
+def _one_of(value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"'{value}' is not one of {', '.join(allowed)}")
+    return value
+
+
+class ExportOut(BaseModel):
+    """A built export and a link to it that needs no API key (a browser saves it; `curl -C -` resumes it)."""
+
+    format: str
+    gguf_type: str | None
+    file_name: str
+    size_bytes: int
+    sha256: str
+    download_url: str = Field(description="relative to the server; works without a key until expires_at")
+    expires_at: datetime

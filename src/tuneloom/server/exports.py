@@ -1,0 +1,157 @@
+"""A trained model version packed for download (the `tuneloom export` folder, zipped), and links to fetch it.
+
+A version is immutable once trained, so each of its exports is built the first time someone asks and
+kept under `exports/<version id>/` in the data dir; deleting the version deletes them
+(`store.artifacts.model_version_files`). Building loads the model (merging or writing GGUF takes
+seconds for a small model, minutes for a 7B), so it happens in the request that asks, once per
+server process at a time. The file itself goes out behind a signed link that needs no API key: a
+browser saves it to disk with its own progress and no copy in page memory, `curl -C -` resumes it,
+and the key never sits in a URL or a browser's history. A link is an HMAC of what it names and when
+it expires, keyed from the key pepper that every server on the database shares
+(`store.keys.check_pepper`), so any of them honours it, building the file if it lacks it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import threading
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuneloom.errors import NotFoundError, TuneloomError
+from tuneloom.export import export_version
+from tuneloom.export_gguf import GGUF_TYPES
+from tuneloom.store.artifacts import EXPORTS, Artifacts
+from tuneloom.store.ids import check_id
+
+LINK_TTL_S = 3600  # long enough to start a multi-GB download; an expired link is asked for again
+STORED_SUFFIXES = (".safetensors", ".gguf", ".bin")  # weights barely compress: stored, not deflated
+_CHUNK = 1024 * 1024
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry holds
+
+
+class LinkError(TuneloomError):
+    """A download link no server of this database made (altered, or cut short): 403."""
+
+    code = "INVALID_LINK"
+
+
+class LinkExpired(LinkError):
+    """A download link past its time: 410, ask for the export again."""
+
+    code = "LINK_EXPIRED"
+
+
+def form_of(format: str, gguf_type: str | None) -> str:
+    """One name per distinct file: `adapter`, `merged`, or `gguf-<type>` (the file's name and cache key)."""
+    return f"gguf-{gguf_type}" if format == "gguf" else format
+
+
+@dataclass(frozen=True)
+class Packed:
+    """An export ready to download: the zip, its size and SHA-256, and the name a download saves it as."""
+
+    path: Path
+    size: int
+    sha256: str
+    file_name: str
+
+
+@dataclass(frozen=True)
+class Named:
+    """What a link names: the version (by its app and model, as every other route does) and the export form."""
+
+    app_id: str
+    model_id: str
+    version_id: str
+    form: str
+
+
+class Exports:
+    def __init__(self, artifacts: Artifacts, pepper: bytes) -> None:
+        self.artifacts = artifacts
+        self._key = hmac.new(pepper, b"tuneloom download links", hashlib.sha256).digest()
+        self._building = threading.Lock()  # one model loaded for export at a time in this process
+
+    def packed(self, named: Named, artifact_path: str) -> Packed:
+        """The export's zip, built first if this data dir has none (`artifact_path`: the trained version's files)."""
+        target = self._zip_path(named)
+        if not target.exists():
+            with self._building:
+                if not target.exists():
+                    self._build(named, artifact_path, target)
+        facts = json.loads(target.with_suffix(".json").read_text(encoding="utf-8"))
+        return Packed(target, int(facts["size"]), str(facts["sha256"]), str(facts["file_name"]))
+
+    def link(self, named: Named, now: float | None = None) -> tuple[str, float]:
+        """A token naming the export, and when it stops working (seconds since the epoch)."""
+        expires = int((time.time() if now is None else now) + LINK_TTL_S)
+        payload = f"{named.app_id}.{named.model_id}.{named.version_id}.{named.form}.{expires}"
+        return f"{payload}.{self._sign(payload)}", float(expires)
+
+    def named_by(self, token: str, now: float | None = None) -> Named:
+        """What a token names; a LinkError if it was not made by a server of this database or has expired."""
+        payload, _, signature = token.rpartition(".")
+        parts = payload.split(".")
+        if len(parts) != 5 or not parts[4].isdigit() or not hmac.compare_digest(signature, self._sign(payload)):
+            raise LinkError("this download link is not valid: ask for the export again for a new link")
+        app_id, model_id, version_id, form, expires = parts
+        if (time.time() if now is None else now) > int(expires):
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(int(expires)))
+            raise LinkExpired(f"this download link expired at {when}: ask for the export again for a new link")
+        return Named(app_id, model_id, version_id, form)
+
+    def _sign(self, payload: str) -> str:
+        return hmac.new(self._key, payload.encode(), hashlib.sha256).hexdigest()
+
+    def _zip_path(self, named: Named) -> Path:
+        if named.form not in {"adapter", "merged", *(form_of("gguf", t) for t in GGUF_TYPES)}:
+            raise NotFoundError(f"there is no export form '{named.form}'")
+        return self.artifacts.resolve(f"{EXPORTS}/{check_id(named.version_id, 'model version id')}/{named.form}.zip")
+
+    def _build(self, named: Named, artifact_path: str, target: Path) -> None:
+        """Export into the data dir's tmp folder, zip it there, then rename the zip into place: a reader (or a
+        crash) sees the whole file or none. Its facts are written first, so a zip in place always has them."""
+        folder = f"{named.model_id}-{named.version_id}-{named.form}"
+        version_dir = self.artifacts.fetch(artifact_path)
+        staging = self.artifacts.staging_path(".export")
+        what = f"the {named.form} export of model version {named.version_id}"
+        try:
+            with self.artifacts.storing(what):
+                gguf_type = named.form.removeprefix("gguf-") if named.form.startswith("gguf-") else None
+                export_version(version_dir, staging / folder, merged=named.form == "merged", gguf_type=gguf_type)
+                packing = staging / "export.zip"
+                size, digest = _zip_folder(staging / folder, packing)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                facts = {"size": size, "sha256": digest, "file_name": f"{folder}.zip"}
+                self.artifacts.write_atomic(target.with_suffix(".json"), [json.dumps(facts).encode()])
+                os.replace(packing, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _zip_folder(folder: Path, out: Path) -> tuple[int, str]:
+    """Zip `folder` (as a top folder of that name) to `out`, fsynced; its size and SHA-256.
+
+    Entries carry a fixed date and mode, so the same export zips to the same bytes (and SHA-256) whichever server
+    builds it and whenever: two servers on one data dir that build it at once write identical files.
+    """
+    with zipfile.ZipFile(out, "w", allowZip64=True) as archive:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            entry = zipfile.ZipInfo(f"{folder.name}/{path.relative_to(folder).as_posix()}", date_time=_ZIP_EPOCH)
+            entry.compress_type = zipfile.ZIP_STORED if path.suffix in STORED_SUFFIXES else zipfile.ZIP_DEFLATED
+            entry.external_attr = 0o644 << 16
+            with path.open("rb") as source, archive.open(entry, "w", force_zip64=True) as sink:
+                shutil.copyfileobj(source, sink, _CHUNK)
+    digest = hashlib.sha256()
+    with out.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+        os.fsync(handle.fileno())
+    return out.stat().st_size, digest.hexdigest()

@@ -1,0 +1,136 @@
+"""Downloading a trained version from the server: `POST …/exports` builds the zip, a signed link serves it.
+
+The zip must hold exactly what `tuneloom export` writes from the same version (the CLI's export is
+tested on its own), the link must work without a key and nowhere else, and deleting a version must
+take its exports and links with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+from tests.server_helpers import (
+    ONE_STEP,
+    Deployed,
+    deploy,
+    server_database,
+    server_on_sqlite,  # noqa: F401  (the module's `server`)
+    train_version,
+    unfinished_version,
+)
+
+from tuneloom import Client
+from tuneloom.export import export_version
+from tuneloom.server.exports import LINK_TTL_S, Exports, Named
+from tuneloom.store.artifacts import Artifacts
+from tuneloom.store.keys import load_pepper
+
+FORMS = [("adapter", None, "adapter"), ("merged", None, "merged"), ("gguf", "q8_0", "gguf-q8_0")]
+
+
+@pytest.fixture(scope="module")
+def deployed(server: tuple[str, Path]) -> Deployed:
+    return deploy(*server, trainer_config=ONE_STEP)
+
+
+def _export(deployed: Deployed, version_id: str | None = None, **body: str) -> httpx.Response:
+    url = f"{deployed.model_url}/versions/{version_id or deployed.version_id}/exports"
+    return httpx.post(url, json=body, headers=deployed.headers, timeout=120)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(("format", "gguf_type", "form"), FORMS)
+def test_each_format_downloads_as_the_cli_exports_it(
+    deployed: Deployed, tmp_path: Path, format: str, gguf_type: str | None, form: str
+) -> None:
+    with Client(deployed.url, api_key=deployed.key) as client:
+        model = client.get_app(deployed.app_id).get_model(deployed.model_id)
+        got = model.export(deployed.version_id, tmp_path / "downloaded", format, gguf_type=gguf_type)
+    named = tmp_path / "local" / f"{deployed.model_id}-{deployed.version_id}-{form}"  # the name its card was given
+    local = export_version(deployed.version_dir, named, merged=format == "merged", gguf_type=gguf_type).path
+    assert got.name == "downloaded" and _files(got) == _files(local)
+    expected = {"adapter": "adapter_config.json", "merged": "model.safetensors", "gguf-q8_0": "model.gguf"}[form]
+    assert expected in _files(got) and "README.md" in _files(got)
+
+
+def test_an_export_is_built_once_and_its_link_needs_no_key_and_resumes(deployed: Deployed) -> None:
+    first = _export(deployed, format="adapter")
+    assert first.status_code == 200, first.text
+    built = deployed.data_dir / "exports" / deployed.version_id / "adapter.zip"
+    stamp = built.stat().st_mtime_ns
+    again = _export(deployed, format="adapter").json()
+    assert built.stat().st_mtime_ns == stamp and again["sha256"] == first.json()["sha256"]  # not built again
+    link = f"{deployed.url}{again['download_url']}"
+    whole = httpx.get(link)  # no Authorization header
+    assert whole.status_code == 200 and whole.headers["content-type"] == "application/zip"
+    assert hashlib.sha256(whole.content).hexdigest() == again["sha256"] and len(whole.content) == again["size_bytes"]
+    assert f'filename="{again["file_name"]}"' in whole.headers["content-disposition"]
+    assert again["file_name"] == f"{deployed.model_id}-{deployed.version_id}-adapter.zip"
+    with zipfile.ZipFile(built) as packed:  # one top folder, named as the file
+        assert {name.split("/")[0] for name in packed.namelist()} == {again["file_name"].removesuffix(".zip")}
+    rest = httpx.get(link, headers={"Range": "bytes=100-"})  # an interrupted download goes on from byte 100
+    assert rest.status_code == 206 and rest.content == whole.content[100:]
+
+
+def test_an_altered_or_expired_link_is_refused(deployed: Deployed) -> None:
+    link = _export(deployed, format="adapter").json()["download_url"]
+    altered = link[:-1] + ("0" if link[-1] != "0" else "1")
+    other_form = link.replace(".adapter.", ".merged.")
+    for bad in (altered, other_form, "/api/downloads/nothing"):
+        refused = httpx.get(f"{deployed.url}{bad}")
+        assert (refused.status_code, refused.json()["code"]) == (403, "INVALID_LINK"), bad
+    exports = Exports(Artifacts(deployed.data_dir), load_pepper(deployed.data_dir))
+    named = Named(deployed.app_id, deployed.model_id, deployed.version_id, "adapter")
+    token, expires = exports.link(named, now=time.time() - LINK_TTL_S - 60)
+    expired = httpx.get(f"{deployed.url}/api/downloads/{token}")
+    assert (expired.status_code, expired.json()["code"]) == (410, "LINK_EXPIRED")
+    assert time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(expires)) in expired.json()["message"]
+
+
+def test_bad_requests_name_what_is_wrong(deployed: Deployed) -> None:
+    cases = [
+        ({"format": "onnx"}, "format: 'onnx' is not one of adapter, merged, gguf"),
+        ({"format": "gguf", "gguf_type": "q4_k"}, "gguf_type: 'q4_k' is not one of f32, f16, bf16, q8_0"),
+        (
+            {"format": "adapter", "gguf_type": "f16"},
+            "gguf_type: gguf_type applies to format 'gguf' only, not 'adapter'",
+        ),
+    ]
+    for body, message in cases:
+        answer = _export(deployed, **body)
+        assert answer.status_code == 422 and answer.json()["message"] == message, answer.text
+        assert answer.json()["details"]["key"] == message.split(":")[0]
+    db = server_database(deployed.data_dir)
+    try:
+        failed = unfinished_version(db, deployed.app_id, deployed.model_id, deployed.dataset_version_id, fail=True)
+    finally:
+        db.dispose()
+    untrained = _export(deployed, failed, format="adapter")
+    assert untrained.status_code == 409
+    assert (
+        "is MODEL_TRAINING_FAILED: ran out of memory (test); only a MODEL_TRAINED version can be exported"
+        in (untrained.json()["message"])
+    )
+    missing = _export(deployed, "nosuchversion", format="adapter")
+    assert missing.status_code == 404 and "nosuchversion" in missing.json()["message"]
+    keyless = httpx.post(f"{deployed.model_url}/versions/{deployed.version_id}/exports", json={})
+    assert keyless.status_code == 401
+
+
+def test_deleting_a_version_deletes_its_exports_and_voids_its_links(deployed: Deployed) -> None:
+    doomed = train_version(deployed.model_url, deployed.headers, deployed.dataset_version_id, trainer_config=ONE_STEP)
+    link = _export(deployed, doomed, format="gguf").json()["download_url"]
+    assert (deployed.data_dir / "exports" / doomed / "gguf-f16.zip").is_file()
+    deleted = httpx.delete(f"{deployed.model_url}/versions/{doomed}", headers=deployed.headers)
+    assert deleted.status_code == 204
+    assert not (deployed.data_dir / "exports" / doomed).exists()
+    gone = httpx.get(f"{deployed.url}{link}")
+    assert gone.status_code == 404 and doomed in gone.json()["message"]
