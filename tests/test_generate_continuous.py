@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -243,3 +244,17 @@ def test_a_token_inside_a_character_has_its_own_bytes(loaded: Any) -> None:
     assert chat is not None and chat.content is not None
     assert [t.bytes for t in chat.content] == [list(b) for b in raw[1:]]
     assert all(c.bytes is not None for t in chat.content for c in t.top_logprobs)
+
+
+def test_models_loaded_from_several_threads_at_once_all_load(loaded: Any) -> None:
+    """A server loads in request threads (two versions asked for at once, an export beside a generation):
+    transformers' meta-device loading raced, and all but one thread got "Cannot copy out of meta tensor"."""
+
+    def load(_: int) -> Any:
+        try:
+            return load_for_inference("tiny-random").model.device
+        except Exception as err:  # the failure is the finding
+            return err
+
+    with ThreadPoolExecutor(3) as pool:
+        assert list(pool.map(load, range(3))) == [loaded.model.device] * 3

@@ -14,9 +14,11 @@ the API's storage runs on both databases in its own modules. The whole flow take
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -151,6 +153,20 @@ def test_whole_flow_in_chromium(
     expect(train_path).to_have_attribute("d", re.compile(r"^M[\d.]+,[\d.]+(L[\d.]+,[\d.]+){2,}"))
     expect(page.get_by_test_id("metrics")).to_contain_text("train")
     screenshots.take(page, "07-version-trained")
+
+    # Download it as one GGUF file for llama.cpp: a plain browser download of the zip the server built.
+    page.get_by_label("Format", exact=True).select_option("gguf-q8_0")
+    with page.expect_download(timeout=60_000) as started_download:
+        page.get_by_test_id("export-download").click()
+    download = started_download.value
+    assert download.suggested_filename == f"sentiment-gen-{first_version}-gguf-q8_0.zip"
+    saved = tmp_path / download.suggested_filename
+    download.save_as(saved)
+    expect(page.get_by_test_id("export-sha256")).to_have_text(hashlib.sha256(saved.read_bytes()).hexdigest())
+    with zipfile.ZipFile(saved) as packed:
+        names = {name.split("/", 1)[1] for name in packed.namelist()}
+    assert {"model.gguf", "Modelfile", "README.md"} <= names
+    screenshots.take(page, "07-version-downloaded")
 
     # Generate from the version page: one input streams piece by piece.
     page.get_by_test_id("generate-link").click()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,11 @@ from tuneloom.templates.prompting import PROMPT_SLOT, PromptFormat
 
 if TYPE_CHECKING:
     from tuneloom.generate.compiled import StaticDecoder
+
+# transformers' loading is not thread-safe: a model being built on the meta device while another thread
+# loads leaves one of them with weights never filled ("Cannot copy out of meta tensor"). A server loads
+# in request threads (two versions asked for at once, an export beside a generation), so one at a time.
+_LOADING = threading.Lock()
 
 # How a bare text is framed for a template that was never trained here.
 UNTRAINED_FORMAT = PromptFormat(template=f"### Human: {PROMPT_SLOT} ### Assistant:", response_header="Assistant")
@@ -50,9 +56,10 @@ def load_for_inference(
             open_version(path, label=label)  # raises, naming the path (and an interrupted run's checkpoint)
         raise
     settings = resolve_settings(template, overrides or {})
-    tokenizer = load_tokenizer(settings.model_config, settings.tokenizer_config)
-    model = load_model(settings.model_config, settings.quantization_config)
-    return InferenceModel(template.id, _ready(model, tokenizer), tokenizer, UNTRAINED_FORMAT)
+    with _LOADING:
+        tokenizer = load_tokenizer(settings.model_config, settings.tokenizer_config)
+        model = load_model(settings.model_config, settings.quantization_config)
+        return InferenceModel(template.id, _ready(model, tokenizer), tokenizer, UNTRAINED_FORMAT)
 
 
 def _names_a_path(path: Path) -> bool:
@@ -79,6 +86,11 @@ def _load_version(path: Path, label: str | None) -> InferenceModel:
 
 def load_version(version: ModelVersion) -> InferenceModel:
     """A version already opened (its checksums verified), ready to generate: not verified a second time."""
+    with _LOADING:
+        return _loaded(version)
+
+
+def _loaded(version: ModelVersion) -> InferenceModel:
     path = version.path
     settings = version.settings
     tokenizer = version_tokenizer(path)

@@ -32,7 +32,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tuneloom.store.artifacts import CHECKPOINTS, DATA_DIR_PROBE, DATASET_VERSIONS, MODEL_VERSIONS, UPLOADS, Artifacts
+from tuneloom.store.artifacts import (
+    CHECKPOINTS,
+    DATA_DIR_PROBE,
+    DATASET_VERSIONS,
+    EXPORTS,
+    MODEL_VERSIONS,
+    UPLOADS,
+    Artifacts,
+)
 from tuneloom.store.db import Database
 from tuneloom.store.ids import ID_PATTERN
 from tuneloom.store.models import QUEUED, RUNNING, DatasetVersion, ModelVersion
@@ -54,6 +62,7 @@ ROW_NAMES = {
     DATASET_VERSIONS: "dataset version",
     MODEL_VERSIONS: "model version",
     CHECKPOINTS: "model version",
+    EXPORTS: "model version",
 }
 
 

@@ -1,5 +1,6 @@
 // One model version (a training run), live: status and code, progress with ETA, the loss chart
-// (train and eval loss per step), logs, cancel, delete; once trained, its metrics and an evaluation table.
+// (train and eval loss per step), logs, cancel, delete; once trained, its metrics, a download and an
+// evaluation table.
 //
 // A run may last days and log millions of lines: the page opens on the curve downsampled and the
 // log's tail, then listens for what comes after them only, holding a bounded amount (./run_live.js).
@@ -23,6 +24,7 @@ import {
 } from "../app.js";
 import { FINAL, statusBadge } from "./model.js";
 import { liveCurve, liveLog } from "./run_live.js";
+import { downloadForm } from "./version_download.js";
 
 const METRIC_LABELS = {
   train_loss: "Train loss",
@@ -155,6 +157,7 @@ registerPage("/apps/:app/models/:model/versions/:version", async ({ main, params
         ),
         h("h3", {}, "Metrics"),
         metricsList(v.metrics),
+        downloadForm(base, signal),
         h("h3", {}, "Evaluation on held-out examples"),
         evalBox,
       ),
