@@ -22,6 +22,8 @@ from tests.conftest import api_key, database_args, run_cli, sentiment_lines
 
 OWNER, OTHER = "owner-app", "other-app"
 METHODS = ("get", "post", "put", "patch", "delete")
+# Routes whose permission is not a key but a download link's signed token (`server.exports`).
+KEYLESS = {"/api/downloads/{token}"}
 # Plausible values for required query parameters, by name.
 QUERY_VALUES = {"template": "tiny-random"}
 # What a POST body names when it points at the owner's objects without a path (the OpenAI routes).
@@ -54,7 +56,7 @@ class World:
 def _routes(openapi: dict[str, Any]) -> list[Route]:
     found = []
     for path, operations in openapi["paths"].items():
-        if not path.startswith(("/api/", "/v1/")):
+        if not path.startswith(("/api/", "/v1/")) or path in KEYLESS:
             continue
         for method in METHODS:
             if method in operations:
@@ -129,6 +131,14 @@ def _send(world: World, route: Route, headers: dict[str, str]) -> httpx.Response
 
 def test_health_needs_no_key(server: tuple[str, Path]) -> None:
     assert httpx.get(f"{server[0]}/healthz").status_code == 200
+
+
+def test_a_download_route_answers_a_valid_link_only_key_or_no_key(world: World) -> None:
+    assert set(httpx.get(f"{world.url}/openapi.json").json()["paths"]) >= KEYLESS
+    unsigned = f"{OWNER}.gen.{world.ids['model_version_id']}.adapter.4102444800.{'0' * 64}"
+    for headers in ({}, world.owner):
+        answer = httpx.get(f"{world.url}/api/downloads/{unsigned}", headers=headers)
+        assert (answer.status_code, answer.json()["code"]) == (403, "INVALID_LINK")
 
 
 def test_the_route_list_comes_from_openapi_and_covers_every_area(world: World) -> None:

@@ -188,7 +188,7 @@ def test_finish_records_the_outcome_for_the_lease_holder_only(db: Database, dsv:
     with pytest.raises(ConflictError, match=again.id):  # a queued run's starting point stays
         registry.delete_model_version(db, "a", "m", job.id)
     jobs.request_cancel(db, again.id)
-    assert registry.delete_model_version(db, "a", "m", job.id) == [path, f"checkpoints/{job.id}"]
+    assert registry.delete_model_version(db, "a", "m", job.id) == [path, f"checkpoints/{job.id}", f"exports/{job.id}"]
     assert registry.get_model_version_by_id(db, again.id).resume_from is None
 
 

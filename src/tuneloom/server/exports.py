@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneloom.errors import NotFoundError, TuneloomError
-from tuneloom.export import export_version
 from tuneloom.export_gguf import GGUF_TYPES
 from tuneloom.store.artifacts import EXPORTS, Artifacts
 from tuneloom.store.ids import check_id
@@ -118,6 +117,8 @@ class Exports:
     def _build(self, named: Named, artifact_path: str, target: Path) -> None:
         """Export into the data dir's tmp folder, zip it there, then rename the zip into place: a reader (or a
         crash) sees the whole file or none. Its facts are written first, so a zip in place always has them."""
+        from tuneloom.export import export_version  # torch and transformers: loaded when a model is, not at start
+
         folder = f"{named.model_id}-{named.version_id}-{named.form}"
         version_dir = self.artifacts.fetch(artifact_path)
         staging = self.artifacts.staging_path(".export")
