@@ -8,6 +8,8 @@ take its exports and links with it.
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import time
 import zipfile
 from pathlib import Path
@@ -25,8 +27,9 @@ from tests.server_helpers import (
 )
 
 from tuneloom import Client
+from tuneloom.errors import ModelVersionError
 from tuneloom.export import export_version
-from tuneloom.server.exports import LINK_TTL_S, Exports, Named
+from tuneloom.server.exports import LINK_TTL_S, ExportFailed, Exports, Named, run_in_child
 from tuneloom.store.artifacts import Artifacts
 from tuneloom.store.keys import load_pepper
 
@@ -134,3 +137,21 @@ def test_deleting_a_version_deletes_its_exports_and_voids_its_links(deployed: De
     assert not (deployed.data_dir / "exports" / doomed).exists()
     gone = httpx.get(f"{deployed.url}{link}")
     assert gone.status_code == 404 and doomed in gone.json()["message"]
+
+
+def _killed(_: str) -> tuple[int, str]:
+    os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's out-of-memory killer ends a process
+    raise AssertionError("unreachable")
+
+
+def _refused(reason: str) -> tuple[int, str]:
+    raise ModelVersionError(reason)
+
+
+def test_an_export_whose_process_dies_or_refuses_is_a_clear_error_and_the_server_lives_on() -> None:
+    """Builds run in a child (a merged 7B holds some 14 GB): a killed one is a 503 EXPORT_FAILED, a refusal its own."""
+    with pytest.raises(ExportFailed, match="killed before it finished, most likely for lack of memory"):
+        run_in_child(_killed, "x")
+    with pytest.raises(ModelVersionError, match="this version is GPTNeoForCausalLM"):
+        run_in_child(_refused, "this version is GPTNeoForCausalLM")
+    assert run_in_child(os.path.split, "a/b") == ("a", "b")  # and the next build runs

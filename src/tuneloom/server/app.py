@@ -31,7 +31,7 @@ from tuneloom.errors import (
 )
 from tuneloom.server.builds import BuildLeases
 from tuneloom.server.context import ServerContext
-from tuneloom.server.exports import Exports, LinkError, LinkExpired
+from tuneloom.server.exports import ExportFailed, Exports, LinkError, LinkExpired
 from tuneloom.server.limits import BodySizeLimit, GenerationSlots, LimitExceeded, SharedSlots
 from tuneloom.server.remote_inference import GenerationNodeUnavailable
 from tuneloom.server.routes import apps, datasets, downloads, models, nodes, openai_compat, predict
@@ -53,6 +53,7 @@ DATABASE_DISK_FULL = (
 STATUS_BY_ERROR: tuple[tuple[type[TuneloomError], int], ...] = (
     (LinkExpired, 410),  # before LinkError, which it is: a download link past its time
     (LinkError, 403),  # a download link no server of this database signed
+    (ExportFailed, 503),  # the export's process was killed (memory, most likely): try again later
     (NotFoundError, 404),
     (ConflictError, 409),
     (InvalidIdError, 422),

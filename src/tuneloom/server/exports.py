@@ -3,10 +3,11 @@
 A version is immutable once trained, so each of its exports is built the first time someone asks and
 kept under `exports/<version id>/` in the data dir; deleting the version deletes them
 (`store.artifacts.model_version_files`). Building loads the model (merging or writing GGUF takes
-seconds for a small model, minutes for a 7B), so it happens in the request that asks, once per
-server process at a time. The file itself goes out behind a signed link that needs no API key: a
-browser saves it to disk with its own progress and no copy in page memory, `curl -C -` resumes it,
-and the key never sits in a URL or a browser's history. A link is an HMAC of what it names and when
+seconds for a small model, minutes for a 7B), so it happens in the request that asks, one at a time
+per server, in a child process that takes the model's memory with it when it ends. The file itself
+goes out behind a signed link that needs no API key: a browser saves it to disk with its own
+progress and no copy in page memory, `curl -C -` resumes it, and the key never sits in a URL or a
+browser's history. A link is an HMAC of what it names and when
 it expires, keyed from the key pepper that every server on the database shares
 (`store.keys.check_pepper`), so any of them honours it, building the file if it lacks it.
 """
@@ -16,13 +17,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import multiprocessing
 import os
 import shutil
 import threading
 import time
 import zipfile
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from tuneloom.errors import NotFoundError, TuneloomError
 from tuneloom.export_gguf import GGUF_TYPES
@@ -31,6 +37,7 @@ from tuneloom.store.ids import check_id
 
 LINK_TTL_S = 3600  # long enough to start a multi-GB download; an expired link is asked for again
 STORED_SUFFIXES = (".safetensors", ".gguf", ".bin")  # weights barely compress: stored, not deflated
+T = TypeVar("T")
 _CHUNK = 1024 * 1024
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry holds
 
@@ -39,6 +46,12 @@ class LinkError(TuneloomError):
     """A download link no server of this database made (altered, or cut short): 403."""
 
     code = "INVALID_LINK"
+
+
+class ExportFailed(TuneloomError):
+    """The export's process died (killed for memory, most likely): 503, the server may manage later."""
+
+    code = "EXPORT_FAILED"
 
 
 class LinkExpired(LinkError):
@@ -76,7 +89,7 @@ class Exports:
     def __init__(self, artifacts: Artifacts, pepper: bytes) -> None:
         self.artifacts = artifacts
         self._key = hmac.new(pepper, b"tuneloom download links", hashlib.sha256).digest()
-        self._building = threading.Lock()  # one model loaded for export at a time in this process
+        self._building = threading.Lock()  # one export child at a time per server: each holds a whole model
 
     def packed(self, named: Named, artifact_path: str) -> Packed:
         """The export's zip, built first if this data dir has none (`artifact_path`: the trained version's files)."""
@@ -115,26 +128,48 @@ class Exports:
         return self.artifacts.resolve(f"{EXPORTS}/{check_id(named.version_id, 'model version id')}/{named.form}.zip")
 
     def _build(self, named: Named, artifact_path: str, target: Path) -> None:
-        """Export into the data dir's tmp folder, zip it there, then rename the zip into place: a reader (or a
-        crash) sees the whole file or none. Its facts are written first, so a zip in place always has them."""
-        from tuneloom.export import export_version  # torch and transformers: loaded when a model is, not at start
-
+        """Export and zip in a child process, into the data dir's tmp folder, then rename the zip into place: a
+        reader (or a crash) sees the whole file or none. Its facts are written first, so a zip in place has them."""
         folder = f"{named.model_id}-{named.version_id}-{named.form}"
         version_dir = self.artifacts.fetch(artifact_path)
         staging = self.artifacts.staging_path(".export")
-        what = f"the {named.form} export of model version {named.version_id}"
         try:
-            with self.artifacts.storing(what):
-                gguf_type = named.form.removeprefix("gguf-") if named.form.startswith("gguf-") else None
-                export_version(version_dir, staging / folder, merged=named.form == "merged", gguf_type=gguf_type)
-                packing = staging / "export.zip"
-                size, digest = _zip_folder(staging / folder, packing)
+            with self.artifacts.storing(f"the {named.form} export of model version {named.version_id}"):
+                size, digest = run_in_child(pack, version_dir, staging / folder, named.form)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 facts = {"size": size, "sha256": digest, "file_name": f"{folder}.zip"}
                 self.artifacts.write_atomic(target.with_suffix(".json"), [json.dumps(facts).encode()])
-                os.replace(packing, target)
+                os.replace(staging / f"{folder}.zip", target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def run_in_child(function: Callable[..., T], *args: object) -> T:
+    """`function(*args)` in a process of its own, its exception raised here.
+
+    An export loads the whole model (a merged 7B: some 14 GB more) and frees it only when its process ends:
+    in the server's own process that memory would stay with it, and running out of it would take the API
+    down. A child forked from the forkserver (which a server with training workers has already started with
+    the libraries imported) holds it instead, and is gone with it.
+    """
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"), max_tasks_per_child=1) as pool:
+        try:
+            return pool.submit(function, *args).result()
+        except BrokenProcessPool:
+            raise ExportFailed(
+                "the export's process was killed before it finished, most likely for lack of memory: the "
+                "model must fit in this server's free memory once more. Try again when the server is less busy"
+            ) from None
+
+
+def pack(version_dir: Path, folder: Path, form: str) -> tuple[int, str]:
+    """(In the child.) `tuneloom export` of `form` into `folder`, zipped beside it as `<folder>.zip`: its size and
+    SHA-256."""
+    from tuneloom.export import export_version
+
+    gguf_type = form.removeprefix("gguf-") if form.startswith("gguf-") else None
+    export_version(version_dir, folder, merged=form == "merged", gguf_type=gguf_type)
+    return _zip_folder(folder, folder.with_name(f"{folder.name}.zip"))
 
 
 def _zip_folder(folder: Path, out: Path) -> tuple[int, str]:
