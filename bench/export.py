@@ -26,7 +26,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from tuneloom.export import export_version
-    from tuneloom.server.exports import Exports, Named
+    from tuneloom.server.exports import Exports, Named, gguf_type_of
     from tuneloom.store.artifacts import Artifacts
 
     figures = {}
@@ -36,9 +36,8 @@ def main() -> None:
         exports = Exports(Artifacts(root), b"bench" * 8)
         export_version(args.version, root / "warm-up", merged=True)  # untimed: imports and the page cache
         for form in args.forms.split(","):
-            gguf_type = form.removeprefix("gguf-") if form.startswith("gguf-") else None
             start = time.perf_counter()
-            export_version(args.version, root / f"cli-{form}", merged=form == "merged", gguf_type=gguf_type)
+            export_version(args.version, root / f"cli-{form}", merged=form == "merged", gguf_type=gguf_type_of(form))
             cli_s = time.perf_counter() - start
             named = Named("bench", "m", "v", form)
             start = time.perf_counter()

@@ -48,21 +48,26 @@ class LinkError(TuneloomError):
     code = "INVALID_LINK"
 
 
-class ExportFailed(TuneloomError):
-    """The export's process died (killed for memory, most likely): 503, the server may manage later."""
-
-    code = "EXPORT_FAILED"
-
-
 class LinkExpired(LinkError):
     """A download link past its time: 410, ask for the export again."""
 
     code = "LINK_EXPIRED"
 
 
+class ExportFailed(TuneloomError):
+    """The export's process died (killed for memory, most likely): 503, the server may manage later."""
+
+    code = "EXPORT_FAILED"
+
+
 def form_of(format: str, gguf_type: str | None) -> str:
     """One name per distinct file: `adapter`, `merged`, or `gguf-<type>` (the file's name and cache key)."""
     return f"gguf-{gguf_type}" if format == "gguf" else format
+
+
+def gguf_type_of(form: str) -> str | None:
+    """The GGUF weights' type a form names (`gguf-q8_0` → `q8_0`); None for the Hugging Face folder forms."""
+    return form.removeprefix("gguf-") if form.startswith("gguf-") else None
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,8 @@ class Named:
 
 
 class Exports:
+    """A server's exports: built once per version and form in its data dir, handed out by signed link."""
+
     def __init__(self, artifacts: Artifacts, pepper: bytes) -> None:
         self.artifacts = artifacts
         self._key = hmac.new(pepper, b"tuneloom download links", hashlib.sha256).digest()
@@ -167,8 +174,7 @@ def pack(version_dir: Path, folder: Path, form: str) -> tuple[int, str]:
     SHA-256."""
     from tuneloom.export import export_version
 
-    gguf_type = form.removeprefix("gguf-") if form.startswith("gguf-") else None
-    export_version(version_dir, folder, merged=form == "merged", gguf_type=gguf_type)
+    export_version(version_dir, folder, merged=form == "merged", gguf_type=gguf_type_of(form))
     return _zip_folder(folder, folder.with_name(f"{folder.name}.zip"))
 
 
