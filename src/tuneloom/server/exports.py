@@ -71,6 +71,9 @@ def gguf_type_of(form: str) -> str | None:
     return form.removeprefix("gguf-") if form.startswith("gguf-") else None
 
 
+FORMS = frozenset({"adapter", "merged", *(form_of("gguf", t) for t in GGUF_TYPES)})  # every file an export can be
+
+
 @dataclass(frozen=True)
 class Packed:
     """An export ready to download: the zip, its size and SHA-256, and the name a download saves it as."""
@@ -131,7 +134,7 @@ class Exports:
         return hmac.new(self._key, payload.encode(), hashlib.sha256).hexdigest()
 
     def _zip_path(self, named: Named) -> Path:
-        if named.form not in {"adapter", "merged", *(form_of("gguf", t) for t in GGUF_TYPES)}:
+        if named.form not in FORMS:
             raise NotFoundError(f"there is no export form '{named.form}'")
         return self.artifacts.resolve(f"{EXPORTS}/{check_id(named.version_id, 'model version id')}/{named.form}.zip")
 
