@@ -1,22 +1,30 @@
-"""Variable-length attention for packed rows on the CPU: one causal SDPA call per example.
+"""Attention for packed training rows: every example attends to itself alone, and nothing is padded.
 
-transformers handles packed rows by building a block-diagonal mask, and masked SDPA on the CPU
-falls back to the math kernel: it computes (and, for the backward pass, stores) the full
-row × row score matrix, most of which the mask then throws away. Calling the fused causal kernel
-once per example segment computes exactly the attention each example needs — the CPU counterpart
-of flash-attention's varlen path. Segments are found where position ids restart at 0.
+transformers handles packed rows by building a block-diagonal mask from the position ids (one host
+sync per forward to find the examples), and masked SDPA then computes every row × row score, most
+of which the mask throws away. tuneloom computes exactly each example's causal attention instead:
 
-Only training forwards take this path (the packing collator is the only producer of training
-batches); anything else — generation with its KV cache and padding masks, evaluation — goes to
-transformers' own SDPA path unchanged.
+- **GPU** (`FLASH_VARLEN`): flash-attention's variable-length kernel, which PyTorch ships as
+  `torch.nn.attention.varlen` (2.10 and later; SM80+, bf16/fp16). The collator lays the whole batch
+  end to end in one row and hands over where each example begins (`cu_seq_lens_q`, the keyword
+  transformers' own flash path reads), so no mask is built and nothing is synchronised.
+- **CPU** (`PER_EXAMPLE_SDPA`): one fused causal SDPA call per example segment, found where position
+  ids restart at 0. Masked SDPA on the CPU falls back to the math kernel, which also stores the full
+  score matrix for the backward pass. Measured on 2 CPU cores, SmolLM2-135M, a batch of 8 examples of
+  60–400 tokens, forward + backward: padded batch 10 s, packed row with a block-diagonal mask
+  18–30 s, per-example segments 3.6 s.
 
-Measured on 2 CPU cores, SmolLM2-135M, a batch of 8 examples of 60–400 tokens, forward + backward:
-padded batch 10 s, packed row with a block-diagonal mask 18–30 s, per-example segments 3.6 s.
+Only training forwards take these paths (the packing collator is the only producer of training
+batches); generation with its KV cache, and evaluation, go to transformers' own SDPA unchanged.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import inspect
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -25,7 +33,8 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
-VARLEN_ATTENTION = "tuneloom_varlen_sdpa"
+PER_EXAMPLE_SDPA = "tuneloom_varlen_sdpa"
+FLASH_VARLEN = "tuneloom_varlen_kernel"  # no "flash" in it: transformers would fetch a hub kernel by that name
 
 Spans = list[list[tuple[int, int]]]
 _last: tuple[weakref.ref[torch.Tensor] | None, Spans] = (None, [])
@@ -89,27 +98,107 @@ def varlen_sdpa_attention(
     return out.transpose(1, 2).contiguous(), None
 
 
-AttentionInterface.register(VARLEN_ATTENTION, varlen_sdpa_attention)
-AttentionMaskInterface.register(VARLEN_ATTENTION, sdpa_mask)
+def flash_varlen_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Causal attention within each example of a flat packed batch (`query`: batch, heads, tokens, dim)."""
+    starts = kwargs.get("cu_seq_lens_q")
+    if starts is None:
+        raise RuntimeError(
+            f"{FLASH_VARLEN} attention needs cu_seq_lens_q: only PackedCollator(flat=True) batches can use it"
+        )
+    batch, heads, tokens, dim = query.shape
+    kv_heads = key.shape[1]
+    # (batch, heads, tokens, dim) is a transposed view of (batch, tokens, heads, dim): these reshapes copy nothing.
+    out = varlen_kernel()(
+        query.transpose(1, 2).reshape(batch * tokens, heads, dim),
+        key.transpose(1, 2).reshape(batch * tokens, kv_heads, dim),
+        value.transpose(1, 2).reshape(batch * tokens, kv_heads, dim),
+        starts,
+        int(kwargs["max_length_q"]),
+        scaling,
+    )
+    return out.view(batch, tokens, heads, dim), None
 
 
-def use_varlen_attention(model: Any) -> bool:
-    """Switch an SDPA model to per-example attention for packed training on the CPU.
+Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, float | None], torch.Tensor]
 
-    On a GPU the per-segment loop would launch many small kernels; there flash-attention's varlen
-    kernel (when installed) or masked SDPA is the better choice, so the model is left alone.
+
+@functools.cache
+def varlen_kernel() -> Kernel:
+    """`torch.nn.attention.varlen.varlen_attn`, causal, across the PyTorch versions that have it.
+
+    2.10 takes `is_causal`, later versions a `window_size` ((-1, 0) is causal); grouped-query
+    attention is native where `enable_gqa` exists, else the key/value heads are repeated.
+    """
+    from torch.nn.attention.varlen import varlen_attn
+
+    parameters = inspect.signature(varlen_attn).parameters
+    causal: dict[str, Any] = {"window_size": (-1, 0)} if "window_size" in parameters else {"is_causal": True}
+    native_gqa = "enable_gqa" in parameters
+
+    def causal_varlen(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, starts: torch.Tensor, longest: int, scale: float | None
+    ) -> torch.Tensor:
+        groups = q.shape[1] // k.shape[1]
+        options = dict(causal, scale=scale)
+        if groups > 1 and native_gqa:
+            options["enable_gqa"] = True
+        elif groups > 1:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        out = varlen_attn(q, k, v, starts, starts, longest, longest, **options)
+        return out if isinstance(out, torch.Tensor) else out[0]  # a tuple only when asked for the log-sum-exp
+
+    return causal_varlen
+
+
+AttentionInterface.register(PER_EXAMPLE_SDPA, varlen_sdpa_attention)
+AttentionMaskInterface.register(PER_EXAMPLE_SDPA, sdpa_mask)
+AttentionInterface.register(FLASH_VARLEN, flash_varlen_attention)  # no mask interface: transformers builds no mask
+
+
+def flash_varlen_usable(model: Any) -> bool:
+    """The GPU kernel applies: CUDA SM80+, half-precision weights, a PyTorch with the varlen API, and
+    plain causal attention (no sliding window, no attention dropout)."""
+    config = model.config
+    parameter = next(model.parameters())
+    if parameter.device.type != "cuda" or parameter.dtype not in (torch.bfloat16, torch.float16):
+        return False
+    if getattr(config, "sliding_window", None) or getattr(config, "attention_dropout", 0.0):
+        return False
+    if torch.cuda.get_device_capability(parameter.device)[0] < 8:
+        return False
+    return importlib.util.find_spec("torch.nn.attention.varlen") is not None
+
+
+def use_packed_attention(model: Any) -> str | None:
+    """Switch an SDPA model to per-example attention for packed training; the name chosen, or None.
+
+    `FLASH_VARLEN` wants one flat row per batch (`PackedCollator(flat=True)`); elsewhere the model
+    keeps stock SDPA with transformers' block-diagonal mask.
     """
     config = getattr(model, "config", None)
     if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
-        return False
-    if next(model.parameters()).device.type != "cpu":
-        return False
-    model.set_attn_implementation(VARLEN_ATTENTION)
-    return True
+        return None
+    device = next(model.parameters()).device.type
+    if device == "cpu":
+        model.set_attn_implementation(PER_EXAMPLE_SDPA)
+        return PER_EXAMPLE_SDPA
+    if flash_varlen_usable(model):
+        model.set_attn_implementation(FLASH_VARLEN)
+        return FLASH_VARLEN
+    return None
 
 
 def restore_attention(model: Any) -> None:
-    """Back to stock SDPA before saving, so no saved config names tuneloom's kernel."""
+    """Back to stock SDPA before saving, so no saved config names tuneloom's kernels."""
     config = getattr(model, "config", None)
-    if config is not None and getattr(config, "_attn_implementation", None) == VARLEN_ATTENTION:
+    if config is not None and getattr(config, "_attn_implementation", None) in (PER_EXAMPLE_SDPA, FLASH_VARLEN):
         model.set_attn_implementation("sdpa")

@@ -8,6 +8,11 @@ unpacked loss. The first label of each example is masked, because in a packed ro
 it belongs to the previous example. Only rows' tails are padded (a padding segment with its own
 positions and no labels).
 
+With `flat=True` (flash-attention's varlen kernel on a GPU, `train/attention.py`) the batch is one
+row with no padding at all, and `cu_seq_lens_q`/`cu_seq_lens_k` (int32 offsets where each example
+begins, and the total) with `max_length_q`/`max_length_k` tell the kernel where examples start —
+the keywords transformers' own flash path reads.
+
 `logits_to_keep` marks the positions whose next token is trained on, so the vocabulary projection
 runs only there — with completion-only training that skips most of the most expensive matmul of a
 small model.
@@ -48,9 +53,12 @@ class PackedCollator:
     pad_token_id: int
     row_tokens: int = 4096
     packing: bool = True
+    flat: bool = False  # one row of every example, with the varlen kernel's offsets
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        if self.packing:
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        if self.flat:
+            rows = [list(range(len(features)))]
+        elif self.packing:
             rows = pack_rows([len(f["input_ids"]) for f in features], self.row_tokens)
         else:
             rows = [[i] for i in range(len(features))]
@@ -73,13 +81,20 @@ class PackedCollator:
             position_ids[r, start:] = torch.arange(width - start)
         keep = torch.zeros_like(labels, dtype=torch.bool)
         keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-        batch = {
+        batch: dict[str, Any] = {
             "input_ids": input_ids,
             "labels": labels,
             "position_ids": position_ids,
             "logits_to_keep": keep,
         }
-        if not self.packing:
+        if self.flat:
+            lengths = torch.tensor([len(f["input_ids"]) for f in features])
+            starts = torch.zeros(len(features) + 1, dtype=torch.int32)
+            starts[1:] = lengths.cumsum(0)
+            longest = int(lengths.max())
+            batch |= {"cu_seq_lens_q": starts, "cu_seq_lens_k": starts}
+            batch |= {"max_length_q": longest, "max_length_k": longest}
+        elif not self.packing:
             batch["attention_mask"] = attention_mask
         return batch
 

@@ -39,8 +39,9 @@ from tuneloom.templates import (
 )
 from tuneloom.templates.loading import apply_peft, load_model, load_tokenizer, pick_device
 from tuneloom.templates.prompting import derive_prompt_format
-from tuneloom.train.attention import restore_attention, use_varlen_attention
+from tuneloom.train.attention import FLASH_VARLEN, restore_attention, use_packed_attention
 from tuneloom.train.checkpoints import latest_checkpoint
+from tuneloom.train.compiling import COMPILE_KEYS, compile_blocks, wants_compile
 from tuneloom.train.dataset import ExampleDataset, read_and_tokenize, split_held_out
 from tuneloom.train.disk_full import disk_full_errors
 from tuneloom.train.events import (
@@ -135,8 +136,10 @@ def train_rank(
 
     on_event(TrainEvent("stage", f"Loading {settings.model_config['pretrained_model_name_or_path']}"))
     model = _build_model(settings, job.start_from)
-    if options["packing"]:
-        use_varlen_attention(model)
+    attention = use_packed_attention(model) if options["packing"] else None
+    if wants_compile(settings.trainer_config):
+        compiled = compile_blocks(model, settings.trainer_config)
+        on_event(TrainEvent("stage", f"Compiling {compiled} (the first steps take longer)"))
 
     start = ResumePoint()
     callbacks = [ProgressReporter(on_event), StopOnRequest(stop or threading.Event()), start, recorder]
@@ -148,7 +151,9 @@ def train_rank(
         args=_training_arguments(settings, options, workdir, len(train_set), has_eval=len(eval_set) > 0),
         train_dataset=train_set,
         eval_dataset=eval_set if len(eval_set) else None,
-        data_collator=PackedCollator(tokenizer.pad_token_id, ROW_TOKENS, packing=bool(options["packing"])),
+        data_collator=PackedCollator(
+            tokenizer.pad_token_id, ROW_TOKENS, packing=bool(options["packing"]), flat=attention == FLASH_VARLEN
+        ),
         compute_loss_func=packed_causal_lm_loss,
         callbacks=callbacks,
     )
@@ -305,7 +310,7 @@ def _training_arguments(
     settings: TrainingSettings, options: dict[str, Any], workdir: Path, n_train: int, *, has_eval: bool
 ) -> TrainingArguments:
     """The user's trainer_config, plus what the platform owns: where files go, logging, evaluation cadence."""
-    user = {k: v for k, v in settings.trainer_config.items() if k not in options}
+    user = {k: v for k, v in settings.trainer_config.items() if k not in options and k not in COMPILE_KEYS}
     steps = _estimated_steps(user, n_train, int(settings.distributed.get("num_processes", 1)))
     cadence = max(1, steps // 10)
     defaults: dict[str, Any] = {

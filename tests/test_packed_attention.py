@@ -1,0 +1,168 @@
+"""The GPU's packed path (one flat row, flash-attention's varlen kernel) and compiled blocks train the same
+thing as one example at a time.
+
+The varlen kernel (`torch.nn.attention.varlen.varlen_attn`) is CUDA-only. Here it is replaced by a
+CPU stand-in with the same contract (flat `(tokens, heads, dim)` tensors, int32 offsets, the
+PyTorch 2.10 or ≥ 2.11 keywords) that runs causal SDPA per example. What is checked is everything
+tuneloom itself does around the kernel — the collator's offsets, the layout, the causal and
+grouped-query arguments, the transformers plumbing — while the kernel's own numbers are checked on
+the GPU by `bench/gpu_attention_check.py` (in `bench/gpu.sh`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tests.test_packing import _features
+from transformers import AutoModelForCausalLM
+
+import tuneloom.train.attention as attention
+from tuneloom.data.tokenized import IGNORE_INDEX
+from tuneloom.templates.sources import resolve_model_dir
+from tuneloom.train.compiling import compile_blocks, wants_compile
+from tuneloom.train.packing import PackedCollator, packed_causal_lm_loss
+from tuneloom.train.recipe import TrainJob, run_training
+
+LENGTHS = [17, 5, 30, 12, 9, 22]
+
+
+def _per_example(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, starts: torch.Tensor, scale: float | None, gqa: bool
+) -> torch.Tensor:
+    bounds = starts.tolist()
+    pieces = [
+        F.scaled_dot_product_attention(
+            q[s:e].transpose(0, 1),
+            k[s:e].transpose(0, 1),
+            v[s:e].transpose(0, 1),
+            is_causal=True,
+            scale=scale,
+            enable_gqa=gqa,
+        ).transpose(0, 1)
+        for s, e in itertools.pairwise(bounds)
+    ]
+    return torch.cat(pieces)
+
+
+def varlen_2_10(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, is_causal=False):  # type: ignore[no-untyped-def]
+    """PyTorch 2.10's signature: `is_causal`, no grouped-query attention (the heads must match)."""
+    assert is_causal and torch.equal(cu_seq_q, cu_seq_k) and cu_seq_q.dtype == torch.int32
+    assert max_q == max_k == int((cu_seq_q[1:] - cu_seq_q[:-1]).max())
+    return _per_example(q, k, v, cu_seq_q, scale, gqa=False)
+
+
+def varlen_current(  # type: ignore[no-untyped-def]
+    q, k, v, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None, window_size=(-1, -1), enable_gqa=False
+):
+    """The later signature: causal is `window_size=(-1, 0)`, grouped-query attention native."""
+    assert window_size == (-1, 0) and torch.equal(cu_seq_q, cu_seq_k)
+    assert max_q == max_k == int((cu_seq_q[1:] - cu_seq_q[:-1]).max())
+    return _per_example(q, k, v, cu_seq_q, scale, gqa=enable_gqa)
+
+
+@pytest.fixture(params=[varlen_2_10, varlen_current], ids=["torch-2.10", "torch-2.11+"])
+def cpu_varlen(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Any]]:
+    import torch.nn.attention.varlen as varlen
+
+    monkeypatch.setattr(varlen, "varlen_attn", request.param)
+    attention.varlen_kernel.cache_clear()
+    yield request.param
+    attention.varlen_kernel.cache_clear()
+
+
+@pytest.fixture
+def tiny_model() -> torch.nn.Module:
+    """tiny-random: Llama with 2 query heads over 1 key/value head (grouped-query attention)."""
+    return AutoModelForCausalLM.from_pretrained(resolve_model_dir("tuneloom/tiny-random")).eval()
+
+
+def _unpacked_loss(model: torch.nn.Module, features: list[dict[str, list[int]]]) -> torch.Tensor:
+    total, count = torch.zeros(()), 0
+    for f in features:
+        labels = torch.tensor([f["labels"]])
+        n = int((labels[:, 1:] != IGNORE_INDEX).sum())
+        total = total + model(input_ids=torch.tensor([f["input_ids"]]), labels=labels).loss * n
+        count += n
+    return total / count
+
+
+def test_flat_batches_are_one_row_with_every_example_start() -> None:
+    batch = PackedCollator(pad_token_id=0, flat=True)(_features([4, 7, 3]))
+    assert batch["input_ids"].shape == (1, 14)  # end to end, no padding
+    assert batch["cu_seq_lens_q"].tolist() == [0, 4, 11, 14]  # in the batch's order
+    assert batch["cu_seq_lens_q"].dtype == torch.int32
+    assert batch["max_length_q"] == batch["max_length_k"] == 7
+    assert batch["position_ids"][0].tolist() == [*range(4), *range(7), *range(3)]
+    assert "attention_mask" not in batch
+
+
+def test_flash_varlen_path_gives_the_unpacked_loss(tiny_model: torch.nn.Module, cpu_varlen: Any) -> None:
+    features = _features(LENGTHS)
+    expected = _unpacked_loss(tiny_model, features)
+    tiny_model.set_attn_implementation(attention.FLASH_VARLEN)
+    batch = PackedCollator(pad_token_id=0, flat=True)(features)
+    labels = batch.pop("labels")
+    loss = packed_causal_lm_loss(tiny_model(**batch, use_cache=False), labels)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_flash_varlen_path_refuses_a_batch_without_offsets(tiny_model: torch.nn.Module) -> None:
+    """Without offsets the kernel would see one long example: a loud error, never cross-example attention."""
+    tiny_model.set_attn_implementation(attention.FLASH_VARLEN)
+    batch = PackedCollator(pad_token_id=0)(_features([6, 4]))
+    batch.pop("labels")
+    with pytest.raises(RuntimeError, match="cu_seq_lens_q"):
+        tiny_model(**batch, use_cache=False)
+
+
+def test_the_cpu_keeps_per_example_sdpa_and_a_cpu_model_is_not_flash_usable(tiny_model: torch.nn.Module) -> None:
+    assert not attention.flash_varlen_usable(tiny_model)
+    assert attention.use_packed_attention(tiny_model) == attention.PER_EXAMPLE_SDPA
+    attention.restore_attention(tiny_model)
+    assert tiny_model.config._attn_implementation == "sdpa"
+
+
+def test_compiled_blocks_give_the_eager_loss_and_gradients(tiny_model: torch.nn.Module) -> None:
+    features = _features(LENGTHS)
+    batch = PackedCollator(pad_token_id=0)(features)
+    labels = batch.pop("labels")
+
+    def loss_and_grads() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        tiny_model.zero_grad()
+        loss = packed_causal_lm_loss(tiny_model(**batch, use_cache=False), labels)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in tiny_model.parameters() if p.grad is not None]
+
+    eager = loss_and_grads()
+    assert wants_compile({"torch_compile_mode": "default"}) and not wants_compile({"torch_compile": False})
+    assert compile_blocks(tiny_model, {"torch_compile_backend": "aot_eager"}) == "2 LlamaDecoderLayer blocks"
+    compiled = loss_and_grads()
+    torch.testing.assert_close(compiled[0], eager[0])
+    for got, want in zip(compiled[1], eager[1], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_torch_compile_in_a_run_compiles_blocks_not_the_trainer(sentiment_file: Path, tmp_path: Path) -> None:
+    """`torch_compile` is tuneloom's (regional), not the Trainer's, and the run learns what the eager one does."""
+    losses, stages = [], []
+    for compiled in (False, True):
+        settings = {
+            "trainer_config": {
+                "max_steps": 2,
+                "per_device_train_batch_size": 4,
+                "eval_fraction": 0.0,
+                "torch_compile": compiled,
+                **({"torch_compile_backend": "eager"} if compiled else {}),  # dynamo only: seconds on a CPU
+            }
+        }
+        job = TrainJob(data=sentiment_file, output=tmp_path / f"v{compiled}", template="tiny-random", settings=settings)
+        outcome = run_training(job, on_event=lambda e: stages.append(e.message) if e.kind == "stage" else None)
+        losses.append(outcome.metrics["train_loss"])
+    assert "Compiling 2 LlamaDecoderLayer blocks (the first steps take longer)" in stages
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
