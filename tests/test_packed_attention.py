@@ -71,9 +71,72 @@ def cpu_varlen(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     import torch.nn.attention.varlen as varlen
 
     monkeypatch.setattr(varlen, "varlen_attn", request.param)
-    attention.varlen_kernel.cache_clear()
+    monkeypatch.setattr(attention, "_kernel", None)  # use_flash_varlen sets it; put back after
     yield request.param
-    attention.varlen_kernel.cache_clear()
+
+
+def _cpu_forward(  # type: ignore[no-untyped-def]
+    query,
+    key,
+    value,
+    cu_seq_q,
+    cu_seq_k,
+    max_q,
+    max_k,
+    is_causal=False,
+    scale=None,
+    window_size=None,
+    enable_gqa=False,
+    seqused_k=None,
+    block_table=None,
+    num_splits=None,
+):
+    """A CPU kernel for PyTorch's own `torch_attn::_varlen_attn` op (its CUDA kernel is flash-attention's)."""
+    assert is_causal and max_q == int((cu_seq_q[1:] - cu_seq_q[:-1]).max())
+    out = _per_example(query, key, value, cu_seq_q, scale, gqa=enable_gqa)
+    return out, torch.zeros(query.shape[1], query.shape[0]), torch.zeros(2, dtype=torch.uint64)
+
+
+def _cpu_backward(  # type: ignore[no-untyped-def]
+    grad_out,
+    query,
+    key,
+    value,
+    out,
+    lse,
+    cu_seq_q,
+    cu_seq_k,
+    max_q,
+    max_k,
+    is_causal,
+    rng_state,
+    scale=None,
+    window_size=None,
+):
+    """`torch_attn::_varlen_attn_backward` on the CPU: causal attention's gradients, per example, in float32."""
+    groups = query.shape[1] // key.shape[1]
+    scale = scale if scale is not None else query.shape[-1] ** -0.5
+    grads = [torch.zeros_like(t) for t in (query, key, value)]
+    for s, e in itertools.pairwise(cu_seq_q.tolist()):
+        q, k, v, up = (t[s:e].transpose(0, 1).float() for t in (query, key, value, grad_out))
+        k, v = k.repeat_interleave(groups, 0), v.repeat_interleave(groups, 0)
+        causal = torch.ones(e - s, e - s, dtype=torch.bool).tril()
+        probs = (q @ k.transpose(1, 2) * scale).masked_fill(~causal, float("-inf")).softmax(-1)
+        d_probs = up @ v.transpose(1, 2)
+        d_scores = probs * (d_probs - (d_probs * probs).sum(-1, keepdim=True)) * scale
+        per_head = (d_scores @ k, d_scores.transpose(1, 2) @ q, probs.transpose(1, 2) @ up)
+        for grad, g, n in zip(grads, per_head, (1, groups, groups), strict=True):
+            grad[s:e] = g.unflatten(0, (-1, n)).sum(1).transpose(0, 1).to(grad.dtype)
+    return tuple(grads)
+
+
+@pytest.fixture(scope="module")
+def cpu_varlen_op() -> None:
+    """PyTorch's real varlen op — its Python wrapper, autograd and fake (compile-time) kernel — on the CPU."""
+    import torch.nn.attention.varlen  # defines the ops
+
+    torch.library.register_kernel("torch_attn::_varlen_attn", "cpu", _cpu_forward)
+    torch.library.register_kernel("torch_attn::_varlen_attn_backward", "cpu", _cpu_backward)
 
 
 @pytest.fixture
@@ -105,16 +168,16 @@ def test_flat_batches_are_one_row_with_every_example_start() -> None:
 def test_flash_varlen_path_gives_the_unpacked_loss(tiny_model: torch.nn.Module, cpu_varlen: Any) -> None:
     features = _features(LENGTHS)
     expected = _unpacked_loss(tiny_model, features)
-    tiny_model.set_attn_implementation(attention.FLASH_VARLEN)
+    attention.use_flash_varlen(tiny_model)
     batch = PackedCollator(pad_token_id=0, flat=True)(features)
     labels = batch.pop("labels")
     loss = packed_causal_lm_loss(tiny_model(**batch, use_cache=False), labels)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_flash_varlen_path_refuses_a_batch_without_offsets(tiny_model: torch.nn.Module) -> None:
+def test_flash_varlen_path_refuses_a_batch_without_offsets(tiny_model: torch.nn.Module, cpu_varlen: Any) -> None:
     """Without offsets the kernel would see one long example: a loud error, never cross-example attention."""
-    tiny_model.set_attn_implementation(attention.FLASH_VARLEN)
+    attention.use_flash_varlen(tiny_model)
     batch = PackedCollator(pad_token_id=0)(_features([6, 4]))
     batch.pop("labels")
     with pytest.raises(RuntimeError, match="cu_seq_lens_q"):
@@ -146,6 +209,48 @@ def test_compiled_blocks_give_the_eager_loss_and_gradients(tiny_model: torch.nn.
     torch.testing.assert_close(compiled[0], eager[0])
     for got, want in zip(compiled[1], eager[1], strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_compiled_blocks_on_the_real_varlen_op_compile_twice_and_learn_the_same(
+    cpu_varlen_op: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPU recipe end to end on the CPU: LoRA, flat batches, PyTorch's varlen op, compiled blocks.
+
+    Two graphs in all (layer 0, whose input needs no gradient, and the others) over batches of
+    different sizes: a recompile per batch would stall every step of a GPU run.
+    """
+    from tuneloom.templates.loading import apply_peft
+
+    monkeypatch.setattr(attention, "_kernel", None)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_dir("tuneloom/tiny-random"))
+    lora = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+    model = apply_peft(model, {**lora, "task_type": "CAUSAL_LM"}).train()
+    batches = [_features(sizes, seed=i) for i, sizes in enumerate(([17, 5, 30], [9, 40, 12, 7], [50, 6]))]
+
+    def steps() -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
+        results = []
+        for features in batches:
+            batch = PackedCollator(pad_token_id=0, flat=True)(features)
+            labels = batch.pop("labels")
+            model.zero_grad()
+            loss = packed_causal_lm_loss(model(**batch, use_cache=False), labels)
+            loss.backward()
+            results.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+        return results
+
+    expected = [(_unpacked_loss(model, features), None) for features in batches]
+    attention.use_flash_varlen(model)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    eager = steps()
+    compile_blocks(model, {"torch_compile_backend": "aot_eager"})
+    compiled = steps()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
+    for (want, _), (got_eager, grads_eager), (got, grads) in zip(expected, eager, compiled, strict=True):
+        torch.testing.assert_close(got_eager, want.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got, got_eager)
+        for g, w in zip(grads, grads_eager, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-7)
 
 
 def test_torch_compile_in_a_run_compiles_blocks_not_the_trainer(sentiment_file: Path, tmp_path: Path) -> None:

@@ -20,7 +20,6 @@ batches); generation with its KV cache, and evaluation, go to transformers' own 
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import inspect
 import weakref
@@ -110,29 +109,29 @@ def flash_varlen_attention(
 ) -> tuple[torch.Tensor, None]:
     """Causal attention within each example of a flat packed batch (`query`: batch, heads, tokens, dim)."""
     starts = kwargs.get("cu_seq_lens_q")
-    if starts is None:
+    if starts is None or _kernel is None:
         raise RuntimeError(
             f"{FLASH_VARLEN} attention needs cu_seq_lens_q: only PackedCollator(flat=True) batches can use it"
         )
     batch, heads, tokens, dim = query.shape
     kv_heads = key.shape[1]
     # (batch, heads, tokens, dim) is a transposed view of (batch, tokens, heads, dim): these reshapes copy nothing.
-    out = varlen_kernel()(
+    out = _kernel(
         query.transpose(1, 2).reshape(batch * tokens, heads, dim),
         key.transpose(1, 2).reshape(batch * tokens, kv_heads, dim),
         value.transpose(1, 2).reshape(batch * tokens, kv_heads, dim),
         starts,
-        int(kwargs["max_length_q"]),
+        kwargs["max_length_q"],  # left as given: int() would pin a compiled block to one length
         scaling,
     )
     return out.view(batch, tokens, heads, dim), None
 
 
 Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, float | None], torch.Tensor]
+_kernel: Kernel | None = None  # set by use_flash_varlen, outside the traced forward (compiled blocks read it)
 
 
-@functools.cache
-def varlen_kernel() -> Kernel:
+def causal_varlen_kernel() -> Kernel:
     """`torch.nn.attention.varlen.varlen_attn`, causal, across the PyTorch versions that have it.
 
     2.10 takes `is_causal`, later versions a `window_size` ((-1, 0) is causal); grouped-query
@@ -157,6 +156,12 @@ def varlen_kernel() -> Kernel:
         return out if isinstance(out, torch.Tensor) else out[0]  # a tuple only when asked for the log-sum-exp
 
     return causal_varlen
+
+
+def use_flash_varlen(model: Any) -> None:
+    global _kernel
+    _kernel = causal_varlen_kernel()
+    model.set_attn_implementation(FLASH_VARLEN)
 
 
 AttentionInterface.register(PER_EXAMPLE_SDPA, varlen_sdpa_attention)
@@ -192,7 +197,7 @@ def use_packed_attention(model: Any) -> str | None:
         model.set_attn_implementation(PER_EXAMPLE_SDPA)
         return PER_EXAMPLE_SDPA
     if flash_varlen_usable(model):
-        model.set_attn_implementation(FLASH_VARLEN)
+        use_flash_varlen(model)
         return FLASH_VARLEN
     return None
 

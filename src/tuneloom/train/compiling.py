@@ -43,7 +43,19 @@ def compile_blocks(model: torch.nn.Module, trainer_config: dict[str, Any]) -> st
     blocks = [module for module in model.modules() if type(module).__name__ in block_names]
     for block in blocks:
         block.compile(**options)
+    model.register_forward_pre_hook(_offsets_are_dynamic, with_kwargs=True)
     if not blocks:
         model.compile(**options)
         return "the whole model"
     return f"{len(blocks)} {type(blocks[0]).__name__} blocks"
+
+
+def _offsets_are_dynamic(module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+    """The varlen kernel's example offsets change length with every batch: say so before the blocks see them.
+
+    Marked on the tensors the model is called with (already on the device), or the first compile
+    would fix their length and the second batch would compile every block again.
+    """
+    for key in ("cu_seq_lens_q", "cu_seq_lens_k"):
+        if isinstance(kwargs.get(key), torch.Tensor):
+            torch._dynamo.maybe_mark_dynamic(kwargs[key], 0)
