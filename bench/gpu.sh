@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
 # Every GPU measurement of issue 5 in one run, sized for the device tool (well under its 10-minute limit):
-#   1. training: bench.train on SmolLM2-135M's shape and on a Llama-1.1B shape (random weights, bf16),
-#      Trainer + peft (dynamic padding) vs tuneloom: real tokens/s, peak GPU memory, mean loss, MFU;
-#   2. batch-1 decode of the 1.1B shape: model.generate vs tuneloom's path vs a static KV cache with the
-#      decode step compiled (torch.compile "reduce-overhead", CUDA graphs) — model.generate's and
-#      `tuneloom generate --compile`'s — against the bandwidth floor;
-#   3. 32 requests batched by tuneloom vs one at a time;
-#   4. issue 7: the same shape trained through `tuneloom train --strategy fsdp` (bench/fsdp.py);
-#   5. the 1.1B LoRA at batch 64 (more tokens per step: the MFU the recipe reaches with larger matmuls);
-#   6. (optional, only where `import vllm` works) vLLM batch-1 and 32-concurrent decode of the 1.1B shape
+#   0. the packed attention kernel (flash-attention varlen via torch.nn.attention.varlen) checked against
+#      per-example SDPA and timed against the block-diagonal masked SDPA (bench/gpu_attention_check.py);
+#   1. training: bench.train on a Llama-1.1B shape and on SmolLM2-135M's shape (random weights, bf16),
+#      Trainer + peft (dynamic padding) vs tuneloom vs tuneloom with torch_compile (compiled blocks):
+#      real tokens/s (whole run, and steady: at the median step), peak GPU memory, mean loss, MFU;
+#   2. batch-1 decode of the 1.1B shape: model.generate vs tuneloom's path vs `tuneloom generate
+#      --compile` (static KV cache, CUDA graphs, tuneloom's own token loop) against the bandwidth floor,
+#      and 32 requests batched by tuneloom;
+#   3. the 1.1B LoRA at batch 64 (more tokens per step: the MFU the recipe reaches with larger matmuls);
+#   4. with budget to spare: model.generate with a static cache + compile, batch 1 (a reference);
+#   5. (optional, only where `import vllm` works) vLLM batch-1 and 32-concurrent decode of the 1.1B shape
 #      vs model.generate, and tuneloom's vLLM serving backend on a LoRA version of it (bench/vllm_decode.py).
+# FSDP (issue 7) runs alone in bench/gpu_fsdp.sh.
 # Each step runs in its own process under its own time limit; a failing step prints its error and the
 # others go on. Result JSON goes to $OUT (named with the card, e.g. train-llama-1.1b-random-h100.json);
 # the last thing printed is one table of everything.
 #
 #   bash bench/gpu_prepare.sh    # here, once: wheels the device lacks -> .gpucarry/ (git-ignored)
-#   device tool: run(command="bash bench/gpu.sh", carry=[".gpucarry"], timeout_s=540)
+#   device tool: run(command="bash bench/gpu.sh", carry=[".gpucarry"], timeout_s=580)
 #   bash bench/gpu.sh --dry-run  # here, on the CPU: the same steps with tiny shapes (about 3 minutes)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +27,7 @@ DRY=0
 [ "${1:-}" = "--dry-run" ] && DRY=1
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
-BUDGET_S=${GPU_BUDGET_S:-500}  # the whole script; run it with timeout_s=540 (the device tool kills at timeout_s)
+BUDGET_S=${GPU_BUDGET_S:-530}  # the whole script; run it with timeout_s=580 (the device tool kills at timeout_s)
 START=$SECONDS
 
 if [ $DRY = 1 ]; then
@@ -32,15 +35,15 @@ if [ $DRY = 1 ]; then
   export BENCH_TINY=1
   TRAIN_ARGS=(--examples 16 --batch 8)
   BIG_TRAIN_ARGS=(--examples 32 --batch 16)
-  FSDP_ARGS=(--examples 16 --batch 4 --processes 2 --strategy ddp)
   GEN_ARGS=(--requests 8 --one-at-a-time 2 --max-tokens 8)
+  DRY_FLAG=--dry-run
   SCRATCH=$(mktemp -d)
 else
   PY=${PYTHON:-python3}
   TRAIN_ARGS=(--examples 768 --batch 16)
   BIG_TRAIN_ARGS=(--examples 1536 --batch 64)
-  FSDP_ARGS=(--examples 512 --batch 8 --processes 1)
   GEN_ARGS=(--requests 32 --one-at-a-time 8 --max-tokens 64)
+  DRY_FLAG=
   SCRATCH=/tmp/tuneloom-gpu
 fi
 
@@ -93,17 +96,22 @@ step() {
 
 steps() {
 # In order of what the issues need most: a step that would overrun the budget is skipped, not the run.
-step "train smollm2-135m-random" 100 $PY -m bench.train --model smollm2-135m-random "${TRAIN_ARGS[@]}"
-step "train llama-1.1b-random" 150 $PY -m bench.train --model llama-1.1b-random "${TRAIN_ARGS[@]}"
-step "decode llama-1.1b-random" 100 $PY -m bench.generate --model llama-1.1b-random "${GEN_ARGS[@]}" \
-  --variants baseline,single,batched,ttft
-# Issue 7 on one GPU: tuneloom train --strategy fsdp (bench/gpu_fsdp.sh runs it alone).
-step "train llama-1.1b-random, FSDP" 150 $PY -m bench.fsdp "${FSDP_ARGS[@]}"
-step "decode llama-1.1b-random, static cache + compile" 200 $PY -m bench.generate --model llama-1.1b-random \
-  "${GEN_ARGS[@]}" --variants static,compiled
-# More tokens per step: what MFU the same recipe reaches when the matmuls are larger.
-step "train llama-1.1b-random, batch 64" 120 $PY -m bench.train --model llama-1.1b-random "${BIG_TRAIN_ARGS[@]}" \
-  --out "$OUT/train-llama-1.1b-random-batch64.json"
+# Training runs three ways side by side: Trainer + peft, tuneloom, and tuneloom with torch_compile
+# (compiled blocks; --limit-s keeps a slow compile from eating the other figures).
+step "packed attention check (varlen kernel vs per-example SDPA)" 60 $PY -m bench.gpu_attention_check $DRY_FLAG
+step "train llama-1.1b-random (+ compile)" 210 $PY -m bench.train --model llama-1.1b-random "${TRAIN_ARGS[@]}" \
+  --compile --limit-s 200
+step "decode llama-1.1b-random (+ compiled loop)" 140 $PY -m bench.generate --model llama-1.1b-random "${GEN_ARGS[@]}" \
+  --variants baseline,single,batched,ttft,compiled
+step "train smollm2-135m-random (+ compile)" 170 $PY -m bench.train --model smollm2-135m-random "${TRAIN_ARGS[@]}" \
+  --compile --limit-s 160
+# More tokens per step: what MFU the same recipe reaches with larger matmuls (the baseline ran out of memory here).
+step "train llama-1.1b-random, batch 64 (+ compile)" 150 $PY -m bench.train --model llama-1.1b-random \
+  "${BIG_TRAIN_ARGS[@]}" --compile --limit-s 140 --out "$OUT/train-llama-1.1b-random-batch64.json"
+# Reference points measured before (bench/README.md), run only with budget to spare.
+step "decode llama-1.1b-random, model.generate static cache + compile" 90 $PY -m bench.generate \
+  --model llama-1.1b-random "${GEN_ARGS[@]}" --variants static --out "$OUT/generate-llama-1.1b-random-static.json"
+# Issue 7 on one GPU: tuneloom train --strategy fsdp; measured 2026-11-27, alone in bench/gpu_fsdp.sh.
 # Optional: only where vLLM is installed (tuneloom[vllm]); the device machine usually lacks it.
 if $PY -c "import vllm" >/dev/null 2>&1; then
   step "decode llama-1.1b-random, vLLM + tuneloom vLLM backend" 240 $PY -m bench.vllm_decode \

@@ -33,29 +33,40 @@ def train_rows(results: list[dict[str, Any]]) -> list[list[str]]:
     seen = {r["figures"]["model"] for r in results}
     for result in results:
         f = result["figures"]
-        for run in ("baseline", "tuneloom"):
-            r = f[run]
+        runs = {"baseline": f["baseline"], "tuneloom": f["tuneloom"]}
+        if "tuneloom_compile" in f:
+            runs["tuneloom+compile"] = f["tuneloom_compile"]
+        ratios = {
+            "tuneloom": (f["speedup_tokens_per_s"], f.get("steady_speedup_tokens_per_s")),
+            "tuneloom+compile": (f.get("compiled_speedup_tokens_per_s"), f.get("compiled_steady_speedup_tokens_per_s")),
+        }
+        for run, r in runs.items():
+            label = f"train {f['model']} b{f['batch']}"
             if "error" in r:
-                rows.append([f"train {f['model']} b{f['batch']}", f"{run}: FAILED", r["error"][:50], "", "", "", ""])
+                rows.append([label, f"{run}: FAILED", r["error"][:50], "", "", "", ""])
                 continue
             memory = r.get("peak_gpu_mib", r["peak_rss_mib"])
+            whole, steady = ratios.get(run, (None, None))
+            ratio = f"{whole:.2f}×" if whole is not None else ""
+            ratio += f" (steady {steady:.2f}×)" if steady is not None else ""
+            loss = f"{r['mean_loss']:.4f}" + (f" (Δ {f['loss_rel_diff']:.2%})" if run == "tuneloom" and whole else "")
             mfu = f"{r['mfu']:.1%}" if "mfu" in r else "–"
-            compared = run == "tuneloom" and f["speedup_tokens_per_s"] is not None
-            ratio = f"{f['speedup_tokens_per_s']:.2f}×" if compared else ""
-            loss = f"{r['mean_loss']:.4f}" + (f" (Δ {f['loss_rel_diff']:.2%})" if compared else "")
-            rows.append(
-                [
-                    f"train {f['model']} b{f['batch']}",
-                    run,
-                    f"{r['tokens_per_s']:.0f}",
-                    ratio,
-                    f"{memory:.0f}",
-                    loss,
-                    mfu,
-                ]
-            )
+            mfu += f" (steady {r['steady_mfu']:.1%})" if "steady_mfu" in r else ""
+            rows.append([label, run, f"{r['tokens_per_s']:.0f}", ratio, f"{memory:.0f}", loss, mfu])
     rows += [[f"train {m}", "NOT MEASURED (step failed)", "", "", "", "", ""] for m in EXPECTED_TRAIN if m not in seen]
     return rows
+
+
+def attention_rows(results: list[dict[str, Any]]) -> list[list[str]]:
+    """bench/gpu_attention_check.py: the varlen kernel's check and its time against the masked SDPA."""
+    if not results:
+        return [["packed attention", "NOT MEASURED (step failed)", "", "", "", "", ""]]
+    f = results[-1]["figures"]
+    worst = max(f["relative_error_worst"].values())
+    verdict = f"{'passed' if f['passed'] else 'FAILED'}: worst rel. error {worst:.1e}, compiled {f['compiled_dynamic']}"
+    timing = f"{f['varlen_ms']:.2f} vs {f['masked_sdpa_ms']:.2f} ms"
+    speedup = f"{f['speedup_vs_masked_sdpa']:.1f}×"
+    return [["packed attention", verdict[:60], timing, speedup, "", "", ""]]
 
 
 def decode_rows(results: list[dict[str, Any]]) -> list[list[str]]:
@@ -132,7 +143,11 @@ def main() -> None:
     print_table(
         f"bench/gpu.sh — {device}",
         ["measurement", "run", "tokens/s", "× baseline", "peak MiB", "mean loss", "MFU / floor"],
-        train_rows(train) + fsdp_rows(fsdp) + decode_rows(decode) + vllm_rows(load(folder, "vllm-*.json")),
+        attention_rows(load(folder, "attention-check-*.json"))
+        + train_rows(train)
+        + fsdp_rows(fsdp)
+        + decode_rows(decode)
+        + vllm_rows(load(folder, "vllm-*.json")),
     )
 
 

@@ -148,7 +148,16 @@ def run_tuneloom(args: argparse.Namespace, data: Path, work: Path, *, compiled: 
     m = outcome.metrics
     tokens = outcome.report.token_stats["total"] * args.epochs if outcome.report.token_stats else 0
     result = {"runtime_s": m["train_runtime_s"], "real_tokens": tokens, "mean_loss": m["train_loss"]}
-    return result | first_step_excess(step_ends)
+    return result | steady_figures(step_ends, tokens)
+
+
+def steady_figures(stamps: list[float], real_tokens: int) -> dict[str, float]:
+    """`first_step_excess`, and the tokens/s at the median step: what a long run settles to, once its
+    first step's warm-up (and, compiled, the compile) is behind it."""
+    figures = first_step_excess(stamps)
+    if figures and figures["steady_step_s"] > 0:
+        figures["steady_tokens_per_s"] = real_tokens / (figures["steady_step_s"] * (len(stamps) - 1))
+    return figures
 
 
 def first_step_excess(stamps: list[float]) -> dict[str, float]:
@@ -169,6 +178,7 @@ def run_baseline(args: argparse.Namespace, data: Path, work: Path) -> dict[str, 
         AutoModelForCausalLM,
         DataCollatorForSeq2Seq,
         Trainer,
+        TrainerCallback,
         TrainingArguments,
         set_seed,
     )
@@ -199,9 +209,20 @@ def run_baseline(args: argparse.Namespace, data: Path, work: Path) -> dict[str, 
         train_dataset=dataset,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
     )
+    stamps: list[float] = []
+
+    class StepClock(TrainerCallback):  # the same step times tuneloom's runs report, for the steady figures
+        def on_train_begin(self, *_: Any, **__: Any) -> None:
+            stamps.append(time.monotonic())
+
+        def on_step_end(self, *_: Any, **__: Any) -> None:
+            stamps.append(time.monotonic())
+
+    trainer.add_callback(StepClock())
     metrics = trainer.train().metrics
     tokens = sum(len(r) for r in rows) * args.epochs
-    return {"runtime_s": metrics["train_runtime"], "real_tokens": tokens, "mean_loss": metrics["train_loss"]}
+    result = {"runtime_s": metrics["train_runtime"], "real_tokens": tokens, "mean_loss": metrics["train_loss"]}
+    return result | steady_figures([t - stamps[0] for t in stamps], tokens)
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -255,7 +276,16 @@ def main() -> None:
     figures = summarize(args, results, settings)
     print_table(
         f"Training throughput, {args.model} LoRA, {args.examples} examples, batch {args.batch} ({device_name()})",
-        ["run", "real tokens/s", "peak GPU MiB" if cuda() else "peak RSS MiB", "mean loss", "runtime s", "MFU"],
+        [
+            "run",
+            "real tokens/s",
+            "peak GPU MiB" if cuda() else "peak RSS MiB",
+            "mean loss",
+            "runtime s",
+            "MFU",
+            "steady tokens/s",
+            "steady MFU",
+        ],
         table_rows(results, figures),
     )
     out = args.out or RESULTS_DIR / f"train-{args.model}-{device_tag()}.json"
@@ -286,7 +316,7 @@ def run_worker(name: str, work: Path, *, limit_s: float | None = None) -> dict[s
 def table_rows(results: dict[str, dict[str, Any]], figures: dict[str, Any]) -> list[list[str]]:
     memory = "peak_gpu_mib" if cuda() else "peak_rss_mib"
     rows = [
-        [n, "FAILED", r["error"][:60], "", "", ""]
+        [n, "FAILED", r["error"][:60], "", "", "", "", ""]
         if "error" in r
         else [
             n,
@@ -295,22 +325,30 @@ def table_rows(results: dict[str, dict[str, Any]], figures: dict[str, Any]) -> l
             f"{r['mean_loss']:.4f}",
             f"{r['runtime_s']:.1f}",
             mfu(r),
+            f"{r['steady_tokens_per_s']:.0f}" if "steady_tokens_per_s" in r else "–",
+            mfu(r, "steady_mfu"),
         ]
         for n, r in results.items()
     ]
     if figures["speedup_tokens_per_s"] is not None:
         ratio = results["tuneloom"][memory] / results["baseline"][memory]
         speedup, loss = figures["speedup_tokens_per_s"], figures["loss_rel_diff"]
-        rows.append(["tuneloom / baseline", f"{speedup:.2f}×", f"{ratio:.2f}×", f"Δ {loss:.2%}", "", ""])
+        steady = times(figures.get("steady_speedup_tokens_per_s"))
+        rows.append(["tuneloom / baseline", f"{speedup:.2f}×", f"{ratio:.2f}×", f"Δ {loss:.2%}", "", "", steady, ""])
     if figures.get("compiled_speedup_tokens_per_s") is not None:
         compiled = results[COMPILED]
         ratio = compiled[memory] / results["baseline"][memory]
         speedup = figures["compiled_speedup_tokens_per_s"]
-        compile_s, steady = figures["compile_s_estimate"], figures["compiled_steady_step_speedup"]
+        compile_s, step = figures["compile_s_estimate"], figures["compiled_steady_step_speedup"]
         note = f"compile ≈ {compile_s:.0f} s" if compile_s is not None else ""
-        note += f", step {steady:.2f}× eager's" if steady is not None else ""
-        rows.append(["tuneloom+compile / baseline", f"{speedup:.2f}×", f"{ratio:.2f}×", note, "", ""])
+        note += f", step {step:.2f}× eager's" if step is not None else ""
+        steady = times(figures.get("compiled_steady_speedup_tokens_per_s"))
+        rows.append(["tuneloom+compile / baseline", f"{speedup:.2f}×", f"{ratio:.2f}×", note, "", "", steady, ""])
     return rows
+
+
+def times(ratio: float | None) -> str:
+    return f"{ratio:.2f}×" if ratio is not None else "–"
 
 
 def summarize(args: argparse.Namespace, results: dict[str, dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any]:
@@ -329,6 +367,8 @@ def summarize(args: argparse.Namespace, results: dict[str, dict[str, Any]], sett
         result["flops_per_token"] = per_token
         if card is not None:
             result["mfu"] = result["tokens_per_s"] * per_token / card.bf16_dense_flops
+            if "steady_tokens_per_s" in result:
+                result["steady_mfu"] = result["steady_tokens_per_s"] * per_token / card.bf16_dense_flops
     base, ours = results["baseline"], results["tuneloom"]
     both = "error" not in base and "error" not in ours
     compiled = results.get(COMPILED)
@@ -346,6 +386,11 @@ def summarize(args: argparse.Namespace, results: dict[str, dict[str, Any]], sett
         "baseline": base,
         "tuneloom": ours,
         "speedup_tokens_per_s": ours["tokens_per_s"] / base["tokens_per_s"] if both else None,
+        "steady_speedup_tokens_per_s": (
+            ours["steady_tokens_per_s"] / base["steady_tokens_per_s"]
+            if both and "steady_tokens_per_s" in ours and "steady_tokens_per_s" in base
+            else None
+        ),
         "loss_rel_diff": abs(ours["mean_loss"] - base["mean_loss"]) / base["mean_loss"] if both else None,
     }
 
@@ -360,16 +405,20 @@ def compiled_figures(base: dict[str, Any], ours: dict[str, Any], compiled: dict[
         return figure(eager, done) if eager is not None and done is not None else None
 
     with_compiled = "error" not in base and "error" not in compiled
+    steady = with_compiled and "steady_tokens_per_s" in base and "steady_tokens_per_s" in compiled
     return {
         "tuneloom_compile": compiled,
         "compiled_speedup_tokens_per_s": compiled["tokens_per_s"] / base["tokens_per_s"] if with_compiled else None,
+        "compiled_steady_speedup_tokens_per_s": (
+            compiled["steady_tokens_per_s"] / base["steady_tokens_per_s"] if steady else None
+        ),
         "compile_s_estimate": both("first_step_excess_s", lambda eager, done: max(0.0, done - eager)),
         "compiled_steady_step_speedup": both("steady_step_s", lambda eager, done: eager / done),
     }
 
 
-def mfu(result: dict[str, Any]) -> str:
-    return f"{result['mfu']:.1%}" if "mfu" in result else "–"
+def mfu(result: dict[str, Any], key: str = "mfu") -> str:
+    return f"{result[key]:.1%}" if key in result else "–"
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ def segments(position_ids: torch.Tensor) -> Spans:
     return spans
 
 
+@torch.compiler.disable  # compiled blocks run it eagerly: traced, its Python segment bounds recompile every batch
 def varlen_sdpa_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
