@@ -124,7 +124,7 @@ def vllm_rows(results: list[dict[str, Any]]) -> list[list[str]]:
 def fsdp_rows(results: list[dict[str, Any]]) -> list[list[str]]:
     """bench/fsdp.py's run: tuneloom's FSDP path on one GPU (issue 7); tokens/s, no baseline."""
     if not results:
-        return [["train FSDP", "NOT MEASURED (step failed or skipped)", "", "", "", "", ""]]
+        return []  # bench/gpu_fsdp.sh's, not part of bench/gpu.sh
     rows = []
     for result in results:
         f = result["figures"]

@@ -50,11 +50,11 @@ def _per_example(
     return torch.cat(pieces)
 
 
-def varlen_2_10(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, is_causal=False):  # type: ignore[no-untyped-def]
-    """PyTorch 2.10's signature: `is_causal`, no grouped-query attention (the heads must match)."""
+def varlen_2_10(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):  # type: ignore[no-untyped-def]
+    """PyTorch 2.10's signature: `is_causal`, no `scale` (always 1/√dim), no grouped-query attention."""
     assert is_causal and torch.equal(cu_seq_q, cu_seq_k) and cu_seq_q.dtype == torch.int32
     assert max_q == max_k == int((cu_seq_q[1:] - cu_seq_q[:-1]).max())
-    return _per_example(q, k, v, cu_seq_q, scale, gqa=False)
+    return _per_example(q, k, v, cu_seq_q, None, gqa=False)
 
 
 def varlen_current(  # type: ignore[no-untyped-def]
@@ -165,8 +165,14 @@ def test_flat_batches_are_one_row_with_every_example_start() -> None:
     assert "attention_mask" not in batch
 
 
-def test_flash_varlen_path_gives_the_unpacked_loss(tiny_model: torch.nn.Module, cpu_varlen: Any) -> None:
+@pytest.mark.parametrize("scaling", [None, 0.3], ids=["default-scale", "own-scale"])
+def test_flash_varlen_path_gives_the_unpacked_loss(
+    tiny_model: torch.nn.Module, cpu_varlen: Any, scaling: float | None
+) -> None:
     features = _features(LENGTHS)
+    if scaling is not None:  # a model whose attention scale is not 1/√dim (the 2.10 API has no `scale`)
+        for layer in tiny_model.model.layers:
+            layer.self_attn.scaling = scaling
     expected = _unpacked_loss(tiny_model, features)
     attention.use_flash_varlen(tiny_model)
     batch = PackedCollator(pad_token_id=0, flat=True)(features)

@@ -135,20 +135,25 @@ _kernel: Kernel | None = None  # set by use_flash_varlen, outside the traced for
 def causal_varlen_kernel() -> Kernel:
     """`torch.nn.attention.varlen.varlen_attn`, causal, across the PyTorch versions that have it.
 
-    2.10 takes `is_causal`, later versions a `window_size` ((-1, 0) is causal); grouped-query
-    attention is native where `enable_gqa` exists, else the key/value heads are repeated.
+    2.10 takes `is_causal` and neither `scale` nor `enable_gqa`; later versions take a `window_size`
+    ((-1, 0) is causal), a `scale`, and grouped-query attention natively. Where one is missing, the
+    query is scaled beforehand (the kernel's own scale is 1/√dim) or the key/value heads are repeated.
     """
     from torch.nn.attention.varlen import varlen_attn
 
     parameters = inspect.signature(varlen_attn).parameters
     causal: dict[str, Any] = {"window_size": (-1, 0)} if "window_size" in parameters else {"is_causal": True}
-    native_gqa = "enable_gqa" in parameters
+    takes_scale, native_gqa = "scale" in parameters, "enable_gqa" in parameters
 
     def causal_varlen(
         q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, starts: torch.Tensor, longest: int, scale: float | None
     ) -> torch.Tensor:
+        options = dict(causal)
+        if takes_scale:
+            options["scale"] = scale
+        elif scale is not None and abs(scale * q.shape[-1] ** 0.5 - 1) > 1e-6:
+            q = q * (scale * q.shape[-1] ** 0.5)
         groups = q.shape[1] // k.shape[1]
-        options = dict(causal, scale=scale)
         if groups > 1 and native_gqa:
             options["enable_gqa"] = True
         elif groups > 1:
