@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from bench.decode_batches import batch_sizes, longest_row_tokens
 from bench.random_models import SHAPES, card_for, lora_flops_per_token, matmul_parameters, shape, write_tokenizer
-from bench.train import compiled_figures, first_step_excess
+from bench.train import compiled_figures, first_step_excess, steady_figures
 
 from tuneloom.generate.generator import BATCH_SIZE
 from tuneloom.generate.results import Generation
@@ -67,6 +67,16 @@ def test_the_compile_estimate_leaves_out_the_first_step_warm_up_an_eager_run_has
     assert figures["compiled_speedup_tokens_per_s"] == 0.45  # the compile included, as a user's run has it
     failed = compiled_figures({"tokens_per_s": 1000.0}, eager, {"error": "stopped after 90 s (--limit-s)"})
     assert failed["compile_s_estimate"] is failed["compiled_speedup_tokens_per_s"] is None
+
+
+def test_steady_throughput_is_the_tokens_over_the_median_step_times_the_steps() -> None:
+    """What a long run settles to: the compile in the first step and one recompile later do not count."""
+    compiled = steady_figures([0.0, 52.0, 52.5, 53.0, 60.0, 60.5], real_tokens=1000)
+    assert compiled["steady_tokens_per_s"] == 1000 / (0.5 * 5)
+    baseline = steady_figures([0.0, 3.0, 4.0, 5.0, 6.0, 7.0], real_tokens=1000)
+    figures = compiled_figures({"tokens_per_s": 1.0, **baseline}, {}, {"tokens_per_s": 1.0, **compiled})
+    assert figures["compiled_steady_speedup_tokens_per_s"] == 2.0
+    assert steady_figures([0.0], real_tokens=1000) == {}  # no step: no figure rather than a division by zero
 
 
 def test_decode_batches_counts_an_ending_eos_as_a_step_and_refuses_a_batch_generate_would_split() -> None:

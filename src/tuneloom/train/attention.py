@@ -14,8 +14,9 @@ of which the mask throws away. tuneloom computes exactly each example's causal a
   60–400 tokens, forward + backward: padded batch 10 s, packed row with a block-diagonal mask
   18–30 s, per-example segments 3.6 s.
 
-Only training forwards take these paths (the packing collator is the only producer of training
-batches); generation with its KV cache, and evaluation, go to transformers' own SDPA unchanged.
+Only a training run's own batches take these paths (the packing collator makes them; on the GPU its
+held-out evaluation too). Generation with its KV cache, and `tuneloom evaluate`, go to transformers'
+own SDPA unchanged; the model is switched back to it before it is saved.
 """
 
 from __future__ import annotations
