@@ -101,10 +101,12 @@ steps() {
 # (compiled blocks). A cold compile took over 100 s on the H200 machine (54 s with a warm cache), so that
 # step has most of the budget; --limit-s still keeps a slow compile from eating the other figures.
 step "packed attention check (varlen kernel vs per-example SDPA)" 60 $PY -m bench.gpu_attention_check $DRY_FLAG
-step "train llama-1.1b-random (+ compile)" 290 $PY -m bench.train --model llama-1.1b-random "${TRAIN_ARGS[@]}" \
-  --compile --limit-s 280
-step "decode llama-1.1b-random (+ compiled loop)" 120 $PY -m bench.generate --model llama-1.1b-random "${GEN_ARGS[@]}" \
-  --variants baseline,single,batched,ttft,compiled
+# TORCH_LOGS puts any recompile or graph break of the compiled runs in the log: the decode loop's 2.5 ms a
+# token beyond the weights' read (2026-11-29) may be one.
+step "train llama-1.1b-random (+ compile)" 290 env TORCH_LOGS=recompiles,graph_breaks $PY -m bench.train \
+  --model llama-1.1b-random "${TRAIN_ARGS[@]}" --compile --limit-s 280
+step "decode llama-1.1b-random (+ compiled loop)" 120 env TORCH_LOGS=recompiles,graph_breaks $PY -m bench.generate \
+  --model llama-1.1b-random "${GEN_ARGS[@]}" --variants baseline,single,batched,ttft,compiled
 step "train smollm2-135m-random" 90 $PY -m bench.train --model smollm2-135m-random "${TRAIN_ARGS[@]}"
 # More tokens per step: what MFU the same recipe reaches with larger matmuls (the baseline ran out of memory here).
 step "train llama-1.1b-random, batch 64" 100 $PY -m bench.train --model llama-1.1b-random "${BIG_TRAIN_ARGS[@]}" \

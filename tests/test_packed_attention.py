@@ -197,26 +197,6 @@ def test_the_cpu_keeps_per_example_sdpa_and_a_cpu_model_is_not_flash_usable(tiny
     assert tiny_model.config._attn_implementation == "sdpa"
 
 
-def test_compiled_blocks_give_the_eager_loss_and_gradients(tiny_model: torch.nn.Module) -> None:
-    features = _features(LENGTHS)
-    batch = PackedCollator(pad_token_id=0)(features)
-    labels = batch.pop("labels")
-
-    def loss_and_grads() -> tuple[torch.Tensor, list[torch.Tensor]]:
-        tiny_model.zero_grad()
-        loss = packed_causal_lm_loss(tiny_model(**batch, use_cache=False), labels)
-        loss.backward()
-        return loss.detach(), [p.grad.clone() for p in tiny_model.parameters() if p.grad is not None]
-
-    eager = loss_and_grads()
-    assert wants_compile({"torch_compile_mode": "default"}) and not wants_compile({"torch_compile": False})
-    assert compile_blocks(tiny_model, {"torch_compile_backend": "aot_eager"}) == "2 LlamaDecoderLayer blocks"
-    compiled = loss_and_grads()
-    torch.testing.assert_close(compiled[0], eager[0])
-    for got, want in zip(compiled[1], eager[1], strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
-
-
 def test_compiled_blocks_on_the_real_varlen_op_compile_twice_and_learn_the_same(
     cpu_varlen_op: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -276,4 +256,5 @@ def test_torch_compile_in_a_run_compiles_blocks_not_the_trainer(sentiment_file: 
         outcome = run_training(job, on_event=lambda e: stages.append(e.message) if e.kind == "stage" else None)
         losses.append(outcome.metrics["train_loss"])
     assert "Compiling 2 LlamaDecoderLayer blocks (the first steps take longer)" in stages
+    assert wants_compile({"torch_compile_mode": "default"}) and not wants_compile({"torch_compile": False})
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
