@@ -102,9 +102,10 @@ steps() {
 # step has most of the budget; --limit-s still keeps a slow compile from eating the other figures.
 step "packed attention check (varlen kernel vs per-example SDPA)" 60 $PY -m bench.gpu_attention_check $DRY_FLAG
 # TORCH_LOGS puts any recompile or graph break of the compiled runs in the log: the decode loop's 2.5 ms a
-# token beyond the weights' read (2026-11-29) may be one.
+# token beyond the weights' read (2026-11-29) may be one. --profile records 3 steps mid-run of each tuneloom
+# run: how busy the card is and which operators take the time (the MFU question: 10.9% compiled).
 step "train llama-1.1b-random (+ compile)" 290 env TORCH_LOGS=recompiles,graph_breaks $PY -m bench.train \
-  --model llama-1.1b-random "${TRAIN_ARGS[@]}" --compile --limit-s 280
+  --model llama-1.1b-random "${TRAIN_ARGS[@]}" --compile --profile --limit-s 280
 step "decode llama-1.1b-random (+ compiled loop)" 120 env TORCH_LOGS=recompiles,graph_breaks $PY -m bench.generate \
   --model llama-1.1b-random "${GEN_ARGS[@]}" --variants baseline,single,batched,ttft,compiled
 step "train smollm2-135m-random" 90 $PY -m bench.train --model smollm2-135m-random "${TRAIN_ARGS[@]}"

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from bench.common import MODEL_TEMPLATES, RESULTS_DIR, cuda, device_name, model_settings, print_table, write_result
-from bench.train import make_dataset, trainer_config
+from bench.train import make_dataset, profile_summary, trainer_config
 
 RESULTS: dict[str, Any] = {}
 
@@ -135,17 +135,7 @@ def profile(model: Any, batches: list[dict[str, torch.Tensor]]) -> dict[str, Any
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda() else [])
     with torch_profile(activities=activities) as prof:
         wall = loop(model, batches[:8], 5, autocast=True, item=False)
-    events = prof.key_averages()
-    device_us = sum(e.self_device_time_total for e in events) if cuda() else 0.0
-    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
-    return {
-        "wall_s_under_profiler": wall,
-        "gpu_busy_share": device_us / 1e6 / wall if wall else None,
-        "kernel_launches": sum(
-            e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC")
-        ),
-        "top_cpu_ops": [[e.key, e.count, round(e.self_cpu_time_total / 1e3, 1)] for e in top],
-    }
+    return profile_summary(prof.key_averages(), wall, 5)
 
 
 def trainer_run(args: argparse.Namespace, work: Path) -> float:
@@ -238,7 +228,7 @@ def main() -> None:
     print_table(
         f"Training step anatomy, {args.model} LoRA, batch {args.batch} ({device_name()})", ["what", "figures"], rows
     )
-    for op in RESULTS.get("profile", {}).get("top_cpu_ops", []):
+    for op in RESULTS.get("profile", {}).get("top_cpu_ops_ms", []):
         print("   top CPU op:", op)
     out = args.out or RESULTS_DIR / f"profile-{args.model}.json"
     write_result(out, benchmark="train-profile", figures=RESULTS, device=device_name(),

@@ -29,6 +29,7 @@ On a GPU both runs compute in bf16 (weights loaded in bf16, `bf16=True`), peak m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import itertools
 import json
@@ -136,19 +137,86 @@ def run_tuneloom(args: argparse.Namespace, data: Path, work: Path, *, compiled: 
         "trainer_config": {**trainer_config(args), "eval_fraction": 0.0, "torch_compile": compiled},
     }
     step_ends = [0.0]  # seconds since training began
-    outcome = run_training(
-        TrainJob(
-            data=data,
-            output=work / ("version-compiled" if compiled else "version"),
-            template=TEMPLATES[args.model],
-            settings=settings,
-        ),
-        on_event=lambda event: step_ends.append(event.elapsed_s) if event.kind == "step" else None,
-    )
+    steps = math.ceil(args.examples / args.batch) * args.epochs
+    profiling = args.profile and steps >= profiled_from(steps) + PROFILED_STEPS
+    profiler = steady_step_profiler(steps) if profiling else contextlib.nullcontext()
+
+    def on_event(event: Any) -> None:
+        if event.kind == "step":
+            step_ends.append(event.elapsed_s)
+            if profiling:
+                profiler.step()
+
+    with profiler:
+        outcome = run_training(
+            TrainJob(
+                data=data,
+                output=work / ("version-compiled" if compiled else "version"),
+                template=TEMPLATES[args.model],
+                settings=settings,
+            ),
+            on_event=on_event,
+        )
     m = outcome.metrics
     tokens = outcome.report.token_stats["total"] * args.epochs if outcome.report.token_stats else 0
     result = {"runtime_s": m["train_runtime_s"], "real_tokens": tokens, "mean_loss": m["train_loss"]}
+    if args.profile and not profiling:
+        result["profile"] = {"skipped": f"{steps} steps: too few to profile {PROFILED_STEPS} mid-run"}
+    elif profiling:
+        first = profiled_from(steps)  # step_ends[i] is the end of step i: the window is steps first+1 … first+N
+        wall = step_ends[first + PROFILED_STEPS] - step_ends[first]
+        result["profile"] = profile_summary(profiler.key_averages(), wall, PROFILED_STEPS)
     return result | steady_figures(step_ends, tokens)
+
+
+PROFILED_STEPS = 3
+KERNEL_LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cudaGraphLaunch")
+
+
+def profiled_from(steps: int) -> int:
+    """The steps before the profiled ones: half the run, so the first step's warm-up and compile are behind."""
+    return max(1, steps // 2)
+
+
+def steady_step_profiler(steps: int) -> Any:
+    """A `torch.profiler` over PROFILED_STEPS steps in the middle of the run (it is stepped at each step's end)."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda() else [])
+    # prof.step() k ends training step k: wait through step first-1, warm up on step first, record the next N.
+    plan = schedule(wait=profiled_from(steps) - 1, warmup=1, active=PROFILED_STEPS, repeat=1)
+    return profile(activities=activities, schedule=plan)
+
+
+def print_profile(run: str, summary: dict[str, Any]) -> None:
+    if "skipped" in summary:
+        print(f"{run}: not profiled ({summary['skipped']})")
+        return
+    busy = summary["device_busy_share"]
+    rows = [
+        ["wall per step", f"{summary['wall_s_per_step'] * 1000:.1f} ms", ""],
+        ["device busy", f"{busy:.0%}" if busy is not None else "– (no GPU)", ""],
+        ["kernel launches per step", f"{summary['kernel_launches_per_step']:.0f}", ""],
+    ]
+    rows += [[f"CPU: {name}", f"{ms} ms", count] for name, count, ms in summary["top_cpu_ops_ms"][:6]]
+    rows += [[f"device: {name}", f"{ms} ms", count] for name, count, ms in summary["top_device_ops_ms"][:6]]
+    print_table(f"{run}: {summary['steps']} steps profiled mid-run", ["", "time", "calls"], rows)
+
+
+def profile_summary(events: Any, wall_s: float, steps: int) -> dict[str, Any]:
+    """Where profiled steps' time went: the device's busy share of the wall time (under 1: the host, not the
+    card, sets the pace), kernel launches per step, and the operators with the most CPU and device self time."""
+    device_us = sum(e.self_device_time_total for e in events) if cuda() else 0.0
+    by_cpu = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
+    by_device = sorted(events, key=lambda e: e.self_device_time_total, reverse=True)[:8] if cuda() else []
+    return {
+        "steps": steps,
+        "wall_s_per_step": wall_s / steps,
+        "device_busy_share": device_us / 1e6 / wall_s if cuda() and wall_s else None,
+        "kernel_launches_per_step": sum(e.count for e in events if e.key in KERNEL_LAUNCHES) / steps,
+        "top_cpu_ops_ms": [[e.key[:90], e.count, round(e.self_cpu_time_total / 1e3, 1)] for e in by_cpu],
+        "top_device_ops_ms": [[e.key[:90], e.count, round(e.self_device_time_total / 1e3, 1)] for e in by_device],
+    }
 
 
 def steady_figures(stamps: list[float], real_tokens: int) -> dict[str, float]:
@@ -256,6 +324,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--compile", action="store_true", help="also run tuneloom with torch_compile")
     parser.add_argument(
+        "--profile", action="store_true", help=f"profile {PROFILED_STEPS} steps mid-run of each tuneloom run"
+    )
+    parser.add_argument(
         "--limit-s", type=float, default=None, help="stop the compiled run when the whole benchmark has run this long"
     )
     parser.add_argument("--worker", choices=["baseline", "tuneloom", COMPILED], help=argparse.SUPPRESS)
@@ -288,6 +359,9 @@ def main() -> None:
         ],
         table_rows(results, figures),
     )
+    for name, result in results.items():
+        if "profile" in result:
+            print_profile(name, result["profile"])
     out = args.out or RESULTS_DIR / f"train-{args.model}-{device_tag()}.json"
     write_result(
         out,

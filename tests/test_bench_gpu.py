@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 from bench.decode_batches import batch_sizes, longest_row_tokens
 from bench.random_models import SHAPES, card_for, lora_flops_per_token, matmul_parameters, shape, write_tokenizer
-from bench.train import compiled_figures, first_step_excess, steady_figures
+from bench.train import (
+    PROFILED_STEPS,
+    compiled_figures,
+    first_step_excess,
+    profile_summary,
+    profiled_from,
+    steady_figures,
+    steady_step_profiler,
+)
 
 from tuneloom.generate.generator import BATCH_SIZE
 from tuneloom.generate.results import Generation
@@ -90,3 +98,23 @@ def test_decode_batches_counts_an_ending_eos_as_a_step_and_refuses_a_batch_gener
     for bad in (f"1,{BATCH_SIZE + 1}", "0", "1,,8", "eight"):
         with pytest.raises(argparse.ArgumentTypeError, match=f"from 1 to {BATCH_SIZE}"):
             batch_sizes(bad)
+
+
+def test_the_mid_run_profile_records_exactly_the_steps_its_wall_time_is_taken_over() -> None:
+    """`bench.train --profile`: the profiler, stepped at each step's end, records steps first+1 … first+N,
+    the window whose wall time (`step_ends[first + N] - step_ends[first]`) the summary divides by."""
+    import torch
+
+    steps = 8
+    profiler = steady_step_profiler(steps)
+    with profiler:
+        for step in range(1, steps + 1):
+            with torch.profiler.record_function(f"step-{step}"):
+                torch.ones(8, 8) @ torch.ones(8, 8)
+            profiler.step()
+    recorded = sorted(e.key for e in profiler.key_averages() if e.key.startswith("step-"))
+    first = profiled_from(steps)
+    assert recorded == [f"step-{first + i}" for i in range(1, PROFILED_STEPS + 1)]
+    summary = profile_summary(profiler.key_averages(), 0.3, PROFILED_STEPS)
+    assert summary["wall_s_per_step"] == pytest.approx(0.1) and summary["device_busy_share"] is None
+    assert any(name == "aten::mm" and calls == PROFILED_STEPS for name, calls, _ in summary["top_cpu_ops_ms"])
