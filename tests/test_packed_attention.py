@@ -12,9 +12,7 @@ the GPU by `bench/gpu_attention_check.py` (in `bench/gpu.sh`).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -67,12 +65,11 @@ def varlen_current(  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(params=[varlen_2_10, varlen_current], ids=["torch-2.10", "torch-2.11+"])
-def cpu_varlen(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Any]]:
+def cpu_varlen(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch.nn.attention.varlen as varlen
 
     monkeypatch.setattr(varlen, "varlen_attn", request.param)
     monkeypatch.setattr(attention, "_kernel", None)  # use_flash_varlen sets it; put back after
-    yield request.param
 
 
 def _cpu_forward(  # type: ignore[no-untyped-def]
@@ -167,7 +164,7 @@ def test_flat_batches_are_one_row_with_every_example_start() -> None:
 
 @pytest.mark.parametrize("scaling", [None, 0.3], ids=["default-scale", "own-scale"])
 def test_flash_varlen_path_gives_the_unpacked_loss(
-    tiny_model: torch.nn.Module, cpu_varlen: Any, scaling: float | None
+    tiny_model: torch.nn.Module, cpu_varlen: None, scaling: float | None
 ) -> None:
     features = _features(LENGTHS)
     if scaling is not None:  # a model whose attention scale is not 1/√dim (the 2.10 API has no `scale`)
@@ -181,7 +178,7 @@ def test_flash_varlen_path_gives_the_unpacked_loss(
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_flash_varlen_path_refuses_a_batch_without_offsets(tiny_model: torch.nn.Module, cpu_varlen: Any) -> None:
+def test_flash_varlen_path_refuses_a_batch_without_offsets(tiny_model: torch.nn.Module, cpu_varlen: None) -> None:
     """Without offsets the kernel would see one long example: a loud error, never cross-example attention."""
     attention.use_flash_varlen(tiny_model)
     batch = PackedCollator(pad_token_id=0)(_features([6, 4]))
