@@ -128,16 +128,73 @@ def static_decode(loaded: Any, texts: list[str], max_tokens: int) -> dict[str, f
     return after_warm_up(lambda ts: one_at_a_time(loaded, ts, max_tokens, cache_implementation="static"), texts)
 
 
-def compiled_decode(loaded: Any, texts: list[str], max_tokens: int) -> dict[str, float] | None:
-    """tuneloom's one-request path with the compiled decode step (None where there is no GPU to compile for)."""
+def compiled_decode(loaded: Any, texts: list[str], max_tokens: int) -> dict[str, Any] | None:
+    """tuneloom's one-request path with the compiled decode step (None where there is no GPU to compile for),
+    and where one request's time goes (`decode_breakdown`; `cudagraph_skips` above 0: the step compiled
+    by this variant runs without CUDA graphs, as inductor's plain kernels)."""
+    from torch._dynamo.utils import counters
+
     from tuneloom.generate.compiled import compile_decode
 
     if not compile_decode(loaded):
         return None
+    skips = counters["inductor"]["cudagraph_skips"]
     try:
-        return after_warm_up(lambda ts: sum(tuneloom_generate(loaded, [t], max_tokens) for t in ts), texts)
+        figures = after_warm_up(lambda ts: sum(tuneloom_generate(loaded, [t], max_tokens) for t in ts), texts)
+        breakdown = decode_breakdown(loaded, max(texts, key=len), max_tokens)
+        breakdown["cudagraph_skips"] = counters["inductor"]["cudagraph_skips"] - skips
+        return {**figures, "breakdown": breakdown}
     finally:
         loaded.compiled_decode = False
+
+
+def decode_breakdown(loaded: Any, text: str, max_tokens: int) -> dict[str, float]:
+    """Where one compiled request's time goes: the prefill (to the first token), then per token the wall
+    time against the device time of the compiled step (CUDA events around each replay; on a CPU, where
+    a step is done when it returns, its wall time). A device time near the wall time means the kernels
+    bound the speed; far below it, the host does (guards, graph bookkeeping, the token choice)."""
+    from tuneloom.generate.compiled import StaticDecoder
+    from tuneloom.generate.continuous import run_alone
+    from tuneloom.generate.params import InferenceParams
+    from tuneloom.generate.rows import Row
+
+    step_ms: list[Callable[[], float]] = []
+    real_step = StaticDecoder.step
+
+    def timed_step(decoder: StaticDecoder, token: torch.Tensor) -> torch.Tensor:
+        if token.is_cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            logits = real_step(decoder, token)
+            end.record()
+            step_ms.append(lambda: start.elapsed_time(end))
+            return logits
+        started = time.perf_counter()
+        logits = real_step(decoder, token)
+        elapsed = (time.perf_counter() - started) * 1000
+        step_ms.append(lambda: elapsed)
+        return logits
+
+    row = Row.create(loaded, text, InferenceParams(max_tokens=max_tokens))
+    StaticDecoder.step = timed_step  # type: ignore[method-assign]
+    try:
+        started = time.perf_counter()
+        pauses = run_alone(loaded, [row])
+        next(pauses)
+        first = time.perf_counter() - started
+        for _ in pauses:
+            pass
+        sync()
+        rest = time.perf_counter() - started - first
+    finally:
+        StaticDecoder.step = real_step  # type: ignore[method-assign]
+    return {
+        "prefill_ms": first * 1000,
+        "wall_ms_per_token": rest * 1000 / max(len(row.ids) - 1, 1),
+        "device_ms_per_step": sum(ms() for ms in step_ms) / max(len(step_ms), 1),
+        "steps": len(step_ms),
+        "tokens": len(row.ids),
+    }
 
 
 def run_variants(loaded: Any, args: argparse.Namespace, variants: list[str]) -> dict[str, Any]:
@@ -186,9 +243,18 @@ def table_rows(figures: dict[str, Any]) -> list[list[str]]:
         )
     if floor:
         rows.append(["bandwidth floor (weights / HBM bandwidth)", f"{floor:.0f}", "", "", "", "100%"])
+    if breakdown := figures.get("compiled", {}).get("breakdown"):
+        rows.append([describe_breakdown(breakdown), "", "", "", "", ""])
     if "ttft_s" in figures:
         rows.append(["tuneloom stream, time to first token", f"{figures['ttft_s'] * 1000:.0f} ms", "", "", "", ""])
     return rows
+
+
+def describe_breakdown(b: dict[str, float]) -> str:
+    return (
+        f"  compiled, one request: prefill {b['prefill_ms']:.1f} ms; per token {b['wall_ms_per_token']:.2f} ms wall,"
+        f" {b['device_ms_per_step']:.2f} ms device; cudagraph skips {b['cudagraph_skips']}"
+    )
 
 
 def main() -> None:

@@ -102,8 +102,11 @@ steps() {
 # step has most of the budget; --limit-s still keeps a slow compile from eating the other figures.
 step "packed attention check (varlen kernel vs per-example SDPA)" 60 $PY -m bench.gpu_attention_check $DRY_FLAG
 # TORCH_LOGS puts any recompile or graph break of the compiled runs in the log: the decode loop's 2.5 ms a
-# token beyond the weights' read (2026-11-29) may be one. --profile records 3 steps mid-run of each tuneloom
-# run: how busy the card is and which operators take the time (the MFU question: 10.9% compiled).
+# token beyond the weights' read (2026-11-29) may be one. The decode step's breakdown row answers the rest:
+# device ms per compiled step against wall ms per token (host- or device-bound), and whether inductor
+# skipped CUDA graphs. The loop now runs the device one step ahead of the host (not yet measured on a GPU).
+# --profile records 3 steps mid-run of each tuneloom run: how busy the card is and which operators take
+# the time (the MFU question: 10.9% compiled).
 step "train llama-1.1b-random (+ compile)" 290 env TORCH_LOGS=recompiles,graph_breaks $PY -m bench.train \
   --model llama-1.1b-random "${TRAIN_ARGS[@]}" --compile --profile --limit-s 280
 step "decode llama-1.1b-random (+ compiled loop)" 120 env TORCH_LOGS=recompiles,graph_breaks $PY -m bench.generate \

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import print_table
+from bench.generate import describe_breakdown
 
 EXPECTED_TRAIN = ("smollm2-135m-random", "llama-1.1b-random")
 DECODE_LABELS = {
@@ -90,6 +91,8 @@ def decode_rows(results: list[dict[str, Any]]) -> list[list[str]]:
         )
     if floor:
         rows.append([f"decode {merged['model']}", "bandwidth floor (weights / HBM)", f"{floor:.0f}", "", "", "", ""])
+    if breakdown := (merged.get("compiled") or {}).get("breakdown"):
+        rows.append([f"decode {merged['model']}", describe_breakdown(breakdown), "", "", "", "", ""])
     return rows
 
 

@@ -118,3 +118,20 @@ def test_the_mid_run_profile_records_exactly_the_steps_its_wall_time_is_taken_ov
     summary = profile_summary(profiler.key_averages(), 0.3, PROFILED_STEPS)
     assert summary["wall_s_per_step"] == pytest.approx(0.1) and summary["device_busy_share"] is None
     assert any(name == "aten::mm" and calls == PROFILED_STEPS for name, calls, _ in summary["top_cpu_ops_ms"])
+
+
+def test_the_decode_breakdown_times_every_step_of_one_request_and_restores_the_decoder() -> None:
+    """bench.generate's answer to "host or device?" for the compiled loop (here eager, on the CPU)."""
+    from bench.generate import decode_breakdown
+
+    from tuneloom.generate.compiled import StaticDecoder
+    from tuneloom.generate.loading import load_for_inference
+
+    real_step = StaticDecoder.step
+    loaded = load_for_inference("tiny-random")
+    loaded.compiled_decode = True
+    figures = decode_breakdown(loaded, "Is the delivery late?", 8)
+    assert StaticDecoder.step is real_step
+    picks = figures["tokens"] + (figures["tokens"] < 8)  # an EOS is drawn too, and not counted
+    assert figures["steps"] == min(picks, 8 - 1)  # every pick but the 8th starts a step
+    assert figures["prefill_ms"] > 0 and figures["device_ms_per_step"] > 0

@@ -14,9 +14,11 @@ import pytest
 from tests.conftest import run_cli
 
 from tuneloom.generate.compiled import CACHE_BUCKET, StaticDecoder, cache_length, compile_decode
+from tuneloom.generate.continuous import run_alone
 from tuneloom.generate.generator import generate, stream
 from tuneloom.generate.loading import load_for_inference
 from tuneloom.generate.params import InferenceParams
+from tuneloom.generate.rows import Row
 
 PROMPTS = ["Is the delivery late?", "Summarise: the invoice was paid twice and the customer wants a refund."]
 
@@ -72,6 +74,49 @@ def test_only_single_input_single_beam_calls_take_the_static_loop(loaded: Any) -
         loaded.compiled_decode = False
     assert loaded.decoders == {}  # a new batch size or beam count would be a new graph: generate() serves them
     assert len(batched) == 2 and len(beams) == 1
+
+
+def test_the_device_starts_each_step_before_the_host_takes_the_token_that_feeds_it(
+    loaded: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The overlap that hides the host's per-token work behind the device's (`run_static`): step k+1 is
+    started before token k is detokenized, and a row that reaches max_tokens starts no step it would not use."""
+    order: list[str] = []
+    real_step, real_accept = StaticDecoder.step, Row.accept
+
+    def step(self: StaticDecoder, token: Any) -> Any:
+        order.append("step")
+        return real_step(self, token)
+
+    def accept(self: Row, *args: Any) -> None:
+        order.append("take")
+        real_accept(self, *args)
+
+    monkeypatch.setattr(StaticDecoder, "step", step)
+    monkeypatch.setattr(Row, "accept", accept)
+    loaded.compiled_decode = True
+    try:
+        generation = generate(loaded, PROMPTS[:1], InferenceParams(max_tokens=6))[0]
+    finally:
+        loaded.compiled_decode = False
+    assert generation.tokens == 6 and generation.finish_reason == "length"
+    assert order == ["step", "take"] * 5 + ["take"]
+
+
+def test_log_probabilities_from_the_static_loop_are_those_of_the_batch(loaded: Any) -> None:
+    def reported(compiled: bool) -> list[Any]:
+        row = Row.create(loaded, PROMPTS[1], InferenceParams(max_tokens=10, temperature=0.8, top_k=20, seed=5), 3)
+        loaded.compiled_decode = compiled
+        try:
+            for _ in run_alone(loaded, [row]):
+                pass
+        finally:
+            loaded.compiled_decode = False
+        return row.logprobs
+
+    static, batch = reported(True), reported(False)
+    assert len(static) == 10 and all(len(t.top) == 3 for t in static)
+    assert static == batch
 
 
 @pytest.mark.soak  # a cold inductor compile takes 15-30 s on 2 cores

@@ -7,9 +7,10 @@ token where the H200's bandwidth allows 0.46). Compiling the step with `torch.co
 cache is static, but keeps its own per-token loop around the graph — preparing inputs, logits
 processors, stopping criteria, a sync — and that loop alone held it at 3.6 ms a token (277 tokens/s
 on the H200, bench/README.md). So this module runs its own loop: the graph replay, then the same
-token choice the continuous batch makes (`continuous.choose_next`: penalties, greedy or sampling
-with the row's seed, log-probabilities where asked), then one sync to read the token. A row's rules
-are those of every other path: the same text, token count and finish reason as `generate()`.
+token choice the continuous batch makes (`rows.pick_next`: penalties, greedy or sampling
+with the row's seed, log-probabilities where asked) on the device, then the next replay started
+before the host reads the token, so that the host's per-token work overlaps the device's. A row's
+rules are those of every other path: the same text, token count and finish reason as `generate()`.
 
 The cost is a compile the first time, tens of seconds, which only a long-lived process or a long
 output pays back; hence it is opt-in (`tuneloom generate --compile`). Recompiles are what would make
@@ -93,17 +94,27 @@ def decoder_for(loaded: InferenceModel, needed: int, context: int | None) -> Sta
 
 @torch.inference_mode()
 def run_static(loaded: InferenceModel, row: Any) -> Iterator[None]:
-    """Decode one `continuous.Row` to its end over a static cache, pausing after the prefill and every token."""
+    """Decode one `continuous.Row` to its end over a static cache, pausing after the prefill and every token.
+
+    The device runs one step ahead of the host: a token is drawn on the device, the step it feeds is
+    started, and only then does the host wait for the token and take it (detokenize, stop strings,
+    the pause). So the host's work per token overlaps the device's instead of following it. A row
+    that then ends (EOS, a stop string) leaves one step unused; one that reaches `max_tokens` starts none.
+    """
     from tuneloom.generate.generator import _encode, context_length
-    from tuneloom.generate.rows import choose_next, prepare_rows
+    from tuneloom.generate.rows import pick_next, prepare_rows, take_next
 
     inputs = _encode(loaded, [row.prompt])
     ids = inputs["input_ids"]
     decoder = decoder_for(loaded, ids.shape[1] + row.params.max_tokens, context_length(loaded))
     logits = decoder.prefill(ids)
     counts = prepare_rows(loaded, [row], ids, inputs["attention_mask"], logits.shape[1])
-    token = choose_next(loaded, [row], logits, counts)
-    yield
-    while not row.finished:
-        token = choose_next(loaded, [row], decoder.step(token), counts)
+    picked = pick_next(loaded, [row], logits, counts)
+    while True:
+        last = len(row.ids) + 1 >= row.params.max_tokens  # the token on its way is the row's last
+        ahead = None if last else decoder.step(picked.tokens)
+        take_next(loaded, [row], picked)
         yield
+        if row.finished or ahead is None:
+            return
+        picked = pick_next(loaded, [row], ahead, counts)

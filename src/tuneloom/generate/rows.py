@@ -108,20 +108,60 @@ def prepare_rows(
     return TokenCounts.of_prompts(ids[penalized], mask[penalized], vocabulary) if penalized else None
 
 
-def choose_next(
-    loaded: InferenceModel, rows: list[Row], logits: torch.Tensor, counts: TokenCounts | None
-) -> torch.Tensor:
-    """Each row's next token, drawn (and its log-probability reported) from its penalized logits, and taken
-    by the row; returned on the logits' device, as the next step's input. `counts`: those of the rows with
-    penalties, in their order (`prepare_rows`), to which their new tokens are added."""
+@dataclass
+class Picked:
+    """The rows' next tokens as drawn on the device, on their way to the host with their log-probabilities.
+
+    Drawing and reading are apart so that a loop can start the device on the next step in between
+    (`compiled.run_static`): the host copies are queued before that step, and `ready` marks their end.
+    """
+
+    tokens: torch.Tensor  # on the device: the next step's input
+    host_tokens: torch.Tensor
+    asking: list[int]  # the rows that asked for log-probabilities, in order
+    host_logprobs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # chosen, top values, top ids
+    ready: torch.cuda.Event | None  # None on a CPU, where the copies are done at once
+
+    def wait(self) -> None:
+        if self.ready is not None:
+            self.ready.synchronize()
+
+
+def pick_next(loaded: InferenceModel, rows: list[Row], logits: torch.Tensor, counts: TokenCounts | None) -> Picked:
+    """Each row's next token, drawn from its penalized logits (and its log-probabilities, where it asks),
+    all on the device; the copies to the host are queued, not waited for (`take_next` does). `counts`:
+    those of the rows with penalties, in their order (`prepare_rows`), to which the new tokens are added."""
     count = _penalize(rows, logits, counts)
     generators = [row.generator(logits.device) for row in rows]
     tokens = pick_tokens(logits, [row.params for row in rows], generators)
     count(tokens)
-    reported = _reported(rows, logits, tokens)
-    for row, token, its in zip(rows, tokens.tolist(), reported, strict=True):
+    asking = [i for i, row in enumerate(rows) if row.top_logprobs is not None]
+    logprobs = _logprobs(rows, asking, logits, tokens)
+    on_gpu = tokens.device.type == "cuda"
+    host = [t.to("cpu", non_blocking=on_gpu) for t in (tokens, *(logprobs or ()))]
+    ready = None
+    if on_gpu:
+        ready = torch.cuda.Event()
+        ready.record()
+    host_logprobs = (host[1], host[2], host[3]) if logprobs else None
+    return Picked(tokens, host[0], asking, host_logprobs, ready)
+
+
+def take_next(loaded: InferenceModel, rows: list[Row], picked: Picked) -> None:
+    """Wait for `picked` to reach the host, and give each row its token (and its log-probabilities)."""
+    picked.wait()
+    reported = _reported(rows, picked)
+    for row, token, its in zip(rows, picked.host_tokens.tolist(), reported, strict=True):
         row.accept(int(token), loaded.tokenizer, its)
-    return tokens
+
+
+def choose_next(
+    loaded: InferenceModel, rows: list[Row], logits: torch.Tensor, counts: TokenCounts | None
+) -> torch.Tensor:
+    """`pick_next` and `take_next` at once; returns the tokens on the logits' device, as the next step's input."""
+    picked = pick_next(loaded, rows, logits, counts)
+    take_next(loaded, rows, picked)
+    return picked.tokens
 
 
 def _penalize(rows: list[Row], logits: torch.Tensor, counts: TokenCounts | None) -> Callable[[torch.Tensor], None]:
@@ -134,18 +174,26 @@ def _penalize(rows: list[Row], logits: torch.Tensor, counts: TokenCounts | None)
     return lambda tokens: counts.count(tokens[penalized])
 
 
-def _reported(rows: list[Row], logits: torch.Tensor, tokens: torch.Tensor) -> list[Reported | None]:
-    """Per row, its token's log-probability and its `top_logprobs` alternatives; None for rows that did not ask.
-    Only the rows that ask are computed: a batch where none does costs nothing more."""
-    asking = [i for i, row in enumerate(rows) if row.top_logprobs is not None]
-    reported: list[Reported | None] = [None] * len(rows)
+def _logprobs(
+    rows: list[Row], asking: list[int], logits: torch.Tensor, tokens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """For the rows `asking`: their token's log-probability, and the most likely alternatives (as many as the
+    most any of them wants). Only those rows are computed: a batch where none asks costs nothing more."""
     if not asking:
+        return None
+    wanted = max(rows[i].top_logprobs or 0 for i in asking)
+    return token_logprobs(logits[asking], tokens[asking], [rows[i].params for i in asking], wanted)
+
+
+def _reported(rows: list[Row], picked: Picked) -> list[Reported | None]:
+    """Per row, its token's log-probability and its `top_logprobs` alternatives; None for rows that did not ask."""
+    reported: list[Reported | None] = [None] * len(rows)
+    if picked.host_logprobs is None:
         return reported
-    wanted = [rows[i].top_logprobs or 0 for i in asking]
-    params = [rows[i].params for i in asking]
-    chosen, values, ids = token_logprobs(logits[asking], tokens[asking], params, max(wanted))
-    for i, n, logprob, top_values, top_ids in zip(
-        asking, wanted, chosen.tolist(), values.tolist(), ids.tolist(), strict=True
+    chosen, values, ids = picked.host_logprobs
+    for i, logprob, top_values, top_ids in zip(
+        picked.asking, chosen.tolist(), values.tolist(), ids.tolist(), strict=True
     ):
+        n = rows[i].top_logprobs or 0
         reported[i] = (logprob, [(t, v) for t, v in zip(top_ids[:n], top_values[:n], strict=True) if v > -math.inf])
     return reported
