@@ -3,7 +3,7 @@
 On a GPU an eager training step is bound by the host issuing thousands of small operators one at a
 time (about 30 µs each on an H200 machine; bench/README.md), so a compiled step, a few fused kernels
 per block, is where the speed is. The Trainer's own `torch_compile` wraps the whole model: its
-compile time grows with the depth, and the packed loss's boolean `logits_to_keep` index splits the
+compile time grows with the depth, and a packed row's boolean `logits_to_keep` index splits the
 graph. Compiling the block class instead (PyTorch's "regional compilation" recipe) traces one layer
 once and every other layer reuses that code, with shapes dynamic from the start because packed
 batches change length every step. The embedding, the last norm, the vocabulary projection and the

@@ -15,7 +15,8 @@ the keywords transformers' own flash path reads.
 
 `logits_to_keep` marks the positions whose next token is trained on, so the vocabulary projection
 runs only there — with completion-only training that skips most of the most expensive matmul of a
-small model.
+small model. A flat batch passes them as indices (the mask's other form, a boolean one, makes the
+device report its count to the host mid-step).
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ class PackedCollator:
             "position_ids": position_ids,
             "logits_to_keep": keep,
         }
-        if self.flat:
+        if self.flat:  # one row: the kept positions as indices, found here on the host, not on the device
+            batch["logits_to_keep"] = keep[0].nonzero().squeeze(1)
             lengths = torch.tensor([len(f["input_ids"]) for f in features])
             starts = torch.zeros(len(features) + 1, dtype=torch.int32)
             starts[1:] = lengths.cumsum(0)
@@ -106,9 +108,13 @@ def packed_causal_lm_loss(
 
     Summed and divided by the number of trained tokens in the whole (accumulated) batch, which is
     what makes gradient accumulation and packing give the same loss as one big unpacked batch.
+    The targets are found with `nonzero_static`, sized by the logits: a boolean index would make the
+    host wait for the device (its output size is data), and a flat batch's step needs no such wait.
     """
-    targets = labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]
     logits = outputs.logits.reshape(-1, outputs.logits.shape[-1]).float()
+    following = labels[:, 1:].reshape(-1)
+    trained = torch.nonzero_static(following != IGNORE_INDEX, size=logits.shape[0]).squeeze(1)
+    targets = following[trained]
     total = torch.nn.functional.cross_entropy(logits, targets.to(logits.device), reduction="sum")
     count = num_items_in_batch if num_items_in_batch is not None else targets.numel()
     if isinstance(count, torch.Tensor):
