@@ -1,17 +1,15 @@
 #!/usr/bin/env bash
 # Every GPU measurement of issue 5 in one run, sized for the device tool (well under its 10-minute limit):
-#   0. the packed attention kernel (flash-attention varlen via torch.nn.attention.varlen) checked against
-#      per-example SDPA and timed against the block-diagonal masked SDPA (bench/gpu_attention_check.py);
-#   1. training: bench.train on a Llama-1.1B shape and on SmolLM2-135M's shape (random weights, bf16),
-#      Trainer + peft (dynamic padding) vs tuneloom, and for the 1.1B also tuneloom with torch_compile
-#      (compiled blocks): real tokens/s (whole run, and steady: at the median step), peak GPU memory,
-#      mean loss, MFU;
-#   2. batch-1 decode of the 1.1B shape: model.generate vs tuneloom's path vs `tuneloom generate
-#      --compile` (static KV cache, CUDA graphs, tuneloom's own token loop) against the bandwidth floor,
-#      and 32 requests batched by tuneloom;
-#   3. the 1.1B LoRA at batch 64 (more tokens per step: the MFU the recipe reaches with larger matmuls);
-#   4. with budget to spare: model.generate with a static cache + compile, batch 1 (a reference);
-#   5. (optional, only where `import vllm` works) vLLM batch-1 and 32-concurrent decode of the 1.1B shape
+#   1. batch-1 decode of the 1.1B shape: model.generate vs `tuneloom generate --compile` (static KV cache,
+#      CUDA graphs, tuneloom's own token loop) against the bandwidth floor, with where its time goes;
+#   2. training: bench.train on a Llama-1.1B shape and on SmolLM2-135M's shape (random weights, bf16),
+#      Trainer + peft (dynamic padding) vs tuneloom vs tuneloom with torch_compile (compiled blocks):
+#      real tokens/s (whole run, and steady: at the median step), peak GPU memory, mean loss, MFU;
+#   3. with budget to spare: the packed attention kernel (flash-attention varlen via
+#      torch.nn.attention.varlen) checked against per-example SDPA and timed against the block-diagonal
+#      masked SDPA (bench/gpu_attention_check.py); the 1.1B LoRA at batch 64 (more tokens per step: the
+#      MFU the recipe reaches with larger matmuls); model.generate with a static cache + compile, batch 1;
+#   4. (optional, only where `import vllm` works) vLLM batch-1 and 32-concurrent decode of the 1.1B shape
 #      vs model.generate, and tuneloom's vLLM serving backend on a LoRA version of it (bench/vllm_decode.py).
 # FSDP (issue 7) runs alone in bench/gpu_fsdp.sh.
 # Each step runs in its own process under its own time limit; a failing step prints its error and the
@@ -97,25 +95,28 @@ step() {
 
 steps() {
 # In order of what the issues need most: a step that would overrun the budget is skipped, not the run.
-# The 1.1B runs three ways side by side: Trainer + peft, tuneloom, and tuneloom with torch_compile
-# (compiled blocks). A cold compile took over 100 s on the H200 machine (54 s with a warm cache), so that
-# step has most of the budget; --limit-s still keeps a slow compile from eating the other figures.
+# TORCH_LOGS puts any recompile or graph break of the compiled runs in the log.
+# 1. Decode first (short): the compiled loop now runs the device one step ahead of the host (not yet
+#    measured on a GPU), and its breakdown row answers where the 2.5 ms a token beyond the weights' read
+#    (2026-11-29) goes: device ms per compiled step against wall ms per token (host- or device-bound),
+#    and whether inductor skipped CUDA graphs. `single`, `batched` and `ttft` were measured 2026-11-29.
+step "decode llama-1.1b-random (+ compiled loop)" 90 env TORCH_LOGS=recompiles,graph_breaks $PY -m bench.generate \
+  --model llama-1.1b-random "${GEN_ARGS[@]}" --variants baseline,compiled --out "$OUT/generate-llama-1.1b-random-compiled.json"
+# 2. The 1.1B three ways side by side: Trainer + peft, tuneloom, and tuneloom with torch_compile (compiled
+#    blocks). A cold compile took over 100 s on the H200 machine (54 s with a warm cache), so this step has
+#    most of the budget; --limit-s keeps a slow compile from eating the other figures. --profile records 3
+#    steps mid-run of each tuneloom run: how busy the card is and which operators take the time (the MFU
+#    question: 10.9% compiled). Flat batches no longer wait for the device mid-step (no boolean index).
+step "train llama-1.1b-random (+ compile)" 270 env TORCH_LOGS=recompiles,graph_breaks $PY -m bench.train \
+  --model llama-1.1b-random "${TRAIN_ARGS[@]}" --compile --profile --limit-s 260
+# 3. SmolLM2's shape compiled (eager: 1.35x on 2026-11-29; its compile did not finish in 74 s then).
+step "train smollm2-135m-random (+ compile)" 160 $PY -m bench.train --model smollm2-135m-random \
+  "${TRAIN_ARGS[@]}" --compile --limit-s 150
+# With budget to spare. The kernel check passed on 2026-11-29 and the kernel has not changed since.
 step "packed attention check (varlen kernel vs per-example SDPA)" 60 $PY -m bench.gpu_attention_check $DRY_FLAG
-# TORCH_LOGS puts any recompile or graph break of the compiled runs in the log: the decode loop's 2.5 ms a
-# token beyond the weights' read (2026-11-29) may be one. The decode step's breakdown row answers the rest:
-# device ms per compiled step against wall ms per token (host- or device-bound), and whether inductor
-# skipped CUDA graphs. The loop now runs the device one step ahead of the host (not yet measured on a GPU).
-# --profile records 3 steps mid-run of each tuneloom run: how busy the card is and which operators take
-# the time (the MFU question: 10.9% compiled).
-step "train llama-1.1b-random (+ compile)" 290 env TORCH_LOGS=recompiles,graph_breaks $PY -m bench.train \
-  --model llama-1.1b-random "${TRAIN_ARGS[@]}" --compile --profile --limit-s 280
-step "decode llama-1.1b-random (+ compiled loop)" 120 env TORCH_LOGS=recompiles,graph_breaks $PY -m bench.generate \
-  --model llama-1.1b-random "${GEN_ARGS[@]}" --variants baseline,single,batched,ttft,compiled
-step "train smollm2-135m-random" 90 $PY -m bench.train --model smollm2-135m-random "${TRAIN_ARGS[@]}"
 # More tokens per step: what MFU the same recipe reaches with larger matmuls (the baseline ran out of memory here).
 step "train llama-1.1b-random, batch 64" 100 $PY -m bench.train --model llama-1.1b-random "${BIG_TRAIN_ARGS[@]}" \
   --out "$OUT/train-llama-1.1b-random-batch64.json"
-# Reference points measured before (bench/README.md), run only with budget to spare.
 step "decode llama-1.1b-random, model.generate static cache + compile" 90 $PY -m bench.generate \
   --model llama-1.1b-random "${GEN_ARGS[@]}" --variants static --out "$OUT/generate-llama-1.1b-random-static.json"
 # Issue 7 on one GPU: tuneloom train --strategy fsdp; measured 2026-11-27, alone in bench/gpu_fsdp.sh.
