@@ -99,19 +99,20 @@ steps() {
 # 1. Decode first (short): the compiled loop now runs the device one step ahead of the host (not yet
 #    measured on a GPU), and its breakdown row answers where the 2.5 ms a token beyond the weights' read
 #    (2026-11-29) goes: device ms per compiled step against wall ms per token (host- or device-bound),
-#    and whether inductor skipped CUDA graphs. `single`, `batched` and `ttft` were measured 2026-11-29.
-step "decode llama-1.1b-random (+ compiled loop)" 90 env TORCH_LOGS=recompiles,graph_breaks $PY -m bench.generate \
+#    and whether inductor skipped CUDA graphs. The prompt pass is compiled now too (a second compile).
+#    `single`, `batched` and `ttft` were measured 2026-11-29.
+step "decode llama-1.1b-random (+ compiled loop)" 130 env TORCH_LOGS=recompiles,graph_breaks $PY -m bench.generate \
   --model llama-1.1b-random "${GEN_ARGS[@]}" --variants baseline,compiled --out "$OUT/generate-llama-1.1b-random-compiled.json"
 # 2. The 1.1B three ways side by side: Trainer + peft, tuneloom, and tuneloom with torch_compile (compiled
 #    blocks). A cold compile took over 100 s on the H200 machine (54 s with a warm cache), so this step has
 #    most of the budget; --limit-s keeps a slow compile from eating the other figures. --profile records 3
 #    steps mid-run of each tuneloom run: how busy the card is and which operators take the time (the MFU
 #    question: 10.9% compiled). Flat batches no longer wait for the device mid-step (no boolean index).
-step "train llama-1.1b-random (+ compile)" 270 env TORCH_LOGS=recompiles,graph_breaks $PY -m bench.train \
-  --model llama-1.1b-random "${TRAIN_ARGS[@]}" --compile --profile --limit-s 260
+step "train llama-1.1b-random (+ compile)" 250 env TORCH_LOGS=recompiles,graph_breaks $PY -m bench.train \
+  --model llama-1.1b-random "${TRAIN_ARGS[@]}" --compile --profile --limit-s 240
 # 3. SmolLM2's shape compiled (eager: 1.35x on 2026-11-29; its compile did not finish in 74 s then).
-step "train smollm2-135m-random (+ compile)" 160 $PY -m bench.train --model smollm2-135m-random \
-  "${TRAIN_ARGS[@]}" --compile --limit-s 150
+step "train smollm2-135m-random (+ compile)" 150 $PY -m bench.train --model smollm2-135m-random \
+  "${TRAIN_ARGS[@]}" --compile --limit-s 140
 # With budget to spare. The kernel check passed on 2026-11-29 and the kernel has not changed since.
 step "packed attention check (varlen kernel vs per-example SDPA)" 60 $PY -m bench.gpu_attention_check $DRY_FLAG
 # More tokens per step: what MFU the same recipe reaches with larger matmuls (the baseline ran out of memory here).

@@ -120,25 +120,27 @@ def test_log_probabilities_from_the_static_loop_are_those_of_the_batch(loaded: A
 
 
 @pytest.mark.soak  # a cold inductor compile takes 15-30 s on 2 cores
-def test_the_compiled_step_is_one_graph_that_every_token_and_prompt_replays(loaded: Any) -> None:
-    """A graph break or a recompile per token would undo what CUDA graphs save; compiling here (CPU,
-    inductor) checks the graph the GPU would capture, and that it answers as the eager loop."""
+def test_the_compiled_step_and_prompt_pass_are_two_graphs_that_every_token_and_prompt_replays(loaded: Any) -> None:
+    """A graph break or a recompile per token or prompt length would undo what compiling saves; compiling
+    here (CPU, inductor) checks the graphs the GPU would run, and that they answer as the eager loop: the
+    step's, and the prompt pass's for every length (the first prompt runs eagerly: it allocates the cache)."""
     import torch._dynamo
 
     params = InferenceParams(max_tokens=12, temperature=0.9, seed=3)
-    eager = [generate(loaded, [p], params)[0].text for p in PROMPTS]
+    prompts = [*PROMPTS, "Translate to French: the parcel arrived damaged, please send another one."]
+    eager = [generate(loaded, [p], params)[0].text for p in prompts]
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     loaded.compiled_decode = True
     loaded.decoders.clear()
     loaded.decoders[CACHE_BUCKET] = StaticDecoder(loaded.model, CACHE_BUCKET, compile_step=True)
     try:
-        compiled = [generate(loaded, [p], params)[0].text for p in PROMPTS]
+        compiled = [generate(loaded, [p], params)[0].text for p in prompts]
     finally:
         loaded.compiled_decode = False
         loaded.decoders.clear()
     assert compiled == eager
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # the step; the prompt pass, any length
     assert not torch._dynamo.utils.counters["graph_break"]
 
 
