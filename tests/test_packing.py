@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -68,3 +70,22 @@ def test_packed_rows_isolate_examples(tiny_model: torch.nn.Module) -> None:
         batch["logits_to_keep"] = 0
         logits.append(tiny_model(**batch, use_cache=False).logits[0, :10])
     torch.testing.assert_close(logits[0], logits[1])
+
+
+def test_the_run_trainer_estimates_flops_as_transformers_does_counting_parameters_once(tmp_path: Path) -> None:
+    from transformers import Trainer, TrainingArguments
+
+    from tuneloom.train.trainer import RunTrainer
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_dir("tuneloom/tiny-random"))
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none")
+    inputs = {"input_ids": torch.zeros(3, 40, dtype=torch.long)}
+    expected = Trainer(model=model, args=args).floating_point_ops(inputs)
+    trainer = RunTrainer(model=model, args=args)
+    assert trainer.floating_point_ops(inputs) == expected > 0
+    counted = model.num_parameters
+    model.num_parameters = lambda **_: pytest.fail("parameters counted again")  # type: ignore[method-assign]
+    try:
+        assert trainer.floating_point_ops({"input_ids": torch.zeros(1, 10, dtype=torch.long)}) == expected // 12
+    finally:
+        model.num_parameters = counted  # type: ignore[method-assign]

@@ -55,6 +55,7 @@ from tuneloom.train.events import (
 )
 from tuneloom.train.packing import PackedCollator, packed_causal_lm_loss
 from tuneloom.train.run_record import check_run_record
+from tuneloom.train.trainer import RunTrainer
 
 ROW_TOKENS = 4096  # packed row length; bounds the (block-diagonal) attention cost per row
 
@@ -146,7 +147,7 @@ def train_rank(
     if job.checkpoint_every_s:
         callbacks.append(CheckpointEvery(job.checkpoint_every_s))
     train_set, eval_set = ExampleDataset(train_rows), ExampleDataset(held_out)
-    trainer = Trainer(
+    trainer = RunTrainer(
         model=model,
         args=_training_arguments(settings, options, workdir, len(train_set), has_eval=len(eval_set) > 0),
         train_dataset=train_set,
