@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 from tests.conftest import run_cli
+from tests.host_waits import HostWaits
 
+from tuneloom.generate import sampling
 from tuneloom.generate.compiled import CACHE_BUCKET, StaticDecoder, cache_length, compile_decode
 from tuneloom.generate.continuous import run_alone
 from tuneloom.generate.generator import generate, stream
@@ -101,6 +103,32 @@ def test_the_device_starts_each_step_before_the_host_takes_the_token_that_feeds_
         loaded.compiled_decode = False
     assert generation.tokens == 6 and generation.finish_reason == "length"
     assert order == ["step", "take"] * 5 + ["take"]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [*PARAMS[:3], InferenceParams(max_tokens=24, temperature=0.8, top_p=0.9, seed=2)],
+    ids=["greedy", "seeded-sampling", "penalties", "top-p"],
+)
+def test_after_the_prompt_the_loop_never_makes_the_host_wait_for_the_device(
+    loaded: Any, params: InferenceParams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between tokens the host reads only the token itself (a copy it waits for by an event, after starting
+    the next step): no boolean index, `bool(tensor)` or `.item()` in the token choice, which on a GPU would
+    stop the host until the step it just started had run. Top-p rows sort in full there (as here)."""
+    monkeypatch.setattr(sampling, "sorts_in_full", lambda device: True)
+    row = Row.create(loaded, PROMPTS[1], params)
+    loaded.compiled_decode = True
+    try:
+        pauses = run_alone(loaded, [row])
+        next(pauses)  # the prompt's pass, and what a request does once
+        with HostWaits() as waits:
+            for _ in pauses:
+                pass
+    finally:
+        loaded.compiled_decode = False
+    assert len(row.ids) > 1
+    assert waits.seen == []
 
 
 def test_log_probabilities_from_the_static_loop_are_those_of_the_batch(loaded: Any) -> None:

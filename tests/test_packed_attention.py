@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.host_waits import HostWaits
 from tests.test_packing import _features
-from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM
 
 import tuneloom.train.attention as attention
@@ -259,26 +258,6 @@ def test_torch_compile_in_a_run_compiles_blocks_not_the_trainer(sentiment_file: 
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
 
 
-class _HostWaits(TorchDispatchMode):
-    """Records the operators whose output size or value the host must read from the device: on a GPU
-    each one makes the host wait for every kernel queued before it, mid-step."""
-
-    WAITING: ClassVar = {"aten.nonzero.default", "aten._local_scalar_dense.default", "aten.masked_select.default"}
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        name = str(func)
-        by_mask = name == "aten.index.Tensor" and any(
-            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] if i is not None
-        )
-        if name in self.WAITING or by_mask:
-            self.seen.append(name)
-        return func(*args, **(kwargs or {}))
-
-
 def test_a_flat_lora_step_never_makes_the_host_wait_for_the_device(
     cpu_varlen_op: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -296,7 +275,7 @@ def test_a_flat_lora_step_never_makes_the_host_wait_for_the_device(
     batch = PackedCollator(pad_token_id=0, flat=True)(features)
     labels = batch.pop("labels")
     assert batch["logits_to_keep"].dtype == torch.int64
-    with _HostWaits() as waits:
+    with HostWaits() as waits:
         loss = packed_causal_lm_loss(model(**batch, use_cache=False), labels)
         loss.backward()
     assert waits.seen == []

@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
+from tuneloom.generate import sampling
 from tuneloom.generate.params import InferenceParams
 from tuneloom.generate.sampling import CANDIDATES, pick_tokens, token_logprobs
 
@@ -32,8 +33,13 @@ SETTINGS = [
 ]
 
 
+@pytest.mark.parametrize("in_full", [False, True], ids=["cpu-candidates", "gpu-full-sort"])
 @pytest.mark.parametrize("setting", SETTINGS)
-def test_draws_follow_the_distribution_of_generates_warpers(setting: dict[str, float]) -> None:
+def test_draws_follow_the_distribution_of_generates_warpers(
+    setting: dict[str, float], in_full: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both ways to the nucleus: the CPU's (the best candidates first) and the GPU's (every token sorted)."""
+    monkeypatch.setattr(sampling, "sorts_in_full", lambda device: in_full)
     vocabulary = 4 * CANDIDATES
     logits = torch.randn(vocabulary, generator=torch.Generator().manual_seed(1))
     params = InferenceParams.from_dict({**setting, "do_sample": True})

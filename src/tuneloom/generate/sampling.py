@@ -7,7 +7,8 @@ model's own step for a 135M model on a CPU, so a row sorts only what its paramet
 - plain temperature sampling sorts nothing: the draw walks the vocabulary in index order;
 - with top-k, only the k best are taken (`topk`);
 - with top-p alone, the best `CANDIDATES` are taken, which hold the nucleus unless the distribution
-  is very flat; a row whose nucleus is wider is sorted in full.
+  is very flat; a row whose nucleus is wider is sorted in full. On a GPU every top-p row is sorted in
+  full (`sorts_in_full`): cheap there, and no host wait to find out which rows need it.
 
 A draw is one uniform number per row turned into a token by the row's cumulative probabilities
 (inverse CDF). A seeded row takes its number from its own generator, and the tokens it walks and
@@ -102,13 +103,23 @@ def _nuclei(
     candidates first, then, sorted in full, the rows whose nucleus is wider than the candidates."""
     vocabulary = scaled.shape[1]
     top_k, top_p = _top_k(params, vocabulary), [p.top_p for p in params]
-    width = min(vocabulary, max(k if k < vocabulary else CANDIDATES for k in top_k))
+    width = vocabulary
+    if not sorts_in_full(scaled.device):
+        width = min(vocabulary, max(k if k < vocabulary else CANDIDATES for k in top_k))
     probs, ids, complete = _nucleus(scaled, top_k, top_p, width)
     yield slice(None), probs, ids
-    if not bool(complete.all()):
+    if width < vocabulary and not bool(complete.all()):  # (the check waits for the device: a CPU's is free)
         wide = (~complete).nonzero().flatten().tolist()
         probs, ids, _ = _nucleus(scaled[wide], [top_k[i] for i in wide], [top_p[i] for i in wide], vocabulary)
         yield wide, probs, ids
+
+
+def sorts_in_full(device: torch.device) -> bool:
+    """Whether a top-p row sorts its whole vocabulary at once. On a GPU it does: the sort takes
+    microseconds there, while looking among the best `CANDIDATES` first would make the host read a
+    flag from the device at every token (whether the nucleus lay within them), a wait that stops
+    the host from running ahead of the device. On a CPU the sort is what costs."""
+    return device.type != "cpu"
 
 
 def _top_k(params: list[InferenceParams], vocabulary: int) -> list[int]:
