@@ -110,6 +110,8 @@ def packed_causal_lm_loss(
     what makes gradient accumulation and packing give the same loss as one big unpacked batch.
     The targets are found with `nonzero_static`, sized by the logits: a boolean index would make the
     host wait for the device (its output size is data), and a flat batch's step needs no such wait.
+    So `outputs.logits` must hold exactly the kept positions: the model ran with the batch's
+    `logits_to_keep`, as `PackedCollator` makes it.
     """
     logits = outputs.logits.reshape(-1, outputs.logits.shape[-1]).float()
     following = labels[:, 1:].reshape(-1)
