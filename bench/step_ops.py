@@ -13,6 +13,9 @@ dispatcher runs (each one or more kernel launches on a GPU), for
   path (transformers' `generate` with tuneloom's stopping criteria) and `tuneloom generate --compile`'s
   own loop (`generate/compiled.py`; here eager, the count outside the forward is the same).
 
+Beside each count, the operators among them that make the host wait for the device
+(`waits_for_device`): on a GPU each stops the host until the card has caught up.
+
     python -m bench.step_ops
 """
 
@@ -32,19 +35,38 @@ from bench.random_models import SHAPES
 NARROW = {"intermediate_size": 512, "vocab_size": 2048}  # and 16 dimensions per head
 
 
+WAITING = {"aten.nonzero", "aten.is_nonzero", "aten.item", "aten._local_scalar_dense", "aten.masked_select"}
+
+
+def waits_for_device(func: Any, args: Any) -> bool:
+    """Whether an operator makes the host wait for the device: its output's size or value is data (a
+    boolean index, `nonzero`, `bool(tensor)`, `.item()`). On a GPU the host then stops until every
+    kernel queued before it has run, and cannot prepare the next work while the card does this one."""
+    name = str(func.overloadpacket)
+    if name == "aten.index":
+        return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] if i is not None)
+    return name in WAITING
+
+
 class CountOps(TorchDispatchMode):
     """Counts each ATen operator call (views included: on a GPU they cost host time, no kernel); those
-    dispatched while `inside` is above 0 (a model's forward, see `count_forwards`) apart."""
+    dispatched while `inside` is above 0 (a model's forward, see `count_forwards`) apart; and those that
+    make the host wait for the device (`waits_for_device`), by name."""
 
     def __init__(self) -> None:
         super().__init__()
         self.ops: Counter[str] = Counter()
         self.inside = 0
         self.outside_ops = 0
+        self.waits: list[str] = []
+        self.outside_waits = 0
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         self.ops[str(func.overloadpacket)] += 1
         self.outside_ops += not self.inside
+        if waits_for_device(func, args):
+            self.waits.append(str(func.overloadpacket))
+            self.outside_waits += not self.inside
         return func(*args, **(kwargs or {}))
 
 
@@ -56,9 +78,10 @@ def count_forwards(model: Any, counter: CountOps) -> list[Any]:
     ]
 
 
-def loop_ops_per_token(tokens: int = 16) -> dict[str, float]:
-    """Operators per generated token outside the forward, for each batch-1 decoding loop: two calls of
-    different lengths on one prompt, the difference over the difference in tokens (prefill cancels)."""
+def loop_ops_per_token(tokens: int = 16) -> dict[str, dict[str, float]]:
+    """Operators (and host waits) per generated token outside the forward, for each batch-1 decoding loop:
+    two calls of different lengths on one prompt, the difference over the difference in tokens (prefill
+    cancels). The token's own read is no operator: a loop that waits only for it counts 0."""
     import os
     from unittest import mock
 
@@ -97,9 +120,12 @@ def loop_ops_per_token(tokens: int = 16) -> dict[str, float]:
                 made = decode(n)
             for hook in hooks:
                 hook.remove()
-            counts.append((counter.outside_ops, made))
-        (before, short), (after, long) = counts
-        figures[name] = (after - before) / (long - short)
+            counts.append((counter.outside_ops, counter.outside_waits, made))
+        (ops_before, waits_before, short), (ops_after, waits_after, long) = counts
+        figures[name] = {
+            "operators": (ops_after - ops_before) / (long - short),
+            "host_waits": (waits_after - waits_before) / (long - short),
+        }
     return figures
 
 
@@ -144,7 +170,7 @@ def baseline_batch(sizes: list[int], vocab: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def training_step_ops(name: str, packed: bool) -> int:
+def training_step_ops(name: str, packed: bool) -> tuple[int, list[str]]:
     from tuneloom.train.packing import packed_causal_lm_loss
 
     peft_model = model(name)
@@ -152,7 +178,8 @@ def training_step_ops(name: str, packed: bool) -> int:
     vocab = peft_model.config.vocab_size
     sizes = lengths(16)
     batch = tuneloom_batch(sizes, vocab) if packed else baseline_batch(sizes, vocab)
-    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=2e-4)
+    trained = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=2e-4, fused=True)  # the Trainer's default (adamw_torch_fused)
 
     def step() -> None:
         if packed:
@@ -168,7 +195,7 @@ def training_step_ops(name: str, packed: bool) -> int:
     step()  # optimizer state made; the counted step is a steady one
     with CountOps() as counter:
         step()
-    return sum(counter.ops.values())
+    return sum(counter.ops.values()), counter.waits
 
 
 @torch.inference_mode()
@@ -189,32 +216,39 @@ def decode_step_ops(name: str) -> int:
 def main() -> None:
     figures: dict[str, Any] = {}
     for name in SHAPES:
+        tuneloom_ops, tuneloom_waits = training_step_ops(name, packed=True)
+        baseline_ops, baseline_waits = training_step_ops(name, packed=False)
         figures[name] = {
             "layers": SHAPES[name]["num_hidden_layers"],
-            "tuneloom_training_step": training_step_ops(name, packed=True),
-            "baseline_training_step": training_step_ops(name, packed=False),
+            "tuneloom_training_step": tuneloom_ops,
+            "baseline_training_step": baseline_ops,
+            "tuneloom_training_step_host_waits": tuneloom_waits,
+            "baseline_training_step_host_waits": baseline_waits,
             "decode_step_forward": decode_step_ops(name),
         }
     rows = [
         [
             n,
             str(f["layers"]),
-            str(f["baseline_training_step"]),
-            str(f["tuneloom_training_step"]),
+            f"{f['baseline_training_step']} ({len(f['baseline_training_step_host_waits'])} waits)",
+            f"{f['tuneloom_training_step']} ({len(f['tuneloom_training_step_host_waits'])} waits)",
             str(f["decode_step_forward"]),
         ]
         for n, f in figures.items()
     ]
-    figures["decode_loop_ops_per_token_outside_forward"] = loop_ops_per_token()
+    figures["decode_loop_per_token_outside_forward"] = loop_ops_per_token()
     print_table(
-        "ATen operators dispatched per step",
-        ["shape", "layers", "baseline train step", "tuneloom train step", "decode step (forward)"],
+        "ATen operators dispatched per step (and those that make the host wait for the device)",
+        ["shape", "layers", "baseline train step", "tuneloom train step (packed rows)", "decode step (forward)"],
         rows,
     )
     print_table(
         "ATen operators per generated token outside the model's forward (batch 1)",
-        ["loop", "operators"],
-        [[name, f"{ops:.0f}"] for name, ops in figures["decode_loop_ops_per_token_outside_forward"].items()],
+        ["loop", "operators", "host waits"],
+        [
+            [name, f"{f['operators']:.0f}", f"{f['host_waits']:.0f}"]
+            for name, f in figures["decode_loop_per_token_outside_forward"].items()
+        ],
     )
     from bench.common import RESULTS_DIR
 

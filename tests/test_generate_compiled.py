@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from bench.step_ops import CountOps
 from tests.conftest import run_cli
-from tests.host_waits import HostWaits
 
 from tuneloom.generate import sampling
 from tuneloom.generate.compiled import CACHE_BUCKET, StaticDecoder, cache_length, compile_decode
@@ -122,13 +122,13 @@ def test_after_the_prompt_the_loop_never_makes_the_host_wait_for_the_device(
     try:
         pauses = run_alone(loaded, [row])
         next(pauses)  # the prompt's pass, and what a request does once
-        with HostWaits() as waits:
+        with CountOps() as ops:
             for _ in pauses:
                 pass
     finally:
         loaded.compiled_decode = False
     assert len(row.ids) > 1
-    assert waits.seen == []
+    assert ops.waits == []
 
 
 def test_log_probabilities_from_the_static_loop_are_those_of_the_batch(loaded: Any) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.host_waits import HostWaits
+from bench.step_ops import CountOps
 from tests.test_packing import _features
 from transformers import AutoModelForCausalLM
 
@@ -275,8 +275,8 @@ def test_a_flat_lora_step_never_makes_the_host_wait_for_the_device(
     batch = PackedCollator(pad_token_id=0, flat=True)(features)
     labels = batch.pop("labels")
     assert batch["logits_to_keep"].dtype == torch.int64
-    with HostWaits() as waits:
+    with CountOps() as ops:
         loss = packed_causal_lm_loss(model(**batch, use_cache=False), labels)
         loss.backward()
-    assert waits.seen == []
+    assert ops.waits == []
     torch.testing.assert_close(loss.detach(), expected.detach(), rtol=1e-5, atol=1e-6)
