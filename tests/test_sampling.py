@@ -33,12 +33,15 @@ SETTINGS = [
 ]
 
 
-@pytest.mark.parametrize("in_full", [False, True], ids=["cpu-candidates", "gpu-full-sort"])
-@pytest.mark.parametrize("setting", SETTINGS)
+WAYS = [(setting, False) for setting in SETTINGS] + [(s, True) for s in SETTINGS if s.get("top_p")]
+
+
+@pytest.mark.parametrize(("setting", "in_full"), WAYS)
 def test_draws_follow_the_distribution_of_generates_warpers(
     setting: dict[str, float], in_full: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Both ways to the nucleus: the CPU's (the best candidates first) and the GPU's (every token sorted)."""
+    """Both ways to a top-p nucleus: the CPU's (the best candidates first) and the GPU's (every token sorted,
+    `in_full`)."""
     monkeypatch.setattr(sampling, "sorts_in_full", lambda device: in_full)
     vocabulary = 4 * CANDIDATES
     logits = torch.randn(vocabulary, generator=torch.Generator().manual_seed(1))
