@@ -72,7 +72,9 @@ def test_packed_rows_isolate_examples(tiny_model: torch.nn.Module) -> None:
     torch.testing.assert_close(logits[0], logits[1])
 
 
-def test_the_run_trainer_estimates_flops_as_transformers_does_counting_parameters_once(tmp_path: Path) -> None:
+def test_the_run_trainer_estimates_flops_as_transformers_does_counting_parameters_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from transformers import Trainer, TrainingArguments
 
     from tuneloom.train.trainer import RunTrainer
@@ -83,9 +85,5 @@ def test_the_run_trainer_estimates_flops_as_transformers_does_counting_parameter
     expected = Trainer(model=model, args=args).floating_point_ops(inputs)
     trainer = RunTrainer(model=model, args=args)
     assert trainer.floating_point_ops(inputs) == expected > 0
-    counted = model.num_parameters
-    model.num_parameters = lambda **_: pytest.fail("parameters counted again")  # type: ignore[method-assign]
-    try:
-        assert trainer.floating_point_ops({"input_ids": torch.zeros(1, 10, dtype=torch.long)}) == expected // 12
-    finally:
-        model.num_parameters = counted  # type: ignore[method-assign]
+    monkeypatch.setattr(model, "num_parameters", lambda **_: pytest.fail("parameters counted again"))
+    assert trainer.floating_point_ops({"input_ids": torch.zeros(1, 10, dtype=torch.long)}) == expected // 12
