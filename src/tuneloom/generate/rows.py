@@ -118,7 +118,6 @@ class Picked:
 
     tokens: torch.Tensor  # on the device: the next step's input
     host_tokens: torch.Tensor
-    asking: list[int]  # the rows that asked for log-probabilities, in order
     host_logprobs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # chosen, top values, top ids
     ready: torch.cuda.Event | None  # None on a CPU, where the copies are done at once
 
@@ -135,8 +134,7 @@ def pick_next(loaded: InferenceModel, rows: list[Row], logits: torch.Tensor, cou
     generators = [row.generator(logits.device) for row in rows]
     tokens = pick_tokens(logits, [row.params for row in rows], generators)
     count(tokens)
-    asking = [i for i, row in enumerate(rows) if row.top_logprobs is not None]
-    logprobs = _logprobs(rows, asking, logits, tokens)
+    logprobs = _logprobs(rows, logits, tokens)
     on_gpu = tokens.device.type == "cuda"
     host = [t.to("cpu", non_blocking=on_gpu) for t in (tokens, *(logprobs or ()))]
     ready = None
@@ -144,7 +142,7 @@ def pick_next(loaded: InferenceModel, rows: list[Row], logits: torch.Tensor, cou
         ready = torch.cuda.Event()
         ready.record()
     host_logprobs = (host[1], host[2], host[3]) if logprobs else None
-    return Picked(tokens, host[0], asking, host_logprobs, ready)
+    return Picked(tokens, host[0], host_logprobs, ready)
 
 
 def take_next(loaded: InferenceModel, rows: list[Row], picked: Picked) -> None:
@@ -174,11 +172,17 @@ def _penalize(rows: list[Row], logits: torch.Tensor, counts: TokenCounts | None)
     return lambda tokens: counts.count(tokens[penalized])
 
 
+def _asking(rows: list[Row]) -> list[int]:
+    """The rows that asked for log-probabilities, in order."""
+    return [i for i, row in enumerate(rows) if row.top_logprobs is not None]
+
+
 def _logprobs(
-    rows: list[Row], asking: list[int], logits: torch.Tensor, tokens: torch.Tensor
+    rows: list[Row], logits: torch.Tensor, tokens: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """For the rows `asking`: their token's log-probability, and the most likely alternatives (as many as the
+    """For the rows that ask: their token's log-probability, and the most likely alternatives (as many as the
     most any of them wants). Only those rows are computed: a batch where none asks costs nothing more."""
+    asking = _asking(rows)
     if not asking:
         return None
     wanted = max(rows[i].top_logprobs or 0 for i in asking)
@@ -192,7 +196,7 @@ def _reported(rows: list[Row], picked: Picked) -> list[Reported | None]:
         return reported
     chosen, values, ids = picked.host_logprobs
     for i, logprob, top_values, top_ids in zip(
-        picked.asking, chosen.tolist(), values.tolist(), ids.tolist(), strict=True
+        _asking(rows), chosen.tolist(), values.tolist(), ids.tolist(), strict=True
     ):
         n = rows[i].top_logprobs or 0
         reported[i] = (logprob, [(t, v) for t, v in zip(top_ids[:n], top_values[:n], strict=True) if v > -math.inf])
