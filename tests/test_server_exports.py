@@ -29,7 +29,15 @@ from tests.server_helpers import (
 from tuneloom import Client
 from tuneloom.errors import ModelVersionError
 from tuneloom.export import export_version
-from tuneloom.server.exports import LINK_TTL_S, ExportFailed, Exports, Named, run_in_child
+from tuneloom.server.exports import (
+    IN_USE_S,
+    LINK_TTL_S,
+    ExportFailed,
+    Exports,
+    Named,
+    evict_least_used,
+    run_in_child,
+)
 from tuneloom.store.artifacts import Artifacts
 from tuneloom.store.keys import load_pepper
 
@@ -90,7 +98,7 @@ def test_an_altered_or_expired_link_is_refused(deployed: Deployed) -> None:
     for bad in (altered, other_form, "/api/downloads/nothing"):
         refused = httpx.get(f"{deployed.url}{bad}")
         assert (refused.status_code, refused.json()["code"]) == (403, "INVALID_LINK"), bad
-    exports = Exports(Artifacts(deployed.data_dir), load_pepper(deployed.data_dir))
+    exports = Exports(Artifacts(deployed.data_dir), load_pepper(deployed.data_dir), cache_bytes=2**40)
     named = Named(deployed.app_id, deployed.model_id, deployed.version_id, "adapter")
     token, expires = exports.link(named, now=time.time() - LINK_TTL_S - 60)
     expired = httpx.get(f"{deployed.url}/api/downloads/{token}")
@@ -137,6 +145,47 @@ def test_deleting_a_version_deletes_its_exports_and_voids_its_links(deployed: De
     assert not (deployed.data_dir / "exports" / doomed).exists()
     gone = httpx.get(f"{deployed.url}{link}")
     assert gone.status_code == 404 and doomed in gone.json()["message"]
+
+
+def test_past_the_cache_bound_the_least_used_export_goes_and_its_link_builds_it_again(deployed: Deployed) -> None:
+    """A server's exports are a bounded cache (`serve --exports-cache-mb`): a link outlives the file it names."""
+    first = _export(deployed, format="adapter").json()
+    root = deployed.data_dir / "exports"
+    hour_ago = time.time() - 3600
+    for facts in root.glob("*/*.json"):
+        os.utime(facts, (hour_ago, hour_ago))
+    (root / deployed.version_id / "merged.zip").unlink(missing_ok=True)  # so asking for it builds it
+    tight = Exports(Artifacts(deployed.data_dir), load_pepper(deployed.data_dir), cache_bytes=1)
+    named = Named(deployed.app_id, deployed.model_id, deployed.version_id, "merged")
+    merged = tight.packed(named, f"model-versions/{deployed.version_id}")
+    assert merged.path.is_file() and merged.size > 1  # the build asked for stays, however large
+    assert sorted(p.name for p in root.glob("*/*.zip")) == ["merged.zip"]  # every older one went
+    again = httpx.get(f"{deployed.url}{first['download_url']}")  # the server builds the adapter's zip again
+    assert again.status_code == 200 and hashlib.sha256(again.content).hexdigest() == first["sha256"]
+    assert (root / deployed.version_id / "adapter.zip").is_file()
+
+
+def _built(root: Path, version: str, form: str, size: int, used: float) -> Path:
+    zip_path = root / version / f"{form}.zip"
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    zip_path.write_bytes(b"z" * size)
+    zip_path.with_suffix(".json").write_text("{}", encoding="utf-8")
+    os.utime(zip_path.with_suffix(".json"), (used, used))
+    return zip_path
+
+
+def test_eviction_goes_by_last_use_and_spares_the_build_asked_for_and_exports_in_use(tmp_path: Path) -> None:
+    now = 1_000_000.0
+    oldest = _built(tmp_path, "v1", "adapter", 100, now - 500)
+    in_use = _built(tmp_path, "v1", "merged", 100, now - IN_USE_S / 2)  # a download may be about to open it
+    older = _built(tmp_path, "v2", "gguf-q8_0", 100, now - 400)
+    recent = _built(tmp_path, "v3", "adapter", 100, now - 300)
+    new = _built(tmp_path, "v4", "merged", 250, now)
+    assert evict_least_used(tmp_path, 500, keep=new, now=now) == [oldest, older]
+    assert not oldest.with_suffix(".json").exists() and not (tmp_path / "v2").exists()  # facts, and emptied folders
+    assert in_use.is_file() and recent.is_file() and new.is_file()
+    assert evict_least_used(tmp_path, 1, keep=new, now=now) == [recent]  # never `keep`, never one in use
+    assert evict_least_used(tmp_path, 10**6, keep=new, now=now + IN_USE_S) == []  # within the bound: nothing
 
 
 def _killed(_: str) -> tuple[int, str]:

@@ -65,6 +65,7 @@ def register(commands: Any) -> None:
 def _limit_args(serve: argparse.ArgumentParser) -> None:
     from tuneloom.generate.params import MAX_TOKENS_LIMIT
     from tuneloom.server.limit_defaults import (
+        DEFAULT_EXPORTS_CACHE_BYTES,
         DEFAULT_MAX_BATCH_TOKENS,
         DEFAULT_MAX_GENERATIONS_PER_KEY,
         DEFAULT_MAX_JSON_BYTES,
@@ -97,6 +98,12 @@ def _limit_args(serve: argparse.ArgumentParser) -> None:
         type=seconds,
         default=DEFAULT_UPLOAD_IDLE_S,
         help="the longest an upload may send nothing before it is dropped with 408",
+    )
+    serve.add_argument(
+        "--exports-cache-mb",
+        type=positive,
+        default=DEFAULT_EXPORTS_CACHE_BYTES // 1024**2,
+        help="disk kept for built downloads (exports); past it the least recently used go, rebuilt when asked for",
     )
 
 
@@ -131,6 +138,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_tokens_limit=min(args.max_tokens_limit, MAX_TOKENS_LIMIT),
         max_batch_tokens=args.max_batch_tokens,
         upload_idle_s=args.upload_idle_seconds,
+        exports_cache_bytes=args.exports_cache_mb * 1024 * 1024,
     )
     ctx.inference_backend = backend
     _share(ctx.artifacts, args)

@@ -95,7 +95,7 @@ def create_app(ctx: ServerContext) -> FastAPI:
     app.state.context = ctx
     app.state.generation_slots = slots
     app.state.builds = builds
-    app.state.exports = Exports(ctx.artifacts, ctx.pepper)
+    app.state.exports = Exports(ctx.artifacts, ctx.pepper, ctx.exports_cache_bytes)
     app.add_middleware(BodySizeLimit, limit=ctx.max_json_bytes)
     app.add_middleware(SecurityHeaders)  # added last: the outermost of the two
     app.include_router(apps.router)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tuneloom.generate.params import MAX_TOKENS_LIMIT
 from tuneloom.server.limit_defaults import (
+    DEFAULT_EXPORTS_CACHE_BYTES,
     DEFAULT_MAX_BATCH_TOKENS,
     DEFAULT_MAX_GENERATIONS_PER_KEY,
     DEFAULT_MAX_JSON_BYTES,
@@ -32,6 +33,7 @@ class ServerContext:
     max_tokens_limit: int = MAX_TOKENS_LIMIT
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS  # inputs × (prompt + max_tokens) per request
     upload_idle_s: float = DEFAULT_UPLOAD_IDLE_S  # the longest an upload may send nothing (408 after)
+    exports_cache_bytes: int = DEFAULT_EXPORTS_CACHE_BYTES  # built downloads kept (`server.exports`)
     inference_backend: str = "transformers"  # resolved by `serve --backend` (tuneloom.server.backends)
     node_token: str | None = None  # set when this server generates for others (`serve --advertise-url`)
 
@@ -48,6 +50,7 @@ class ServerContext:
         max_tokens_limit: int = MAX_TOKENS_LIMIT,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         upload_idle_s: float = DEFAULT_UPLOAD_IDLE_S,
+        exports_cache_bytes: int = DEFAULT_EXPORTS_CACHE_BYTES,
         checked_pepper: bool = True,
     ) -> ServerContext:
         """Open (and migrate) the database; the pepper and artifacts live in the data dir.
@@ -61,4 +64,5 @@ class ServerContext:
         pepper = check_pepper(db, data_dir) if checked_pepper else load_pepper(data_dir)
         ctx = cls(db, pepper, Artifacts(data_dir), max_upload_bytes, model_cache_bytes, *limits)
         ctx.max_batch_tokens, ctx.upload_idle_s = max_batch_tokens, upload_idle_s
+        ctx.exports_cache_bytes = exports_cache_bytes
         return ctx

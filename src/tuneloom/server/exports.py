@@ -2,22 +2,26 @@
 
 A version is immutable once trained, so each of its exports is built the first time someone asks and
 kept under `exports/<version id>/` in the data dir; deleting the version deletes them
-(`store.artifacts.model_version_files`). Building loads the model (merging or writing GGUF takes
-seconds for a small model, minutes for a 7B), so it happens in the request that asks, one at a time
-per server, in a child process that takes the model's memory with it when it ends. The file itself
-goes out behind a signed link that needs no API key: a browser saves it to disk with its own
-progress and no copy in page memory, `curl -C -` resumes it, and the key never sits in a URL or a
-browser's history. A link is an HMAC of what it names and when
-it expires, keyed from the key pepper that every server on the database shares
+(`store.artifacts.model_version_files`). That folder is a cache with a bound (`serve --exports-cache-mb`):
+past it, each new build evicts the least recently used exports, built again if asked for again.
+
+Building loads the model (merging or writing GGUF takes seconds for a small model, minutes for a 7B),
+so it happens in the request that asks, one at a time per server, in a child process that takes the
+model's memory with it when it ends. The file itself goes out behind a signed link that needs no API
+key: a browser saves it to disk with its own progress and no copy in page memory, `curl -C -` resumes
+it, and the key never sits in a URL or a browser's history. A link is an HMAC of what it names and
+when it expires, keyed from the key pepper that every server on the database shares
 (`store.keys.check_pepper`), so any of them honours it, building the file if it lacks it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import hmac
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -36,6 +40,9 @@ from tuneloom.export_gguf import GGUF_TYPES
 from tuneloom.store.artifacts import EXPORTS, Artifacts
 from tuneloom.store.ids import check_id
 
+log = logging.getLogger("tuneloom.server")
+
+IN_USE_S = 60.0  # an export used this recently is never evicted: its download may be about to open it
 LINK_TTL_S = 3600  # long enough to start a multi-GB download; an expired link is asked for again
 STORED_SUFFIXES = (".safetensors", ".gguf", ".bin")  # weights barely compress: stored, not deflated
 T = TypeVar("T")
@@ -97,20 +104,36 @@ class Named:
 class Exports:
     """A server's exports: built once per version and form in its data dir, handed out by signed link."""
 
-    def __init__(self, artifacts: Artifacts, pepper: bytes) -> None:
+    def __init__(self, artifacts: Artifacts, pepper: bytes, cache_bytes: int) -> None:
         self.artifacts = artifacts
+        self.cache_bytes = cache_bytes
         self._key = hmac.new(pepper, b"tuneloom download links", hashlib.sha256).digest()
         self._building = threading.Lock()  # one export child at a time per server: each holds a whole model
 
     def packed(self, named: Named, artifact_path: str) -> Packed:
-        """The export's zip, built first if this data dir has none (`artifact_path`: the trained version's files)."""
+        """The export's zip, built first if this data dir has none (`artifact_path`: the trained version's files).
+
+        Each call marks the export used (its facts file's time), which is what eviction goes by. A zip that
+        another server evicts between the check and the read is built again.
+        """
         target = self._zip_path(named)
-        if not target.exists():
-            with self._building:
-                if not target.exists():
-                    self._build(named, artifact_path, target)
-        facts = json.loads(target.with_suffix(".json").read_text(encoding="utf-8"))
-        return Packed(target, int(facts["size"]), str(facts["sha256"]), str(facts["file_name"]))
+        for _ in range(3):
+            if not target.exists():
+                with self._building:
+                    if not target.exists():
+                        self._build(named, artifact_path, target)
+                        evict_least_used(target.parent.parent, self.cache_bytes, keep=target)
+            try:
+                facts = json.loads(target.with_suffix(".json").read_text(encoding="utf-8"))
+                os.utime(target.with_suffix(".json"))
+            except FileNotFoundError:  # evicted meanwhile (the zip goes first), or a zip without facts: build again
+                target.unlink(missing_ok=True)
+                continue
+            return Packed(target, int(facts["size"]), str(facts["sha256"]), str(facts["file_name"]))
+        raise ExportFailed(
+            f"the {named.form} export of model version {named.version_id} was evicted as often as "
+            "it was built: raise the server's --exports-cache-mb"
+        )
 
     def link(self, named: Named, now: float | None = None) -> tuple[str, float]:
         """A token naming the export, and when it stops working (seconds since the epoch)."""
@@ -153,6 +176,44 @@ class Exports:
                 os.replace(staging / f"{folder}.zip", target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def evict_least_used(root: Path, bound: int, *, keep: Path, now: float | None = None) -> list[Path]:
+    """Delete the least recently used exports under `root` until their zips fit in `bound` bytes; those deleted.
+
+    Never `keep` (the build just asked for, however large) nor one used in the last `IN_USE_S` (a download
+    that asked for it may not have opened it yet; one that has keeps reading an unlinked file). So the
+    bound can be exceeded for a while, until a later build finds those older. The zip goes before its
+    facts, so a server that finds the zip finds its facts (`Exports.packed` rebuilds if it races).
+    """
+    now = time.time() if now is None else now
+    built = []
+    for zip_path in root.glob("*/*.zip"):
+        try:
+            built.append((zip_path.with_suffix(".json").stat().st_mtime, zip_path.stat().st_size, zip_path))
+        except FileNotFoundError:  # being evicted by another server
+            continue
+    total = sum(size for _, size, _ in built)
+    evicted = []
+    for used, size, zip_path in sorted(built):
+        if total <= bound:
+            break
+        if zip_path == keep or now - used < IN_USE_S:
+            continue
+        zip_path.unlink(missing_ok=True)
+        zip_path.with_suffix(".json").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the version's last export: its folder goes too
+            zip_path.parent.rmdir()
+        total -= size
+        evicted.append(zip_path)
+        log.info(
+            "evicted export %s (%d bytes, last used %s): over the %d-byte exports cache",
+            zip_path,
+            size,
+            time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(used)),
+            bound,
+        )
+    return evicted
 
 
 def run_in_child(function: Callable[..., T], *args: object) -> T:
