@@ -5,13 +5,17 @@ The count depends on the layers, not their width, so the model keeps each shape'
 heads but narrow matrices, and this runs on a CPU in seconds. Counted: every ATen operator the
 dispatcher runs (each one or more kernel launches on a GPU), for
 
-- one tuneloom training step (packed batch of 16, LoRA, forward + loss + backward + AdamW step);
+- one tuneloom training step (packed batch of 16, LoRA, forward + loss + backward + AdamW step), with
+  its fused LoRA layers (`train/lora.py`, as the recipe runs) and with peft's own;
 - one baseline step (Trainer + peft's recipe: 16 padded rows, the model's own loss);
 - one decode step of `model.generate` at batch 1 (the per-token cost measured on the H200);
 - the operators a batch-1 decoding loop dispatches per token *outside* the model's forward — what is
   left on the host once the forward is one CUDA-graph replay: `model.generate`, tuneloom's default
   path (transformers' `generate` with tuneloom's stopping criteria) and `tuneloom generate --compile`'s
   own loop (`generate/compiled.py`; here eager, the count outside the forward is the same).
+
+On a CPU, peft's `nn.Dropout` is four operators forward (on a GPU, one: `native_dropout`), so its
+count here is 3 per LoRA layer above a GPU's; the fused layers call `native_dropout` on both.
 
 Beside each count, the operators among them that make the host wait for the device
 (`waits_for_device`): on a GPU each stops the host until the card has caught up.
@@ -170,10 +174,13 @@ def baseline_batch(sizes: list[int], vocab: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def training_step_ops(name: str, packed: bool) -> tuple[int, list[str]]:
+def training_step_ops(name: str, packed: bool, fused: bool = False) -> tuple[int, list[str]]:
+    from tuneloom.train.lora import fuse_lora_layers
     from tuneloom.train.packing import packed_causal_lm_loss
 
     peft_model = model(name)
+    if fused:
+        fuse_lora_layers(peft_model)
     peft_model.train()
     vocab = peft_model.config.vocab_size
     sizes = lengths(16)
@@ -216,11 +223,13 @@ def decode_step_ops(name: str) -> int:
 def main() -> None:
     figures: dict[str, Any] = {}
     for name in SHAPES:
-        tuneloom_ops, tuneloom_waits = training_step_ops(name, packed=True)
+        tuneloom_ops, tuneloom_waits = training_step_ops(name, packed=True, fused=True)
+        peft_layers_ops, _ = training_step_ops(name, packed=True)
         baseline_ops, baseline_waits = training_step_ops(name, packed=False)
         figures[name] = {
             "layers": SHAPES[name]["num_hidden_layers"],
             "tuneloom_training_step": tuneloom_ops,
+            "tuneloom_training_step_peft_layers": peft_layers_ops,
             "baseline_training_step": baseline_ops,
             "tuneloom_training_step_host_waits": tuneloom_waits,
             "baseline_training_step_host_waits": baseline_waits,
@@ -232,6 +241,7 @@ def main() -> None:
             str(f["layers"]),
             f"{f['baseline_training_step']} ({len(f['baseline_training_step_host_waits'])} waits)",
             f"{f['tuneloom_training_step']} ({len(f['tuneloom_training_step_host_waits'])} waits)",
+            str(f["tuneloom_training_step_peft_layers"]),
             str(f["decode_step_forward"]),
         ]
         for n, f in figures.items()
@@ -239,7 +249,14 @@ def main() -> None:
     figures["decode_loop_per_token_outside_forward"] = loop_ops_per_token()
     print_table(
         "ATen operators dispatched per step (and those that make the host wait for the device)",
-        ["shape", "layers", "baseline train step", "tuneloom train step (packed rows)", "decode step (forward)"],
+        [
+            "shape",
+            "layers",
+            "baseline train step",
+            "tuneloom train step (packed rows)",
+            "same, peft's LoRA layers",
+            "decode step (forward)",
+        ],
         rows,
     )
     print_table(

@@ -25,6 +25,7 @@ import tuneloom.train.attention as attention
 from tuneloom.data.tokenized import IGNORE_INDEX
 from tuneloom.templates.sources import resolve_model_dir
 from tuneloom.train.compiling import compile_blocks, wants_compile
+from tuneloom.train.lora import fuse_lora_layers
 from tuneloom.train.packing import PackedCollator, packed_causal_lm_loss
 from tuneloom.train.recipe import TrainJob, run_training
 
@@ -209,6 +210,7 @@ def test_compiled_blocks_on_the_real_varlen_op_compile_twice_and_learn_the_same(
     model = AutoModelForCausalLM.from_pretrained(resolve_model_dir("tuneloom/tiny-random"))
     lora = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
     model = apply_peft(model, {**lora, "task_type": "CAUSAL_LM"}).train()
+    assert fuse_lora_layers(model) == 4 * model.config.num_hidden_layers  # as the recipe does: traced as one node each
     batches = [_features(sizes, seed=i) for i, sizes in enumerate(([17, 5, 30], [9, 40, 12, 7], [50, 6]))]
 
     def steps() -> list[tuple[torch.Tensor, list[torch.Tensor]]]:

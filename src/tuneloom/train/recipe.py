@@ -53,6 +53,7 @@ from tuneloom.train.events import (
     TrainEvent,
     ignore_events,
 )
+from tuneloom.train.lora import fuse_lora_layers
 from tuneloom.train.packing import PackedCollator, packed_causal_lm_loss
 from tuneloom.train.run_record import check_run_record
 from tuneloom.train.trainer import RunTrainer
@@ -137,6 +138,7 @@ def train_rank(
 
     on_event(TrainEvent("stage", f"Loading {settings.model_config['pretrained_model_name_or_path']}"))
     model = _build_model(settings, job.start_from)
+    fuse_lora_layers(model)
     attention = use_packed_attention(model) if options["packing"] else None
     if wants_compile(settings.trainer_config):
         compiled = compile_blocks(model, settings.trainer_config)
