@@ -83,6 +83,58 @@ def test_llama_cpp_tokenizes_and_answers_as_tuneloom(smollm2: tuple[InferenceMod
     assert all(g.text for g in ours)
 
 
+def _more_bits(layer: int, layers: int) -> bool:
+    """llama.cpp's `use_more_bits`: the first and last eighth of the layers, and every third between."""
+    return layer < layers // 8 or layer >= 7 * layers // 8 or (layer - layers // 8) % 3 == 2
+
+
+def test_q4_k_m_stores_each_tensor_as_llama_cpps_recipe_does(
+    smollm2: tuple[InferenceModel, Path], tmp_path: Path
+) -> None:
+    """SmolLM2's 576-wide rows are no multiple of the K types' 256: those fall back as llama.cpp's do (Q4_K → Q5_0,
+    Q6_K → Q8_0); its 1,536-wide down projections take Q4_K, and Q6_K in the layers that get more bits."""
+    loaded, _ = smollm2
+    path = tmp_path / "q4_k_m.gguf"
+    write_gguf(loaded, path, gguf_type="q4_k_m", name="smollm2")
+    reader = gguf.GGUFReader(path)
+    assert reader.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q4_K_M
+    layers = loaded.model.config.num_hidden_layers
+    stored = {tensor.name: tensor.tensor_type.name for tensor in reader.tensors}
+    for name, kind in stored.items():
+        layer = int(name.split(".")[1]) if name.startswith("blk.") else -1
+        if name.endswith("norm.weight"):
+            expected = "F32"
+        elif name == "token_embd.weight":  # tied: the output projection, Q6_K, whose rows fall back
+            expected = "Q8_0"
+        elif name.endswith("ffn_down.weight"):
+            expected = "Q6_K" if _more_bits(layer, layers) else "Q4_K"
+        elif name.endswith("attn_v.weight"):
+            expected = "Q8_0" if _more_bits(layer, layers) else "Q5_0"
+        else:
+            expected = "Q5_0"
+        assert kind == expected, name
+    assert {"Q4_K", "Q6_K"} <= set(stored.values())
+    weights = loaded.model.model.layers[5].mlp.down_proj.weight.detach().numpy()
+    back = _values(next(t for t in reader.tensors if t.name == "blk.5.ffn_down.weight"))
+    assert np.sqrt(np.mean((back - weights) ** 2)) < 0.08 * np.sqrt(np.mean(weights**2))
+    write_gguf(loaded, tmp_path / "q8_0.gguf", gguf_type="q8_0", name="smollm2")
+    assert path.stat().st_size < 0.75 * (tmp_path / "q8_0.gguf").stat().st_size
+
+
+@pytest.mark.skipif(not LLAMA_CPP, reason="TUNELOOM_TEST_LLAMA_CPP unset (.ci/run installs llama.cpp from npm)")
+def test_llama_cpp_runs_the_q4_k_m_export(smollm2: tuple[InferenceModel, Path], tmp_path: Path) -> None:
+    """llama.cpp reads tuneloom's own Q4_K / Q6_K blocks and, on an instruction prompt, answers as the full model."""
+    loaded, _ = smollm2
+    path = tmp_path / "q4_k_m.gguf"
+    write_gguf(loaded, path, gguf_type="q4_k_m", name="smollm2")
+    prompt = FORMAT.render("What is the capital of France?")
+    assert LLAMA_CPP
+    llama_cpp = run_llama_cpp(LLAMA_CPP, path, [prompt], [prompt], max_tokens=8)
+    assert llama_cpp["tokens"] == [loaded.tokenizer(prompt)["input_ids"]]
+    ours = generate(loaded, [prompt], InferenceParams(max_tokens=8, prompt_template="{prompt}"))
+    assert llama_cpp["completions"][0].split("###")[0].strip() == ours[0].text == "The answer is: France"
+
+
 def test_a_trained_version_is_written_with_its_merged_weights(
     trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -31,6 +31,7 @@ _GGML_TYPES = {
     "f16": ("F16", "MOSTLY_F16"),
     "bf16": ("BF16", "MOSTLY_BF16"),
     "q8_0": ("Q8_0", "MOSTLY_Q8_0"),
+    "q4_k_m": ("Q4_K", "MOSTLY_Q4_K_M"),  # Q6_K where llama.cpp's recipe keeps more bits (`_q4_k_m_type`)
 }
 GGUF_TYPES = tuple(_GGML_TYPES)
 DEFAULT_GGUF_TYPE = "f16"  # llama.cpp's converter's default: lossless for weights trained in bf16/f16
@@ -191,11 +192,13 @@ def _tensors(model: Any, gguf_type: str) -> Any:
     import gguf
 
     config = model.config
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    layers = config.num_hidden_layers
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, layers)
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    tied = bool(config.tie_word_embeddings)
     for hf_name, tensor in model.state_dict().items():
-        if hf_name == "lm_head.weight" and config.tie_word_embeddings:
+        if hf_name == "lm_head.weight" and tied:
             continue
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
@@ -205,7 +208,22 @@ def _tensors(model: Any, gguf_type: str) -> Any:
             array = _permute_rotary(array, heads)
         elif hf_name.endswith("k_proj.weight"):
             array = _permute_rotary(array, kv_heads)
-        yield (name, *_stored(array, gguf_type))
+        wanted = _q4_k_m_type(name, layers, tied) if gguf_type == "q4_k_m" else _GGML_TYPES[gguf_type][0]
+        yield (name, *_stored(array, wanted))
+
+
+def _q4_k_m_type(name: str, layers: int, tied: bool) -> str:
+    """llama.cpp's Q4_K_M recipe (`llama_tensor_get_type`): Q6_K for the output projection (the embedding when
+    tied) and for the value and down projections of the first and last eighth of the layers and every third
+    between; Q4_K for the rest."""
+    if name == "output.weight" or (tied and name == "token_embd.weight"):
+        return "Q6_K"
+    parts = name.split(".")
+    if len(parts) == 4 and parts[0] == "blk" and parts[2] in ("attn_v", "ffn_down"):
+        layer = int(parts[1])
+        if layer < layers // 8 or layer >= 7 * layers // 8 or (layer - layers // 8) % 3 == 2:
+            return "Q6_K"
+    return "Q4_K"
 
 
 def _permute_rotary(weights: np.ndarray, heads: int) -> np.ndarray:
@@ -214,20 +232,31 @@ def _permute_rotary(weights: np.ndarray, heads: int) -> np.ndarray:
     return weights.reshape(heads, 2, rows // heads // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(weights.shape)
 
 
-def _stored(array: np.ndarray, gguf_type: str) -> tuple[np.ndarray, Any]:
-    """The array in the requested type; norms (1-D) stay F32 and a row Q8_0 cannot block falls back to F16, as
-    llama.cpp's converter does."""
+# A row the wanted type's blocks cannot cover is stored as llama.cpp stores it (`tensor_type_fallback`).
+_FALLBACKS = {"Q8_0": "F16", "Q5_0": "F16", "Q4_K": "Q5_0", "Q6_K": "Q8_0"}
+
+
+def _stored(array: np.ndarray, wanted_name: str) -> tuple[np.ndarray, Any]:
+    """The array in GGML type `wanted_name`; norms (1-D) stay F32, and a row the type's blocks cannot cover falls
+    back as llama.cpp's tools do (Q8_0 → F16, Q4_K → Q5_0, Q6_K → Q8_0, then again if need be)."""
     import gguf
     import numpy as np
 
+    from tuneloom.gguf_kquants import quantize_q4_k, quantize_q6_k
+
     kind = gguf.GGMLQuantizationType
-    wanted = kind[_GGML_TYPES[gguf_type][0]]
+    wanted = kind[wanted_name]
     if array.ndim == 1 or wanted == kind.F32:
         return array.astype(np.float32, copy=False), kind.F32
-    if wanted == kind.Q8_0 and array.shape[-1] % gguf.GGML_QUANT_SIZES[kind.Q8_0][0]:
-        wanted = kind.F16
+    while wanted.name in _FALLBACKS and array.shape[-1] % gguf.GGML_QUANT_SIZES[wanted][0]:
+        wanted = kind[_FALLBACKS[wanted.name]]
     if wanted == kind.F16:
         return array.astype(np.float16), kind.F16
+    rows = array.reshape(-1, array.shape[-1])
+    if wanted == kind.Q4_K:
+        return quantize_q4_k(rows).reshape(*array.shape[:-1], -1), wanted
+    if wanted == kind.Q6_K:
+        return quantize_q6_k(rows).reshape(*array.shape[:-1], -1), wanted
     return gguf.quants.quantize(array, wanted), wanted
 
 

@@ -294,7 +294,7 @@ class Model:
         """Download the version as `tuneloom export` writes it, into the folder `dest` (which must not exist yet).
 
         `format`: "adapter" (the LoRA adapter, for peft), "merged" (full weights, plain transformers) or "gguf"
-        (one file for llama.cpp / Ollama; `gguf_type` f32, f16, bf16 or q8_0). The server builds it on first
+        (one file for llama.cpp / Ollama; `gguf_type` f32, f16, bf16, q8_0 or q4_k_m). The server builds it on first
         request; the download is checked against the SHA-256 the server reported before it is unpacked.
         """
         out = Path(dest)

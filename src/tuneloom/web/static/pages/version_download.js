@@ -8,6 +8,7 @@ const CHOICES = [
   { value: "merged", label: "Merged weights (plain transformers)", body: { format: "merged" } },
   { value: "gguf-f16", label: "GGUF, F16 (llama.cpp, Ollama)", body: { format: "gguf", gguf_type: "f16" } },
   { value: "gguf-q8_0", label: "GGUF, Q8_0 — about half the size", body: { format: "gguf", gguf_type: "q8_0" } },
+  { value: "gguf-q4_k_m", label: "GGUF, Q4_K_M — about a third (Ollama's default)", body: { format: "gguf", gguf_type: "q4_k_m" } },
   { value: "gguf-bf16", label: "GGUF, BF16", body: { format: "gguf", gguf_type: "bf16" } },
   { value: "gguf-f32", label: "GGUF, F32", body: { format: "gguf", gguf_type: "f32" } },
 ];
