@@ -16,7 +16,6 @@ when it expires, keyed from the key pepper that every server on the database sha
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import hmac
@@ -201,9 +200,7 @@ def evict_least_used(root: Path, bound: int, *, keep: Path, now: float | None = 
         if zip_path == keep or now - used < IN_USE_S:
             continue
         zip_path.unlink(missing_ok=True)
-        zip_path.with_suffix(".json").unlink(missing_ok=True)
-        with contextlib.suppress(OSError):  # the version's last export: its folder goes too
-            zip_path.parent.rmdir()
+        zip_path.with_suffix(".json").unlink(missing_ok=True)  # the folder stays: another build may be filling it
         total -= size
         evicted.append(zip_path)
         log.info(
