@@ -108,6 +108,8 @@ def test_what_the_fused_path_does_not_cover_runs_peft_s_forward() -> None:
     model.unmerge_adapter()
     model.base_model.model.q_proj.base_layer.weight.requires_grad_(True)  # no frozen-weight shortcut then
     assert model.base_model.model.q_proj._plain_adapter() is None
+    model.base_model.model.o_proj.base_layer.weight.ds_id = 3  # DeepSpeed ZeRO-3: gathered only by its own call
+    assert model.base_model.model.o_proj._plain_adapter() is None
 
 
 def test_fused_layers_save_and_merge_as_peft_s(tmp_path: object) -> None:

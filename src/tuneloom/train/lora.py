@@ -14,7 +14,8 @@ tests/test_lora_fused.py checks outputs and gradients against peft's own forward
 
 Only the plain case is fused — one active adapter, no DoRA or other variant, an unmerged `nn.Linear`
 base whose weight is frozen, no LoRA bias — and any other call (adapters disabled, a mixed batch,
-quantized bases) runs peft's own forward.
+quantized bases, DeepSpeed ZeRO-3's partitioned weights) runs peft's own forward. FSDP gathers a whole
+block's weights before the block runs, so its layers are fused as well (not yet run on a GPU).
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ class FusedLoraLinear(PeftLoraLinear):
             adapter in self.lora_A
             and adapter not in self.lora_variant
             and type(base) is nn.Linear
+            and not hasattr(base.weight, "ds_id")  # DeepSpeed ZeRO-3 gathers a weight only in its module's own call
             and not base.weight.requires_grad
             and (base.bias is None or not base.bias.requires_grad)
             and self.lora_B[adapter].bias is None
