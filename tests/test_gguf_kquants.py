@@ -59,3 +59,16 @@ def test_zero_constant_and_one_sided_blocks(quantize: object, kind: object, bloc
     assert np.abs(back[1] + 0.25).max() < 1e-3
     assert np.abs(back[2] - rows[2]).max() < 0.05
     assert abs(back[3, 7] - 3.0) < 0.01 and np.abs(np.delete(back[3], 7)).max() < 1e-6
+
+
+@pytest.mark.parametrize(("quantize", "kind", "block_bytes"), QUANTIZERS, ids=["Q4_K", "Q6_K"])
+def test_a_large_tensor_is_quantized_in_chunks_to_the_same_bytes(
+    quantize: object, kind: object, block_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows go through the search a chunk at a time (bounded memory for a 7B's embedding): same bytes as at once."""
+    import tuneloom.gguf_kquants as kquants
+
+    rows = np.random.default_rng(2).standard_normal((10, 512)).astype(np.float32)
+    whole = quantize(rows)  # type: ignore[operator]
+    monkeypatch.setattr(kquants, "_CHUNK", 3 * 512)  # 3 rows a chunk: 4 chunks, the last one short
+    assert np.array_equal(quantize(rows), whole)  # type: ignore[operator]

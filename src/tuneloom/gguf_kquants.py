@@ -17,14 +17,31 @@ A super-block holds 256 weights of one row:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 QK_K = 256  # weights per super-block: a row must be a multiple of it
 _EPS = 1e-15
+_CHUNK = 1 << 20  # weights quantized at once: the search's temporaries stay tens of MB, whatever the tensor
+
+
+def _in_chunks(quantize: Callable[[np.ndarray], np.ndarray], rows: np.ndarray) -> np.ndarray:
+    step = max(1, _CHUNK // rows.shape[1])
+    return np.concatenate([quantize(rows[i : i + step]) for i in range(0, rows.shape[0], step)])
 
 
 def quantize_q4_k(rows: np.ndarray) -> np.ndarray:
     """float32 `rows` (n, k), k a multiple of 256, as Q4_K bytes (n, k / 256 · 144)."""
+    return _in_chunks(_q4_k, rows)
+
+
+def quantize_q6_k(rows: np.ndarray) -> np.ndarray:
+    """float32 `rows` (n, k), k a multiple of 256, as Q6_K bytes (n, k / 256 · 210)."""
+    return _in_chunks(_q6_k, rows)
+
+
+def _q4_k(rows: np.ndarray) -> np.ndarray:
     n = rows.shape[0]
     x = rows.astype(np.float32).reshape(-1, 8, 32)
     spread = np.sqrt(np.mean(x.reshape(-1, QK_K) ** 2, axis=1)).reshape(-1, 1, 1)
@@ -50,8 +67,7 @@ def quantize_q4_k(rows: np.ndarray) -> np.ndarray:
     return blocks.reshape(n, -1)
 
 
-def quantize_q6_k(rows: np.ndarray) -> np.ndarray:
-    """float32 `rows` (n, k), k a multiple of 256, as Q6_K bytes (n, k / 256 · 210)."""
+def _q6_k(rows: np.ndarray) -> np.ndarray:
     n = rows.shape[0]
     x = rows.astype(np.float32).reshape(-1, 16, 16)
     scales = _symmetric_scale(x)
