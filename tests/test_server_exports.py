@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import subprocess
 import time
 import zipfile
 from pathlib import Path
 
 import httpx
 import pytest
+from tests.conftest import cli_command, cli_in_process, refused
 from tests.server_helpers import (
     ONE_STEP,
     Deployed,
@@ -109,7 +111,7 @@ def test_an_altered_or_expired_link_is_refused(deployed: Deployed) -> None:
 def test_bad_requests_name_what_is_wrong(deployed: Deployed) -> None:
     cases = [
         ({"format": "onnx"}, "format: 'onnx' is not one of adapter, merged, gguf"),
-        ({"format": "gguf", "gguf_type": "q4_k"}, "gguf_type: 'q4_k' is not one of f32, f16, bf16, q8_0"),
+        ({"format": "gguf", "gguf_type": "q4_k"}, "gguf_type: 'q4_k' is not one of f32, f16, bf16, q8_0, q4_k_m"),
         (
             {"format": "adapter", "gguf_type": "f16"},
             "gguf_type: gguf_type applies to format 'gguf' only, not 'adapter'",
@@ -163,6 +165,49 @@ def test_past_the_cache_bound_the_least_used_export_goes_and_its_link_builds_it_
     again = httpx.get(f"{deployed.url}{first['download_url']}")  # the server builds the adapter's zip again
     assert again.status_code == 200 and hashlib.sha256(again.content).hexdigest() == first["sha256"]
     assert (root / deployed.version_id / "adapter.zip").is_file()
+
+
+def test_the_cli_downloads_a_version_as_export_writes_it(deployed: Deployed, tmp_path: Path) -> None:
+    """`tuneloom download` on another machine: the key from the environment, never the command line."""
+    env = {**os.environ, "TUNELOOM_API_KEY": deployed.key}
+    env.pop("TUNELOOM_URL", None)
+    out = tmp_path / "downloaded"
+    args = ["download", deployed.version_id, str(out), "--app", deployed.app_id, "--model", deployed.model_id]
+    ran = subprocess.run(cli_command(*args, "--url", deployed.url, "--merged"), capture_output=True, text=True, env=env)
+    assert ran.returncode == 0, ran.stderr
+    assert f"Downloaded the merged export of version {deployed.version_id} to {out}" in ran.stdout
+    assert "Downloading the merged export" in ran.stderr  # the progress bar, as left on a non-terminal
+    named = tmp_path / "local" / f"{deployed.model_id}-{deployed.version_id}-merged"  # the name its card was given
+    local = export_version(deployed.version_dir, named, merged=True).path
+    assert _files(out) == _files(local)
+
+
+def test_cli_download_refusals_name_what_is_wrong(
+    deployed: Deployed, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    where = ["--app", deployed.app_id, "--model", deployed.model_id, "--url", deployed.url]
+    monkeypatch.delenv("TUNELOOM_API_KEY", raising=False)
+    no_key = cli_in_process(capsys, "download", deployed.version_id, str(tmp_path / "a"), *where)
+    refused(no_key, "UNAUTHORIZED", "(set $TUNELOOM_API_KEY)")
+    monkeypatch.setenv("TUNELOOM_API_KEY", deployed.key)
+    unknown = cli_in_process(capsys, "download", "mv_nothing", str(tmp_path / "b"), *where)
+    refused(unknown, "mv_nothing")
+    (tmp_path / "c").mkdir()
+    refused(cli_in_process(capsys, "download", deployed.version_id, str(tmp_path / "c"), *where), str(tmp_path / "c"))
+    away = ["--app", deployed.app_id, "--model", deployed.model_id, "--url", "http://127.0.0.1:9"]
+    refused(cli_in_process(capsys, "download", deployed.version_id, str(tmp_path / "d"), *away), "http://127.0.0.1:9")
+    assert not any((tmp_path / name).exists() for name in "abd")
+
+
+def test_the_sdk_waits_for_a_build_longer_than_its_timeout(deployed: Deployed, tmp_path: Path) -> None:
+    """Building an export takes minutes for a 7B: the client's timeout (here 0.5 s) bounds each other request."""
+    with Client(deployed.url, api_key=deployed.key, timeout=0.5) as client:
+        model = client.get_app(deployed.app_id).get_model(deployed.model_id)
+        started = time.monotonic()
+        out = model.export(deployed.version_id, tmp_path / "bf16", "gguf", gguf_type="bf16")  # not built yet
+        took = time.monotonic() - started
+    assert (out / "model.gguf").is_file()
+    assert took > 0.5, took  # the build outlasted the timeout the client was given
 
 
 def _built(root: Path, version: str, form: str, size: int, used: float) -> Path:

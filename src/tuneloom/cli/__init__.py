@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         compare_cmd,
         data_cmds,
         demo_cmd,
+        download_cmd,
         model_cmds,
         server_cmds,
         store_cmds,
@@ -31,7 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tuneloom {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (data_cmds, train_cmd, model_cmds, compare_cmd, demo_cmd, server_cmds, workers_cmd, store_cmds):
+    commands_in_order = (
+        data_cmds,
+        train_cmd,
+        model_cmds,
+        download_cmd,
+        compare_cmd,
+        demo_cmd,
+        server_cmds,
+        workers_cmd,
+        store_cmds,
+    )
+    for module in commands_in_order:
         module.register(commands)
     return parser
 

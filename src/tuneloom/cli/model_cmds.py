@@ -130,7 +130,13 @@ def register(commands: Any) -> None:
     )
     ex.add_argument("model", type=Path, help="the model-version directory to export")
     ex.add_argument("out", type=Path, help="the folder to write (must not exist yet)")
-    how = ex.add_mutually_exclusive_group()
+    add_export_form_args(ex)
+    ex.set_defaults(run=run_export)
+
+
+def add_export_form_args(parser: argparse.ArgumentParser) -> None:
+    """`--merged` or `--gguf [TYPE]` (neither: the adapter), for `export` and `download` alike."""
+    how = parser.add_mutually_exclusive_group()
     how.add_argument("--merged", action="store_true", help="merge LoRA into the base weights")
     how.add_argument(
         "--gguf",
@@ -141,7 +147,6 @@ def register(commands: Any) -> None:
         help=f"one GGUF file for llama.cpp / Ollama (LoRA merged), weights in TYPE: {', '.join(GGUF_TYPES)} "
         f"(default: {DEFAULT_GGUF_TYPE}); with an Ollama Modelfile in the prompt format",
     )
-    ex.set_defaults(run=run_export)
 
 
 def _inference_params(args: argparse.Namespace) -> Any:

@@ -11,11 +11,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     Progress,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 from rich.table import Table
 
@@ -135,6 +137,20 @@ def progress_bar() -> Progress:
         TaskProgressColumn(),
         TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console_err,
+        transient=False,
+    )
+
+
+def download_bar() -> Progress:
+    """Bytes, speed and ETA; a pulsing bar while the total is unknown (the server still building the file)."""
+    return _ProgressLeavingNoBlankLine(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
         console=console_err,

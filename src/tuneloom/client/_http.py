@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,9 +100,12 @@ class Transport:
         json: Any = None,
         params: dict[str, Any] | None = None,
         content: Any = None,
+        timeout: float | None = None,
     ) -> Any:
-        """The decoded JSON answer (None for an empty one, such as 204 after a delete)."""
-        return self._decoded(self._send(method, path, json=json, params=params, content=content))
+        """The decoded JSON answer (None for an empty one, such as 204 after a delete). `timeout`: the longest wait
+        for this answer, where it may take longer than the client's (None: the client's)."""
+        response = self._send(method, path, json=json, params=params, content=content, timeout=timeout)
+        return self._decoded(response)
 
     def listed(self, path: str, *, limit: int | None, page_size: int) -> Iterator[Any]:
         """The items of a paged list in its order, `page_size` a request, the first `limit` (None: all).
@@ -121,10 +124,20 @@ class Transport:
             url, params = response.links.get("next", {}).get("url"), None  # the link keeps `limit`
 
     def _send(
-        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None, content: Any = None
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        content: Any = None,
+        timeout: float | None = None,
     ) -> httpx.Response:
+        wait = httpx.USE_CLIENT_DEFAULT if timeout is None else timeout
         try:
-            response = self.http.request(method, path, json=json, params=_drop_none(params), content=content)
+            response = self.http.request(
+                method, path, json=json, params=_drop_none(params), content=content, timeout=wait
+            )
         except httpx.TransportError as err:
             raise TuneloomConnectionError(self.base_url, err) from err
         if response.is_error:
@@ -160,17 +173,25 @@ class Transport:
         except httpx.TransportError as err:
             raise TuneloomConnectionError(self.base_url, err) from err
 
-    def download(self, path: str, to: Path, *, timeout: float = 600.0) -> str:
-        """Stream GET `path` into the file `to`; its SHA-256. `timeout`: the longest wait for a next chunk."""
+    def download(
+        self, path: str, to: Path, *, timeout: float = 600.0, progress: Callable[[int, int | None], None] | None = None
+    ) -> str:
+        """Stream GET `path` into the file `to`; its SHA-256. `timeout`: the longest wait for a next chunk.
+        `progress(done, total)` after each chunk, in bytes (total: the announced length, if any)."""
         digest = hashlib.sha256()
         try:
             with self.http.stream("GET", path, timeout=timeout) as response, to.open("wb") as out:
                 if response.is_error:
                     response.read()
                     raise error_from_response(response)
+                length = response.headers.get("content-length")
+                total, done = (int(length) if length and length.isdigit() else None), 0
                 for chunk in response.iter_bytes(1024 * 1024):
                     out.write(chunk)
                     digest.update(chunk)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(done, total)
         except httpx.TransportError as err:
             raise TuneloomConnectionError(self.base_url, err) from err
         return digest.hexdigest()

@@ -10,7 +10,7 @@ import os
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +31,7 @@ from tuneloom.client.records import (
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 PAGE_SIZE = 100  # versions per request when listing; the server takes up to 500
+EXPORT_BUILD_TIMEOUT_S = 4 * 3600.0  # the server builds an export in the request: a 7B's Q4_K_M takes ~20 min
 
 
 def _seg(object_id: str) -> str:
@@ -289,23 +290,32 @@ class Model:
             time.sleep(min(poll, left))
 
     def export(
-        self, version: str | ModelVersion, dest: str | Path, format: str = "adapter", *, gguf_type: str | None = None
+        self,
+        version: str | ModelVersion,
+        dest: str | Path,
+        format: str = "adapter",
+        *,
+        gguf_type: str | None = None,
+        progress: Callable[[int, int | None], None] | None = None,
     ) -> Path:
         """Download the version as `tuneloom export` writes it, into the folder `dest` (which must not exist yet).
 
         `format`: "adapter" (the LoRA adapter, for peft), "merged" (full weights, plain transformers) or "gguf"
         (one file for llama.cpp / Ollama; `gguf_type` f32, f16, bf16, q8_0 or q4_k_m). The server builds it on first
-        request; the download is checked against the SHA-256 the server reported before it is unpacked.
+        request, which for a 7B takes minutes (the client's timeout does not cut that wait short); the download is
+        checked against the SHA-256 the server reported before it is unpacked. `progress(done, total)`: bytes
+        downloaded so far, after each chunk.
         """
         out = Path(dest)
         if out.exists():
             raise FileExistsError(f"{out} already exists; choose another folder")
         body = {"format": format, "gguf_type": gguf_type}
-        built = self._t.request("POST", f"{self._version_path(version)}/exports", json=body)
+        path = f"{self._version_path(version)}/exports"
+        built = self._t.request("POST", path, json=body, timeout=EXPORT_BUILD_TIMEOUT_S)
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
             archive = Path(tmp) / built["file_name"]
-            if self._t.download(built["download_url"], archive) != built["sha256"]:
+            if self._t.download(built["download_url"], archive, progress=progress) != built["sha256"]:
                 raise TuneloomAPIError(
                     502, "DOWNLOAD_CORRUPT", f"the download of {built['file_name']} does not match its SHA-256"
                 )
