@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import httpx
 
@@ -84,6 +84,16 @@ def parse_sse(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
         yield event, "\n".join(data)
 
 
+class RequestOptions(TypedDict, total=False):
+    """What a request may carry besides its method and path. `timeout`: the longest wait for this answer,
+    where it may take longer than the client's (None: the client's)."""
+
+    json: Any
+    params: dict[str, Any] | None
+    content: Any
+    timeout: float | None
+
+
 class Transport:
     """A thin wrapper over one `httpx.Client` (connection reuse) that raises tuneloom errors."""
 
@@ -92,20 +102,9 @@ class Transport:
         headers = {"Authorization": f"Key {api_key}"} if api_key else {}
         self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        params: dict[str, Any] | None = None,
-        content: Any = None,
-        timeout: float | None = None,
-    ) -> Any:
-        """The decoded JSON answer (None for an empty one, such as 204 after a delete). `timeout`: the longest wait
-        for this answer, where it may take longer than the client's (None: the client's)."""
-        response = self._send(method, path, json=json, params=params, content=content, timeout=timeout)
-        return self._decoded(response)
+    def request(self, method: str, path: str, **options: Unpack[RequestOptions]) -> Any:
+        """The decoded JSON answer (None for an empty one, such as 204 after a delete)."""
+        return self._decoded(self._send(method, path, **options))
 
     def listed(self, path: str, *, limit: int | None, page_size: int) -> Iterator[Any]:
         """The items of a paged list in its order, `page_size` a request, the first `limit` (None: all).
@@ -123,17 +122,10 @@ class Transport:
             left = None if left is None else left - len(items)
             url, params = response.links.get("next", {}).get("url"), None  # the link keeps `limit`
 
-    def _send(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        params: dict[str, Any] | None = None,
-        content: Any = None,
-        timeout: float | None = None,
-    ) -> httpx.Response:
+    def _send(self, method: str, path: str, **options: Unpack[RequestOptions]) -> httpx.Response:
+        timeout = options.get("timeout")
         wait = httpx.USE_CLIENT_DEFAULT if timeout is None else timeout
+        json, params, content = options.get("json"), options.get("params"), options.get("content")
         try:
             response = self.http.request(
                 method, path, json=json, params=_drop_none(params), content=content, timeout=wait
