@@ -147,3 +147,33 @@ def test_a_fused_training_step_runs_a_fifth_fewer_operators() -> None:
     (plain, plain_loss), (fused, fused_loss) = step_ops(False), step_ops(True)
     torch.testing.assert_close(fused_loss, plain_loss)
     assert fused < 0.8 * plain, (fused, plain)
+
+
+def test_with_gradient_checkpointing_the_recomputed_forward_draws_the_same_dropout() -> None:
+    """`gradient_checkpointing: true` runs each block's forward again in the backward pass: the fused layers'
+    dropout must draw the masks of the first pass, as peft's do, or the gradients would be of another model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+    )
+
+    def grads(fuse: bool) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        base = LlamaForCausalLM(config)
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lora = LoraConfig(r=4, lora_alpha=12, lora_dropout=0.2, target_modules=["q_proj", "v_proj"])
+        model = get_peft_model(base, lora).train()
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                nn.init.normal_(param, std=0.5)
+        if fuse:
+            fuse_lora_layers(model)
+        ids = torch.randint(1, 128, (2, 17), generator=torch.Generator().manual_seed(1))
+        torch.manual_seed(2)
+        model(input_ids=ids, labels=ids).loss.backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    want, got = grads(False), grads(True)
+    assert len(want) == 8
+    _same(got, want)
