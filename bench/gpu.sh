@@ -103,6 +103,11 @@ steps() {
 #    `single`, `batched` and `ttft` were measured 2026-11-29.
 step "decode llama-1.1b-random (+ compiled loop)" 130 env TORCH_LOGS=recompiles,graph_breaks $PY -m bench.generate \
   --model llama-1.1b-random "${GEN_ARGS[@]}" --variants baseline,compiled --out "$OUT/generate-llama-1.1b-random-compiled.json"
+# 1b. One LoRA layer's host cost three ways (seconds): peft's, the fused node (fewest operators, Python
+#    backward) and a native-autograd candidate (C++ backward, more operators). On the CPU the native one
+#    is the cheapest (1.17x peft vs 1.07x); a kernel launch per operator may turn that round on a GPU.
+step "LoRA layer host cost (peft / fused / native)" 45 $PY -m bench.lora_layers \
+  --out "$OUT/lora-layers-$([ $DRY = 1 ] && echo cpu || echo gpu).json"
 # 2. The 1.1B three ways side by side: Trainer + peft, tuneloom, and tuneloom with torch_compile (compiled
 #    blocks). A cold compile took over 100 s on the H200 machine (54 s with a warm cache), so this step has
 #    most of the budget; --limit-s keeps a slow compile from eating the other figures. --profile records 3

@@ -70,6 +70,26 @@ def attention_rows(results: list[dict[str, Any]]) -> list[list[str]]:
     return [["packed attention", verdict[:60], timing, speedup, "", "", ""]]
 
 
+def lora_layer_rows(results: list[dict[str, Any]]) -> list[list[str]]:
+    """bench/lora_layers.py: one LoRA layer's host cost, peft's against the fused and the native candidate."""
+    if not results:
+        return []
+    f = results[-1]["figures"]
+    peft = f["peft"]["us_per_layer"]
+    return [
+        [
+            f"LoRA layer, {name}",
+            f"{f[name]['us_per_layer']:.1f} µs/layer",
+            "",
+            f"{peft / f[name]['us_per_layer']:.2f}×",
+            f"{f[name]['operators_per_layer']:.0f} ops",
+            "",
+            "",
+        ]
+        for name in ("peft", "fused", "native")
+    ]
+
+
 def decode_rows(results: list[dict[str, Any]]) -> list[list[str]]:
     merged: dict[str, Any] = {}
     for result in results:
@@ -147,6 +167,7 @@ def main() -> None:
         f"bench/gpu.sh — {device}",
         ["measurement", "run", "tokens/s", "× baseline", "peak MiB", "mean loss", "MFU / floor"],
         attention_rows(load(folder, "attention-check-*.json"))
+        + lora_layer_rows(load(folder, "lora-layers-*.json"))
         + train_rows(train)
         + fsdp_rows(fsdp)
         + decode_rows(decode)
