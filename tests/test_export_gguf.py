@@ -88,14 +88,20 @@ def _more_bits(layer: int, layers: int) -> bool:
     return layer < layers // 8 or layer >= 7 * layers // 8 or (layer - layers // 8) % 3 == 2
 
 
+@pytest.fixture(scope="module")
+def smollm2_q4_k_m(smollm2: tuple[InferenceModel, Path]) -> Path:
+    """SmolLM2's Q4_K_M export, written once for the module (a few seconds of quantizing)."""
+    path = smollm2[1].with_name("q4_k_m.gguf")
+    write_gguf(smollm2[0], path, gguf_type="q4_k_m", name="smollm2")
+    return path
+
+
 def test_q4_k_m_stores_each_tensor_as_llama_cpps_recipe_does(
-    smollm2: tuple[InferenceModel, Path], tmp_path: Path
+    smollm2: tuple[InferenceModel, Path], smollm2_q4_k_m: Path, tmp_path: Path
 ) -> None:
     """SmolLM2's 576-wide rows are no multiple of the K types' 256: those fall back as llama.cpp's do (Q4_K → Q5_0,
     Q6_K → Q8_0); its 1,536-wide down projections take Q4_K, and Q6_K in the layers that get more bits."""
-    loaded, _ = smollm2
-    path = tmp_path / "q4_k_m.gguf"
-    write_gguf(loaded, path, gguf_type="q4_k_m", name="smollm2")
+    loaded, path = smollm2[0], smollm2_q4_k_m
     reader = gguf.GGUFReader(path)
     assert reader.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q4_K_M
     layers = loaded.model.config.num_hidden_layers
@@ -122,11 +128,9 @@ def test_q4_k_m_stores_each_tensor_as_llama_cpps_recipe_does(
 
 
 @pytest.mark.skipif(not LLAMA_CPP, reason="TUNELOOM_TEST_LLAMA_CPP unset (.ci/run installs llama.cpp from npm)")
-def test_llama_cpp_runs_the_q4_k_m_export(smollm2: tuple[InferenceModel, Path], tmp_path: Path) -> None:
+def test_llama_cpp_runs_the_q4_k_m_export(smollm2: tuple[InferenceModel, Path], smollm2_q4_k_m: Path) -> None:
     """llama.cpp reads tuneloom's own Q4_K / Q6_K blocks and, on an instruction prompt, answers as the full model."""
-    loaded, _ = smollm2
-    path = tmp_path / "q4_k_m.gguf"
-    write_gguf(loaded, path, gguf_type="q4_k_m", name="smollm2")
+    loaded, path = smollm2[0], smollm2_q4_k_m
     prompt = FORMAT.render("What is the capital of France?")
     assert LLAMA_CPP
     llama_cpp = run_llama_cpp(LLAMA_CPP, path, [prompt], [prompt], max_tokens=8)
