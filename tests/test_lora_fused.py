@@ -122,7 +122,7 @@ def test_fused_layers_save_and_merge_as_peft_s(tmp_path: object) -> None:
 
 
 def test_a_fused_training_step_runs_a_fifth_fewer_operators() -> None:
-    """The reason for the fusion: on a GPU the eager step's time is its operator count (bench/README.md)."""
+    """The reason for the fusion: fewer operators for the host to issue on a host-bound GPU (bench/README.md)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
