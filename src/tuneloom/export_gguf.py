@@ -252,11 +252,9 @@ def _stored(array: np.ndarray, wanted_name: str) -> tuple[np.ndarray, Any]:
         wanted = kind[_FALLBACKS[wanted.name]]
     if wanted == kind.F16:
         return array.astype(np.float16), kind.F16
-    rows = array.reshape(-1, array.shape[-1])
-    if wanted == kind.Q4_K:
-        return quantize_q4_k(rows).reshape(*array.shape[:-1], -1), wanted
-    if wanted == kind.Q6_K:
-        return quantize_q6_k(rows).reshape(*array.shape[:-1], -1), wanted
+    ours = {kind.Q4_K: quantize_q4_k, kind.Q6_K: quantize_q6_k}  # the types the gguf package cannot write
+    if wanted in ours:
+        return ours[wanted](array.reshape(-1, array.shape[-1])).reshape(*array.shape[:-1], -1), wanted
     return gguf.quants.quantize(array, wanted), wanted
 
 

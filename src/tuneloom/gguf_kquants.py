@@ -71,7 +71,7 @@ def _q6_k(rows: np.ndarray) -> np.ndarray:
     n = rows.shape[0]
     x = rows.astype(np.float32).reshape(-1, 16, 16)
     scales = _symmetric_scale(x)
-    largest = np.take_along_axis(scales, np.argmax(np.abs(scales), axis=1)[:, None], axis=1)[:, 0]
+    largest = _signed_largest(scales)
     usable = np.abs(largest) >= _EPS
     inverse = np.where(usable, -128 / np.where(usable, largest, 1), 0)
     d = np.where(usable, 1 / np.where(usable, inverse, 1), 0).astype(np.float16).astype(np.float32)
@@ -129,7 +129,7 @@ def _error(x: np.ndarray, w: np.ndarray, levels: np.ndarray, scale: np.ndarray, 
 def _symmetric_scale(x: np.ndarray) -> np.ndarray:
     """Each sub-block's signed scale for q in −32..31, by llama.cpp's `make_qx_quants` (weights x²): the best of
     19 trial scales around the one that maps the largest weight to −32."""
-    largest = np.take_along_axis(x, np.argmax(np.abs(x), axis=-1)[..., None], axis=-1)[..., 0]
+    largest = _signed_largest(x)
     usable = np.abs(largest) >= _EPS
     safe = np.where(usable, largest, 1)
     w = x**2
@@ -143,6 +143,11 @@ def _symmetric_scale(x: np.ndarray) -> np.ndarray:
         better = score > best_score
         best_scale, best_score = np.where(better, scale, best_scale), np.where(better, score, best_score)
     return np.where(usable, best_scale, 0).astype(np.float32)
+
+
+def _signed_largest(values: np.ndarray) -> np.ndarray:
+    """Along the last axis, the value of largest magnitude, with its sign (llama.cpp's `max` in its searches)."""
+    return np.take_along_axis(values, np.argmax(np.abs(values), axis=-1)[..., None], axis=-1)[..., 0]
 
 
 def _six_bits(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -13,6 +13,7 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    ProgressColumn,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
@@ -131,26 +132,20 @@ class _ProgressLeavingNoBlankLine(Progress):
 
 
 def progress_bar() -> Progress:
-    return _ProgressLeavingNoBlankLine(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console_err,
-        transient=False,
-    )
+    return _bar(TaskProgressColumn(), TextColumn("{task.fields[status]}"), TimeElapsedColumn())
 
 
 def download_bar() -> Progress:
     """Bytes, speed and ETA; a pulsing bar while the total is unknown (the server still building the file)."""
+    return _bar(DownloadColumn(), TransferSpeedColumn())
+
+
+def _bar(*figures: ProgressColumn) -> Progress:
+    """A described bar on stderr, then `figures`, then the ETA."""
     return _ProgressLeavingNoBlankLine(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
+        *figures,
         TextColumn("ETA"),
         TimeRemainingColumn(),
         console=console_err,

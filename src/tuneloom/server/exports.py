@@ -116,15 +116,16 @@ class Exports:
         another server evicts between the check and the read is built again.
         """
         target = self._zip_path(named)
+        facts_path = target.with_suffix(".json")
         for _ in range(3):
             if not target.exists():
                 with self._building:
                     if not target.exists():
                         self._build(named, artifact_path, target)
-                        evict_least_used(target.parent.parent, self.cache_bytes, keep=target)
+                        evict_least_used(self.artifacts.resolve(EXPORTS), self.cache_bytes, keep=target)
             try:
-                facts = json.loads(target.with_suffix(".json").read_text(encoding="utf-8"))
-                os.utime(target.with_suffix(".json"))
+                facts = json.loads(facts_path.read_text(encoding="utf-8"))
+                os.utime(facts_path)
             except FileNotFoundError:  # evicted meanwhile (the zip goes first), or a zip without facts: build again
                 target.unlink(missing_ok=True)
                 continue
