@@ -24,10 +24,19 @@ from bench.common import RESULTS_DIR, print_table, write_result
 RUNNER = Path(__file__).with_name("llama_cpp_run.mjs")
 
 
-def run_llama_cpp(install: str | Path, model: Path, prompts: list[str], tokenize: list[str], max_tokens: int) -> Any:
-    """llama.cpp's token ids for each `tokenize` text and greedy continuation (≤ `max_tokens`) of each prompt."""
+def run_llama_cpp(
+    install: str | Path,
+    model: Path,
+    prompts: list[str],
+    tokenize: list[str],
+    max_tokens: int,
+    score: list[str] | None = None,
+) -> Any:
+    """llama.cpp's token ids for each `tokenize` text, greedy continuation (≤ `max_tokens`) of each prompt, and
+    for each `score` text the log-probability of each token after those before it (`log_likelihoods`)."""
     entry = (Path(install) / "node_modules" / "node-llama-cpp" / "dist" / "index.js").as_uri()
     job = {"model": str(model), "prompts": prompts, "max_tokens": max_tokens, "tokenize": tokenize}
+    job["score"] = score or []
     ran = subprocess.run(
         [shutil.which("node") or "node", str(RUNNER), entry],
         input=json.dumps(job),

