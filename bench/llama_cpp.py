@@ -49,6 +49,21 @@ def run_llama_cpp(
     return json.loads(ran.stdout.strip().splitlines()[-1])
 
 
+def token_log_probs(loaded: Any, text: str) -> list[float]:
+    """tuneloom's log-probability of each token of `text` after those before it, as llama.cpp's scores are taken."""
+    import torch
+
+    ids = loaded.tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        log_probs = loaded.model(ids).logits[0, :-1].float().log_softmax(-1)
+    return log_probs.gather(1, ids[0, 1:, None])[:, 0].tolist()
+
+
+def mean_nll(log_probs: list[list[float]]) -> float:
+    """Nats a token over every scored text: the log of llama.cpp's perplexity figure."""
+    return -sum(map(sum, log_probs)) / sum(map(len, log_probs))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--version", type=Path, required=True, help="a model-version directory (with held_out.json)")
@@ -71,12 +86,15 @@ def main() -> None:
     loaded = load_for_inference(args.version)
     ours = [g.text for g in generate(loaded, prompts, InferenceParams(max_tokens=args.max_tokens))]
     ids = [loaded.tokenizer(prompt)["input_ids"] for prompt in prompts]
+    scored = [f"{example['prompt']} {example['completion']}" for example in held_out]
+    full_nll = mean_nll([token_log_probs(loaded, text) for text in scored])
     rows, figures = [], {}
     for gguf_type in args.types.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             exported = export_version(args.version, Path(tmp) / "export", gguf_type=gguf_type)
             size_mb = (exported.path / GGUF_FILE).stat().st_size / 2**20
-            theirs = run_llama_cpp(args.llama_cpp, exported.path / GGUF_FILE, prompts, prompts, args.max_tokens)
+            file = exported.path / GGUF_FILE
+            theirs = run_llama_cpp(args.llama_cpp, file, prompts, prompts, args.max_tokens, score=scored)
         answers = [text.split("###")[0].strip() for text in theirs["completions"]]
         figures[gguf_type] = {
             "prompts": len(prompts),
@@ -84,12 +102,15 @@ def main() -> None:
             "same_token_ids": sum(a == b for a, b in zip(theirs["tokens"], ids, strict=True)),
             "same_answer_as_tuneloom": sum(a == b for a, b in zip(answers, ours, strict=True)),
             "right": sum(a == example["completion"] for a, example in zip(answers, held_out, strict=True)),
+            "nll": round(mean_nll(theirs["log_likelihoods"]), 4),
         }
         rows.append([gguf_type, *figures[gguf_type].values()])
     figures["tuneloom_right"] = sum(a == example["completion"] for a, example in zip(ours, held_out, strict=True))
+    figures["tuneloom_nll"] = round(full_nll, 4)
     write_result(args.out, benchmark="gguf-llama-cpp", figures=figures, notes=f"version {args.version}")
-    columns = ["type", "prompts", "file MiB", "same token ids", "same answer as tuneloom", "right"]
-    print_table(f"llama.cpp on {args.version} (tuneloom: {figures['tuneloom_right']} right)", columns, rows)
+    columns = ["type", "prompts", "file MiB", "same token ids", "same answer as tuneloom", "right", "nats/token"]
+    title = f"llama.cpp on {args.version} (tuneloom: {figures['tuneloom_right']} right, {full_nll:.4f} nats/token)"
+    print_table(title, columns, rows)
 
 
 if __name__ == "__main__":

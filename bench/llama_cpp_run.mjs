@@ -19,11 +19,12 @@ for (const prompt of job.prompts) {
   sequence.dispose();
 }
 const logLikelihoods = [];
+const scoring = context.getSequence();
 for (const text of job.score ?? []) {
   const tokens = Array.from(model.tokenize(text));
-  const sequence = context.getSequence();
+  await scoring.clearHistory();
   const input = tokens.map((token, i) => (i + 1 < tokens.length ? [token, {generateNext: {logits: true}}] : token));
-  const output = await sequence.controlledEvaluate(input);
+  const output = await scoring.controlledEvaluate(input);
   const scores = [];
   for (let i = 0; i + 1 < tokens.length; i++) {
     const logits = Array.from(output[i].next.logits.values());
@@ -32,7 +33,7 @@ for (const text of job.score ?? []) {
     scores.push(output[i].next.logits.get(tokens[i + 1]) - logSumExp);
   }
   logLikelihoods.push(scores);
-  sequence.dispose();
 }
+scoring.dispose();
 const tokens = job.tokenize.map((text) => Array.from(model.tokenize(text)));
 console.log(JSON.stringify({tokens, completions, log_likelihoods: logLikelihoods}));

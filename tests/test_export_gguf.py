@@ -16,8 +16,7 @@ from typing import Any
 import gguf
 import numpy as np
 import pytest
-import torch
-from bench.llama_cpp import run_llama_cpp
+from bench.llama_cpp import mean_nll, run_llama_cpp, token_log_probs
 from tests.conftest import cli_in_process, refused, sentiment_lines
 from transformers import AutoTokenizer, GPTNeoConfig, GPTNeoForCausalLM
 
@@ -88,15 +87,7 @@ def test_llama_cpp_tokenizes_and_answers_as_tuneloom(smollm2: tuple[InferenceMod
     ours = generate(loaded, prompts, InferenceParams(max_tokens=8, prompt_template="{prompt}"))  # as sent
     assert [text.split("###")[0].strip() for text in llama_cpp["completions"]] == [g.text for g in ours]
     assert all(g.text for g in ours)
-    np.testing.assert_allclose(llama_cpp["log_likelihoods"][0], _token_log_probs(loaded, SCORED), rtol=1e-3, atol=2e-3)
-
-
-def _token_log_probs(loaded: InferenceModel, text: str) -> np.ndarray:
-    """tuneloom's log-probability of each token of `text` after those before it (the model in full precision)."""
-    ids = loaded.tokenizer(text, return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        log_probs = loaded.model(ids).logits[0, :-1].float().log_softmax(-1)
-    return log_probs.gather(1, ids[0, 1:, None])[:, 0].numpy()
+    np.testing.assert_allclose(llama_cpp["log_likelihoods"][0], token_log_probs(loaded, SCORED), rtol=1e-3, atol=2e-3)
 
 
 def _more_bits(layer: int, layers: int) -> bool:
@@ -155,8 +146,8 @@ def test_llama_cpp_runs_the_q4_k_m_export(smollm2: tuple[InferenceModel, Path], 
     assert LLAMA_CPP
     llama_cpp = run_llama_cpp(LLAMA_CPP, path, [], [SCORED], max_tokens=1, score=[SCORED])
     assert llama_cpp["tokens"] == [loaded.tokenizer(SCORED)["input_ids"]]
-    full = -float(np.mean(_token_log_probs(loaded, SCORED)))
-    quantized = -float(np.mean(llama_cpp["log_likelihoods"][0]))
+    full = mean_nll([token_log_probs(loaded, SCORED)])
+    quantized = mean_nll(llama_cpp["log_likelihoods"])
     assert 2 < full < 4 and abs(quantized - full) < 0.1 * full, (quantized, full)
 
 

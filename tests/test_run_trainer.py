@@ -152,3 +152,25 @@ def test_windows_are_logged_as_their_steps_end_when_reads_are_due(
     monkeypatch.setattr(run_trainer, "LOG_READ_EVERY_S", 0.0)
     _, when, _ = _train(RunTrainer, tmp_path)
     assert when.calls == [(step, step) for step in range(1, 7)]
+
+
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_batches_are_queued_to_the_gpu_not_copied_in_a_wait(
+    device: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blocking copy to the card waits for every kernel before it (the previous step); from pinned memory a
+    non-blocking one is queued. On the GPU both are on unless the user's `accelerator_config` says otherwise."""
+    from tuneloom.templates import get_template, resolve_settings
+    from tuneloom.train import recipe
+
+    monkeypatch.setattr(recipe, "pick_device", lambda: torch.device(device))
+
+    def arguments(trainer_config: dict[str, Any]) -> TrainingArguments:
+        settings = resolve_settings(get_template("tiny-random"), {"trainer_config": trainer_config})
+        return recipe._training_arguments(settings, recipe._extensions(settings), tmp_path, 8, has_eval=False)
+
+    on_gpu = device == "cuda"
+    default = arguments({})
+    assert default.dataloader_pin_memory is on_gpu and default.accelerator_config.non_blocking is on_gpu
+    chosen = arguments({"accelerator_config": {"non_blocking": False, "even_batches": False}})
+    assert chosen.accelerator_config.non_blocking is False and chosen.accelerator_config.even_batches is False

@@ -327,12 +327,17 @@ def _training_arguments(
     }
     if settings.distributed:
         defaults["ddp_find_unused_parameters"] = False  # every parameter trains each step; skip the extra graph walk
+    on_gpu = pick_device().type == "cuda"
+    # A batch copied to the card without `non_blocking` waits until every kernel queued before it has run
+    # (PyTorch's memcpy_and_sync), so the host could not prepare step k+1 while the card runs step k.
+    # From pinned memory the copy is queued like a kernel instead.
+    user["accelerator_config"] = {"non_blocking": on_gpu, **user.get("accelerator_config", {})}
     forced = {
         "output_dir": str(workdir / "checkpoints"),
         "disable_tqdm": True,
         "remove_unused_columns": False,
         "prediction_loss_only": True,
-        "dataloader_pin_memory": pick_device().type == "cuda",
+        "dataloader_pin_memory": on_gpu,
     }
     return TrainingArguments(**{**defaults, **user, **forced})
 
