@@ -26,7 +26,7 @@ import torch
 from transformers import LogitsProcessor
 
 from tuneloom.generate.params import InferenceParams
-from tuneloom.generate.sampling import column
+from tuneloom.generate.sampling import column, on_device
 
 
 def has_penalty(params: InferenceParams) -> bool:
@@ -76,7 +76,7 @@ class TokenCounts:
         """These rows only, in this order; None where there are none."""
         if not rows:
             return None
-        index = torch.tensor(rows, device=self.seen.device)
+        index = on_device(rows, self.seen.device)
         return TokenCounts(self.seen[index], self.generated[index])
 
     def penalize(self, logits: torch.Tensor, params: Sequence[InferenceParams]) -> torch.Tensor:

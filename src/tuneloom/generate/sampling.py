@@ -45,9 +45,10 @@ def pick_tokens(
     ranked = [i for i in sampling if params[i].top_k or params[i].top_p < 1.0]
     for rows, draw in ((plain, _draw_plain), (ranked, _draw_ranked)):
         if rows:
-            scaled = logits[rows].float() / column([max(params[i].temperature, 1e-5) for i in rows], logits)
+            index = on_device(rows, logits.device)
+            scaled = logits[index].float() / column([max(params[i].temperature, 1e-5) for i in rows], logits)
             uniform = _uniforms([own[i] for i in rows], logits.device)
-            tokens[rows] = draw(scaled, [params[i] for i in rows], uniform)
+            tokens[index] = draw(scaled, [params[i] for i in rows], uniform)
     return tokens
 
 
@@ -72,8 +73,9 @@ def token_logprobs(
     logprobs = scaled.log_softmax(dim=-1)
     ranked = [i for i, p in enumerate(params) if p.sampling and (p.top_k or p.top_p < 1.0)]  # the others: all kept
     if ranked:
-        filtered = logprobs[ranked].masked_fill(~_kept(scaled[ranked], [params[i] for i in ranked]), float("-inf"))
-        logprobs[ranked] = filtered - filtered.logsumexp(dim=-1, keepdim=True)
+        index = on_device(ranked, logits.device)
+        filtered = logprobs[index].masked_fill(~_kept(scaled[index], [params[i] for i in ranked]), float("-inf"))
+        logprobs[index] = filtered - filtered.logsumexp(dim=-1, keepdim=True)
     chosen = logprobs.gather(1, tokens[:, None]).squeeze(1)
     top = logprobs.topk(min(top_n, logprobs.shape[1]), dim=-1)
     return chosen, top.values, top.indices
@@ -169,4 +171,17 @@ def _uniforms(generators: Sequence[torch.Generator | None], device: torch.device
 
 def column(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
     """`values` as a column on `like`'s device, to broadcast over the vocabulary."""
-    return torch.tensor(values, device=like.device)[:, None]
+    return on_device(values, like.device)[:, None]
+
+
+def on_device(values: Sequence[float], device: torch.device) -> torch.Tensor:
+    """`values` (per-row settings, row numbers) as a tensor on `device`, without waiting for it.
+
+    `torch.tensor(values, device=…)`, or indexing a GPU tensor with a list, copies from ordinary memory
+    with a blocking copy, which first waits for every kernel already queued (PyTorch's `memcpy_and_sync`):
+    at every sampled token the host would stop until the step running ahead had finished. From pinned
+    memory the copy is queued behind those kernels instead.
+    """
+    if device.type != "cuda":
+        return torch.tensor(values, device=device)
+    return torch.tensor(values, pin_memory=True).to(device, non_blocking=True)
