@@ -2,13 +2,13 @@
 # Every GPU measurement of issue 5 in one run, sized for the device tool (well under its 10-minute limit):
 #   1. batch-1 decode of the 1.1B shape: model.generate vs `tuneloom generate --compile` (static KV cache,
 #      CUDA graphs, tuneloom's own token loop) against the bandwidth floor, with where its time goes;
-#   2. training: bench.train on a Llama-1.1B shape and on SmolLM2-135M's shape (random weights, bf16),
-#      Trainer + peft (dynamic padding) vs tuneloom vs tuneloom with torch_compile (compiled blocks):
-#      real tokens/s (whole run, and steady: at the median step), peak GPU memory, mean loss, MFU;
+#   2. training, in the order of the issue's open targets: the Llama-1.1B shape at batch 64 compiled (MFU),
+#      SmolLM2-135M's shape (3x), the 1.1B at batch 16 (bench.train; random weights, bf16) — Trainer + peft
+#      (dynamic padding) vs tuneloom vs tuneloom with torch_compile (compiled blocks): real tokens/s (whole
+#      run, and steady: at the median step), peak GPU memory, mean loss, MFU;
 #   3. with budget to spare: the packed attention kernel (flash-attention varlen via
 #      torch.nn.attention.varlen) checked against per-example SDPA and timed against the block-diagonal
-#      masked SDPA (bench/gpu_attention_check.py); the 1.1B LoRA at batch 64 (more tokens per step: the
-#      MFU the recipe reaches with larger matmuls); model.generate with a static cache + compile, batch 1;
+#      masked SDPA (bench/gpu_attention_check.py); model.generate with a static cache + compile, batch 1;
 #   4. (optional, only where `import vllm` works) vLLM batch-1 and 32-concurrent decode of the 1.1B shape
 #      vs model.generate, and tuneloom's vLLM serving backend on a LoRA version of it (bench/vllm_decode.py).
 # FSDP (issue 7) runs alone in bench/gpu_fsdp.sh.
@@ -108,22 +108,26 @@ step "decode llama-1.1b-random (+ compiled loop)" 130 env TORCH_LOGS=recompiles,
 #    is the cheapest (1.17x peft vs 1.07x); a kernel launch per operator may turn that round on a GPU.
 step "LoRA layer host cost (peft / fused / native)" 45 $PY -m bench.lora_layers \
   --out "$OUT/lora-layers-$([ $DRY = 1 ] && echo cpu || echo gpu).json"
-# 2. The 1.1B three ways side by side: Trainer + peft, tuneloom, and tuneloom with torch_compile (compiled
-#    blocks). A cold compile took over 100 s on the H200 machine (54 s with a warm cache), so this step has
-#    most of the budget; --limit-s keeps a slow compile from eating the other figures. --profile records 3
-#    steps mid-run of each tuneloom run: how busy the card is and which operators take the time (the MFU
-#    question: 10.9% compiled). Flat batches no longer wait for the device mid-step (no boolean index), and the
-#    LoRA layers run fused (train/lora.py, 24% fewer operators a step): the eager step was 0.183 s on 2026-11-29.
-step "train llama-1.1b-random (+ compile)" 250 env TORCH_LOGS=recompiles,graph_breaks $PY -m bench.train \
-  --model llama-1.1b-random "${TRAIN_ARGS[@]}" --compile --profile --limit-s 240
-# 3. SmolLM2's shape compiled (eager: 1.35x on 2026-11-29; its compile did not finish in 74 s then).
+# 2. MFU (the issue's 40% for the 1.1B LoRA; 10.9% compiled at batch 16 on 2026-11-29): 4x the tokens a
+#    step, compiled blocks, profiled. At batch 16 the compiled step (0.098 s) was host-bound with the card
+#    mostly idle; with 4x the tokens its matmuls can fill the card, provided the host runs ahead of it: the
+#    Trainer no longer waits for the card to log (train/trainer.py) nor to copy each batch (non_blocking),
+#    which at batch 16 hardly mattered. The baseline is left out: it ran out of memory at batch 64 (139 GB).
+#    A cold compile took over 100 s, so this step has the largest share of the budget.
+step "train llama-1.1b-random, batch 64 (+ compile): MFU" 230 env TORCH_LOGS=recompiles,graph_breaks $PY -m bench.train \
+  --model llama-1.1b-random "${BIG_TRAIN_ARGS[@]}" --no-baseline --compile --profile --limit-s 220 \
+  --out "$OUT/train-llama-1.1b-random-batch64.json"
+# 3. SmolLM2's shape against the baseline, compiled too (eager: 1.35x on 2026-11-29; its compile did not
+#    finish in 74 s then): the issue's 3x for the 135M model.
 step "train smollm2-135m-random (+ compile)" 150 $PY -m bench.train --model smollm2-135m-random \
   "${TRAIN_ARGS[@]}" --compile --limit-s 140
+# 4. The 1.1B at batch 16 three ways (Trainer + peft, tuneloom, tuneloom compiled: 3.22x steady on
+#    2026-11-29), now with the fused LoRA layers (24% fewer operators a step) and no waits for the card.
+#    --profile records 3 steps mid-run of each tuneloom run (the card's busy share, launches a step).
+step "train llama-1.1b-random (+ compile)" 250 env TORCH_LOGS=recompiles,graph_breaks $PY -m bench.train \
+  --model llama-1.1b-random "${TRAIN_ARGS[@]}" --compile --profile --limit-s 240
 # With budget to spare. The kernel check passed on 2026-11-29 and the kernel has not changed since.
 step "packed attention check (varlen kernel vs per-example SDPA)" 60 $PY -m bench.gpu_attention_check $DRY_FLAG
-# More tokens per step: what MFU the same recipe reaches with larger matmuls (the baseline ran out of memory here).
-step "train llama-1.1b-random, batch 64" 100 $PY -m bench.train --model llama-1.1b-random "${BIG_TRAIN_ARGS[@]}" \
-  --out "$OUT/train-llama-1.1b-random-batch64.json"
 step "decode llama-1.1b-random, model.generate static cache + compile" 90 $PY -m bench.generate \
   --model llama-1.1b-random "${GEN_ARGS[@]}" --variants static --out "$OUT/generate-llama-1.1b-random-static.json"
 # Issue 7 on one GPU: tuneloom train --strategy fsdp; measured 2026-11-27, alone in bench/gpu_fsdp.sh.
