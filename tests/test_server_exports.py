@@ -188,7 +188,14 @@ def test_cli_download_refusals_name_what_is_wrong(
     where = ["--app", deployed.app_id, "--model", deployed.model_id, "--url", deployed.url]
     monkeypatch.delenv("TUNELOOM_API_KEY", raising=False)
     no_key = cli_in_process(capsys, "download", deployed.version_id, str(tmp_path / "a"), *where)
-    refused(no_key, "UNAUTHORIZED", "(set $TUNELOOM_API_KEY)")
+    refused(no_key, "UNAUTHORIZED", "(set $TUNELOOM_API_KEY or pass --api-key-file)")
+    (tmp_path / "empty-key").write_text("\n")
+    for file, reason in ((tmp_path / "no-such-key", "cannot read it"), (tmp_path / "empty-key", "first line is empty")):
+        args = ("download", deployed.version_id, str(tmp_path / "a"), *where, "--api-key-file", str(file))
+        refused(cli_in_process(capsys, *args), f"--api-key-file {file}", reason)
+    (tmp_path / "key").write_text(f"{deployed.key}\n")  # as `echo` writes it
+    from_file = ("download", deployed.version_id, str(tmp_path / "e"), *where, "--api-key-file", str(tmp_path / "key"))
+    assert cli_in_process(capsys, *from_file).returncode == 0 and (tmp_path / "e").is_dir()
     monkeypatch.setenv("TUNELOOM_API_KEY", deployed.key)
     unknown = cli_in_process(capsys, "download", "mv_nothing", str(tmp_path / "b"), *where)
     refused(unknown, "mv_nothing")
