@@ -134,7 +134,12 @@ def run_tuneloom(args: argparse.Namespace, data: Path, work: Path, *, compiled: 
     settings = {
         **model_settings(args.model),
         "tokenizer_config": {"model_max_length": 1100},
-        "trainer_config": {**trainer_config(args), "eval_fraction": 0.0, "torch_compile": compiled},
+        "trainer_config": {
+            **trainer_config(args),
+            **({"bf16": True, "use_cpu": True} if args.bf16 and not cuda() else {}),
+            "eval_fraction": 0.0,
+            "torch_compile": compiled,
+        },
     }
     step_ends = [0.0]  # seconds since training began
     steps = math.ceil(args.examples / args.batch) * args.epochs
@@ -330,6 +335,11 @@ def main() -> None:
         "--limit-s", type=float, default=None, help="stop the compiled run when the whole benchmark has run this long"
     )
     parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="on a CPU, tuneloom's runs in mixed bfloat16 (bf16 + use_cpu); the baseline stays as written (float32)",
+    )
+    parser.add_argument(
         "--no-baseline",
         action="store_true",
         help="skip the Trainer + peft run (where it is known not to fit: batch 64 of the 1.1B ran out of memory)",
@@ -460,6 +470,7 @@ def summarize(args: argparse.Namespace, results: dict[str, dict[str, Any]], sett
         "examples": args.examples,
         "batch": args.batch,
         "epochs": args.epochs,
+        "tuneloom_cpu_bf16": bool(args.bf16 and not cuda()),
         "linear_parameters": linear,
         "lora_parameters": adapters,
         "flops_per_token_formula": "4 * linear_parameters + 6 * lora_parameters (attention scores not counted)",

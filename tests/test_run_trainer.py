@@ -174,3 +174,39 @@ def test_batches_are_queued_to_the_gpu_not_copied_in_a_wait(
     assert default.dataloader_pin_memory is on_gpu and default.accelerator_config.non_blocking is on_gpu
     chosen = arguments({"accelerator_config": {"non_blocking": False, "even_batches": False}})
     assert chosen.accelerator_config.non_blocking is False and chosen.accelerator_config.even_batches is False
+
+
+@pytest.mark.parametrize(
+    ("computes_bf16", "cuda", "trainer_config", "hinted"),
+    [
+        (True, False, {}, True),
+        (False, False, {}, False),  # emulated bfloat16 is slower than float32
+        (True, True, {}, False),  # a GPU run picks its precision itself
+        (True, False, {"bf16": True, "use_cpu": True}, False),  # already chosen
+        (True, False, {"fp16": True}, False),
+    ],
+)
+def test_a_float32_run_on_a_cpu_that_computes_bfloat16_is_told_how_to_go_faster(
+    computes_bf16: bool, cuda: bool, trainer_config: dict[str, Any], hinted: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tuneloom.templates import loading
+
+    monkeypatch.setattr(loading, "cpu_computes_bf16", lambda: computes_bf16)
+    hint = loading.cpu_precision_hint(trainer_config, cuda_available=cuda)
+    assert (hint is not None) is hinted
+    if hint:
+        assert "bf16: true" in hint and "use_cpu: true" in hint
+
+
+def test_the_run_shows_the_hint_among_its_stages(
+    sentiment_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tuneloom.templates import loading
+    from tuneloom.train.recipe import TrainJob, run_training
+
+    monkeypatch.setattr(loading, "cpu_computes_bf16", lambda: True)
+    stages: list[str] = []
+    settings = {"trainer_config": {"max_steps": 1, "eval_fraction": 0.0}}
+    job = TrainJob(data=sentiment_file, output=tmp_path / "v", template="tiny-random", settings=settings)
+    run_training(job, on_event=lambda e: stages.append(e.message) if e.kind == "stage" else None)
+    assert any(stage.startswith("This CPU computes in bfloat16") for stage in stages)

@@ -37,7 +37,7 @@ from tuneloom.templates import (
     require_supported_hardware,
     resolve_settings,
 )
-from tuneloom.templates.loading import apply_peft, load_model, load_tokenizer, pick_device
+from tuneloom.templates.loading import apply_peft, cpu_precision_hint, load_model, load_tokenizer, pick_device
 from tuneloom.templates.prompting import derive_prompt_format
 from tuneloom.train.attention import FLASH_VARLEN, restore_attention, use_packed_attention
 from tuneloom.train.checkpoints import latest_checkpoint
@@ -109,6 +109,8 @@ def train_rank(
     template = get_template(job.template)
     settings = resolve_settings(template, job.settings)
     require_supported_hardware(settings, cuda_available=torch.cuda.is_available())
+    if hint := cpu_precision_hint(settings.trainer_config, cuda_available=torch.cuda.is_available()):
+        on_event(TrainEvent("stage", hint))
     options = _extensions(settings)
     seed = int(settings.trainer_config.get("seed", 42))
     set_seed(seed)
