@@ -170,8 +170,8 @@ def test_batches_are_queued_to_the_gpu_not_copied_in_a_wait(
         return recipe._training_arguments(settings, recipe._extensions(settings), tmp_path, 8, has_eval=False)
 
     on_gpu = device == "cuda"
-    default = arguments({})
-    assert default.dataloader_pin_memory is on_gpu and default.accelerator_config.non_blocking is on_gpu
+    for default in (arguments({}), arguments({"accelerator_config": None})):
+        assert default.dataloader_pin_memory is on_gpu and default.accelerator_config.non_blocking is on_gpu
     chosen = arguments({"accelerator_config": {"non_blocking": False, "even_batches": False}})
     assert chosen.accelerator_config.non_blocking is False and chosen.accelerator_config.even_batches is False
 

@@ -333,7 +333,7 @@ def _training_arguments(
     # A batch copied to the card without `non_blocking` waits until every kernel queued before it has run
     # (PyTorch's memcpy_and_sync), so the host could not prepare step k+1 while the card runs step k.
     # From pinned memory the copy is queued like a kernel instead.
-    user["accelerator_config"] = {"non_blocking": on_gpu, **user.get("accelerator_config", {})}
+    user["accelerator_config"] = {"non_blocking": on_gpu, **(user.get("accelerator_config") or {})}
     forced = {
         "output_dir": str(workdir / "checkpoints"),
         "disable_tqdm": True,
