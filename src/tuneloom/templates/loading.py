@@ -41,8 +41,8 @@ def cpu_precision_hint(trainer_config: dict[str, Any], *, cuda_available: bool) 
     if cuda_available or chosen or not cpu_computes_bf16():
         return None
     return (
-        "This CPU computes in bfloat16 in hardware: trainer_config bf16: true with use_cpu: true trains in mixed "
-        "precision, about 1.6x faster on such CPUs (mean loss within 1% of float32's in bench/README.md)"
+        'This CPU computes bfloat16 in hardware: trainer_config {"bf16": true, "use_cpu": true} would train in '
+        "mixed precision, about 1.6x faster (mean loss within 1% of float32's in bench/README.md)"
     )
 
 
