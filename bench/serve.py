@@ -48,14 +48,17 @@ def prompts(n: int) -> list[str]:
     return [examples[i % len(examples)].prompt for i in range(n)]
 
 
-def trained_version(data_dir: Path, template: str = "tiny-random") -> str:
-    """A version of `template` fine-tuned through the API by the server's own worker; returns an app key."""
+def trained_version(data_dir: Path, template: str = "tiny-random", dtype: str | None = None) -> str:
+    """A version of `template` fine-tuned through the API by the server's own worker (its weights in `dtype`, as
+    it is then served; default: the template's); returns an app key."""
     from tuneloom.demo import TRAIN_FILE
 
     server, url = start_server(data_dir)
     try:
         admin = create_key(data_dir)
-        settings = {"trainer_config": TRAINING[template]}
+        settings: dict[str, Any] = {"trainer_config": TRAINING[template]}
+        if dtype:
+            settings["model_config"] = {"torch_dtype": dtype}
         train_through_api(url, admin, TRAIN_FILE, template, settings, app_id=APP, model_id=MODEL)
     finally:
         stop(server)
@@ -115,6 +118,9 @@ def load_arguments(doc: str | None, out: Path) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=8, help="per client, back to back")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--template", choices=sorted(TRAINING), default="tiny-random", help="the version's template")
+    parser.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), default=None, help="the version's weights (default: the template's)"
+    )
     parser.add_argument("--out", type=Path, default=out)
     return parser.parse_args()
 
@@ -125,11 +131,12 @@ def main() -> None:
     load_before = os.getloadavg()[0]  # other work on the machine skews every figure: say how much there was
     with tempfile.TemporaryDirectory(prefix="tuneloom-bench-serve-") as tmp:
         data_dir = Path(tmp)
-        key = trained_version(data_dir, args.template)
+        key = trained_version(data_dir, args.template, args.dtype)
         batched = measure(data_dir, key, True, args)
         baseline = measure(data_dir, key, False, args)
     figures = {
         "model": f"{args.template} (fine-tuned here)",
+        "dtype": args.dtype or "the template's",
         "clients": args.clients,
         "requests_per_client": args.requests,
         "max_tokens": args.max_tokens,
