@@ -1,8 +1,10 @@
 """The run's Trainer logs what transformers' Trainer logs, without stopping the host for it every step.
 
-Each case trains the same tiny model twice from the same weights, seed and batches — once with
+Each logging case trains the same tiny model twice from the same weights, seed and batches — once with
 `transformers.Trainer`, once with `RunTrainer` — and compares everything logged: each window's loss,
 gradient norm, learning rate, epoch and step, the evaluations between them, and the run's mean loss.
+The last cases check what else the run gives the Trainer: batches copied to a GPU without a wait, and
+on a CPU that computes bfloat16, the line saying how to train faster.
 """
 
 from __future__ import annotations

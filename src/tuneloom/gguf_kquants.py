@@ -1,14 +1,15 @@
-"""llama.cpp's Q4_K and Q6_K weight types, written in NumPy: the `q4_k_m` GGUF export.
+"""llama.cpp's Q4_K and Q6_K weight types, the `q4_k_m` GGUF export's blocks.
 
 Q4_K_M is what Ollama and most GGUF downloads default to: a 7B in about 4.1 GB instead of Q8_0's 7.2 GB,
 with less loss than the older 4-bit types. The `gguf` package reads these types but writes only the
 older ones, so tuneloom quantizes them itself, following llama.cpp's reference quantizers
 (`quantize_row_q4_K_ref`, `quantize_row_q6_K_ref` in ggml-quants.c): the same block layout and the
-same search for each sub-block's scale, vectorized over all blocks at once. The search runs in PyTorch, whose
-element-wise operations use every core (NumPy's use one): 1.7× NumPy's speed on 2 cores
-(`python -m bench.export --kquants`), and more where there are more. tests/test_gguf_kquants.py
-checks every block against the `gguf` package's dequantizers (the layout) and the error against the
-older types; tests/test_export_gguf.py runs the file in llama.cpp.
+same search for each sub-block's scale, vectorized over all blocks at once. The search runs in
+PyTorch, whose element-wise operations use every core (NumPy's use one), a cache-sized chunk per
+thread at a time: 3.3× the NumPy version's speed on 2 cores (`python -m bench.kquants`), and more
+where there are more. tests/test_gguf_kquants.py checks every block against the `gguf` package's
+dequantizers (the layout) and the error against the older types; tests/test_export_gguf.py runs the
+file in llama.cpp.
 
 A super-block holds 256 weights of one row:
 - Q4_K (144 bytes, 4.5 bits a weight): 8 sub-blocks of 32, each `scale · q − min` with q in 0..15 and

@@ -31,7 +31,7 @@ from tuneloom.client.records import (
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 PAGE_SIZE = 100  # versions per request when listing; the server takes up to 500
-EXPORT_BUILD_TIMEOUT_S = 4 * 3600.0  # the server builds an export in the request: a 7B's Q4_K_M takes ~20 min
+EXPORT_BUILD_TIMEOUT_S = 4 * 3600.0  # the server builds an export in the request: a 7B's merge or Q4_K_M, minutes
 
 
 def _seg(object_id: str) -> str:

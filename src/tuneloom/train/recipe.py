@@ -108,8 +108,9 @@ def train_rank(
     check_output(job)
     template = get_template(job.template)
     settings = resolve_settings(template, job.settings)
-    require_supported_hardware(settings, cuda_available=torch.cuda.is_available())
-    if hint := cpu_precision_hint(settings.trainer_config, cuda_available=torch.cuda.is_available()):
+    cuda = torch.cuda.is_available()
+    require_supported_hardware(settings, cuda_available=cuda)
+    if hint := cpu_precision_hint(settings.trainer_config, cuda_available=cuda):
         on_event(TrainEvent("stage", hint))
     options = _extensions(settings)
     seed = int(settings.trainer_config.get("seed", 42))

@@ -54,7 +54,7 @@ class RunTrainer(Trainer):
             self.args.logging_nan_inf_filter = False
         self._windows: list[LogWindow] = []
         self._read_at = float("-inf")  # the first window is read at once: a loss on screen after one step
-        self._last_logged_call = -1
+        self._last_call_step = -1
 
     @functools.cached_property
     def _parameters_without_embeddings(self) -> int:
@@ -89,8 +89,8 @@ class RunTrainer(Trainer):
         learning_rate: float | None = None,
     ) -> None:
         """Called after every optimizer step, and once more at the end of each epoch (same step)."""
-        epoch_end = self.state.global_step == self._last_logged_call
-        self._last_logged_call = self.state.global_step
+        epoch_end = self.state.global_step == self._last_call_step
+        self._last_call_step = self.state.global_step
         if self.control.should_log and self.state.global_step > self._globalstep_last_logged:
             self._windows.append(self._close_window(tr_loss, grad_norm, learning_rate))
             self.control.should_log = False  # logged here, not by the Trainer
