@@ -197,14 +197,15 @@ def decode_breakdown(loaded: Any, text: str, max_tokens: int) -> dict[str, float
     }
 
 
-def run_variants(loaded: Any, args: argparse.Namespace, variants: list[str]) -> dict[str, Any]:
+def run_variants(loaded: Any, plain: Any, args: argparse.Namespace, variants: list[str]) -> dict[str, Any]:
+    """`plain`: the model as a notebook loads it, for the `model.generate` variants."""
     texts = prompts(args.requests)
     single = texts[: args.one_at_a_time]
     tuneloom_generate(loaded, texts[:2], 4)  # warm-up: first-call allocations out of every measurement
-    one_at_a_time(loaded, texts[:1], 4)
+    one_at_a_time(plain, texts[:1], 4)
     figures: dict[str, Any] = {}
     if "baseline" in variants:
-        figures["baseline"] = timed(lambda: one_at_a_time(loaded, single, args.max_tokens))
+        figures["baseline"] = timed(lambda: one_at_a_time(plain, single, args.max_tokens))
     if "single" in variants:
         figures["single"] = timed(lambda: sum(tuneloom_generate(loaded, [t], args.max_tokens) for t in single))
     if "batched" in variants:
@@ -212,7 +213,7 @@ def run_variants(loaded: Any, args: argparse.Namespace, variants: list[str]) -> 
     if "ttft" in variants:
         figures["ttft_s"] = time_to_first_token(loaded, texts[0], args.max_tokens)
     if "static" in variants:
-        figures["static"] = static_decode(loaded, single, args.max_tokens)
+        figures["static"] = static_decode(plain, single, args.max_tokens)
     if "compiled" in variants and (compiled := compiled_decode(loaded, single, args.max_tokens)) is not None:
         figures["compiled"] = compiled
     return figures
@@ -275,6 +276,9 @@ def main() -> None:
     from tuneloom.generate.loading import load_for_inference
 
     loaded = load_for_inference(TEMPLATES[args.model], model_settings(args.model))
+    # On a CPU tuneloom lays its linear weights out transposed (generate/loading._input_major_linears);
+    # the baseline runs on them as stored, as a notebook's model.generate does.
+    plain = loaded if cuda() else load_for_inference(TEMPLATES[args.model], model_settings(args.model), as_stored=True)
     figures: dict[str, Any] = {
         "model": args.model,
         "template": TEMPLATES[args.model],
@@ -282,7 +286,7 @@ def main() -> None:
         "requests": args.requests,
         "one_at_a_time_requests": args.one_at_a_time,
         "max_tokens": args.max_tokens,
-        **run_variants(loaded, args, variants),
+        **run_variants(loaded, plain, args, variants),
         "bandwidth": bandwidth_floor(loaded.model),
     }
     if "baseline" in figures and "batched" in figures:

@@ -5,7 +5,9 @@ worker), then the same load twice against fresh server processes on the same dat
 each sending R /predict requests back to back (1 input, ≤ T new tokens, greedy). With
 micro-batching the server merges concurrent requests for the same version and parameters into one
 `generate()` call; the baseline (`TUNELOOM_MICRO_BATCH=0`) still runs one generation per model at a
-time, one request each. Figures: predictions/s, p50/p99 latency per request, and the ratio.
+time, one request each, on the weights as stored (`TUNELOOM_INPUT_MAJOR_WEIGHTS=0`: on a CPU tuneloom
+otherwise lays linear weights out transposed, `generate/loading._input_major_linears`). Figures:
+predictions/s, p50/p99 latency per request, and the ratio.
 
     python -m bench.serve                   # 32 clients × 8 requests, 16 new tokens
     python -m bench.serve --requests 2      # a quick smoke run
@@ -28,6 +30,7 @@ import httpx
 
 from bench.common import RESULTS_DIR, print_table, write_result
 from bench.server_process import create_key, start_server, stop, train_through_api
+from tuneloom.generate.loading import INPUT_MAJOR_ENV
 
 APP, MODEL = "bench", "serve"
 # One key for all clients: lift the per-key cap (default 4), or most requests would be 429s.
@@ -96,7 +99,7 @@ async def load(url: str, key: str, texts: list[str], clients: int, per_client: i
 
 
 def measure(data_dir: Path, key: str, micro_batch: bool, args: argparse.Namespace) -> dict[str, Any]:
-    env = {"TUNELOOM_MICRO_BATCH": "1" if micro_batch else "0"}
+    env = {"TUNELOOM_MICRO_BATCH": "1" if micro_batch else "0", INPUT_MAJOR_ENV: "1" if micro_batch else "0"}
     proc, url = start_server(data_dir, "--workers", "0", *NO_KEY_CAP, env=env)
     try:
         return warm_and_load(url, key, args)

@@ -44,7 +44,7 @@ def export_version(version_dir: Path, out: Path, *, merged: bool = False, gguf_t
             staging.rename(out)
             return Exported(out, "GGUF")
         if full_weights:
-            loaded = load_for_inference(version_dir)  # adapters are merged on load
+            loaded = load_for_inference(version_dir, as_stored=True)  # adapters are merged on load
             loaded.model.save_pretrained(staging)
             loaded.model.generation_config.save_pretrained(staging)
             loaded.tokenizer.save_pretrained(staging)
@@ -64,7 +64,7 @@ def _write_gguf_folder(version: ModelVersion, staging: Path, gguf_type: str, nam
     from tuneloom.export_gguf import ollama_modelfile, write_gguf
     from tuneloom.generate.loading import load_version
 
-    loaded = load_version(version)  # adapters are merged on load
+    loaded = load_version(version, as_stored=True)  # adapters are merged on load
     staging.mkdir()
     write_gguf(loaded, staging / GGUF_FILE, gguf_type=gguf_type, name=name)
     (staging / "Modelfile").write_text(ollama_modelfile(loaded.prompt_format, GGUF_FILE), encoding="utf-8")

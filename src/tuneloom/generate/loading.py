@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 # in request threads (two versions asked for at once, an export beside a generation), so one at a time.
 _LOADING = threading.Lock()
 
+INPUT_MAJOR_ENV = "TUNELOOM_INPUT_MAJOR_WEIGHTS"  # "0": CPU weights kept as stored (the benchmarks' plain baseline)
+
 # How a bare text is framed for a template that was never trained here.
 UNTRAINED_FORMAT = PromptFormat(template=f"### Human: {PROMPT_SLOT} ### Assistant:", response_header="Assistant")
 
@@ -39,16 +42,22 @@ class InferenceModel:
 
 
 def load_for_inference(
-    target: str | Path, overrides: Mapping[str, Any] | None = None, *, label: str | None = None
+    target: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    label: str | None = None,
+    as_stored: bool = False,
 ) -> InferenceModel:
     """`target` is a model-version directory or a template id (the untrained base model).
 
     `overrides` are settings merged over a template's defaults, e.g. another base model folder;
-    `label` is how errors name a version (default: its path).
+    `label` is how errors name a version (default: its path); `as_stored` keeps the weights in the
+    memory layout they were stored in (`_input_major_linears`): what writing them out needs, and what a
+    plain transformers baseline runs on.
     """
     path = Path(target)
     if path.is_dir():
-        return _load_version(path, label)
+        return load_version(open_version(path, label=label), as_stored=as_stored)
     try:
         template = get_template(str(target))
     except SettingsError:
@@ -59,7 +68,7 @@ def load_for_inference(
     with _LOADING:
         tokenizer = load_tokenizer(settings.model_config, settings.tokenizer_config)
         model = load_model(settings.model_config, settings.quantization_config)
-        return InferenceModel(template.id, _ready(model, tokenizer), tokenizer, UNTRAINED_FORMAT)
+        return InferenceModel(template.id, _ready(model, tokenizer, as_stored), tokenizer, UNTRAINED_FORMAT)
 
 
 def _names_a_path(path: Path) -> bool:
@@ -80,17 +89,13 @@ def version_tokenizer(path: Path) -> Any:
     return tokenizer
 
 
-def _load_version(path: Path, label: str | None) -> InferenceModel:
-    return load_version(open_version(path, label=label))
-
-
-def load_version(version: ModelVersion) -> InferenceModel:
+def load_version(version: ModelVersion, *, as_stored: bool = False) -> InferenceModel:
     """A version already opened (its checksums verified), ready to generate: not verified a second time."""
     with _LOADING:
-        return _loaded(version)
+        return _loaded(version, as_stored)
 
 
-def _loaded(version: ModelVersion) -> InferenceModel:
+def _loaded(version: ModelVersion, as_stored: bool) -> InferenceModel:
     path = version.path
     settings = version.settings
     tokenizer = version_tokenizer(path)
@@ -103,10 +108,11 @@ def _loaded(version: ModelVersion) -> InferenceModel:
             model = model.merge_and_unload()  # one matmul per layer again: inference at base-model speed
     else:
         model = load_model(settings["model_config"], settings["quantization_config"], source=str(version.weights_dir))
-    return InferenceModel(str(path), _ready(model, tokenizer), tokenizer, PromptFormat.from_dict(version.prompt_format))
+    prompt_format = PromptFormat.from_dict(version.prompt_format)
+    return InferenceModel(str(path), _ready(model, tokenizer, as_stored), tokenizer, prompt_format)
 
 
-def _ready(model: Any, tokenizer: Any) -> Any:
+def _ready(model: Any, tokenizer: Any, as_stored: bool) -> Any:
     model.eval()
     # Any padding or truncation a tokenizer.json switches on is switched off by the first plain call:
     # make it here, before request threads share the tokenizer (that switch is a write to shared state).
@@ -116,4 +122,22 @@ def _ready(model: Any, tokenizer: Any) -> Any:
     device = pick_device()
     if getattr(model, "device", device) != device and not getattr(model, "is_quantized", False):
         model.to(device)
+    if device.type == "cpu" and not as_stored and os.environ.get(INPUT_MAJOR_ENV) != "0":
+        _input_major_linears(model)
     return model
+
+
+def _input_major_linears(model: Any) -> None:
+    """Store each linear layer's weight transposed in memory: the same `[out, in]` tensor, its strides swapped.
+
+    `F.linear` then hands the CPU's BLAS a weight laid out the way it reads it when it multiplies.
+    SmolLM2-135M's batch-1 decode step takes 34 ms instead of 40 on two AMD EPYC cores, with the
+    same logits (bench/README.md, *Generation*). Not on a GPU, where it was not measured, and not for
+    exports: `save_pretrained` needs contiguous tensors. A weight shared with the input embeddings
+    (tied) changes layout with it, and a lookup then reads a strided row: a few rows a token.
+    """
+    import torch
+
+    for module in model.modules():
+        if type(module) is torch.nn.Linear and module.weight.dtype.is_floating_point:
+            module.weight.data = module.weight.data.t().contiguous().t()
