@@ -5,8 +5,9 @@ The count depends on the layers, not their width, so the model keeps each shape'
 heads but narrow matrices, and this runs on a CPU in seconds. Counted: every ATen operator the
 dispatcher runs (each one or more kernel launches on a GPU), for
 
-- one tuneloom training step (packed batch of 16, LoRA, forward + loss + backward + AdamW step), with
-  its fused LoRA layers (`train/lora.py`, as the recipe runs) and with peft's own;
+- one tuneloom training step as the recipe runs it on a GPU (16 examples in one flat row, LoRA,
+  flash-attention's varlen op — here on the CPU kernel of `bench.cpu_varlen`, one operator either way —
+  forward + loss + backward + AdamW step), with its fused LoRA layers (`train/lora.py`) and with peft's own;
 - one baseline step (Trainer + peft's recipe: 16 padded rows, the model's own loss);
 - one decode step of `model.generate` at batch 1 (the per-token cost measured on the H200);
 - the operators a batch-1 decoding loop dispatches per token *outside* the model's forward — what is
@@ -16,6 +17,9 @@ dispatcher runs (each one or more kernel launches on a GPU), for
 
 On a CPU, peft's `nn.Dropout` is four operators forward (on a GPU, one: `native_dropout`), so its
 count here is 3 per LoRA layer above a GPU's; the fused layers call `native_dropout` on both.
+
+Both training steps run with `use_cache=False`, as the Trainer sets it: otherwise every layer also
+copies its keys and values into a KV cache (the counts before 2026-11-30's fourth session did).
 
 Beside each count, the operators among them that make the host wait for the device
 (`waits_for_device`): on a GPU each stops the host until the card has caught up.
@@ -153,13 +157,14 @@ def lengths(n: int, seed: int = 0) -> list[int]:
 
 
 def tuneloom_batch(sizes: list[int], vocab: int) -> dict[str, torch.Tensor]:
+    """One flat row with the examples' offsets: what the recipe trains on a GPU (`PackedCollator(flat=True)`)."""
     from tuneloom.train.packing import PackedCollator
 
     features = [
         {"input_ids": [1 + i % (vocab - 1) for i in range(n)], "labels": [-100] * (n // 2) + [5] * (n - n // 2)}
         for n in sizes
     ]
-    return PackedCollator(0, 4096)(features)
+    return PackedCollator(0, flat=True)(features)
 
 
 def baseline_batch(sizes: list[int], vocab: int) -> dict[str, torch.Tensor]:
@@ -175,6 +180,8 @@ def baseline_batch(sizes: list[int], vocab: int) -> dict[str, torch.Tensor]:
 
 
 def training_step_ops(name: str, packed: bool, fused: bool = False) -> tuple[int, list[str]]:
+    from bench.cpu_varlen import register_cpu_varlen
+    from tuneloom.train.attention import use_flash_varlen
     from tuneloom.train.lora import fuse_lora_layers
     from tuneloom.train.packing import packed_causal_lm_loss
 
@@ -182,6 +189,10 @@ def training_step_ops(name: str, packed: bool, fused: bool = False) -> tuple[int
     if fused:
         fuse_lora_layers(peft_model)
     peft_model.train()
+    peft_model.config.use_cache = False  # as the Trainer sets it (`TrainingArguments.use_cache`)
+    if packed:  # as the recipe on a GPU: flash-attention's varlen kernel (here its op, on a CPU kernel)
+        register_cpu_varlen()
+        use_flash_varlen(peft_model)
     vocab = peft_model.config.vocab_size
     sizes = lengths(16)
     batch = tuneloom_batch(sizes, vocab) if packed else baseline_batch(sizes, vocab)
@@ -253,7 +264,7 @@ def main() -> None:
             "shape",
             "layers",
             "baseline train step",
-            "tuneloom train step (packed rows)",
+            "tuneloom train step (flat row, varlen op)",
             "same, peft's LoRA layers",
             "decode step (forward)",
         ],

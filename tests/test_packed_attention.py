@@ -3,20 +3,20 @@ thing as one example at a time.
 
 The varlen kernel (`torch.nn.attention.varlen.varlen_attn`) is CUDA-only. Here it is replaced by a
 CPU stand-in with the same contract (flat `(tokens, heads, dim)` tensors, int32 offsets, the
-PyTorch 2.10 or ≥ 2.11 keywords) that runs causal SDPA per example. What is checked is everything
-tuneloom itself does around the kernel — the collator's offsets, the layout, the causal and
-grouped-query arguments, the transformers plumbing — while the kernel's own numbers are checked on
-the GPU by `bench/gpu_attention_check.py` (in `bench/gpu.sh`).
+PyTorch 2.10 or ≥ 2.11 keywords) that runs causal SDPA per example (`bench.cpu_varlen`, which also
+gives PyTorch's own op a CPU kernel). What is checked is everything tuneloom itself does around the
+kernel — the collator's offsets, the layout, the causal and grouped-query arguments, the transformers
+plumbing — while the kernel's own numbers are checked on the GPU by `bench/gpu_attention_check.py`
+(in `bench/gpu.sh`).
 """
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
+from bench.cpu_varlen import per_example, register_cpu_varlen
 from bench.step_ops import CountOps
 from tests.test_packing import _features
 from transformers import AutoModelForCausalLM
@@ -32,29 +32,11 @@ from tuneloom.train.recipe import TrainJob, run_training
 LENGTHS = [17, 5, 30, 12, 9, 22]
 
 
-def _per_example(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, starts: torch.Tensor, scale: float | None, gqa: bool
-) -> torch.Tensor:
-    bounds = starts.tolist()
-    pieces = [
-        F.scaled_dot_product_attention(
-            q[s:e].transpose(0, 1),
-            k[s:e].transpose(0, 1),
-            v[s:e].transpose(0, 1),
-            is_causal=True,
-            scale=scale,
-            enable_gqa=gqa,
-        ).transpose(0, 1)
-        for s, e in itertools.pairwise(bounds)
-    ]
-    return torch.cat(pieces)
-
-
 def varlen_2_10(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):  # type: ignore[no-untyped-def]
     """PyTorch 2.10's signature: `is_causal`, no `scale` (always 1/√dim), no grouped-query attention."""
     assert is_causal and torch.equal(cu_seq_q, cu_seq_k) and cu_seq_q.dtype == torch.int32
     assert max_q == max_k == int((cu_seq_q[1:] - cu_seq_q[:-1]).max())
-    return _per_example(q, k, v, cu_seq_q, None, gqa=False)
+    return per_example(q, k, v, cu_seq_q, None, gqa=False)
 
 
 def varlen_current(  # type: ignore[no-untyped-def]
@@ -63,7 +45,7 @@ def varlen_current(  # type: ignore[no-untyped-def]
     """The later signature: causal is `window_size=(-1, 0)`, grouped-query attention native."""
     assert window_size == (-1, 0) and torch.equal(cu_seq_q, cu_seq_k)
     assert max_q == max_k == int((cu_seq_q[1:] - cu_seq_q[:-1]).max())
-    return _per_example(q, k, v, cu_seq_q, scale, gqa=enable_gqa)
+    return per_example(q, k, v, cu_seq_q, scale, gqa=enable_gqa)
 
 
 @pytest.fixture(params=[varlen_2_10, varlen_current], ids=["torch-2.10", "torch-2.11+"])
@@ -74,68 +56,10 @@ def cpu_varlen(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(attention, "_kernel", None)  # use_flash_varlen sets it; put back after
 
 
-def _cpu_forward(  # type: ignore[no-untyped-def]
-    query,
-    key,
-    value,
-    cu_seq_q,
-    cu_seq_k,
-    max_q,
-    max_k,
-    is_causal=False,
-    scale=None,
-    window_size=None,
-    enable_gqa=False,
-    seqused_k=None,
-    block_table=None,
-    num_splits=None,
-):
-    """A CPU kernel for PyTorch's own `torch_attn::_varlen_attn` op (its CUDA kernel is flash-attention's)."""
-    assert is_causal and max_q == int((cu_seq_q[1:] - cu_seq_q[:-1]).max())
-    out = _per_example(query, key, value, cu_seq_q, scale, gqa=enable_gqa)
-    return out, torch.zeros(query.shape[1], query.shape[0]), torch.zeros(2, dtype=torch.uint64)
-
-
-def _cpu_backward(  # type: ignore[no-untyped-def]
-    grad_out,
-    query,
-    key,
-    value,
-    out,
-    lse,
-    cu_seq_q,
-    cu_seq_k,
-    max_q,
-    max_k,
-    is_causal,
-    rng_state,
-    scale=None,
-    window_size=None,
-):
-    """`torch_attn::_varlen_attn_backward` on the CPU: causal attention's gradients, per example, in float32."""
-    groups = query.shape[1] // key.shape[1]
-    scale = scale if scale is not None else query.shape[-1] ** -0.5
-    grads = [torch.zeros_like(t) for t in (query, key, value)]
-    for s, e in itertools.pairwise(cu_seq_q.tolist()):
-        q, k, v, up = (t[s:e].transpose(0, 1).float() for t in (query, key, value, grad_out))
-        k, v = k.repeat_interleave(groups, 0), v.repeat_interleave(groups, 0)
-        causal = torch.ones(e - s, e - s, dtype=torch.bool).tril()
-        probs = (q @ k.transpose(1, 2) * scale).masked_fill(~causal, float("-inf")).softmax(-1)
-        d_probs = up @ v.transpose(1, 2)
-        d_scores = probs * (d_probs - (d_probs * probs).sum(-1, keepdim=True)) * scale
-        per_head = (d_scores @ k, d_scores.transpose(1, 2) @ q, probs.transpose(1, 2) @ up)
-        for grad, g, n in zip(grads, per_head, (1, groups, groups), strict=True):
-            grad[s:e] = g.unflatten(0, (-1, n)).sum(1).transpose(0, 1).to(grad.dtype)
-    return tuple(grads)
-
-
 @pytest.fixture(scope="module")
 def cpu_varlen_op() -> None:
     """PyTorch's real varlen op — its Python wrapper, autograd and fake (compile-time) kernel — on the CPU."""
-    import torch.nn.attention.varlen  # defines the ops
-
-    torch.library.register_kernel("torch_attn::_varlen_attn", "cpu", _cpu_forward)
-    torch.library.register_kernel("torch_attn::_varlen_attn_backward", "cpu", _cpu_backward)
+    register_cpu_varlen()
 
 
 @pytest.fixture
