@@ -18,8 +18,8 @@ dispatcher runs (each one or more kernel launches on a GPU), for
 On a CPU, peft's `nn.Dropout` is four operators forward (on a GPU, one: `native_dropout`), so its
 count here is 3 per LoRA layer above a GPU's; the fused layers call `native_dropout` on both.
 
-Both training steps run with `use_cache=False`, as the Trainer sets it: otherwise every layer also
-copies its keys and values into a KV cache (the counts before 2026-11-30's fourth session did).
+Both training steps run with `use_cache=False`, as the Trainer sets it: otherwise every layer would also
+copy its keys and values into a KV cache that no training step reads.
 
 Beside each count, the operators among them that make the host wait for the device
 (`waits_for_device`): on a GPU each stops the host until the card has caught up.
