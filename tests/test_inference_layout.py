@@ -1,6 +1,6 @@
 """The CPU memory layout of a model loaded for inference (`generate.loading._input_major_linears`).
 
-Generation on the CPU stores each linear weight transposed in memory, for speed. A user relies on
+Generation on the CPU stores each float32 linear weight transposed in memory, for speed. A user relies on
 that changing nothing else: the same logits and answers as the weights as stored, and exports and
 the benchmarks' plain baseline still get the stored layout.
 """
@@ -35,6 +35,12 @@ def test_weights_are_input_major_and_answer_exactly_as_stored_weights_do() -> No
     for params in (InferenceParams(max_tokens=12, temperature=0), InferenceParams(max_tokens=12, seed=7)):
         assert generate(loaded, TEXTS, params) == generate(stored, TEXTS, params)
         assert generate(loaded, TEXTS[:1], params) == generate(stored, TEXTS[:1], params)
+
+
+def test_bfloat16_weights_keep_the_stored_layout() -> None:
+    """Transposed, bfloat16 weights multiply slower on the CPU: only float32 ones change layout."""
+    loaded = load_for_inference("tiny-random", {"model_config": {"torch_dtype": "bfloat16"}})
+    assert all(m.weight.dtype == torch.bfloat16 and m.weight.is_contiguous() for m in linears(loaded))
 
 
 def test_the_environment_switch_keeps_the_stored_layout(monkeypatch: pytest.MonkeyPatch) -> None:
