@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -91,10 +90,9 @@ def _backward(  # type: ignore[no-untyped-def]
 
 
 @functools.cache
-def register_cpu_varlen() -> Any:
+def register_cpu_varlen() -> None:
     """Give the varlen op its CPU kernels (once a process: a second registration is an error)."""
     import torch.nn.attention.varlen  # defines the ops
 
     torch.library.register_kernel("torch_attn::_varlen_attn", "cpu", _forward)
     torch.library.register_kernel("torch_attn::_varlen_attn_backward", "cpu", _backward)
-    return torch.nn.attention.varlen

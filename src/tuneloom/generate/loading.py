@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from tuneloom.errors import SettingsError
 from tuneloom.generate.prefixes import PromptPrefixes
 from tuneloom.model_version import ModelVersion, open_version, partial_dir
@@ -137,8 +139,6 @@ def _input_major_linears(model: Any) -> None:
     exports: `save_pretrained` needs contiguous tensors. A weight shared with the input embeddings
     (tied) changes layout with it, and a lookup then reads a strided row: a few rows a token.
     """
-    import torch
-
     for module in model.modules():
         if type(module) is torch.nn.Linear and module.weight.dtype == torch.float32:
             module.weight.data = module.weight.data.t().contiguous().t()
